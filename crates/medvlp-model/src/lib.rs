@@ -1,0 +1,1 @@
+//! medvlp-model
