@@ -1,0 +1,1 @@
+//! Subcommands. Each file holds a clap `Args` struct and a `run(args) -> anyhow::Result<()>`.
