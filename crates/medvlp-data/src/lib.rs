@@ -3,4 +3,5 @@
 //! - [`tokenizer`]: Hugging Face `tokenizer.json` loading, batch encoding with word offsets,
 //!   WordPiece training.
 
+pub mod assets;
 pub mod tokenizer;
