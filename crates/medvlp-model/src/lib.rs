@@ -1,1 +1,21 @@
-//! medvlp-model
+//! medvlp-model: encoders, fusion, heads and the project's own differentiable layers on candle,
+//! plus weight import/export and model directories.
+//!
+//! Components follow candle-transformers' style: one component per file, plain structs, a
+//! `forward`, Hugging Face parameter names.
+
+pub mod bert;
+pub mod config;
+pub mod fusion;
+pub mod heads;
+pub mod mae_decoder;
+pub mod masking;
+pub mod medvlp;
+pub mod model_dir;
+pub mod nn;
+pub mod params;
+pub mod vit;
+
+pub use config::ModelConfig;
+pub use medvlp::MedVlp;
+pub use params::ParamStore;

@@ -1,0 +1,130 @@
+//! BERT text encoder with Hugging Face `BertModel` parameter names (post-LN, absolute positions,
+//! token types, attention mask, exact GELU). Loads any HF BERT checkpoint.
+
+use crate::config::TextConfig;
+use crate::nn::{additive_mask, gelu_erf, Attention, Embedding, LayerNorm, Linear};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+#[derive(Clone, Debug)]
+pub struct BertEmbeddings {
+    pub word_embeddings: Embedding,
+    pub position_embeddings: Embedding,
+    pub token_type_embeddings: Embedding,
+    pub layer_norm: LayerNorm,
+}
+
+impl BertEmbeddings {
+    pub fn new(c: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            word_embeddings: Embedding::new(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?,
+            position_embeddings: Embedding::new(c.max_position_embeddings, c.hidden_size, vb.pp("position_embeddings"))?,
+            token_type_embeddings: Embedding::new(c.type_vocab_size, c.hidden_size, vb.pp("token_type_embeddings"))?,
+            layer_norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps, vb.pp("LayerNorm"))?,
+        })
+    }
+
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>) -> Result<Tensor> {
+        let (_, l) = input_ids.dims2()?;
+        let max = self.position_embeddings.weight.dim(0)?;
+        if l > max {
+            candle_core::bail!("sequence of {l} tokens is longer than the {max} positions of the text encoder");
+        }
+        let words = self.word_embeddings.forward(input_ids)?;
+        let pos = self.position_embeddings.weight.narrow(0, 0, l)?;
+        let types = match token_type_ids {
+            Some(t) => self.token_type_embeddings.forward(t)?,
+            None => self.token_type_embeddings.weight.narrow(0, 0, 1)?.reshape((1, 1, ()))?.broadcast_as(words.shape())?,
+        };
+        let x = (words.broadcast_add(&pos)? + types)?;
+        self.layer_norm.forward(&x)
+    }
+}
+
+/// One post-LN BERT layer.
+#[derive(Clone, Debug)]
+pub struct BertLayer {
+    pub attention: Attention,
+    pub attention_layer_norm: LayerNorm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub output_layer_norm: LayerNorm,
+}
+
+impl BertLayer {
+    pub fn new(c: &TextConfig, vb: VarBuilder) -> Result<Self> {
+        let att = vb.pp("attention");
+        Ok(Self {
+            attention: Attention::new(c.hidden_size, c.hidden_size, c.num_attention_heads, att.pp("self"), att.pp("output").pp("dense"))?,
+            attention_layer_norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
+            intermediate: Linear::new(c.hidden_size, c.intermediate_size, true, vb.pp("intermediate").pp("dense"))?,
+            output: Linear::new(c.intermediate_size, c.hidden_size, true, vb.pp("output").pp("dense"))?,
+            output_layer_norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let (a, _) = self.attention.forward(x, None, mask, false)?;
+        let x = self.attention_layer_norm.forward(&(a + x)?)?;
+        let h = self.output.forward(&gelu_erf(&self.intermediate.forward(&x)?)?)?;
+        self.output_layer_norm.forward(&(h + x)?)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BertModel {
+    pub config: TextConfig,
+    pub embeddings: BertEmbeddings,
+    pub layers: Vec<BertLayer>,
+    /// `pooler.dense` (tanh of the CLS state), present when the checkpoint has it.
+    pub pooler: Option<Linear>,
+}
+
+impl BertModel {
+    /// `with_pooler`: create (or load) `pooler.dense`. medvlp's own models do not use it.
+    pub fn new(c: &TextConfig, with_pooler: bool, vb: VarBuilder) -> Result<Self> {
+        let embeddings = BertEmbeddings::new(c, vb.pp("embeddings"))?;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| BertLayer::new(c, vb.pp("encoder").pp("layer").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let pooler = if with_pooler { Some(Linear::new(c.hidden_size, c.hidden_size, true, vb.pp("pooler").pp("dense"))?) } else { None };
+        Ok(Self { config: c.clone(), embeddings, layers, pooler })
+    }
+
+    /// `input_ids`, `token_type_ids`: `[b, l]` u32; `attention_mask`: `[b, l]` (1 = token, 0 = padding).
+    /// Returns the last hidden state `[b, l, hidden]`.
+    pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(input_ids, token_type_ids)?;
+        let dtype = x.dtype();
+        let mask = attention_mask.map(|m| additive_mask(m, dtype)).transpose()?;
+        for layer in &self.layers {
+            x = layer.forward(&x, mask.as_ref())?;
+        }
+        Ok(x)
+    }
+
+    /// `tanh(pooler.dense(h[:, 0]))`, as Hugging Face's `pooler_output`.
+    pub fn pool(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        match &self.pooler {
+            Some(p) => Ok(Some(p.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Attention-masked mean of `hidden` over tokens, L2-normalised (sentence-transformers convention).
+pub fn masked_mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    let m = attention_mask.to_dtype(hidden.dtype())?.unsqueeze(2)?;
+    let sum = hidden.broadcast_mul(&m)?.sum(1)?;
+    let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+    crate::heads::l2_normalize(&sum.broadcast_div(&count)?)
+}
+
+/// Convert any integer id tensor to the u32 that index_select wants.
+pub fn ids_u32(t: &Tensor) -> Result<Tensor> {
+    if t.dtype() == DType::U32 {
+        Ok(t.clone())
+    } else {
+        t.to_dtype(DType::U32)
+    }
+}

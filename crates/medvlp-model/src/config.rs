@@ -1,0 +1,296 @@
+//! Model configuration: the `config.json` of a medvlp model directory (Hugging Face CLIP-like:
+//! `vision_config`, `text_config`, `projection_dim`, `logit_scale`, plus `preprocess` and `method`).
+
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionEmbedding {
+    /// Learned `[1, 1 + patches, width]` table (Hugging Face ViT).
+    Learned,
+    /// Fixed 2-D sin-cos table (MAE); not a parameter.
+    Sincos,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VisionConfig {
+    pub image_size: usize,
+    pub num_channels: usize,
+    pub patch_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub position_embedding: PositionEmbedding,
+    #[serde(default = "default_ln_eps_vit")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_ln_eps_vit() -> f64 {
+    1e-6
+}
+
+impl VisionConfig {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+    pub fn patch_dim(&self) -> usize {
+        self.patch_size * self.patch_size * self.num_channels
+    }
+
+    pub fn preset(name: &str) -> anyhow::Result<Self> {
+        let (image_size, num_channels, patch_size, hidden, layers, heads, mlp) = match name {
+            "tiny" => (32, 1, 8, 32, 2, 2, 64),
+            // CPU demo: the reference model's vision tower (128 px, 64 patches).
+            "small" => (128, 1, 16, 256, 4, 4, 1024),
+            // ViT-B/16 at 224 px, 3 channels so that ImageNet / CXR ViT checkpoints load.
+            "base" => (224, 3, 16, 768, 12, 12, 3072),
+            _ => anyhow::bail!("unknown vision preset '{name}' (tiny, small, base)"),
+        };
+        Ok(Self {
+            image_size,
+            num_channels,
+            patch_size,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: mlp,
+            position_embedding: PositionEmbedding::Learned,
+            layer_norm_eps: 1e-6,
+        })
+    }
+}
+
+/// Hugging Face `BertConfig` fields (unknown fields in a BERT `config.json` are ignored).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TextConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_ln_eps_bert")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_position_type")]
+    pub position_embedding_type: String,
+    /// Tokens per report after truncation (not a BERT field; defaults to 128).
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+}
+
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_ln_eps_bert() -> f64 {
+    1e-12
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_position_type() -> String {
+    "absolute".into()
+}
+fn default_max_length() -> usize {
+    128
+}
+
+impl TextConfig {
+    pub fn preset(name: &str) -> anyhow::Result<Self> {
+        let (vocab, hidden, layers, heads, mlp, pos) = match name {
+            "tiny" => (1000, 32, 2, 2, 64, 64),
+            "small" => (30522, 256, 4, 4, 1024, 128),
+            "base" => (30522, 768, 12, 12, 3072, 512),
+            _ => anyhow::bail!("unknown text preset '{name}' (tiny, small, base)"),
+        };
+        Ok(Self {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            intermediate_size: mlp,
+            max_position_embeddings: pos,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            hidden_act: "gelu".into(),
+            position_embedding_type: "absolute".into(),
+            max_length: pos.min(128),
+        })
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.hidden_act != "gelu" {
+            anyhow::bail!("text_config.hidden_act '{}' is not supported (only 'gelu')", self.hidden_act);
+        }
+        if self.position_embedding_type != "absolute" {
+            anyhow::bail!("text_config.position_embedding_type '{}' is not supported (only 'absolute')", self.position_embedding_type);
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            anyhow::bail!("text hidden_size {} not divisible by {} heads", self.hidden_size, self.num_attention_heads);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProjectionKind {
+    Linear,
+    Mlp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogitScaleConfig {
+    /// ln(1 / 0.07)
+    pub init_value: f64,
+    /// ln(100): the learnable scale is clamped to this.
+    pub max_value: f64,
+    pub learnable: bool,
+}
+
+impl Default for LogitScaleConfig {
+    fn default() -> Self {
+        Self { init_value: (1.0f64 / 0.07).ln(), max_value: 100f64.ln(), learnable: true }
+    }
+}
+
+/// Cross-modal fusion stack (self-attention -> cross-attention -> MLP per block).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FusionConfig {
+    pub num_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+}
+
+/// MAE decoder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecoderConfig {
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    /// Decoder blocks cross-attend to text features (AttMIM's text-conditioned reconstruction).
+    #[serde(default)]
+    pub cross_attention: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    #[serde(default = "default_format")]
+    pub format_version: u32,
+    pub vision_config: VisionConfig,
+    pub text_config: TextConfig,
+    pub projection_dim: usize,
+    #[serde(default = "default_projection")]
+    pub projection: ProjectionKind,
+    #[serde(default)]
+    pub logit_scale: LogitScaleConfig,
+    /// Present when the method uses cross-modal fusion (MLM with visual support, AttMIM scores).
+    #[serde(default)]
+    pub fusion_config: Option<FusionConfig>,
+    #[serde(default)]
+    pub decoder_config: Option<DecoderConfig>,
+    /// Whether the model carries an MLM head (tied to the word embeddings).
+    #[serde(default)]
+    pub mlm_head: bool,
+    /// Image preprocessing the model was trained with (interpreted by the data crate).
+    #[serde(default = "default_preprocess")]
+    pub preprocess: serde_json::Value,
+    /// The pre-training method and its settings (recipe name, objectives, weights).
+    #[serde(default = "default_method")]
+    pub method: serde_json::Value,
+}
+
+fn default_model_type() -> String {
+    "medvlp".into()
+}
+fn default_format() -> u32 {
+    FORMAT_VERSION
+}
+fn default_projection() -> ProjectionKind {
+    ProjectionKind::Linear
+}
+fn default_method() -> serde_json::Value {
+    serde_json::json!({ "name": "none" })
+}
+
+/// Eval preprocessing for grayscale chest X-rays at a given size (the data crate owns the schema).
+pub fn default_preprocess_for(image_size: usize, channels: usize) -> serde_json::Value {
+    serde_json::json!({
+        "image_size": image_size,
+        "resize_shorter": image_size,
+        "crop": "center",
+        "channels": channels,
+        "mean": [0.5],
+        "std": [0.25],
+        "hist_eq": false,
+        "hflip": false,
+    })
+}
+
+fn default_preprocess() -> serde_json::Value {
+    default_preprocess_for(224, 1)
+}
+
+impl ModelConfig {
+    /// A preset with every head (fusion, decoder, MLM) present, as the pre-training recipes use.
+    pub fn preset(name: &str) -> anyhow::Result<Self> {
+        let vision = VisionConfig::preset(name)?;
+        let text = TextConfig::preset(name)?;
+        let (proj, fusion, decoder) = match name {
+            "tiny" => (16, FusionConfig { num_layers: 1, num_attention_heads: 2, intermediate_size: 64 }, DecoderConfig { hidden_size: 16, num_layers: 1, num_attention_heads: 2, intermediate_size: 32, cross_attention: true }),
+            "small" => (128, FusionConfig { num_layers: 1, num_attention_heads: 4, intermediate_size: 1024 }, DecoderConfig { hidden_size: 128, num_layers: 2, num_attention_heads: 4, intermediate_size: 512, cross_attention: true }),
+            _ => (256, FusionConfig { num_layers: 2, num_attention_heads: 12, intermediate_size: 3072 }, DecoderConfig { hidden_size: 384, num_layers: 4, num_attention_heads: 6, intermediate_size: 1536, cross_attention: true }),
+        };
+        let preprocess = default_preprocess_for(vision.image_size, vision.num_channels);
+        Ok(Self {
+            model_type: default_model_type(),
+            format_version: FORMAT_VERSION,
+            vision_config: vision,
+            text_config: text,
+            projection_dim: proj,
+            projection: ProjectionKind::Linear,
+            logit_scale: LogitScaleConfig::default(),
+            fusion_config: Some(fusion),
+            decoder_config: Some(decoder),
+            mlm_head: true,
+            preprocess,
+            method: default_method(),
+        })
+    }
+
+    /// Width of the fusion stack: the text width (text queries attend to image tokens projected
+    /// to this width).
+    pub fn fusion_width(&self) -> usize {
+        self.text_config.hidden_size
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.text_config.validate()?;
+        let v = &self.vision_config;
+        if v.image_size % v.patch_size != 0 {
+            anyhow::bail!("vision image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size);
+        }
+        if v.hidden_size % v.num_attention_heads != 0 {
+            anyhow::bail!("vision hidden_size {} not divisible by {} heads", v.hidden_size, v.num_attention_heads);
+        }
+        if self.format_version > FORMAT_VERSION {
+            anyhow::bail!("model format version {} is newer than this medvlp ({FORMAT_VERSION})", self.format_version);
+        }
+        Ok(())
+    }
+}

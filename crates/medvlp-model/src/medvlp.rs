@@ -1,0 +1,98 @@
+//! The dual-encoder vision-language model with its optional pre-training heads. Parameter names
+//! follow Hugging Face CLIP (`vision_model.*`, `text_model.*`, `visual_projection`,
+//! `text_projection`, `logit_scale`) plus `fusion.layer.N.*`, `mae_decoder.*` and `mlm_head.*`.
+
+use crate::bert::BertModel;
+use crate::config::ModelConfig;
+use crate::fusion::{FusionLayer, FusionOutput};
+use crate::heads::{l2_normalize, MlmHead, ProjectionHead};
+use crate::mae_decoder::MaeDecoder;
+use crate::nn::additive_mask;
+use crate::params::ParamStore;
+use crate::vit::VisionTransformer;
+use candle_core::{Module, Result, Tensor};
+use candle_nn::Init;
+
+#[derive(Clone, Debug)]
+pub struct MedVlp {
+    pub config: ModelConfig,
+    pub vision_model: VisionTransformer,
+    pub text_model: BertModel,
+    pub visual_projection: ProjectionHead,
+    pub text_projection: ProjectionHead,
+    /// Scalar (rank-0) learnable log of the contrastive temperature's inverse.
+    pub logit_scale: Tensor,
+    /// Text queries over image tokens (MLM with visual support).
+    pub fusion: Vec<FusionLayer>,
+    pub mae_decoder: Option<MaeDecoder>,
+    pub mlm_head: Option<MlmHead>,
+}
+
+impl MedVlp {
+    pub fn new(config: &ModelConfig, store: &ParamStore) -> Result<Self> {
+        config.validate().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let vb = store.var_builder();
+        let vc = &config.vision_config;
+        let tc = &config.text_config;
+        let vision_model = VisionTransformer::new(vc, vb.pp("vision_model"))?;
+        let text_model = BertModel::new(tc, false, vb.pp("text_model"))?;
+        let visual_projection = ProjectionHead::new(config.projection, vc.hidden_size, config.projection_dim, vb.pp("visual_projection"))?;
+        let text_projection = ProjectionHead::new(config.projection, tc.hidden_size, config.projection_dim, vb.pp("text_projection"))?;
+        let logit_scale = vb.get_with_hints((), "logit_scale", Init::Const(config.logit_scale.init_value))?;
+        let fusion = match &config.fusion_config {
+            Some(f) => (0..f.num_layers)
+                .map(|i| FusionLayer::new(tc.hidden_size, Some(vc.hidden_size), f.num_attention_heads, f.intermediate_size, tc.layer_norm_eps, vb.pp("fusion").pp("layer").pp(i)))
+                .collect::<Result<Vec<_>>>()?,
+            None => vec![],
+        };
+        let mae_decoder = config.decoder_config.as_ref().map(|d| MaeDecoder::new(d, vc, tc.hidden_size, vb.pp("mae_decoder"))).transpose()?;
+        let mlm_head = if config.mlm_head { Some(MlmHead::new(tc, vb.pp("mlm_head"))?) } else { None };
+        Ok(Self { config: config.clone(), vision_model, text_model, visual_projection, text_projection, logit_scale, fusion, mae_decoder, mlm_head })
+    }
+
+    /// Text features `[b, l, hidden]`.
+    pub fn text_features(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.text_model.forward(input_ids, None, Some(attention_mask))
+    }
+
+    /// Projects the CLS feature of `features` (`[b, l, width]`) and L2-normalises it.
+    pub fn project_image(&self, features: &Tensor) -> Result<Tensor> {
+        l2_normalize(&self.visual_projection.forward(&features.narrow(1, 0, 1)?.squeeze(1)?)?)
+    }
+
+    pub fn project_text(&self, features: &Tensor) -> Result<Tensor> {
+        l2_normalize(&self.text_projection.forward(&features.narrow(1, 0, 1)?.squeeze(1)?)?)
+    }
+
+    /// Normalised joint-space image embeddings `[b, projection_dim]` (unmasked input).
+    pub fn image_embeds(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.project_image(&self.vision_model.forward(pixel_values)?)
+    }
+
+    /// Normalised joint-space text embeddings `[b, projection_dim]`.
+    pub fn text_embeds(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        self.project_text(&self.text_features(input_ids, attention_mask)?)
+    }
+
+    /// `exp(min(logit_scale, max))`: the clamp keeps the temperature from collapsing (CLIP).
+    pub fn logit_scale_value(&self) -> Result<Tensor> {
+        self.logit_scale.clamp(f64::MIN, self.config.logit_scale.max_value)?.exp()
+    }
+
+    /// Text tokens attend to image tokens through the fusion stack. `text_mask`: `[b, l]` 0/1.
+    /// Returns the fused text states and, when asked, each layer's cross-attention probabilities.
+    pub fn fuse_text(&self, text: &Tensor, text_mask: &Tensor, image: &Tensor, return_probs: bool) -> Result<(Tensor, Vec<Tensor>)> {
+        if self.fusion.is_empty() {
+            candle_core::bail!("this model has no fusion layers (fusion_config is absent)");
+        }
+        let m = additive_mask(text_mask, text.dtype())?;
+        let mut h = text.clone();
+        let mut probs = vec![];
+        for layer in &self.fusion {
+            let FusionOutput { hidden, cross_probs } = layer.forward(&h, Some(&m), Some(image), None, return_probs)?;
+            h = hidden;
+            probs.extend(cross_probs);
+        }
+        Ok((h, probs))
+    }
+}

@@ -1,0 +1,76 @@
+//! Multi-head attention (self or cross) with padding masks, returning its probabilities on request.
+
+use super::{softmax_last_dim, Linear};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Additive value for masked keys: large enough that `exp` underflows to exactly 0 in f32 and f64,
+/// finite so that a fully masked row gives a uniform distribution instead of NaN.
+const MASK_VALUE: f64 = -1e9;
+
+/// Turn a `[batch, keys]` 0/1 attention mask (1 = attend) into an additive `[batch, 1, 1, keys]` mask.
+pub fn additive_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    let (b, k) = mask.dims2()?;
+    let m = mask.to_dtype(dtype)?;
+    ((m - 1.0)? * (-MASK_VALUE))?.neg()?.reshape((b, 1, 1, k))
+}
+
+/// `query`, `key`, `value` projections and an output projection, `num_heads` heads.
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub output: Linear,
+    pub num_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    /// `vb_qkv` holds `query`/`key`/`value`; `vb_out` is the output projection itself.
+    /// `kv_dim` is the width of the attended sequence (differs from `dim` in cross-attention).
+    pub fn new(dim: usize, kv_dim: usize, num_heads: usize, vb_qkv: VarBuilder, vb_out: VarBuilder) -> Result<Self> {
+        if dim % num_heads != 0 {
+            candle_core::bail!("attention width {dim} is not divisible by {num_heads} heads");
+        }
+        Ok(Self {
+            query: Linear::new(dim, dim, true, vb_qkv.pp("query"))?,
+            key: Linear::new(kv_dim, dim, true, vb_qkv.pp("key"))?,
+            value: Linear::new(kv_dim, dim, true, vb_qkv.pp("value"))?,
+            output: Linear::new(dim, dim, true, vb_out)?,
+            num_heads,
+            head_dim: dim / num_heads,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        x.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+    }
+
+    /// `x`: `[b, lq, dim]` queries; `context`: `[b, lk, kv_dim]` (None = self-attention);
+    /// `mask`: additive `[b, 1, 1|lq, lk]` (see [`additive_mask`]).
+    /// Returns the projected output and, when `return_probs`, the `[b, heads, lq, lk]` probabilities.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        context: Option<&Tensor>,
+        mask: Option<&Tensor>,
+        return_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (b, lq, _) = x.dims3()?;
+        let ctx = context.unwrap_or(x);
+        let q = self.split_heads(&self.query.forward(x)?)?;
+        let k = self.split_heads(&self.key.forward(ctx)?)?;
+        let v = self.split_heads(&self.value.forward(ctx)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, self.num_heads * self.head_dim))?;
+        let y = self.output.forward(&y)?;
+        Ok((y, if return_probs { Some(probs) } else { None }))
+    }
+}

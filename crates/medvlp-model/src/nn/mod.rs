@@ -1,0 +1,113 @@
+//! The project's own layers. Everything here records a backward op (see [`ops`]); candle-nn's
+//! `LayerNorm` / `softmax_last_dim` / `rms_norm` fast paths are never used where gradients flow.
+
+pub mod attention;
+pub mod ops;
+
+pub use attention::{additive_mask, Attention};
+pub use ops::{gelu_erf, layer_norm, log_softmax_last_dim, softmax_last_dim};
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// Weight initialisation used across the model: N(0, 0.02) as BERT and ViT do.
+pub const INIT_STD: f64 = 0.02;
+
+/// Dense layer `y = x W^T + b` with a `[out, in]` weight (PyTorch / Hugging Face layout).
+/// Leading dimensions are flattened into one GEMM instead of a broadcast batched matmul.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev: INIT_STD })?;
+        let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim;
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims.to_vec();
+        *out_dims.last_mut().unwrap() = self.out_dim();
+        y.reshape(out_dims)
+    }
+}
+
+/// LayerNorm with Hugging Face names (`weight`, `bias`) and a verified backward pass.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints(dim, "weight", Init::Const(1.0))?;
+        let bias = vb.get_with_hints(dim, "bias", Init::Const(0.0))?;
+        Ok(Self { weight, bias, eps })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        layer_norm(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+/// Embedding table `[vocab, dim]` (`weight`), looked up with `index_select` (differentiable).
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    pub fn new(vocab: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((vocab, dim), "weight", Init::Randn { mean: 0.0, stdev: INIT_STD })?;
+        Ok(Self { weight })
+    }
+}
+
+impl Module for Embedding {
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let mut dims = ids.dims().to_vec();
+        dims.push(self.weight.dim(1)?);
+        self.weight.index_select(&ids.flatten_all()?, 0)?.reshape(dims)
+    }
+}
+
+/// Two-layer MLP `fc2(gelu(fc1(x)))` used by the transformer blocks.
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    /// `vb_in` / `vb_out` name the two layers (Hugging Face keeps them under different parents).
+    pub fn new(dim: usize, hidden: usize, vb_in: VarBuilder, vb_out: VarBuilder) -> Result<Self> {
+        Ok(Self { fc1: Linear::new(dim, hidden, true, vb_in)?, fc2: Linear::new(hidden, dim, true, vb_out)? })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&gelu_erf(&self.fc1.forward(x)?)?)
+    }
+}

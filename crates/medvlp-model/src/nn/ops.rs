@@ -1,0 +1,408 @@
+//! Differentiable primitives with hand-written backward passes.
+//!
+//! candle-nn's fused `LayerNorm`, `ops::softmax_last_dim` and `ops::rms_norm` record no backward op,
+//! so everything before them silently receives no gradient. These replacements are candle custom ops
+//! on the CPU (one pass over rows, parallel with rayon, f32 and f64) whose `bwd` is written out here,
+//! and composed tensor expressions on other devices, where candle's autograd differentiates them.
+//! Every op has a finite-difference test and an equality test against the composed version.
+
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    D,
+};
+use rayon::prelude::*;
+
+/// Rows below this many elements are processed on the calling thread.
+const PAR_MIN_ELEMS: usize = 1 << 14;
+
+fn use_kernel(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+fn contiguous_slice<'a, T>(v: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
+    match layout.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: input is not contiguous"),
+    }
+}
+
+/// Map every row of length `d` of `x` into the matching row of the output, in parallel.
+fn map_rows<T: Copy + Send + Sync + Default>(
+    x: &[T],
+    d: usize,
+    f: impl Fn(&[T], &mut [T]) + Send + Sync,
+) -> Vec<T> {
+    let mut out = vec![T::default(); x.len()];
+    if x.len() >= PAR_MIN_ELEMS {
+        out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, r)| f(r, o));
+    } else {
+        out.chunks_mut(d).zip(x.chunks(d)).for_each(|(o, r)| f(r, o));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax over the last dimension
+
+struct SoftmaxLastDim;
+
+fn softmax_row<T: num_like::Float>(r: &[T], o: &mut [T]) {
+    let mut m = T::neg_infinity();
+    for &v in r {
+        if v > m {
+            m = v;
+        }
+    }
+    let mut s = T::zero();
+    for (o, &v) in o.iter_mut().zip(r) {
+        let e = (v - m).exp();
+        *o = e;
+        s = s + e;
+    }
+    let inv = T::one() / s;
+    for o in o.iter_mut() {
+        *o = *o * inv;
+    }
+}
+
+impl CustomOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "medvlp-softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let d = l.dims()[l.dims().len() - 1];
+        let out = match s {
+            CpuStorage::F32(v) => CpuStorage::F32(map_rows(contiguous_slice(v, l, self.name())?, d, softmax_row)),
+            CpuStorage::F64(v) => CpuStorage::F64(map_rows(contiguous_slice(v, l, self.name())?, d, softmax_row)),
+            _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s.dtype()),
+        };
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        // dx = y * (g - sum(g * y))
+        let gy = (g * y)?;
+        let s = gy.sum_keepdim(D::Minus1)?;
+        Ok(Some((gy - y.broadcast_mul(&s)?)?))
+    }
+}
+
+/// Softmax over the last dimension, differentiable.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if use_kernel(x) {
+        x.contiguous()?.apply_op1(SoftmaxLastDim)
+    } else {
+        softmax_last_dim_composed(x)
+    }
+}
+
+/// Composed softmax (candle autograd through exp/sum/div). The max is detached: softmax is
+/// shift-invariant, so its gradient through the max is zero anyway.
+pub fn softmax_last_dim_composed(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+/// log-softmax over the last dimension (composed; used by the cross-entropy losses).
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let z = x.broadcast_sub(&m)?;
+    let lse = z.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    z.broadcast_sub(&lse)
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU (exact, erf form: Hugging Face "gelu")
+
+struct GeluErf;
+struct GeluErfGrad;
+
+fn gelu<T: num_like::Float>(x: T) -> T {
+    let xf = x.to_f64();
+    T::from_f64(0.5 * xf * (1.0 + libm::erf(xf * std::f64::consts::FRAC_1_SQRT_2)))
+}
+
+fn gelu_grad<T: num_like::Float>(x: T) -> T {
+    // d/dx [x Phi(x)] = Phi(x) + x phi(x)
+    let xf = x.to_f64();
+    let cdf = 0.5 * (1.0 + libm::erf(xf * std::f64::consts::FRAC_1_SQRT_2));
+    let pdf = (-0.5 * xf * xf).exp() * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
+    T::from_f64(cdf + xf * pdf)
+}
+
+fn map_elems<T: Copy + Send + Sync + Default>(x: &[T], f: impl Fn(T) -> T + Send + Sync) -> Vec<T> {
+    if x.len() >= PAR_MIN_ELEMS {
+        x.par_iter().map(|&v| f(v)).collect()
+    } else {
+        x.iter().map(|&v| f(v)).collect()
+    }
+}
+
+macro_rules! elementwise_op {
+    ($ty:ident, $name:literal, $f:ident, $bwd:expr) => {
+        impl CustomOp1 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+                let out = match s {
+                    CpuStorage::F32(v) => CpuStorage::F32(map_elems(contiguous_slice(v, l, $name)?, $f::<f32>)),
+                    CpuStorage::F64(v) => CpuStorage::F64(map_elems(contiguous_slice(v, l, $name)?, $f::<f64>)),
+                    _ => candle_core::bail!("{}: unsupported dtype {:?}", $name, s.dtype()),
+                };
+                Ok((out, l.shape().clone()))
+            }
+            fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+                let f: fn(&Tensor, &Tensor) -> Result<Option<Tensor>> = $bwd;
+                f(x, g)
+            }
+        }
+    };
+}
+
+elementwise_op!(GeluErf, "medvlp-gelu", gelu, |x, g| Ok(Some((g * x.apply_op1_no_bwd(&GeluErfGrad)?)?)));
+elementwise_op!(GeluErfGrad, "medvlp-gelu-grad", gelu_grad, |_x, _g| Err(
+    candle_core::Error::BackwardNotSupported { op: "medvlp-gelu-grad (second derivative)" }
+));
+
+/// Exact GELU, `0.5 x (1 + erf(x / sqrt 2))`, differentiable.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if use_kernel(x) {
+        x.contiguous()?.apply_op1(GeluErf)
+    } else {
+        gelu_erf_composed(x)
+    }
+}
+
+/// Composed exact GELU (candle's erf carries a backward rule).
+pub fn gelu_erf_composed(x: &Tensor) -> Result<Tensor> {
+    let cdf = ((x * std::f64::consts::FRAC_1_SQRT_2)?.erf()? + 1.0)? * 0.5;
+    x * cdf?
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm over the last dimension with affine weight and bias
+
+struct LayerNormOp {
+    eps: f64,
+}
+
+/// Backward of LayerNorm: inputs (x, weight, grad_out); output is the concatenation
+/// `[dx (numel x) | dweight (d) | dbias (d)]` so that one pass over the rows yields all three.
+struct LayerNormBwdOp {
+    eps: f64,
+}
+
+fn row_stats<T: num_like::Float>(r: &[T], eps: f64) -> (f64, f64) {
+    let d = r.len() as f64;
+    let mean = r.iter().map(|v| v.to_f64()).sum::<f64>() / d;
+    let var = r.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / d;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+fn layer_norm_fwd<T: num_like::Float>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
+    let d = w.len();
+    map_rows(x, d, |r, o| {
+        let (mean, rstd) = row_stats(r, eps);
+        for i in 0..d {
+            let xh = (r[i].to_f64() - mean) * rstd;
+            o[i] = T::from_f64(xh) * w[i] + b[i];
+        }
+    })
+}
+
+fn layer_norm_bwd<T: num_like::Float>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
+    let d = w.len();
+    let rows = x.len() / d;
+    let mut out = vec![T::zero(); x.len() + 2 * d];
+    let (dx, dwb) = out.split_at_mut(x.len());
+    // dx row by row; dweight/dbias accumulated per chunk of rows in f64, then summed.
+    let chunk_rows = (rows / (4 * rayon::current_num_threads()).max(1)).max(16);
+    let partials: Vec<Vec<f64>> = dx
+        .par_chunks_mut(chunk_rows * d)
+        .enumerate()
+        .map(|(ci, dxc)| {
+            let mut acc = vec![0f64; 2 * d];
+            for (ri, dxr) in dxc.chunks_mut(d).enumerate() {
+                let row = ci * chunk_rows + ri;
+                let xr = &x[row * d..(row + 1) * d];
+                let gr = &g[row * d..(row + 1) * d];
+                let (mean, rstd) = row_stats(xr, eps);
+                // dxhat = g * w;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+                let mut m1 = 0f64;
+                let mut m2 = 0f64;
+                for i in 0..d {
+                    let xh = (xr[i].to_f64() - mean) * rstd;
+                    let gi = gr[i].to_f64();
+                    let dxh = gi * w[i].to_f64();
+                    m1 += dxh;
+                    m2 += dxh * xh;
+                    acc[i] += gi * xh;
+                    acc[d + i] += gi;
+                }
+                m1 /= d as f64;
+                m2 /= d as f64;
+                for i in 0..d {
+                    let xh = (xr[i].to_f64() - mean) * rstd;
+                    let dxh = gr[i].to_f64() * w[i].to_f64();
+                    dxr[i] = T::from_f64(rstd * (dxh - m1 - xh * m2));
+                }
+            }
+            acc
+        })
+        .collect();
+    for p in partials {
+        for (o, v) in dwb.iter_mut().zip(p) {
+            *o = T::from_f64(o.to_f64() + v);
+        }
+    }
+    out
+}
+
+fn three_slices<'a, T>(
+    s1: &'a [T],
+    l1: &Layout,
+    s2: &'a [T],
+    l2: &Layout,
+    s3: &'a [T],
+    l3: &Layout,
+    op: &str,
+) -> Result<(&'a [T], &'a [T], &'a [T])> {
+    Ok((contiguous_slice(s1, l1, op)?, contiguous_slice(s2, l2, op)?, contiguous_slice(s3, l3, op)?))
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "medvlp-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                let (x, w, b) = three_slices(x, l1, w, l2, b, l3, self.name())?;
+                CpuStorage::F32(layer_norm_fwd(x, w, b, self.eps))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                let (x, w, b) = three_slices(x, l1, w, l2, b, l3, self.name())?;
+                CpuStorage::F64(layer_norm_fwd(x, w, b, self.eps))
+            }
+            _ => candle_core::bail!("{}: unsupported or mixed dtypes", self.name()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = w.elem_count();
+        let n = x.elem_count();
+        let packed = x.apply_op3_no_bwd(w, &g.contiguous()?, &LayerNormBwdOp { eps: self.eps })?;
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = packed.narrow(0, n, d)?.reshape(w.shape())?;
+        let db = packed.narrow(0, n + d, d)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+impl CustomOp3 for LayerNormBwdOp {
+    fn name(&self) -> &'static str {
+        "medvlp-layer-norm-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = l2.shape().elem_count();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
+                let (x, w, g) = three_slices(x, l1, w, l2, g, l3, self.name())?;
+                CpuStorage::F32(layer_norm_bwd(x, w, g, self.eps))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
+                let (x, w, g) = three_slices(x, l1, w, l2, g, l3, self.name())?;
+                CpuStorage::F64(layer_norm_bwd(x, w, g, self.eps))
+            }
+            _ => candle_core::bail!("{}: unsupported or mixed dtypes", self.name()),
+        };
+        Ok((out, Shape::from(l1.shape().elem_count() + 2 * d)))
+    }
+}
+
+/// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    if weight.elem_count() != d || bias.elem_count() != d {
+        candle_core::bail!("layer_norm: last dim {d} does not match weight {:?} / bias {:?}", weight.shape(), bias.shape());
+    }
+    if use_kernel(x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype() {
+        x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps })
+    } else {
+        layer_norm_composed(x, weight, bias, eps)
+    }
+}
+
+/// Composed LayerNorm (candle autograd through mean/var/sqrt).
+pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xh = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xh.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// The little numeric vocabulary the row kernels need, for f32 and f64.
+mod num_like {
+    pub trait Float:
+        Copy
+        + Send
+        + Sync
+        + Default
+        + PartialOrd
+        + std::ops::Add<Output = Self>
+        + std::ops::Sub<Output = Self>
+        + std::ops::Mul<Output = Self>
+        + std::ops::Div<Output = Self>
+    {
+        fn zero() -> Self;
+        fn one() -> Self;
+        fn neg_infinity() -> Self;
+        fn exp(self) -> Self;
+        fn to_f64(self) -> f64;
+        fn from_f64(v: f64) -> Self;
+    }
+    macro_rules! imp {
+        ($t:ty) => {
+            impl Float for $t {
+                fn zero() -> Self { 0.0 }
+                fn one() -> Self { 1.0 }
+                fn neg_infinity() -> Self { <$t>::NEG_INFINITY }
+                fn exp(self) -> Self { <$t>::exp(self) }
+                fn to_f64(self) -> f64 { self as f64 }
+                fn from_f64(v: f64) -> Self { v as $t }
+            }
+        };
+    }
+    imp!(f32);
+    imp!(f64);
+}
