@@ -7,6 +7,7 @@
 pub mod bert;
 pub mod config;
 pub mod fusion;
+pub mod gradcheck;
 pub mod heads;
 pub mod mae_decoder;
 pub mod masking;

@@ -159,6 +159,10 @@ pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
 /// Strip Hugging Face wrapper prefixes so that `bert.encoder...` and `encoder...` both load.
 pub fn hf_bert_name(name: &str) -> Option<String> {
     let n = name.strip_prefix("bert.").unwrap_or(name);
+    // `embeddings.position_ids` is a buffer (0..max_len) some checkpoints carry, not a parameter.
+    if n.ends_with("position_ids") {
+        return None;
+    }
     if n.starts_with("embeddings.") || n.starts_with("encoder.") || n.starts_with("pooler.") {
         Some(n.to_string())
     } else {

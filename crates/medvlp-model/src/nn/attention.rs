@@ -12,7 +12,8 @@ const MASK_VALUE: f64 = -1e9;
 pub fn additive_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
     let (b, k) = mask.dims2()?;
     let m = mask.to_dtype(dtype)?;
-    ((m - 1.0)? * (-MASK_VALUE))?.neg()?.reshape((b, 1, 1, k))
+    // (m - 1) * 1e9: 0 where m = 1, -1e9 where m = 0
+    ((m - 1.0)? * (-MASK_VALUE))?.reshape((b, 1, 1, k))
 }
 
 /// `query`, `key`, `value` projections and an output projection, `num_heads` heads.

@@ -1,0 +1,236 @@
+//! Finite-difference checks (f64, tiny shapes) of every layer's backward pass, and equality of the
+//! custom CPU kernels with their composed reference implementations.
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use medvlp_model::config::{DecoderConfig, ModelConfig, PositionEmbedding, VisionConfig};
+use medvlp_model::fusion::FusionLayer;
+use medvlp_model::gradcheck::{check, probe_like};
+use medvlp_model::heads::MlmHead;
+use medvlp_model::mae_decoder::MaeDecoder;
+use medvlp_model::masking::PatchMask;
+use medvlp_model::nn::{self, additive_mask, ops, Attention};
+use medvlp_model::vit::VisionTransformer;
+use medvlp_model::ParamStore;
+use rand::SeedableRng;
+
+const EPS: f64 = 1e-6;
+const TOL: f64 = 1e-5;
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let t = Tensor::zeros(shape, DType::F64, &Device::Cpu).unwrap();
+    probe_like(&t, seed).unwrap()
+}
+
+fn var(shape: &[usize], seed: u64) -> Var {
+    Var::from_tensor(&randn(shape, seed)).unwrap()
+}
+
+fn assert_ok(name: &str, r: medvlp_model::gradcheck::GradCheck) {
+    println!("{name}: {} coordinates, max relative error {:.2e}", r.checked, r.max_rel_err);
+    assert!(r.checked > 0);
+    assert!(r.mismatches.is_empty(), "{name}: gradient mismatches {:?}", &r.mismatches[..r.mismatches.len().min(5)]);
+}
+
+#[test]
+fn layer_norm_gradient() {
+    let x = var(&[3, 4, 8], 1);
+    let w = var(&[8], 2);
+    let b = var(&[8], 3);
+    let probe = randn(&[3, 4, 8], 4);
+    let vars = vec![("x".into(), x.clone()), ("w".into(), w.clone()), ("b".into(), b.clone())];
+    let r = check(&vars, || (nn::layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)? * &probe)?.sum_all(), 200, EPS, TOL).unwrap();
+    assert_ok("layer_norm", r);
+}
+
+#[test]
+fn softmax_gradient() {
+    let x = var(&[2, 3, 7], 5);
+    let probe = randn(&[2, 3, 7], 6);
+    let vars = vec![("x".into(), x.clone())];
+    let r = check(&vars, || (nn::softmax_last_dim(x.as_tensor())? * &probe)?.sum_all(), 100, EPS, TOL).unwrap();
+    assert_ok("softmax", r);
+}
+
+#[test]
+fn gelu_gradient() {
+    let x = Var::from_tensor(&(randn(&[5, 9], 7) * 3.0).unwrap()).unwrap();
+    let probe = randn(&[5, 9], 8);
+    let vars = vec![("x".into(), x.clone())];
+    let r = check(&vars, || (nn::gelu_erf(x.as_tensor())? * &probe)?.sum_all(), 100, EPS, TOL).unwrap();
+    assert_ok("gelu", r);
+}
+
+#[test]
+fn attention_with_padding_mask_gradient() {
+    let store = ParamStore::new(1, DType::F64, &Device::Cpu);
+    let att = Attention::new(8, 8, 2, store.var_builder().pp("att"), store.var_builder().pp("out")).unwrap();
+    let x = var(&[2, 5, 8], 9);
+    // second sample: last two tokens are padding
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 0, 0]], &Device::Cpu).unwrap();
+    let am = additive_mask(&mask, DType::F64).unwrap();
+    let probe = randn(&[2, 5, 8], 10);
+    let mut vars = store.vars();
+    vars.push(("x".into(), x.clone()));
+    let r = check(&vars, || (att.forward(x.as_tensor(), None, Some(&am), false)?.0 * &probe)?.sum_all(), 20, EPS, TOL).unwrap();
+    assert_ok("attention", r);
+    // Padded keys receive exactly zero attention.
+    let (_, p) = att.forward(x.as_tensor(), None, Some(&am), true).unwrap();
+    let p = p.unwrap().narrow(0, 1, 1).unwrap().narrow(3, 3, 2).unwrap();
+    assert_eq!(p.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap(), 0.0);
+}
+
+#[test]
+fn cross_attention_block_gradient() {
+    let store = ParamStore::new(2, DType::F64, &Device::Cpu);
+    let layer = FusionLayer::new(8, Some(6), 2, 16, 1e-12, store.var_builder().pp("fusion")).unwrap();
+    let text = var(&[2, 4, 8], 11);
+    let image = var(&[2, 5, 6], 12);
+    let tmask = additive_mask(&Tensor::new(&[[1u32, 1, 1, 1], [1, 1, 0, 0]], &Device::Cpu).unwrap(), DType::F64).unwrap();
+    let probe = randn(&[2, 4, 8], 13);
+    let mut vars = store.vars();
+    vars.push(("text".into(), text.clone()));
+    vars.push(("image".into(), image.clone()));
+    let r = check(
+        &vars,
+        || {
+            let out = layer.forward(text.as_tensor(), Some(&tmask), Some(image.as_tensor()), None, true)?;
+            (out.hidden * &probe)?.sum_all()
+        },
+        12,
+        EPS,
+        TOL,
+    )
+    .unwrap();
+    assert_ok("cross-attention block", r);
+    let out = layer.forward(text.as_tensor(), Some(&tmask), Some(image.as_tensor()), None, true).unwrap();
+    assert_eq!(out.cross_probs.unwrap().dims(), &[2, 2, 4, 5]);
+}
+
+fn tiny_vision(pos: PositionEmbedding) -> VisionConfig {
+    VisionConfig { image_size: 16, num_channels: 1, patch_size: 4, hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 16, position_embedding: pos, layer_norm_eps: 1e-6 }
+}
+
+#[test]
+fn vit_with_patch_subset_gradient() {
+    let store = ParamStore::new(3, DType::F64, &Device::Cpu);
+    let cfg = tiny_vision(PositionEmbedding::Learned);
+    let vit = VisionTransformer::new(&cfg, store.var_builder().pp("vision_model")).unwrap();
+    let px = var(&[2, 1, 16, 16], 14);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mask = PatchMask::random(2, 16, 0.75, &mut rng, &Device::Cpu).unwrap();
+    assert_eq!(mask.num_keep(), 4);
+    let probe = randn(&[2, 5, 8], 15);
+    let mut vars = store.vars();
+    vars.push(("pixels".into(), px.clone()));
+    let r = check(&vars, || (vit.forward_masked(px.as_tensor(), &mask)? * &probe)?.sum_all(), 6, EPS, TOL).unwrap();
+    assert_ok("vit (patch subset)", r);
+    // Pixels of masked patches get no gradient; visible ones do.
+    let loss = (vit.forward_masked(px.as_tensor(), &mask).unwrap() * &probe).unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    let gp = medvlp_model::vit::patchify(&g.get(px.as_tensor()).unwrap().clone(), 4).unwrap();
+    let per_patch: Vec<Vec<f64>> = gp.abs().unwrap().sum(2).unwrap().to_vec2().unwrap();
+    for b in 0..2 {
+        for p in 0..16 {
+            let visible = mask.keep[b].contains(&p);
+            assert_eq!(per_patch[b][p] > 0.0, visible, "sample {b} patch {p}");
+        }
+    }
+}
+
+#[test]
+fn vit_subset_equals_full_encoding_when_nothing_is_masked() {
+    let store = ParamStore::new(4, DType::F64, &Device::Cpu);
+    let cfg = tiny_vision(PositionEmbedding::Sincos);
+    let vit = VisionTransformer::new(&cfg, store.var_builder()).unwrap();
+    let px = randn(&[2, 1, 16, 16], 16);
+    let all: Vec<Vec<usize>> = vec![(0..16).collect(), (0..16).collect()];
+    let mask = PatchMask::from_keep(all, 16, &Device::Cpu).unwrap();
+    let a = vit.forward(&px).unwrap();
+    let b = vit.forward_masked(&px, &mask).unwrap();
+    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    assert!(d < 1e-12, "{d}");
+}
+
+#[test]
+fn mae_decoder_restores_order_and_has_gradients() {
+    let store = ParamStore::new(5, DType::F64, &Device::Cpu);
+    let vcfg = tiny_vision(PositionEmbedding::Learned);
+    let dcfg = DecoderConfig { hidden_size: 8, num_layers: 1, num_attention_heads: 2, intermediate_size: 16, cross_attention: true };
+    let dec = MaeDecoder::new(&dcfg, &vcfg, 6, store.var_builder().pp("mae_decoder")).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mask = PatchMask::random(2, 16, 0.5, &mut rng, &Device::Cpu).unwrap();
+    let latent = var(&[2, 9, 8], 17);
+    let text = var(&[2, 3, 6], 18);
+    let probe = randn(&[2, 16, 16], 19);
+    let mut vars = store.vars();
+    vars.push(("latent".into(), latent.clone()));
+    vars.push(("text".into(), text.clone()));
+    let r = check(&vars, || (dec.forward(latent.as_tensor(), &mask, Some((text.as_tensor(), None)))? * &probe)?.sum_all(), 6, EPS, TOL).unwrap();
+    assert_ok("mae decoder", r);
+}
+
+#[test]
+fn mlm_head_gradient() {
+    let store = ParamStore::new(6, DType::F64, &Device::Cpu);
+    let mut tc = medvlp_model::config::TextConfig::preset("tiny").unwrap();
+    tc.vocab_size = 11;
+    tc.hidden_size = 8;
+    let head = MlmHead::new(&tc, store.var_builder().pp("mlm_head")).unwrap();
+    let emb = var(&[11, 8], 20);
+    let h = var(&[5, 8], 21);
+    let probe = randn(&[5, 11], 22);
+    let mut vars = store.vars();
+    vars.push(("word_embeddings".into(), emb.clone()));
+    vars.push(("hidden".into(), h.clone()));
+    let r = check(&vars, || (head.forward(h.as_tensor(), emb.as_tensor())? * &probe)?.sum_all(), 20, EPS, TOL).unwrap();
+    assert_ok("mlm head", r);
+}
+
+/// Custom kernels and the composed expressions agree (f32, values and gradients).
+#[test]
+fn kernels_match_composed_reference() {
+    let dev = Device::Cpu;
+    let x = Var::from_tensor(&(randn(&[4, 6, 33], 30) * 2.0).unwrap().to_dtype(DType::F32).unwrap()).unwrap();
+    let w = Var::from_tensor(&randn(&[33], 31).to_dtype(DType::F32).unwrap()).unwrap();
+    let b = Var::from_tensor(&randn(&[33], 32).to_dtype(DType::F32).unwrap()).unwrap();
+    let probe = randn(&[4, 6, 33], 33).to_dtype(DType::F32).unwrap();
+    type F = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
+    let cases: Vec<(&str, F, F)> = vec![
+        ("layer_norm", |x, w, b| ops::layer_norm(x, w, b, 1e-5), |x, w, b| ops::layer_norm_composed(x, w, b, 1e-5)),
+        ("softmax", |x, _, _| ops::softmax_last_dim(x), |x, _, _| ops::softmax_last_dim_composed(x)),
+        ("gelu", |x, _, _| ops::gelu_erf(x), |x, _, _| ops::gelu_erf_composed(x)),
+    ];
+    for (name, fast, slow) in cases {
+        let yf = fast(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+        let ys = slow(x.as_tensor(), w.as_tensor(), b.as_tensor()).unwrap();
+        let dy = (&yf - &ys).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(dy < 1e-5, "{name}: forward differs by {dy}");
+        let gf = (yf * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (ys * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for (vn, v) in [("x", &x), ("w", &w), ("b", &b)] {
+            match (gf.get(v.as_tensor()), gs.get(v.as_tensor())) {
+                (Some(a), Some(c)) => {
+                    let d = (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                    assert!(d < 1e-4, "{name}: grad {vn} differs by {d}");
+                }
+                (None, None) => {}
+                (a, c) => panic!("{name}: grad {vn} present in one only ({} vs {})", a.is_some(), c.is_some()),
+            }
+        }
+    }
+    let _ = dev;
+}
+
+/// candle-nn's fused softmax drops the gradient (the trap this crate exists to avoid); ours does not.
+#[test]
+fn candle_fast_softmax_trap_is_avoided() {
+    let x = Var::from_tensor(&randn(&[2, 5], 40).to_dtype(DType::F32).unwrap()).unwrap();
+    let probe = randn(&[2, 5], 41).to_dtype(DType::F32).unwrap();
+    let ours = (nn::softmax_last_dim(x.as_tensor()).unwrap() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    assert!(ours.get(x.as_tensor()).is_some());
+    let g = ours.get(x.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(g > 0.0);
+    let lin = nn::Linear { weight: Tensor::ones((3, 5), DType::F32, &Device::Cpu).unwrap(), bias: None };
+    assert_eq!(lin.forward(x.as_tensor()).unwrap().dims(), &[2, 3]);
+    let _ = ModelConfig::preset("tiny").unwrap();
+}
