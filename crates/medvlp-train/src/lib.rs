@@ -1,1 +1,3 @@
-//! medvlp-train
+//! medvlp-train: pre-training objectives, method recipes, the trainer and distributed training.
+
+pub mod objectives;

@@ -1,0 +1,21 @@
+//! Pre-training objectives shared by the method recipes.
+
+pub mod contrastive;
+pub mod mim;
+pub mod mlm;
+
+use candle_core::{Result, Tensor, D};
+use medvlp_model::nn::log_softmax_last_dim;
+
+/// Mean cross-entropy of `logits` `[n, classes]` against class indices `targets` `[n]` (u32).
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let lsm = log_softmax_last_dim(logits)?;
+    let picked = lsm.gather(&targets.unsqueeze(1)?, D::Minus1)?;
+    picked.neg()?.mean_all()
+}
+
+/// Mean over rows of `-sum_j targets_ij log softmax(logits)_ij` for soft target distributions.
+pub fn soft_cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let lsm = log_softmax_last_dim(logits)?;
+    (lsm * targets)?.sum(D::Minus1)?.neg()?.mean_all()
+}
