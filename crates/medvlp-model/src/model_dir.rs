@@ -135,7 +135,8 @@ pub struct LoadedModel {
 }
 
 /// Load a medvlp model directory. Every parameter of the model must be in the weights.
-pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
+/// `trainable`: false for inference (no autograd bookkeeping).
+pub fn load(dir: &Path, dtype: DType, device: &Device, trainable: bool) -> Result<LoadedModel> {
     let config = load_config(dir)?;
     let weights = dir.join(WEIGHTS_FILE);
     let meta = weights_metadata(&weights)?;
@@ -146,6 +147,7 @@ pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedModel> {
         }
     }
     let store = ParamStore::new(0, dtype, device);
+    let store = if trainable { store } else { store.frozen() };
     store.preload_safetensors(&weights, |n| Some(n.to_string()))?;
     let model = MedVlp::new(&config, &store).with_context(|| format!("building the model of {}", dir.display()))?;
     let report = store.load_report();
@@ -180,7 +182,7 @@ pub struct LoadedBert {
     pub report: LoadReport,
 }
 
-pub fn load_hf_bert(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedBert> {
+pub fn load_hf_bert(dir: &Path, dtype: DType, device: &Device, trainable: bool) -> Result<LoadedBert> {
     let cfg_path = dir.join(CONFIG_FILE);
     let config: TextConfig = serde_json::from_value(read_json(&cfg_path)?).with_context(|| format!("{}: not a BERT config", cfg_path.display()))?;
     config.validate().with_context(|| format!("{}", cfg_path.display()))?;
@@ -191,6 +193,7 @@ pub fn load_hf_bert(dir: &Path, dtype: DType, device: &Device) -> Result<LoadedB
     let (_, header) = read_header(&weights)?;
     let has_pooler = header.tensors().keys().any(|k| k.ends_with("pooler.dense.weight"));
     let store = ParamStore::new(0, dtype, device);
+    let store = if trainable { store } else { store.frozen() };
     store.preload_safetensors(&weights, hf_bert_name)?;
     let model = BertModel::new(&config, has_pooler, store.var_builder())?;
     let report = store.load_report();

@@ -43,6 +43,8 @@ pub struct ParamStore {
     seed: u64,
     dtype: DType,
     device: Device,
+    /// When false (inference), models receive detached tensors: no autograd bookkeeping.
+    trainable: bool,
 }
 
 fn name_seed(seed: u64, name: &str) -> u64 {
@@ -87,7 +89,14 @@ fn init_values(shape: &Shape, init: &Init, seed: u64) -> Vec<f64> {
 
 impl ParamStore {
     pub fn new(seed: u64, dtype: DType, device: &Device) -> Self {
-        Self { inner: Arc::new(Mutex::new(Inner::default())), seed, dtype, device: device.clone() }
+        Self { inner: Arc::new(Mutex::new(Inner::default())), seed, dtype, device: device.clone(), trainable: true }
+    }
+
+    /// A store for inference: parameters reach the model detached from autograd, so forward
+    /// passes record no backward graph.
+    pub fn frozen(mut self) -> Self {
+        self.trainable = false;
+        self
     }
 
     pub fn dtype(&self) -> DType {
@@ -178,7 +187,7 @@ impl SimpleBackend for ParamStore {
             if v.shape() != &s {
                 candle_core::bail!("parameter {name}: expected shape {s:?}, found {:?}", v.shape());
             }
-            let t = v.as_tensor().clone();
+            let t = if self.trainable { v.as_tensor().clone() } else { v.as_detached_tensor() };
             if inner.preloaded.remove(name) {
                 inner.loaded.insert(name.to_string());
             }
@@ -187,7 +196,7 @@ impl SimpleBackend for ParamStore {
         let vals = init_values(&s, &h, name_seed(self.seed, name));
         let t = Tensor::from_vec(vals, s, &Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?;
         let v = Var::from_tensor(&t)?;
-        let t = v.as_tensor().clone();
+        let t = if self.trainable { v.as_tensor().clone() } else { v.as_detached_tensor() };
         inner.vars.insert(name.to_string(), v);
         inner.initialised.insert(name.to_string());
         Ok(t)

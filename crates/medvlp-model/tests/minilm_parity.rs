@@ -16,7 +16,7 @@ fn minilm_matches_transformers() {
     let Some(dir) = asset_path("minilm") else { return };
     let dev = Device::Cpu;
     let refs = candle_core::safetensors::load(dir.join("reference_outputs.safetensors"), &dev).unwrap();
-    let bert = load_hf_bert(&dir, DType::F32, &dev).unwrap();
+    let bert = load_hf_bert(&dir, DType::F32, &dev, true).unwrap();
     assert!(bert.report.unused.is_empty(), "unused tensors: {:?}", bert.report.unused);
     let ids = ids_u32(&refs["input_ids"]).unwrap();
     let types = ids_u32(&refs["token_type_ids"]).unwrap();

@@ -13,6 +13,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show a model directory's config, parameter counts per component and tensors.
+    Inspect(cmd::inspect::Args),
+    /// Embed texts with a medvlp model or a Hugging Face BERT directory.
+    Embed(cmd::embed::Args),
+    /// Create a freshly initialised model directory from a preset.
+    Init(cmd::init::Args),
+    /// Train or inspect tokenizers.
+    Tokenizer(cmd::tokenizer::Args),
+    /// Performance measurements (JSON on stdout).
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,5 +35,10 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Embed(a) => cmd::embed::run(a),
+        Command::Init(a) => cmd::init::run(a),
+        Command::Tokenizer(a) => cmd::tokenizer::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     }
 }

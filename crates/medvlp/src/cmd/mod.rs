@@ -1,1 +1,7 @@
 //! Subcommands. Each file holds a clap `Args` struct and a `run(args) -> anyhow::Result<()>`.
+
+pub mod bench;
+pub mod embed;
+pub mod init;
+pub mod inspect;
+pub mod tokenizer;

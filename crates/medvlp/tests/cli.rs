@@ -1,0 +1,131 @@
+//! End-to-end checks of the `medvlp` commands of the foundation: embed, inspect, init, tokenizer.
+
+use medvlp_data::assets::asset_path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn medvlp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_medvlp"))
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("medvlp-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "command failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn read_embeddings(path: &Path) -> Vec<(serde_json::Value, Vec<f32>)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let e = v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            (v["id"].clone(), e)
+        })
+        .collect()
+}
+
+#[test]
+fn embed_reproduces_minilm_reference_sentence_embeddings() {
+    let Some(dir) = asset_path("minilm") else { return };
+    let refs = candle_core::safetensors::load(dir.join("reference_outputs.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let meta = medvlp_model::model_dir::weights_metadata(&dir.join("reference_outputs.safetensors")).unwrap();
+    let sentences: Vec<String> = serde_json::from_str(&meta["sentences"]).unwrap();
+    let expect: Vec<Vec<f32>> = refs["sentence_embedding"].to_vec2().unwrap();
+    let tmp = tempdir("embed");
+    // JSONL input with ids; one malformed line in the middle is skipped, not fatal.
+    let mut lines: Vec<String> = sentences.iter().enumerate().map(|(i, s)| serde_json::json!({"id": format!("s{i}"), "text": s}).to_string()).collect();
+    lines.insert(2, "{\"id\": \"broken\", \"text\": ".to_string());
+    let input = tmp.join("texts.jsonl");
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = tmp.join("emb.jsonl");
+    run_ok(medvlp().args(["embed", "--model"]).arg(&dir).arg("--texts").arg(&input).arg("--output").arg(&out).args(["--batch-size", "3"]));
+    let got = read_embeddings(&out);
+    assert_eq!(got.len(), 4);
+    for (i, (id, e)) in got.iter().enumerate() {
+        assert_eq!(id, &serde_json::json!(format!("s{i}")));
+        let cos: f32 = e.iter().zip(&expect[i]).map(|(a, b)| a * b).sum();
+        assert!(cos >= 0.99999, "sentence {i}: cosine {cos}");
+    }
+    // Plain text: ids are line numbers.
+    let plain = tmp.join("texts.txt");
+    std::fs::write(&plain, sentences.join("\n")).unwrap();
+    run_ok(medvlp().args(["embed", "--model"]).arg(&dir).arg("--texts").arg(&plain).arg("--output").arg(&out));
+    let got = read_embeddings(&out);
+    assert_eq!(got[3].0, serde_json::json!(4));
+    let cos: f32 = got[3].1.iter().zip(&expect[3]).map(|(a, b)| a * b).sum();
+    assert!(cos >= 0.99999);
+}
+
+#[test]
+fn inspect_reads_hf_bert_and_medvlp_directories() {
+    let tmp = tempdir("inspect");
+    let model = tmp.join("model");
+    let corpus = tmp.join("reports.txt");
+    let text: String = (0..50).map(|i| format!("Report {i}: small left pleural effusion, no pneumothorax. Heart size is normal.\n")).collect();
+    std::fs::write(&corpus, text).unwrap();
+    let tok = tmp.join("tokenizer.json");
+    run_ok(medvlp().args(["tokenizer", "train", "--input"]).arg(&corpus).args(["--vocab-size", "120", "--out"]).arg(&tok));
+    assert!(tok.exists());
+    run_ok(medvlp().args(["init", "--preset", "tiny", "--out"]).arg(&model).arg("--tokenizer").arg(&tok));
+    let s = run_ok(medvlp().arg("inspect").arg(&model));
+    assert!(s.contains("medvlp model"), "{s}");
+    assert!(s.contains("vision_model.encoder"), "{s}");
+    assert!(s.contains("text_model.embeddings.word_embeddings.weight"), "{s}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let vocab = cfg["text_config"]["vocab_size"].as_u64().unwrap();
+    assert!(vocab <= 120 && vocab > 20, "vocab {vocab}");
+    // The medvlp model embeds texts too (joint-space, unit norm).
+    let input = tmp.join("t.txt");
+    std::fs::write(&input, "small left pleural effusion\nno pneumothorax\n").unwrap();
+    let out = tmp.join("e.jsonl");
+    run_ok(medvlp().args(["embed", "--model"]).arg(&model).arg("--texts").arg(&input).arg("--output").arg(&out));
+    let got = read_embeddings(&out);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].1.len(), cfg["projection_dim"].as_u64().unwrap() as usize);
+    let norm: f32 = got[0].1.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4);
+
+    if let Some(dir) = asset_path("minilm") {
+        let s = run_ok(medvlp().arg("inspect").arg(&dir).arg("--summary"));
+        assert!(s.contains("Hugging Face BERT"), "{s}");
+        assert!(s.contains("encoder") && s.contains("22713728"), "{s}");
+    }
+}
+
+#[test]
+fn init_from_hf_bert_reports_loaded_and_new_tensors() {
+    let Some(dir) = asset_path("minilm") else { return };
+    let tmp = tempdir("init-hf");
+    let model = tmp.join("m");
+    let out = medvlp().args(["init", "--preset", "tiny", "--out"]).arg(&model).arg("--text-init").arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // 6 layers x 16 + 5 embedding tensors come from the checkpoint; the pooler is not used.
+    assert!(err.contains("101 tensors loaded"), "{err}");
+    assert!(err.contains("pooler.dense.weight"), "{err}");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["text_config"]["hidden_size"], 384);
+}
+
+#[test]
+fn bad_inputs_fail_cleanly_with_the_file_named() {
+    let tmp = tempdir("bad");
+    let out = medvlp().args(["inspect"]).arg(tmp.join("missing")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
+    let empty = tmp.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let out = medvlp().args(["tokenizer", "train", "--input"]).arg(&empty).arg("--out").arg(tmp.join("t.json")).output().unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("empty.txt") && !e.contains("panicked"), "{e}");
+}
