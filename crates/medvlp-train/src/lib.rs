@@ -1,3 +1,4 @@
 //! medvlp-train: pre-training objectives, method recipes, the trainer and distributed training.
 
 pub mod objectives;
+pub mod optim;

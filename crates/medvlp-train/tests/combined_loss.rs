@@ -2,9 +2,9 @@
 //! and AdamW drives the combined loss down on a fixed batch.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use medvlp_model::masking::PatchMask;
 use medvlp_model::{MedVlp, ModelConfig, ParamStore};
+use medvlp_train::optim::{AdamW, AdamWConfig};
 use medvlp_train::objectives::{contrastive::itc_loss, mim::mim_loss, mlm::{gather_positions, mlm_loss}};
 use rand::{Rng, SeedableRng};
 
@@ -93,14 +93,14 @@ fn adamw_halves_the_combined_loss_in_50_steps() {
     let store = ParamStore::new(0, DType::F32, &dev);
     let model = MedVlp::new(&cfg, &store).unwrap();
     let bt = batch(&cfg, &dev);
-    let vars = store.vars().into_iter().map(|(_, v)| v).collect();
-    let mut opt = AdamW::new(vars, ParamsAdamW { lr: 2e-3, weight_decay: 0.0, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(store.vars(), AdamWConfig { lr: 2e-3, weight_decay: 0.0, grad_clip: 0.0, ..Default::default() }).unwrap();
     let first = combined_loss(&model, &bt).unwrap().to_scalar::<f32>().unwrap();
     let mut last = first;
     for _ in 0..50 {
         let loss = combined_loss(&model, &bt).unwrap();
         last = loss.to_scalar::<f32>().unwrap();
-        opt.backward_step(&loss).unwrap();
+        let grads = opt.collect_grads(&loss.backward().unwrap()).unwrap();
+        assert!(opt.step(&grads, 2e-3, 1.0).unwrap().applied);
     }
     let fin = combined_loss(&model, &bt).unwrap().to_scalar::<f32>().unwrap();
     println!("combined loss {first:.4} -> {fin:.4} (last step {last:.4})");
