@@ -2,3 +2,4 @@
 
 pub mod objectives;
 pub mod optim;
+pub mod trainer;

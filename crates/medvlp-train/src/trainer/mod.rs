@@ -1,0 +1,265 @@
+//! The training loop: gradient accumulation, fused AdamW with a warmup + cosine schedule,
+//! non-finite guard, JSON-lines metrics, periodic atomic checkpoints (keep last K and best), exact
+//! resume, and a clean stop (checkpoint, then exit) when the stop flag is raised (SIGINT/SIGTERM).
+
+pub mod checkpoint;
+
+use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Schedule};
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use medvlp_model::{ModelConfig, ParamStore};
+use serde::{Deserialize, Serialize};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub warmup_steps: u64,
+    pub min_lr_ratio: f64,
+    pub checkpoint_every: u64,
+    pub keep_last: usize,
+    pub log_every: u64,
+    pub validate_every: u64,
+    /// Stop (keeping the last good checkpoint) after this many consecutive non-finite steps.
+    pub max_nonfinite_steps: u64,
+    pub optimizer: AdamWConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            grad_accum: 1,
+            warmup_steps: 50,
+            min_lr_ratio: 0.01,
+            checkpoint_every: 200,
+            keep_last: 2,
+            log_every: 10,
+            validate_every: 0,
+            max_nonfinite_steps: 5,
+            optimizer: AdamWConfig::default(),
+        }
+    }
+}
+
+/// Everything besides parameters and moments that a resumed run needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Loop steps done (each consumed `grad_accum` micro-batches, applied or skipped).
+    pub step: u64,
+    /// Updates actually applied (AdamW bias correction).
+    pub optimizer_steps: u64,
+    pub nonfinite_skips: u64,
+    pub consecutive_nonfinite: u64,
+    pub best_metric: Option<f64>,
+    pub seed: u64,
+}
+
+/// One micro-batch's loss and its named parts (for logging).
+pub struct LossOutput {
+    pub loss: Tensor,
+    pub parts: Vec<(String, f64)>,
+    pub samples: usize,
+}
+
+/// What the trainer trains: a recipe bound to its data. Everything it does must be a pure function
+/// of `(step, micro)` and the seed, so that a resumed run sees the same batches and masks.
+pub trait Objective {
+    fn loss(&mut self, step: u64, micro: usize) -> Result<LossOutput>;
+
+    /// Validation metrics (the first is the one `best/` tracks; lower is better unless its name
+    /// ends with `auroc` or starts with `recall`).
+    fn validate(&mut self, _step: u64) -> Result<Vec<(String, f64)>> {
+        Ok(vec![])
+    }
+}
+
+pub struct Trainer<'a> {
+    pub config: TrainConfig,
+    pub model_config: ModelConfig,
+    pub store: &'a ParamStore,
+    pub out_dir: PathBuf,
+    pub tokenizer: Option<PathBuf>,
+    pub stop: Arc<AtomicBool>,
+    pub seed: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    pub state: TrainState,
+    pub stopped_early: bool,
+    pub last_loss: f64,
+}
+
+fn higher_is_better(name: &str) -> bool {
+    name.ends_with("auroc") || name.starts_with("recall") || name.ends_with("accuracy")
+}
+
+impl<'a> Trainer<'a> {
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.out_dir.join("checkpoints")
+    }
+
+    fn log(&self, line: serde_json::Value) -> Result<()> {
+        let p = self.out_dir.join("metrics.jsonl");
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("opening {}", p.display()))?;
+        writeln!(f, "{line}")?;
+        Ok(())
+    }
+
+    fn save_checkpoint(&self, opt: &AdamW, state: &TrainState) -> Result<PathBuf> {
+        let dir = self.checkpoints_dir().join(checkpoint::checkpoint_name(state.step));
+        checkpoint::write_dir(&dir, &self.model_config, self.store, self.tokenizer.as_deref(), Some(opt), Some(state))?;
+        checkpoint::prune(&self.checkpoints_dir(), self.config.keep_last)?;
+        Ok(dir)
+    }
+
+    /// Train to `config.steps`, resuming from the newest checkpoint when `resume` is set.
+    pub fn run(&self, objective: &mut dyn Objective, resume: bool) -> Result<RunSummary> {
+        std::fs::create_dir_all(&self.out_dir).with_context(|| format!("creating {}", self.out_dir.display()))?;
+        let c = &self.config;
+        let mut opt = AdamW::new(self.store.vars(), c.optimizer.clone())?;
+        let mut state = TrainState { seed: self.seed, ..Default::default() };
+        if resume {
+            match checkpoint::list(&self.checkpoints_dir()).pop() {
+                Some((_, dir)) => {
+                    state = checkpoint::restore(&dir, self.store, &mut opt)?;
+                    if state.seed != self.seed {
+                        bail!("checkpoint {} was trained with seed {}, this run has seed {}", dir.display(), state.seed, self.seed);
+                    }
+                    tracing::info!("resumed from {} at step {}", dir.display(), state.step);
+                }
+                None => tracing::warn!("--resume: no checkpoint under {}, starting from scratch", self.checkpoints_dir().display()),
+            }
+        }
+        let schedule = Schedule { warmup_steps: c.warmup_steps, total_steps: c.steps, min_lr_ratio: c.min_lr_ratio };
+        let bar = if std::io::stderr().is_terminal() {
+            let pb = indicatif::ProgressBar::new(c.steps);
+            pb.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
+            pb.set_position(state.step);
+            Some(pb)
+        } else {
+            None
+        };
+        let t_start = Instant::now();
+        let mut samples_since = 0usize;
+        let mut t_since = Instant::now();
+        let mut last_loss = f64::NAN;
+        let mut stopped = false;
+        while state.step < c.steps {
+            if self.stop.load(Ordering::SeqCst) {
+                stopped = true;
+                break;
+            }
+            let lr = schedule.lr(c.optimizer.lr, state.step);
+            let mut acc = GradAccumulator::new(opt.params.len());
+            let mut loss_sum = 0.0;
+            let mut parts_sum: Vec<(String, f64)> = vec![];
+            let mut finite = true;
+            for micro in 0..c.grad_accum.max(1) {
+                let out = objective.loss(state.step, micro)?;
+                let l = out.loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                samples_since += out.samples;
+                if !l.is_finite() {
+                    finite = false;
+                    break;
+                }
+                loss_sum += l;
+                for (k, v) in out.parts {
+                    match parts_sum.iter_mut().find(|(n, _)| *n == k) {
+                        Some(e) => e.1 += v,
+                        None => parts_sum.push((k, v)),
+                    }
+                }
+                acc.add(opt.collect_grads(&out.loss.backward()?)?)?;
+            }
+            let k = c.grad_accum.max(1) as f64;
+            let stats = if finite { Some(opt.step(&acc.sums, lr, 1.0 / k)?) } else { None };
+            let applied = stats.map(|s| s.applied).unwrap_or(false);
+            state.step += 1;
+            if applied {
+                state.optimizer_steps = opt.step;
+                state.consecutive_nonfinite = 0;
+                last_loss = loss_sum / k;
+            } else {
+                state.nonfinite_skips += 1;
+                state.consecutive_nonfinite += 1;
+                tracing::warn!("step {}: non-finite loss or gradient, step skipped ({} so far)", state.step, state.nonfinite_skips);
+                self.log(serde_json::json!({"kind": "nonfinite", "step": state.step, "skips": state.nonfinite_skips}))?;
+                if state.consecutive_nonfinite >= c.max_nonfinite_steps {
+                    let last = checkpoint::list(&self.checkpoints_dir()).pop().map(|(_, p)| p.display().to_string()).unwrap_or_else(|| "none".into());
+                    bail!("stopping: {} consecutive non-finite steps (last good checkpoint: {last})", state.consecutive_nonfinite);
+                }
+            }
+            if applied && (state.step % c.log_every.max(1) == 0 || state.step == c.steps) {
+                let dt = t_since.elapsed().as_secs_f64();
+                let mut line = serde_json::json!({
+                    "kind": "train", "step": state.step, "loss": last_loss, "lr": lr,
+                    "grad_norm": stats.map(|s| s.grad_norm).unwrap_or(f64::NAN),
+                    "samples_per_s": samples_since as f64 / dt.max(1e-9),
+                    "elapsed_s": t_start.elapsed().as_secs_f64(),
+                });
+                for (n, v) in &parts_sum {
+                    line[n.as_str()] = serde_json::json!(v / k);
+                }
+                self.log(line)?;
+                if let Some(pb) = &bar {
+                    let parts: Vec<String> = parts_sum.iter().map(|(n, v)| format!("{n} {:.3}", v / k)).collect();
+                    pb.set_message(format!("loss {last_loss:.4} ({}) lr {lr:.2e} {:.1} samples/s", parts.join(", "), samples_since as f64 / dt.max(1e-9)));
+                }
+                samples_since = 0;
+                t_since = Instant::now();
+            }
+            if let Some(pb) = &bar {
+                pb.set_position(state.step);
+            }
+            if c.validate_every > 0 && state.step % c.validate_every == 0 {
+                let metrics = objective.validate(state.step)?;
+                if let Some((name, value)) = metrics.first().cloned() {
+                    let mut line = serde_json::json!({"kind": "validation", "step": state.step});
+                    for (n, v) in &metrics {
+                        line[n.as_str()] = serde_json::json!(v);
+                    }
+                    self.log(line)?;
+                    let better = match state.best_metric {
+                        None => true,
+                        Some(b) => if higher_is_better(&name) { value > b } else { value < b },
+                    };
+                    if better && value.is_finite() {
+                        state.best_metric = Some(value);
+                        checkpoint::write_dir(&self.out_dir.join("best"), &self.model_config, self.store, self.tokenizer.as_deref(), None, None)?;
+                    }
+                }
+            }
+            // No periodic checkpoint inside a non-finite streak: keep_last must not prune the good ones.
+            if c.checkpoint_every > 0 && state.step % c.checkpoint_every == 0 && state.consecutive_nonfinite == 0 {
+                self.save_checkpoint(&opt, &state)?;
+            }
+        }
+        if let Some(pb) = &bar {
+            pb.finish_and_clear();
+        }
+        if stopped {
+            let dir = self.save_checkpoint(&opt, &state)?;
+            tracing::info!("stopped at step {}: checkpoint written to {}", state.step, dir.display());
+        } else {
+            checkpoint::write_dir(&self.out_dir.join("final"), &self.model_config, self.store, self.tokenizer.as_deref(), None, None)?;
+        }
+        Ok(RunSummary { state, stopped_early: stopped, last_loss })
+    }
+}
+
+/// Save the resolved configuration of a run (TOML) next to its metrics.
+pub fn save_resolved_config(out_dir: &Path, toml_text: &str) -> Result<()> {
+    std::fs::create_dir_all(out_dir)?;
+    medvlp_model::model_dir::write_atomic(&out_dir.join("config.toml"), toml_text.as_bytes())
+}
