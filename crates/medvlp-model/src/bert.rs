@@ -64,10 +64,14 @@ impl BertLayer {
     }
 
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (a, _) = self.attention.forward(x, None, mask, false)?;
+        Ok(self.forward_probs(x, mask, false)?.0)
+    }
+
+    pub fn forward_probs(&self, x: &Tensor, mask: Option<&Tensor>, return_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let (a, p) = self.attention.forward(x, None, mask, return_probs)?;
         let x = self.attention_layer_norm.forward(&(a + x)?)?;
         let h = self.output.forward(&gelu_erf(&self.intermediate.forward(&x)?)?)?;
-        self.output_layer_norm.forward(&(h + x)?)
+        Ok((self.output_layer_norm.forward(&(h + x)?)?, p))
     }
 }
 
@@ -94,13 +98,32 @@ impl BertModel {
     /// `input_ids`, `token_type_ids`: `[b, l]` u32; `attention_mask`: `[b, l]` (1 = token, 0 = padding).
     /// Returns the last hidden state `[b, l, hidden]`.
     pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.forward_with_cls_attention(input_ids, token_type_ids, attention_mask, false)?.0)
+    }
+
+    /// Also returns, when asked, the last layer's attention of [CLS] to every token averaged over
+    /// heads, `[b, l]` (MGCA weights words by it in the local alignment loss).
+    pub fn forward_with_cls_attention(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+        cls_attention: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let mut x = self.embeddings.forward(input_ids, token_type_ids)?;
         let dtype = x.dtype();
         let mask = attention_mask.map(|m| additive_mask(m, dtype)).transpose()?;
-        for layer in &self.layers {
-            x = layer.forward(&x, mask.as_ref())?;
+        let mut cls = None;
+        let n = self.layers.len();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let last = cls_attention && i + 1 == n;
+            let (h, p) = layer.forward_probs(&x, mask.as_ref(), last)?;
+            x = h;
+            if let Some(p) = p {
+                cls = Some(p.narrow(2, 0, 1)?.squeeze(2)?.mean(1)?.detach());
+            }
         }
-        Ok(x)
+        Ok((x, cls))
     }
 
     /// `tanh(pooler.dense(h[:, 0]))`, as Hugging Face's `pooler_output`.

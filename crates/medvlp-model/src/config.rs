@@ -186,6 +186,17 @@ pub struct DecoderConfig {
     pub cross_attention: bool,
 }
 
+/// MA-CMF memory (R2GenCMN-style cross-modal memory).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryConfig {
+    pub slots: usize,
+    pub top_k: usize,
+    pub num_heads: usize,
+    /// Fusion layers that read the memory (empty = all).
+    #[serde(default)]
+    pub layers: Vec<usize>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     #[serde(default = "default_model_type")]
@@ -207,6 +218,15 @@ pub struct ModelConfig {
     /// Whether the model carries an MLM head (tied to the word embeddings).
     #[serde(default)]
     pub mlm_head: bool,
+    /// Token-level mapping heads to the joint space for local (word<->patch) alignment.
+    #[serde(default)]
+    pub local_projection: bool,
+    /// MA-CMF memory read by the fusion layers (MPMA).
+    #[serde(default)]
+    pub memory_config: Option<MemoryConfig>,
+    /// Image-text matching head on the fused [CLS] state.
+    #[serde(default)]
+    pub itm_head: bool,
     /// Image preprocessing the model was trained with (interpreted by the data crate).
     #[serde(default = "default_preprocess")]
     pub preprocess: serde_json::Value,
@@ -268,6 +288,9 @@ impl ModelConfig {
             fusion_config: Some(fusion),
             decoder_config: Some(decoder),
             mlm_head: true,
+            local_projection: false,
+            memory_config: None,
+            itm_head: false,
             preprocess,
             method: default_method(),
         })

@@ -59,8 +59,8 @@ impl FusionLayer {
         let (a, _) = self.attention.forward(&self.layernorm_before.forward(x)?, None, self_mask, false)?;
         let mut x = (x + a)?;
         let mut cross_probs = None;
-        if let Some((ln, cross)) = &self.cross {
-            let ctx = context.ok_or_else(|| candle_core::Error::Msg("fusion layer with cross-attention needs a context".into()))?;
+        // Without a context (e.g. an MAE decoder run on image-only data) the cross-attention is skipped.
+        if let (Some((ln, cross)), Some(ctx)) = (&self.cross, context) {
             let (c, p) = cross.forward(&ln.forward(&x)?, Some(ctx), context_mask, return_probs)?;
             x = (x + c)?;
             cross_probs = p;

@@ -12,6 +12,7 @@ pub mod heads;
 pub mod mae_decoder;
 pub mod masking;
 pub mod medvlp;
+pub mod memory;
 pub mod model_dir;
 pub mod nn;
 pub mod params;

@@ -3,10 +3,12 @@
 //! `text_projection`, `logit_scale`) plus `fusion.layer.N.*`, `mae_decoder.*` and `mlm_head.*`.
 
 use crate::bert::BertModel;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, ProjectionKind};
 use crate::fusion::{FusionLayer, FusionOutput};
 use crate::heads::{l2_normalize, MlmHead, ProjectionHead};
 use crate::mae_decoder::MaeDecoder;
+use crate::memory::CrossModalMemory;
+use crate::nn::Linear;
 use crate::nn::additive_mask;
 use crate::params::ParamStore;
 use crate::vit::VisionTransformer;
@@ -26,6 +28,12 @@ pub struct MedVlp {
     pub fusion: Vec<FusionLayer>,
     pub mae_decoder: Option<MaeDecoder>,
     pub mlm_head: Option<MlmHead>,
+    /// Token-level mapping heads for local alignment (`local_visual_projection`, `local_text_projection`).
+    pub local_projection: Option<(ProjectionHead, ProjectionHead)>,
+    /// MA-CMF memory read by the fusion layers.
+    pub memory: Option<CrossModalMemory>,
+    /// Image-text matching: fused [CLS] -> {no match, match}.
+    pub itm_head: Option<Linear>,
 }
 
 impl MedVlp {
@@ -47,7 +55,32 @@ impl MedVlp {
         };
         let mae_decoder = config.decoder_config.as_ref().map(|d| MaeDecoder::new(d, vc, tc.hidden_size, vb.pp("mae_decoder"))).transpose()?;
         let mlm_head = if config.mlm_head { Some(MlmHead::new(tc, vb.pp("mlm_head"))?) } else { None };
-        Ok(Self { config: config.clone(), vision_model, text_model, visual_projection, text_projection, logit_scale, fusion, mae_decoder, mlm_head })
+        let local_projection = if config.local_projection {
+            Some((
+                // Always 2-layer MLPs: with linear heads mapping and aggregation commute (up to
+                // scale) and MbA would equal aggregate-then-map.
+                ProjectionHead::new(ProjectionKind::Mlp, vc.hidden_size, config.projection_dim, vb.pp("local_visual_projection"))?,
+                ProjectionHead::new(ProjectionKind::Mlp, tc.hidden_size, config.projection_dim, vb.pp("local_text_projection"))?,
+            ))
+        } else {
+            None
+        };
+        let memory = config.memory_config.as_ref().map(|m| CrossModalMemory::new(m, vc.hidden_size, tc.hidden_size, vb.pp("memory"))).transpose()?;
+        let itm_head = if config.itm_head { Some(Linear::new(tc.hidden_size, 2, true, vb.pp("itm_head"))?) } else { None };
+        Ok(Self {
+            config: config.clone(),
+            vision_model,
+            text_model,
+            visual_projection,
+            text_projection,
+            logit_scale,
+            fusion,
+            mae_decoder,
+            mlm_head,
+            local_projection,
+            memory,
+            itm_head,
+        })
     }
 
     /// Text features `[b, l, hidden]`.
@@ -88,8 +121,13 @@ impl MedVlp {
         let m = additive_mask(text_mask, text.dtype())?;
         let mut h = text.clone();
         let mut probs = vec![];
-        for layer in &self.fusion {
-            let FusionOutput { hidden, cross_probs } = layer.forward(&h, Some(&m), Some(image), None, return_probs)?;
+        for (i, layer) in self.fusion.iter().enumerate() {
+            // MA-CMF: image tokens read the memory before the text attends to them.
+            let ctx = match &self.memory {
+                Some(mem) if mem.reads_layer(i) => (image + mem.read(image)?)?,
+                _ => image.clone(),
+            };
+            let FusionOutput { hidden, cross_probs } = layer.forward(&h, Some(&m), Some(&ctx), None, return_probs)?;
             h = hidden;
             probs.extend(cross_probs);
         }

@@ -234,3 +234,34 @@ fn candle_fast_softmax_trap_is_avoided() {
     assert_eq!(lin.forward(x.as_tensor()).unwrap().dims(), &[2, 3]);
     let _ = ModelConfig::preset("tiny").unwrap();
 }
+
+#[test]
+fn memory_read_gradient_and_top_k() {
+    use medvlp_model::config::MemoryConfig;
+    use medvlp_model::memory::CrossModalMemory;
+    let store = ParamStore::new(9, DType::F64, &Device::Cpu);
+    let cfg = MemoryConfig { slots: 12, top_k: 4, num_heads: 2, layers: vec![] };
+    let mem = CrossModalMemory::new(&cfg, 6, 8, store.var_builder().pp("memory")).unwrap();
+    let x = var(&[2, 3, 6], 50);
+    let probe = randn(&[2, 3, 6], 51);
+    let mut vars = store.vars();
+    vars.push(("x".into(), x.clone()));
+    let r = check(&vars, || (mem.read(x.as_tensor())? * &probe)?.sum_all(), 10, EPS, TOL).unwrap();
+    assert_ok("memory read", r);
+    // Only k of the slots feed a query: the value gradient touches at most b*h*l*k rows.
+    let loss = (mem.read(x.as_tensor()).unwrap() * &probe).unwrap().sum_all().unwrap();
+    let g = loss.backward().unwrap();
+    let gm = g.get(&mem.memory).unwrap();
+    assert_eq!(gm.dims(), &[12, 8]);
+    // With k = slots the read equals plain softmax attention over the whole memory.
+    let full = CrossModalMemory { config: MemoryConfig { top_k: 12, ..cfg.clone() }, ..mem.clone() };
+    let y = full.read(x.as_tensor()).unwrap();
+    let q = full.query.forward(x.as_tensor()).unwrap().reshape((2, 3, 2, 4)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
+    let k = full.key.forward(&full.memory).unwrap().reshape((12, 2, 4)).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
+    let v = full.value.forward(&full.memory).unwrap().reshape((12, 2, 4)).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
+    let p = nn::softmax_last_dim(&(q.broadcast_matmul(&k.t().unwrap()).unwrap() / 2.0).unwrap()).unwrap();
+    let o = p.broadcast_matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((2, 3, 8)).unwrap();
+    let expect = full.output.forward(&o).unwrap();
+    let d = (y - expect).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    assert!(d < 1e-12, "{d}");
+}

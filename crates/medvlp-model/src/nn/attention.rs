@@ -49,6 +49,24 @@ impl Attention {
         x.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
     }
 
+    /// The attended values before the output projection, `[b, lq, dim]` (heads concatenated), and
+    /// the probabilities `[b, heads, lq, lk]`: `a_i = sum_j A_ij v(t_j)` (used to score patches by
+    /// their response to a report, AttMIM).
+    pub fn attend(&self, x: &Tensor, context: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+        let (b, lq, _) = x.dims3()?;
+        let q = self.split_heads(&self.query.forward(x)?)?;
+        let k = self.split_heads(&self.key.forward(context)?)?;
+        let v = self.split_heads(&self.value.forward(context)?)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut scores = (q.matmul(&k.t()?)? * scale)?;
+        if let Some(m) = mask {
+            scores = scores.broadcast_add(m)?;
+        }
+        let probs = softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, self.num_heads * self.head_dim))?;
+        Ok((y, probs))
+    }
+
     /// `x`: `[b, lq, dim]` queries; `context`: `[b, lk, kv_dim]` (None = self-attention);
     /// `mask`: additive `[b, 1, 1|lq, lk]` (see [`additive_mask`]).
     /// Returns the projected output and, when `return_probs`, the `[b, heads, lq, lk]` probabilities.
@@ -59,18 +77,7 @@ impl Attention {
         mask: Option<&Tensor>,
         return_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (b, lq, _) = x.dims3()?;
-        let ctx = context.unwrap_or(x);
-        let q = self.split_heads(&self.query.forward(x)?)?;
-        let k = self.split_heads(&self.key.forward(ctx)?)?;
-        let v = self.split_heads(&self.value.forward(ctx)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let probs = softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, self.num_heads * self.head_dim))?;
+        let (y, probs) = self.attend(x, context.unwrap_or(x), mask)?;
         let y = self.output.forward(&y)?;
         Ok((y, if return_probs { Some(probs) } else { None }))
     }

@@ -1,8 +1,12 @@
 //! Pre-training objectives shared by the method recipes.
 
+pub mod attmim;
 pub mod contrastive;
+pub mod itm;
+pub mod local;
 pub mod mim;
 pub mod mlm;
+pub mod text_masking;
 
 use candle_core::{Result, Tensor, D};
 use medvlp_model::nn::log_softmax_last_dim;
