@@ -15,6 +15,20 @@ use crate::vit::VisionTransformer;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::Init;
 
+/// How many encoder passes a model ran (MCR's single stream claims one pass per modality per step).
+#[derive(Debug, Default)]
+pub struct PassCounter {
+    pub vision: std::sync::atomic::AtomicUsize,
+    pub text: std::sync::atomic::AtomicUsize,
+}
+
+impl PassCounter {
+    pub fn get(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.vision.load(Relaxed), self.text.load(Relaxed))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct MedVlp {
     pub config: ModelConfig,
@@ -34,6 +48,7 @@ pub struct MedVlp {
     pub memory: Option<CrossModalMemory>,
     /// Image-text matching: fused [CLS] -> {no match, match}.
     pub itm_head: Option<Linear>,
+    pub passes: std::sync::Arc<PassCounter>,
 }
 
 impl MedVlp {
@@ -80,12 +95,31 @@ impl MedVlp {
             local_projection,
             memory,
             itm_head,
+            passes: Default::default(),
         })
     }
 
     /// Text features `[b, l, hidden]`.
     pub fn text_features(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        self.text_model.forward(input_ids, None, Some(attention_mask))
+        Ok(self.text_features_with_cls_attention(input_ids, attention_mask, false)?.0)
+    }
+
+    /// Text features and, when asked, the last layer's [CLS] attention `[b, l]`.
+    pub fn text_features_with_cls_attention(&self, input_ids: &Tensor, attention_mask: &Tensor, cls: bool) -> Result<(Tensor, Option<Tensor>)> {
+        self.passes.text.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.text_model.forward_with_cls_attention(input_ids, None, Some(attention_mask), cls)
+    }
+
+    /// Image features of all patches `[b, 1 + patches, width]`.
+    pub fn image_features(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.passes.vision.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.vision_model.forward(pixel_values)
+    }
+
+    /// Image features of the visible patches `[b, 1 + keep, width]`.
+    pub fn image_features_masked(&self, pixel_values: &Tensor, mask: &crate::masking::PatchMask) -> Result<Tensor> {
+        self.passes.vision.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.vision_model.forward_masked(pixel_values, mask)
     }
 
     /// Projects the CLS feature of `features` (`[b, l, width]`) and L2-normalises it.
@@ -99,7 +133,7 @@ impl MedVlp {
 
     /// Normalised joint-space image embeddings `[b, projection_dim]` (unmasked input).
     pub fn image_embeds(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.project_image(&self.vision_model.forward(pixel_values)?)
+        self.project_image(&self.image_features(pixel_values)?)
     }
 
     /// Normalised joint-space text embeddings `[b, projection_dim]`.

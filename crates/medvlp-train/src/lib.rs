@@ -2,4 +2,5 @@
 
 pub mod objectives;
 pub mod optim;
+pub mod recipe;
 pub mod trainer;

@@ -1,0 +1,181 @@
+//! Steps shared by the methods: masking, and each objective applied to a batch's streams.
+
+use super::{Batch, MimMasking, MlmMasking, ObjectiveConfig, TextBatch};
+use crate::objectives::attmim::{patch_scores, select_visible};
+use crate::objectives::contrastive::{itc_loss, soft_itc_loss};
+use crate::objectives::local::{local_alignment_loss, LocalText};
+use crate::objectives::mim::mim_loss;
+use crate::objectives::mlm::{gather_positions, mlm_loss};
+use crate::objectives::text_masking::{entity_mask, whole_word_mask};
+use anyhow::{Context, Result};
+use candle_core::{DType, Tensor};
+use medvlp_model::masking::PatchMask;
+use medvlp_model::nn::additive_mask;
+use medvlp_model::MedVlp;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::ops::Range;
+
+/// Independent RNG streams per purpose within one batch.
+pub fn rng(seed: u64, purpose: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ purpose.wrapping_mul(0x9E3779B97F4A7C15))
+}
+
+/// Masked copy of the text batch: ids with [MASK] at the chosen positions.
+pub struct MaskedText {
+    pub ids: Tensor,
+    /// Masked token positions per row.
+    pub masked: Vec<Vec<usize>>,
+}
+
+pub fn mask_text(text: &TextBatch, how: MlmMasking, cfg: &ObjectiveConfig, rng: &mut StdRng) -> Result<MaskedText> {
+    let (rows, len) = text.ids.dims2()?;
+    let mut ids: Vec<u32> = text.ids.flatten_all()?.to_vec1()?;
+    let mut masked = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let m = match how {
+            MlmMasking::WholeWord => whole_word_mask(&text.word_ids[r], cfg.text_mask_ratio, rng),
+            MlmMasking::Entity => entity_mask(&text.word_ids[r], &text.entities[r], cfg.entity_max_ratio, cfg.entity_min_ratio, rng),
+        };
+        for &t in &m {
+            ids[r * len + t] = text.mask_id;
+        }
+        masked.push(m);
+    }
+    Ok(MaskedText { ids: Tensor::from_vec(ids, (rows, len), text.ids.device())?, masked })
+}
+
+/// Flat positions (`row * len + t`, relative to `rows.start`) and original ids of the masked
+/// tokens of `rows`.
+pub fn mlm_targets(text: &TextBatch, m: &MaskedText, rows: Range<usize>) -> Result<(Vec<u32>, Vec<u32>)> {
+    let len = text.ids.dim(1)?;
+    let orig: Vec<u32> = text.ids.flatten_all()?.to_vec1()?;
+    let (mut pos, mut lab) = (vec![], vec![]);
+    for r in rows.clone() {
+        for &t in &m.masked[r] {
+            pos.push(((r - rows.start) * len + t) as u32);
+            lab.push(orig[r * len + t]);
+        }
+    }
+    Ok((pos, lab))
+}
+
+pub fn narrow_rows(t: &Tensor, rows: &Range<usize>) -> Result<Tensor> {
+    Ok(t.narrow(0, rows.start, rows.len())?)
+}
+
+/// Global contrastive loss over the paired rows.
+pub fn itc(model: &MedVlp, image: &Tensor, text: &Tensor, n_paired: usize) -> Result<Option<Tensor>> {
+    if n_paired < 2 {
+        return Ok(None);
+    }
+    let v = model.project_image(&image.narrow(0, 0, n_paired)?)?;
+    let t = model.project_text(&text.narrow(0, 0, n_paired)?)?;
+    Ok(Some(itc_loss(&v, &t, &model.logit_scale_value()?)?))
+}
+
+/// Soft-label contrastive loss over all image rows (paired + image-only with their prompts), with
+/// targets from label-vector similarity. `None` without labels or image-only samples.
+pub fn unpaired_soft_itc(model: &MedVlp, batch: &Batch, image: &Tensor, text: &Tensor) -> Result<Option<Tensor>> {
+    let (Some(labels), true) = (&batch.labels, batch.n_image_only > 0) else { return Ok(None) };
+    let n = batch.n_images();
+    let lab = labels.narrow(0, 0, n)?;
+    let v = model.project_image(&image.narrow(0, 0, n)?)?;
+    let t = model.project_text(&text.narrow(0, 0, n)?)?;
+    Ok(Some(soft_itc_loss(&v, &t, &model.logit_scale_value()?, &lab, &lab)?))
+}
+
+/// Patch mask for the image rows: random (MAE) or attention-guided (AttMIM, scores from the
+/// unmasked image features and the texts of those rows).
+pub fn patch_mask(model: &MedVlp, cfg: &ObjectiveConfig, how: MimMasking, full_image: Option<&Tensor>, text: Option<(&Tensor, &Tensor)>, n: usize, rng: &mut StdRng) -> Result<PatchMask> {
+    let np = model.config.vision_config.num_patches();
+    let dev = model.logit_scale.device();
+    Ok(match (how, full_image, text) {
+        (MimMasking::Attention, Some(img), Some((txt, txt_mask))) if cfg.att_ratio > 0.0 => {
+            let scores = patch_scores(model, img, txt, txt_mask, cfg.patch_score)?;
+            PatchMask::from_keep(select_visible(&scores, cfg.mask_ratio, cfg.att_ratio, rng), np, dev)?
+        }
+        _ => PatchMask::random(n, np, cfg.mask_ratio, rng, dev)?,
+    })
+}
+
+/// Masked-image-modelling loss from the masked pass `latent`, optionally conditioned on text.
+pub fn mim(model: &MedVlp, cfg: &ObjectiveConfig, pixels: &Tensor, pm: &PatchMask, latent: &Tensor, text: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
+    let dec = model.mae_decoder.as_ref().context("this method needs an MAE decoder (decoder_config)")?;
+    let ctx_mask = match text {
+        Some((_, m)) if cfg.mim_text_conditioned => Some(additive_mask(m, latent.dtype())?),
+        _ => None,
+    };
+    let ctx = match text {
+        Some((t, _)) if cfg.mim_text_conditioned => Some((t, ctx_mask.as_ref())),
+        _ => None,
+    };
+    let pred = dec.forward(latent, pm, ctx)?;
+    Ok(mim_loss(&pred, pixels, model.config.vision_config.patch_size, &pm.mask, cfg.norm_pix)?)
+}
+
+/// MLM loss of `text_feats` rows (positions relative to them): fused with `image` (visual
+/// support) when given, else from the text encoder alone.
+pub fn mlm(model: &MedVlp, text_feats: &Tensor, text_mask: &Tensor, image: Option<&Tensor>, positions: Vec<u32>, labels: Vec<u32>) -> Result<Option<Tensor>> {
+    if positions.is_empty() {
+        return Ok(None);
+    }
+    let head = model.mlm_head.as_ref().context("this method needs an MLM head (mlm_head = true)")?;
+    let h = match image {
+        Some(img) => model.fuse_text(text_feats, text_mask, img, false)?.0,
+        None => text_feats.clone(),
+    };
+    let dev = text_feats.device();
+    let logits = head.forward(&gather_positions(&h, &Tensor::new(positions, dev)?)?, &model.text_model.embeddings.word_embeddings.weight)?;
+    Ok(Some(mlm_loss(&logits, &Tensor::new(labels, dev)?)?))
+}
+
+/// Local alignment between the rows' token features and their images' patch features (CLS
+/// excluded). Masked tokens (`dropped`) are left out of the words.
+pub fn local(model: &MedVlp, cfg: &ObjectiveConfig, text: &TextBatch, text_feats: &Tensor, cls_attention: Option<&Tensor>, image_feats: &Tensor, dropped: Option<&[Vec<usize>]>) -> Result<Tensor> {
+    let heads = model.local_projection.as_ref().context("local alignment needs local_projection = true")?;
+    let n = image_feats.dim(0)?;
+    let cls: Option<Vec<Vec<f32>>> = cls_attention.map(|c| c.narrow(0, 0, n)?.to_dtype(DType::F32)?.to_vec2()).transpose()?;
+    let word_ids: Vec<Vec<Option<u32>>> = (0..n)
+        .map(|r| {
+            let mut w = text.word_ids[r].clone();
+            if let Some(d) = dropped {
+                for &t in &d[r] {
+                    w[t] = None;
+                }
+            }
+            w
+        })
+        .collect();
+    let samples: Vec<LocalText> = (0..n).map(|r| LocalText { word_ids: &word_ids[r], cls_attention: cls.as_ref().map(|c| c[r].as_slice()) }).collect();
+    let np = image_feats.dim(1)? - 1;
+    Ok(local_alignment_loss(&text_feats.narrow(0, 0, n)?, &samples, &image_feats.narrow(1, 1, np)?, heads, cfg.aggregation, cfg.local_tau)?)
+}
+
+/// Accumulates weighted loss terms and their logged values.
+#[derive(Default)]
+pub struct Terms {
+    total: Option<Tensor>,
+    pub parts: Vec<(String, f64)>,
+}
+
+impl Terms {
+    pub fn add(&mut self, name: &str, weight: f64, loss: Option<Tensor>) -> Result<()> {
+        let Some(l) = loss else { return Ok(()) };
+        if weight == 0.0 {
+            return Ok(());
+        }
+        self.parts.push((name.to_string(), l.to_dtype(DType::F64)?.to_scalar::<f64>()?));
+        let w = (l * weight)?;
+        self.total = Some(match self.total.take() {
+            Some(t) => (t + w)?,
+            None => w,
+        });
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<super::MethodLoss> {
+        let loss = self.total.context("no objective produced a loss for this batch")?;
+        Ok(super::MethodLoss { loss, parts: self.parts })
+    }
+}
