@@ -3,4 +3,5 @@
 pub mod objectives;
 pub mod optim;
 pub mod recipe;
+pub mod run_config;
 pub mod trainer;

@@ -55,6 +55,9 @@ fn lr_multiplier(name: &str, mults: &HashMap<String, f64>) -> f64 {
 enum Moments {
     F32 { m: Vec<f32>, v: Vec<f32> },
     F64 { m: Vec<f64>, v: Vec<f64> },
+    /// Parameters on an accelerator: moments stay on the device and the update is composed of
+    /// tensor ops (the fused kernel is CPU code).
+    Device { m: Tensor, v: Tensor },
 }
 
 pub struct Param {
@@ -141,6 +144,7 @@ impl AdamW {
             .map(|(name, var)| {
                 let n = var.elem_count();
                 let moments = match var.dtype() {
+                    _ if !var.device().is_cpu() => Moments::Device { m: var.as_tensor().zeros_like()?, v: var.as_tensor().zeros_like()? },
                     DType::F32 => Moments::F32 { m: vec![0.0; n], v: vec![0.0; n] },
                     DType::F64 => Moments::F64 { m: vec![0.0; n], v: vec![0.0; n] },
                     d => candle_core::bail!("adamw: parameter {name} has unsupported dtype {d:?}"),
@@ -183,7 +187,17 @@ impl AdamW {
         self.params.par_iter().zip(grads.par_iter()).try_for_each(|(p, g)| -> Result<()> {
             let Some(g) = g else { return Ok(()) };
             let lr = lr * p.lr_mult;
-            let upd = Update { moments: &p.moments, lr, wd: if p.decay { c.weight_decay } else { 0.0 }, b1: c.beta1, b2: c.beta2, eps: c.eps, bc1, bc2, grad_scale: grad_scale * clip };
+            let wd = if p.decay { c.weight_decay } else { 0.0 };
+            let gs = grad_scale * clip;
+            if let Moments::Device { m, v } = &mut *p.moments.lock().unwrap() {
+                let g = (g * gs)?;
+                *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                let upd = ((&*m / bc1)? / ((&*v / bc2)?.sqrt()? + c.eps)?)?;
+                let w = ((p.var.as_tensor() * (1.0 - lr * wd))? - (upd * lr)?)?;
+                return p.var.set(&w);
+            }
+            let upd = Update { moments: &p.moments, lr, wd, b1: c.beta1, b2: c.beta2, eps: c.eps, bc1, bc2, grad_scale: gs };
             p.var.as_tensor().inplace_op2(g, &upd)
         })?;
         Ok(StepStats { grad_norm: norm, applied: true })
@@ -198,6 +212,7 @@ impl AdamW {
             let (m, v) = match &*mom {
                 Moments::F32 { m, v } => (Tensor::from_slice(m, &shape, &candle_core::Device::Cpu)?, Tensor::from_slice(v, &shape, &candle_core::Device::Cpu)?),
                 Moments::F64 { m, v } => (Tensor::from_slice(m, &shape, &candle_core::Device::Cpu)?, Tensor::from_slice(v, &shape, &candle_core::Device::Cpu)?),
+                Moments::Device { m, v } => (m.to_device(&candle_core::Device::Cpu)?, v.to_device(&candle_core::Device::Cpu)?),
             };
             out.push((format!("adamw.m.{}", p.name), m));
             out.push((format!("adamw.v.{}", p.name), v));
@@ -219,6 +234,11 @@ impl AdamW {
                 Moments::F64 { m: mm, v: vv } => {
                     *mm = m.to_dtype(DType::F64)?.to_vec1()?;
                     *vv = v.to_dtype(DType::F64)?.to_vec1()?;
+                }
+                Moments::Device { m: mm, v: vv } => {
+                    let dev = p.var.device();
+                    *mm = m.reshape(p.var.shape())?.to_dtype(p.var.dtype())?.to_device(dev)?;
+                    *vv = v.reshape(p.var.shape())?.to_dtype(p.var.dtype())?.to_device(dev)?;
                 }
             }
         }
