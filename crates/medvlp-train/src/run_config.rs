@@ -191,6 +191,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut n = 0;
+        for m in crate::recipe::METHODS {
+            for size in ["tiny", "small", "base"] {
+                let p = dir.join(format!("{m}-{size}.toml"));
+                let (c, _) = RunConfig::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                assert_eq!(c.method, m);
+                assert_eq!(c.model.preset, size);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 15);
+    }
+
+    #[test]
     fn overrides_and_method_defaults() {
         let dir = std::env::temp_dir().join(format!("medvlp-rc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -76,6 +76,8 @@ pub struct ObjectiveConfig {
     pub stream: Stream,
     /// MPMA: mask image and report in the same pass (false: one modality per pass, M3AE).
     pub paired_masking: bool,
+    /// MPMA: memory-augmented cross-modal fusion (MA-CMF) on/off.
+    pub memory: bool,
 }
 
 impl Default for ObjectiveConfig {
@@ -101,6 +103,7 @@ impl Default for ObjectiveConfig {
             itm: 0.0,
             stream: Stream::Dual,
             paired_masking: true,
+            memory: true,
         }
     }
 }

@@ -43,7 +43,9 @@ impl Method for Mpma {
         }
         m.local_projection = cfg.local > 0.0;
         m.itm_head = cfg.itm > 0.0;
-        if m.memory_config.is_none() {
+        if !cfg.memory {
+            m.memory_config = None;
+        } else if m.memory_config.is_none() {
             // MA-CMF defaults: 2048 slots (fewer for tiny widths), top-32, every fusion layer.
             let width = m.text_config.hidden_size;
             let slots = if width < 128 { 64 } else { 2048 };
