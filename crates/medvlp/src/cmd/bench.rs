@@ -26,6 +26,29 @@ pub enum Sub {
         #[arg(long, default_value_t = 3)]
         steps: usize,
     },
+    /// One pre-training step of a recipe (forward, backward, AdamW) on synthetic data.
+    TrainStep {
+        /// clip, mae-mlm, xlip, mcr or mpma.
+        #[arg(long, default_value = "mcr")]
+        recipe: String,
+        /// Override the recipe's stream (single or dual).
+        #[arg(long)]
+        stream: Option<String>,
+        #[arg(long, default_value = "small")]
+        preset: String,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 64)]
+        text_length: usize,
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Run single and dual stream in child processes, interleaved for `--rounds`, and print
+        /// the ratios (each child's peak memory is its own).
+        #[arg(long)]
+        compare_streams: bool,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 /// Peak resident set size of this process (VmHWM), in bytes; 0 where /proc is unavailable.
@@ -46,6 +69,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Sub::Forward { preset, batch, steps } => forward(&preset, batch, steps),
+        Sub::TrainStep { recipe, stream, preset, batch, text_length, steps, compare_streams, rounds } => {
+            if compare_streams {
+                compare(&recipe, &preset, batch, text_length, steps, rounds)
+            } else {
+                train_step(&recipe, stream.as_deref(), &preset, batch, text_length, steps)
+            }
+        }
     }
 }
 
@@ -90,6 +120,88 @@ fn forward(preset: &str, batch: usize, steps: usize) -> Result<()> {
         "step_s": median(fwd.iter().zip(&bwd).map(|(a, b)| a + b).collect()),
         "peak_rss_bytes": peak_rss_bytes(),
         "threads": rayon::current_num_threads(),
+    });
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+fn train_step(recipe: &str, stream: Option<&str>, preset: &str, batch: usize, text_length: usize, steps: usize) -> Result<()> {
+    use medvlp_train::optim::{AdamW, AdamWConfig};
+    use medvlp_train::recipe::{batch::synthetic_batch, method, Stream};
+    let dev = Device::Cpu;
+    let m = method(recipe)?;
+    let mut cfg = m.defaults();
+    if let Some(s) = stream {
+        cfg.stream = match s {
+            "single" => Stream::Single,
+            "dual" => Stream::Dual,
+            _ => anyhow::bail!("--stream is single or dual, not '{s}'"),
+        };
+    }
+    let mut mc = ModelConfig::preset(preset)?;
+    m.adapt_model(&cfg, &mut mc);
+    let store = ParamStore::new(0, DType::F32, &dev);
+    let model = MedVlp::new(&mc, &store)?;
+    let b = synthetic_batch(&mc, batch, 0, 0, text_length.min(mc.text_config.max_position_embeddings), 0, &dev)?;
+    let mut opt = AdamW::new(store.vars(), AdamWConfig::default())?;
+    let (mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![]);
+    for i in 0..steps + 1 {
+        let t0 = Instant::now();
+        let out = m.loss(&model, &b, &cfg, i as u64)?;
+        let _ = out.loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = opt.collect_grads(&out.loss.backward()?)?;
+        let t2 = Instant::now();
+        opt.step(&grads, 1e-4, 1.0)?;
+        let t3 = Instant::now();
+        if i > 0 {
+            fwd.push((t1 - t0).as_secs_f64());
+            bwd.push((t2 - t1).as_secs_f64());
+            upd.push((t3 - t2).as_secs_f64());
+        }
+    }
+    let step: Vec<f64> = (0..fwd.len()).map(|i| fwd[i] + bwd[i] + upd[i]).collect();
+    let out = serde_json::json!({
+        "recipe": recipe,
+        "stream": format!("{:?}", cfg.stream).to_lowercase(),
+        "preset": preset,
+        "batch": batch,
+        "params": store.num_params(),
+        "median_step_s": median(step),
+        "forward_s": median(fwd),
+        "backward_s": median(bwd),
+        "optimizer_s": median(upd),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "encoder_passes_per_step": { "vision": model.passes.get().0 / (steps + 1), "text": model.passes.get().1 / (steps + 1) },
+    });
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+fn compare(recipe: &str, preset: &str, batch: usize, text_length: usize, steps: usize, rounds: usize) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut res: std::collections::BTreeMap<&str, Vec<serde_json::Value>> = Default::default();
+    for _ in 0..rounds.max(1) {
+        for stream in ["single", "dual"] {
+            let out = std::process::Command::new(&exe)
+                .args(["bench", "train-step", "--recipe", recipe, "--stream", stream, "--preset", preset])
+                .args(["--batch", &batch.to_string(), "--text-length", &text_length.to_string(), "--steps", &steps.to_string()])
+                .output()?;
+            if !out.status.success() {
+                anyhow::bail!("{stream} run failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            eprintln!("{stream}: {v}");
+            res.entry(stream).or_default().push(v);
+        }
+    }
+    let med = |s: &str, k: &str| median(res[s].iter().map(|v| v[k].as_f64().unwrap_or(f64::NAN)).collect());
+    let out = serde_json::json!({
+        "recipe": recipe, "preset": preset, "batch": batch, "rounds": rounds,
+        "single": { "median_step_s": med("single", "median_step_s"), "peak_rss_bytes": med("single", "peak_rss_bytes") },
+        "dual": { "median_step_s": med("dual", "median_step_s"), "peak_rss_bytes": med("dual", "peak_rss_bytes") },
+        "time_saving": 1.0 - med("single", "median_step_s") / med("dual", "median_step_s"),
+        "memory_saving": 1.0 - med("single", "peak_rss_bytes") / med("dual", "peak_rss_bytes"),
     });
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
