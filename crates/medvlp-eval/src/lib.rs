@@ -1,0 +1,3 @@
+//! medvlp-eval: metrics, zero-shot classification, label-efficient probes and retrieval.
+
+pub mod metrics;
