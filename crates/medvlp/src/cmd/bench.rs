@@ -49,6 +49,14 @@ pub enum Sub {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Image-encoder inference throughput (no autograd bookkeeping).
+    Encode {
+        /// `reference` (the PyTorch comparison model's ViT), tiny, small or base.
+        #[arg(long, default_value = "reference")]
+        preset: String,
+        #[arg(long, default_value_t = 10)]
+        steps: usize,
+    },
 }
 
 /// Peak resident set size of this process (VmHWM), in bytes; 0 where /proc is unavailable.
@@ -69,8 +77,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Sub::Forward { preset, batch, steps } => forward(&preset, batch, steps),
+        Sub::Encode { preset, steps } => encode(&preset, steps),
         Sub::TrainStep { recipe, stream, preset, batch, text_length, steps, compare_streams, rounds } => {
-            if compare_streams {
+            if preset == "reference" {
+                reference_train_step(steps)
+            } else if compare_streams {
                 compare(&recipe, &preset, batch, text_length, steps, rounds)
             } else {
                 train_step(&recipe, stream.as_deref(), &preset, batch, text_length, steps)
@@ -203,6 +214,81 @@ fn compare(recipe: &str, preset: &str, batch: usize, text_length: usize, steps: 
         "time_saving": 1.0 - med("single", "median_step_s") / med("dual", "median_step_s"),
         "memory_saving": 1.0 - med("single", "peak_rss_bytes") / med("dual", "peak_rss_bytes"),
     });
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+/// The reference model's training step: forward, backward, AdamW (as torch_reference.py).
+fn reference_train_step(steps: usize) -> Result<()> {
+    use super::bench_reference::{seeded_rng, Reference, PARAMS};
+    use medvlp_train::optim::{AdamW, AdamWConfig};
+    let m = Reference::new(true)?;
+    let params = m.store.num_params();
+    if params != PARAMS {
+        anyhow::bail!("reference model has {params} parameters, torch_reference.py has {PARAMS}");
+    }
+    let mut opt = AdamW::new(m.store.vars(), AdamWConfig { lr: 1e-4, weight_decay: 0.05, grad_clip: 0.0, ..Default::default() })?;
+    let mut rng = seeded_rng();
+    let (mut fwd, mut bwd, mut upd, mut step) = (vec![], vec![], vec![], vec![]);
+    for i in 0..steps + 2 {
+        let bt = Reference::batch(&mut rng)?;
+        let t0 = Instant::now();
+        let loss = m.loss(&bt)?;
+        let t1 = Instant::now();
+        let grads = opt.collect_grads(&loss.backward()?)?;
+        let t2 = Instant::now();
+        opt.step(&grads, 1e-4, 1.0)?;
+        let lv = loss.to_scalar::<f32>()?;
+        let t3 = Instant::now();
+        eprintln!("step {i}: loss {lv:.4} {:.3} s", (t3 - t0).as_secs_f64());
+        if i >= 2 {
+            fwd.push((t1 - t0).as_secs_f64());
+            bwd.push((t2 - t1).as_secs_f64());
+            upd.push((t3 - t2).as_secs_f64());
+            step.push((t3 - t0).as_secs_f64());
+        }
+    }
+    let med = median(step);
+    let out = serde_json::json!({
+        "preset": "reference",
+        "params": params,
+        "median_step_s": med,
+        "forward_s": median(fwd),
+        "backward_s": median(bwd),
+        "optimizer_s": median(upd),
+        "peak_rss_bytes": peak_rss_bytes(),
+        "gflops_per_s": Reference::flops_per_step() / 1e9 / med,
+    });
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+fn encode(preset: &str, steps: usize) -> Result<()> {
+    use super::bench_reference::{Reference, B, IMG};
+    let dev = Device::Cpu;
+    let (params, run): (usize, Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>) = if preset == "reference" {
+        let m = Reference::new(false)?;
+        let p = m.store.num_params();
+        (p, Box::new(move |x: &Tensor| m.encode(x)))
+    } else {
+        let cfg = ModelConfig::preset(preset)?;
+        let store = ParamStore::new(0, DType::F32, &dev).frozen();
+        let m = MedVlp::new(&cfg, &store)?;
+        (store.num_params(), Box::new(move |x: &Tensor| m.image_embeds(x)))
+    };
+    let (size, ch) = if preset == "reference" { (IMG, 1) } else { let c = ModelConfig::preset(preset)?; (c.vision_config.image_size, c.vision_config.num_channels) };
+    let px = Tensor::randn(0f32, 1f32, (B, ch, size, size), &dev)?;
+    let mut times = vec![];
+    for i in 0..steps + 2 {
+        let t0 = Instant::now();
+        let y = run(&px)?;
+        let _ = y.sum_all()?.to_scalar::<f32>()?;
+        if i >= 2 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let med = median(times);
+    let out = serde_json::json!({ "preset": preset, "params": params, "batch": B, "images_per_s": B as f64 / med, "median_batch_s": med, "peak_rss_bytes": peak_rss_bytes() });
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }

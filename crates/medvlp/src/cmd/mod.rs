@@ -1,6 +1,7 @@
 //! Subcommands. Each file holds a clap `Args` struct and a `run(args) -> anyhow::Result<()>`.
 
 pub mod bench;
+pub mod bench_reference;
 pub mod embed;
 pub mod init;
 pub mod inspect;
