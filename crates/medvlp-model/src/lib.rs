@@ -16,6 +16,7 @@ pub mod memory;
 pub mod model_dir;
 pub mod nn;
 pub mod params;
+pub mod runtime;
 pub mod vit;
 
 pub use config::ModelConfig;

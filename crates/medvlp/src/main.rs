@@ -26,6 +26,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    medvlp_model::runtime::configure();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
