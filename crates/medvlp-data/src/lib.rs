@@ -2,6 +2,9 @@
 //!
 //! - [`tokenizer`]: Hugging Face `tokenizer.json` loading, batch encoding with word offsets,
 //!   WordPiece training.
+//! - [`image`]: PNG/JPEG/DICOM decoding to grayscale (windowing, MONOCHROME1) and the
+//!   preprocessing pipeline ([`image::preprocess::PreprocessConfig`]).
 
 pub mod assets;
+pub mod image;
 pub mod tokenizer;
