@@ -4,7 +4,9 @@
 //!   WordPiece training.
 //! - [`image`]: PNG/JPEG/DICOM decoding to grayscale (windowing, MONOCHROME1) and the
 //!   preprocessing pipeline ([`image::preprocess::PreprocessConfig`]).
+//! - [`dataset`]: the JSONL manifest, dataset adapters and `prepare`.
 
 pub mod assets;
+pub mod dataset;
 pub mod image;
 pub mod tokenizer;
