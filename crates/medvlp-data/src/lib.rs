@@ -8,6 +8,7 @@
 //! - [`loader`]: parallel, deterministic, prefetching batch loader with an optional mmap cache.
 
 pub mod assets;
+pub mod bench;
 pub mod dataset;
 pub mod image;
 pub mod loader;

@@ -13,6 +13,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write what the model sees for one image as PNG and print its decoding facts.
+    Preview(cmd::preview::Args),
+    /// Build a dataset's JSONL manifest, summary, split and label-fraction lists.
+    Prepare(cmd::prepare::Args),
+    /// Data-layer benchmark (to be hung under `medvlp bench` as `data`).
+    #[command(name = "bench-data", hide = true)]
+    BenchData(cmd::bench_data::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -25,5 +32,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Preview(a) => cmd::preview::run(a),
+        Command::Prepare(a) => cmd::prepare::run(a),
+        Command::BenchData(a) => cmd::bench_data::run(a),
     }
 }
