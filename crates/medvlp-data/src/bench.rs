@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 
-use crate::image::decode_file;
+use crate::image::decode_file_scaled;
 use crate::image::preprocess::{preprocess_eval, PreprocessConfig};
 
 /// A chest-film-like grayscale test image (smooth anatomy-ish shapes plus noise) as JPEG.
@@ -42,7 +42,7 @@ pub struct Throughput {
 pub fn decode_throughput(path: &Path, what: &str, cfg: &PreprocessConfig, n: usize, threads: usize) -> Result<Throughput> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     // warm-up (page cache, allocator)
-    let d = decode_file(path)?;
+    let d = decode_file_scaled(path, Some(cfg.resize_shorter))?;
     let x = preprocess_eval(&d.image, cfg);
     anyhow::ensure!(x.len() == cfg.sample_len());
     let t = Instant::now();
@@ -50,7 +50,7 @@ pub fn decode_throughput(path: &Path, what: &str, cfg: &PreprocessConfig, n: usi
         (0..n)
             .into_par_iter()
             .map(|_| {
-                let d = decode_file(path)?;
+                let d = decode_file_scaled(path, Some(cfg.resize_shorter))?;
                 Ok(preprocess_eval(&d.image, cfg).len())
             })
             .collect()

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 
 use crate::dataset::{Split, Study};
 use crate::image::preprocess::{self, sample_rng, PreprocessConfig};
-use crate::image::{decode_file, GrayImage};
+use crate::image::{decode_file_scaled, GrayImage};
 
 #[derive(Debug, Clone)]
 pub struct LoaderConfig {
@@ -263,7 +263,7 @@ fn load_one(
         Some(Ok(img)) => img,
         Some(Err(reason)) => return Err((path.display().to_string(), reason)),
         None => {
-            let d = decode_file(path).map_err(|e| (path.display().to_string(), e.reason))?;
+            let d = decode_file_scaled(path, Some(pp.resize_shorter)).map_err(|e| (path.display().to_string(), e.reason))?;
             d.image
         }
     };
@@ -364,7 +364,7 @@ impl Cache {
         for (ci, chunk) in all.chunks(256).enumerate() {
             let res: Vec<Result<GrayImage, String>> = chunk
                 .par_iter()
-                .map(|p| decode_file(p).map(|d| preprocess::resize_shorter(&d.image, pp.resize_shorter)).map_err(|e| e.to_string()))
+                .map(|p| decode_file_scaled(p, Some(pp.resize_shorter)).map(|d| preprocess::resize_shorter(&d.image, pp.resize_shorter)).map_err(|e| e.to_string()))
                 .collect();
             for (j, r) in res.into_iter().enumerate() {
                 match r {

@@ -85,8 +85,12 @@ pub struct Window {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodeInfo {
     pub format: SourceFormat,
+    /// Size of the decoded image (smaller than the stored one after a scaled JPEG decode).
     pub width: u32,
     pub height: u32,
+    /// Size stored in the file.
+    pub source_width: u32,
+    pub source_height: u32,
     pub bits_stored: u16,
     pub samples_per_pixel: u16,
     /// e.g. "MONOCHROME1", "MONOCHROME2", "RGB" (PNG/JPEG: "MONOCHROME2" for gray, "RGB" for colour).
@@ -105,8 +109,11 @@ impl fmt::Display for DecodeInfo {
         write!(
             f,
             "format {:?}, {}x{} (WxH), {} bits stored, {} sample(s)/pixel, {}",
-            self.format, self.width, self.height, self.bits_stored, self.samples_per_pixel, self.photometric
+            self.format, self.source_width, self.source_height, self.bits_stored, self.samples_per_pixel, self.photometric
         )?;
+        if (self.width, self.height) != (self.source_width, self.source_height) {
+            write!(f, ", decoded at {}x{} (DCT scaling)", self.width, self.height)?;
+        }
         if let Some(ts) = &self.transfer_syntax {
             write!(f, ", transfer syntax {ts}")?;
         }
@@ -172,19 +179,85 @@ pub fn sniff_format(bytes: &[u8], path: &Path) -> SourceFormat {
     }
 }
 
-/// Decode any supported file (format sniffed from its bytes).
+/// Decode any supported file at full resolution (format sniffed from its bytes).
 pub fn decode_file(path: impl AsRef<Path>) -> Result<Decoded, DecodeError> {
+    decode_file_scaled(path, None)
+}
+
+/// Decode, allowing a JPEG to be decoded at 1/2, 1/4 or 1/8 size in the DCT domain as long as
+/// its shorter side stays >= `min_shorter` (what the preprocessing resizes to anyway). Other
+/// formats decode at full size.
+pub fn decode_file_scaled(path: impl AsRef<Path>, min_shorter: Option<u32>) -> Result<Decoded, DecodeError> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| DecodeError::new(path, e))?;
-    decode_bytes(&bytes, path)
+    decode_bytes_scaled(&bytes, path, min_shorter)
 }
 
 /// Decode from memory; `path` is used for error messages and format sniffing only.
 pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
+    decode_bytes_scaled(bytes, path, None)
+}
+
+/// [`decode_bytes`] with the scaled-JPEG option of [`decode_file_scaled`].
+pub fn decode_bytes_scaled(bytes: &[u8], path: &Path, min_shorter: Option<u32>) -> Result<Decoded, DecodeError> {
     match sniff_format(bytes, path) {
         SourceFormat::Dicom => decode_dicom(bytes, path),
+        SourceFormat::Jpeg if min_shorter.is_some() => match decode_jpeg_scaled(bytes, min_shorter.unwrap_or(0)) {
+            Some(d) => Ok(d),
+            None => decode_raster(bytes, path, SourceFormat::Jpeg),
+        },
         fmt => decode_raster(bytes, path, fmt),
     }
+}
+
+/// DCT-scaled JPEG decode; None means "use the full decoder" (which then reports any error).
+fn decode_jpeg_scaled(bytes: &[u8], min_shorter: u32) -> Option<Decoded> {
+    use jpeg_decoder::{Decoder, PixelFormat};
+    let mut dec = Decoder::new(bytes);
+    dec.read_info().ok()?;
+    let info = dec.info()?;
+    let (w, h) = (info.width as u32, info.height as u32);
+    let shorter = w.min(h).max(1);
+    if min_shorter == 0 || shorter < 2 * min_shorter {
+        return None; // no 1/2 step possible: the full decoder is as good
+    }
+    let f = min_shorter as f64 / shorter as f64;
+    let (rw, rh) = ((w as f64 * f).ceil() as u16, (h as f64 * f).ceil() as u16);
+    let (ow, oh) = dec.scale(rw.max(1), rh.max(1)).ok()?;
+    let px = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dec.decode())).ok()?.ok()?;
+    let info = dec.info()?;
+    let n = ow as usize * oh as usize;
+    let (bits, samples, data): (u16, u16, Vec<f32>) = match info.pixel_format {
+        PixelFormat::L8 if px.len() >= n => (8, 1, px[..n].iter().map(|&v| v as f32 * (1.0 / 255.0)).collect()),
+        PixelFormat::L16 if px.len() >= 2 * n => {
+            (16, 1, px.chunks_exact(2).take(n).map(|c| u16::from_be_bytes([c[0], c[1]]) as f32 * (1.0 / 65535.0)).collect())
+        }
+        PixelFormat::RGB24 if px.len() >= 3 * n => (
+            8,
+            3,
+            px.chunks_exact(3).take(n).map(|c| (0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32) * (1.0 / 255.0)).collect(),
+        ),
+        _ => return None,
+    };
+    Some(Decoded {
+        image: GrayImage::new(ow as u32, oh as u32, data),
+        info: DecodeInfo {
+            format: SourceFormat::Jpeg,
+            width: ow as u32,
+            height: oh as u32,
+            source_width: w,
+            source_height: h,
+            bits_stored: bits,
+            samples_per_pixel: samples,
+            photometric: if samples == 1 { "MONOCHROME2" } else { "RGB" }.into(),
+            transfer_syntax: None,
+            frames: 1,
+            rescale: None,
+            window: None,
+            window_source: WindowSource::FullRange,
+            inverted: false,
+        },
+    })
 }
 
 fn decode_raster(bytes: &[u8], path: &Path, fmt: SourceFormat) -> Result<Decoded, DecodeError> {
@@ -217,6 +290,8 @@ fn decode_raster(bytes: &[u8], path: &Path, fmt: SourceFormat) -> Result<Decoded
             format,
             width,
             height,
+            source_width: width,
+            source_height: height,
             bits_stored: bits,
             samples_per_pixel: samples,
             photometric,
@@ -315,6 +390,8 @@ fn decode_dicom(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
             format: SourceFormat::Dicom,
             width: cols,
             height: rows,
+            source_width: cols,
+            source_height: rows,
             bits_stored: bits,
             samples_per_pixel: spp,
             photometric: photometric.to_string(),
@@ -477,6 +554,27 @@ mod tests {
         assert_eq!(j.info.format, SourceFormat::Jpeg);
         assert_eq!((j.image.width, j.image.height), (32, 16));
         assert!(j.image.get(31, 8) > j.image.get(0, 8) + 0.5);
+    }
+
+    #[test]
+    fn scaled_jpeg_decode_keeps_the_shorter_side_and_content() {
+        let bytes = crate::bench::synthetic_jpeg(1000, 800, 90).unwrap();
+        let full = decode_bytes(&bytes, Path::new("a.jpg")).unwrap();
+        let s = decode_bytes_scaled(&bytes, Path::new("a.jpg"), Some(200)).unwrap();
+        assert_eq!((s.info.source_width, s.info.source_height), (1000, 800));
+        assert_eq!((s.image.width, s.image.height), (250, 200), "1/4 DCT scale");
+        let s2 = decode_bytes_scaled(&bytes, Path::new("a.jpg"), Some(300)).unwrap();
+        assert_eq!((s2.image.width, s2.image.height), (500, 400), "1/2 keeps shorter >= 300");
+        // same picture: compare against a downscaled full decode
+        let r = preprocess::resize_to(&full.image, 250, 200);
+        let mad: f32 = r.data.iter().zip(&s.image.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / r.data.len() as f32;
+        assert!(mad < 0.03, "mean abs diff {mad}");
+        // small images and non-JPEG ignore the hint
+        assert_eq!(decode_bytes_scaled(&bytes, Path::new("a.jpg"), Some(600)).unwrap().image.width, 1000);
+        let mut b = bytes.clone();
+        b.truncate(bytes.len() / 3);
+        // Decoders may be lenient with a truncated JPEG; what matters is that it does not panic.
+        let _ = decode_bytes_scaled(&b, Path::new("t.jpg"), Some(100));
     }
 
     #[test]
