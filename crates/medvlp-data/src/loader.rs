@@ -193,7 +193,7 @@ impl Loader {
                 if stop2.load(Ordering::Relaxed) {
                     return;
                 }
-                let results: Vec<(usize, Result<Vec<f32>, (String, String)>)> = pool.install(|| {
+                let results: Vec<(usize, SampleResult)> = pool.install(|| {
                     chunk.par_iter().map(|&i| (i, load_one(&items, &pp, &cfg, cache.as_deref(), epoch, i))).collect()
                 });
                 let mut b = Batch {
@@ -241,6 +241,9 @@ impl Loader {
     }
 }
 
+/// A preprocessed sample, or (path, reason) of a bad one.
+type SampleResult = Result<Vec<f32>, (String, String)>;
+
 fn load_one(
     items: &[Item],
     pp: &PreprocessConfig,
@@ -248,7 +251,7 @@ fn load_one(
     cache: Option<&Cache>,
     epoch: u64,
     index: usize,
-) -> Result<Vec<f32>, (String, String)> {
+) -> SampleResult {
     let it = &items[index];
     if it.images.is_empty() {
         return Err((it.id.clone(), "study has no image".into()));

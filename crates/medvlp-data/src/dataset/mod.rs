@@ -411,9 +411,12 @@ pub fn index_files(root: &Path, exts: &[&str]) -> HashMap<String, String> {
     out
 }
 
-/// A CSV reader that tolerates ragged rows and keeps leading spaces of header names out of the
-/// way (`trim_header`), returning the header names.
-pub fn csv_reader(path: &Path) -> Result<(csv::Reader<Box<dyn Read>>, Vec<String>)> {
+/// A CSV reader over a plain or gzipped file.
+pub type CsvReader = csv::Reader<Box<dyn Read>>;
+
+/// A CSV reader that tolerates ragged rows, and the header names trimmed (SIIM's
+/// ` EncodedPixels` has a leading space; a UTF-8 BOM is dropped).
+pub fn csv_reader(path: &Path) -> Result<(CsvReader, Vec<String>)> {
     let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(open_maybe_gz(path)?);
     let headers = r
         .headers()
@@ -438,10 +441,8 @@ pub fn parse_label(cell: &str) -> Result<Option<i8>, String> {
     if c.is_empty() || c.eq_ignore_ascii_case("nan") {
         return Ok(None);
     }
-    match c.parse::<f64>() {
-        Ok(v) if v == 1.0 => Ok(Some(1)),
-        Ok(v) if v == 0.0 => Ok(Some(0)),
-        Ok(v) if v == -1.0 => Ok(Some(-1)),
+    match c.parse::<f64>().ok().map(|v| (v as i8, v)) {
+        Some((x @ -1..=1, v)) if x as f64 == v => Ok(Some(x)),
         _ => Err(format!("bad label value {c:?}")),
     }
 }

@@ -22,7 +22,7 @@ pub fn rle_decode(rle: &str, width: usize, height: usize) -> Result<Vec<u8>, Str
         .split_whitespace()
         .map(|t| t.parse::<usize>().map_err(|_| format!("bad RLE token {t:?}")))
         .collect::<Result<_, _>>()?;
-    if nums.len() % 2 != 0 {
+    if nums.len() & 1 == 1 {
         return Err("RLE has an odd number of values".into());
     }
     let mut pos = 0usize;
