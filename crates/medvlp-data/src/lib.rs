@@ -2,6 +2,14 @@
 //!
 //! - [`tokenizer`]: Hugging Face `tokenizer.json` loading, batch encoding with word offsets,
 //!   WordPiece training.
+//! - [`image`]: PNG/JPEG/DICOM decoding to grayscale (windowing, MONOCHROME1) and the
+//!   preprocessing pipeline ([`image::preprocess::PreprocessConfig`]).
+//! - [`dataset`]: the JSONL manifest, dataset adapters and `prepare`.
+//! - [`loader`]: parallel, deterministic, prefetching batch loader with an optional mmap cache.
 
 pub mod assets;
+pub mod bench;
+pub mod dataset;
+pub mod image;
+pub mod loader;
 pub mod tokenizer;

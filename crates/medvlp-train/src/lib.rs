@@ -1,7 +1,9 @@
 //! medvlp-train: pre-training objectives, method recipes, the trainer and distributed training.
 
 pub mod objectives;
+pub mod data_pipeline;
 pub mod optim;
 pub mod recipe;
+pub mod run;
 pub mod run_config;
 pub mod trainer;

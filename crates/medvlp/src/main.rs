@@ -23,6 +23,10 @@ enum Command {
     Tokenizer(cmd::tokenizer::Args),
     /// Performance measurements (JSON on stdout).
     Bench(cmd::bench::Args),
+    /// Write what the model sees for one image as PNG and print its decoding facts.
+    Preview(cmd::preview::Args),
+    /// Build a dataset's JSONL manifest, summary, split and label-fraction lists.
+    Prepare(cmd::prepare::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,7 +34,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,jpeg2k=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -41,5 +45,7 @@ fn main() -> anyhow::Result<()> {
         Command::Init(a) => cmd::init::run(a),
         Command::Tokenizer(a) => cmd::tokenizer::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Preview(a) => cmd::preview::run(a),
+        Command::Prepare(a) => cmd::prepare::run(a),
     }
 }

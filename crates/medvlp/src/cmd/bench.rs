@@ -49,6 +49,8 @@ pub enum Sub {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Decode + preprocess throughput of a large JPEG and a DICOM, per core and on all cores.
+    Data(super::bench_data::Args),
     /// Image-encoder inference throughput (no autograd bookkeeping).
     Encode {
         /// `reference` (the PyTorch comparison model's ViT), tiny, small or base.
@@ -78,6 +80,7 @@ pub fn run(args: Args) -> Result<()> {
     match args.command {
         Sub::Forward { preset, batch, steps } => forward(&preset, batch, steps),
         Sub::Encode { preset, steps } => encode(&preset, steps),
+        Sub::Data(a) => super::bench_data::run(a),
         Sub::TrainStep { recipe, stream, preset, batch, text_length, steps, compare_streams, rounds } => {
             if preset == "reference" {
                 reference_train_step(steps)

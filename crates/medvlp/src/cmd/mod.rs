@@ -1,8 +1,11 @@
 //! Subcommands. Each file holds a clap `Args` struct and a `run(args) -> anyhow::Result<()>`.
 
 pub mod bench;
+pub mod bench_data;
 pub mod bench_reference;
 pub mod embed;
 pub mod init;
 pub mod inspect;
+pub mod prepare;
+pub mod preview;
 pub mod tokenizer;

