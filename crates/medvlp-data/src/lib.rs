@@ -6,6 +6,7 @@
 //!   preprocessing pipeline ([`image::preprocess::PreprocessConfig`]).
 //! - [`dataset`]: the JSONL manifest, dataset adapters and `prepare`.
 //! - [`loader`]: parallel, deterministic, prefetching batch loader with an optional mmap cache.
+//! - [`bench`]: helpers of `medvlp bench data` (synthetic JPEG, MIMIC-sized tree generator).
 
 pub mod assets;
 pub mod bench;

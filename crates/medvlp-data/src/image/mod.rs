@@ -507,6 +507,52 @@ mod tests {
         assert!(d.image.data.iter().all(|v| (0.0..=1.0).contains(v)));
     }
 
+    /// A generated 2-frame 8-bit MONOCHROME2 DICOM without window tags.
+    fn two_frame_dicom(path: &Path) {
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+        let (w, h) = (20u16, 10u16);
+        let mut px: Vec<u8> = (0..w as usize * h as usize).map(|i| (i % w as usize * 10) as u8).collect();
+        px.extend(std::iter::repeat_n(200u8, w as usize * h as usize)); // frame 2: constant
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7")));
+        obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.5")));
+        obj.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(h)));
+        obj.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(w)));
+        obj.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)));
+        obj.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")));
+        obj.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(8u16)));
+        obj.put(DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(8u16)));
+        obj.put(DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(7u16)));
+        obj.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)));
+        obj.put(DataElement::new(tags::NUMBER_OF_FRAMES, VR::IS, PrimitiveValue::from("2")));
+        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(px)));
+        let file = obj
+            .with_meta(
+                FileMetaTableBuilder::new()
+                    .transfer_syntax("1.2.840.10008.1.2.1")
+                    .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
+                    .media_storage_sop_instance_uid("1.2.3.4.5"),
+            )
+            .unwrap();
+        file.write_to_file(path).unwrap();
+    }
+
+    #[test]
+    fn multi_frame_uses_first_frame_with_percentile_window() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("two.dcm");
+        two_frame_dicom(&p);
+        let dec = decode_file(&p).unwrap();
+        assert_eq!(dec.info.frames, 2);
+        assert_eq!((dec.image.width, dec.image.height), (20, 10));
+        assert!(matches!(dec.info.window_source, WindowSource::Percentile { .. }));
+        assert!(!dec.info.inverted);
+        // first frame is a horizontal ramp (the second is constant): dark left, bright right
+        assert!(dec.image.get(0, 5) < 0.05 && dec.image.get(19, 5) > 0.95, "{:?}", &dec.image.data[..20]);
+        assert!(dec.info.to_string().contains("2 frames (first used)"));
+    }
+
     #[test]
     fn truncated_dicom_is_an_error_naming_the_file() {
         let Some(p) = asset_path("dicom/RG1_UNCR.dcm") else { return };

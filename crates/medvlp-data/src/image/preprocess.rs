@@ -128,6 +128,24 @@ impl PreprocessConfig {
         Ok(())
     }
 
+    /// Load from a file: a model `config.json` (its `preprocess` block), or a JSON/TOML file
+    /// that is the block itself (TOML may also hold a `[preprocess]` table). Validated.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let value: serde_json::Value = if path.extension().is_some_and(|e| e == "toml") {
+            let t: toml::Value = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+            serde_json::to_value(t)?
+        } else {
+            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?
+        };
+        let block = value.get("preprocess").cloned().unwrap_or(value);
+        let cfg: PreprocessConfig =
+            serde_json::from_value(block).with_context(|| format!("{}: invalid preprocess config", path.display()))?;
+        cfg.validate().with_context(|| path.display().to_string())?;
+        Ok(cfg)
+    }
+
     /// Number of f32 values of one preprocessed sample.
     pub fn sample_len(&self) -> usize {
         (self.channels * self.image_size * self.image_size) as usize
@@ -358,6 +376,24 @@ mod tests {
         assert!(bad.validate().is_err());
         let bad = PreprocessConfig { resize_shorter: 100, ..Default::default() };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn config_from_model_json_and_toml() {
+        let d = tempfile::tempdir().unwrap();
+        let j = d.path().join("config.json");
+        std::fs::write(&j, r#"{"model": "x", "preprocess": {"image_size": 128, "resize_shorter": 144, "hist_eq": true}}"#).unwrap();
+        let c = PreprocessConfig::from_file(&j).unwrap();
+        assert_eq!((c.image_size, c.resize_shorter, c.hist_eq), (128, 144, true));
+        let t = d.path().join("p.toml");
+        std::fs::write(&t, "[preprocess]\nchannels = 1\nmean = [0.5]\nstd = [0.5]\n[preprocess.augment]\nrotation_deg = 3.0\n").unwrap();
+        let c = PreprocessConfig::from_file(&t).unwrap();
+        assert_eq!((c.channels, c.augment.rotation_deg), (1, 3.0));
+        std::fs::write(&t, "channels = 1\n").unwrap();
+        let e = PreprocessConfig::from_file(&t).unwrap_err();
+        assert!(format!("{e:#}").contains("p.toml") && format!("{e:#}").contains("mean"), "{e:#}");
+        std::fs::write(&j, "{ not json").unwrap();
+        assert!(format!("{:#}", PreprocessConfig::from_file(&j).unwrap_err()).contains("config.json"));
     }
 
     #[test]

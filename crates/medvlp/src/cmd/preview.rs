@@ -20,25 +20,9 @@ pub struct Args {
     pub config: Option<PathBuf>,
 }
 
-/// Load a PreprocessConfig from a config file: `preprocess` key if present, else the whole file.
-pub fn load_preprocess_config(path: &std::path::Path) -> Result<PreprocessConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let value: serde_json::Value = if path.extension().is_some_and(|e| e == "toml") {
-        let t: toml::Value = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
-        serde_json::to_value(t)?
-    } else {
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?
-    };
-    let block = value.get("preprocess").cloned().unwrap_or(value);
-    let cfg: PreprocessConfig =
-        serde_json::from_value(block).with_context(|| format!("{}: invalid preprocess config", path.display()))?;
-    cfg.validate().with_context(|| format!("{}", path.display()))?;
-    Ok(cfg)
-}
-
 pub fn run(args: Args) -> Result<()> {
     let cfg = match &args.config {
-        Some(p) => load_preprocess_config(p)?,
+        Some(p) => PreprocessConfig::from_file(p)?,
         None => PreprocessConfig::default(),
     };
     let d = decode_file(&args.image)?;
