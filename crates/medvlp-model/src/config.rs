@@ -1,6 +1,7 @@
 //! Model configuration: the `config.json` of a medvlp model directory (Hugging Face CLIP-like:
 //! `vision_config`, `text_config`, `projection_dim`, `logit_scale`, plus `preprocess` and `method`).
 
+use medvlp_data::image::preprocess::{CropMode, PreprocessConfig};
 use serde::{Deserialize, Serialize};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -227,9 +228,9 @@ pub struct ModelConfig {
     /// Image-text matching head on the fused [CLS] state.
     #[serde(default)]
     pub itm_head: bool,
-    /// Image preprocessing the model was trained with (interpreted by the data crate).
+    /// Image preprocessing the model was trained with (and that evaluation must repeat).
     #[serde(default = "default_preprocess")]
-    pub preprocess: serde_json::Value,
+    pub preprocess: PreprocessConfig,
     /// The pre-training method and its settings (recipe name, objectives, weights).
     #[serde(default = "default_method")]
     pub method: serde_json::Value,
@@ -248,21 +249,22 @@ fn default_method() -> serde_json::Value {
     serde_json::json!({ "name": "none" })
 }
 
-/// Eval preprocessing for grayscale chest X-rays at a given size (the data crate owns the schema).
-pub fn default_preprocess_for(image_size: usize, channels: usize) -> serde_json::Value {
-    serde_json::json!({
-        "image_size": image_size,
-        "resize_shorter": image_size,
-        "crop": "center",
-        "channels": channels,
-        "mean": [0.5],
-        "std": [0.25],
-        "hist_eq": false,
-        "hflip": false,
-    })
+/// Preprocessing for chest X-rays at a given size: shorter side to 8/7 of the input, random-resized
+/// crop in training (center crop in evaluation), grey values normalised around 0.5, no flips.
+pub fn default_preprocess_for(image_size: usize, channels: usize) -> PreprocessConfig {
+    PreprocessConfig {
+        image_size: image_size as u32,
+        resize_shorter: (image_size * 8 / 7) as u32,
+        crop: CropMode::RandomResized,
+        channels: channels as u32,
+        mean: vec![0.5],
+        std: vec![0.25],
+        hist_eq: false,
+        augment: Default::default(),
+    }
 }
 
-fn default_preprocess() -> serde_json::Value {
+fn default_preprocess() -> PreprocessConfig {
     default_preprocess_for(224, 1)
 }
 
@@ -311,6 +313,13 @@ impl ModelConfig {
         if v.hidden_size % v.num_attention_heads != 0 {
             anyhow::bail!("vision hidden_size {} not divisible by {} heads", v.hidden_size, v.num_attention_heads);
         }
+        if self.preprocess.image_size as usize != v.image_size || self.preprocess.channels as usize != v.num_channels {
+            anyhow::bail!(
+                "preprocess produces {}x{} images with {} channels, the image encoder expects {} px with {}",
+                self.preprocess.image_size, self.preprocess.image_size, self.preprocess.channels, v.image_size, v.num_channels
+            );
+        }
+        self.preprocess.validate()?;
         if self.format_version > FORMAT_VERSION {
             anyhow::bail!("model format version {} is newer than this medvlp ({FORMAT_VERSION})", self.format_version);
         }

@@ -124,11 +124,7 @@ pub fn model_config(rc: &RunConfig, tokenizer: &Tokenizer, text_init: Option<&Pa
     if let Some(l) = rc.model.max_length {
         mc.text_config.max_length = l.min(mc.text_config.max_position_embeddings);
     }
-    let mut pp: PreprocessConfig = serde_json::from_value(mc.preprocess.clone()).unwrap_or_default();
-    pp.image_size = mc.vision_config.image_size as u32;
-    pp.resize_shorter = pp.resize_shorter.max(pp.image_size);
-    pp.channels = mc.vision_config.num_channels as u32;
-    mc.preprocess = serde_json::to_value(&pp)?;
+    mc.preprocess = medvlp_model::config::default_preprocess_for(mc.vision_config.image_size, mc.vision_config.num_channels);
     m.adapt_model(&rc.objectives(), &mut mc);
     mc.method = serde_json::json!({ "name": rc.method, "objectives": rc.objectives() });
     Ok(mc)
@@ -176,7 +172,7 @@ pub fn run_training(rc: &RunConfig, resolved_toml: &str, out: &Path, resume: boo
         std::fs::write(out.join("init_report.json"), serde_json::to_string_pretty(&report)?)?;
     }
     store.drop_unused();
-    let pp: PreprocessConfig = serde_json::from_value(mc.preprocess.clone())?;
+    let pp: PreprocessConfig = mc.preprocess.clone();
     let pc = |split: Split, train: bool| PipelineConfig {
         manifest,
         root: rc.data.root.as_deref(),
