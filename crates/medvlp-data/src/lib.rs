@@ -7,6 +7,7 @@
 //! - [`dataset`]: the JSONL manifest, dataset adapters and `prepare`.
 //! - [`loader`]: parallel, deterministic, prefetching batch loader with an optional mmap cache.
 //! - [`bench`]: helpers of `medvlp bench data` (synthetic JPEG, MIMIC-sized tree generator).
+//! - [`text`]: radiology lexicon, entity extraction with assertion, report labels, prompt files.
 
 pub mod assets;
 pub mod bench;
@@ -14,3 +15,4 @@ pub mod dataset;
 pub mod image;
 pub mod loader;
 pub mod tokenizer;
+pub mod text;
