@@ -3,12 +3,15 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
-use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
-use tokenizers::models::TrainerWrapper;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::{AddedToken, PaddingDirection, PaddingParams, PaddingStrategy, TruncationParams};
+use tokenizers::{
+    AddedToken, Normalizer, OffsetReferential, OffsetType, PaddingDirection, PaddingParams, PaddingStrategy, PreTokenizedString, PreTokenizer,
+    TruncationParams,
+};
 
 pub const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
 
@@ -148,37 +151,118 @@ impl Default for WordPieceOptions {
 /// Train a BERT-style WordPiece tokenizer (BERT normaliser and pre-tokeniser, `[CLS] ... [SEP]`
 /// post-processing, special tokens `[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4`) on text files
 /// (one report per line), and write it as `tokenizer.json`.
+///
+/// The vocabulary is learned here rather than with `tokenizers`' `WordPieceTrainer`: that trainer
+/// iterates hash maps with random seeds, so two runs on the same corpus give different
+/// vocabularies (and ids), which breaks run-to-run determinism. This is the same algorithm (BPE
+/// merges over word counts with `##` continuation pieces), with every tie broken by the token
+/// strings, so the result depends on the corpus only.
 pub fn train_wordpiece(files: &[&Path], opts: &WordPieceOptions, out: &Path) -> Result<Tokenizer> {
     if opts.vocab_size < SPECIAL_TOKENS.len() + 10 {
         bail!("vocab size {} is too small", opts.vocab_size);
     }
-    let mut names = vec![];
+    let normalizer = BertNormalizer::new(true, true, Some(opts.lowercase), opts.lowercase);
+    let mut counts: HashMap<String, u64> = HashMap::new();
     for f in files {
         let meta = std::fs::metadata(f).with_context(|| format!("reading {}", f.display()))?;
         if meta.len() == 0 {
             bail!("{} is empty: nothing to train a vocabulary on", f.display());
         }
-        names.push(f.to_string_lossy().to_string());
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {} (UTF-8 text expected)", f.display()))?;
+        for line in text.lines() {
+            let mut pre = PreTokenizedString::from(line);
+            pre.normalize(|n| normalizer.normalize(n)).map_err(|e| anyhow!("normalising {}: {e}", f.display()))?;
+            BertPreTokenizer.pre_tokenize(&mut pre).map_err(|e| anyhow!("pre-tokenising {}: {e}", f.display()))?;
+            for (w, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+                *counts.entry(w.to_string()).or_default() += 1;
+            }
+        }
     }
-    let mut tok = tokenizers::Tokenizer::new(WordPiece::builder().unk_token("[UNK]".into()).build().map_err(|e| anyhow!("{e}"))?);
-    tok.with_normalizer(Some(BertNormalizer::new(true, true, Some(opts.lowercase), opts.lowercase)))
-        .map_err(|e| anyhow!("setting normaliser: {e}"))?;
+    if counts.is_empty() {
+        bail!("no words in {:?}: nothing to train a vocabulary on", files);
+    }
+    let vocab = learn_wordpiece_vocab(counts, opts);
+    // WordPiece reads a BERT vocab.txt (one token per line, id = line number).
+    let vocab_txt = tempfile::NamedTempFile::new().context("creating a temporary vocab file")?;
+    std::fs::write(vocab_txt.path(), vocab.join("\n") + "\n").context("writing the temporary vocab file")?;
+    let wp = WordPiece::from_file(&vocab_txt.path().to_string_lossy()).unk_token("[UNK]".into()).build().map_err(|e| anyhow!("{e}"))?;
+    let mut tok = tokenizers::Tokenizer::new(wp);
+    tok.with_normalizer(Some(normalizer)).map_err(|e| anyhow!("setting normaliser: {e}"))?;
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
     tok.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
-    let trainer = WordPieceTrainer::builder()
-        .vocab_size(opts.vocab_size)
-        .min_frequency(opts.min_frequency)
-        .limit_alphabet(opts.limit_alphabet)
-        .show_progress(false)
-        .special_tokens(SPECIAL_TOKENS.iter().map(|s| AddedToken::from(*s, true)).collect())
-        .build();
-    let mut trainer = TrainerWrapper::WordPieceTrainer(trainer);
-    tok.train_from_files(&mut trainer, names).map_err(|e| anyhow!("training WordPiece: {e}"))?;
-    let cls = tok.token_to_id("[CLS]").ok_or_else(|| anyhow!("trained vocabulary lacks [CLS]"))?;
-    let sep = tok.token_to_id("[SEP]").ok_or_else(|| anyhow!("trained vocabulary lacks [SEP]"))?;
-    tok.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+    tok.add_special_tokens(SPECIAL_TOKENS.iter().map(|s| AddedToken::from(*s, true)).collect::<Vec<_>>())
+        .map_err(|e| anyhow!("adding special tokens: {e}"))?;
+    tok.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2))));
     tok.save(out, true).map_err(|e| anyhow!("saving tokenizer {}: {e}", out.display()))?;
     Tokenizer::from_file(out, 128)
+}
+
+/// The vocabulary in id order: special tokens, the alphabet (word-initial and `##` forms), then
+/// merged pieces in the order they were learned.
+fn learn_wordpiece_vocab(counts: HashMap<String, u64>, opts: &WordPieceOptions) -> Vec<String> {
+    let mut words: Vec<(String, u64)> = counts.into_iter().collect();
+    words.sort();
+    // Alphabet: the most frequent characters (ties by character), capped.
+    let mut chars: BTreeMap<char, u64> = BTreeMap::new();
+    for (w, c) in &words {
+        for ch in w.chars() {
+            *chars.entry(ch).or_default() += c;
+        }
+    }
+    let mut alpha: Vec<(char, u64)> = chars.into_iter().collect();
+    alpha.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    alpha.truncate(opts.limit_alphabet);
+    let alpha: BTreeSet<char> = alpha.into_iter().map(|(c, _)| c).collect();
+    let mut vocab: Vec<String> = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
+    let mut known: HashSet<String> = vocab.iter().cloned().collect();
+    let mut push = |t: String, vocab: &mut Vec<String>| {
+        if known.insert(t.clone()) {
+            vocab.push(t);
+        }
+    };
+    // Words as symbol sequences (words with characters outside the alphabet become [UNK]).
+    let mut seqs: Vec<(Vec<String>, u64)> = vec![];
+    for (w, c) in &words {
+        if !w.chars().all(|ch| alpha.contains(&ch)) {
+            continue;
+        }
+        let syms: Vec<String> = w.chars().enumerate().map(|(i, ch)| if i == 0 { ch.to_string() } else { format!("##{ch}") }).collect();
+        seqs.push((syms, *c));
+    }
+    let mut initial: BTreeSet<String> = BTreeSet::new();
+    for (s, _) in &seqs {
+        initial.extend(s.iter().cloned());
+    }
+    for t in initial {
+        push(t, &mut vocab);
+    }
+    while vocab.len() < opts.vocab_size {
+        let mut pairs: HashMap<(&str, &str), u64> = HashMap::new();
+        for (s, c) in &seqs {
+            for w in s.windows(2) {
+                *pairs.entry((w[0].as_str(), w[1].as_str())).or_default() += c;
+            }
+        }
+        // Highest count; ties by the pair's strings, so the choice never depends on hashing.
+        let Some((&(a, b), &n)) = pairs.iter().max_by(|x, y| x.1.cmp(y.1).then_with(|| y.0.cmp(x.0))) else { break };
+        if n < opts.min_frequency.max(1) {
+            break;
+        }
+        let (a, b) = (a.to_string(), b.to_string());
+        let merged = format!("{a}{}", b.strip_prefix("##").unwrap_or(&b));
+        for (s, _) in seqs.iter_mut() {
+            let mut i = 0;
+            while i + 1 < s.len() {
+                if s[i] == a && s[i + 1] == b {
+                    s[i] = merged.clone();
+                    s.remove(i + 1);
+                }
+                i += 1;
+            }
+        }
+        push(merged, &mut vocab);
+    }
+    vocab
 }
 
 #[cfg(test)]
@@ -235,6 +319,21 @@ mod tests {
         let long = "effusion ".repeat(400);
         let b = tok.encode_batch(&[long.as_str()]).unwrap();
         assert_eq!(b.len, 128);
+    }
+
+    #[test]
+    fn training_is_deterministic() {
+        let dir = tempdir();
+        let c = corpus(&dir);
+        let (a, b) = (dir.join("a.json"), dir.join("b.json"));
+        for p in [&a, &b] {
+            train_wordpiece(&[&c], &WordPieceOptions { vocab_size: 150, ..Default::default() }, p).unwrap();
+        }
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        let tok = Tokenizer::from_file(&a, 64).unwrap();
+        // Frequent words become single pieces.
+        let b = tok.encode_batch(&["effusion"]).unwrap();
+        assert_eq!(b.len, 3, "{:?}", b.input_ids);
     }
 
     #[test]
