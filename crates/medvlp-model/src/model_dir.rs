@@ -83,8 +83,9 @@ pub fn save(dir: &Path, config: &ModelConfig, store: &ParamStore, tokenizer_json
         .iter()
         .map(|(n, v)| Ok((n.clone(), v.as_tensor().contiguous()?)))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+    let mut bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
         .context("serialising weights")?;
+    canonical_header(&mut bytes)?;
     write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
     write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(config)?.as_bytes())?;
     if let Some(tok) = tokenizer_json {
@@ -93,6 +94,23 @@ pub fn save(dir: &Path, config: &ModelConfig, store: &ParamStore, tokenizer_json
             let bytes = std::fs::read(tok).with_context(|| format!("reading {}", tok.display()))?;
             write_atomic(&dst, &bytes)?;
         }
+    }
+    Ok(())
+}
+
+/// Rewrite a serialised safetensors header with sorted keys: the metadata arrives as a `HashMap`,
+/// whose random iteration order would make identical models differ in their bytes. The header
+/// keeps its length (same JSON, reordered), so the data offsets are untouched.
+fn canonical_header(bytes: &mut [u8]) -> Result<()> {
+    let n = u64::from_le_bytes(bytes[..8].try_into()?) as usize;
+    let header = &bytes[8..8 + n];
+    let text = std::str::from_utf8(header)?;
+    let v: serde_json::Value = serde_json::from_str(text.trim_end())?; // serde_json's map is sorted
+    let sorted = serde_json::to_string(&v)?;
+    if sorted.len() <= n {
+        let mut h = sorted.into_bytes();
+        h.resize(n, b' ');
+        bytes[8..8 + n].copy_from_slice(&h);
     }
     Ok(())
 }
