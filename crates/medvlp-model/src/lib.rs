@@ -6,6 +6,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod encode;
 pub mod fusion;
 pub mod gradcheck;
 pub mod heads;

@@ -1,5 +1,7 @@
 //! `medvlp embed`: text embeddings from a medvlp model directory (normalised joint-space embedding)
-//! or a Hugging Face BERT directory (attention-masked mean of the last hidden state, L2-normalised).
+//! or a Hugging Face BERT directory (attention-masked mean of the last hidden state, L2-normalised),
+//! and image embeddings from a medvlp model directory (`--images`: a list of image files or a
+//! manifest; PNG, JPEG and DICOM, preprocessed as the model's `preprocess` block says).
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -15,8 +17,12 @@ pub struct Args {
     #[arg(long)]
     pub model: PathBuf,
     /// Texts: one per line, or JSONL objects with `id` and `text`.
+    #[arg(long, required_unless_present = "images", conflicts_with = "images")]
+    pub texts: Option<PathBuf>,
+    /// Images: one path per line (relative to the list's folder), or a JSONL manifest (first image
+    /// of each study; ids are study ids). Needs a medvlp model directory.
     #[arg(long)]
-    pub texts: PathBuf,
+    pub images: Option<PathBuf>,
     /// Output JSONL: `{"id": ..., "embedding": [...]}` per input.
     #[arg(long)]
     pub output: PathBuf,
@@ -86,7 +92,68 @@ enum Encoder {
     Bert(medvlp_model::model_dir::LoadedBert),
 }
 
+/// Image items from a path list or a manifest, with the ids written to the output.
+fn read_images(path: &Path) -> Result<Vec<(serde_json::Value, medvlp_data::loader::Item)>> {
+    let root = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    if text.trim_start().starts_with('{') {
+        let studies = medvlp_data::dataset::read_manifest(path)?;
+        let items = medvlp_data::loader::Loader::items_from_studies(&studies, &root, None);
+        return Ok(items.into_iter().map(|it| (serde_json::json!(it.id.clone()), it)).collect());
+    }
+    Ok(text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let p = root.join(l.trim());
+            let item = medvlp_data::loader::Item { id: format!("{}", i + 1), images: vec![p], text: None, labels: Default::default() };
+            (serde_json::json!(l.trim()), item)
+        })
+        .collect())
+}
+
+fn write_records(output: &Path, records: impl Iterator<Item = (serde_json::Value, Vec<f32>)>) -> Result<usize> {
+    let tmp = output.with_extension("jsonl.partial");
+    let mut out = BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut n = 0;
+    for (id, embedding) in records {
+        serde_json::to_writer(&mut out, &Record { id: &id, embedding })?;
+        out.write_all(b"\n")?;
+        n += 1;
+    }
+    out.flush()?;
+    drop(out);
+    std::fs::rename(&tmp, output).with_context(|| format!("writing {}", output.display()))?;
+    Ok(n)
+}
+
+fn run_images(args: &Args, list: &Path) -> Result<()> {
+    let dev = Device::Cpu;
+    if model_dir::detect(&args.model)? != DirKind::MedVlp {
+        bail!("{}: image embeddings need a medvlp model directory (this is a text-only BERT)", args.model.display());
+    }
+    let m = model_dir::load(&args.model, DType::F32, &dev, false)?;
+    let entries = read_images(list)?;
+    if entries.is_empty() {
+        bail!("{}: no images listed", list.display());
+    }
+    let t0 = std::time::Instant::now();
+    let items = entries.iter().map(|(_, it)| it.clone()).collect();
+    let res = medvlp_model::encode::encode_images(&m.model, &m.config.preprocess, items, args.batch_size, 1.0, &dev)?;
+    for (p, why) in &res.bad {
+        tracing::warn!("{p}: {why}; skipped");
+    }
+    let n = write_records(&args.output, res.indices.iter().zip(res.embeddings).map(|(&i, e)| (entries[i].0.clone(), e)))?;
+    eprintln!("embedded {n} images in {:.2}s -> {} ({} skipped)", t0.elapsed().as_secs_f64(), args.output.display(), res.bad.len());
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
+    if let Some(list) = args.images.clone() {
+        return run_images(&args, &list);
+    }
+    let texts_path = args.texts.clone().context("--texts or --images is required")?;
     let dev = Device::Cpu;
     let kind = model_dir::detect(&args.model)?;
     let (encoder, tok_path, default_len) = match kind {
@@ -105,9 +172,9 @@ pub fn run(args: Args) -> Result<()> {
     };
     let tok_path = tok_path.with_context(|| format!("{} has no tokenizer.json", args.model.display()))?;
     let tok = Tokenizer::from_file(&tok_path, args.max_length.unwrap_or(default_len))?;
-    let (items, bad) = read_texts(&args.texts)?;
+    let (items, bad) = read_texts(&texts_path)?;
     if items.is_empty() {
-        bail!("{}: no texts to embed ({bad} bad lines)", args.texts.display());
+        bail!("{}: no texts to embed ({bad} bad lines)", texts_path.display());
     }
     let tmp = args.output.with_extension("jsonl.partial");
     let mut out = BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
