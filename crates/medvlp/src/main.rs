@@ -27,6 +27,12 @@ enum Command {
     Preview(cmd::preview::Args),
     /// Build a dataset's JSONL manifest, summary, split and label-fraction lists.
     Prepare(cmd::prepare::Args),
+    /// Label reports (CheXpert conventions) and list their entities with assertions.
+    Label(cmd::label::Args),
+    /// List the shipped prompt files or show what one expands to.
+    Prompts(cmd::prompts::Args),
+    /// Pre-train a recipe from a TOML config (with dotted-key overrides).
+    Train(cmd::train::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +53,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Preview(a) => cmd::preview::run(a),
         Command::Prepare(a) => cmd::prepare::run(a),
+        Command::Label(a) => cmd::label::run(a),
+        Command::Prompts(a) => cmd::prompts::run(a),
+        Command::Train(a) => cmd::train::run(a),
     }
 }

@@ -129,3 +129,42 @@ fn bad_inputs_fail_cleanly_with_the_file_named() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("empty.txt") && !e.contains("panicked"), "{e}");
 }
+
+#[test]
+fn label_writes_labels_and_entities_and_reports_bad_lines() {
+    let tmp = tempdir("label");
+    let input = tmp.join("reports.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\": \"a\", \"text\": \"FINDINGS: Moderate cardiomegaly. No pleural effusion. Possible left lower lobe atelectasis.\"}\n{broken\n{\"id\": 7, \"text\": \"XXXX sternotomy wires. No acute cardiopulmonary abnormality.\"}\n",
+    )
+    .unwrap();
+    let out = tmp.join("labels.jsonl");
+    let err = medvlp().args(["label", "--input"]).arg(&input).arg("--output").arg(&out).output().unwrap();
+    assert!(err.status.success(), "{}", String::from_utf8_lossy(&err.stderr));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("reports.jsonl:2"), "bad line not named");
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], "a");
+    assert_eq!(lines[0]["labels"]["Cardiomegaly"], 1);
+    assert_eq!(lines[0]["labels"]["Pleural Effusion"], 0);
+    assert_eq!(lines[0]["labels"]["Atelectasis"], -1);
+    let e = &lines[0]["entities"][0];
+    let text = "FINDINGS: Moderate cardiomegaly. No pleural effusion. Possible left lower lobe atelectasis.";
+    let (s, t) = (e["start"].as_u64().unwrap() as usize, e["end"].as_u64().unwrap() as usize);
+    assert_eq!(&text[s..t], e["text"].as_str().unwrap());
+    assert_eq!(lines[1]["id"], 7);
+    assert_eq!(lines[1]["labels"]["Support Devices"], 1);
+}
+
+#[test]
+fn prompts_list_and_show() {
+    let list = run_ok(medvlp().args(["prompts", "list"]));
+    for name in ["chexpert5", "chexpert14", "nih14", "rsna_pneumonia", "siim_pneumothorax", "covidx", "disease"] {
+        assert!(list.contains(name), "{name} missing:\n{list}");
+    }
+    let show = run_ok(medvlp().args(["prompts", "show", "chexpert5"]));
+    assert!(show.contains("[Cardiomegaly]") && show.contains("ensemble"), "{show}");
+    let out = medvlp().args(["prompts", "show", "/nonexistent.toml"]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nonexistent.toml"));
+}

@@ -1,0 +1,47 @@
+//! `medvlp train --config FILE [--resume] [--out DIR] [key=value ...]`: pre-train a recipe.
+//! SIGINT/SIGTERM write a checkpoint and exit cleanly; `--resume` continues exactly.
+
+use anyhow::{Context, Result};
+use medvlp_train::run::{run_training, TextHooks};
+use medvlp_train::run_config::RunConfig;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run configuration (TOML), e.g. configs/xlip-tiny.toml.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run folder (default: runs/<method>-<preset>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from the newest checkpoint in the run folder.
+    #[arg(long)]
+    pub resume: bool,
+    /// Overrides of the config's dotted keys: `train.steps=100 data.manifest=m.jsonl seed=1`.
+    pub overrides: Vec<String>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let (rc, resolved) = RunConfig::load(args.config.as_deref(), &args.overrides)?;
+    let out = args.out.unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", rc.method, rc.model.preset)));
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let hooks = TextHooks {
+        entities: Box::new(|t: &str| medvlp_data::text::extract_entities(t).into_iter().map(|e| (e.start, e.end)).collect()),
+        prompt: Box::new(|labels, seed| medvlp_data::text::disease_prompt(labels, seed)),
+    };
+    let s = run_training(&rc, &resolved, &out, args.resume, stop, hooks)?;
+    if s.stopped_early {
+        eprintln!("stopped at step {} (checkpoint written); continue with --resume", s.state.step);
+    } else {
+        eprintln!("done: {} steps, last loss {:.4}; model in {}", s.state.step, s.last_loss, out.join("final").display());
+    }
+    if s.state.nonfinite_skips > 0 {
+        eprintln!("{} steps skipped for non-finite loss or gradients", s.state.nonfinite_skips);
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! `medvlp train` end to end on a small generated dataset: the run folder, `final/` as a model
+//! directory that `embed` accepts, and exact resume after SIGKILL.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn medvlp() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_medvlp"))
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("medvlp-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// 40 studies (train/validate/test), 48x48 PNGs with a bright disc whose size follows
+/// "cardiomegaly", reports saying so, plus image-only and text-only manifests.
+fn dataset(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("img")).unwrap();
+    let mut paired = String::new();
+    let mut image_only = String::new();
+    let mut text_only = String::new();
+    for i in 0..56u32 {
+        let big = i % 3 == 0;
+        let eff = i % 4 == 1;
+        let r = if big { 14.0 } else { 8.0 };
+        let img = image::GrayImage::from_fn(48, 48, |x, y| {
+            let d = ((x as f32 - 26.0).powi(2) + (y as f32 - 26.0).powi(2)).sqrt();
+            let noise = ((x * 7 + y * 13 + i * 31) % 17) as u8;
+            let base = if d < r { 200 } else { 60 };
+            let fluid = if eff && y > 36 && x < 20 { 80 } else { 0 };
+            image::Luma([base + noise + fluid])
+        });
+        let path = format!("img/{i}.png");
+        img.save(dir.join(&path)).unwrap();
+        let report = match (big, eff) {
+            (true, true) => "The heart is enlarged. Small right pleural effusion.",
+            (true, false) => "Cardiomegaly. The lungs are clear. No pleural effusion.",
+            (false, true) => "Normal heart size. Right pleural effusion is present.",
+            (false, false) => "The lungs are clear. No pleural effusion or pneumothorax. Heart size is normal.",
+        };
+        let split = match i % 10 {
+            8 => "validate",
+            9 => "test",
+            _ => "train",
+        };
+        let labels = serde_json::json!({"Cardiomegaly": big as i8, "Pleural Effusion": eff as i8});
+        let row = serde_json::json!({"id": format!("s{i}"), "patient_id": format!("p{i}"), "images": [{"path": path, "view": "PA"}],
+            "text": report, "labels": labels, "split": split});
+        if i < 40 {
+            paired.push_str(&format!("{row}\n"));
+        } else if i < 48 {
+            let row = serde_json::json!({"id": format!("s{i}"), "images": [{"path": path}], "labels": labels, "split": split});
+            image_only.push_str(&format!("{row}\n"));
+        } else {
+            let row = serde_json::json!({"id": format!("s{i}"), "text": report, "labels": labels, "split": split});
+            text_only.push_str(&format!("{row}\n"));
+        }
+    }
+    std::fs::write(dir.join("image_only.jsonl"), image_only).unwrap();
+    std::fs::write(dir.join("text_only.jsonl"), text_only).unwrap();
+    let m = dir.join("manifest.jsonl");
+    std::fs::write(&m, paired).unwrap();
+    m
+}
+
+fn config_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/xlip-tiny.toml")
+}
+
+fn train_cmd(data: &Path, out: &Path, steps: u32) -> Command {
+    let mut c = medvlp();
+    c.arg("train").arg("--config").arg(config_path()).arg("--out").arg(out).args([
+        format!("data.manifest={}", data.join("manifest.jsonl").display()),
+        format!("data.image_only={}", data.join("image_only.jsonl").display()),
+        format!("data.text_only={}", data.join("text_only.jsonl").display()),
+        "data.batch_size=8".into(),
+        "data.val_samples=8".into(),
+        "data.threads=1".into(),
+        "model.vocab_size=200".into(),
+        format!("train.steps={steps}"),
+        "train.checkpoint_every=4".into(),
+        "train.validate_every=8".into(),
+        "train.log_every=1".into(),
+        "train.warmup_steps=2".into(),
+        "seed=3".into(),
+    ]);
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "command failed:\n{err}");
+    err
+}
+
+#[test]
+fn train_writes_a_run_folder_and_resumes_exactly_after_sigkill() {
+    let tmp = tempdir("run");
+    let data = tmp.join("data");
+    dataset(&data);
+    let steps = 24;
+
+    // Uninterrupted reference run.
+    let a = tmp.join("a");
+    run_ok(&mut train_cmd(&data, &a, steps));
+    for f in ["config.toml", "metrics.jsonl", "tokenizer.json", "final/config.json", "final/model.safetensors", "final/tokenizer.json"] {
+        assert!(a.join(f).exists(), "{f} missing from the run folder");
+    }
+    let resolved = std::fs::read_to_string(a.join("config.toml")).unwrap();
+    assert!(resolved.contains("steps = 24") && resolved.contains("seed = 3"), "overrides not in the resolved config:\n{resolved}");
+    let metrics = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("loss").and_then(|x| x.as_f64()))
+        .collect();
+    assert!(losses.len() >= 20, "expected a loss per step:\n{metrics}");
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(metrics.contains("val_loss") && metrics.contains("val_recall@1"), "no validation record:\n{metrics}");
+
+    // The same run, killed with SIGKILL once a mid-run checkpoint exists, then resumed.
+    let b = tmp.join("b");
+    let mut child = train_cmd(&data, &b, steps).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let ckpt_root = b.join("checkpoints");
+    let t0 = std::time::Instant::now();
+    loop {
+        let have = std::fs::read_dir(&ckpt_root).map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("step-"))).unwrap_or(false);
+        if have || t0.elapsed().as_secs() > 300 {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = child.kill(); // SIGKILL on Unix
+    let status = child.wait().unwrap();
+    let killed = !status.success();
+    run_ok(train_cmd(&data, &b, steps).arg("--resume"));
+    let wa = std::fs::read(a.join("final/model.safetensors")).unwrap();
+    let wb = std::fs::read(b.join("final/model.safetensors")).unwrap();
+    assert!(wa == wb, "resumed run (killed: {killed}) differs from the uninterrupted run");
+    assert!(killed, "the run finished before it could be killed: the test did not exercise resume");
+
+    // SIGTERM: the run writes a checkpoint, exits cleanly, and resumes to the same weights.
+    let c = tmp.join("c");
+    let mut child = train_cmd(&data, &c, steps).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !c.join("checkpoints").exists() && t0.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SIGTERM must end the run cleanly:\n{err}");
+    assert!(err.contains("stopped at step") || err.contains("done:"), "{err}");
+    run_ok(train_cmd(&data, &c, steps).arg("--resume"));
+    assert!(std::fs::read(c.join("final/model.safetensors")).unwrap() == wa, "run resumed after SIGTERM differs");
+
+    // final/ is a model directory the other commands accept.
+    let texts = tmp.join("texts.txt");
+    std::fs::write(&texts, "Cardiomegaly.\nNo pleural effusion.\n").unwrap();
+    run_ok(medvlp().args(["embed", "--model"]).arg(a.join("final")).arg("--texts").arg(&texts).arg("--output").arg(tmp.join("t.jsonl")));
+    run_ok(medvlp().args(["embed", "--model"]).arg(a.join("final")).arg("--images").arg(data.join("manifest.jsonl")).arg("--output").arg(tmp.join("i.jsonl")));
+    let n = std::fs::read_to_string(tmp.join("i.jsonl")).unwrap().lines().count();
+    assert_eq!(n, 40);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
+fn train_rejects_bad_config_keys_and_missing_manifest() {
+    let tmp = tempdir("bad");
+    let out = medvlp().arg("train").arg("--config").arg(config_path()).arg("--out").arg(tmp.join("r")).arg("train.stepz=3").output().unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("stepz") && !e.contains("panicked"), "{e}");
+    let out = medvlp().arg("train").arg("--config").arg(config_path()).arg("--out").arg(tmp.join("r")).arg("data.manifest=/nonexistent/m.jsonl").output().unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("/nonexistent/m.jsonl") && !e.contains("panicked"), "{e}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
