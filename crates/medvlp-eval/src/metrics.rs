@@ -527,27 +527,40 @@ pub fn bootstrap_ci<F>(n_units: usize, cfg: &BootstrapConfig, metric: F) -> Opti
 where
     F: Fn(&[usize]) -> Option<f64> + Sync,
 {
+    bootstrap_ci_multi(n_units, cfg, 1, |idx| vec![metric(idx)]).pop().flatten()
+}
+
+/// [`bootstrap_ci`] for `n_outputs` metrics computed together on the same resamples (e.g. the
+/// AUROC of every class and their macro mean): one CI per output.
+pub fn bootstrap_ci_multi<F>(n_units: usize, cfg: &BootstrapConfig, n_outputs: usize, metric: F) -> Vec<Option<Ci>>
+where
+    F: Fn(&[usize]) -> Vec<Option<f64>> + Sync,
+{
     if n_units == 0 || cfg.resamples == 0 {
-        return None;
+        return vec![None; n_outputs];
     }
-    let mut vals: Vec<f64> = (0..cfg.resamples)
+    let per_resample: Vec<Vec<Option<f64>>> = (0..cfg.resamples)
         .into_par_iter()
-        .filter_map(|b| {
+        .map(|b| {
             let mut rng = resample_rng(cfg.seed, b);
             let idx: Vec<usize> = (0..n_units).map(|_| rng.random_range(0..n_units)).collect();
-            metric(&idx).filter(|v| !v.is_nan())
+            let v = metric(&idx);
+            assert_eq!(v.len(), n_outputs, "bootstrap_ci_multi: metric returned {} values, expected {n_outputs}", v.len());
+            v
         })
         .collect();
-    if vals.is_empty() {
-        return None;
-    }
-    vals.sort_by(|a, b| a.total_cmp(b));
     let tail = (1.0 - cfg.level) / 2.0 * 100.0;
-    Some(Ci {
-        low: percentile_sorted(&vals, tail)?,
-        high: percentile_sorted(&vals, 100.0 - tail)?,
-        resamples_used: vals.len(),
-    })
+    (0..n_outputs)
+        .map(|o| {
+            let mut vals: Vec<f64> = per_resample.iter().filter_map(|r| r[o]).filter(|v| !v.is_nan()).collect();
+            vals.sort_by(|a, b| a.total_cmp(b));
+            Some(Ci {
+                low: percentile_sorted(&vals, tail)?,
+                high: percentile_sorted(&vals, 100.0 - tail)?,
+                resamples_used: vals.len(),
+            })
+        })
+        .collect()
 }
 
 fn resample_rng(seed: u64, b: usize) -> ChaCha8Rng {
@@ -582,6 +595,59 @@ where
 /// Items of `xs` at `idx` (for metric closures).
 pub fn gather<T: Clone>(xs: &[T], idx: &[usize]) -> Vec<T> {
     idx.iter().map(|&i| xs[i].clone()).collect()
+}
+
+/// Per-class estimates and their macro mean.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClassEstimates {
+    pub per_class: Vec<Option<Estimate>>,
+    pub macro_: Option<Estimate>,
+}
+
+/// Per-class AUROC and macro AUROC (mean over the classes defined on each (re)sample) of
+/// sample-major scores/labels, with bootstrap CIs over samples when `boot` is given.
+pub fn auroc_with_ci(scores: &[Vec<f64>], labels: &[Vec<bool>], boot: Option<&BootstrapConfig>) -> ClassEstimates {
+    per_class_with_ci(scores, labels, boot, auroc)
+}
+
+/// As [`auroc_with_ci`] for average precision (AUPRC).
+pub fn auprc_with_ci(scores: &[Vec<f64>], labels: &[Vec<bool>], boot: Option<&BootstrapConfig>) -> ClassEstimates {
+    per_class_with_ci(scores, labels, boot, average_precision)
+}
+
+fn per_class_with_ci(
+    scores: &[Vec<f64>],
+    labels: &[Vec<bool>],
+    boot: Option<&BootstrapConfig>,
+    f: fn(&[f64], &[bool]) -> Option<f64>,
+) -> ClassEstimates {
+    check_len(scores.len(), labels.len(), "per-class metric");
+    let n_classes = labels.first().map_or(0, Vec::len);
+    let cols: Vec<(Vec<f64>, Vec<bool>)> = (0..n_classes).map(|c| (column(scores, c), column(labels, c))).collect();
+    let eval = |idx: &[usize]| -> Vec<Option<f64>> {
+        let mut v: Vec<Option<f64>> = cols.iter().map(|(s, y)| f(&gather(s, idx), &gather(y, idx))).collect();
+        v.push(mean_defined(&v));
+        v
+    };
+    let all: Vec<usize> = (0..scores.len()).collect();
+    let full = eval(&all);
+    let cis = match boot {
+        Some(cfg) => bootstrap_ci_multi(scores.len(), cfg, n_classes + 1, eval),
+        None => vec![None; n_classes + 1],
+    };
+    let mut est: Vec<Option<Estimate>> =
+        full.iter().zip(&cis).map(|(v, ci)| v.map(|value| Estimate { value, ci: *ci })).collect();
+    let macro_ = est.pop().flatten();
+    ClassEstimates { per_class: est, macro_ }
+}
+
+/// Accuracy of class predictions with a bootstrap CI over samples.
+pub fn accuracy_with_ci(pred: &[usize], truth: &[usize], boot: Option<&BootstrapConfig>) -> Option<Estimate> {
+    check_len(pred.len(), truth.len(), "accuracy");
+    let correct: Vec<bool> = pred.iter().zip(truth).map(|(a, b)| a == b).collect();
+    estimate(pred.len(), boot, |idx| {
+        (!idx.is_empty()).then(|| idx.iter().filter(|&&i| correct[i]).count() as f64 / idx.len() as f64)
+    })
 }
 
 #[cfg(test)]
@@ -695,6 +761,17 @@ mod tests {
         let ci = bootstrap_ci(2, &cfg, |idx| auroc(&gather(&[0.1, 0.9], idx), &gather(&[false, true], idx))).unwrap();
         assert!(ci.resamples_used < 1000 && ci.resamples_used > 300);
         // grouped: 2 groups, metric = number of items
+        // per-class + macro on shared resamples
+        let sc: Vec<Vec<f64>> = (0..n).map(|i| vec![scores[i], -scores[i]]).collect();
+        let lb: Vec<Vec<bool>> = labels.iter().map(|&l| vec![l, l]).collect();
+        let e = auroc_with_ci(&sc, &lb, Some(&cfg));
+        assert_eq!(e.per_class[0].unwrap().value, a.value);
+        assert_eq!(e.per_class[0].unwrap().ci, a.ci); // same seed, same resamples
+        assert!((e.per_class[1].unwrap().value - (1.0 - a.value)).abs() < 1e-12);
+        assert!((e.macro_.unwrap().value - 0.5).abs() < 1e-12);
+        let acc = accuracy_with_ci(&[0, 1, 1, 0], &[0, 1, 0, 0], Some(&cfg)).unwrap();
+        assert_eq!(acc.value, 0.75);
+        assert!(acc.ci.unwrap().low < 0.75 && acc.ci.unwrap().high == 1.0);
         let g = vec![vec![0], vec![1, 2, 3]];
         let ci = bootstrap_ci_grouped(&g, &cfg, |idx| Some(idx.len() as f64)).unwrap();
         assert_eq!((ci.low, ci.high), (2.0, 6.0));
