@@ -5,4 +5,5 @@
 
 mod linalg;
 pub mod metrics;
+pub mod probe;
 pub mod zeroshot;
