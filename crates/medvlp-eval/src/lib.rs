@@ -6,4 +6,5 @@
 mod linalg;
 pub mod metrics;
 pub mod probe;
+pub mod retrieval;
 pub mod zeroshot;
