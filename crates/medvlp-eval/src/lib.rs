@@ -6,5 +6,6 @@
 mod linalg;
 pub mod metrics;
 pub mod probe;
+pub mod results;
 pub mod retrieval;
 pub mod zeroshot;
