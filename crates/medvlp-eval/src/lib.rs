@@ -5,6 +5,7 @@
 
 mod linalg;
 pub mod metrics;
+pub mod plots;
 pub mod probe;
 pub mod results;
 pub mod retrieval;

@@ -445,6 +445,7 @@ pub fn subsample_indices(n: usize, labels: &[Vec<bool>], fraction: f64, seed: u6
     let mut chosen = vec![false; n];
     let mut count = 0;
     let n_classes = labels.first().map_or(0, Vec::len);
+    #[allow(clippy::needless_range_loop)] // c indexes the inner label vectors
     for c in 0..n_classes {
         if order.iter().any(|&i| chosen[i] && labels[i][c]) {
             continue;
@@ -594,9 +595,7 @@ mod tests {
         assert_ne!(a, c);
         assert_eq!(a.len(), 10);
         assert!(a.contains(&613));
-        for cl in 0..3 {
-            assert!(a.iter().any(|&i| labels[i][cl]));
-        }
+        assert!((0..3).all(|cl| a.iter().any(|&i| labels[i][cl])));
         assert!(a.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(subsample_indices(n, &[], 1.0, 0).unwrap().len(), n);
         assert_eq!(subsample_indices(n, &[], 0.1, 0).unwrap().len(), 100);

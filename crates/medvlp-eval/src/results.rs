@@ -238,8 +238,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("medvlp-eval-results-{}", std::process::id()));
         let path = dir.join("results.jsonl");
         let _ = std::fs::remove_file(&path);
-        append_jsonl(&path, &[r.clone()]).unwrap();
-        append_jsonl(&path, &[r2.clone()]).unwrap();
+        append_jsonl(&path, std::slice::from_ref(&r)).unwrap();
+        append_jsonl(&path, std::slice::from_ref(&r2)).unwrap();
         assert_eq!(read_jsonl(&path).unwrap(), vec![r.clone(), r2.clone()]);
         std::fs::write(&path, "{\"task\": 1}\n").unwrap();
         let e = format!("{:#}", read_jsonl(&path).unwrap_err());
