@@ -176,7 +176,10 @@ pub fn markdown_summary(records: &[ResultRecord]) -> String {
             let esc = |s: &str| s.replace('|', "\\|");
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} | {} |\n",
-                esc(&r.metric),
+                esc(&match r.protocol.extra.get("prompt_mode").and_then(|m| m.as_str()) {
+                    Some(m) => format!("{} ({m})", r.metric),
+                    None => r.metric.clone(),
+                }),
                 esc(r.class.as_deref().unwrap_or("")),
                 r.direction.map_or("", |d| d.as_str()),
                 r.label_fraction.map_or(String::new(), |f| format!("{}%", f * 100.0)),

@@ -2,6 +2,7 @@
 
 pub mod objectives;
 pub mod data_pipeline;
+pub mod finetune;
 pub mod optim;
 pub mod recipe;
 pub mod run;

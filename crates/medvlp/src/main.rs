@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod evaluate;
 
 #[derive(Parser)]
 #[command(name = "medvlp", version, about = "Medical vision-language pre-training on chest X-rays and reports")]
@@ -33,6 +34,8 @@ enum Command {
     Prompts(cmd::prompts::Args),
     /// Pre-train a recipe from a TOML config (with dotted-key overrides).
     Train(cmd::train::Args),
+    /// Evaluate a model: zero-shot, linear probe, fine-tuning, retrieval.
+    Eval(cmd::eval::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +59,6 @@ fn main() -> anyhow::Result<()> {
         Command::Label(a) => cmd::label::run(a),
         Command::Prompts(a) => cmd::prompts::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
     }
 }

@@ -149,7 +149,7 @@ fn train_writes_a_run_folder_and_resumes_exactly_after_sigkill() {
 
     // SIGTERM: the run writes a checkpoint, exits cleanly, and resumes to the same weights.
     let c = tmp.join("c");
-    let mut child = train_cmd(&data, &c, steps).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = train_cmd(&data, &c, steps).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let t0 = std::time::Instant::now();
     while !c.join("checkpoints").exists() && t0.elapsed().as_secs() < 300 {
         std::thread::sleep(std::time::Duration::from_millis(5));
@@ -169,6 +169,25 @@ fn train_writes_a_run_folder_and_resumes_exactly_after_sigkill() {
     run_ok(medvlp().args(["embed", "--model"]).arg(a.join("final")).arg("--images").arg(data.join("manifest.jsonl")).arg("--output").arg(tmp.join("i.jsonl")));
     let n = std::fs::read_to_string(tmp.join("i.jsonl")).unwrap().lines().count();
     assert_eq!(n, 40);
+
+    // ... and the evaluation commands.
+    let ev = tmp.join("eval");
+    run_ok(medvlp().args(["eval", "all", "--model"]).arg(a.join("final")).arg("--data").arg(data.join("manifest.jsonl")).args(["--bootstrap", "20", "--fractions", "0.5,1.0", "--out"]).arg(&ev));
+    let recs: Vec<serde_json::Value> = std::fs::read_to_string(ev.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (task, metric) in [("zero-shot", "auroc_macro"), ("linear-probe", "auroc_macro"), ("retrieval", "recall@1"), ("retrieval", "mean_rank")] {
+        let r = recs.iter().find(|r| r["task"] == task && r["metric"] == metric).unwrap_or_else(|| panic!("no {task} {metric} in results"));
+        assert!(r["value"].as_f64().unwrap().is_finite());
+        assert_eq!(r["split"], "test");
+        assert!(r["protocol"]["model"].as_str().unwrap().contains("final"));
+    }
+    let zs = recs.iter().find(|r| r["task"] == "zero-shot").unwrap();
+    assert!(zs["protocol"]["prompts"].is_object() && !zs["protocol"]["prompt_hashes"].as_object().unwrap().is_empty(), "{zs}");
+    for f in ["summary.md", "zero_shot_roc_pos_neg.svg", "zero_shot_roc_pos_neg.png", "retrieval_recall.svg"] {
+        assert!(ev.join(f).exists(), "{f} missing");
+    }
+    run_ok(medvlp().args(["eval", "finetune", "--model"]).arg(a.join("final")).arg("--data").arg(data.join("manifest.jsonl")).args(["--bootstrap", "0", "--fractions", "1.0", "--epochs", "2", "--out"]).arg(tmp.join("ft")));
+    let ft = std::fs::read_to_string(tmp.join("ft/results.jsonl")).unwrap();
+    assert!(ft.contains("\"finetune\"") && ft.contains("auroc_macro"), "{ft}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
 

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_data;
 pub mod bench_reference;
 pub mod embed;
+pub mod eval;
 pub mod init;
 pub mod inspect;
 pub mod label;
