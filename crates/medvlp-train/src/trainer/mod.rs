@@ -30,6 +30,10 @@ pub struct TrainConfig {
     pub validate_every: u64,
     /// Stop (keeping the last good checkpoint) after this many consecutive non-finite steps.
     pub max_nonfinite_steps: u64,
+    /// Wall-clock budget of this invocation in minutes (0 = none): past it the run ends as if
+    /// `steps` were reached (`final/` written). The schedule still spans `steps`, so set `steps`
+    /// to what fits (the quickstart measures it).
+    pub max_minutes: f64,
     pub optimizer: AdamWConfig,
 }
 
@@ -45,6 +49,7 @@ impl Default for TrainConfig {
             log_every: 10,
             validate_every: 0,
             max_nonfinite_steps: 5,
+            max_minutes: 0.0,
             optimizer: AdamWConfig::default(),
         }
     }
@@ -243,6 +248,11 @@ impl<'a> Trainer<'a> {
             // No periodic checkpoint inside a non-finite streak: keep_last must not prune the good ones.
             if c.checkpoint_every > 0 && state.step % c.checkpoint_every == 0 && state.consecutive_nonfinite == 0 {
                 self.save_checkpoint(&opt, &state)?;
+            }
+            if c.max_minutes > 0.0 && t_start.elapsed().as_secs_f64() > c.max_minutes * 60.0 {
+                tracing::info!("time budget of {} minutes reached at step {}", c.max_minutes, state.step);
+                self.log(serde_json::json!({"kind": "budget", "step": state.step, "elapsed_s": t_start.elapsed().as_secs_f64()}))?;
+                break;
             }
         }
         if let Some(pb) = &bar {
