@@ -179,9 +179,8 @@ impl RunConfig {
         if self.data.batch_size < 2 {
             bail!("data.batch_size must be at least 2 (contrastive learning needs negatives)");
         }
-        if self.train.steps == 0 {
-            bail!("train.steps must be > 0");
-        }
+        // train.steps = 0 is allowed: the run writes the initialised model (e.g. after importing
+        // Hugging Face weights) as `final/`, a random-init baseline.
         Ok(())
     }
 }

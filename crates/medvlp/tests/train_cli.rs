@@ -204,3 +204,33 @@ fn train_rejects_bad_config_keys_and_missing_manifest() {
     assert!(e.contains("/nonexistent/m.jsonl") && !e.contains("panicked"), "{e}");
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn image_encoder_initialises_from_hf_vit_safetensors() {
+    let tmp = tempdir("vitinit");
+    let data = tmp.join("data");
+    dataset(&data);
+    // An HF ViTModel-named file (`vit.` prefix, plus a pooler the model does not have), made from
+    // a freshly initialised tiny model with a different seed.
+    run_ok(medvlp().args(["init", "--preset", "tiny", "--seed", "99", "--out"]).arg(tmp.join("src")));
+    let src = candle_core::safetensors::load(tmp.join("src/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let mut vit: std::collections::HashMap<String, candle_core::Tensor> = src
+        .iter()
+        .filter_map(|(n, t)| n.strip_prefix("vision_model.").map(|s| (format!("vit.{s}"), t.clone())))
+        .collect();
+    let n_vit = vit.len();
+    vit.insert("pooler.dense.weight".into(), candle_core::Tensor::zeros((32, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap());
+    let file = tmp.join("vit.safetensors");
+    candle_core::safetensors::save(&vit, &file).unwrap();
+    let out = tmp.join("run");
+    run_ok(train_cmd(&data, &out, 0).arg(format!("model.image_init={}", file.display())));
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("init_report.json")).unwrap()).unwrap();
+    let loaded: Vec<&str> = report["loaded"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(loaded.iter().filter(|n| n.starts_with("vision_model.")).count(), n_vit, "{report}");
+    assert!(report["initialised"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().starts_with("text_model.")));
+    let got = candle_core::safetensors::load(out.join("final/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let name = "vision_model.encoder.layer.1.attention.attention.query.weight";
+    let diff = (&got[name] - &src[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(diff, 0.0);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
