@@ -110,8 +110,14 @@ pub enum Lobe {
 }
 
 impl Lobe {
-    pub const ALL: [Lobe; 6] =
-        [Lobe::RightUpper, Lobe::RightMiddle, Lobe::RightLower, Lobe::LeftUpper, Lobe::Lingula, Lobe::LeftLower];
+    pub const ALL: [Lobe; 6] = [
+        Lobe::RightUpper,
+        Lobe::RightMiddle,
+        Lobe::RightLower,
+        Lobe::LeftUpper,
+        Lobe::Lingula,
+        Lobe::LeftLower,
+    ];
     pub fn side(self) -> Side {
         match self {
             Lobe::RightUpper | Lobe::RightMiddle | Lobe::RightLower => Side::Right,
@@ -146,6 +152,17 @@ impl Lobe {
             Lobe::RightUpper | Lobe::LeftUpper => (0.5, 0.25),
             Lobe::RightMiddle | Lobe::Lingula => (0.35, 0.62),
             Lobe::RightLower | Lobe::LeftLower => (0.55, 0.82),
+        }
+    }
+    /// The corresponding lobe of the other lung (the lingula for the middle lobe).
+    pub fn mirrored(self) -> Lobe {
+        match self {
+            Lobe::RightUpper => Lobe::LeftUpper,
+            Lobe::RightMiddle => Lobe::Lingula,
+            Lobe::RightLower => Lobe::LeftLower,
+            Lobe::LeftUpper => Lobe::RightUpper,
+            Lobe::Lingula => Lobe::RightMiddle,
+            Lobe::LeftLower => Lobe::RightLower,
         }
     }
     fn random(rng: &mut ChaCha8Rng) -> Lobe {
@@ -284,7 +301,10 @@ impl Acquisition {
             },
             rotation_deg: rng.random_range(-4.0..4.0) * if hard { 1.5 } else { 1.0 },
             zoom: rng.random_range(0.93..1.06),
-            shift: (rng.random_range(-0.025..0.025), rng.random_range(-0.025..0.025)),
+            shift: (
+                rng.random_range(-0.025..0.025),
+                rng.random_range(-0.025..0.025),
+            ),
             exposure: rng.random_range(-0.08..0.08),
             contrast: rng.random_range(0.85..1.15),
             gamma: rng.random_range(0.85..1.2),
@@ -408,8 +428,10 @@ impl Devices {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fracture {
     pub side: Side,
-    /// Posterior rib number (4..=9).
+    /// Posterior rib number of the (highest) broken rib (4..=9).
     pub rib: u8,
+    /// Consecutive broken ribs (trauma: 1..=3).
+    pub count: u8,
     pub displaced: bool,
     pub healing: bool,
     pub conspicuity: f32,
@@ -452,7 +474,10 @@ impl Findings {
         set("Edema", self.edema.is_some());
         set("Pleural Effusion", self.effusion.is_some());
         set("Pneumothorax", self.pneumothorax.is_some());
-        set("Pneumonia", self.consolidation.as_ref().is_some_and(|c| c.pneumonia));
+        set(
+            "Pneumonia",
+            self.consolidation.as_ref().is_some_and(|c| c.pneumonia),
+        );
         set("Nodule", self.nodule.is_some());
         set("Mass", self.mass.is_some());
         set("Lung Lesion", self.nodule.is_some() || self.mass.is_some());
@@ -480,7 +505,10 @@ fn lesion(rng: &mut ChaCha8Rng, d: Difficulty, size_cm: f32) -> Lesion {
     let (a, b) = lobe.centre();
     Lesion {
         lobe,
-        pos: ((a + rng.random_range(-0.15..0.15)).clamp(0.2, 0.8), (b + rng.random_range(-0.08..0.08)).clamp(0.12, 0.85)),
+        pos: (
+            (a + rng.random_range(-0.15..0.15)).clamp(0.3, 0.85),
+            (b + rng.random_range(-0.08..0.08)).clamp(0.12, 0.68),
+        ),
         size_cm,
         conspicuity: conspicuity(rng, d),
         shape_seed: rng.random(),
@@ -493,7 +521,11 @@ fn one_decimal(x: f32) -> f32 {
 
 /// Samples the findings of one study. `prior` is the same patient's previous study: chronic
 /// findings (cardiomegaly, granuloma, nodule, mass, pacemaker, fracture) usually persist.
-pub fn sample_findings(rng: &mut ChaCha8Rng, d: Difficulty, prior: Option<&Findings>) -> (Findings, Context) {
+pub fn sample_findings(
+    rng: &mut ChaCha8Rng,
+    d: Difficulty,
+    prior: Option<&Findings>,
+) -> (Findings, Context) {
     let ctx = Context {
         heart_failure: rng.random_bool(0.12),
         icu: rng.random_bool(0.12),
@@ -520,16 +552,30 @@ pub fn sample_findings(rng: &mut ChaCha8Rng, d: Difficulty, prior: Option<&Findi
             Severity::Severe => rng.random_range(0.64..0.72),
         };
         let ctr = (ctr * 100.0).round() / 100.0;
-        f.cardiomegaly = Some(Cardiomegaly { ctr, severity: sev, conspicuity: ((ctr - 0.5) / 0.12).clamp(0.2, 1.0) });
+        f.cardiomegaly = Some(Cardiomegaly {
+            ctr,
+            severity: sev,
+            conspicuity: ((ctr - 0.5) / 0.12).clamp(0.2, 1.0),
+        });
     }
 
     // Edema: heart failure, ICU fluid overload.
-    let p_edema = if ctx.heart_failure { 0.85 } else if ctx.icu { 0.2 } else { 0.015 };
+    let p_edema = if ctx.heart_failure {
+        0.85
+    } else if ctx.icu {
+        0.2
+    } else {
+        0.015
+    };
     if rng.random_bool(p_edema) {
         let severity = severity(rng, d);
         f.edema = Some(Edema {
             severity,
-            kerley_lines: rng.random_bool(if severity >= Severity::Moderate { 0.7 } else { 0.35 }),
+            kerley_lines: rng.random_bool(if severity >= Severity::Moderate {
+                0.7
+            } else {
+                0.35
+            }),
             vascular_congestion: rng.random_bool(0.7),
             conspicuity: conspicuity(rng, d),
         });
@@ -576,7 +622,12 @@ pub fn sample_findings(rng: &mut ChaCha8Rng, d: Difficulty, prior: Option<&Findi
             Severity::Severe => rng.random_range(0.55..0.8),
         };
         let c = conspicuity(rng, d);
-        f.effusion = Some(Effusion { side, size, level, conspicuity: c });
+        f.effusion = Some(Effusion {
+            side,
+            size,
+            level,
+            conspicuity: c,
+        });
     }
 
     // Atelectasis: compressive with effusion, ICU, post-op; else sporadic.
@@ -594,7 +645,12 @@ pub fn sample_findings(rng: &mut ChaCha8Rng, d: Difficulty, prior: Option<&Findi
             let lobe = match eff_side {
                 Some(Side::Left) => Lobe::LeftLower,
                 Some(Side::Right) => Lobe::RightLower,
-                _ => [Lobe::LeftLower, Lobe::RightLower, Lobe::RightUpper, Lobe::LeftUpper][weighted(rng, &[0.4, 0.3, 0.15, 0.15])],
+                _ => [
+                    Lobe::LeftLower,
+                    Lobe::RightLower,
+                    Lobe::RightUpper,
+                    Lobe::LeftUpper,
+                ][weighted(rng, &[0.4, 0.3, 0.15, 0.15])],
             };
             (lobe.side(), Some(lobe))
         } else {
@@ -605,39 +661,68 @@ pub fn sample_findings(rng: &mut ChaCha8Rng, d: Difficulty, prior: Option<&Findi
             };
             (side, None)
         };
-        f.atelectasis = Some(Atelectasis {
-            kind: if lobar { AtelectasisKind::Lobar } else { AtelectasisKind::PlateLike },
-            side,
-            lobe,
-            volume_loss: lobar || rng.random_bool(0.3),
-            conspicuity: conspicuity(rng, d),
-            shape_seed: rng.random(),
+        // Atelectasis under a large effusion would be hidden by the fluid: none there.
+        let hidden = f.effusion.as_ref().is_some_and(|e| {
+            e.size == Severity::Severe
+                && (e.side == Side::Bilateral || side == Side::Bilateral || e.side == side)
         });
+        if !hidden {
+            f.atelectasis = Some(Atelectasis {
+                kind: if lobar {
+                    AtelectasisKind::Lobar
+                } else {
+                    AtelectasisKind::PlateLike
+                },
+                side,
+                lobe,
+                volume_loss: lobar || rng.random_bool(0.5),
+                conspicuity: conspicuity(rng, d),
+                shape_seed: rng.random(),
+            });
+        }
     }
 
     // Devices.
     if ctx.icu {
         if rng.random_bool(0.75) {
-            f.devices.et_tube = Some(EtTube { tip_cm: one_decimal(rng.random_range(2.5..6.5)) });
+            f.devices.et_tube = Some(EtTube {
+                tip_cm: one_decimal(rng.random_range(2.5..6.5)),
+            });
         }
         if rng.random_bool(0.8) {
             f.devices.central_line = Some(CentralLine {
                 side: Side::pick(rng, 0.3),
-                site: if rng.random_bool(0.7) { LineSite::InternalJugular } else { LineSite::Subclavian },
+                site: if rng.random_bool(0.7) {
+                    LineSite::InternalJugular
+                } else {
+                    LineSite::Subclavian
+                },
             });
         }
     } else if rng.random_bool(0.03) {
-        f.devices.central_line = Some(CentralLine { side: Side::pick(rng, 0.3), site: LineSite::InternalJugular });
+        f.devices.central_line = Some(CentralLine {
+            side: Side::pick(rng, 0.3),
+            site: LineSite::InternalJugular,
+        });
     }
     let prior_pm = prior.and_then(|p| p.devices.pacemaker.clone());
     if let Some(pm) = prior_pm {
         f.devices.pacemaker = Some(pm);
     } else if rng.random_bool(if f.cardiomegaly.is_some() { 0.2 } else { 0.03 }) {
-        f.devices.pacemaker = Some(Pacemaker { side: Side::pick(rng, 0.85), leads: if rng.random_bool(0.6) { 2 } else { 1 } });
+        f.devices.pacemaker = Some(Pacemaker {
+            side: Side::pick(rng, 0.85),
+            leads: if rng.random_bool(0.6) { 2 } else { 1 },
+        });
     }
 
     // Pneumothorax: trauma, lines (iatrogenic), spontaneous.
-    let p_ptx = if ctx.trauma { 0.45 } else if f.devices.central_line.is_some() { 0.08 } else { 0.035 };
+    let p_ptx = if ctx.trauma {
+        0.45
+    } else if f.devices.central_line.is_some() {
+        0.08
+    } else {
+        0.035
+    };
     if rng.random_bool(p_ptx) {
         let size = severity(rng, d);
         let rim = match size {
@@ -645,21 +730,39 @@ pub fn sample_findings(rng: &mut ChaCha8Rng, d: Difficulty, prior: Option<&Findi
             Severity::Moderate => rng.random_range(0.25..0.35),
             Severity::Severe => rng.random_range(0.4..0.55),
         };
-        f.pneumothorax = Some(Pneumothorax { side: Side::pick(rng, 0.5), size, rim, conspicuity: conspicuity(rng, d) });
+        f.pneumothorax = Some(Pneumothorax {
+            side: Side::pick(rng, 0.5),
+            size,
+            rim,
+            conspicuity: conspicuity(rng, d),
+        });
     }
 
     // Fracture: trauma, or an old healed one.
-    let prior_fx = prior.and_then(|p| p.fracture.clone()).filter(|_| keep(rng)).map(|mut fx| {
-        fx.healing = true;
-        fx
-    });
+    let prior_fx = prior
+        .and_then(|p| p.fracture.clone())
+        .filter(|_| keep(rng))
+        .map(|mut fx| {
+            fx.healing = true;
+            fx
+        });
     if prior_fx.is_some() {
         f.fracture = prior_fx;
     } else if rng.random_bool(if ctx.trauma { 0.8 } else { 0.035 }) {
-        let side = f.pneumothorax.as_ref().map(|p| p.side).unwrap_or_else(|| Side::pick(rng, 0.5));
+        let side = f
+            .pneumothorax
+            .as_ref()
+            .map(|p| p.side)
+            .unwrap_or_else(|| Side::pick(rng, 0.5));
+        let count = if ctx.trauma {
+            [1u8, 2, 3][weighted(rng, &[0.3, 0.4, 0.3])]
+        } else {
+            1
+        };
         f.fracture = Some(Fracture {
             side,
-            rib: rng.random_range(4..=9),
+            rib: rng.random_range(4..=(10 - count)),
+            count,
             displaced: rng.random_bool(if ctx.trauma { 0.6 } else { 0.3 }),
             healing: !ctx.trauma && rng.random_bool(0.6),
             conspicuity: conspicuity(rng, d),
@@ -671,7 +774,7 @@ pub fn sample_findings(rng: &mut ChaCha8Rng, d: Difficulty, prior: Option<&Findi
     if prior_nod.is_some() {
         f.nodule = prior_nod;
     } else if rng.random_bool(0.06) {
-        let s = one_decimal(rng.random_range(0.7..2.6));
+        let s = one_decimal(rng.random_range(1.0..2.8));
         f.nodule = Some(lesion(rng, d, s));
     }
     let prior_mass = prior.and_then(|p| p.mass.clone()).filter(|_| keep(rng));
@@ -681,7 +784,15 @@ pub fn sample_findings(rng: &mut ChaCha8Rng, d: Difficulty, prior: Option<&Findi
         let s = one_decimal(rng.random_range(3.2..7.0));
         f.mass = Some(lesion(rng, d, s));
     }
-    let prior_gran = prior.and_then(|p| p.granuloma.clone()).filter(|_| keep(rng));
+    // A nodule in the same lobe as a mass would hide behind it: put it in the other lung.
+    if let (Some(n), Some(m)) = (f.nodule.as_mut(), f.mass.as_ref()) {
+        if n.lobe == m.lobe {
+            n.lobe = n.lobe.mirrored();
+        }
+    }
+    let prior_gran = prior
+        .and_then(|p| p.granuloma.clone())
+        .filter(|_| keep(rng));
     if prior_gran.is_some() {
         f.granuloma = prior_gran;
     } else if rng.random_bool(0.08) {
@@ -696,6 +807,10 @@ pub fn sample_findings(rng: &mut ChaCha8Rng, d: Difficulty, prior: Option<&Findi
 /// Acquisition for a study: ICU patients are mostly AP portable films.
 pub fn sample_acquisition(rng: &mut ChaCha8Rng, d: Difficulty, ctx: &Context) -> Acquisition {
     let p_ap = if ctx.icu || ctx.trauma { 0.85 } else { 0.2 };
-    let view = if rng.random_bool(p_ap) { View::Ap } else { View::Pa };
+    let view = if rng.random_bool(p_ap) {
+        View::Ap
+    } else {
+        View::Pa
+    };
     Acquisition::sample(rng, view, d)
 }

@@ -132,10 +132,17 @@ impl SynthConfig {
             bail!("label noise must be in 0..=1, got {}", self.label_noise);
         }
         if !(0.0..=1.0).contains(&self.followup_frac) {
-            bail!("follow-up fraction must be in 0..=1, got {}", self.followup_frac);
+            bail!(
+                "follow-up fraction must be in 0..=1, got {}",
+                self.followup_frac
+            );
         }
         if self.val_frac < 0.0 || self.test_frac < 0.0 || self.val_frac + self.test_frac > 1.0 {
-            bail!("bad split fractions: val {} test {}", self.val_frac, self.test_frac);
+            bail!(
+                "bad split fractions: val {} test {}",
+                self.val_frac,
+                self.test_frac
+            );
         }
         Ok(())
     }
@@ -205,13 +212,22 @@ pub fn plan(cfg: &SynthConfig) -> Result<Vec<StudyPlan>> {
     let mut plans: Vec<StudyPlan> = Vec::with_capacity(total);
     let mut patient = 0usize;
     let mut idx = 0usize;
-    let parts = [(Part::Paired, cfg.n), (Part::ImageOnly, cfg.image_only), (Part::TextOnly, cfg.text_only)];
+    let parts = [
+        (Part::Paired, cfg.n),
+        (Part::ImageOnly, cfg.image_only),
+        (Part::TextOnly, cfg.text_only),
+    ];
     for (part, count) in parts {
         let end = idx + count;
         while idx < end {
             let mut prng = study_rng(cfg.seed, patient as u64, S_PATIENT);
             let anatomy = Anatomy::sample(&mut prng);
-            let visits = if part == Part::Paired && idx + 1 < end && prng.random_bool(cfg.followup_frac) { 2 } else { 1 };
+            let visits =
+                if part == Part::Paired && idx + 1 < end && prng.random_bool(cfg.followup_frac) {
+                    2
+                } else {
+                    1
+                };
             let u: f64 = study_rng(cfg.seed, patient as u64, S_SPLIT).random();
             let split = if u < cfg.test_frac {
                 Split::Test
@@ -224,8 +240,11 @@ pub fn plan(cfg: &SynthConfig) -> Result<Vec<StudyPlan>> {
             for visit in 0..visits {
                 let mut frng = study_rng(cfg.seed, idx as u64, S_FINDINGS);
                 let prior = if visit > 0 { Some(idx - 1) } else { None };
-                let (findings, context) =
-                    findings::sample_findings(&mut frng, cfg.difficulty, prior.map(|p| &plans[p].findings));
+                let (findings, context) = findings::sample_findings(
+                    &mut frng,
+                    cfg.difficulty,
+                    prior.map(|p| &plans[p].findings),
+                );
                 let acquisition = findings::sample_acquisition(&mut frng, cfg.difficulty, &context);
                 plans.push(StudyPlan {
                     index: idx,
@@ -251,12 +270,25 @@ pub fn plan(cfg: &SynthConfig) -> Result<Vec<StudyPlan>> {
 /// Renders a planned study's image: display intensities in 0..1, `size` x `size`, row-major.
 pub fn render_study(cfg: &SynthConfig, p: &StudyPlan) -> Vec<f32> {
     let mut rng = study_rng(cfg.seed, p.index as u64, S_RENDER);
-    phantom::render(&p.anatomy, &p.acquisition, &p.findings, cfg.size as usize, &mut rng)
+    phantom::render(
+        &p.anatomy,
+        &p.acquisition,
+        &p.findings,
+        cfg.size as usize,
+        &mut rng,
+    )
 }
 
 /// Writes a planned study's report (`plans` supplies the prior study for comparisons).
 pub fn report_study(cfg: &SynthConfig, plans: &[StudyPlan], p: &StudyPlan) -> Report {
     let mut rng = study_rng(cfg.seed, p.index as u64, S_REPORT);
     let prior = p.prior.map(|i| &plans[i].findings);
-    report::write_report(&p.findings, &p.acquisition, &p.context, prior, cfg.label_noise, &mut rng)
+    report::write_report(
+        &p.findings,
+        &p.acquisition,
+        &p.context,
+        prior,
+        cfg.label_noise,
+        &mut rng,
+    )
 }

@@ -13,7 +13,9 @@
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::findings::{Acquisition, Anatomy, AtelectasisKind, Findings, LineSite, Lobe, Severity, Side, View};
+use super::findings::{
+    Acquisition, Anatomy, AtelectasisKind, Findings, LineSite, Lobe, Severity, Side, View,
+};
 
 /// Image side (0 = image left = patient right, 1 = image right = patient left) of a patient side.
 pub fn image_side(s: Side) -> usize {
@@ -52,7 +54,10 @@ struct Layer {
 
 impl Layer {
     fn new(s: usize) -> Layer {
-        Layer { s, d: vec![0.0; s * s] }
+        Layer {
+            s,
+            d: vec![0.0; s * s],
+        }
     }
 
     /// Soft disc of radius `r` (normalised) at (u, v); `max` blending or additive.
@@ -94,7 +99,13 @@ impl Layer {
         let steps = (len_px / 0.7).ceil().max(1.0) as usize;
         for i in 0..=steps {
             let t = i as f32 / steps as f32;
-            self.disc(a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t, r.0 + (r.1 - r.0) * t, val.0 + (val.1 - val.0) * t, false);
+            self.disc(
+                a.0 + (b.0 - a.0) * t,
+                a.1 + (b.1 - a.1) * t,
+                r.0 + (r.1 - r.0) * t,
+                val.0 + (val.1 - val.0) * t,
+                false,
+            );
         }
     }
 
@@ -128,16 +139,27 @@ pub struct Geometry {
 
 impl Geometry {
     pub fn new(an: &Anatomy, acq: &Acquisition, f: &Findings) -> Geometry {
-        let mut dome = [an.right_dome_v + acq.inspiration_shift, an.right_dome_v + an.left_dome_drop + acq.inspiration_shift];
+        let mut dome = [
+            an.right_dome_v + acq.inspiration_shift,
+            an.right_dome_v + an.left_dome_drop + acq.inspiration_shift,
+        ];
         let mut shift = 0.0;
         if let Some(a) = &f.atelectasis {
             if a.volume_loss {
-                let lift = if a.kind == AtelectasisKind::Lobar { 0.035 } else { 0.015 } * amp(a.conspicuity);
+                let lift = if a.kind == AtelectasisKind::Lobar {
+                    0.035
+                } else {
+                    0.022
+                } * amp(a.conspicuity);
                 for &k in sides_of(a.side) {
                     dome[k] -= lift;
                 }
                 if a.side != Side::Bilateral && a.kind == AtelectasisKind::Lobar {
-                    shift = if image_side(a.side) == 0 { -0.015 } else { 0.015 };
+                    shift = if image_side(a.side) == 0 {
+                        -0.015
+                    } else {
+                        0.015
+                    };
                 }
             }
         }
@@ -155,10 +177,17 @@ impl Geometry {
             apex: an.apex_v + acq.inspiration_shift * 0.3,
             cp: [dome[0] + 0.07, dome[1] + 0.07],
             dome,
-            heart_c: (cx + 0.14 * wh, an.right_dome_v + acq.inspiration_shift + 0.02),
+            heart_c: (
+                cx + 0.14 * wh,
+                an.right_dome_v + acq.inspiration_shift + 0.02,
+            ),
             heart_r: (wh * 0.5, ry),
             med_hw: an.mediastinum_half_width,
-            knob: (cx + an.mediastinum_half_width + 0.01, an.apex_v + 0.17, an.aortic_knob),
+            knob: (
+                cx + an.mediastinum_half_width + 0.01,
+                an.apex_v + 0.17,
+                an.aortic_knob,
+            ),
             body_hw: tw + an.soft_tissue,
             lung_shape: an.lung_shape,
             shift,
@@ -241,7 +270,13 @@ impl Geometry {
 
 /// Renders one study as display intensities in 0..1, row-major, `size` x `size`.
 /// `rng` drives only the stochastic texture (vessel tree jitter comes from the anatomy seed).
-pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+pub fn render(
+    an: &Anatomy,
+    acq: &Acquisition,
+    f: &Findings,
+    size: usize,
+    rng: &mut ChaCha8Rng,
+) -> Vec<f32> {
     let s = size;
     let sf = s as f32;
     let g = Geometry::new(an, acq, f);
@@ -270,13 +305,19 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
             wedge[image_side(lobe.side())] = Some((upper, amp(a.conspicuity)));
         }
     }
-    let edema_amp = f.edema.as_ref().map(|e| [0.1, 0.16, 0.24][e.severity.index()] * amp(e.conspicuity)).unwrap_or(0.0);
+    let edema_amp = f
+        .edema
+        .as_ref()
+        .map(|e| [0.1, 0.16, 0.24][e.severity.index()] * amp(e.conspicuity))
+        .unwrap_or(0.0);
 
     // ---- pass 1: body, lungs (air), mediastinum, spine, trachea, analytic findings
     let mut att = vec![0.0f32; s * s];
     // Effective lung-air fraction (for masking layers) and vessel visibility.
     let mut air = vec![0.0f32; s * s];
     let mut vmask = vec![0.0f32; s * s];
+    // Geometric lung mask (lesions show through fluid).
+    let mut lung = vec![0.0f32; s * s];
     let e = 1.2 * px;
     let spine_hw = 0.028 + 0.1 * (g.tw - 0.34);
     let vert = (g.cp[0] - g.apex) / 9.0;
@@ -284,7 +325,8 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
         let v = (y as f32 + 0.5) * px;
         // Body half-width: neck, shoulders, chest, slightly narrower abdomen.
         let bw = {
-            let shoulders = g.body_hw + 0.05 * smooth01((0.3 - v) / 0.15) * smooth01((v - 0.04) / 0.06);
+            let shoulders =
+                g.body_hw + 0.05 * smooth01((0.3 - v) / 0.15) * smooth01((v - 0.04) / 0.06);
             let neck = 0.11;
             let w = neck + (shoulders - neck) * smooth01((v - 0.02) / 0.08);
             w * (1.0 - 0.12 * (v - 0.8).max(0.0))
@@ -300,11 +342,16 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
             let k = (dx > 0.0) as usize;
             // Soft tissue ~ chord length through an elliptic body.
             let q = d / bw;
-            let mut a = if q < 1.0 { 0.5 * (1.0 - q * q).sqrt().powf(0.6) } else { 0.0 };
+            let mut a = if q < 1.0 {
+                0.5 * (1.0 - q * q).sqrt().powf(0.6)
+            } else {
+                0.0
+            };
             // Spine (through the mediastinum), with faint vertebral end plates.
             if d < spine_hw * 1.4 && v > 0.05 {
                 let sp = smooth01((spine_hw * 1.4 - d) / (0.4 * spine_hw));
-                let plate = 1.0 - 0.35 * (((v - g.apex) / vert * std::f32::consts::PI).sin().powi(8));
+                let plate =
+                    1.0 - 0.35 * (((v - g.apex) / vert * std::f32::consts::PI).sin().powi(8));
                 a += 0.1 * sp * plate;
             }
             // Trachea (air column) down to the carina.
@@ -323,7 +370,9 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
             let t = tt[k];
             if t > 0.0 && t < 1.1 && d > med[k] - e && d < lat[k] + e {
                 let dia = g.diaphragm(k, d);
-                let m = smooth01((d - med[k]) / e + 0.5) * smooth01((lat[k] - d) / e + 0.5) * smooth01((dia - v) / e + 0.5);
+                let m = smooth01((d - med[k]) / e + 0.5)
+                    * smooth01((lat[k] - d) / e + 0.5)
+                    * smooth01((dia - v) / e + 0.5);
                 if m > 0.0 {
                     let span = (lat[k] - med[k]).max(1e-3);
                     let la = ((d - med[k]) / span).clamp(0.0, 1.0);
@@ -333,7 +382,10 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
                     let lung_air = 0.37 * (1.0 - 0.15 * (2.0 * t.min(1.0) - 1.0).powi(4));
                     // Pleural effusion: fluid from the base up, meniscus climbing the chest wall.
                     if !fluid_lvl[k].is_nan() {
-                        let surf = fluid_lvl[k] - (0.03 + 0.05 * (g.cp[k] - fluid_lvl[k]) / (g.cp[k] - g.apex)) * la * la;
+                        let surf = fluid_lvl[k]
+                            - (0.03 + 0.05 * (g.cp[k] - fluid_lvl[k]) / (g.cp[k] - g.apex))
+                                * la
+                                * la;
                         let fl = smooth01((v - surf) / 0.015 + 0.3);
                         air_f *= 1.0 - fl * fluid_amp[k];
                         vis *= 1.0 - fl;
@@ -354,7 +406,8 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
                     }
                     // Pulmonary oedema: bilateral perihilar haze.
                     if edema_amp > 0.0 {
-                        let h = (-((la - 0.05) * (la - 0.05) / 0.2 + (t - 0.5) * (t - 0.5) / 0.09)).exp();
+                        let h = (-((la - 0.05) * (la - 0.05) / 0.2 + (t - 0.5) * (t - 0.5) / 0.09))
+                            .exp();
                         a += edema_amp * h * m;
                     }
                     // Pneumothorax: a rim of air without markings, a fine visceral pleural line.
@@ -369,12 +422,16 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
                         } else {
                             air_f *= 1.0 - 0.08 * ptx_rim[k];
                         }
-                        let dist = (d - edge).abs().min(if d < edge { (v - top).abs() } else { f32::MAX });
+                        let dist =
+                            (d - edge)
+                                .abs()
+                                .min(if d < edge { (v - top).abs() } else { f32::MAX });
                         let line = (-(dist * sf / 0.9).powi(2)).exp();
                         a += 0.12 * ptx_amp[k] * line * m;
                     }
                     a -= lung_air * air_f;
                     air[row + x] = air_f.max(0.0);
+                    lung[row + x] = m;
                     vmask[row + x] = vis.max(0.0) * (1.0 - 0.6 * smooth01((la - 0.6) / 0.4));
                 }
             }
@@ -397,16 +454,30 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
         ves.disc(hu + sign * 0.012, hv, 0.03, 0.07, true);
         let n_main = 7;
         for i in 0..n_main {
-            let base = -1.35 + 2.3 * (i as f32 + 0.5) / n_main as f32 + vrng.random_range(-0.12..0.12);
+            let base =
+                -1.35 + 2.3 * (i as f32 + 0.5) / n_main as f32 + vrng.random_range(-0.12..0.12);
             // Angle from the horizontal, pointing laterally; negative = upward.
             let upper = base < -0.3;
             let ca = if upper { cong_a * 1.15 } else { cong_a };
-            branch(&mut ves, &mut vrng, (hu, hv), sign, base, 0.13, 0.008 * cong_w, 0.12 * ca, 0, sf);
+            branch(
+                &mut ves,
+                &mut vrng,
+                (hu, hv),
+                sign,
+                base,
+                0.13,
+                0.008 * cong_w,
+                0.12 * ca,
+                0,
+                sf,
+            );
         }
     }
 
     // ---- opacities (masked by lung air), bones, metal
     let mut opa = Layer::new(s);
+    // Lesions: masked by the lung outline only.
+    let mut les = Layer::new(s);
     let mut bone = Layer::new(s);
     let mut bone2 = Layer::new(s);
     let mut metal = Layer::new(s);
@@ -416,9 +487,16 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
         let mut r2 = ChaCha8Rng::seed_from_u64(c.shape_seed);
         let k = image_side(c.lobe.side());
         let (a0, b0) = c.lobe.centre();
-        let a0 = if matches!(c.lobe, Lobe::RightMiddle | Lobe::Lingula) { 0.12 } else { a0 };
-        let rad = [0.04, 0.065, 0.095][c.extent.index()];
-        let am = amp(c.conspicuity) * 0.3;
+        // Consolidation under pleural fluid would be invisible: keep its centre above the fluid.
+        let fl = f.effusion.as_ref().filter(|e| sides_of(e.side).contains(&k)).map_or(0.0, |e| e.level);
+        let b0 = b0.min(0.9 - fl);
+        let a0 = if matches!(c.lobe, Lobe::RightMiddle | Lobe::Lingula) {
+            0.12
+        } else {
+            a0
+        };
+        let rad = [0.05, 0.08, 0.11][c.extent.index()];
+        let am = amp(c.conspicuity) * 0.36;
         let n = 14 + 8 * c.extent.index();
         let spread = [0.22, 0.3, 0.38][c.extent.index()];
         let mut blob = Layer::new(s);
@@ -438,7 +516,12 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
                 let ang: f32 = -0.6 + 0.6 * j as f32 + r2.random_range(-0.2..0.2);
                 let l = rad * 0.9;
                 let (eu, ev) = (u + sign * l * ang.cos(), v + l * ang.sin());
-                br.segment((u - sign * rad * 0.3, v), (eu, ev), (0.005, 0.003), (1.0, 1.0));
+                br.segment(
+                    (u - sign * rad * 0.3, v),
+                    (eu, ev),
+                    (0.005, 0.003),
+                    (1.0, 1.0),
+                );
             }
             for i in 0..s * s {
                 blob.d[i] -= 0.35 * blob.d[i].min(am) * br.d[i];
@@ -453,14 +536,26 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
         if a.kind == AtelectasisKind::PlateLike {
             let mut r2 = ChaCha8Rng::seed_from_u64(a.shape_seed);
             for &k in sides_of(a.side) {
-                let n = r2.random_range(1..=2);
+                let n = r2.random_range(2..=3);
+                // Above any fluid on that side.
+                let fl = f
+                    .effusion
+                    .as_ref()
+                    .filter(|e| sides_of(e.side).contains(&k))
+                    .map_or(0.0, |e| e.level);
+                let b_hi = (1.0 - fl - 0.06).min(0.85);
                 for _ in 0..n {
-                    let b = r2.random_range(0.68..0.85);
+                    let b = r2.random_range(b_hi - 0.17..b_hi);
                     let a0 = r2.random_range(0.15..0.35);
                     let a1 = a0 + r2.random_range(0.35..0.55);
                     let p0 = g.lung_point(k, a0, b);
                     let p1 = g.lung_point(k, a1.min(0.95), b + r2.random_range(-0.05..0.03));
-                    opa.segment(p0, p1, (0.006, 0.008), (0.28 * amp(a.conspicuity), 0.28 * amp(a.conspicuity)));
+                    opa.segment(
+                        p0,
+                        p1,
+                        (0.008, 0.011),
+                        (0.3 * amp(a.conspicuity), 0.3 * amp(a.conspicuity)),
+                    );
                 }
             }
         }
@@ -474,7 +569,12 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
                     let b = 0.7 + 0.05 * j as f32;
                     let (u, v) = g.lung_point(k, 0.97, b);
                     let l = 0.025;
-                    opa.segment((u - sign * l, v), (u, v), (0.0025, 0.0025), (0.14 * amp(ed.conspicuity), 0.14 * amp(ed.conspicuity)));
+                    opa.segment(
+                        (u - sign * l, v),
+                        (u, v),
+                        (0.0025, 0.0025),
+                        (0.14 * amp(ed.conspicuity), 0.14 * amp(ed.conspicuity)),
+                    );
                 }
             }
         }
@@ -483,7 +583,8 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
             let mut r2 = ChaCha8Rng::seed_from_u64(an.vessel_seed ^ 0x5eed);
             for k in 0..2 {
                 for _ in 0..6 {
-                    let (u, v) = g.lung_point(k, r2.random_range(0.05..0.5), r2.random_range(0.3..0.75));
+                    let (u, v) =
+                        g.lung_point(k, r2.random_range(0.05..0.5), r2.random_range(0.3..0.75));
                     opa.disc(u, v, 0.04, 0.06 * amp(ed.conspicuity), true);
                 }
             }
@@ -496,21 +597,39 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
     };
     if let Some(n) = &f.nodule {
         let (u, v) = lesion_at(n);
-        opa.disc(u, v, 0.5 * n.size_cm * g.cm(), 0.26 * amp(n.conspicuity), false);
+        les.disc(
+            u,
+            v,
+            0.5 * n.size_cm * g.cm(),
+            0.3 * amp(n.conspicuity),
+            false,
+        );
     }
     if let Some(m) = &f.mass {
         let (u, v) = lesion_at(m);
         let mut r2 = ChaCha8Rng::seed_from_u64(m.shape_seed);
         let r = 0.5 * m.size_cm * g.cm();
-        opa.disc(u, v, r * 0.85, 0.3 * amp(m.conspicuity), false);
+        les.disc(u, v, r * 0.85, 0.3 * amp(m.conspicuity), false);
         for _ in 0..3 {
             let ang: f32 = r2.random_range(0.0..6.28);
-            opa.disc(u + 0.4 * r * ang.cos(), v + 0.4 * r * ang.sin(), r * 0.6, 0.3 * amp(m.conspicuity), false);
+            les.disc(
+                u + 0.4 * r * ang.cos(),
+                v + 0.4 * r * ang.sin(),
+                r * 0.6,
+                0.3 * amp(m.conspicuity),
+                false,
+            );
         }
     }
     if let Some(gr) = &f.granuloma {
         let (u, v) = lesion_at(gr);
-        metal.disc(u, v, (0.5 * gr.size_cm * g.cm()).max(0.8 * px), 0.5 * amp(gr.conspicuity), false);
+        metal.disc(
+            u,
+            v,
+            (0.5 * gr.size_cm * g.cm()).max(0.9 * px),
+            0.6 * amp(gr.conspicuity),
+            false,
+        );
     }
 
     // Ribs: posterior arcs from the spine, fainter anterior arcs running down and medially.
@@ -527,7 +646,10 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
                 let d = 0.02 + qq * (g.tw + 0.015);
                 pts.push((g.cx + sign * d, v0 + sp * (-0.45 * qq + 2.5 * qq * qq)));
             }
-            let broken = fx.filter(|f| image_side(f.side) == k && f.rib as usize == i + 1);
+            let broken = fx.filter(|f| {
+                image_side(f.side) == k
+                    && (f.rib as usize..(f.rib + f.count) as usize).contains(&(i + 1))
+            });
             match broken {
                 None => bone.polyline(&pts, rw, 0.07),
                 Some(fr) => {
@@ -539,12 +661,19 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
                     let (bu, bv) = pts[cut];
                     let mut a: Vec<(f32, f32)> = pts[..=cut].to_vec();
                     a.last_mut().unwrap().0 -= sign * gap * 0.5;
-                    let mut b: Vec<(f32, f32)> = pts[cut..].iter().map(|p| (p.0, p.1 + step)).collect();
+                    let mut b: Vec<(f32, f32)> =
+                        pts[cut..].iter().map(|p| (p.0, p.1 + step)).collect();
                     b[0].0 += sign * gap * 0.5;
                     bone.polyline(&a, rw, 0.07);
                     bone.polyline(&b, rw, 0.07);
+                    if !fr.healing {
+                        // Acute: extrapleural haematoma, a lenticular density along the chest wall.
+                        let (hu, hv) = pts[10];
+                        bone2.disc(hu - sign * 0.014, hv, 0.035, 0.15 * c, false);
+                        bone2.disc(hu - sign * 0.012, hv + 0.035, 0.03, 0.13 * c, false);
+                    }
                     if fr.healing {
-                        bone2.disc(bu, bv + step * 0.5, rw * 2.6, 0.13 * c, false);
+                        bone2.disc(bu, bv + step * 0.5, rw * 3.2, 0.2 * c, false);
                     }
                 }
             }
@@ -559,12 +688,19 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
             }
         }
         // Clavicle (flatter and higher on AP films).
-        let (med_v, lat_v) = if acq.view == View::Ap { (g.apex + 0.04, g.apex - 0.02) } else { (g.apex + 0.06, g.apex - 0.04) };
+        let (med_v, lat_v) = if acq.view == View::Ap {
+            (g.apex + 0.04, g.apex - 0.02)
+        } else {
+            (g.apex + 0.06, g.apex - 0.04)
+        };
         let mut cl = Vec::with_capacity(10);
         for j in 0..=9 {
             let qq = j as f32 / 9.0;
             let d = 0.035 + qq * (g.tw * 0.78);
-            cl.push((g.cx + sign * d, med_v + (lat_v - med_v) * qq + 0.012 * (qq * 6.28).sin()));
+            cl.push((
+                g.cx + sign * d,
+                med_v + (lat_v - med_v) * qq + 0.012 * (qq * 6.28).sin(),
+            ));
         }
         bone2.polyline(&cl, 0.011, 0.14);
         // Scapula overlapping the upper lung on AP films.
@@ -582,8 +718,18 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
     let carina_v = g.apex + 0.25;
     if let Some(et) = &f.devices.et_tube {
         let tip = carina_v - et.tip_cm * g.cm();
-        metal.segment((g.cx + 0.004, 0.0), (g.cx, tip), (0.009, 0.009), (0.22, 0.22));
-        metal.segment((g.cx + 0.004, 0.0), (g.cx, tip), (0.0025, 0.0025), (0.7, 0.7));
+        metal.segment(
+            (g.cx + 0.004, 0.0),
+            (g.cx, tip),
+            (0.009, 0.009),
+            (0.22, 0.22),
+        );
+        metal.segment(
+            (g.cx + 0.004, 0.0),
+            (g.cx, tip),
+            (0.0025, 0.0025),
+            (0.7, 0.7),
+        );
     }
     if let Some(cl) = &f.devices.central_line {
         let k = image_side(cl.side);
@@ -591,7 +737,12 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
         let svc = (g.cx - g.med_hw * 0.6, carina_v + 0.05);
         let pts: Vec<(f32, f32)> = match cl.site {
             LineSite::InternalJugular => {
-                vec![(g.cx + sign * 0.07, 0.0), (g.cx + sign * 0.06, g.apex), (g.cx + sign * 0.035, g.apex + 0.08), svc]
+                vec![
+                    (g.cx + sign * 0.07, 0.0),
+                    (g.cx + sign * 0.06, g.apex),
+                    (g.cx + sign * 0.035, g.apex + 0.08),
+                    svc,
+                ]
             }
             LineSite::Subclavian => vec![
                 (g.cx + sign * g.tw * 0.8, g.apex + 0.02),
@@ -607,21 +758,34 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
         let sign = if k == 0 { -1.0 } else { 1.0 };
         let (gu, gv) = (g.cx + sign * g.tw * 0.62, g.apex + 0.12);
         for dy in [-0.012f32, 0.0, 0.012] {
-            metal.segment((gu - 0.028, gv + dy), (gu + 0.028, gv + dy), (0.014, 0.014), (0.9, 0.9));
+            metal.segment(
+                (gu - 0.028, gv + dy),
+                (gu + 0.028, gv + dy),
+                (0.014, 0.014),
+                (0.9, 0.9),
+            );
         }
         let ra = (g.cx - g.med_hw * 0.8, g.heart_c.1 - g.heart_r.1 * 0.55);
         let rv = (g.heart_c.0 - g.heart_r.0 * 0.1, g.heart_c.1 - 0.02);
         let mid = (g.cx + sign * 0.05, g.apex + 0.1);
-        metal.polyline(&[(gu, gv), mid, (g.cx - 0.02, carina_v + 0.04), ra], 0.003, 0.75);
+        metal.polyline(
+            &[(gu, gv), mid, (g.cx - 0.02, carina_v + 0.04), ra],
+            0.003,
+            0.75,
+        );
         if pm.leads > 1 {
-            metal.polyline(&[(gu, gv), mid, (g.cx - 0.01, carina_v + 0.05), rv], 0.003, 0.75);
+            metal.polyline(
+                &[(gu, gv), mid, (g.cx - 0.01, carina_v + 0.05), rv],
+                0.003,
+                0.75,
+            );
         }
     }
 
     // ---- compose
     for i in 0..s * s {
         let a_air = air[i];
-        let o = opa.d[i].min(0.37) * a_air.min(1.0);
+        let o = opa.d[i].min(0.37) * a_air.min(1.0) + les.d[i] * lung[i];
         att[i] += ves.d[i] * vmask[i] + o + bone.d[i] + bone2.d[i] + metal.d[i];
     }
 
@@ -643,7 +807,9 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
         buf[bi - 1]
     };
     for p in img.iter_mut() {
-        let x = (acq.exposure + 0.06 + acq.contrast * 1.4 * *p).clamp(0.0, 1.0).powf(acq.gamma);
+        let x = (acq.exposure + 0.06 + acq.contrast * 1.4 * *p)
+            .clamp(0.0, 1.0)
+            .powf(acq.gamma);
         let r = take(rng);
         // Irwin-Hall(3) of 10-bit uniforms, scaled to unit variance.
         let n = ((r & 1023) + ((r >> 10) & 1023) + ((r >> 20) & 1023)) as f32 / 1023.0 - 1.5;
@@ -653,7 +819,18 @@ pub fn render(an: &Anatomy, acq: &Acquisition, f: &Findings, size: usize, rng: &
 }
 
 #[allow(clippy::too_many_arguments)]
-fn branch(l: &mut Layer, rng: &mut ChaCha8Rng, p: (f32, f32), sign: f32, ang: f32, len: f32, w: f32, val: f32, depth: u32, sf: f32) {
+fn branch(
+    l: &mut Layer,
+    rng: &mut ChaCha8Rng,
+    p: (f32, f32),
+    sign: f32,
+    ang: f32,
+    len: f32,
+    w: f32,
+    val: f32,
+    depth: u32,
+    sf: f32,
+) {
     let seg = len * rng.random_range(0.75..1.1);
     let a = ang + rng.random_range(-0.12..0.12);
     let e = (p.0 + sign * seg * a.cos(), p.1 + seg * a.sin());
@@ -661,8 +838,30 @@ fn branch(l: &mut Layer, rng: &mut ChaCha8Rng, p: (f32, f32), sign: f32, ang: f3
     l.segment(p, e, (w.max(0.4 / sf), w1), (val, val * 0.75));
     if depth < 3 {
         let spread = rng.random_range(0.25..0.5);
-        branch(l, rng, e, sign, a - spread, len * 0.7, w1, val * 0.72, depth + 1, sf);
-        branch(l, rng, e, sign, a + spread, len * 0.7, w1, val * 0.72, depth + 1, sf);
+        branch(
+            l,
+            rng,
+            e,
+            sign,
+            a - spread,
+            len * 0.7,
+            w1,
+            val * 0.72,
+            depth + 1,
+            sf,
+        );
+        branch(
+            l,
+            rng,
+            e,
+            sign,
+            a + spread,
+            len * 0.7,
+            w1,
+            val * 0.72,
+            depth + 1,
+            sf,
+        );
     }
 }
 
@@ -714,7 +913,8 @@ fn blur(mut img: Vec<f32>, s: usize, radius: f32) -> Vec<f32> {
         for y in 0..s {
             let (ya, yb) = (y.saturating_sub(1), (y + 1).min(s - 1));
             for x in 0..s {
-                img[y * s + x] = w * (tmp[ya * s + x] + tmp[yb * s + x]) + (1.0 - 2.0 * w) * tmp[y * s + x];
+                img[y * s + x] =
+                    w * (tmp[ya * s + x] + tmp[yb * s + x]) + (1.0 - 2.0 * w) * tmp[y * s + x];
             }
         }
     }

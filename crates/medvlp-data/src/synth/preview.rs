@@ -65,7 +65,15 @@ fn glyph(c: char) -> [u8; 7] {
 }
 
 /// Draws `text` at (x, y) with the 5x7 font scaled by `scale`, in gray level `val`.
-pub fn draw_text(buf: &mut [u8], width: usize, x: usize, y: usize, text: &str, scale: usize, val: u8) {
+pub fn draw_text(
+    buf: &mut [u8],
+    width: usize,
+    x: usize,
+    y: usize,
+    text: &str,
+    scale: usize,
+    val: u8,
+) {
     let height = buf.len() / width;
     for (i, c) in text.chars().enumerate() {
         let g = glyph(c);
@@ -122,7 +130,13 @@ fn reference_acquisition(view: View) -> Acquisition {
 
 fn lesion(lobe: Lobe, size_cm: f32) -> Lesion {
     let (a, b) = lobe.centre();
-    Lesion { lobe, pos: (a, b), size_cm, conspicuity: 1.0, shape_seed: 3 }
+    Lesion {
+        lobe,
+        pos: (a, b),
+        size_cm,
+        conspicuity: 1.0,
+        shape_seed: 3,
+    }
 }
 
 /// The grid's rows: (row label, [(caption, view, findings); 3]).
@@ -131,15 +145,33 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
     let sev = Severity::ALL;
     let none = Findings::default;
     let mut rows: Vec<(&'static str, Vec<(String, View, Findings)>)> = Vec::new();
-    rows.push(("NORMAL", vec![("PA".into(), View::Pa, none()), ("AP".into(), View::Ap, none()), ("PA (CTR 0.43)".into(), View::Pa, none())]));
+    rows.push((
+        "NORMAL",
+        vec![
+            ("PA".into(), View::Pa, none()),
+            ("AP".into(), View::Ap, none()),
+            ("PA (CTR 0.43)".into(), View::Pa, none()),
+        ],
+    ));
     rows.push((
         "CARDIOMEGALY",
         [0.56f32, 0.61, 0.68]
             .iter()
             .zip(sev)
             .map(|(&ctr, s)| {
-                let f = Findings { cardiomegaly: Some(Cardiomegaly { ctr, severity: s, conspicuity: 1.0 }), ..none() };
-                (format!("{} CTR {ctr:.2}", s.word().to_uppercase()), View::Pa, f)
+                let f = Findings {
+                    cardiomegaly: Some(Cardiomegaly {
+                        ctr,
+                        severity: s,
+                        conspicuity: 1.0,
+                    }),
+                    ..none()
+                };
+                (
+                    format!("{} CTR {ctr:.2}", s.word().to_uppercase()),
+                    View::Pa,
+                    f,
+                )
             })
             .collect(),
     ));
@@ -149,8 +181,20 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
             .iter()
             .zip(sev)
             .map(|(&level, s)| {
-                let f = Findings { effusion: Some(Effusion { side: Side::Left, size: s, level, conspicuity: 1.0 }), ..none() };
-                (format!("{} LEFT", s.size_word().to_uppercase()), View::Pa, f)
+                let f = Findings {
+                    effusion: Some(Effusion {
+                        side: Side::Left,
+                        size: s,
+                        level,
+                        conspicuity: 1.0,
+                    }),
+                    ..none()
+                };
+                (
+                    format!("{} LEFT", s.size_word().to_uppercase()),
+                    View::Pa,
+                    f,
+                )
             })
             .collect(),
     ));
@@ -160,8 +204,20 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
             .iter()
             .zip(sev)
             .map(|(&rim, s)| {
-                let f = Findings { pneumothorax: Some(Pneumothorax { side: Side::Right, size: s, rim, conspicuity: 1.0 }), ..none() };
-                (format!("{} RIGHT", s.size_word().to_uppercase()), View::Pa, f)
+                let f = Findings {
+                    pneumothorax: Some(Pneumothorax {
+                        side: Side::Right,
+                        size: s,
+                        rim,
+                        conspicuity: 1.0,
+                    }),
+                    ..none()
+                };
+                (
+                    format!("{} RIGHT", s.size_word().to_uppercase()),
+                    View::Pa,
+                    f,
+                )
             })
             .collect(),
     ));
@@ -184,16 +240,44 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
             })
             .collect(),
     ));
-    let atel = |kind, side, lobe| Atelectasis { kind, side, lobe, volume_loss: true, conspicuity: 1.0, shape_seed: 5 };
+    let atel = |kind, side, lobe| Atelectasis {
+        kind,
+        side,
+        lobe,
+        volume_loss: true,
+        conspicuity: 1.0,
+        shape_seed: 5,
+    };
     rows.push((
         "ATELECTASIS",
         vec![
-            ("PLATE RIGHT".into(), View::Pa, Findings { atelectasis: Some(atel(AtelectasisKind::PlateLike, Side::Right, None)), ..none() }),
-            ("BIBASILAR".into(), View::Pa, Findings { atelectasis: Some(atel(AtelectasisKind::PlateLike, Side::Bilateral, None)), ..none() }),
+            (
+                "PLATE RIGHT".into(),
+                View::Pa,
+                Findings {
+                    atelectasis: Some(atel(AtelectasisKind::PlateLike, Side::Right, None)),
+                    ..none()
+                },
+            ),
+            (
+                "BIBASILAR".into(),
+                View::Pa,
+                Findings {
+                    atelectasis: Some(atel(AtelectasisKind::PlateLike, Side::Bilateral, None)),
+                    ..none()
+                },
+            ),
             (
                 "LOBAR LLL".into(),
                 View::Pa,
-                Findings { atelectasis: Some(atel(AtelectasisKind::Lobar, Side::Left, Some(Lobe::LeftLower))), ..none() },
+                Findings {
+                    atelectasis: Some(atel(
+                        AtelectasisKind::Lobar,
+                        Side::Left,
+                        Some(Lobe::LeftLower),
+                    )),
+                    ..none()
+                },
             ),
         ],
     ));
@@ -202,7 +286,12 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
         sev.iter()
             .map(|&s| {
                 let f = Findings {
-                    edema: Some(Edema { severity: s, kerley_lines: s >= Severity::Moderate, vascular_congestion: true, conspicuity: 1.0 }),
+                    edema: Some(Edema {
+                        severity: s,
+                        kerley_lines: s >= Severity::Moderate,
+                        vascular_congestion: true,
+                        conspicuity: 1.0,
+                    }),
                     ..none()
                 };
                 (s.word().to_uppercase(), View::Pa, f)
@@ -212,21 +301,55 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
     rows.push((
         "NODULE / MASS",
         vec![
-            ("NODULE 1.2CM RUL".into(), View::Pa, Findings { nodule: Some(lesion(Lobe::RightUpper, 1.2)), ..none() }),
-            ("NODULE 2.4CM LUL".into(), View::Pa, Findings { nodule: Some(lesion(Lobe::LeftUpper, 2.4)), ..none() }),
-            ("MASS 5.5CM RLL".into(), View::Pa, Findings { mass: Some(lesion(Lobe::RightLower, 5.5)), ..none() }),
+            (
+                "NODULE 1.2CM RUL".into(),
+                View::Pa,
+                Findings {
+                    nodule: Some(lesion(Lobe::RightUpper, 1.2)),
+                    ..none()
+                },
+            ),
+            (
+                "NODULE 2.4CM LUL".into(),
+                View::Pa,
+                Findings {
+                    nodule: Some(lesion(Lobe::LeftUpper, 2.4)),
+                    ..none()
+                },
+            ),
+            (
+                "MASS 5.5CM RLL".into(),
+                View::Pa,
+                Findings {
+                    mass: Some(lesion(Lobe::RightLower, 5.5)),
+                    ..none()
+                },
+            ),
         ],
     ));
     rows.push((
         "DEVICES",
         vec![
-            ("ET TUBE".into(), View::Ap, Findings { devices: Devices { et_tube: Some(EtTube { tip_cm: 4.0 }), ..Default::default() }, ..none() }),
+            (
+                "ET TUBE".into(),
+                View::Ap,
+                Findings {
+                    devices: Devices {
+                        et_tube: Some(EtTube { tip_cm: 4.0 }),
+                        ..Default::default()
+                    },
+                    ..none()
+                },
+            ),
             (
                 "RIGHT IJ LINE".into(),
                 View::Ap,
                 Findings {
                     devices: Devices {
-                        central_line: Some(CentralLine { side: Side::Right, site: LineSite::InternalJugular }),
+                        central_line: Some(CentralLine {
+                            side: Side::Right,
+                            site: LineSite::InternalJugular,
+                        }),
                         ..Default::default()
                     },
                     ..none()
@@ -235,17 +358,54 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
             (
                 "PACEMAKER".into(),
                 View::Pa,
-                Findings { devices: Devices { pacemaker: Some(Pacemaker { side: Side::Left, leads: 2 }), ..Default::default() }, ..none() },
+                Findings {
+                    devices: Devices {
+                        pacemaker: Some(Pacemaker {
+                            side: Side::Left,
+                            leads: 2,
+                        }),
+                        ..Default::default()
+                    },
+                    ..none()
+                },
             ),
         ],
     ));
-    let fx = |displaced, healing| Fracture { side: Side::Left, rib: 7, displaced, healing, conspicuity: 1.0 };
+    let fx = |displaced, healing| Fracture {
+        side: Side::Left,
+        rib: 7,
+        count: if healing { 1 } else { 2 },
+        displaced,
+        healing,
+        conspicuity: 1.0,
+    };
     rows.push((
         "FRACTURE/GRAN.",
         vec![
-            ("RIB FX L7 DISPL.".into(), View::Pa, Findings { fracture: Some(fx(true, false)), ..none() }),
-            ("HEALING FX L7".into(), View::Pa, Findings { fracture: Some(fx(false, true)), ..none() }),
-            ("GRANULOMA 5 MM".into(), View::Pa, Findings { granuloma: Some(lesion(Lobe::LeftUpper, 0.5)), ..none() }),
+            (
+                "FX L7-8 DISPL.".into(),
+                View::Pa,
+                Findings {
+                    fracture: Some(fx(true, false)),
+                    ..none()
+                },
+            ),
+            (
+                "HEALING FX L7".into(),
+                View::Pa,
+                Findings {
+                    fracture: Some(fx(false, true)),
+                    ..none()
+                },
+            ),
+            (
+                "GRANULOMA 5 MM".into(),
+                View::Pa,
+                Findings {
+                    granuloma: Some(lesion(Lobe::LeftUpper, 0.5)),
+                    ..none()
+                },
+            ),
         ],
     ));
     rows
@@ -253,7 +413,10 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
 
 /// Renders the grid to an 8-bit grayscale PNG with `tile`-pixel tiles.
 pub fn write_preview_grid(path: &Path, tile: u32) -> Result<()> {
-    anyhow::ensure!((64..=512).contains(&tile), "tile size {tile} out of range (64..=512)");
+    anyhow::ensure!(
+        (64..=512).contains(&tile),
+        "tile size {tile} out of range (64..=512)"
+    );
     let rows = grid_cases();
     let t = tile as usize;
     let scale = 2;
@@ -264,7 +427,15 @@ pub fn write_preview_grid(path: &Path, tile: u32) -> Result<()> {
     let width = label_w + cols * (t + 4);
     let height = header_h + rows.len() * (t + cap_h + 4);
     let mut buf = vec![16u8; width * height];
-    draw_text(&mut buf, width, 4, 4, "MEDVLP SYNTH: FINDING X SEVERITY (IMAGE RIGHT = PATIENT LEFT)", scale, 230);
+    draw_text(
+        &mut buf,
+        width,
+        4,
+        4,
+        "MEDVLP SYNTH: FINDING X SEVERITY (IMAGE RIGHT = PATIENT LEFT)",
+        scale,
+        230,
+    );
     let an = reference_anatomy();
     for (r, (name, cases)) in rows.iter().enumerate() {
         let y0 = header_h + r * (t + cap_h + 4);
@@ -276,7 +447,8 @@ pub fn write_preview_grid(path: &Path, tile: u32) -> Result<()> {
             let img = render(&an, &acq, f, t, &mut rng);
             for y in 0..t {
                 for x in 0..t {
-                    buf[(y0 + y) * width + x0 + x] = (img[y * t + x].clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
+                    buf[(y0 + y) * width + x0 + x] =
+                        (img[y * t + x].clamp(0.0, 1.0) * 255.0 + 0.5) as u8;
                 }
             }
             let maxc = t / (6 * scale);
@@ -287,7 +459,13 @@ pub fn write_preview_grid(path: &Path, tile: u32) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    image::save_buffer(path, &buf, width as u32, height as u32, image::ExtendedColorType::L8)
-        .with_context(|| format!("cannot write preview grid {}", path.display()))?;
+    image::save_buffer(
+        path,
+        &buf,
+        width as u32,
+        height as u32,
+        image::ExtendedColorType::L8,
+    )
+    .with_context(|| format!("cannot write preview grid {}", path.display()))?;
     Ok(())
 }

@@ -16,7 +16,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::findings::{
-    Acquisition, AtelectasisKind, Context, Findings, Lesion, LineSite, Lobe, Severity, Side, View, SUBTLE_BELOW,
+    Acquisition, AtelectasisKind, Context, Findings, Lesion, LineSite, Lobe, Severity, Side, View,
+    SUBTLE_BELOW,
 };
 
 /// How the report states a rendered finding.
@@ -182,12 +183,21 @@ pub fn write_report(
     let noisy: Vec<&str> = kinds.iter().copied().filter(|k| *k != "devices").collect();
     if !noisy.is_empty() && chance(rng, label_noise) {
         let k = noisy[rng.random_range(0..noisy.len())];
-        let m = if chance(rng, 0.5) { Mention::NoiseOmitted } else { Mention::NoiseHedged };
+        let m = if chance(rng, 0.5) {
+            Mention::NoiseOmitted
+        } else {
+            Mention::NoiseHedged
+        };
         mentions.insert(k.to_string(), m);
     }
     let mode = |k: &str| mentions.get(k).copied();
     let hedged = |k: &str| matches!(mode(k), Some(Mention::Hedged | Mention::NoiseHedged));
-    let shown = |k: &str| matches!(mode(k), Some(Mention::Stated | Mention::Hedged | Mention::NoiseHedged));
+    let shown = |k: &str| {
+        matches!(
+            mode(k),
+            Some(Mention::Stated | Mention::Hedged | Mention::NoiseHedged)
+        )
+    };
     // A finding left out by label noise is neither described nor denied.
     let omitted = |k: &str| matches!(mode(k), Some(Mention::NoiseOmitted));
 
@@ -201,23 +211,54 @@ pub fn write_report(
         let d = &f.devices;
         if let Some(et) = &d.et_tube {
             let t = match rng.random_range(0..4) {
-                0 => format!("Endotracheal tube terminates {:.1} cm above the carina.", et.tip_cm),
-                1 => format!("An endotracheal tube is in place with the tip {:.1} cm above the carina.", et.tip_cm),
-                2 => format!("ET tube tip is approximately {:.0} cm from the carina.", et.tip_cm),
+                0 => format!(
+                    "Endotracheal tube terminates {:.1} cm above the carina.",
+                    et.tip_cm
+                ),
+                1 => format!(
+                    "An endotracheal tube is in place with the tip {:.1} cm above the carina.",
+                    et.tip_cm
+                ),
+                2 => format!(
+                    "ET tube tip is approximately {:.0} cm from the carina.",
+                    et.tip_cm
+                ),
                 _ => "The endotracheal tube is in standard position.".to_string(),
             };
             sents.push(Sent { group: 0, text: t });
         }
         if let Some(cl) = &d.central_line {
             let side = cl.side.word();
-            let tip = pick(rng, &["the SVC", "the mid SVC", "the lower SVC", "the cavoatrial junction"]);
+            let tip = pick(
+                rng,
+                &[
+                    "the SVC",
+                    "the mid SVC",
+                    "the lower SVC",
+                    "the cavoatrial junction",
+                ],
+            );
             let t = match (cl.site, rng.random_range(0..3)) {
-                (LineSite::InternalJugular, 0) => format!("{} internal jugular central venous catheter terminates in {tip}.", cap(side)),
-                (LineSite::InternalJugular, 1) => format!("{} IJ central line with tip in {tip}.", cap(side)),
-                (LineSite::InternalJugular, _) => format!("A {side}-sided internal jugular central line is present, tip at {tip}."),
-                (LineSite::Subclavian, 0) => format!("{} subclavian central venous catheter with tip in {tip}.", cap(side)),
-                (LineSite::Subclavian, 1) => format!("{}-sided subclavian line terminates at {tip}.", cap(side)),
-                (LineSite::Subclavian, _) => format!("A {side} subclavian central catheter ends in {tip}."),
+                (LineSite::InternalJugular, 0) => format!(
+                    "{} internal jugular central venous catheter terminates in {tip}.",
+                    cap(side)
+                ),
+                (LineSite::InternalJugular, 1) => {
+                    format!("{} IJ central line with tip in {tip}.", cap(side))
+                }
+                (LineSite::InternalJugular, _) => format!(
+                    "A {side}-sided internal jugular central line is present, tip at {tip}."
+                ),
+                (LineSite::Subclavian, 0) => format!(
+                    "{} subclavian central venous catheter with tip in {tip}.",
+                    cap(side)
+                ),
+                (LineSite::Subclavian, 1) => {
+                    format!("{}-sided subclavian line terminates at {tip}.", cap(side))
+                }
+                (LineSite::Subclavian, _) => {
+                    format!("A {side} subclavian central catheter ends in {tip}.")
+                }
             };
             sents.push(Sent { group: 0, text: t });
         }
@@ -235,8 +276,15 @@ pub fn write_report(
         }
         if chance(rng, 0.5) {
             imp.push(
-                pick(rng, &["Support devices in standard position.", "Lines and tubes in appropriate position.", "Support devices as described."])
-                    .to_string(),
+                pick(
+                    rng,
+                    &[
+                        "Support devices in standard position.",
+                        "Lines and tubes in appropriate position.",
+                        "Support devices as described.",
+                    ],
+                )
+                .to_string(),
             );
         }
     }
@@ -258,7 +306,9 @@ pub fn write_report(
                 match rng.random_range(0..4) {
                     0 => "Heart size is at the upper limits of normal.".to_string(),
                     1 => "Borderline cardiomegaly.".to_string(),
-                    2 if acq.view == View::Ap => "Possible mild cardiomegaly, accentuated by AP technique.".to_string(),
+                    2 if acq.view == View::Ap => {
+                        "Possible mild cardiomegaly, accentuated by AP technique.".to_string()
+                    }
                     _ => "The heart is possibly mildly enlarged.".to_string(),
                 }
             } else if was("cardiomegaly") && chance(rng, 0.6) {
@@ -279,8 +329,18 @@ pub fn write_report(
             };
             sents.push(Sent { group: 3, text: t });
             if chance(rng, 0.4) {
-                let t = pick(rng, &["The mediastinal contours are unremarkable.", "Hilar contours are normal.", "Mediastinal contours are within normal limits."]);
-                sents.push(Sent { group: 3, text: t.to_string() });
+                let t = pick(
+                    rng,
+                    &[
+                        "The mediastinal contours are unremarkable.",
+                        "Hilar contours are normal.",
+                        "Mediastinal contours are within normal limits.",
+                    ],
+                );
+                sents.push(Sent {
+                    group: 3,
+                    text: t.to_string(),
+                });
             }
         }
     } else if chance(rng, normal_p) && !omitted("cardiomegaly") {
@@ -297,7 +357,10 @@ pub fn write_report(
                 "The heart is not enlarged.",
             ],
         );
-        sents.push(Sent { group: 3, text: t.to_string() });
+        sents.push(Sent {
+            group: 3,
+            text: t.to_string(),
+        });
     }
 
     // ---------------------------------------------------------------- lungs
@@ -341,11 +404,24 @@ pub fn write_report(
                         "The pulmonary vasculature is engorged, with upper lobe redistribution.",
                     ],
                 );
-                sents.push(Sent { group: 1, text: t.to_string() });
+                sents.push(Sent {
+                    group: 1,
+                    text: t.to_string(),
+                });
             }
             if e.kerley_lines && !hedged("edema") && chance(rng, 0.7) {
-                let t = pick(rng, &["Kerley B lines are present at the lung bases.", "Kerley B lines at both bases.", "Septal lines are seen at the lung bases."]);
-                sents.push(Sent { group: 1, text: t.to_string() });
+                let t = pick(
+                    rng,
+                    &[
+                        "Kerley B lines are present at the lung bases.",
+                        "Kerley B lines at both bases.",
+                        "Septal lines are seen at the lung bases.",
+                    ],
+                );
+                sents.push(Sent {
+                    group: 1,
+                    text: t.to_string(),
+                });
             }
             imp.push(if hedged("edema") {
                 "Possible mild pulmonary edema.".to_string()
@@ -360,8 +436,18 @@ pub fn write_report(
             });
         }
     } else if !clear_lungs && chance(rng, 0.5) {
-        let t = pick(rng, &["No pulmonary edema.", "No evidence of pulmonary edema.", "No vascular congestion or edema."]);
-        sents.push(Sent { group: 1, text: t.to_string() });
+        let t = pick(
+            rng,
+            &[
+                "No pulmonary edema.",
+                "No evidence of pulmonary edema.",
+                "No vascular congestion or edema.",
+            ],
+        );
+        sents.push(Sent {
+            group: 1,
+            text: t.to_string(),
+        });
     }
     if let Some(c) = &f.consolidation {
         if shown("consolidation") {
@@ -386,13 +472,30 @@ pub fn write_report(
                     _ => format!("{} {lobe} consolidation", cap(ext)),
                 };
                 if ab {
-                    t += pick(rng, &[" with air bronchograms", ", with air bronchograms", " containing air bronchograms"]);
+                    t += pick(
+                        rng,
+                        &[
+                            " with air bronchograms",
+                            ", with air bronchograms",
+                            " containing air bronchograms",
+                        ],
+                    );
                 }
                 if matches!(c.lobe, Lobe::RightMiddle | Lobe::Lingula) && chance(rng, 0.5) {
-                    t += if c.lobe == Lobe::RightMiddle { ", obscuring the right heart border" } else { ", obscuring the left heart border" };
+                    t += if c.lobe == Lobe::RightMiddle {
+                        ", obscuring the right heart border"
+                    } else {
+                        ", obscuring the left heart border"
+                    };
                 }
                 if c.pneumonia && chance(rng, 0.5) {
-                    t += pick(rng, &[", consistent with pneumonia", ", compatible with pneumonia in the appropriate clinical setting"]);
+                    t += pick(
+                        rng,
+                        &[
+                            ", consistent with pneumonia",
+                            ", compatible with pneumonia in the appropriate clinical setting",
+                        ],
+                    );
                 }
                 t + "."
             };
@@ -403,7 +506,10 @@ pub fn write_report(
                 (true, false) => format!("Possible {lobe} consolidation."),
                 (false, true) => match rng.random_range(0..3) {
                     0 => format!("{} pneumonia.", cap(lobe)),
-                    1 => format!("{} {lobe} consolidation, concerning for pneumonia.", cap(ext)),
+                    1 => format!(
+                        "{} {lobe} consolidation, concerning for pneumonia.",
+                        cap(ext)
+                    ),
                     _ => format!("Findings consistent with {lobe} pneumonia."),
                 },
                 (false, false) => match rng.random_range(0..2) {
@@ -412,7 +518,10 @@ pub fn write_report(
                 },
             });
             if c.pneumonia && !hedged("consolidation") && chance(rng, 0.3) {
-                imp.push("Recommend follow-up radiographs after treatment to document resolution.".to_string());
+                imp.push(
+                    "Recommend follow-up radiographs after treatment to document resolution."
+                        .to_string(),
+                );
             }
         }
     }
@@ -421,9 +530,19 @@ pub fn write_report(
             let side = a.side;
             let t = if hedged("atelectasis") {
                 match side {
-                    Side::Bilateral => pick(rng, &["Possible minimal bibasilar atelectasis.", "Minimal bibasilar atelectasis is possible."]).to_string(),
+                    Side::Bilateral => pick(
+                        rng,
+                        &[
+                            "Possible minimal bibasilar atelectasis.",
+                            "Minimal bibasilar atelectasis is possible.",
+                        ],
+                    )
+                    .to_string(),
                     s => match rng.random_range(0..2) {
-                        0 => format!("Possible subsegmental atelectasis at the {} base.", s.word()),
+                        0 => format!(
+                            "Possible subsegmental atelectasis at the {} base.",
+                            s.word()
+                        ),
                         _ => format!("Minimal {} basilar atelectasis is possible.", s.word()),
                     },
                 }
@@ -465,14 +584,21 @@ pub fn write_report(
             if chance(rng, 0.6) || a.kind == AtelectasisKind::Lobar {
                 imp.push(match (a.kind, a.lobe, side) {
                     _ if hedged("atelectasis") => "Possible minimal atelectasis.".to_string(),
-                    (AtelectasisKind::Lobar, Some(l), _) => format!("{} atelectasis.", cap(l.name())),
+                    (AtelectasisKind::Lobar, Some(l), _) => {
+                        format!("{} atelectasis.", cap(l.name()))
+                    }
                     (_, _, Side::Bilateral) => "Bibasilar atelectasis.".to_string(),
                     (_, _, s) => format!("{} basilar atelectasis.", cap(s.word())),
                 });
             }
         }
     }
-    let lesion_sentence = |rng: &mut ChaCha8Rng, l: &Lesion, what: &str, hedge: bool, stable: bool| -> (String, String) {
+    let lesion_sentence = |rng: &mut ChaCha8Rng,
+                           l: &Lesion,
+                           what: &str,
+                           hedge: bool,
+                           stable: bool|
+     -> (String, String) {
         let lobe = lobe_words(rng, l.lobe);
         let size = size_text(rng, l.size_cm);
         let pre = if stable { "Stable " } else { "" };
@@ -515,7 +641,10 @@ pub fn write_report(
         if let Some(l) = l {
             if shown(what) {
                 let (s1, s2) = lesion_sentence(rng, l, what, hedged(what), was(what));
-                sents.push(Sent { group: 1, text: cap(&s1) });
+                sents.push(Sent {
+                    group: 1,
+                    text: cap(&s1),
+                });
                 imp.push(cap(&s2));
             }
         }
@@ -526,9 +655,15 @@ pub fn write_report(
             let pre = if was("granuloma") { "Stable c" } else { "C" };
             let t = match rng.random_range(0..4) {
                 0 => format!("{pre}alcified granuloma in the {lobe}."),
-                1 => format!("A small calcified granuloma projects over the {}.", gr.lobe.zone()),
+                1 => format!(
+                    "A small calcified granuloma projects over the {}.",
+                    gr.lobe.zone()
+                ),
                 2 => format!("Tiny calcified nodule in the {lobe}, likely a granuloma."),
-                _ => format!("{} mm calcified granuloma in the {lobe}.", (gr.size_cm * 10.0).round() as i32),
+                _ => format!(
+                    "{} mm calcified granuloma in the {lobe}.",
+                    (gr.size_cm * 10.0).round() as i32
+                ),
             };
             sents.push(Sent { group: 1, text: t });
         }
@@ -536,7 +671,13 @@ pub fn write_report(
     if clear_lungs && chance(rng, 0.9) {
         let mut t = pick(
             rng,
-            &["The lungs are clear.", "Lungs are clear.", "The lungs are well expanded and clear.", "No focal airspace disease.", "Clear lungs."],
+            &[
+                "The lungs are clear.",
+                "Lungs are clear.",
+                "The lungs are well expanded and clear.",
+                "No focal airspace disease.",
+                "Clear lungs.",
+            ],
         )
         .to_string();
         if f.granuloma.is_some() && chance(rng, 0.5) {
@@ -545,7 +686,10 @@ pub fn write_report(
         sents.push(Sent { group: 1, text: t });
     }
     if acq.view == View::Ap && acq.inspiration_shift > 0.035 && chance(rng, 0.5) {
-        sents.push(Sent { group: 1, text: pick(rng, &["Low lung volumes.", "Lung volumes are low."]).to_string() });
+        sents.push(Sent {
+            group: 1,
+            text: pick(rng, &["Low lung volumes.", "Lung volumes are low."]).to_string(),
+        });
     }
 
     // ---------------------------------------------------------------- pleura
@@ -619,7 +763,7 @@ pub fn write_report(
             } else {
                 match (rng.random_range(0..4), p.size) {
                     (0, _) => format!("{} {side} pneumothorax.", cap(z)),
-                    (1, Severity::Severe) => format!("Large {side} pneumothorax with substantial collapse of the {side} lung."),
+                    (1, Severity::Severe) => format!("Large {side} pneumothorax with marked deflation of the {side} lung."),
                     (1, _) => format!("There is a {z} {side} apical pneumothorax."),
                     (2, _) => format!("{} {side} pneumothorax with a visible visceral pleural line and no lung markings beyond it.", cap(z)),
                     _ => format!("A {z} {side}-sided pneumothorax is present."),
@@ -643,7 +787,13 @@ pub fn write_report(
     // Normal pleural / lung statements, combined the way radiologists combine them.
     if chance(rng, normal_p) {
         let t = if cons_abs && eff_abs && ptx_abs && chance(rng, 0.35) {
-            Some(pick(rng, &["No focal consolidation, pleural effusion, or pneumothorax.", "There is no focal consolidation, pleural effusion or pneumothorax."]))
+            Some(pick(
+                rng,
+                &[
+                    "No focal consolidation, pleural effusion, or pneumothorax.",
+                    "There is no focal consolidation, pleural effusion or pneumothorax.",
+                ],
+            ))
         } else if eff_abs && ptx_abs {
             Some(pick(
                 rng,
@@ -655,14 +805,31 @@ pub fn write_report(
                 ],
             ))
         } else if eff_abs {
-            Some(pick(rng, &["No pleural effusion.", "No effusion.", "There is no pleural effusion."]))
+            Some(pick(
+                rng,
+                &[
+                    "No pleural effusion.",
+                    "No effusion.",
+                    "There is no pleural effusion.",
+                ],
+            ))
         } else if ptx_abs {
-            Some(pick(rng, &["No pneumothorax.", "There is no pneumothorax.", "No evidence of pneumothorax."]))
+            Some(pick(
+                rng,
+                &[
+                    "No pneumothorax.",
+                    "There is no pneumothorax.",
+                    "No evidence of pneumothorax.",
+                ],
+            ))
         } else {
             None
         };
         if let Some(t) = t {
-            sents.push(Sent { group: 2, text: t.to_string() });
+            sents.push(Sent {
+                group: 2,
+                text: t.to_string(),
+            });
         }
     }
     // Resolved findings from the prior study.
@@ -670,19 +837,34 @@ pub fn write_report(
         if let Some(pc) = &p.consolidation {
             if f.consolidation.is_none() && !omitted("consolidation") && chance(rng, 0.7) {
                 let t = match rng.random_range(0..2) {
-                    0 => format!("Interval resolution of the previously seen {} consolidation.", pc.lobe.name()),
-                    _ => format!("The previously noted {} consolidation has resolved.", pc.lobe.name()),
+                    0 => format!(
+                        "Interval resolution of the previously seen {} consolidation.",
+                        pc.lobe.name()
+                    ),
+                    _ => format!(
+                        "The previously noted {} consolidation has resolved.",
+                        pc.lobe.name()
+                    ),
                 };
                 sents.push(Sent { group: 1, text: t });
             }
         }
         if let Some(pe) = &p.effusion {
             if f.effusion.is_none() && !omitted("effusion") && chance(rng, 0.7) {
-                sents.push(Sent { group: 2, text: format!("Interval resolution of the {} pleural effusion.", pe.side.word()) });
+                sents.push(Sent {
+                    group: 2,
+                    text: format!(
+                        "Interval resolution of the {} pleural effusion.",
+                        pe.side.word()
+                    ),
+                });
             }
         }
         if p.edema.is_some() && f.edema.is_none() && chance(rng, 0.7) {
-            sents.push(Sent { group: 1, text: "Pulmonary edema has resolved.".to_string() });
+            sents.push(Sent {
+                group: 1,
+                text: "Pulmonary edema has resolved.".to_string(),
+            });
         }
     }
 
@@ -691,31 +873,55 @@ pub fn write_report(
         if shown("fracture") {
             let side = fx.side.word();
             let rib = ordinal(fx.rib);
+            let (ribs, pl) = match fx.count {
+                1 => (rib.clone(), ""),
+                2 => (format!("{rib} and {}", ordinal(fx.rib + 1)), "s"),
+                n => (format!("{rib} through {}", ordinal(fx.rib + n - 1)), "s"),
+            };
             let t = if hedged("fracture") {
                 match rng.random_range(0..2) {
-                    0 => format!("Possible nondisplaced fracture of the {side} {rib} posterior rib."),
-                    _ => format!("Cortical irregularity of the {side} {rib} rib, possibly a fracture."),
+                    0 => {
+                        format!("Possible nondisplaced fracture of the {side} {rib} posterior rib.")
+                    }
+                    _ => format!(
+                        "Cortical irregularity of the {side} {rib} rib, possibly a fracture."
+                    ),
                 }
             } else if fx.healing {
                 match rng.random_range(0..3) {
-                    0 => format!("Healing fracture of the {side} {rib} posterior rib with callus formation."),
-                    1 => format!("Old healed fracture of the {side} {rib} rib."),
-                    _ => format!("{} {rib} rib fracture with callus, consistent with a healing fracture.", cap(side)),
+                    0 => format!("Healing fracture{pl} of the {side} {ribs} posterior rib{pl} with callus formation."),
+                    1 => format!("Old healed fracture{pl} of the {side} {ribs} rib{pl}."),
+                    _ => format!("{} {ribs} rib fracture{pl} with callus, consistent with healing.", cap(side)),
                 }
             } else {
-                let disp = if fx.displaced { pick(rng, &["mildly displaced", "displaced"]) } else { "nondisplaced" };
+                let disp = if fx.displaced {
+                    pick(rng, &["mildly displaced", "displaced"])
+                } else {
+                    "nondisplaced"
+                };
                 match rng.random_range(0..3) {
-                    0 => format!("Acute {disp} fracture of the {side} {rib} posterior rib."),
-                    1 => format!("There is a {disp} fracture of the {side} {rib} rib."),
-                    _ => format!("{} {disp} {side} {rib} rib fracture.", cap(if chance(rng, 0.5) { "acute" } else { "" }).trim()),
+                    0 => {
+                        format!("Acute {disp} fracture{pl} of the {side} {ribs} posterior rib{pl}.")
+                    }
+                    1 if fx.count == 1 => {
+                        format!("There is a {disp} fracture of the {side} {rib} rib.")
+                    }
+                    1 => format!("There are {disp} fractures of the {side} {ribs} ribs."),
+                    _ => format!(
+                        "{} {disp} {side} {ribs} rib fracture{pl}.",
+                        if chance(rng, 0.5) { "Acute" } else { "" }
+                    ),
                 }
             };
-            sents.push(Sent { group: 4, text: cap(t.trim()) });
+            sents.push(Sent {
+                group: 4,
+                text: cap(t.trim()),
+            });
             if !fx.healing || chance(rng, 0.3) {
                 imp.push(if hedged("fracture") {
                     format!("Possible {side} rib fracture.")
                 } else {
-                    format!("{} {rib} rib fracture.", cap(side))
+                    format!("{} {ribs} rib fracture{pl}.", cap(side))
                 });
             }
         }
@@ -730,7 +936,10 @@ pub fn write_report(
                 "No acute fracture is seen.",
             ],
         );
-        sents.push(Sent { group: 4, text: t.to_string() });
+        sents.push(Sent {
+            group: 4,
+            text: t.to_string(),
+        });
     }
 
     // ---------------------------------------------------------------- assemble
@@ -752,12 +961,38 @@ pub fn write_report(
     }
     let mut lines: Vec<String> = Vec::new();
     if prior.is_some() && chance(rng, 0.4) {
-        lines.push(pick(rng, &["Compared to the prior study.", "Comparison is made to the prior radiograph.", "Since the prior radiograph:"]).to_string());
+        lines.push(
+            pick(
+                rng,
+                &[
+                    "Compared to the prior study.",
+                    "Comparison is made to the prior radiograph.",
+                    "Since the prior radiograph:",
+                ],
+            )
+            .to_string(),
+        );
     }
     if acq.view == View::Ap && chance(rng, 0.3) {
-        lines.push(pick(rng, &["Single portable AP view of the chest.", "Portable AP upright chest radiograph.", "Frontal view of the chest was obtained."]).to_string());
+        lines.push(
+            pick(
+                rng,
+                &[
+                    "Single portable AP view of the chest.",
+                    "Portable AP upright chest radiograph.",
+                    "Frontal view of the chest was obtained.",
+                ],
+            )
+            .to_string(),
+        );
     } else if acq.view == View::Pa && chance(rng, 0.2) {
-        lines.push(pick(rng, &["PA view of the chest.", "Frontal radiograph of the chest."]).to_string());
+        lines.push(
+            pick(
+                rng,
+                &["PA view of the chest.", "Frontal radiograph of the chest."],
+            )
+            .to_string(),
+        );
     }
     for g in order {
         for s in sents.iter().filter(|s| s.group == g) {
@@ -772,7 +1007,10 @@ pub fn write_report(
         lines.join(" ")
     };
 
-    if imp.iter().all(|s| s.starts_with("Support devices") || s.starts_with("Lines and tubes")) {
+    if imp
+        .iter()
+        .all(|s| s.starts_with("Support devices") || s.starts_with("Lines and tubes"))
+    {
         let n = pick(
             rng,
             &[
@@ -796,24 +1034,72 @@ pub fn write_report(
         imp.extend(rest);
     }
     let impression = if imp.len() > 1 && chance(rng, 0.4) {
-        imp.iter().enumerate().map(|(i, s)| format!("{}. {s}", i + 1)).collect::<Vec<_>>().join("\n")
+        imp.iter()
+            .enumerate()
+            .map(|(i, s)| format!("{}. {s}", i + 1))
+            .collect::<Vec<_>>()
+            .join("\n")
     } else {
         imp.join(" ")
     };
 
     let indication = if ctx.icu {
-        pick(rng, &["Intubated patient, evaluate tube and line placement.", "ICU patient with hypoxia.", "Respiratory failure."])
+        pick(
+            rng,
+            &[
+                "Intubated patient, evaluate tube and line placement.",
+                "ICU patient with hypoxia.",
+                "Respiratory failure.",
+            ],
+        )
     } else if ctx.trauma {
-        pick(rng, &["Trauma, chest pain.", "Fall with left-sided chest pain.", "Motor vehicle collision."])
+        pick(
+            rng,
+            &[
+                "Trauma, chest pain.",
+                "Fall with left-sided chest pain.",
+                "Motor vehicle collision.",
+            ],
+        )
     } else if ctx.heart_failure {
-        pick(rng, &["Shortness of breath.", "Dyspnea and leg swelling.", "History of heart failure, worsening dyspnea."])
+        pick(
+            rng,
+            &[
+                "Shortness of breath.",
+                "Dyspnea and leg swelling.",
+                "History of heart failure, worsening dyspnea.",
+            ],
+        )
     } else {
-        pick(rng, &["Cough.", "Fever and cough.", "Chest pain.", "Shortness of breath.", "Preoperative evaluation.", "Follow-up."])
+        pick(
+            rng,
+            &[
+                "Cough.",
+                "Fever and cough.",
+                "Chest pain.",
+                "Shortness of breath.",
+                "Preoperative evaluation.",
+                "Follow-up.",
+            ],
+        )
     };
     let comparison = if prior.is_some() {
-        pick(rng, &["Prior chest radiograph.", "Chest radiograph from earlier this year.", "Prior study from several months earlier."])
+        pick(
+            rng,
+            &[
+                "Prior chest radiograph.",
+                "Chest radiograph from earlier this year.",
+                "Prior study from several months earlier.",
+            ],
+        )
     } else {
         pick(rng, &["None.", "None available.", "No prior studies."])
     };
-    Report { indication: indication.to_string(), comparison: comparison.to_string(), findings, impression, mentions }
+    Report {
+        indication: indication.to_string(),
+        comparison: comparison.to_string(),
+        findings,
+        impression,
+        mentions,
+    }
 }

@@ -26,7 +26,9 @@ use serde_json::json;
 
 use super::findings::SYNTH_LABELS;
 use super::phantom::Geometry;
-use super::{plan, render_study, report_study, Part, Report, StudyPlan, SynthConfig, SYNTH_VERSION};
+use super::{
+    plan, render_study, report_study, Part, Report, StudyPlan, SynthConfig, SYNTH_VERSION,
+};
 use crate::dataset::manifest::{ImageRef, ManifestWriter, Study};
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,7 +59,10 @@ pub fn encode_png(img: &[f32], size: u32, bits: u8) -> Result<Vec<u8>> {
         }
         enc.write_image(&bytes, size, size, ExtendedColorType::L16)?;
     } else {
-        let bytes: Vec<u8> = img.iter().map(|&x| (x.clamp(0.0, 1.0) * 255.0 + 0.5) as u8).collect();
+        let bytes: Vec<u8> = img
+            .iter()
+            .map(|&x| (x.clamp(0.0, 1.0) * 255.0 + 0.5) as u8)
+            .collect();
         enc.write_image(&bytes, size, size, ExtendedColorType::L8)?;
     }
     Ok(out)
@@ -73,7 +78,10 @@ pub fn study_row(p: &StudyPlan, report: Option<&Report>) -> Study {
         ..Default::default()
     };
     if p.has_image() {
-        s.images.push(ImageRef { path: p.image_path(), view: Some(p.acquisition.view.as_str().to_string()) });
+        s.images.push(ImageRef {
+            path: p.image_path(),
+            view: Some(p.acquisition.view.as_str().to_string()),
+        });
     }
     if let Some(r) = report.filter(|_| p.has_report()) {
         s.sections.insert("indication".into(), r.indication.clone());
@@ -86,7 +94,12 @@ pub fn study_row(p: &StudyPlan, report: Option<&Report>) -> Study {
 }
 
 /// The ground-truth row of a study: labels plus every attribute the image was rendered from.
-pub fn ground_truth_row(cfg: &SynthConfig, plans: &[StudyPlan], p: &StudyPlan, report: Option<&Report>) -> serde_json::Value {
+pub fn ground_truth_row(
+    cfg: &SynthConfig,
+    plans: &[StudyPlan],
+    p: &StudyPlan,
+    report: Option<&Report>,
+) -> serde_json::Value {
     let g = Geometry::new(&p.anatomy, &p.acquisition, &p.findings);
     json!({
         "id": p.id,
@@ -109,7 +122,8 @@ pub fn ground_truth_row(cfg: &SynthConfig, plans: &[StudyPlan], p: &StudyPlan, r
 
 fn prevalence<'a>(plans: impl Iterator<Item = &'a StudyPlan>) -> BTreeMap<String, f64> {
     let mut n = 0usize;
-    let mut pos: BTreeMap<String, usize> = SYNTH_LABELS.iter().map(|l| (l.to_string(), 0)).collect();
+    let mut pos: BTreeMap<String, usize> =
+        SYNTH_LABELS.iter().map(|l| (l.to_string(), 0)).collect();
     for p in plans {
         n += 1;
         for (k, v) in p.labels() {
@@ -118,7 +132,18 @@ fn prevalence<'a>(plans: impl Iterator<Item = &'a StudyPlan>) -> BTreeMap<String
             }
         }
     }
-    pos.into_iter().map(|(k, c)| (k, if n == 0 { 0.0 } else { (c as f64 / n as f64 * 1e4).round() / 1e4 })).collect()
+    pos.into_iter()
+        .map(|(k, c)| {
+            (
+                k,
+                if n == 0 {
+                    0.0
+                } else {
+                    (c as f64 / n as f64 * 1e4).round() / 1e4
+                },
+            )
+        })
+        .collect()
 }
 
 fn write_jsonl(path: &Path, rows: impl Iterator<Item = Study>) -> Result<()> {
@@ -136,38 +161,61 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
     cfg.validate()?;
     let plans = plan(cfg)?;
     let img_dir = out_dir.join("images");
-    std::fs::create_dir_all(&img_dir).with_context(|| format!("cannot create output directory {}", img_dir.display()))?;
+    std::fs::create_dir_all(&img_dir)
+        .with_context(|| format!("cannot create output directory {}", img_dir.display()))?;
     // Fail early (and clearly) on an unwritable directory.
     let probe = out_dir.join(".synth-write-test");
-    std::fs::write(&probe, b"").with_context(|| format!("output directory {} is not writable", out_dir.display()))?;
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("output directory {} is not writable", out_dir.display()))?;
     let _ = std::fs::remove_file(&probe);
 
-    let reports: Vec<Option<Report>> =
-        plans.par_iter().map(|p| p.has_report().then(|| report_study(cfg, &plans, p))).collect();
+    let reports: Vec<Option<Report>> = plans
+        .par_iter()
+        .map(|p| p.has_report().then(|| report_study(cfg, &plans, p)))
+        .collect();
 
     let n_images = plans.iter().filter(|p| p.has_image()).count();
-    plans.par_iter().filter(|p| p.has_image()).try_for_each(|p| -> Result<()> {
-        let img = render_study(cfg, p);
-        let png = encode_png(&img, cfg.size, cfg.bits)?;
-        let path = out_dir.join(p.image_path());
-        std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))
-    })?;
+    plans
+        .par_iter()
+        .filter(|p| p.has_image())
+        .try_for_each(|p| -> Result<()> {
+            let img = render_study(cfg, p);
+            let png = encode_png(&img, cfg.size, cfg.bits)?;
+            let path = out_dir.join(p.image_path());
+            std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))
+        })?;
 
-    let part_rows = |part: Part| plans.iter().zip(&reports).filter(move |(p, _)| p.part == part).map(|(p, r)| study_row(p, r.as_ref()));
+    let part_rows = |part: Part| {
+        plans
+            .iter()
+            .zip(&reports)
+            .filter(move |(p, _)| p.part == part)
+            .map(|(p, r)| study_row(p, r.as_ref()))
+    };
     write_jsonl(&out_dir.join("manifest.jsonl"), part_rows(Part::Paired))?;
-    write_jsonl(&out_dir.join("image_only.jsonl"), part_rows(Part::ImageOnly))?;
+    write_jsonl(
+        &out_dir.join("image_only.jsonl"),
+        part_rows(Part::ImageOnly),
+    )?;
     write_jsonl(&out_dir.join("text_only.jsonl"), part_rows(Part::TextOnly))?;
 
     let gt_path = out_dir.join("ground_truth.jsonl");
-    let f = std::fs::File::create(&gt_path).with_context(|| format!("cannot create {}", gt_path.display()))?;
+    let f = std::fs::File::create(&gt_path)
+        .with_context(|| format!("cannot create {}", gt_path.display()))?;
     let mut w = std::io::BufWriter::new(f);
     for (p, r) in plans.iter().zip(&reports) {
         serde_json::to_writer(&mut w, &ground_truth_row(cfg, &plans, p, r.as_ref()))?;
-        w.write_all(b"\n").with_context(|| format!("writing {}", gt_path.display()))?;
+        w.write_all(b"\n")
+            .with_context(|| format!("writing {}", gt_path.display()))?;
     }
-    w.flush().with_context(|| format!("writing {}", gt_path.display()))?;
+    w.flush()
+        .with_context(|| format!("writing {}", gt_path.display()))?;
 
-    let patients = plans.iter().map(|p| &p.patient_id).collect::<std::collections::BTreeSet<_>>().len();
+    let patients = plans
+        .iter()
+        .map(|p| &p.patient_id)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
     let mut splits: BTreeMap<String, usize> = BTreeMap::new();
     for p in plans.iter().filter(|p| p.part == Part::Paired) {
         *splits.entry(p.split.as_str().to_string()).or_default() += 1;
