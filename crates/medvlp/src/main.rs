@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod evaluate;
+mod pipeline;
 
 #[derive(Parser)]
 #[command(name = "medvlp", version, about = "Medical vision-language pre-training on chest X-rays and reports")]
@@ -36,6 +37,10 @@ enum Command {
     Train(cmd::train::Args),
     /// Evaluate a model: zero-shot, linear probe, fine-tuning, retrieval.
     Eval(cmd::eval::Args),
+    /// The main job on the embedded synthetic data: pre-train xlip and clip, evaluate, compare.
+    Quickstart(cmd::quickstart::Args),
+    /// Train every recipe (and the paper ablations) on the same data and budget; tabulate.
+    Compare(cmd::compare::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,5 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Prompts(a) => cmd::prompts::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Eval(a) => cmd::eval::run(a),
+        Command::Quickstart(a) => cmd::quickstart::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
     }
 }

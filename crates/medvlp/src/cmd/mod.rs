@@ -1,6 +1,7 @@
 //! Subcommands. Each file holds a clap `Args` struct and a `run(args) -> anyhow::Result<()>`.
 
 pub mod bench;
+pub mod compare;
 pub mod bench_data;
 pub mod bench_reference;
 pub mod embed;
@@ -11,5 +12,6 @@ pub mod label;
 pub mod prepare;
 pub mod preview;
 pub mod prompts;
+pub mod quickstart;
 pub mod tokenizer;
 pub mod train;

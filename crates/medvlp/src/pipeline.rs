@@ -1,0 +1,290 @@
+//! The steps shared by `medvlp quickstart` and `medvlp compare`: the synthetic benchmark, one
+//! tokenizer for every model, budgeted pre-training (steps set from a timed calibration run so
+//! that the schedule fits the budget), the random-init baseline, evaluation and the comparison
+//! table.
+
+use crate::cmd::eval::{evaluate_model, Common};
+use crate::evaluate::TextField;
+use anyhow::{bail, Context, Result};
+use medvlp_data::dataset::{read_manifest, Split};
+use medvlp_data::synth::SynthConfig;
+use medvlp_data::tokenizer::{train_wordpiece, WordPieceOptions};
+use medvlp_eval::results::{ResultRecord, Task};
+use medvlp_train::run::{run_training, TextHooks};
+use medvlp_train::run_config::RunConfig;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The shipped recipe configs, embedded so that the binary works from any directory.
+pub const CONFIGS: [(&str, &str); 15] = [
+    ("clip-tiny", include_str!("../../../configs/clip-tiny.toml")),
+    ("clip-small", include_str!("../../../configs/clip-small.toml")),
+    ("clip-base", include_str!("../../../configs/clip-base.toml")),
+    ("mae-mlm-tiny", include_str!("../../../configs/mae-mlm-tiny.toml")),
+    ("mae-mlm-small", include_str!("../../../configs/mae-mlm-small.toml")),
+    ("mae-mlm-base", include_str!("../../../configs/mae-mlm-base.toml")),
+    ("xlip-tiny", include_str!("../../../configs/xlip-tiny.toml")),
+    ("xlip-small", include_str!("../../../configs/xlip-small.toml")),
+    ("xlip-base", include_str!("../../../configs/xlip-base.toml")),
+    ("mcr-tiny", include_str!("../../../configs/mcr-tiny.toml")),
+    ("mcr-small", include_str!("../../../configs/mcr-small.toml")),
+    ("mcr-base", include_str!("../../../configs/mcr-base.toml")),
+    ("mpma-tiny", include_str!("../../../configs/mpma-tiny.toml")),
+    ("mpma-small", include_str!("../../../configs/mpma-small.toml")),
+    ("mpma-base", include_str!("../../../configs/mpma-base.toml")),
+];
+
+pub fn config_text(recipe: &str, preset: &str) -> Result<&'static str> {
+    let name = format!("{recipe}-{preset}");
+    CONFIGS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).with_context(|| format!("no shipped config {name} (recipes clip, mae-mlm, xlip, mcr, mpma; presets tiny, small, base)"))
+}
+
+pub fn hooks() -> TextHooks {
+    TextHooks {
+        entities: Box::new(|t: &str| medvlp_data::text::extract_entities(t).into_iter().map(|e| (e.start, e.end)).collect()),
+        prompt: Box::new(|labels, seed| medvlp_data::text::disease_prompt(labels, seed)),
+    }
+}
+
+/// Generates the synthetic benchmark into `dir` unless the same parameters made it already.
+pub fn synth_data(dir: &Path, sc: &SynthConfig) -> Result<()> {
+    let stamp = serde_json::to_string(sc)?;
+    let stamp_path = dir.join("pipeline-synth.json");
+    if std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
+        eprintln!("reusing the synthetic benchmark in {}", dir.display());
+        return Ok(());
+    }
+    let t = Instant::now();
+    eprintln!("generating the synthetic benchmark ({} paired, {} image-only, {} text-only, {} px)", sc.n, sc.image_only, sc.text_only, sc.size);
+    let _ = std::fs::remove_dir_all(dir);
+    medvlp_data::synth::generate(sc, dir)?;
+    std::fs::write(&stamp_path, &stamp)?;
+    eprintln!("  done in {:.1}s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One WordPiece tokenizer for every model, trained on the training reports (paired + text-only).
+pub fn shared_tokenizer(data: &Path, out: &Path, vocab_size: usize) -> Result<PathBuf> {
+    let tok = out.join("tokenizer.json");
+    if tok.exists() {
+        return Ok(tok);
+    }
+    let corpus = out.join("corpus.txt");
+    let mut text = String::new();
+    for m in [data.join("manifest.jsonl"), data.join("text_only.jsonl")] {
+        if !m.exists() {
+            continue;
+        }
+        for s in read_manifest(&m)? {
+            if s.split.is_none_or(|sp| sp == Split::Train) {
+                if let Some(t) = s.text.clone().or_else(|| s.findings_impression()) {
+                    text.push_str(&t.replace('\n', " "));
+                    text.push('\n');
+                }
+            }
+        }
+    }
+    std::fs::write(&corpus, text)?;
+    train_wordpiece(&[&corpus], &WordPieceOptions { vocab_size, ..Default::default() }, &tok)?;
+    let _ = std::fs::remove_file(&corpus);
+    Ok(tok)
+}
+
+/// What every budgeted run shares.
+pub struct Setup {
+    pub data: PathBuf,
+    pub tokenizer: PathBuf,
+    pub preset: String,
+    pub device: String,
+    pub budget_minutes: f64,
+}
+
+impl Setup {
+    fn overrides(&self, seed: u64, steps: u64) -> Vec<String> {
+        vec![
+            format!("data.manifest={}", self.data.join("manifest.jsonl").display()),
+            format!("data.image_only={}", self.data.join("image_only.jsonl").display()),
+            format!("data.text_only={}", self.data.join("text_only.jsonl").display()),
+            format!("model.tokenizer={}", self.tokenizer.display()),
+            format!("seed={seed}"),
+            format!("device={}", self.device),
+            format!("train.steps={steps}"),
+            format!("train.warmup_steps={}", (steps / 10).max(1)),
+            "train.validate_every=0".into(),
+            format!("train.checkpoint_every={}", (steps / 4).max(1)),
+            "train.log_every=1".into(),
+        ]
+    }
+
+    fn config(&self, dir: &Path, recipe: &str, overrides: &[String]) -> Result<(RunConfig, String)> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("base-config.toml");
+        std::fs::write(&path, config_text(recipe, &self.preset)?).with_context(|| format!("writing {}", path.display()))?;
+        RunConfig::load(Some(&path), overrides)
+    }
+
+    /// Pre-trains `recipe` (with `extra` overrides, e.g. an ablation) for the budget into
+    /// `run_dir`; returns the model directory. A finished run with the same key is reused.
+    pub fn train_budgeted(&self, run_dir: &Path, recipe: &str, extra: &[String], seed: u64) -> Result<PathBuf> {
+        let final_dir = run_dir.join("final");
+        let key = format!("{recipe} {:?} {} {} {seed} {}", extra, self.preset, self.budget_minutes, std::fs::read_to_string(self.data.join("pipeline-synth.json")).unwrap_or_default());
+        let key_path = run_dir.join("budget-key.txt");
+        if final_dir.join("model.safetensors").exists() && std::fs::read_to_string(&key_path).ok().as_deref() == Some(key.as_str()) {
+            eprintln!("{recipe}: reusing {}", final_dir.display());
+            return Ok(final_dir);
+        }
+        let _ = std::fs::remove_dir_all(run_dir);
+        // Calibration: 5 steps, timed from the metrics (the first step's warm-up excluded).
+        let calib = run_dir.join("calibration");
+        let mut ov = self.overrides(seed, 5);
+        ov.extend(extra.iter().cloned());
+        ov.push("train.checkpoint_every=0".into());
+        let (rc, resolved) = self.config(run_dir, recipe, &ov)?;
+        run_training(&rc, &resolved, &calib, false, Arc::new(AtomicBool::new(false)), hooks())?;
+        let per_step = step_seconds(&calib.join("metrics.jsonl"))?;
+        let _ = std::fs::remove_dir_all(&calib);
+        let steps = ((self.budget_minutes * 60.0 * 0.97 / per_step).floor() as u64).max(2);
+        eprintln!("pre-training {recipe} {}: {per_step:.2}s per step -> {steps} steps in {} minutes", extra.join(" "), self.budget_minutes);
+        let mut ov = self.overrides(seed, steps);
+        ov.extend(extra.iter().cloned());
+        ov.push(format!("train.max_minutes={}", self.budget_minutes * 1.05));
+        let (rc, resolved) = self.config(run_dir, recipe, &ov)?;
+        let t = Instant::now();
+        let s = run_training(&rc, &resolved, run_dir, false, Arc::new(AtomicBool::new(false)), hooks())?;
+        eprintln!("  {} steps in {:.1} minutes, last loss {:.4}", s.state.step, t.elapsed().as_secs_f64() / 60.0, s.last_loss);
+        std::fs::write(&key_path, &key)?;
+        Ok(final_dir)
+    }
+
+    /// The randomly initialised baseline (the clip recipe's model after 0 steps).
+    pub fn random_init(&self, run_dir: &Path, seed: u64) -> Result<PathBuf> {
+        let final_dir = run_dir.join("final");
+        if !final_dir.join("model.safetensors").exists() {
+            let (rc, resolved) = self.config(run_dir, "clip", &self.overrides(seed, 0))?;
+            run_training(&rc, &resolved, run_dir, false, Arc::new(AtomicBool::new(false)), hooks())?;
+        }
+        Ok(final_dir)
+    }
+
+    /// The standard evaluation (zero-shot CheXpert-5, linear probe 1/10/100%, retrieval) into `out`.
+    pub fn evaluate(&self, model: &Path, out: &Path, pool: usize, bootstrap: usize, seed: u64) -> Result<Vec<ResultRecord>> {
+        let c = Common {
+            model: model.to_path_buf(),
+            data: self.data.join("manifest.jsonl"),
+            root: None,
+            split: "test".into(),
+            prompts: "chexpert5".into(),
+            modes: vec!["pos_neg".into(), "ensemble".into()],
+            nway_per_class: 200,
+            fractions: vec![0.01, 0.1, 1.0],
+            classes: vec![],
+            pool: Some(pool),
+            text_field: TextField::Report,
+            bootstrap,
+            seed,
+            batch_size: 64,
+            epochs: 0,
+            with_finetune: false,
+            out: out.to_path_buf(),
+        };
+        evaluate_model(&c, &[Task::ZeroShot, Task::LinearProbe, Task::Retrieval])
+    }
+}
+
+/// Seconds per training step from a run's metrics (first logged step excluded).
+pub fn step_seconds(metrics: &Path) -> Result<f64> {
+    let text = std::fs::read_to_string(metrics).with_context(|| format!("reading {}", metrics.display()))?;
+    let el: Vec<(u64, f64)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "train")
+        .filter_map(|v| Some((v["step"].as_u64()?, v["elapsed_s"].as_f64()?)))
+        .collect();
+    match (el.first(), el.last()) {
+        (Some(a), Some(b)) if b.0 > a.0 => Ok((b.1 - a.1) / (b.0 - a.0) as f64),
+        _ => bail!("{}: too few steps logged to time a step", metrics.display()),
+    }
+}
+
+/// A headline metric of the comparison tables.
+pub struct Headline {
+    pub name: &'static str,
+    pub task: Task,
+    pub metric: &'static str,
+    pub mode: Option<&'static str>,
+    pub fraction: Option<f64>,
+    pub direction: Option<&'static str>,
+}
+
+pub const HEADLINES: [Headline; 11] = [
+    Headline { name: "zero-shot AUROC, CheXpert-5 macro (pos/neg prompts)", task: Task::ZeroShot, metric: "auroc_macro", mode: Some("pos_neg"), fraction: None, direction: None },
+    Headline { name: "zero-shot AUROC, CheXpert-5 macro (ensemble prompts)", task: Task::ZeroShot, metric: "auroc_macro", mode: Some("ensemble"), fraction: None, direction: None },
+    Headline { name: "zero-shot 5-way accuracy", task: Task::ZeroShot, metric: "accuracy", mode: Some("pos_neg"), fraction: None, direction: None },
+    Headline { name: "linear probe AUROC, 1% labels", task: Task::LinearProbe, metric: "auroc_macro", mode: None, fraction: Some(0.01), direction: None },
+    Headline { name: "linear probe AUROC, 10% labels", task: Task::LinearProbe, metric: "auroc_macro", mode: None, fraction: Some(0.1), direction: None },
+    Headline { name: "linear probe AUROC, 100% labels", task: Task::LinearProbe, metric: "auroc_macro", mode: None, fraction: Some(1.0), direction: None },
+    Headline { name: "image->report R@1", task: Task::Retrieval, metric: "recall@1", mode: None, fraction: None, direction: Some("image_to_text") },
+    Headline { name: "image->report R@5", task: Task::Retrieval, metric: "recall@5", mode: None, fraction: None, direction: Some("image_to_text") },
+    Headline { name: "image->report R@10", task: Task::Retrieval, metric: "recall@10", mode: None, fraction: None, direction: Some("image_to_text") },
+    Headline { name: "report->image R@10", task: Task::Retrieval, metric: "recall@10", mode: None, fraction: None, direction: Some("text_to_image") },
+    Headline { name: "image->report median rank", task: Task::Retrieval, metric: "median_rank", mode: None, fraction: None, direction: Some("image_to_text") },
+];
+
+/// The record of a headline metric (macro / overall, not per class).
+pub fn find<'a>(recs: &'a [ResultRecord], h: &Headline) -> Option<&'a ResultRecord> {
+    recs.iter().find(|r| {
+        r.task == h.task
+            && r.metric == h.metric
+            && r.class.is_none()
+            && h.mode.is_none_or(|m| r.protocol.extra.get("prompt_mode").and_then(|v| v.as_str()) == Some(m))
+            && h.fraction.is_none_or(|f| r.label_fraction.is_some_and(|x| (x - f).abs() < 1e-9))
+            && h.direction.is_none_or(|d| r.direction.map(|x| x.as_str()) == Some(d))
+    })
+}
+
+fn fmt(v: f64) -> String {
+    if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+/// Markdown table: one row per headline metric, one column per model; each cell is the value and,
+/// when available, its 95% bootstrap interval.
+pub fn comparison_table(results: &[(String, Vec<ResultRecord>)]) -> String {
+    let mut t = String::from("| metric |");
+    for (n, _) in results {
+        t.push_str(&format!(" {n} |"));
+    }
+    t.push_str("\n|---|");
+    t.push_str(&"---|".repeat(results.len()));
+    t.push('\n');
+    for h in &HEADLINES {
+        t.push_str(&format!("| {} |", h.name));
+        for (_, recs) in results {
+            match find(recs, h) {
+                Some(r) => match (r.ci_low, r.ci_high) {
+                    (Some(l), Some(hi)) => t.push_str(&format!(" {} ({}-{}) |", fmt(r.value), fmt(l), fmt(hi))),
+                    _ => t.push_str(&format!(" {} |", fmt(r.value))),
+                },
+                None => t.push_str(" - |"),
+            }
+        }
+        t.push('\n');
+    }
+    t
+}
+
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
