@@ -767,6 +767,8 @@ fn linear_baseline_separates_every_finding() {
 
 // ---------------------------------------------------------------- text labeler
 
+type Labels = BTreeMap<String, i8>;
+
 fn labeler_scores(
     c: &SynthConfig,
     n_reports: usize,
@@ -774,7 +776,7 @@ fn labeler_scores(
     let plans = plan(c).unwrap();
     let plans: Vec<&StudyPlan> = plans.iter().take(n_reports).collect();
     let all = plan(c).unwrap();
-    let rows: Vec<(BTreeMap<String, i8>, BTreeMap<String, i8>, bool)> = plans
+    let rows: Vec<(Labels, Labels, bool)> = plans
         .par_iter()
         .map(|p| {
             let r = report_study(c, &all, p);

@@ -27,6 +27,8 @@ enum Command {
     Preview(cmd::preview::Args),
     /// Build a dataset's JSONL manifest, summary, split and label-fraction lists.
     Prepare(cmd::prepare::Args),
+    /// Generate the synthetic paired chest X-ray benchmark (images, reports, labels) or its picture grid.
+    Synth(cmd::synth::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +49,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Preview(a) => cmd::preview::run(a),
         Command::Prepare(a) => cmd::prepare::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
     }
 }

@@ -290,6 +290,8 @@ pub fn write_report(
     }
 
     // ---------------------------------------------------------------- heart
+    // The cardiomegaly impression (edema may fold it into "cardiomegaly with pulmonary edema").
+    let mut cardio_imp: Option<String> = None;
     if let Some(c) = &f.cardiomegaly {
         if shown("cardiomegaly") {
             let adv = match c.severity {
@@ -315,7 +317,7 @@ pub fn write_report(
                 match rng.random_range(0..3) {
                     0 => format!("Stable {adj} cardiomegaly."),
                     1 => "Cardiomegaly is unchanged.".to_string(),
-                    _ => format!("The heart remains {adv} enlarged."),
+                    _ => format!("The heart is still {adv} enlarged."),
                 }
             } else {
                 match rng.random_range(0..6) {
@@ -328,6 +330,17 @@ pub fn write_report(
                 }
             };
             sents.push(Sent { group: 3, text: t });
+            cardio_imp = Some(if hedged("cardiomegaly") {
+                "Borderline cardiomegaly.".to_string()
+            } else if was("cardiomegaly") && chance(rng, 0.5) {
+                pick(rng, &["Stable cardiomegaly.", "Unchanged cardiomegaly."]).to_string()
+            } else {
+                match rng.random_range(0..3) {
+                    0 => format!("{} cardiomegaly.", cap(adj)),
+                    1 => "Cardiomegaly.".to_string(),
+                    _ => format!("{} enlargement of the cardiac silhouette.", cap(adj)),
+                }
+            });
             if chance(rng, 0.4) {
                 let t = pick(
                     rng,
@@ -425,7 +438,8 @@ pub fn write_report(
             }
             imp.push(if hedged("edema") {
                 "Possible mild pulmonary edema.".to_string()
-            } else if f.cardiomegaly.is_some() && shown("cardiomegaly") && !hedged("cardiomegaly") && chance(rng, 0.5) {
+            } else if cardio_imp.is_some() && !hedged("cardiomegaly") && chance(rng, 0.5) {
+                cardio_imp = None;
                 format!("Cardiomegaly with {adj} pulmonary edema, consistent with congestive heart failure.")
             } else {
                 match rng.random_range(0..3) {
@@ -668,6 +682,9 @@ pub fn write_report(
             sents.push(Sent { group: 1, text: t });
         }
     }
+    if let Some(c) = cardio_imp.take() {
+        imp.insert(0, c);
+    }
     if clear_lungs && chance(rng, 0.9) {
         let mut t = pick(
             rng,
@@ -682,6 +699,10 @@ pub fn write_report(
         .to_string();
         if f.granuloma.is_some() && chance(rng, 0.5) {
             t = "The lungs are otherwise clear.".to_string();
+        }
+        // A collapsed or fluid-filled lung is not "clear" or "well expanded".
+        if f.pneumothorax.is_some() || f.effusion.as_ref().is_some_and(|e| e.size != Severity::Mild) {
+            t = pick(rng, &["No focal airspace consolidation.", "No focal airspace disease."]).to_string();
         }
         sents.push(Sent { group: 1, text: t });
     }

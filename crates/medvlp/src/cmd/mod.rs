@@ -8,4 +8,5 @@ pub mod init;
 pub mod inspect;
 pub mod prepare;
 pub mod preview;
+pub mod synth;
 pub mod tokenizer;
