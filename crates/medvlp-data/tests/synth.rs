@@ -695,6 +695,8 @@ fn linear_baseline_separates_every_finding() {
         text_only: 0,
         size: 96,
         seed: 3,
+        // MEDVLP_SYNTH_DIFFICULTY=easy|hard measures the other difficulties (default standard).
+        difficulty: std::env::var("MEDVLP_SYNTH_DIFFICULTY").map_or(Difficulty::Standard, |d| d.parse().unwrap()),
         ..SynthConfig::default()
     };
     let plans = plan(&c).unwrap();
@@ -744,9 +746,10 @@ fn linear_baseline_separates_every_finding() {
         })
         .collect();
     println!(
-        "linear baseline (train {} / held-out {} studies, 96 px): per-finding held-out AUROC",
+        "linear baseline (train {} / held-out {} studies, 96 px, {}): per-finding held-out AUROC",
         train.len(),
-        test.len()
+        test.len(),
+        c.difficulty.as_str()
     );
     for (l, a, npos) in &res {
         println!("  {l:<18} {a:.3}  ({npos} positives)");
