@@ -299,7 +299,7 @@ fn labels_attributes_and_report_text_agree() {
             assert!(!about.is_empty(), "{kind} not mentioned in {text:?}");
             for s in about {
                 let (own, other): (&[&str], &[&str]) = match side {
-                    Side::Left => (&["left", "lingula"], &["right"]),
+                    Side::Left => (&["left", "lingula", "lingular"], &["right"]),
                     Side::Right => (&["right"], &["left"]),
                     Side::Bilateral => (&["bilateral", "bilaterally", "bibasilar", "both"], &[]),
                 };

@@ -645,7 +645,12 @@ pub fn sample_findings(
         p_atel = p_atel.max(0.35);
     }
     if rng.random_bool(p_atel) {
-        let lobar = rng.random_bool(0.45);
+        // Lobar collapse is the conspicuous kind; plate-like bands are subtle at low resolution.
+        let lobar = rng.random_bool(match d {
+            Difficulty::Easy => 0.6,
+            Difficulty::Standard => 0.45,
+            Difficulty::Hard => 0.3,
+        });
         let eff_side = f.effusion.as_ref().map(|e| e.side);
         let (side, lobe) = if lobar {
             let lobe = match eff_side {

@@ -85,6 +85,16 @@ fn lobe_words(rng: &mut ChaCha8Rng, l: Lobe) -> &'static str {
     }
 }
 
+/// "lingula" used attributively becomes "lingular" ("lingular consolidation").
+fn lingular(s: &str) -> String {
+    let mut out = s.to_string();
+    for noun in ["consolidation", "pneumonia", "nodule", "mass", "pulmonary nodule"] {
+        out = out.replace(&format!("lingula {noun}"), &format!("lingular {noun}"));
+        out = out.replace(&format!("Lingula {noun}"), &format!("Lingular {noun}"));
+    }
+    out
+}
+
 /// The finding kinds a report can mention, in canonical order.
 pub const KINDS: [&str; 11] = [
     "devices",
@@ -1054,6 +1064,8 @@ pub fn write_report(
         }
         imp.extend(rest);
     }
+    let findings = lingular(&findings);
+    let imp: Vec<String> = imp.iter().map(|s| lingular(s)).collect();
     let impression = if imp.len() > 1 && chance(rng, 0.4) {
         imp.iter()
             .enumerate()
