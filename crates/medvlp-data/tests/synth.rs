@@ -90,6 +90,12 @@ fn deterministic_across_thread_counts_and_seed_sensitive() {
     ] {
         assert!(a.contains_key(f), "{f} missing");
     }
+    // Regenerating a smaller set into a used directory leaves exactly the smaller set.
+    let small = SynthConfig { n: 5, image_only: 0, text_only: 0, ..c.clone() };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    pool.install(|| generate(&small, &tmp.path().join("b"))).unwrap();
+    pool.install(|| generate(&small, &tmp.path().join("f"))).unwrap();
+    assert_eq!(files(&tmp.path().join("b")), files(&tmp.path().join("f")));
     let c2 = SynthConfig {
         seed: 12,
         ..c.clone()
@@ -299,7 +305,7 @@ fn labels_attributes_and_report_text_agree() {
             assert!(!about.is_empty(), "{kind} not mentioned in {text:?}");
             for s in about {
                 let (own, other): (&[&str], &[&str]) = match side {
-                    Side::Left => (&["left", "lingula"], &["right"]),
+                    Side::Left => (&["left", "lingula", "lingular"], &["right"]),
                     Side::Right => (&["right"], &["left"]),
                     Side::Bilateral => (&["bilateral", "bilaterally", "bibasilar", "both"], &[]),
                 };
@@ -695,6 +701,8 @@ fn linear_baseline_separates_every_finding() {
         text_only: 0,
         size: 96,
         seed: 3,
+        // MEDVLP_SYNTH_DIFFICULTY=easy|hard measures the other difficulties (default standard).
+        difficulty: std::env::var("MEDVLP_SYNTH_DIFFICULTY").map_or(Difficulty::Standard, |d| d.parse().unwrap()),
         ..SynthConfig::default()
     };
     let plans = plan(&c).unwrap();
@@ -744,9 +752,10 @@ fn linear_baseline_separates_every_finding() {
         })
         .collect();
     println!(
-        "linear baseline (train {} / held-out {} studies, 96 px): per-finding held-out AUROC",
+        "linear baseline (train {} / held-out {} studies, 96 px, {}): per-finding held-out AUROC",
         train.len(),
-        test.len()
+        test.len(),
+        c.difficulty.as_str()
     );
     for (l, a, npos) in &res {
         println!("  {l:<18} {a:.3}  ({npos} positives)");
@@ -767,6 +776,8 @@ fn linear_baseline_separates_every_finding() {
 
 // ---------------------------------------------------------------- text labeler
 
+type Labels = BTreeMap<String, i8>;
+
 fn labeler_scores(
     c: &SynthConfig,
     n_reports: usize,
@@ -774,7 +785,7 @@ fn labeler_scores(
     let plans = plan(c).unwrap();
     let plans: Vec<&StudyPlan> = plans.iter().take(n_reports).collect();
     let all = plan(c).unwrap();
-    let rows: Vec<(BTreeMap<String, i8>, BTreeMap<String, i8>, bool)> = plans
+    let rows: Vec<(Labels, Labels, bool)> = plans
         .par_iter()
         .map(|p| {
             let r = report_study(c, &all, p);

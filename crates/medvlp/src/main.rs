@@ -41,6 +41,8 @@ enum Command {
     Quickstart(cmd::quickstart::Args),
     /// Train every recipe (and the paper ablations) on the same data and budget; tabulate.
     Compare(cmd::compare::Args),
+    /// Generate the synthetic paired chest X-ray benchmark (images, reports, labels) or its picture grid.
+    Synth(cmd::synth::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,5 +69,6 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(a) => cmd::eval::run(a),
         Command::Quickstart(a) => cmd::quickstart::run(a),
         Command::Compare(a) => cmd::compare::run(a),
+        Command::Synth(a) => cmd::synth::run(a),
     }
 }

@@ -167,4 +167,36 @@ fn prompts_list_and_show() {
     assert!(show.contains("[Cardiomegaly]") && show.contains("ensemble"), "{show}");
     let out = medvlp().args(["prompts", "show", "/nonexistent.toml"]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nonexistent.toml"));
+fn synth_writes_a_small_benchmark_and_rejects_bad_input() {
+    let tmp = tempdir("synth");
+    let out = tmp.join("ds");
+    let grid = tmp.join("grid.png");
+    let stdout = run_ok(
+        medvlp()
+            .args(["synth", "--n", "12", "--image-only", "3", "--text-only", "2", "--size", "64", "--seed", "5", "--difficulty", "easy", "--out"])
+            .arg(&out)
+            .arg("--preview")
+            .arg(&grid),
+    );
+    assert!(stdout.contains("\"paired\": 12"), "{stdout}");
+    let m = medvlp_data::dataset::read_manifest(out.join("manifest.jsonl")).unwrap();
+    assert_eq!(m.len(), 12);
+    assert!(m.iter().all(|s| out.join(&s.images[0].path).exists() && s.text.is_some()));
+    assert_eq!(std::fs::read_to_string(out.join("text_only.jsonl")).unwrap().lines().count(), 2);
+    assert_eq!(std::fs::read_to_string(out.join("ground_truth.jsonl")).unwrap().lines().count(), 17);
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("synth.json")).unwrap()).unwrap();
+    assert_eq!(meta["config"]["difficulty"], "easy");
+    assert!(image::open(&grid).is_ok());
+
+    let fail = |args: &[&str], out: &Path, want: &str| {
+        let o = medvlp().args(["synth"]).args(args).arg("--out").arg(out).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(want) && !e.contains("panicked"), "{args:?}: {e}");
+    };
+    fail(&["--n", "0"], &tmp.join("x"), "--n");
+    fail(&["--n", "2", "--size", "32"], &tmp.join("x"), "size");
+    fail(&["--n", "2", "--bits", "12"], &tmp.join("x"), "bits");
+    fail(&["--n", "2", "--difficulty", "extreme"], &tmp.join("x"), "extreme");
+    std::fs::write(tmp.join("file.txt"), "").unwrap();
+    fail(&["--n", "2", "--size", "64"], &tmp.join("file.txt").join("sub"), "file.txt");
 }

@@ -234,3 +234,28 @@ fn image_encoder_initialises_from_hf_vit_safetensors() {
     assert_eq!(diff, 0.0);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn quickstart_smoke_run_writes_report_table_and_model() {
+    let tmp = tempdir("quickstart");
+    let out = tmp.join("qs");
+    let mut c = medvlp();
+    c.args(["quickstart", "--preset", "tiny", "--n", "300", "--image-only", "60", "--text-only", "60", "--budget-minutes", "0.1", "--bootstrap", "10", "--pool", "40", "--out"]).arg(&out);
+    let stdout = {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    for row in ["zero-shot AUROC, CheXpert-5 macro", "linear probe AUROC, 1% labels", "image->report R@10"] {
+        let line = stdout.lines().find(|l| l.contains(row)).unwrap_or_else(|| panic!("no row {row}:\n{stdout}"));
+        // Three models, each with a number.
+        assert_eq!(line.matches('|').count(), 5, "{line}");
+        assert!(!line.contains(" - |"), "missing value: {line}");
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| metric | random init | clip | xlip |"), "{report}");
+    for f in ["model/config.json", "model/model.safetensors", "model/tokenizer.json", "eval/xlip/results.jsonl", "eval/xlip/zero_shot_roc_pos_neg.svg", "data/manifest.jsonl"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -248,7 +248,13 @@ pub struct Anatomy {
 }
 
 impl Anatomy {
-    pub fn sample(rng: &mut ChaCha8Rng) -> Anatomy {
+    /// A patient. Hard difficulty widens the normal heart toward the cardiomegaly threshold.
+    pub fn sample(rng: &mut ChaCha8Rng, d: Difficulty) -> Anatomy {
+        let ctr_hi = match d {
+            Difficulty::Easy => 0.45,
+            Difficulty::Standard => 0.47,
+            Difficulty::Hard => 0.50,
+        };
         Anatomy {
             cx: 0.5 + rng.random_range(-0.02..0.02),
             thorax_half_width: rng.random_range(0.34..0.40),
@@ -256,7 +262,7 @@ impl Anatomy {
             apex_v: rng.random_range(0.11..0.16),
             right_dome_v: rng.random_range(0.66..0.74),
             left_dome_drop: rng.random_range(0.01..0.04),
-            normal_ctr: rng.random_range(0.38..0.47),
+            normal_ctr: rng.random_range(0.38..ctr_hi),
             heart_height: rng.random_range(0.17..0.21),
             mediastinum_half_width: rng.random_range(0.055..0.075),
             aortic_knob: rng.random_range(0.025..0.04),
@@ -639,7 +645,12 @@ pub fn sample_findings(
         p_atel = p_atel.max(0.35);
     }
     if rng.random_bool(p_atel) {
-        let lobar = rng.random_bool(0.45);
+        // Lobar collapse is the conspicuous kind; plate-like bands are subtle at low resolution.
+        let lobar = rng.random_bool(match d {
+            Difficulty::Easy => 0.6,
+            Difficulty::Standard => 0.45,
+            Difficulty::Hard => 0.3,
+        });
         let eff_side = f.effusion.as_ref().map(|e| e.side);
         let (side, lobe) = if lobar {
             let lobe = match eff_side {

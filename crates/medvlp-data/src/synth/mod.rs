@@ -221,7 +221,7 @@ pub fn plan(cfg: &SynthConfig) -> Result<Vec<StudyPlan>> {
         let end = idx + count;
         while idx < end {
             let mut prng = study_rng(cfg.seed, patient as u64, S_PATIENT);
-            let anatomy = Anatomy::sample(&mut prng);
+            let anatomy = Anatomy::sample(&mut prng, cfg.difficulty);
             let visits =
                 if part == Part::Paired && idx + 1 < end && prng.random_bool(cfg.followup_frac) {
                     2

@@ -168,7 +168,7 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                     ..none()
                 };
                 (
-                    format!("{} CTR {ctr:.2}", s.word().to_uppercase()),
+                    format!("CTR {ctr:.2} {}", ["MILD", "MOD.", "SEVERE"][s.index()]),
                     View::Pa,
                     f,
                 )

@@ -85,6 +85,16 @@ fn lobe_words(rng: &mut ChaCha8Rng, l: Lobe) -> &'static str {
     }
 }
 
+/// "lingula" used attributively becomes "lingular" ("lingular consolidation").
+fn lingular(s: &str) -> String {
+    let mut out = s.to_string();
+    for noun in ["consolidation", "pneumonia", "nodule", "mass", "pulmonary nodule"] {
+        out = out.replace(&format!("lingula {noun}"), &format!("lingular {noun}"));
+        out = out.replace(&format!("Lingula {noun}"), &format!("Lingular {noun}"));
+    }
+    out
+}
+
 /// The finding kinds a report can mention, in canonical order.
 pub const KINDS: [&str; 11] = [
     "devices",
@@ -290,6 +300,8 @@ pub fn write_report(
     }
 
     // ---------------------------------------------------------------- heart
+    // The cardiomegaly impression (edema may fold it into "cardiomegaly with pulmonary edema").
+    let mut cardio_imp: Option<String> = None;
     if let Some(c) = &f.cardiomegaly {
         if shown("cardiomegaly") {
             let adv = match c.severity {
@@ -315,7 +327,7 @@ pub fn write_report(
                 match rng.random_range(0..3) {
                     0 => format!("Stable {adj} cardiomegaly."),
                     1 => "Cardiomegaly is unchanged.".to_string(),
-                    _ => format!("The heart remains {adv} enlarged."),
+                    _ => format!("The heart is still {adv} enlarged."),
                 }
             } else {
                 match rng.random_range(0..6) {
@@ -328,6 +340,17 @@ pub fn write_report(
                 }
             };
             sents.push(Sent { group: 3, text: t });
+            cardio_imp = Some(if hedged("cardiomegaly") {
+                "Borderline cardiomegaly.".to_string()
+            } else if was("cardiomegaly") && chance(rng, 0.5) {
+                pick(rng, &["Stable cardiomegaly.", "Unchanged cardiomegaly."]).to_string()
+            } else {
+                match rng.random_range(0..3) {
+                    0 => format!("{} cardiomegaly.", cap(adj)),
+                    1 => "Cardiomegaly.".to_string(),
+                    _ => format!("{} enlargement of the cardiac silhouette.", cap(adj)),
+                }
+            });
             if chance(rng, 0.4) {
                 let t = pick(
                     rng,
@@ -425,7 +448,8 @@ pub fn write_report(
             }
             imp.push(if hedged("edema") {
                 "Possible mild pulmonary edema.".to_string()
-            } else if f.cardiomegaly.is_some() && shown("cardiomegaly") && !hedged("cardiomegaly") && chance(rng, 0.5) {
+            } else if cardio_imp.is_some() && !hedged("cardiomegaly") && chance(rng, 0.5) {
+                cardio_imp = None;
                 format!("Cardiomegaly with {adj} pulmonary edema, consistent with congestive heart failure.")
             } else {
                 match rng.random_range(0..3) {
@@ -668,6 +692,9 @@ pub fn write_report(
             sents.push(Sent { group: 1, text: t });
         }
     }
+    if let Some(c) = cardio_imp.take() {
+        imp.insert(0, c);
+    }
     if clear_lungs && chance(rng, 0.9) {
         let mut t = pick(
             rng,
@@ -682,6 +709,10 @@ pub fn write_report(
         .to_string();
         if f.granuloma.is_some() && chance(rng, 0.5) {
             t = "The lungs are otherwise clear.".to_string();
+        }
+        // A collapsed or fluid-filled lung is not "clear" or "well expanded".
+        if f.pneumothorax.is_some() || f.effusion.as_ref().is_some_and(|e| e.size != Severity::Mild) {
+            t = pick(rng, &["No focal airspace consolidation.", "No focal airspace disease."]).to_string();
         }
         sents.push(Sent { group: 1, text: t });
     }
@@ -1033,6 +1064,8 @@ pub fn write_report(
         }
         imp.extend(rest);
     }
+    let findings = lingular(&findings);
+    let imp: Vec<String> = imp.iter().map(|s| lingular(s)).collect();
     let impression = if imp.len() > 1 && chance(rng, 0.4) {
         imp.iter()
             .enumerate()

@@ -155,7 +155,8 @@ fn write_jsonl(path: &Path, rows: impl Iterator<Item = Study>) -> Result<()> {
 }
 
 /// Generates the whole dataset under `out_dir` (created if needed; existing files of the same
-/// names are overwritten). Returns counts, prevalences and timing.
+/// names are overwritten, and generated images of an earlier run that this one does not write are
+/// removed, so the directory always matches the config). Returns counts, prevalences and timing.
 pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
     let t0 = Instant::now();
     cfg.validate()?;
@@ -168,6 +169,19 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
     std::fs::write(&probe, b"")
         .with_context(|| format!("output directory {} is not writable", out_dir.display()))?;
     let _ = std::fs::remove_file(&probe);
+
+    // Images of an earlier, larger run into the same directory would linger: remove the
+    // generator's own files (sNNNNNNN.png) that this run does not write.
+    let keep: std::collections::HashSet<String> =
+        plans.iter().filter(|p| p.has_image()).map(|p| format!("{}.png", p.id)).collect();
+    for e in std::fs::read_dir(&img_dir).with_context(|| format!("cannot read {}", img_dir.display()))? {
+        let name = e?.file_name().to_string_lossy().to_string();
+        let ours = name.len() == 12 && name.starts_with('s') && name.ends_with(".png") && name[1..8].bytes().all(|b| b.is_ascii_digit());
+        if ours && !keep.contains(&name) {
+            let p = img_dir.join(&name);
+            std::fs::remove_file(&p).with_context(|| format!("cannot remove stale {}", p.display()))?;
+        }
+    }
 
     let reports: Vec<Option<Report>> = plans
         .par_iter()

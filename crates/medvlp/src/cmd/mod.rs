@@ -13,5 +13,6 @@ pub mod prepare;
 pub mod preview;
 pub mod prompts;
 pub mod quickstart;
+pub mod synth;
 pub mod tokenizer;
 pub mod train;
