@@ -252,8 +252,8 @@ mod tests {
 
         let md = markdown_summary(&[r2, r.clone().label_fraction(0.01)]);
         assert!(md.find("## zero-shot").unwrap() < md.find("## retrieval").unwrap());
-        assert!(md.contains("| auroc | Edema |  | 1% | test | 0.8125 | 0.7500 - 0.8750 |"), "{md}");
-        assert!(md.contains("| recall@10 |  | image_to_text |  | test | 0.3000 |  |"), "{md}");
+        assert!(md.contains("| auroc (ensemble) | Edema |  | 1% | test | 0.8125 | 0.7500 - 0.8750 |"), "{md}");
+        assert!(md.contains("| recall@10 (ensemble) |  | image_to_text |  | test | 0.3000 |  |"), "{md}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

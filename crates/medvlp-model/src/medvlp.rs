@@ -3,7 +3,7 @@
 //! `text_projection`, `logit_scale`) plus `fusion.layer.N.*`, `mae_decoder.*` and `mlm_head.*`.
 
 use crate::bert::BertModel;
-use crate::config::{ModelConfig, ProjectionKind};
+use crate::config::{ModelConfig, Pooling, ProjectionKind};
 use crate::fusion::{FusionLayer, FusionOutput};
 use crate::heads::{l2_normalize, MlmHead, ProjectionHead};
 use crate::mae_decoder::MaeDecoder;
@@ -122,13 +122,28 @@ impl MedVlp {
         self.vision_model.forward_masked(pixel_values, mask)
     }
 
-    /// Projects the CLS feature of `features` (`[b, l, width]`) and L2-normalises it.
+    /// Pools `features` (`[b, 1 + patches, width]`, visible patches only when masked) as the
+    /// vision config says, projects and L2-normalises.
     pub fn project_image(&self, features: &Tensor) -> Result<Tensor> {
-        l2_normalize(&self.visual_projection.forward(&features.narrow(1, 0, 1)?.squeeze(1)?)?)
+        let pooled = match self.config.vision_config.pooling {
+            Pooling::Cls => features.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Mean => features.narrow(1, 1, features.dim(1)? - 1)?.mean(1)?,
+        };
+        l2_normalize(&self.visual_projection.forward(&pooled)?)
     }
 
-    pub fn project_text(&self, features: &Tensor) -> Result<Tensor> {
-        l2_normalize(&self.text_projection.forward(&features.narrow(1, 0, 1)?.squeeze(1)?)?)
+    /// Pools text `features` (`[b, l, hidden]`; `attention_mask` `[b, l]` 0/1), projects and
+    /// L2-normalises.
+    pub fn project_text(&self, features: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let pooled = match self.config.text_config.pooling {
+            Pooling::Cls => features.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Mean => {
+                let m = attention_mask.to_dtype(features.dtype())?.unsqueeze(2)?;
+                let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
+                features.broadcast_mul(&m)?.sum(1)?.broadcast_div(&count)?
+            }
+        };
+        l2_normalize(&self.text_projection.forward(&pooled)?)
     }
 
     /// Normalised joint-space image embeddings `[b, projection_dim]` (unmasked input).
@@ -138,7 +153,7 @@ impl MedVlp {
 
     /// Normalised joint-space text embeddings `[b, projection_dim]`.
     pub fn text_embeds(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        self.project_text(&self.text_features(input_ids, attention_mask)?)
+        self.project_text(&self.text_features(input_ids, attention_mask)?, attention_mask)
     }
 
     /// `exp(min(logit_scale, max))`: the clamp keeps the temperature from collapsing (CLIP).

@@ -117,7 +117,7 @@ pub fn model_config(rc: &RunConfig, tokenizer: &Tokenizer, text_init: Option<&Pa
         let p = dir.join("config.json");
         let tc: medvlp_model::config::TextConfig = serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
             .with_context(|| format!("{}: not a BERT config", p.display()))?;
-        mc.text_config = medvlp_model::config::TextConfig { max_length: mc.text_config.max_length.min(tc.max_position_embeddings), ..tc };
+        mc.text_config = medvlp_model::config::TextConfig { pooling: mc.text_config.pooling, max_length: mc.text_config.max_length.min(tc.max_position_embeddings), ..tc };
     } else {
         mc.text_config.vocab_size = tokenizer.vocab_size();
     }

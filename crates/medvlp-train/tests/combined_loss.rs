@@ -54,7 +54,7 @@ fn batch(cfg: &ModelConfig, dev: &Device) -> Batch {
 fn combined_loss(m: &MedVlp, bt: &Batch) -> candle_core::Result<Tensor> {
     let latent = m.vision_model.forward_masked(&bt.pixels, &bt.patch_mask)?;
     let text = m.text_features(&bt.ids, &bt.mask)?;
-    let itc = itc_loss(&m.project_image(&latent)?, &m.project_text(&text)?, &m.logit_scale_value()?)?;
+    let itc = itc_loss(&m.project_image(&latent)?, &m.project_text(&text, &bt.mask)?, &m.logit_scale_value()?)?;
     let tmask = medvlp_model::nn::additive_mask(&bt.mask, text.dtype())?;
     let pred = m.mae_decoder.as_ref().unwrap().forward(&latent, &bt.patch_mask, Some((&text, Some(&tmask))))?;
     let mim = mim_loss(&pred, &bt.pixels, m.config.vision_config.patch_size, &bt.patch_mask.mask, true)?;

@@ -226,7 +226,7 @@ fn memory_augmented_fusion_and_itm() {
     let r = optimise_lr(&fx2, 100, 1e-2, |f, s| {
         let img = f.model.vision_model.forward(&f.px)?;
         let txt = f.model.text_features(&f.ids, &f.mask)?;
-        let sim: Vec<Vec<f32>> = f.model.project_image(&img)?.matmul(&f.model.project_text(&txt)?.t()?)?.to_vec2()?;
+        let sim: Vec<Vec<f32>> = f.model.project_image(&img)?.matmul(&f.model.project_text(&txt, &f.mask)?.t()?)?.to_vec2()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(s as u64);
         itm_loss(&f.model, &img, &txt, &f.mask, &sim, &mut rng)
     });

@@ -86,7 +86,7 @@ impl Objective for Toy {
         let mlm = mlm_loss(&logits, &Tensor::new(lab, px.device())?)?;
         let mut loss = (mim.clone() + mlm.clone())?;
         if self.use_itc {
-            loss = (loss + itc_loss(&m.project_image(&latent)?, &m.project_text(&text)?, &m.logit_scale_value()?)?)?;
+            loss = (loss + itc_loss(&m.project_image(&latent)?, &m.project_text(&text, &mask)?, &m.logit_scale_value()?)?)?;
         }
         if self.nan_from.map(|n| step >= n).unwrap_or(false) {
             loss = (loss * f64::NAN)?;

@@ -167,6 +167,9 @@ fn prompts_list_and_show() {
     assert!(show.contains("[Cardiomegaly]") && show.contains("ensemble"), "{show}");
     let out = medvlp().args(["prompts", "show", "/nonexistent.toml"]).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nonexistent.toml"));
+}
+
+#[test]
 fn synth_writes_a_small_benchmark_and_rejects_bad_input() {
     let tmp = tempdir("synth");
     let out = tmp.join("ds");

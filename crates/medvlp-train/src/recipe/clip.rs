@@ -31,7 +31,7 @@ impl Method for Clip {
         let img = model.image_features(px)?;
         let txt = model.text_features(&batch.text.ids.narrow(0, 0, n)?, &batch.text.mask.narrow(0, 0, n)?)?;
         let mut t = Terms::default();
-        t.add("itc", cfg.itc, itc(model, &img, &txt, batch.n_paired)?)?;
+        t.add("itc", cfg.itc, itc(model, &img, &txt, &batch.text.mask, batch.n_paired)?)?;
         t.add("unpaired", cfg.unpaired, unpaired_soft_itc(model, batch, &img, &txt)?)?;
         t.finish()
     }

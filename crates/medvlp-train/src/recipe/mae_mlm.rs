@@ -40,7 +40,7 @@ impl Method for MaeMlm {
         let img = model.image_features(px)?;
         let (txt, cls) = model.text_features_with_cls_attention(&ids, &mask, cfg.local > 0.0)?;
         let mut t = Terms::default();
-        t.add("itc", cfg.itc, itc(model, &img, &txt, batch.n_paired)?)?;
+        t.add("itc", cfg.itc, itc(model, &img, &txt, &batch.text.mask, batch.n_paired)?)?;
         if cfg.local > 0.0 {
             t.add("local", cfg.local, Some(local(model, cfg, &batch.text, &txt, cls.as_ref(), &img, None)?))?;
         }

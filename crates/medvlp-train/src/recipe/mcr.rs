@@ -57,7 +57,7 @@ impl Method for Mcr {
         let mut t = Terms::default();
         match cfg.stream {
             Stream::Single => {
-                t.add("itc", cfg.itc, itc(model, &latent, &txt_m, batch.n_paired)?)?;
+                t.add("itc", cfg.itc, itc(model, &latent, &txt_m, &text_mask, batch.n_paired)?)?;
                 if cfg.local > 0.0 {
                     t.add("local", cfg.local, Some(local(model, cfg, &batch.text, &txt_m, cls_m.as_ref(), &latent, Some(&mt.masked))?))?;
                 }
@@ -65,7 +65,7 @@ impl Method for Mcr {
             Stream::Dual => {
                 let img = model.image_features(px)?;
                 let (txt, cls) = model.text_features_with_cls_attention(&narrow_rows(&batch.text.ids, &rows)?, &text_mask, need_cls)?;
-                t.add("itc", cfg.itc, itc(model, &img, &txt, batch.n_paired)?)?;
+                t.add("itc", cfg.itc, itc(model, &img, &txt, &batch.text.mask, batch.n_paired)?)?;
                 if cfg.local > 0.0 {
                     t.add("local", cfg.local, Some(local(model, cfg, &batch.text, &txt, cls.as_ref(), &img, None)?))?;
                 }

@@ -66,7 +66,7 @@ impl Method for Mpma {
         // Uni-modal features for GLA: from the unmasked inputs.
         let img = model.image_features(px)?;
         let (txt, cls) = model.text_features_with_cls_attention(&narrow_rows(&batch.text.ids, &rows)?, &text_mask, cfg.local > 0.0)?;
-        t.add("itc", cfg.itc, itc(model, &img, &txt, batch.n_paired)?)?;
+        t.add("itc", cfg.itc, itc(model, &img, &txt, &batch.text.mask, batch.n_paired)?)?;
         if cfg.local > 0.0 {
             t.add("local", cfg.local, Some(local(model, cfg, &batch.text, &txt, cls.as_ref(), &img, None)?))?;
         }
@@ -83,7 +83,7 @@ impl Method for Mpma {
         if cfg.itm > 0.0 && batch.n_paired >= 2 {
             let np = batch.n_paired;
             let v = model.project_image(&img.narrow(0, 0, np)?)?;
-            let w = model.project_text(&txt.narrow(0, 0, np)?)?;
+            let w = model.project_text(&txt.narrow(0, 0, np)?, &text_mask.narrow(0, 0, np)?)?;
             let sim: Vec<Vec<f32>> = v.matmul(&w.t()?)?.detach().to_vec2()?;
             let l = itm_loss(model, &img.narrow(0, 0, np)?, &txt.narrow(0, 0, np)?, &text_mask.narrow(0, 0, np)?, &sim, &mut rng(seed, 3))?;
             t.add("itm", cfg.itm, Some(l))?;

@@ -65,12 +65,12 @@ pub fn narrow_rows(t: &Tensor, rows: &Range<usize>) -> Result<Tensor> {
 }
 
 /// Global contrastive loss over the paired rows.
-pub fn itc(model: &MedVlp, image: &Tensor, text: &Tensor, n_paired: usize) -> Result<Option<Tensor>> {
+pub fn itc(model: &MedVlp, image: &Tensor, text: &Tensor, text_mask: &Tensor, n_paired: usize) -> Result<Option<Tensor>> {
     if n_paired < 2 {
         return Ok(None);
     }
     let v = model.project_image(&image.narrow(0, 0, n_paired)?)?;
-    let t = model.project_text(&text.narrow(0, 0, n_paired)?)?;
+    let t = model.project_text(&text.narrow(0, 0, n_paired)?, &text_mask.narrow(0, 0, n_paired)?)?;
     Ok(Some(itc_loss(&v, &t, &model.logit_scale_value()?)?))
 }
 
@@ -81,7 +81,7 @@ pub fn unpaired_soft_itc(model: &MedVlp, batch: &Batch, image: &Tensor, text: &T
     let n = batch.n_images();
     let lab = labels.narrow(0, 0, n)?;
     let v = model.project_image(&image.narrow(0, 0, n)?)?;
-    let t = model.project_text(&text.narrow(0, 0, n)?)?;
+    let t = model.project_text(&text.narrow(0, 0, n)?, &batch.text.mask.narrow(0, 0, n)?)?;
     Ok(Some(soft_itc_loss(&v, &t, &model.logit_scale_value()?, &lab, &lab)?))
 }
 

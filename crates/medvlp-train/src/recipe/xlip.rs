@@ -52,7 +52,7 @@ impl Method for Xlip {
             let (ids, mask) = (narrow_rows(&batch.text.ids, &img_rows)?, narrow_rows(&batch.text.mask, &img_rows)?);
             let img = model.image_features(px)?;
             let txt = model.text_features(&ids, &mask)?;
-            t.add("itc", cfg.itc, itc(model, &img, &txt, batch.n_paired)?)?;
+            t.add("itc", cfg.itc, itc(model, &img, &txt, &batch.text.mask, batch.n_paired)?)?;
             t.add("unpaired", cfg.unpaired, unpaired_soft_itc(model, batch, &img, &txt)?)?;
             if cfg.mim > 0.0 {
                 let pm = patch_mask(model, cfg, cfg.mim_masking, Some(&img), Some((&txt, &mask)), n, &mut rng(seed, 1))?;

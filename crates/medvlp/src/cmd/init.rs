@@ -35,7 +35,7 @@ pub fn run(args: Args) -> Result<()> {
         let p = dir.join("config.json");
         let text: TextConfig = serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
             .with_context(|| format!("{}: not a BERT config", p.display()))?;
-        cfg.text_config = TextConfig { max_length: cfg.text_config.max_length.min(text.max_position_embeddings), ..text };
+        cfg.text_config = TextConfig { pooling: cfg.text_config.pooling, max_length: cfg.text_config.max_length.min(text.max_position_embeddings), ..text };
         store.preload_safetensors(&dir.join("model.safetensors"), |n| hf_bert_name(n).map(|n| format!("text_model.{n}")))?;
         if tokenizer.is_none() {
             tokenizer = Some(dir.join("tokenizer.json"));
