@@ -169,6 +169,8 @@ fn train_writes_a_run_folder_and_resumes_exactly_after_sigkill() {
     run_ok(medvlp().args(["embed", "--model"]).arg(a.join("final")).arg("--images").arg(data.join("manifest.jsonl")).arg("--output").arg(tmp.join("i.jsonl")));
     let n = std::fs::read_to_string(tmp.join("i.jsonl")).unwrap().lines().count();
     assert_eq!(n, 40);
+    run_ok(medvlp().args(["embed", "--model"]).arg(a.join("final")).arg("--images").arg(data.join("img")).arg("--output").arg(tmp.join("f.jsonl")));
+    assert_eq!(std::fs::read_to_string(tmp.join("f.jsonl")).unwrap().lines().count(), 56);
 
     // ... and the evaluation commands.
     let ev = tmp.join("eval");

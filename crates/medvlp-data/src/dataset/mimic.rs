@@ -1,7 +1,8 @@
 //! MIMIC-CXR-JPG (+ reports from MIMIC-CXR). Expects under the root:
 //! `mimic-cxr-2.0.0-metadata.csv[.gz]`, optionally `-split`, `-chexpert` (or `-negbio` with
 //! `negbio`) CSVs, images at `files/pXX/pXXXXXXXX/sXXXXXXXX/{dicom_id}.jpg`, reports at
-//! `files/pXX/pXXXXXXXX/sXXXXXXXX.txt` (under the root or `mimic-cxr-reports/`).
+//! `files/pXX/pXXXXXXXX/sXXXXXXXX.txt` (under the root or `mimic-cxr-reports/`, or inside
+//! `mimic-cxr-reports.zip` as PhysioNet distributes them).
 //! Studies are emitted in (subject, study) order; reports are read and sectioned in parallel
 //! chunks so that memory stays bounded by the tables, not the text.
 
@@ -29,6 +30,39 @@ fn parse_id(s: &str) -> Option<u32> {
 pub fn report_rel_path(subject: u32, study: u32) -> String {
     let s = subject.to_string();
     format!("files/p{}/p{s}/s{study}.txt", &s[..2.min(s.len())])
+}
+
+/// The reports zip: entry names indexed by their `files/...` suffix.
+struct ReportZip {
+    path: PathBuf,
+    archive: zip::ZipArchive<std::fs::File>,
+    index: HashMap<String, String>,
+}
+
+impl ReportZip {
+    fn open(path: &Path) -> Result<Self> {
+        let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let archive = zip::ZipArchive::new(f).map_err(|e| anyhow::anyhow!("{}: not a readable zip archive: {e}", path.display()))?;
+        let index = archive
+            .file_names()
+            .filter_map(|n| n.ok().map(|n| n.to_string()))
+            .filter(|n| n.ends_with(".txt"))
+            .filter_map(|n| n.find("files/").map(|i| (n[i..].to_string(), n.to_string())))
+            .collect();
+        Ok(Self { path: path.to_path_buf(), archive, index })
+    }
+
+    /// The report at `rel` (`files/...txt`): `None` when the archive has no such entry.
+    fn read(&mut self, rel: &str) -> Option<Result<String, String>> {
+        use std::io::Read;
+        let name = self.index.get(rel)?.clone();
+        let mut text = String::new();
+        let r = match self.archive.by_name(&name) {
+            Ok(mut f) => f.read_to_string(&mut text).map(|_| text).map_err(|e| format!("{}:{name}: {e}", self.path.display())),
+            Err(e) => Err(format!("{}:{name}: {e}", self.path.display())),
+        };
+        Some(r)
+    }
 }
 
 pub fn image_rel_path(subject: u32, study: u32, dicom: &str) -> String {
@@ -116,6 +150,10 @@ pub fn run(sink: &mut Sink) -> Result<()> {
         .into_iter()
         .filter(|r| r.join("files").is_dir())
         .collect();
+    let mut zip = match [root.join("mimic-cxr-reports.zip")].into_iter().find(|p| p.is_file()) {
+        Some(p) => Some(ReportZip::open(&p)?),
+        None => None,
+    };
     let keys: Vec<Key> = images.keys().copied().collect();
     for chunk in keys.chunks(4096) {
         // Read and section in parallel, emit in order.
@@ -135,12 +173,21 @@ pub fn run(sink: &mut Sink) -> Result<()> {
             })
             .collect();
         for (&(a, b), sections) in chunk.iter().zip(parsed) {
+            // Reports not on disk come from the zip (read sequentially: one archive handle).
+            let from_zip = |rel: &str, zip: &mut Option<ReportZip>| zip.as_mut().and_then(|z| z.read(rel));
             let sections = match sections {
                 Ok(s) => s,
-                Err(where_) => {
-                    sink.drop("report file missing or unreadable", where_);
-                    continue;
-                }
+                Err(where_) => match from_zip(&report_rel_path(a, b), &mut zip) {
+                    Some(Ok(text)) => parse_sections(&text),
+                    Some(Err(e)) => {
+                        sink.drop("report unreadable in the zip", e);
+                        continue;
+                    }
+                    None => {
+                        sink.drop("report file missing or unreadable", where_);
+                        continue;
+                    }
+                },
             };
             let study = Study {
                 id: format!("s{b}"),
@@ -164,6 +211,24 @@ mod tests {
     use super::*;
 
     const REPORT: &str = "                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n \n INDICATION:  ___M with cough\n \n FINDINGS: \n \n Heart size is mildly enlarged. No effusion.\n \n IMPRESSION: \n \n Mild cardiomegaly.\n";
+
+    #[test]
+    fn reports_from_the_zip() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("mimic");
+        write(&root, "mimic-cxr-2.0.0-metadata.csv", b"dicom_id,subject_id,study_id,ViewPosition\nd1,10000032,50414267,PA\nd2,10000032,53189527,AP\n");
+        let f = std::fs::File::create(root.join("mimic-cxr-reports.zip")).unwrap();
+        let mut z = zip::ZipWriter::new(f);
+        let opt = zip::write::SimpleFileOptions::default();
+        z.start_file("mimic-cxr-reports/files/p10/p10000032/s50414267.txt", opt).unwrap();
+        std::io::Write::write_all(&mut z, REPORT.as_bytes()).unwrap();
+        z.finish().unwrap();
+        let (s, m) = run(PrepareOptions::new("mimic", &root, d.path().join("out/m.jsonl")));
+        assert_eq!(m.len(), 1, "{s:?}");
+        assert_eq!(m[0].text.as_deref(), Some("Heart size is mildly enlarged. No effusion.\n\nMild cardiomegaly."));
+        // The second study has no report anywhere: dropped and counted.
+        assert_eq!(s.dropped["report file missing or unreadable"], 1);
+    }
 
     #[test]
     fn mimic_tree_to_manifest() {

@@ -19,8 +19,9 @@ pub struct Args {
     /// Texts: one per line, or JSONL objects with `id` and `text`.
     #[arg(long, required_unless_present = "images", conflicts_with = "images")]
     pub texts: Option<PathBuf>,
-    /// Images: one path per line (relative to the list's folder), or a JSONL manifest (first image
-    /// of each study; ids are study ids). Needs a medvlp model directory.
+    /// Images: a folder (its PNG/JPEG/DICOM files), a list with one path per line (relative to the
+    /// list's folder), or a JSONL manifest (first image of each study; ids are study ids). Needs a
+    /// medvlp model directory.
     #[arg(long)]
     pub images: Option<PathBuf>,
     /// Output JSONL: `{"id": ..., "embedding": [...]}` per input.
@@ -94,6 +95,23 @@ enum Encoder {
 
 /// Image items from a path list or a manifest, with the ids written to the output.
 fn read_images(path: &Path) -> Result<Vec<(serde_json::Value, medvlp_data::loader::Item)>> {
+    if path.is_dir() {
+        // A folder: its image files (PNG, JPEG, DICOM), sorted by name; ids are the file names.
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| matches!(x.to_string_lossy().to_lowercase().as_str(), "png" | "jpg" | "jpeg" | "dcm" | "dicom")))
+            .collect();
+        files.sort();
+        return Ok(files
+            .into_iter()
+            .map(|p| {
+                let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                (serde_json::json!(name.clone()), medvlp_data::loader::Item { id: name, images: vec![p], text: None, labels: Default::default() })
+            })
+            .collect());
+    }
     let root = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if text.trim_start().starts_with('{') {
