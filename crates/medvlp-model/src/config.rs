@@ -159,7 +159,7 @@ impl TextConfig {
         if self.position_embedding_type != "absolute" {
             anyhow::bail!("text_config.position_embedding_type '{}' is not supported (only 'absolute')", self.position_embedding_type);
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             anyhow::bail!("text hidden_size {} not divisible by {} heads", self.hidden_size, self.num_attention_heads);
         }
         Ok(())
@@ -328,10 +328,10 @@ impl ModelConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.text_config.validate()?;
         let v = &self.vision_config;
-        if v.image_size % v.patch_size != 0 {
+        if !v.image_size.is_multiple_of(v.patch_size) {
             anyhow::bail!("vision image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size);
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             anyhow::bail!("vision hidden_size {} not divisible by {} heads", v.hidden_size, v.num_attention_heads);
         }
         if self.preprocess.image_size as usize != v.image_size || self.preprocess.channels as usize != v.num_channels {

@@ -24,7 +24,7 @@ pub struct CrossModalMemory {
 impl CrossModalMemory {
     /// `in_dim`: width of the tokens that read the memory; `dim`: memory width.
     pub fn new(c: &MemoryConfig, in_dim: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
-        if dim % c.num_heads != 0 || c.top_k == 0 || c.top_k > c.slots {
+        if !dim.is_multiple_of(c.num_heads) || c.top_k == 0 || c.top_k > c.slots {
             candle_core::bail!("memory: width {dim} must divide into {} heads and 0 < top_k {} <= slots {}", c.num_heads, c.top_k, c.slots);
         }
         Ok(Self {

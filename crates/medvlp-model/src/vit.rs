@@ -20,7 +20,7 @@ pub fn patchify(pixel_values: &Tensor, patch: usize) -> Result<Tensor> {
 
 /// Fixed 2-D sin-cos position table `[1 + grid*grid, dim]`, zero row for the CLS token (MAE).
 pub fn sincos_2d(dim: usize, grid: usize, with_cls: bool, dtype: DType, device: &Device) -> Result<Tensor> {
-    if dim % 4 != 0 {
+    if !dim.is_multiple_of(4) {
         candle_core::bail!("sin-cos position embedding needs a width divisible by 4, got {dim}");
     }
     let quarter = dim / 4;

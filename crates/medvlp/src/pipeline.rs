@@ -44,7 +44,7 @@ pub fn config_text(recipe: &str, preset: &str) -> Result<&'static str> {
 pub fn hooks() -> TextHooks {
     TextHooks {
         entities: Box::new(|t: &str| medvlp_data::text::extract_entities(t).into_iter().map(|e| (e.start, e.end)).collect()),
-        prompt: Box::new(|labels, seed| medvlp_data::text::disease_prompt(labels, seed)),
+        prompt: Box::new(medvlp_data::text::disease_prompt),
     }
 }
 

@@ -31,7 +31,7 @@ impl Attention {
     /// `vb_qkv` holds `query`/`key`/`value`; `vb_out` is the output projection itself.
     /// `kv_dim` is the width of the attended sequence (differs from `dim` in cross-attention).
     pub fn new(dim: usize, kv_dim: usize, num_heads: usize, vb_qkv: VarBuilder, vb_out: VarBuilder) -> Result<Self> {
-        if dim % num_heads != 0 {
+        if !dim.is_multiple_of(num_heads) {
             candle_core::bail!("attention width {dim} is not divisible by {num_heads} heads");
         }
         Ok(Self {

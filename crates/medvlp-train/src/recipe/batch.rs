@@ -51,11 +51,11 @@ pub fn synthetic_batch(cfg: &medvlp_model::ModelConfig, n_paired: usize, n_image
     let rows = n_img + n_text_only;
     let mut px = Vec::with_capacity(n_img * c * s * s);
     for _ in 0..n_img {
-        let (fx, fy, ph, off) = (rng.random_range(0.5..4.0f32), rng.random_range(0.5..4.0f32), rng.random_range(0.0..6.28f32), rng.random_range(-1.0..1.0f32));
+        let (fx, fy, ph, off) = (rng.random_range(0.5..4.0f32), rng.random_range(0.5..4.0f32), rng.random_range(0.0..std::f32::consts::TAU), rng.random_range(-1.0..1.0f32));
         for _ in 0..c {
             for y in 0..s {
                 for x in 0..s {
-                    px.push(off + ((fx * x as f32 + fy * y as f32) / s as f32 * 6.28 + ph).sin());
+                    px.push(off + ((fx * x as f32 + fy * y as f32) / s as f32 * std::f32::consts::TAU + ph).sin());
                 }
             }
         }

@@ -205,7 +205,7 @@ impl<'a> Trainer<'a> {
                     bail!("stopping: {} consecutive non-finite steps (last good checkpoint: {last})", state.consecutive_nonfinite);
                 }
             }
-            if applied && (state.step % c.log_every.max(1) == 0 || state.step == c.steps) {
+            if applied && (state.step.is_multiple_of(c.log_every.max(1)) || state.step == c.steps) {
                 let dt = t_since.elapsed().as_secs_f64();
                 let mut line = serde_json::json!({
                     "kind": "train", "step": state.step, "loss": last_loss, "lr": lr,
@@ -227,7 +227,7 @@ impl<'a> Trainer<'a> {
             if let Some(pb) = &bar {
                 pb.set_position(state.step);
             }
-            if c.validate_every > 0 && state.step % c.validate_every == 0 {
+            if c.validate_every > 0 && state.step.is_multiple_of(c.validate_every) {
                 let metrics = objective.validate(state.step)?;
                 if let Some((name, value)) = metrics.first().cloned() {
                     let mut line = serde_json::json!({"kind": "validation", "step": state.step});
@@ -246,7 +246,7 @@ impl<'a> Trainer<'a> {
                 }
             }
             // No periodic checkpoint inside a non-finite streak: keep_last must not prune the good ones.
-            if c.checkpoint_every > 0 && state.step % c.checkpoint_every == 0 && state.consecutive_nonfinite == 0 {
+            if c.checkpoint_every > 0 && state.step.is_multiple_of(c.checkpoint_every) && state.consecutive_nonfinite == 0 {
                 self.save_checkpoint(&opt, &state)?;
             }
             if c.max_minutes > 0.0 && t_start.elapsed().as_secs_f64() > c.max_minutes * 60.0 {

@@ -32,7 +32,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let hooks = TextHooks {
         entities: Box::new(|t: &str| medvlp_data::text::extract_entities(t).into_iter().map(|e| (e.start, e.end)).collect()),
-        prompt: Box::new(|labels, seed| medvlp_data::text::disease_prompt(labels, seed)),
+        prompt: Box::new(medvlp_data::text::disease_prompt),
     };
     let s = run_training(&rc, &resolved, &out, args.resume, stop, hooks)?;
     if s.stopped_early {
