@@ -203,3 +203,30 @@ fn synth_writes_a_small_benchmark_and_rejects_bad_input() {
     std::fs::write(tmp.join("file.txt"), "").unwrap();
     fail(&["--n", "2", "--size", "64"], &tmp.join("file.txt").join("sub"), "file.txt");
 }
+
+#[test]
+fn eval_rejects_bad_inputs_with_clear_errors() {
+    let tmp = tempdir("evalbad");
+    let fails = |args: &[&str], want: &str| {
+        let out = medvlp().args(args).output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains(want) && !e.contains("panicked"), "{args:?}: {e}");
+    };
+    let m = tmp.join("m.jsonl");
+    std::fs::write(&m, "{\"id\": \"a\", \"images\": [{\"path\": \"a.png\"}], \"split\": \"train\"}\n").unwrap();
+    let ms = m.to_str().unwrap();
+    fails(&["eval", "zero-shot", "--model", "/nonexistent/model", "--data", ms], "/nonexistent/model");
+    run_ok(medvlp().args(["init", "--preset", "tiny", "--out"]).arg(tmp.join("init")));
+    let model = tmp.join("init");
+    let ms_model = model.to_str().unwrap();
+    // A model directory without a tokenizer cannot embed prompts.
+    fails(&["eval", "zero-shot", "--model", ms_model, "--data", ms], "tokenizer.json");
+    fails(&["eval", "retrieval", "--model", ms_model, "--data", ms, "--split", "nope"], "nope");
+    // With a tokenizer: a manifest without test studies is named.
+    let corpus = tmp.join("c.txt");
+    std::fs::write(&corpus, "no pleural effusion\nmild cardiomegaly\n".repeat(20)).unwrap();
+    run_ok(medvlp().args(["tokenizer", "train", "--vocab-size", "60", "--input"]).arg(&corpus).arg("--out").arg(tmp.join("tok.json")));
+    run_ok(medvlp().args(["init", "--preset", "tiny", "--tokenizer"]).arg(tmp.join("tok.json")).arg("--out").arg(tmp.join("init2")));
+    fails(&["eval", "zero-shot", "--model", tmp.join("init2").to_str().unwrap(), "--data", ms, "--out", tmp.join("ev").to_str().unwrap()], "no test studies");
+    fails(&["eval", "zero-shot", "--model", tmp.join("init2").to_str().unwrap(), "--data", ms, "--prompts", "disease"], "not a zero-shot one");
+}

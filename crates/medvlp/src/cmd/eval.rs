@@ -110,10 +110,10 @@ fn parse_split(s: &str) -> Result<Split> {
 
 /// Runs `tasks` for one model; writes results.jsonl, summary.md and plots into `c.out`.
 pub fn evaluate_model(c: &Common, tasks: &[Task]) -> Result<Vec<ResultRecord>> {
+    let split = parse_split(&c.split)?;
     std::fs::create_dir_all(&c.out)?;
     let ev = Evaluator::load(&c.model, c.batch_size)?;
     let boot = (c.bootstrap > 0).then(|| BootstrapConfig { resamples: c.bootstrap, seed: c.seed, ..Default::default() });
-    let split = parse_split(&c.split)?;
     let (prompts, prompt_hash) = evaluate::load_zero_shot_prompts(&c.prompts)?;
     let classes: Vec<String> = if c.classes.is_empty() { prompts.class.iter().map(|k| k.name.clone()).collect() } else { c.classes.clone() };
     let need_text = tasks.contains(&Task::Retrieval);
