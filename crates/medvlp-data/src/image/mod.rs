@@ -538,6 +538,75 @@ mod tests {
         file.write_to_file(path).unwrap();
     }
 
+    /// A 20x10 16-bit MONOCHROME2 image written uncompressed and as RLE Lossless (PS3.5 Annex G:
+    /// a 64-byte segment header, one PackBits segment per byte plane, most significant first).
+    fn rle_and_plain_dicom(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        use dicom_core::value::PixelFragmentSequence;
+        use dicom_core::value::Value;
+        use dicom_core::{DataElement, PrimitiveValue, VR};
+        use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+        let (w, h) = (20u16, 10u16);
+        let px: Vec<u16> = (0..w as usize * h as usize).map(|i| ((i % 20) * 200 + (i / 20) * 7) as u16).collect();
+        let header = |obj: &mut InMemDicomObject| {
+            obj.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7")));
+            obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.6")));
+            obj.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(h)));
+            obj.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(w)));
+            obj.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)));
+            obj.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")));
+            obj.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)));
+            obj.put(DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)));
+            obj.put(DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)));
+            obj.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)));
+            obj.put(DataElement::new(tags::WINDOW_CENTER, VR::DS, PrimitiveValue::from("2000")));
+            obj.put(DataElement::new(tags::WINDOW_WIDTH, VR::DS, PrimitiveValue::from("4000")));
+        };
+        let write = |obj: InMemDicomObject, ts: &str, path: &Path| {
+            let file = obj
+                .with_meta(
+                    FileMetaTableBuilder::new()
+                        .transfer_syntax(ts)
+                        .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.7")
+                        .media_storage_sop_instance_uid("1.2.3.4.6"),
+                )
+                .unwrap();
+            file.write_to_file(path).unwrap();
+        };
+        let mut plain = InMemDicomObject::new_empty();
+        header(&mut plain);
+        plain.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.iter().copied().collect())));
+        let plain_path = dir.join("plain.dcm");
+        write(plain, "1.2.840.10008.1.2.1", &plain_path);
+        // PackBits with literal runs only (control byte n-1, then n bytes): 200 bytes per plane
+        // in two runs of 100 keeps every segment at an even length.
+        let segment = |plane: Vec<u8>| -> Vec<u8> { plane.chunks(100).flat_map(|c| std::iter::once((c.len() - 1) as u8).chain(c.iter().copied())).collect() };
+        let (hi, lo) = (segment(px.iter().map(|v| (v >> 8) as u8).collect()), segment(px.iter().map(|v| (v & 0xff) as u8).collect()));
+        let mut frag = vec![0u8; 64];
+        frag[0..4].copy_from_slice(&2u32.to_le_bytes());
+        frag[4..8].copy_from_slice(&64u32.to_le_bytes());
+        frag[8..12].copy_from_slice(&(64 + hi.len() as u32).to_le_bytes());
+        frag.extend(hi);
+        frag.extend(lo);
+        let mut rle = InMemDicomObject::new_empty();
+        header(&mut rle);
+        rle.put(DataElement::new(tags::PIXEL_DATA, VR::OB, Value::from(PixelFragmentSequence::new(vec![], vec![frag]))));
+        let rle_path = dir.join("rle.dcm");
+        write(rle, "1.2.840.10008.1.2.5", &rle_path);
+        (plain_path, rle_path)
+    }
+
+    #[test]
+    fn rle_lossless_decodes_to_the_uncompressed_pixels() {
+        let d = tempfile::tempdir().unwrap();
+        let (plain, rle) = rle_and_plain_dicom(d.path());
+        let a = decode_file(&plain).unwrap();
+        let b = decode_file(&rle).unwrap();
+        assert_eq!((b.image.width, b.image.height), (20, 10));
+        assert_eq!(a.image.data, b.image.data);
+        // A horizontal ramp: dark left, bright right.
+        assert!(b.image.get(0, 3) < b.image.get(19, 3));
+    }
+
     #[test]
     fn multi_frame_uses_first_frame_with_percentile_window() {
         let d = tempfile::tempdir().unwrap();
