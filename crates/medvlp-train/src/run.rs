@@ -90,16 +90,17 @@ impl Objective for RecipeObjective {
     }
 }
 
-/// Texts of a manifest's training reports, one per line, for tokenizer training.
-fn write_corpus(manifest: &Path, out: &Path) -> Result<usize> {
-    let studies = read_manifest(manifest)?;
+/// Texts of the manifests' training reports, one per line, for tokenizer training.
+pub fn write_corpus(manifests: &[&Path], out: &Path) -> Result<usize> {
     let mut n = 0;
     let mut text = String::new();
-    for s in studies.iter().filter(|s| s.split.is_none_or(|sp| sp == Split::Train)) {
-        if let Some(t) = s.text.clone().or_else(|| s.findings_impression()) {
-            text.push_str(&t.replace('\n', " "));
-            text.push('\n');
-            n += 1;
+    for m in manifests {
+        for s in read_manifest(m)?.iter().filter(|s| s.split.is_none_or(|sp| sp == Split::Train)) {
+            if let Some(t) = s.text.clone().or_else(|| s.findings_impression()) {
+                text.push_str(&t.replace('\n', " "));
+                text.push('\n');
+                n += 1;
+            }
         }
     }
     std::fs::write(out, text)?;
@@ -144,7 +145,7 @@ pub fn run_training(rc: &RunConfig, resolved_toml: &str, out: &Path, resume: boo
             let p = out.join("tokenizer.json");
             if !p.exists() {
                 let corpus = out.join("corpus.txt");
-                let n = write_corpus(manifest, &corpus)?;
+                let n = write_corpus(&[manifest], &corpus)?;
                 tracing::info!("training a WordPiece vocabulary of {} on {n} reports", rc.model.vocab_size);
                 train_wordpiece(&[&corpus], &WordPieceOptions { vocab_size: rc.model.vocab_size, ..Default::default() }, &p)?;
                 let _ = std::fs::remove_file(&corpus);

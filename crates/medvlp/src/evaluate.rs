@@ -100,22 +100,21 @@ impl Evaluator {
             }
             None => None,
         };
-        let mut ids: Vec<String> = kept.iter().map(|s| s.id.clone()).collect();
+        let ids: Vec<String> = kept.iter().map(|s| s.id.clone()).collect();
         let split_hash = {
             let mut sorted = ids.clone();
             sorted.sort();
             sha256_hex(sorted.join("\n").as_bytes())
         };
-        let out = SplitEmbeddings {
+        Ok(SplitEmbeddings {
             split,
-            ids: std::mem::take(&mut ids),
+            ids,
             images: res.embeddings,
             texts: text_emb,
             labels: kept.iter().map(|s| s.labels.clone()).collect(),
             split_hash,
             skipped: res.bad.len(),
-        };
-        Ok(out)
+        })
     }
 
     pub fn protocol(&self, manifest: &Path, data: &SplitEmbeddings, text_field: Option<TextField>) -> Protocol {
@@ -284,23 +283,23 @@ pub fn zero_shot(
 
 /// The training IDs of a label fraction: `prepare`'s fixed lists (`<manifest>.train_1pct.txt`,
 /// `.train_10pct.txt`) when they exist, else a seeded subset keeping a positive per class.
-pub fn fraction_ids(manifest: &Path, train: &SplitEmbeddings, classes: &[String], fraction: f64, seed: u64) -> Result<(Vec<usize>, String)> {
+/// `ids` and `labels` (indicators of the classes) are the training studies'.
+pub fn fraction_ids(manifest: &Path, ids: &[String], labels: &[Vec<bool>], fraction: f64, seed: u64) -> Result<(Vec<usize>, String)> {
     if fraction >= 1.0 {
-        return Ok(((0..train.ids.len()).collect(), "all".into()));
+        return Ok(((0..ids.len()).collect(), "all".into()));
     }
     let name = format!("train_{}pct.txt", (fraction * 100.0).round() as u32);
     let list = sibling(manifest, &name);
     if list.exists() {
         let text = std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
         let wanted: std::collections::HashSet<&str> = text.lines().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
-        let idx: Vec<usize> = (0..train.ids.len()).filter(|&i| wanted.contains(train.ids[i].as_str())).collect();
+        let idx: Vec<usize> = (0..ids.len()).filter(|&i| wanted.contains(ids[i].as_str())).collect();
         if !idx.is_empty() {
             return Ok((idx, list.display().to_string()));
         }
         tracing::warn!("{}: none of its IDs are training studies here; using a seeded subset", list.display());
     }
-    let labels = train.indicators(classes);
-    Ok((probe::subsample_indices(train.ids.len(), &labels, fraction, seed)?, format!("seeded subset (seed {seed})")))
+    Ok((probe::subsample_indices(ids.len(), labels, fraction, seed)?, format!("seeded subset (seed {seed})")))
 }
 
 /// Linear probe on frozen image embeddings: multi-label logistic regression per label fraction,
@@ -321,12 +320,12 @@ pub fn linear_probe(
     if classes.is_empty() {
         bail!("linear probe: no class has positives and negatives in train, validate and test");
     }
-    let (yv, yt) = (val.indicators(&classes), test.indicators(&classes));
+    let (ytr, yv, yt) = (train.indicators(&classes), val.indicators(&classes), test.indicators(&classes));
     let mut out = TaskOutput::default();
     for &f in fractions {
-        let (idx, source) = fraction_ids(manifest, train, &classes, f, seed)?;
+        let (idx, source) = fraction_ids(manifest, &train.ids, &ytr, f, seed)?;
         let x: Vec<Vec<f32>> = idx.iter().map(|&i| train.images[i].clone()).collect();
-        let y: Vec<Vec<bool>> = idx.iter().map(|&i| train.indicators(&classes)[i].clone()).collect();
+        let y: Vec<Vec<bool>> = idx.iter().map(|&i| ytr[i].clone()).collect();
         // Classes without a positive (or negative) in a tiny subset get a constant prediction.
         let (probe, sel) = probe::fit_with_validation(&x, &Targets::MultiLabel(y), &val.images, &Targets::MultiLabel(yv.clone()), &ProbeConfig::default())?;
         let scores = probe.predict(&test.images)?;

@@ -6,8 +6,7 @@
 use crate::cmd::eval::{evaluate_model, Common};
 use crate::evaluate::TextField;
 use anyhow::{bail, Context, Result};
-use medvlp_data::dataset::{read_manifest, Split};
-use medvlp_data::synth::SynthConfig;
+use medvlp_data::synth::{Difficulty, SynthConfig};
 use medvlp_data::tokenizer::{train_wordpiece, WordPieceOptions};
 use medvlp_eval::results::{ResultRecord, Task};
 use medvlp_train::run::{run_training, TextHooks};
@@ -65,6 +64,22 @@ pub fn synth_data(dir: &Path, sc: &SynthConfig) -> Result<()> {
     Ok(())
 }
 
+/// The synthetic benchmark a preset trains on: images at the preset's size (at least 64 px), a
+/// test split of 20% so that the default 6,000 studies allow a retrieval pool of 1,000.
+pub fn synth_config(preset: &str, n: usize, image_only: usize, text_only: usize, seed: u64) -> Result<SynthConfig> {
+    let image_size = medvlp_model::ModelConfig::preset(preset)?.vision_config.image_size as u32;
+    Ok(SynthConfig { n, image_only, text_only, seed, size: image_size.clamp(64, 512), difficulty: Difficulty::Standard, test_frac: 0.2, ..Default::default() })
+}
+
+/// The vocabulary size of the shared tokenizer for a preset.
+pub fn vocab_size(preset: &str) -> usize {
+    if preset == "tiny" {
+        1000
+    } else {
+        4000
+    }
+}
+
 /// One WordPiece tokenizer for every model, trained on the training reports (paired + text-only).
 pub fn shared_tokenizer(data: &Path, out: &Path, vocab_size: usize) -> Result<PathBuf> {
     let tok = out.join("tokenizer.json");
@@ -72,21 +87,8 @@ pub fn shared_tokenizer(data: &Path, out: &Path, vocab_size: usize) -> Result<Pa
         return Ok(tok);
     }
     let corpus = out.join("corpus.txt");
-    let mut text = String::new();
-    for m in [data.join("manifest.jsonl"), data.join("text_only.jsonl")] {
-        if !m.exists() {
-            continue;
-        }
-        for s in read_manifest(&m)? {
-            if s.split.is_none_or(|sp| sp == Split::Train) {
-                if let Some(t) = s.text.clone().or_else(|| s.findings_impression()) {
-                    text.push_str(&t.replace('\n', " "));
-                    text.push('\n');
-                }
-            }
-        }
-    }
-    std::fs::write(&corpus, text)?;
+    let manifests: Vec<PathBuf> = [data.join("manifest.jsonl"), data.join("text_only.jsonl")].into_iter().filter(|m| m.exists()).collect();
+    medvlp_train::run::write_corpus(&manifests.iter().map(|m| m.as_path()).collect::<Vec<_>>(), &corpus)?;
     train_wordpiece(&[&corpus], &WordPieceOptions { vocab_size, ..Default::default() }, &tok)?;
     let _ = std::fs::remove_file(&corpus);
     Ok(tok)

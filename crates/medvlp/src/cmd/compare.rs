@@ -3,9 +3,8 @@
 //! budget, evaluated with the same protocol, tabulated with 95% intervals over seeds (a t interval
 //! of the seed means; with one seed, the bootstrap interval of that run).
 
-use crate::pipeline::{find, shared_tokenizer, synth_data, Setup, HEADLINES};
+use crate::pipeline::{find, shared_tokenizer, synth_config, synth_data, vocab_size, Setup, HEADLINES};
 use anyhow::{bail, Context, Result};
-use medvlp_data::synth::{Difficulty, SynthConfig};
 use medvlp_eval::results::ResultRecord;
 use std::path::PathBuf;
 
@@ -76,19 +75,10 @@ pub fn run(args: Args) -> Result<()> {
     }
     let out = args.out.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let image_size = medvlp_model::ModelConfig::preset(&args.preset)?.vision_config.image_size as u32;
-    let sc = SynthConfig {
-        n: args.n,
-        image_only: args.image_only,
-        text_only: args.text_only,
-        size: image_size.clamp(64, 512),
-        difficulty: Difficulty::Standard,
-        test_frac: 0.2,
-        ..Default::default()
-    };
+    let sc = synth_config(&args.preset, args.n, args.image_only, args.text_only, 0)?;
     let data = out.join("data");
     synth_data(&data, &sc)?;
-    let tokenizer = shared_tokenizer(&data, &out, if args.preset == "tiny" { 1000 } else { 4000 })?;
+    let tokenizer = shared_tokenizer(&data, &out, vocab_size(&args.preset))?;
     let setup = Setup { data, tokenizer, preset: args.preset.clone(), device: args.device.clone(), budget_minutes: args.budget_minutes };
     let vars = variants(&args.recipes, args.ablations);
     // results[variant][seed]

@@ -172,18 +172,11 @@ fn finetune(c: &Common, ev: &Evaluator, test: &SplitEmbeddings, classes: &[Strin
     let val_items = items(Split::Validate);
     let yv: Vec<Vec<bool>> = val_items.iter().map(|i| classes.iter().map(|k| i.labels.get(k) == Some(&1)).collect()).collect();
     let yt = test.indicators(&classes);
-    let train_emb = SplitEmbeddings {
-        split: Split::Train,
-        ids: train_all.iter().map(|i| i.id.clone()).collect(),
-        images: vec![],
-        texts: None,
-        labels: train_all.iter().map(|i| i.labels.clone()).collect(),
-        split_hash: String::new(),
-        skipped: 0,
-    };
+    let train_ids: Vec<String> = train_all.iter().map(|i| i.id.clone()).collect();
+    let ytrain: Vec<Vec<bool>> = train_all.iter().map(|i| classes.iter().map(|k| i.labels.get(k) == Some(&1)).collect()).collect();
     let mut out = TaskOutput::default();
     for &f in &c.fractions {
-        let (idx, source) = evaluate::fraction_ids(&c.data, &train_emb, &classes, f, c.seed)?;
+        let (idx, source) = evaluate::fraction_ids(&c.data, &train_ids, &ytrain, f, c.seed)?;
         let train: Vec<_> = idx.iter().map(|&i| train_all[i].clone()).collect();
         let cfg = medvlp_train::finetune::FinetuneConfig { epochs: c.epochs, batch_size: 32, seed: c.seed, ..Default::default() };
         let score = |s: &[Vec<f64>]| metrics::auroc_per_class(s, &yv).macro_;

@@ -4,9 +4,8 @@
 //! linear probe at 1/10/100%, retrieval), prints one comparison table and writes `report.md`, the
 //! plots and the XLIP model directory (`DIR/model`).
 
-use crate::pipeline::{comparison_table, copy_dir, shared_tokenizer, synth_data, Setup};
+use crate::pipeline::{comparison_table, copy_dir, shared_tokenizer, synth_config, synth_data, vocab_size, Setup};
 use anyhow::{Context, Result};
-use medvlp_data::synth::{Difficulty, SynthConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -45,22 +44,11 @@ pub fn run(args: Args) -> Result<()> {
     let t_all = Instant::now();
     let out = args.out.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let image_size = medvlp_model::ModelConfig::preset(&args.preset)?.vision_config.image_size as u32;
-    let sc = SynthConfig {
-        n: args.n,
-        image_only: args.image_only,
-        text_only: args.text_only,
-        seed: args.seed,
-        size: image_size.clamp(64, 512),
-        difficulty: Difficulty::Standard,
-        // A test split large enough for a retrieval pool of 1,000 from the default 6,000.
-        test_frac: 0.2,
-        ..Default::default()
-    };
+    let sc = synth_config(&args.preset, args.n, args.image_only, args.text_only, args.seed)?;
     eprintln!("[1/4] data");
     let data = out.join("data");
     synth_data(&data, &sc)?;
-    let tokenizer = shared_tokenizer(&data, &out, if args.preset == "tiny" { 1000 } else { 4000 })?;
+    let tokenizer = shared_tokenizer(&data, &out, vocab_size(&args.preset))?;
     let setup = Setup { data, tokenizer, preset: args.preset.clone(), device: args.device.clone(), budget_minutes: args.budget_minutes };
 
     eprintln!("[2/4] pre-training xlip and clip, {} minutes each", args.budget_minutes);

@@ -2,7 +2,7 @@
 //! SIGINT/SIGTERM write a checkpoint and exit cleanly; `--resume` continues exactly.
 
 use anyhow::{Context, Result};
-use medvlp_train::run::{run_training, TextHooks};
+use medvlp_train::run::run_training;
 use medvlp_train::run_config::RunConfig;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -30,11 +30,7 @@ pub fn run(args: Args) -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let hooks = TextHooks {
-        entities: Box::new(|t: &str| medvlp_data::text::extract_entities(t).into_iter().map(|e| (e.start, e.end)).collect()),
-        prompt: Box::new(medvlp_data::text::disease_prompt),
-    };
-    let s = run_training(&rc, &resolved, &out, args.resume, stop, hooks)?;
+    let s = run_training(&rc, &resolved, &out, args.resume, stop, crate::pipeline::hooks())?;
     if s.stopped_early {
         eprintln!("stopped at step {} (checkpoint written); continue with --resume", s.state.step);
     } else {
