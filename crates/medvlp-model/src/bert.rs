@@ -2,7 +2,7 @@
 //! token types, attention mask, exact GELU). Loads any HF BERT checkpoint.
 
 use crate::config::TextConfig;
-use crate::nn::{additive_mask, gelu_erf, Attention, Embedding, LayerNorm, Linear};
+use crate::nn::{additive_mask, Activation, Attention, Embedding, LayerNorm, Linear};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -70,7 +70,7 @@ impl BertLayer {
     pub fn forward_probs(&self, x: &Tensor, mask: Option<&Tensor>, return_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
         let (a, p) = self.attention.forward(x, None, mask, return_probs)?;
         let x = self.attention_layer_norm.forward(&(a + x)?)?;
-        let h = self.output.forward(&gelu_erf(&self.intermediate.forward(&x)?)?)?;
+        let h = self.output.forward(&self.intermediate.forward_act(&x, Activation::Gelu)?)?;
         Ok((self.output_layer_norm.forward(&(h + x)?)?, p))
     }
 }

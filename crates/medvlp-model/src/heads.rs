@@ -1,7 +1,7 @@
 //! Projection heads to the joint space and the masked-language-modelling head.
 
 use crate::config::{ProjectionKind, TextConfig};
-use crate::nn::{gelu_erf, LayerNorm, Linear};
+use crate::nn::{Activation, LayerNorm, Linear};
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
@@ -34,7 +34,7 @@ impl Module for ProjectionHead {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
             Self::Linear(l) => l.forward(x),
-            Self::Mlp { fc1, fc2 } => fc2.forward(&gelu_erf(&fc1.forward(x)?)?),
+            Self::Mlp { fc1, fc2 } => fc2.forward(&fc1.forward_act(x, Activation::Gelu)?),
         }
     }
 }
@@ -60,7 +60,7 @@ impl MlmHead {
     /// `hidden`: `[n, hidden]` states of the masked positions; `word_embeddings`: `[vocab, hidden]`.
     /// Returns `[n, vocab]` logits.
     pub fn forward(&self, hidden: &Tensor, word_embeddings: &Tensor) -> Result<Tensor> {
-        let h = self.layer_norm.forward(&gelu_erf(&self.dense.forward(hidden)?)?)?;
+        let h = self.layer_norm.forward(&self.dense.forward_act(hidden, Activation::Gelu)?)?;
         h.matmul(&word_embeddings.t()?)?.broadcast_add(&self.bias)
     }
 }

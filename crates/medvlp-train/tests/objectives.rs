@@ -224,8 +224,10 @@ fn memory_augmented_fusion_and_itm() {
     let gm = g.get(&fx.model.memory.as_ref().unwrap().memory).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(gm > 0.0);
 
+    // lr 1e-2 collapsed this tiny post-LN fixture to chance (ITM stuck at ln 2) under some float
+    // roundings (e.g. the f32 GELU kernel); 3e-3 learns it.
     let fx2 = fixture(|c| c.itm_head = true);
-    let r = optimise_lr(&fx2, 100, 1e-2, |f, s| {
+    let r = optimise_lr(&fx2, 100, 3e-3, |f, s| {
         let img = f.model.vision_model.forward(&f.px)?;
         let txt = f.model.text_features(&f.ids, &f.mask)?;
         let sim: Vec<Vec<f32>> = f.model.project_image(&img)?.matmul(&f.model.project_text(&txt, &f.mask)?.t()?)?.to_vec2()?;

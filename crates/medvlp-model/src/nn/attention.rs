@@ -1,6 +1,7 @@
 //! Multi-head attention (self or cross) with padding masks, returning its probabilities on request.
 
-use super::{softmax_last_dim, Linear};
+use super::fused::attention::attention;
+use super::Linear;
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -44,27 +45,14 @@ impl Attention {
         })
     }
 
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, l, _) = x.dims3()?;
-        x.reshape((b, l, self.num_heads, self.head_dim))?.transpose(1, 2)?.contiguous()
-    }
-
     /// The attended values before the output projection, `[b, lq, dim]` (heads concatenated), and
     /// the probabilities `[b, heads, lq, lk]`: `a_i = sum_j A_ij v(t_j)` (used to score patches by
     /// their response to a report, AttMIM).
     pub fn attend(&self, x: &Tensor, context: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
-        let (b, lq, _) = x.dims3()?;
-        let q = self.split_heads(&self.query.forward(x)?)?;
-        let k = self.split_heads(&self.key.forward(context)?)?;
-        let v = self.split_heads(&self.value.forward(context)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(m) = mask {
-            scores = scores.broadcast_add(m)?;
-        }
-        let probs = softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, self.num_heads * self.head_dim))?;
-        Ok((y, probs))
+        let q = self.query.forward(x)?;
+        let k = self.key.forward(context)?;
+        let v = self.value.forward(context)?;
+        attention(&q, &k, &v, self.num_heads, mask)
     }
 
     /// `x`: `[b, lq, dim]` queries; `context`: `[b, lk, kv_dim]` (None = self-attention);

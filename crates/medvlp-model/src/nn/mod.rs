@@ -2,9 +2,12 @@
 //! `LayerNorm` / `softmax_last_dim` / `rms_norm` fast paths are never used where gradients flow.
 
 pub mod attention;
+pub mod fused;
 pub mod ops;
 
 pub use attention::{additive_mask, Attention};
+pub use fused::cross_entropy::cross_entropy;
+pub use fused::linear::{linear, Activation};
 pub use ops::{gelu_erf, layer_norm, log_softmax_last_dim, softmax_last_dim};
 
 use candle_core::{Module, Result, Tensor};
@@ -14,7 +17,7 @@ use candle_nn::{Init, VarBuilder};
 pub const INIT_STD: f64 = 0.02;
 
 /// Dense layer `y = x W^T + b` with a `[out, in]` weight (PyTorch / Hugging Face layout).
-/// Leading dimensions are flattened into one GEMM instead of a broadcast batched matmul.
+/// Leading dimensions are flattened into one GEMM; the bias is added in the GEMM (fused op).
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Tensor,
@@ -22,6 +25,11 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// `act(x W^T + b)` with the activation fused into the same op.
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        linear(x, &self.weight, self.bias.as_ref(), act)
+    }
+
     pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev: INIT_STD })?;
         let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
@@ -35,17 +43,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim;
-        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out_dims = dims.to_vec();
-        *out_dims.last_mut().unwrap() = self.out_dim();
-        y.reshape(out_dims)
+        linear(x, &self.weight, self.bias.as_ref(), Activation::Identity)
     }
 }
 
@@ -108,6 +106,6 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&gelu_erf(&self.fc1.forward(x)?)?)
+        self.fc2.forward(&self.fc1.forward_act(x, Activation::Gelu)?)
     }
 }

@@ -120,16 +120,12 @@ struct GeluErf;
 struct GeluErfGrad;
 
 fn gelu<T: num_like::Float>(x: T) -> T {
-    let xf = x.to_f64();
-    T::from_f64(0.5 * xf * (1.0 + libm::erf(xf * std::f64::consts::FRAC_1_SQRT_2)))
+    x.gelu()
 }
 
 fn gelu_grad<T: num_like::Float>(x: T) -> T {
     // d/dx [x Phi(x)] = Phi(x) + x phi(x)
-    let xf = x.to_f64();
-    let cdf = 0.5 * (1.0 + libm::erf(xf * std::f64::consts::FRAC_1_SQRT_2));
-    let pdf = (-0.5 * xf * xf).exp() * (0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2);
-    T::from_f64(cdf + xf * pdf)
+    x.gelu_grad()
 }
 
 fn map_elems<T: Copy + Send + Sync + Default>(x: &[T], f: impl Fn(T) -> T + Send + Sync) -> Vec<T> {
@@ -371,38 +367,4 @@ pub fn layer_norm_composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64)
     xh.broadcast_mul(weight)?.broadcast_add(bias)
 }
 
-/// The little numeric vocabulary the row kernels need, for f32 and f64.
-mod num_like {
-    pub trait Float:
-        Copy
-        + Send
-        + Sync
-        + Default
-        + PartialOrd
-        + std::ops::Add<Output = Self>
-        + std::ops::Sub<Output = Self>
-        + std::ops::Mul<Output = Self>
-        + std::ops::Div<Output = Self>
-    {
-        fn zero() -> Self;
-        fn one() -> Self;
-        fn neg_infinity() -> Self;
-        fn exp(self) -> Self;
-        fn to_f64(self) -> f64;
-        fn from_f64(v: f64) -> Self;
-    }
-    macro_rules! imp {
-        ($t:ty) => {
-            impl Float for $t {
-                fn zero() -> Self { 0.0 }
-                fn one() -> Self { 1.0 }
-                fn neg_infinity() -> Self { <$t>::NEG_INFINITY }
-                fn exp(self) -> Self { <$t>::exp(self) }
-                fn to_f64(self) -> f64 { self as f64 }
-                fn from_f64(v: f64) -> Self { v as $t }
-            }
-        };
-    }
-    imp!(f32);
-    imp!(f64);
-}
+use super::fused::num as num_like;

@@ -1,0 +1,247 @@
+//! Multi-head scaled dot-product attention as one op: scores, additive key mask, softmax and the
+//! weighted sum of values, parallel over batch x heads. Queries, keys and values stay in their
+//! `[b, l, heads * head_dim]` projection layout (a head is a strided column block), so no head
+//! split/merge transposes are materialised. The probabilities are kept for the backward pass
+//! (and handed to callers that ask for them, detached).
+//!
+//! Backward per (sample, head): `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - rowsum(dP * P))`,
+//! `dQ = s dS K`, `dK = s dS^T Q` with `s = 1 / sqrt(head_dim)`.
+
+use super::{gemm, tensor_from, use_kernel, with_slices, Float, Mat, SendPtr, SliceKernel};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    lq: usize,
+    lk: usize,
+    heads: usize,
+    hd: usize,
+}
+
+impl Dims {
+    fn d(&self) -> usize {
+        self.heads * self.hd
+    }
+}
+
+struct AttentionOp {
+    dims: Dims,
+    scale: f64,
+    /// Additive key mask `[b, lk]` (0 or a large negative value), same dtype as q.
+    mask: Option<Tensor>,
+    /// `[b, heads, lq, lk]` probabilities written by the forward pass.
+    probs: Arc<Mutex<Option<Tensor>>>,
+}
+
+fn softmax_rows<T: Float>(s: &mut [T], lk: usize, mask: Option<&[T]>) {
+    for row in s.chunks_mut(lk) {
+        if let Some(m) = mask {
+            for (v, &a) in row.iter_mut().zip(m) {
+                *v += a;
+            }
+        }
+        let mut mx = T::neg_infinity();
+        for &v in row.iter() {
+            if v > mx {
+                mx = v;
+            }
+        }
+        let mut sum = T::zero();
+        for v in row.iter_mut() {
+            *v = (*v - mx).exp();
+            sum += *v;
+        }
+        let inv = T::one() / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
+/// Returns (output `[b, lq, d]`, probabilities `[b, heads, lq, lk]`).
+fn forward<T: Float>(q: &[T], k: &[T], v: &[T], mask: Option<&[T]>, dm: Dims, scale: f64) -> (Vec<T>, Vec<T>) {
+    let Dims { b: _, lq, lk, heads, hd } = dm;
+    let d = dm.d();
+    let mut probs = vec![T::zero(); dm.b * heads * lq * lk];
+    let mut y = vec![T::zero(); dm.b * lq * d];
+    let yp = SendPtr(y.as_mut_ptr());
+    let s = T::from_f64(scale);
+    probs.par_chunks_mut(lq * lk).enumerate().for_each(|(bh, p)| {
+        let (bi, hi) = (bh / heads, bh % heads);
+        let qo = bi * lq * d + hi * hd;
+        let ko = bi * lk * d + hi * hd;
+        let yp = yp;
+        unsafe {
+            // S = s * Q K^T
+            gemm(lq, lk, hd, p.as_mut_ptr(), lk, false, Mat::rows(q.as_ptr().add(qo), d), Mat::rows(k.as_ptr().add(ko), d).t(), s, false);
+        }
+        softmax_rows(p, lk, mask.map(|m| &m[bi * lk..(bi + 1) * lk]));
+        unsafe {
+            // O = P V, written into this head's column block of y
+            gemm(lq, hd, lk, yp.0.add(qo), d, false, Mat::rows(p.as_ptr(), lk), Mat::rows(v.as_ptr().add(ko), d), T::one(), false);
+        }
+    });
+    (y, probs)
+}
+
+struct Backward {
+    dims: Dims,
+    scale: f64,
+}
+
+impl SliceKernel for Backward {
+    type Out = [Tensor; 3];
+    /// data: q, k, v, probs, g
+    fn run<T: Float>(self, data: &[&[T]]) -> Result<Self::Out> {
+        let (q, k, v, probs, g) = (data[0], data[1], data[2], data[3], data[4]);
+        let dm = self.dims;
+        let Dims { b, lq, lk, heads, hd } = dm;
+        let d = dm.d();
+        let mut dq = vec![T::zero(); b * lq * d];
+        let mut dk = vec![T::zero(); b * lk * d];
+        let mut dv = vec![T::zero(); b * lk * d];
+        let (dqp, dkp, dvp) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+        let s = T::from_f64(self.scale);
+        (0..b * heads).into_par_iter().for_each_init(
+            || vec![T::zero(); lq * lk],
+            |ds, bh| {
+                let (bi, hi) = (bh / heads, bh % heads);
+                let qo = bi * lq * d + hi * hd;
+                let ko = bi * lk * d + hi * hd;
+                let p = &probs[bh * lq * lk..(bh + 1) * lq * lk];
+                let (dqp, dkp, dvp) = (dqp, dkp, dvp);
+                unsafe {
+                    let go = Mat::rows(g.as_ptr().add(qo), d);
+                    // dV = P^T dO
+                    gemm(lk, hd, lq, dvp.0.add(ko), d, false, Mat::rows(p.as_ptr(), lk).t(), go, T::one(), false);
+                    // dP = dO V^T
+                    gemm(lq, lk, hd, ds.as_mut_ptr(), lk, false, go, Mat::rows(v.as_ptr().add(ko), d).t(), T::one(), false);
+                }
+                // dS = P * (dP - rowsum(dP * P))
+                for (dr, pr) in ds.chunks_mut(lk).zip(p.chunks(lk)) {
+                    let mut dot = T::zero();
+                    for (&a, &b) in dr.iter().zip(pr) {
+                        dot += a * b;
+                    }
+                    for (a, &b) in dr.iter_mut().zip(pr) {
+                        *a = b * (*a - dot);
+                    }
+                }
+                unsafe {
+                    // dQ = s dS K;  dK = s dS^T Q
+                    gemm(lq, hd, lk, dqp.0.add(qo), d, false, Mat::rows(ds.as_ptr(), lk), Mat::rows(k.as_ptr().add(ko), d), s, false);
+                    gemm(lk, hd, lq, dkp.0.add(ko), d, false, Mat::rows(ds.as_ptr(), lk).t(), Mat::rows(q.as_ptr().add(qo), d), s, false);
+                }
+            },
+        );
+        Ok([tensor_from(dq, &[b, lq, d])?, tensor_from(dk, &[b, lk, d])?, tensor_from(dv, &[b, lk, d])?])
+    }
+}
+
+struct Forward<'a> {
+    op: &'a AttentionOp,
+}
+
+impl SliceKernel for Forward<'_> {
+    type Out = CpuStorage;
+    /// data: q, k, v[, mask]
+    fn run<T: Float>(self, data: &[&[T]]) -> Result<CpuStorage> {
+        let dm = self.op.dims;
+        let (y, p) = forward(data[0], data[1], data[2], data.get(3).copied(), dm, self.op.scale);
+        *self.op.probs.lock().unwrap() = Some(tensor_from(p, &[dm.b, dm.heads, dm.lq, dm.lk])?);
+        Ok(T::to_cpu_storage_owned(y))
+    }
+}
+
+impl CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "medvlp-attention"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        // Wrap the raw storages as slices, plus the mask tensor's data.
+        let name = self.name();
+        let dm = self.dims;
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                let (q, k, v) = (super::contiguous_slice(q, l1, name)?, super::contiguous_slice(k, l2, name)?, super::contiguous_slice(v, l3, name)?);
+                self.run_fwd(q, k, v)?
+            }
+            (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
+                let (q, k, v) = (super::contiguous_slice(q, l1, name)?, super::contiguous_slice(k, l2, name)?, super::contiguous_slice(v, l3, name)?);
+                self.run_fwd(q, k, v)?
+            }
+            _ => candle_core::bail!("{name}: unsupported or mixed dtypes"),
+        };
+        Ok((out, Shape::from((dm.b, dm.lq, dm.d()))))
+    }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(p) = self.probs.lock().unwrap().clone() else { candle_core::bail!("medvlp-attention: backward before forward") };
+        let [dq, dk, dv] = with_slices(&[q, k, v, &p, g], "medvlp-attention-bwd", Backward { dims: self.dims, scale: self.scale })?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+impl AttentionOp {
+    fn run_fwd<T: Float>(&self, q: &[T], k: &[T], v: &[T]) -> Result<CpuStorage> {
+        let fw = Forward { op: self };
+        match &self.mask {
+            None => fw.run(&[q, k, v]),
+            Some(m) => {
+                // The mask is a separate tensor; read it as the same float type.
+                let mv: Vec<T> = m.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?.into_iter().map(T::from_f64).collect();
+                fw.run(&[q, k, v, &mv])
+            }
+        }
+    }
+}
+
+/// Attention of queries `q` `[b, lq, heads * hd]` over keys/values `k`, `v` `[b, lk, heads * hd]`
+/// with an optional additive key mask `[b, lk]` (or `[b, 1, 1, lk]`). Returns the attended values
+/// `[b, lq, heads * hd]` (heads concatenated) and the probabilities `[b, heads, lq, lk]` (detached).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    let (b, lq, d) = q.dims3()?;
+    let (bk, lk, dk) = k.dims3()?;
+    if bk != b || dk != d || v.dims() != k.dims() || !d.is_multiple_of(heads) {
+        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} with {heads} heads do not fit", q.dims(), k.dims(), v.dims());
+    }
+    let mask = match mask {
+        Some(m) if m.elem_count() == b * lk => Some(m.reshape((b, lk))?),
+        Some(m) => return attention_composed(q, k, v, heads, Some(m)),
+        None => None,
+    };
+    let same = |t: &Tensor| t.dtype() == q.dtype() && t.device().same_device(q.device());
+    if !(use_kernel(q) && same(k) && same(v)) {
+        return attention_composed(q, k, v, heads, mask.map(|m| m.reshape((b, 1, 1, lk))).transpose()?.as_ref());
+    }
+    let hd = d / heads;
+    let probs = Arc::new(Mutex::new(None));
+    let op = AttentionOp { dims: Dims { b, lq, lk, heads, hd }, scale: 1.0 / (hd as f64).sqrt(), mask, probs: probs.clone() };
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let y = if q.track_op() || k.track_op() || v.track_op() { q.apply_op3(&k, &v, op)? } else { q.apply_op3_no_bwd(&k, &v, &op)? };
+    // A clone: the op keeps its handle for the backward pass.
+    let p = probs.lock().unwrap().clone().ok_or_else(|| candle_core::Error::Msg("medvlp-attention: no probabilities".into()))?;
+    Ok((y, p))
+}
+
+/// Composed reference: head split, `softmax(q k^T / sqrt(hd) + mask) v`, head merge.
+pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    let (b, lq, d) = q.dims3()?;
+    let hd = d / heads;
+    let split = |x: &Tensor| -> Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        x.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()
+    };
+    let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
+    let mut scores = (qh.matmul(&kh.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    if let Some(m) = mask {
+        scores = scores.broadcast_add(m)?;
+    }
+    let probs = crate::nn::ops::softmax_last_dim(&scores)?;
+    let y = probs.matmul(&vh)?.transpose(1, 2)?.reshape((b, lq, d))?;
+    Ok((y, probs))
+}

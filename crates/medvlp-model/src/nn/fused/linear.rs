@@ -1,0 +1,229 @@
+//! Dense layer `act(x W^T + b)` as one op: the bias (and GELU) are applied in the GEMM's epilogue
+//! instead of as separate broadcast passes, the transposed weight is a stride, and the backward
+//! pass computes `dx = g' W`, `dW = g'^T x`, `db = colsum(g')` (with `g' = g * gelu'(h)`) only for
+//! the inputs that need a gradient.
+
+use super::{gemm, tensor_from, use_kernel, with_slices, Float, Mat, SliceKernel};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    /// Exact (erf) GELU, Hugging Face's `gelu`.
+    Gelu,
+}
+
+/// Elements below which elementwise epilogues stay on the calling thread.
+const PAR_MIN: usize = 1 << 15;
+
+struct LinearOp {
+    act: Activation,
+    /// Pre-activation `h = x W^T + b`, kept for GELU's backward when gradients are tracked.
+    saved: Option<Arc<Mutex<Option<Tensor>>>>,
+}
+
+fn dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {
+    let (rows, din) = lx.shape().dims2()?;
+    let (dout, din_w) = lw.shape().dims2()?;
+    if din != din_w {
+        candle_core::bail!("linear: input width {din} does not match weight {:?}", lw.dims());
+    }
+    Ok((rows, din, dout))
+}
+
+/// `h = x W^T (+ b)`, then the activation; returns (output, pre-activation if kept).
+fn forward<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, rows: usize, din: usize, dout: usize, act: Activation, keep_h: bool) -> (Vec<T>, Option<Vec<T>>) {
+    let mut h = vec![T::zero(); rows * dout];
+    if let Some(b) = b {
+        for r in h.chunks_mut(dout) {
+            r.copy_from_slice(b);
+        }
+    }
+    unsafe { gemm(rows, dout, din, h.as_mut_ptr(), dout, b.is_some(), Mat::rows(x.as_ptr(), din), Mat::rows(w.as_ptr(), din).t(), T::one(), true) };
+    match act {
+        Activation::Identity => (h, None),
+        Activation::Gelu => {
+            let y: Vec<T> = if h.len() >= PAR_MIN { h.par_iter().map(|v| v.gelu()).collect() } else { h.iter().map(|v| v.gelu()).collect() };
+            (y, keep_h.then_some(h))
+        }
+    }
+}
+
+/// Column sums of a `[rows, cols]` matrix, parallel over column blocks.
+fn col_sums<T: Float>(g: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); cols];
+    let block = 64;
+    out.par_chunks_mut(block).enumerate().for_each(|(bi, o)| {
+        let c0 = bi * block;
+        for r in 0..rows {
+            let row = &g[r * cols + c0..r * cols + c0 + o.len()];
+            for (a, &v) in o.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+    });
+    out
+}
+
+struct Backward {
+    rows: usize,
+    din: usize,
+    dout: usize,
+    act: Activation,
+    need: [bool; 3],
+}
+
+impl SliceKernel for Backward {
+    type Out = [Option<Tensor>; 3];
+    /// data: x, w, g[, h]
+    fn run<T: Float>(self, data: &[&[T]]) -> Result<Self::Out> {
+        let (x, w, g) = (data[0], data[1], data[2]);
+        let (rows, din, dout) = (self.rows, self.din, self.dout);
+        let gh: Vec<T>;
+        let g = match self.act {
+            Activation::Identity => g,
+            Activation::Gelu => {
+                let h = data[3];
+                let f = |(&gi, &hi): (&T, &T)| gi * hi.gelu_grad();
+                gh = if g.len() >= PAR_MIN { g.par_iter().zip(h.par_iter()).map(f).collect() } else { g.iter().zip(h).map(f).collect() };
+                &gh
+            }
+        };
+        let dx = if self.need[0] {
+            let mut dx = vec![T::zero(); rows * din];
+            unsafe { gemm(rows, din, dout, dx.as_mut_ptr(), din, false, Mat::rows(g.as_ptr(), dout), Mat::rows(w.as_ptr(), din), T::one(), true) };
+            Some(tensor_from(dx, &[rows, din])?)
+        } else {
+            None
+        };
+        let dw = if self.need[1] {
+            let mut dw = vec![T::zero(); dout * din];
+            unsafe { gemm(dout, din, rows, dw.as_mut_ptr(), din, false, Mat::rows(g.as_ptr(), dout).t(), Mat::rows(x.as_ptr(), din), T::one(), true) };
+            Some(tensor_from(dw, &[dout, din])?)
+        } else {
+            None
+        };
+        let db = if self.need[2] { Some(tensor_from(col_sums(g, rows, dout), &[dout])?) } else { None };
+        Ok([dx, dw, db])
+    }
+}
+
+impl LinearOp {
+    fn fwd(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout, b: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+        let (rows, din, dout) = dims(lx, lw)?;
+        let name = "medvlp-linear";
+        let keep = self.saved.is_some();
+        macro_rules! go {
+            ($x:expr, $w:expr, $b:expr, $t:ty) => {{
+                let x = super::contiguous_slice($x, lx, name)?;
+                let w = super::contiguous_slice($w, lw, name)?;
+                let (y, h) = forward::<$t>(x, w, $b, rows, din, dout, self.act, keep);
+                if let (Some(h), Some(s)) = (h, &self.saved) {
+                    *s.lock().unwrap() = Some(tensor_from(h, &[rows, dout])?);
+                }
+                <$t as candle_core::WithDType>::to_cpu_storage_owned(y)
+            }};
+        }
+        let out = match (x, w, b) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), None) => go!(x, w, None, f32),
+            (CpuStorage::F64(x), CpuStorage::F64(w), None) => go!(x, w, None, f64),
+            (CpuStorage::F32(x), CpuStorage::F32(w), Some((CpuStorage::F32(b), lb))) => {
+                go!(x, w, Some(super::contiguous_slice(b, lb, name)?), f32)
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), Some((CpuStorage::F64(b), lb))) => {
+                go!(x, w, Some(super::contiguous_slice(b, lb, name)?), f64)
+            }
+            _ => candle_core::bail!("{name}: unsupported or mixed dtypes"),
+        };
+        Ok((out, Shape::from((rows, dout))))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: &Tensor) -> Result<[Option<Tensor>; 3]> {
+        let (rows, din) = x.dims2()?;
+        let dout = w.dim(0)?;
+        let need = [x.track_op(), w.track_op(), b.is_some_and(|b| b.track_op())];
+        let k = Backward { rows, din, dout, act: self.act, need };
+        match self.act {
+            Activation::Identity => with_slices(&[x, w, g], "medvlp-linear-bwd", k),
+            Activation::Gelu => {
+                let saved = self.saved.as_ref().and_then(|s| s.lock().unwrap().clone());
+                let Some(h) = saved else { candle_core::bail!("medvlp-linear: backward without a saved pre-activation") };
+                with_slices(&[x, w, g, &h], "medvlp-linear-bwd", k)
+            }
+        }
+    }
+}
+
+struct WithBias(LinearOp);
+struct NoBias(LinearOp);
+
+impl CustomOp3 for WithBias {
+    fn name(&self) -> &'static str {
+        "medvlp-linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.fwd(s1, l1, s2, l2, Some((s3, l3)))
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, db] = self.0.bwd(x, w, Some(b), g)?;
+        Ok((dx, dw, db))
+    }
+}
+
+impl CustomOp2 for NoBias {
+    fn name(&self) -> &'static str {
+        "medvlp-linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.fwd(s1, l1, s2, l2, None)
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let [dx, dw, _] = self.0.bwd(x, w, None, g)?;
+        Ok((dx, dw))
+    }
+}
+
+/// `act(x W^T + b)` for `x` `[.., in]`, `W` `[out, in]` (PyTorch layout), `b` `[out]`.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    let d = x.dims();
+    let din = *d.last().unwrap_or(&0);
+    let rows = x.elem_count() / din.max(1);
+    let dout = w.dim(0)?;
+    let mut out_dims = d.to_vec();
+    *out_dims.last_mut().unwrap() = dout;
+    let same = |t: &Tensor| t.dtype() == x.dtype() && t.device().same_device(x.device());
+    if !(use_kernel(x) && same(w) && b.is_none_or(same)) {
+        return linear_composed(x, w, b, act);
+    }
+    let x2 = x.reshape((rows, din))?.contiguous()?;
+    let w = w.contiguous()?;
+    let track = x2.track_op() || w.track_op() || b.is_some_and(|b| b.track_op());
+    let saved = (track && act == Activation::Gelu).then(|| Arc::new(Mutex::new(None)));
+    let op = LinearOp { act, saved };
+    let y = match (b, track) {
+        (Some(b), true) => x2.apply_op3(&w, &b.contiguous()?, WithBias(op))?,
+        (Some(b), false) => x2.apply_op3_no_bwd(&w, &b.contiguous()?, &WithBias(op))?,
+        (None, true) => x2.apply_op2(&w, NoBias(op))?,
+        (None, false) => x2.apply_op2_no_bwd(&w, &NoBias(op))?,
+    };
+    y.reshape(out_dims)
+}
+
+/// Composed reference: matmul, broadcast bias, GELU.
+pub fn linear_composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    let d = x.dims();
+    let din = *d.last().unwrap_or(&0);
+    let rows = x.elem_count() / din.max(1);
+    let mut y = x.reshape((rows, din))?.matmul(&w.t()?)?;
+    if let Some(b) = b {
+        y = y.broadcast_add(b)?;
+    }
+    if act == Activation::Gelu {
+        y = crate::nn::ops::gelu_erf_composed(&y)?;
+    }
+    let mut out_dims = d.to_vec();
+    *out_dims.last_mut().unwrap() = w.dim(0)?;
+    y.reshape(out_dims)
+}

@@ -1,0 +1,153 @@
+//! The fused CPU kernels (dense + bias + GELU, attention, softmax cross-entropy): finite-difference
+//! gradient checks in f64, equality with the composed reference implementations (values and
+//! gradients) in f64 and f32, and the untracked (inference) path.
+
+use candle_core::{DType, Device, Tensor, Var};
+use medvlp_model::gradcheck::{check, probe_like};
+use medvlp_model::nn::fused::attention::{attention, attention_composed};
+use medvlp_model::nn::fused::cross_entropy::{cross_entropy, cross_entropy_composed};
+use medvlp_model::nn::fused::linear::{linear, linear_composed, Activation};
+
+const EPS: f64 = 1e-6;
+const TOL: f64 = 1e-5;
+
+fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let t = Tensor::zeros(shape, DType::F64, &Device::Cpu).unwrap();
+    probe_like(&t, seed).unwrap().to_dtype(dtype).unwrap()
+}
+
+fn var(shape: &[usize], seed: u64) -> Var {
+    Var::from_tensor(&(randn(shape, seed, DType::F64) * 2.0).unwrap()).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    a.to_dtype(DType::F64).unwrap().sub(&b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+}
+
+fn assert_grad(name: &str, r: medvlp_model::gradcheck::GradCheck) {
+    println!("{name}: {} coordinates, max relative error {:.2e}", r.checked, r.max_rel_err);
+    assert!(r.checked > 0);
+    assert!(r.mismatches.is_empty(), "{name}: {:?}", &r.mismatches[..r.mismatches.len().min(5)]);
+}
+
+#[test]
+fn linear_gradients_match_finite_differences() {
+    for act in [Activation::Identity, Activation::Gelu] {
+        for bias in [true, false] {
+            let (x, w, b) = (var(&[2, 3, 5], 1), var(&[4, 5], 2), var(&[4], 3));
+            let probe = randn(&[2, 3, 4], 4, DType::F64);
+            let mut vars = vec![("x".into(), x.clone()), ("w".into(), w.clone())];
+            if bias {
+                vars.push(("b".into(), b.clone()));
+            }
+            let bb = bias.then(|| b.as_tensor().clone());
+            let r = check(&vars, || (linear(x.as_tensor(), w.as_tensor(), bb.as_ref(), act)? * &probe)?.sum_all(), 100, EPS, TOL).unwrap();
+            assert_grad(&format!("linear {act:?} bias={bias}"), r);
+        }
+    }
+}
+
+/// Fused and composed agree on values and on every gradient, in f64 and f32.
+#[test]
+fn linear_equals_composed() {
+    for dtype in [DType::F64, DType::F32] {
+        let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
+        for act in [Activation::Identity, Activation::Gelu] {
+            let x = Var::from_tensor(&randn(&[7, 33, 40], 5, dtype)).unwrap();
+            let w = Var::from_tensor(&randn(&[50, 40], 6, dtype)).unwrap();
+            let b = Var::from_tensor(&randn(&[50], 7, dtype)).unwrap();
+            let probe = randn(&[7, 33, 50], 8, dtype);
+            let y1 = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), act).unwrap();
+            let y2 = linear_composed(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), act).unwrap();
+            assert!(max_diff(&y1, &y2) < tol, "{dtype:?} {act:?} values differ by {}", max_diff(&y1, &y2));
+            let g1 = (y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (y2 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+                let (a, c) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+                let scale = c.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap().max(1.0);
+                assert!(max_diff(a, c) / scale < tol * 10.0, "{dtype:?} {act:?} d{name} differs by {}", max_diff(a, c));
+            }
+        }
+    }
+}
+
+/// Without tracked inputs the op records nothing (inference path) and gives the same values.
+#[test]
+fn untracked_inputs_record_no_graph() {
+    let x = randn(&[3, 8], 9, DType::F32);
+    let w = randn(&[6, 8], 10, DType::F32);
+    let y = linear(&x, &w, None, Activation::Gelu).unwrap();
+    assert!(!y.track_op());
+    let yc = linear_composed(&x, &w, None, Activation::Gelu).unwrap();
+    assert!(max_diff(&y, &yc) < 1e-6);
+    let (q, k) = (randn(&[2, 4, 8], 11, DType::F32), randn(&[2, 5, 8], 12, DType::F32));
+    let (o, _) = attention(&q, &k, &k, 2, None).unwrap();
+    assert!(!o.track_op());
+}
+
+fn key_mask(b: usize, lk: usize, dtype: DType) -> Tensor {
+    // sample i masks its last i keys
+    let v: Vec<f64> = (0..b).flat_map(|i| (0..lk).map(move |j| if j + i >= lk { -1e9 } else { 0.0 })).collect();
+    Tensor::from_vec(v, (b, 1, 1, lk), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+}
+
+#[test]
+fn attention_gradients_match_finite_differences() {
+    // cross-attention shape (lq != lk) with a padding mask, 2 heads
+    let (q, k, v) = (var(&[2, 3, 8], 13), var(&[2, 5, 8], 14), var(&[2, 5, 8], 15));
+    let mask = key_mask(2, 5, DType::F64);
+    let probe = randn(&[2, 3, 8], 16, DType::F64);
+    let vars = vec![("q".into(), q.clone()), ("k".into(), k.clone()), ("v".into(), v.clone())];
+    let r = check(&vars, || (attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 2, Some(&mask))?.0 * &probe)?.sum_all(), 100, EPS, TOL).unwrap();
+    assert_grad("fused attention", r);
+}
+
+#[test]
+fn attention_equals_composed() {
+    for dtype in [DType::F64, DType::F32] {
+        let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+        let (b, lq, lk, d, h) = (3, 17, 9, 32, 4);
+        let q = Var::from_tensor(&randn(&[b, lq, d], 17, dtype)).unwrap();
+        let k = Var::from_tensor(&randn(&[b, lk, d], 18, dtype)).unwrap();
+        let v = Var::from_tensor(&randn(&[b, lk, d], 19, dtype)).unwrap();
+        let mask = key_mask(b, lk, dtype);
+        let probe = randn(&[b, lq, d], 20, dtype);
+        let (y1, p1) = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), h, Some(&mask)).unwrap();
+        let (y2, p2) = attention_composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), h, Some(&mask)).unwrap();
+        assert!(max_diff(&y1, &y2) < tol && max_diff(&p1, &p2) < tol, "{dtype:?}: {} / {}", max_diff(&y1, &y2), max_diff(&p1, &p2));
+        assert_eq!(p1.dims(), &[b, h, lq, lk]);
+        // masked keys get exactly zero probability
+        assert_eq!(p1.narrow(0, 2, 1).unwrap().narrow(3, lk - 2, 2).unwrap().abs().unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(), 0.0);
+        let g1 = (y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+            let d = max_diff(g1.get(t.as_tensor()).unwrap(), g2.get(t.as_tensor()).unwrap());
+            assert!(d < tol * 10.0, "{dtype:?} d{name} differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_gradient_and_equality() {
+    let x = var(&[6, 11], 21);
+    let t = Tensor::new(&[0u32, 3, 10, 5, 5, 1], &Device::Cpu).unwrap();
+    let vars = vec![("x".into(), x.clone())];
+    let r = check(&vars, || cross_entropy(x.as_tensor(), &t), 100, EPS, TOL).unwrap();
+    assert_grad("cross_entropy", r);
+    for dtype in [DType::F64, DType::F32] {
+        let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+        // wide rows as in MLM over a vocabulary, plus a transposed (non-contiguous) input as in ITC
+        let x = Var::from_tensor(&(randn(&[40, 3000], 22, dtype) * 8.0).unwrap()).unwrap();
+        let t = Tensor::from_vec((0..40u32).map(|i| i * 71 % 3000).collect::<Vec<_>>(), 40, &Device::Cpu).unwrap();
+        let (l1, l2) = (cross_entropy(x.as_tensor(), &t).unwrap(), cross_entropy_composed(x.as_tensor(), &t).unwrap());
+        assert!(max_diff(&l1, &l2) < tol, "{dtype:?} loss {}", max_diff(&l1, &l2));
+        let (g1, g2) = (l1.backward().unwrap(), l2.backward().unwrap());
+        let d = max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
+        assert!(d < tol, "{dtype:?} grad {d}");
+        let sq = Var::from_tensor(&randn(&[8, 8], 23, dtype)).unwrap();
+        let t8 = Tensor::arange(0u32, 8, &Device::Cpu).unwrap();
+        let xt = sq.as_tensor().t().unwrap();
+        assert!(max_diff(&cross_entropy(&xt, &t8).unwrap(), &cross_entropy_composed(&xt, &t8).unwrap()) < tol);
+    }
+    assert!(cross_entropy(&randn(&[2, 3], 1, DType::F32), &Tensor::new(&[0u32, 3], &Device::Cpu).unwrap()).is_err());
+}
