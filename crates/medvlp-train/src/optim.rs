@@ -95,21 +95,44 @@ struct Update<'a> {
     grad_scale: f64,
 }
 
+/// Elements per parallel chunk of the update and of the gradient norm.
+const CHUNK: usize = 1 << 15;
+
 macro_rules! adamw_kernel {
     ($p:expr, $g:expr, $m:expr, $v:expr, $u:expr, $t:ty) => {{
         let (lr, wd, b1, b2, eps) = ($u.lr as $t, $u.wd as $t, $u.b1 as $t, $u.b2 as $t, $u.eps as $t);
         let (bc1, bc2, gs) = ($u.bc1 as $t, ($u.bc2 as $t).sqrt(), $u.grad_scale as $t);
         let decay = 1.0 - lr * wd;
         let step = lr / bc1;
-        for i in 0..$p.len() {
-            let g = $g[i] * gs;
-            let m = b1 * $m[i] + (1.0 - b1) * g;
-            let v = b2 * $v[i] + (1.0 - b2) * g * g;
-            $m[i] = m;
-            $v[i] = v;
-            $p[i] = $p[i] * decay - step * m / (v.sqrt() / bc2 + eps);
-        }
+        // Chunks in parallel: the large embedding and vocabulary matrices would otherwise
+        // serialise the step on one thread.
+        $p.par_chunks_mut(CHUNK).zip($m.par_chunks_mut(CHUNK)).zip($v.par_chunks_mut(CHUNK)).zip($g.par_chunks(CHUNK)).for_each(|(((p, m), v), g)| {
+            for i in 0..p.len() {
+                let g = g[i] * gs;
+                let mi = b1 * m[i] + (1.0 - b1) * g;
+                let vi = b2 * v[i] + (1.0 - b2) * g * g;
+                m[i] = mi;
+                v[i] = vi;
+                p[i] = p[i] * decay - step * mi / (vi.sqrt() / bc2 + eps);
+            }
+        });
     }};
+}
+
+/// Sum of squares of a CPU gradient, read in place (no f64 copy of the tensor).
+fn sum_squares(g: &Tensor) -> Result<f64> {
+    use candle_core::Storage;
+    if !g.device().is_cpu() {
+        return g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>();
+    }
+    let g = g.contiguous()?;
+    let (st, l) = g.storage_and_layout();
+    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("adamw: gradient is not contiguous") };
+    Ok(match &*st {
+        Storage::Cpu(CpuStorage::F32(v)) => v[a..b].par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum(),
+        Storage::Cpu(CpuStorage::F64(v)) => v[a..b].par_chunks(CHUNK).map(|c| c.iter().map(|&x| x * x).sum::<f64>()).sum(),
+        _ => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,
+    })
 }
 
 impl InplaceOp2 for Update<'_> {
@@ -165,7 +188,7 @@ impl AdamW {
         let sq: Result<Vec<f64>> = grads
             .par_iter()
             .map(|g| match g {
-                Some(g) => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>(),
+                Some(g) => sum_squares(g),
                 None => Ok(0.0),
             })
             .collect();
