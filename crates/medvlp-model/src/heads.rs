@@ -60,7 +60,17 @@ impl MlmHead {
     /// `hidden`: `[n, hidden]` states of the masked positions; `word_embeddings`: `[vocab, hidden]`.
     /// Returns `[n, vocab]` logits.
     pub fn forward(&self, hidden: &Tensor, word_embeddings: &Tensor) -> Result<Tensor> {
-        let h = self.layer_norm.forward(&self.dense.forward_act(hidden, Activation::Gelu)?)?;
-        h.matmul(&word_embeddings.t()?)?.broadcast_add(&self.bias)
+        crate::nn::linear(&self.transform(hidden)?, word_embeddings, Some(&self.bias), Activation::Identity)
+    }
+
+    /// `dense` -> GELU -> LayerNorm, before the vocabulary projection.
+    pub fn transform(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.layer_norm.forward(&self.dense.forward_act(hidden, Activation::Gelu)?)
+    }
+
+    /// Mean cross-entropy of the predictions for `hidden` against `labels` `[n]` (u32), with the
+    /// vocabulary projection fused into the loss (the `[n, vocab]` logits are not kept).
+    pub fn loss(&self, hidden: &Tensor, word_embeddings: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        crate::nn::fused::cross_entropy::linear_cross_entropy(&self.transform(hidden)?, word_embeddings, &self.bias, labels)
     }
 }

@@ -151,3 +151,28 @@ fn cross_entropy_gradient_and_equality() {
     }
     assert!(cross_entropy(&randn(&[2, 3], 1, DType::F32), &Tensor::new(&[0u32, 3], &Device::Cpu).unwrap()).is_err());
 }
+
+#[test]
+fn linear_cross_entropy_gradient_and_equality() {
+    use medvlp_model::nn::fused::cross_entropy::linear_cross_entropy;
+    let (x, w, b) = (var(&[5, 6], 24), var(&[9, 6], 25), var(&[9], 26));
+    let t = Tensor::new(&[0u32, 8, 3, 3, 1], &Device::Cpu).unwrap();
+    let vars = vec![("x".into(), x.clone()), ("w".into(), w.clone()), ("b".into(), b.clone())];
+    let r = check(&vars, || linear_cross_entropy(x.as_tensor(), w.as_tensor(), b.as_tensor(), &t), 100, EPS, TOL).unwrap();
+    assert_grad("linear_cross_entropy", r);
+    for dtype in [DType::F64, DType::F32] {
+        let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
+        let x = Var::from_tensor(&randn(&[30, 64], 27, dtype)).unwrap();
+        let w = Var::from_tensor(&randn(&[2000, 64], 28, dtype)).unwrap();
+        let b = Var::from_tensor(&randn(&[2000], 29, dtype)).unwrap();
+        let t = Tensor::from_vec((0..30u32).map(|i| i * 67 % 2000).collect::<Vec<_>>(), 30, &Device::Cpu).unwrap();
+        let l1 = linear_cross_entropy(x.as_tensor(), w.as_tensor(), b.as_tensor(), &t).unwrap();
+        let l2 = cross_entropy_composed(&linear_composed(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), Activation::Identity).unwrap(), &t).unwrap();
+        assert!(max_diff(&l1, &l2) < tol, "{dtype:?} loss {}", max_diff(&l1, &l2));
+        let (g1, g2) = (l1.backward().unwrap(), l2.backward().unwrap());
+        for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+            let d = max_diff(g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+            assert!(d < tol, "{dtype:?} d{name} differs by {d}");
+        }
+    }
+}

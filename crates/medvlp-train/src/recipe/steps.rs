@@ -5,7 +5,7 @@ use crate::objectives::attmim::{patch_scores, select_visible};
 use crate::objectives::contrastive::{itc_loss, soft_itc_loss};
 use crate::objectives::local::{local_alignment_loss, LocalText};
 use crate::objectives::mim::mim_loss;
-use crate::objectives::mlm::{gather_positions, mlm_loss};
+use crate::objectives::mlm::gather_positions;
 use crate::objectives::text_masking::{entity_mask, whole_word_mask};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
@@ -126,8 +126,8 @@ pub fn mlm(model: &MedVlp, text_feats: &Tensor, text_mask: &Tensor, image: Optio
         None => text_feats.clone(),
     };
     let dev = text_feats.device();
-    let logits = head.forward(&gather_positions(&h, &Tensor::new(positions, dev)?)?, &model.text_model.embeddings.word_embeddings.weight)?;
-    Ok(Some(mlm_loss(&logits, &Tensor::new(labels, dev)?)?))
+    let sel = gather_positions(&h, &Tensor::new(positions, dev)?)?;
+    Ok(Some(head.loss(&sel, &model.text_model.embeddings.word_embeddings.weight, &Tensor::new(labels, dev)?)?))
 }
 
 /// Local alignment between the rows' token features and their images' patch features (CLS

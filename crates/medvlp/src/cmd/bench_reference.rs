@@ -14,7 +14,8 @@ use medvlp_model::vit::VisionTransformer;
 use medvlp_model::ParamStore;
 use medvlp_train::objectives::contrastive::itc_loss;
 use medvlp_train::objectives::mim::mim_loss;
-use medvlp_train::objectives::mlm::{gather_positions, mlm_loss};
+use medvlp_model::nn::fused::cross_entropy::linear_cross_entropy;
+use medvlp_train::objectives::mlm::gather_positions;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -173,7 +174,7 @@ impl Reference {
         let fused = self.fusion.forward(&th, Some(&latent))?;
         let sel = gather_positions(&fused, &bt.mlm_pos)?;
         let hm = self.mlm_ln.forward(&gelu_erf(&self.mlm_dense.forward(&sel)?)?)?;
-        let l_mlm = mlm_loss(&self.mlm_out.forward(&hm)?, &bt.mlm_labels)?;
+        let l_mlm = linear_cross_entropy(&hm, &self.mlm_out.weight, self.mlm_out.bias.as_ref().expect("mlm_out has a bias"), &bt.mlm_labels)?;
         (l_itc + l_mae)? + l_mlm
     }
 

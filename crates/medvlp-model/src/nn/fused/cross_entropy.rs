@@ -3,8 +3,8 @@
 //! backward pass writes `g / n * (softmax(x) - onehot(t))` directly from the saved log-sum-exp.
 //! Used for MLM over the vocabulary, the contrastive logits and ITM.
 
-use super::{tensor_from, use_kernel, with_slices, Float, SliceKernel};
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
+use super::{contiguous_slice, tensor_from, use_kernel, with_slices, Float, SliceKernel};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -44,7 +44,7 @@ impl CustomOp1 for CrossEntropyOp {
         }
         macro_rules! go {
             ($v:expr, $t:ty) => {{
-                let x = super::contiguous_slice($v, l, self.name())?;
+                let x = contiguous_slice($v, l, self.name())?;
                 let lse = rows_lse(x, c);
                 let loss: f64 = lse.iter().zip(self.targets.iter()).enumerate().map(|(i, (&z, &t))| z - x[i * c + t as usize] as f64).sum::<f64>() / n.max(1) as f64;
                 *self.lse.lock().unwrap() = lse;
@@ -117,4 +117,172 @@ pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tenso
     let lsm = crate::nn::ops::log_softmax_last_dim(logits)?;
     let picked = lsm.gather(&targets.to_dtype(candle_core::DType::U32)?.unsqueeze(1)?, D::Minus1)?;
     picked.neg()?.mean_all()
+}
+
+/// Output projection and cross-entropy in one op (MLM over the vocabulary): the `[n, vocab]`
+/// logits are computed into one buffer that the forward pass turns in place into
+/// `(softmax - onehot) / n`, the only thing the backward pass needs. The logits never become a
+/// graph node, so no separate logits gradient (and its accumulation buffers) is allocated.
+struct LinearCrossEntropyOp {
+    targets: Arc<Vec<u32>>,
+    /// `(softmax(logits) - onehot) / n`, kept when gradients are tracked.
+    saved: Option<Arc<Mutex<Option<Tensor>>>>,
+}
+
+struct LceForward<'a> {
+    op: &'a LinearCrossEntropyOp,
+}
+
+impl SliceKernel for LceForward<'_> {
+    type Out = f64;
+    /// data: x [n, d], w [v, d], b [v]
+    fn run<T: Float>(self, data: &[&[T]]) -> Result<f64> {
+        let (x, w, b) = (data[0], data[1], data[2]);
+        let (v, n) = (b.len(), self.op.targets.len());
+        let d = if n == 0 { 0 } else { x.len() / n };
+        let mut z = vec![T::zero(); n * v];
+        for r in z.chunks_mut(v) {
+            r.copy_from_slice(b);
+        }
+        unsafe { super::gemm(n, v, d, z.as_mut_ptr(), v, true, super::Mat::rows(x.as_ptr(), d), super::Mat::rows(w.as_ptr(), d).t(), T::one(), true) };
+        let inv_n = 1.0 / n.max(1) as f64;
+        let targets = &self.op.targets;
+        let keep = self.op.saved.is_some();
+        let loss: f64 = z
+            .par_chunks_mut(v)
+            .enumerate()
+            .map(|(i, r)| {
+                let mut m = T::neg_infinity();
+                for &a in r.iter() {
+                    if a > m {
+                        m = a;
+                    }
+                }
+                let mut s = T::zero();
+                for &a in r.iter() {
+                    s += (a - m).exp();
+                }
+                let lse = m.to_f64() + s.to_f64().ln();
+                let t = targets[i] as usize;
+                let li = lse - r[t].to_f64();
+                if keep {
+                    let (zl, sc) = (T::from_f64(lse), T::from_f64(inv_n));
+                    for a in r.iter_mut() {
+                        *a = (*a - zl).exp() * sc;
+                    }
+                    r[t] = r[t] - sc;
+                }
+                li
+            })
+            .sum::<f64>()
+            * inv_n;
+        if let Some(s) = &self.op.saved {
+            *s.lock().unwrap() = Some(tensor_from(z, &[n, v])?);
+        }
+        Ok(loss)
+    }
+}
+
+struct LceBackward {
+    n: usize,
+    d: usize,
+    v: usize,
+    scale: f64,
+    need: [bool; 3],
+}
+
+impl SliceKernel for LceBackward {
+    type Out = [Option<Tensor>; 3];
+    /// data: x [n, d], w [v, d], saved dl [n, v]; the incoming gradient is the scalar `scale`.
+    fn run<T: Float>(self, data: &[&[T]]) -> Result<Self::Out> {
+        let (x, w, dl) = (data[0], data[1], data[2]);
+        let (n, d, v) = (self.n, self.d, self.v);
+        let s = T::from_f64(self.scale);
+        let dx = if self.need[0] {
+            let mut dx = vec![T::zero(); n * d];
+            unsafe { super::gemm(n, d, v, dx.as_mut_ptr(), d, false, super::Mat::rows(dl.as_ptr(), v), super::Mat::rows(w.as_ptr(), d), s, true) };
+            Some(tensor_from(dx, &[n, d])?)
+        } else {
+            None
+        };
+        let dw = if self.need[1] {
+            let mut dw = vec![T::zero(); v * d];
+            unsafe { super::gemm(v, d, n, dw.as_mut_ptr(), d, false, super::Mat::rows(dl.as_ptr(), v).t(), super::Mat::rows(x.as_ptr(), d), s, true) };
+            Some(tensor_from(dw, &[v, d])?)
+        } else {
+            None
+        };
+        let db = if self.need[2] {
+            let mut db = vec![T::zero(); v];
+            db.par_chunks_mut(256).enumerate().for_each(|(ci, o)| {
+                for r in 0..n {
+                    let row = &dl[r * v + ci * 256..r * v + ci * 256 + o.len()];
+                    for (a, &g) in o.iter_mut().zip(row) {
+                        *a += g * s;
+                    }
+                }
+            });
+            Some(tensor_from(db, &[v])?)
+        } else {
+            None
+        };
+        Ok([dx, dw, db])
+    }
+}
+
+impl CustomOp3 for LinearCrossEntropyOp {
+    fn name(&self) -> &'static str {
+        "medvlp-linear-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                let data = [contiguous_slice(x, l1, name)?, contiguous_slice(w, l2, name)?, contiguous_slice(b, l3, name)?];
+                CpuStorage::F32(vec![LceForward { op: self }.run(&data)? as f32])
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                let data = [contiguous_slice(x, l1, name)?, contiguous_slice(w, l2, name)?, contiguous_slice(b, l3, name)?];
+                CpuStorage::F64(vec![LceForward { op: self }.run(&data)?])
+            }
+            _ => candle_core::bail!("{name}: unsupported or mixed dtypes"),
+        };
+        Ok((out, Shape::from(())))
+    }
+
+    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.as_ref().and_then(|s| s.lock().unwrap().clone());
+        let Some(dl) = saved else { candle_core::bail!("medvlp-linear-cross-entropy: backward without saved probabilities") };
+        let (n, d) = x.dims2()?;
+        let k = LceBackward { n, d, v: w.dim(0)?, scale: g.to_dtype(DType::F64)?.to_scalar::<f64>()?, need: [x.track_op(), w.track_op(), b.track_op()] };
+        let [dx, dw, db] = with_slices(&[x, w, &dl], "medvlp-linear-cross-entropy-bwd", k)?;
+        Ok((dx, dw, db))
+    }
+}
+
+/// Mean cross-entropy of `x W^T + b` (`x` `[n, d]`, `W` `[vocab, d]`, `b` `[vocab]`) against
+/// class indices `targets` `[n]`, without materialising the logits as a graph node.
+pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, b: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (n, d) = x.dims2()?;
+    let (v, dw) = w.dims2()?;
+    if dw != d || b.dims() != [v] || targets.dims() != [n] {
+        candle_core::bail!("linear_cross_entropy: x {:?}, w {:?}, b {:?}, targets {:?} do not fit", x.dims(), w.dims(), b.dims(), targets.dims());
+    }
+    let same = |t: &Tensor| t.dtype() == x.dtype() && t.device().same_device(x.device());
+    if !(use_kernel(x) && same(w) && same(b)) {
+        return cross_entropy(&crate::nn::fused::linear::linear(x, w, Some(b), crate::nn::Activation::Identity)?, targets);
+    }
+    let t = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    if let Some(&bad) = t.iter().find(|&&t| t as usize >= v) {
+        candle_core::bail!("linear_cross_entropy: target {bad} out of range for {v} classes");
+    }
+    let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
+    let track = x.track_op() || w.track_op() || b.track_op();
+    let op = LinearCrossEntropyOp { targets: Arc::new(t), saved: track.then(|| Arc::new(Mutex::new(None))) };
+    if track {
+        x.apply_op3(&w, &b, op)
+    } else {
+        x.apply_op3_no_bwd(&w, &b, &op)
+    }
 }
