@@ -53,12 +53,8 @@ fn softmax_row<T: num_like::Float>(r: &[T], o: &mut [T]) {
             m = v;
         }
     }
-    let mut s = T::zero();
-    for (o, &v) in o.iter_mut().zip(r) {
-        let e = (v - m).exp();
-        *o = e;
-        s = s + e;
-    }
+    o.copy_from_slice(r);
+    let s = T::exp_inplace_sum(o, m);
     let inv = T::one() / s;
     for o in o.iter_mut() {
         *o = *o * inv;

@@ -9,7 +9,7 @@ use candle_nn::Init;
 use medvlp_model::bert::BertLayer;
 use medvlp_model::config::{PositionEmbedding, TextConfig, VisionConfig};
 use medvlp_model::masking::PatchMask;
-use medvlp_model::nn::{gelu_erf, Attention, Embedding, LayerNorm, Linear, Mlp};
+use medvlp_model::nn::{Activation, Attention, Embedding, LayerNorm, Linear, Mlp};
 use medvlp_model::vit::VisionTransformer;
 use medvlp_model::ParamStore;
 use medvlp_train::objectives::contrastive::itc_loss;
@@ -173,7 +173,7 @@ impl Reference {
         let l_itc = itc_loss(&ie, &te, &self.logit_scale.exp()?.reshape(())?)?;
         let fused = self.fusion.forward(&th, Some(&latent))?;
         let sel = gather_positions(&fused, &bt.mlm_pos)?;
-        let hm = self.mlm_ln.forward(&gelu_erf(&self.mlm_dense.forward(&sel)?)?)?;
+        let hm = self.mlm_ln.forward(&self.mlm_dense.forward_act(&sel, Activation::Gelu)?)?;
         let l_mlm = linear_cross_entropy(&hm, &self.mlm_out.weight, self.mlm_out.bias.as_ref().expect("mlm_out has a bias"), &bt.mlm_labels)?;
         (l_itc + l_mae)? + l_mlm
     }

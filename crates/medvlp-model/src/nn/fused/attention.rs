@@ -49,11 +49,7 @@ fn softmax_rows<T: Float>(s: &mut [T], lk: usize, mask: Option<&[T]>) {
                 mx = v;
             }
         }
-        let mut sum = T::zero();
-        for v in row.iter_mut() {
-            *v = (*v - mx).exp();
-            sum += *v;
-        }
+        let sum = T::exp_inplace_sum(row, mx);
         let inv = T::one() / sum;
         for v in row.iter_mut() {
             *v *= inv;

@@ -23,11 +23,7 @@ fn rows_lse<T: Float>(x: &[T], c: usize) -> Vec<f64> {
                     m = v;
                 }
             }
-            let mut s = T::zero();
-            for &v in r {
-                s += (v - m).exp();
-            }
-            m.to_f64() + s.to_f64().ln()
+            m.to_f64() + T::exp_sum(r, m).to_f64().ln()
         })
         .collect()
 }
@@ -83,9 +79,8 @@ impl SliceKernel for Backward {
         dx.par_chunks_mut(c).zip(x.par_chunks(c)).enumerate().for_each(|(i, (o, r))| {
             let z = T::from_f64(self.lse[i]);
             let s = T::from_f64(self.scale);
-            for (o, &v) in o.iter_mut().zip(r) {
-                *o = (v - z).exp() * s;
-            }
+            o.copy_from_slice(r);
+            T::exp_scale_inplace(o, z, s);
             let t = self.targets[i] as usize;
             o[t] = o[t] - s;
         });
@@ -158,18 +153,12 @@ impl SliceKernel for LceForward<'_> {
                         m = a;
                     }
                 }
-                let mut s = T::zero();
-                for &a in r.iter() {
-                    s += (a - m).exp();
-                }
-                let lse = m.to_f64() + s.to_f64().ln();
+                let lse = m.to_f64() + T::exp_sum(r, m).to_f64().ln();
                 let t = targets[i] as usize;
                 let li = lse - r[t].to_f64();
                 if keep {
                     let (zl, sc) = (T::from_f64(lse), T::from_f64(inv_n));
-                    for a in r.iter_mut() {
-                        *a = (*a - zl).exp() * sc;
-                    }
+                    T::exp_scale_inplace(r, zl, sc);
                     r[t] = r[t] - sc;
                 }
                 li

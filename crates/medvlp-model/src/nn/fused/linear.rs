@@ -45,7 +45,12 @@ fn forward<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, rows: usize, din: usize,
     match act {
         Activation::Identity => (h, None),
         Activation::Gelu => {
-            let y: Vec<T> = if h.len() >= PAR_MIN { h.par_iter().map(|v| v.gelu()).collect() } else { h.iter().map(|v| v.gelu()).collect() };
+            let mut y = vec![T::zero(); h.len()];
+            if h.len() >= PAR_MIN {
+                y.par_chunks_mut(PAR_MIN / 4).zip(h.par_chunks(PAR_MIN / 4)).for_each(|(y, h)| T::gelu_into(h, y));
+            } else {
+                T::gelu_into(&h, &mut y);
+            }
             (y, keep_h.then_some(h))
         }
     }
@@ -86,8 +91,13 @@ impl SliceKernel for Backward {
             Activation::Identity => g,
             Activation::Gelu => {
                 let h = data[3];
-                let f = |(&gi, &hi): (&T, &T)| gi * hi.gelu_grad();
-                gh = if g.len() >= PAR_MIN { g.par_iter().zip(h.par_iter()).map(f).collect() } else { g.iter().zip(h).map(f).collect() };
+                let mut out = vec![T::zero(); g.len()];
+                if g.len() >= PAR_MIN {
+                    out.par_chunks_mut(PAR_MIN / 4).zip(g.par_chunks(PAR_MIN / 4).zip(h.par_chunks(PAR_MIN / 4))).for_each(|(o, (g, h))| T::gelu_backward_into(g, h, o));
+                } else {
+                    T::gelu_backward_into(g, h, &mut out);
+                }
+                gh = out;
                 &gh
             }
         };
