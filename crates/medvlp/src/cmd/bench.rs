@@ -48,6 +48,10 @@ pub enum Sub {
         compare_streams: bool,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// The machine's fp32 peak in GFLOP/s for the `mfu` field (benchmarks.md: ~320 for the
+        /// 2-core AVX-512 reference machine, 2 FMA units x 16 lanes x 2 flops x ~2.5 GHz x 2).
+        #[arg(long, default_value_t = 320.0)]
+        peak_gflops: f64,
     },
     /// Decode + preprocess throughput of a large JPEG and a DICOM, per core and on all cores.
     Data(super::bench_data::Args),
@@ -81,9 +85,9 @@ pub fn run(args: Args) -> Result<()> {
         Sub::Forward { preset, batch, steps } => forward(&preset, batch, steps),
         Sub::Encode { preset, steps } => encode(&preset, steps),
         Sub::Data(a) => super::bench_data::run(a),
-        Sub::TrainStep { recipe, stream, preset, batch, text_length, steps, compare_streams, rounds } => {
+        Sub::TrainStep { recipe, stream, preset, batch, text_length, steps, compare_streams, rounds, peak_gflops } => {
             if preset == "reference" {
-                reference_train_step(steps)
+                reference_train_step(steps, peak_gflops)
             } else if compare_streams {
                 compare(&recipe, &preset, batch, text_length, steps, rounds)
             } else {
@@ -222,7 +226,7 @@ fn compare(recipe: &str, preset: &str, batch: usize, text_length: usize, steps: 
 }
 
 /// The reference model's training step: forward, backward, AdamW (as torch_reference.py).
-fn reference_train_step(steps: usize) -> Result<()> {
+fn reference_train_step(steps: usize, peak_gflops: f64) -> Result<()> {
     use super::bench_reference::{seeded_rng, Reference, PARAMS};
     use medvlp_train::optim::{AdamW, AdamWConfig};
     let m = Reference::new(true)?;
@@ -261,6 +265,7 @@ fn reference_train_step(steps: usize) -> Result<()> {
         "optimizer_s": median(upd),
         "peak_rss_bytes": peak_rss_bytes(),
         "gflops_per_s": Reference::flops_per_step() / 1e9 / med,
+        "mfu": Reference::flops_per_step() / 1e9 / med / peak_gflops,
     });
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
