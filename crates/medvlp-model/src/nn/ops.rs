@@ -57,7 +57,7 @@ fn softmax_row<T: num_like::Float>(r: &[T], o: &mut [T]) {
     let s = T::exp_inplace_sum(o, m);
     let inv = T::one() / s;
     for o in o.iter_mut() {
-        *o = *o * inv;
+        *o *= inv;
     }
 }
 

@@ -69,6 +69,8 @@ fn forward<T: Float>(q: &[T], k: &[T], v: &[T], mask: Option<&[T]>, dm: Dims, sc
         let (bi, hi) = (bh / heads, bh % heads);
         let qo = bi * lq * d + hi * hd;
         let ko = bi * lk * d + hi * hd;
+        // Capture the whole wrapper (Send), not its raw-pointer field (edition 2021 closures).
+        #[allow(clippy::redundant_locals)]
         let yp = yp;
         unsafe {
             // S = s * Q K^T
@@ -108,6 +110,7 @@ impl SliceKernel for Backward {
                 let qo = bi * lq * d + hi * hd;
                 let ko = bi * lk * d + hi * hd;
                 let p = &probs[bh * lq * lk..(bh + 1) * lq * lk];
+                #[allow(clippy::redundant_locals)]
                 let (dqp, dkp, dvp) = (dqp, dkp, dvp);
                 unsafe {
                     let go = Mat::rows(g.as_ptr().add(qo), d);

@@ -82,7 +82,7 @@ impl SliceKernel for Backward {
             o.copy_from_slice(r);
             T::exp_scale_inplace(o, z, s);
             let t = self.targets[i] as usize;
-            o[t] = o[t] - s;
+            o[t] -= s;
         });
         tensor_from(dx, &self.shape)
     }
@@ -134,7 +134,7 @@ impl SliceKernel for LceForward<'_> {
     fn run<T: Float>(self, data: &[&[T]]) -> Result<f64> {
         let (x, w, b) = (data[0], data[1], data[2]);
         let (v, n) = (b.len(), self.op.targets.len());
-        let d = if n == 0 { 0 } else { x.len() / n };
+        let d = x.len().checked_div(n).unwrap_or(0);
         let mut z = vec![T::zero(); n * v];
         for r in z.chunks_mut(v) {
             r.copy_from_slice(b);
@@ -159,7 +159,7 @@ impl SliceKernel for LceForward<'_> {
                 if keep {
                     let (zl, sc) = (T::from_f64(lse), T::from_f64(inv_n));
                     T::exp_scale_inplace(r, zl, sc);
-                    r[t] = r[t] - sc;
+                    r[t] -= sc;
                 }
                 li
             })

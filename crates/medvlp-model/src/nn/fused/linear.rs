@@ -34,6 +34,7 @@ fn dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {
 }
 
 /// `h = x W^T (+ b)`, then the activation; returns (output, pre-activation if kept).
+#[allow(clippy::too_many_arguments)]
 fn forward<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, rows: usize, din: usize, dout: usize, act: Activation, keep_h: bool) -> (Vec<T>, Option<Vec<T>>) {
     let mut h = vec![T::zero(); rows * dout];
     if let Some(b) = b {

@@ -141,6 +141,7 @@ pub mod num {
         + std::ops::Mul<Output = Self>
         + std::ops::Div<Output = Self>
         + std::ops::AddAssign
+        + std::ops::SubAssign
         + std::ops::MulAssign
     {
         fn neg_infinity() -> Self;
