@@ -62,6 +62,10 @@ pub enum Sub {
         preset: String,
         #[arg(long, default_value_t = 10)]
         steps: usize,
+        /// Also run with bf16 dense layers (AVX-512 BF16 CPUs) and report their speed and the
+        /// smallest cosine between bf16 and fp32 outputs.
+        #[arg(long)]
+        bf16: bool,
     },
 }
 
@@ -83,7 +87,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(args: Args) -> Result<()> {
     match args.command {
         Sub::Forward { preset, batch, steps } => forward(&preset, batch, steps),
-        Sub::Encode { preset, steps } => encode(&preset, steps),
+        Sub::Encode { preset, steps, bf16 } => encode(&preset, steps, bf16),
         Sub::Data(a) => super::bench_data::run(a),
         Sub::TrainStep { recipe, stream, preset, batch, text_length, steps, compare_streams, rounds, peak_gflops } => {
             if preset == "reference" {
@@ -271,32 +275,49 @@ fn reference_train_step(steps: usize, peak_gflops: f64) -> Result<()> {
     Ok(())
 }
 
-fn encode(preset: &str, steps: usize) -> Result<()> {
+fn encode(preset: &str, steps: usize, bf16: bool) -> Result<()> {
     use super::bench_reference::{Reference, B, IMG};
     let dev = Device::Cpu;
-    let (params, run): (usize, Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>) = if preset == "reference" {
+    type Encoder = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
+    let (params, store, run): (usize, ParamStore, Encoder) = if preset == "reference" {
         let m = Reference::new(false)?;
         let p = m.store.num_params();
-        (p, Box::new(move |x: &Tensor| m.encode(x)))
+        let store = m.store.clone();
+        // pooled output: the [CLS] token
+        (p, store, Box::new(move |x: &Tensor| m.encode(x)?.narrow(1, 0, 1)?.squeeze(1)))
     } else {
         let cfg = ModelConfig::preset(preset)?;
         let store = ParamStore::new(0, DType::F32, &dev).frozen();
         let m = MedVlp::new(&cfg, &store)?;
-        (store.num_params(), Box::new(move |x: &Tensor| m.image_embeds(x)))
+        (store.num_params(), store, Box::new(move |x: &Tensor| m.image_embeds(x)))
     };
     let (size, ch) = if preset == "reference" { (IMG, 1) } else { let c = ModelConfig::preset(preset)?; (c.vision_config.image_size, c.vision_config.num_channels) };
     let px = Tensor::randn(0f32, 1f32, (B, ch, size, size), &dev)?;
-    let mut times = vec![];
-    for i in 0..steps + 2 {
-        let t0 = Instant::now();
-        let y = run(&px)?;
-        let _ = y.sum_all()?.to_scalar::<f32>()?;
-        if i >= 2 {
-            times.push(t0.elapsed().as_secs_f64());
+    let time = || -> Result<(f64, Tensor)> {
+        let mut times = vec![];
+        let mut last = None;
+        for i in 0..steps + 2 {
+            let t0 = Instant::now();
+            let y = run(&px)?;
+            let _ = y.sum_all()?.to_scalar::<f32>()?;
+            if i >= 2 {
+                times.push(t0.elapsed().as_secs_f64());
+            }
+            last = Some(y);
         }
+        Ok((median(times), last.expect("at least one run")))
+    };
+    let (med, y32) = time()?;
+    let mut out = serde_json::json!({ "preset": preset, "params": params, "batch": B, "images_per_s": B as f64 / med, "median_batch_s": med, "peak_rss_bytes": peak_rss_bytes() });
+    if bf16 {
+        let vars = store.vars();
+        medvlp_model::nn::fused::bf16::enable(vars.iter().map(|(_, v)| v.as_tensor()))?;
+        let (med16, y16) = time()?;
+        medvlp_model::nn::fused::bf16::disable();
+        let cos = medvlp_model::heads::l2_normalize(&y32)?.mul(&medvlp_model::heads::l2_normalize(&y16)?)?.sum(1)?.min(0)?.to_scalar::<f32>()?;
+        out["bf16_images_per_s"] = (B as f64 / med16).into();
+        out["bf16_min_cosine"] = (cos as f64).into();
     }
-    let med = median(times);
-    let out = serde_json::json!({ "preset": preset, "params": params, "batch": B, "images_per_s": B as f64 / med, "median_batch_s": med, "peak_rss_bytes": peak_rss_bytes() });
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }

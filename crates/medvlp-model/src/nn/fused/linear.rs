@@ -209,8 +209,17 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
         return linear_composed(x, w, b, act);
     }
     let x2 = x.reshape((rows, din))?.contiguous()?;
-    let w = w.contiguous()?;
     let track = x2.track_op() || w.track_op() || b.is_some_and(|b| b.track_op());
+    if !track && x.dtype() == candle_core::DType::F32 {
+        if let Some(p) = super::bf16::lookup(w) {
+            // bf16 inference (opt-in, see `bf16::enable`)
+            let xv = x2.flatten_all()?.to_vec1::<f32>()?;
+            let bv = b.map(|b| b.to_vec1::<f32>()).transpose()?;
+            let y = super::bf16::linear(&xv, rows, &p, bv.as_deref(), act);
+            return Tensor::from_vec(y, out_dims, x.device());
+        }
+    }
+    let w = w.contiguous()?;
     let saved = (track && act == Activation::Gelu).then(|| Arc::new(Mutex::new(None)));
     let op = LinearOp { act, saved };
     let y = match (b, track) {

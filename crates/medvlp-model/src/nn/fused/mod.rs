@@ -8,6 +8,7 @@
 //! equality test against the composed version (tests/gradients.rs, tests/fused.rs).
 
 pub mod attention;
+pub mod bf16;
 pub mod cross_entropy;
 pub mod linear;
 pub mod vmath;
