@@ -19,6 +19,15 @@ pub struct GradCheck {
     pub mismatches: Vec<Mismatch>,
 }
 
+impl GradCheck {
+    /// Print the result and panic unless coordinates were checked and all of them matched.
+    pub fn assert_passed(&self, name: &str) {
+        println!("{name}: {} coordinates, max relative error {:.2e}", self.checked, self.max_rel_err);
+        assert!(self.checked > 0, "{name}: nothing checked");
+        assert!(self.mismatches.is_empty(), "{name}: gradient mismatches {:?}", &self.mismatches[..self.mismatches.len().min(5)]);
+    }
+}
+
 /// A fixed random tensor shaped like `t` (a probe to turn an output into a scalar loss).
 pub fn probe_like(t: &Tensor, seed: u64) -> Result<Tensor> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

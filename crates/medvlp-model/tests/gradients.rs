@@ -25,12 +25,6 @@ fn var(shape: &[usize], seed: u64) -> Var {
     Var::from_tensor(&randn(shape, seed)).unwrap()
 }
 
-fn assert_ok(name: &str, r: medvlp_model::gradcheck::GradCheck) {
-    println!("{name}: {} coordinates, max relative error {:.2e}", r.checked, r.max_rel_err);
-    assert!(r.checked > 0);
-    assert!(r.mismatches.is_empty(), "{name}: gradient mismatches {:?}", &r.mismatches[..r.mismatches.len().min(5)]);
-}
-
 #[test]
 fn layer_norm_gradient() {
     let x = var(&[3, 4, 8], 1);
@@ -39,7 +33,7 @@ fn layer_norm_gradient() {
     let probe = randn(&[3, 4, 8], 4);
     let vars = vec![("x".into(), x.clone()), ("w".into(), w.clone()), ("b".into(), b.clone())];
     let r = check(&vars, || (nn::layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)? * &probe)?.sum_all(), 200, EPS, TOL).unwrap();
-    assert_ok("layer_norm", r);
+    r.assert_passed("layer_norm");
 }
 
 #[test]
@@ -48,7 +42,7 @@ fn softmax_gradient() {
     let probe = randn(&[2, 3, 7], 6);
     let vars = vec![("x".into(), x.clone())];
     let r = check(&vars, || (nn::softmax_last_dim(x.as_tensor())? * &probe)?.sum_all(), 100, EPS, TOL).unwrap();
-    assert_ok("softmax", r);
+    r.assert_passed("softmax");
 }
 
 #[test]
@@ -57,7 +51,7 @@ fn gelu_gradient() {
     let probe = randn(&[5, 9], 8);
     let vars = vec![("x".into(), x.clone())];
     let r = check(&vars, || (nn::gelu_erf(x.as_tensor())? * &probe)?.sum_all(), 100, EPS, TOL).unwrap();
-    assert_ok("gelu", r);
+    r.assert_passed("gelu");
 }
 
 #[test]
@@ -72,7 +66,7 @@ fn attention_with_padding_mask_gradient() {
     let mut vars = store.vars();
     vars.push(("x".into(), x.clone()));
     let r = check(&vars, || (att.forward(x.as_tensor(), None, Some(&am), false)?.0 * &probe)?.sum_all(), 20, EPS, TOL).unwrap();
-    assert_ok("attention", r);
+    r.assert_passed("attention");
     // Padded keys receive exactly zero attention.
     let (_, p) = att.forward(x.as_tensor(), None, Some(&am), true).unwrap();
     let p = p.unwrap().narrow(0, 1, 1).unwrap().narrow(3, 3, 2).unwrap();
@@ -101,7 +95,7 @@ fn cross_attention_block_gradient() {
         TOL,
     )
     .unwrap();
-    assert_ok("cross-attention block", r);
+    r.assert_passed("cross-attention block");
     let out = layer.forward(text.as_tensor(), Some(&tmask), Some(image.as_tensor()), None, true).unwrap();
     assert_eq!(out.cross_probs.unwrap().dims(), &[2, 2, 4, 5]);
 }
@@ -123,7 +117,7 @@ fn vit_with_patch_subset_gradient() {
     let mut vars = store.vars();
     vars.push(("pixels".into(), px.clone()));
     let r = check(&vars, || (vit.forward_masked(px.as_tensor(), &mask)? * &probe)?.sum_all(), 6, EPS, TOL).unwrap();
-    assert_ok("vit (patch subset)", r);
+    r.assert_passed("vit (patch subset)");
     // Pixels of masked patches get no gradient; visible ones do.
     let loss = (vit.forward_masked(px.as_tensor(), &mask).unwrap() * &probe).unwrap().sum_all().unwrap();
     let g = loss.backward().unwrap();
@@ -166,7 +160,7 @@ fn mae_decoder_restores_order_and_has_gradients() {
     vars.push(("latent".into(), latent.clone()));
     vars.push(("text".into(), text.clone()));
     let r = check(&vars, || (dec.forward(latent.as_tensor(), &mask, Some((text.as_tensor(), None)))? * &probe)?.sum_all(), 6, EPS, TOL).unwrap();
-    assert_ok("mae decoder", r);
+    r.assert_passed("mae decoder");
 }
 
 #[test]
@@ -183,7 +177,7 @@ fn mlm_head_gradient() {
     vars.push(("word_embeddings".into(), emb.clone()));
     vars.push(("hidden".into(), h.clone()));
     let r = check(&vars, || (head.forward(h.as_tensor(), emb.as_tensor())? * &probe)?.sum_all(), 20, EPS, TOL).unwrap();
-    assert_ok("mlm head", r);
+    r.assert_passed("mlm head");
 }
 
 /// Custom kernels and the composed expressions agree (f32, values and gradients).
@@ -247,7 +241,7 @@ fn memory_read_gradient_and_top_k() {
     let mut vars = store.vars();
     vars.push(("x".into(), x.clone()));
     let r = check(&vars, || (mem.read(x.as_tensor())? * &probe)?.sum_all(), 10, EPS, TOL).unwrap();
-    assert_ok("memory read", r);
+    r.assert_passed("memory read");
     // Only k of the slots feed a query: the value gradient touches at most b*h*l*k rows.
     let loss = (mem.read(x.as_tensor()).unwrap() * &probe).unwrap().sum_all().unwrap();
     let g = loss.backward().unwrap();

@@ -7,7 +7,7 @@
 //! Every op has a finite-difference test and an equality test against the composed version.
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor,
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor,
     D,
 };
 use rayon::prelude::*;
@@ -15,16 +15,7 @@ use rayon::prelude::*;
 /// Rows below this many elements are processed on the calling thread.
 const PAR_MIN_ELEMS: usize = 1 << 14;
 
-fn use_kernel(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
-}
-
-fn contiguous_slice<'a, T>(v: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{op}: input is not contiguous"),
-    }
-}
+use super::fused::{contiguous_slice, use_kernel};
 
 /// Map every row of length `d` of `x` into the matching row of the output, in parallel.
 fn map_rows<T: Copy + Send + Sync + Default>(

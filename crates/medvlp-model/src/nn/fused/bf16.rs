@@ -129,15 +129,16 @@ pub(crate) fn linear(x: &[f32], rows: usize, p: &Packed, b: Option<&[f32]>, act:
         unsafe {
             kernel(&xa[r0 * kp..(r0 + nr) * kp], nr, p, yc)
         };
-        for (i, yr) in yc.chunks_mut(p.out).enumerate() {
-            let _ = i;
+        let mut h = Vec::new();
+        for yr in yc.chunks_mut(p.out) {
             if let Some(b) = b {
                 for (v, &bb) in yr.iter_mut().zip(b) {
                     *v += bb;
                 }
             }
             if act == Activation::Gelu {
-                let h = yr.to_vec();
+                h.clear();
+                h.extend_from_slice(yr);
                 super::vmath::gelu_into(&h, yr);
             }
         }

@@ -14,18 +14,19 @@ struct CrossEntropyOp {
     lse: Arc<Mutex<Vec<f64>>>,
 }
 
+/// `log sum_j exp(r_j)`, shifted by the row maximum.
+fn row_lse<T: Float>(r: &[T]) -> f64 {
+    let mut m = T::neg_infinity();
+    for &v in r {
+        if v > m {
+            m = v;
+        }
+    }
+    m.to_f64() + T::exp_sum(r, m).to_f64().ln()
+}
+
 fn rows_lse<T: Float>(x: &[T], c: usize) -> Vec<f64> {
-    x.par_chunks(c)
-        .map(|r| {
-            let mut m = T::neg_infinity();
-            for &v in r {
-                if v > m {
-                    m = v;
-                }
-            }
-            m.to_f64() + T::exp_sum(r, m).to_f64().ln()
-        })
-        .collect()
+    x.par_chunks(c).map(row_lse).collect()
 }
 
 impl CustomOp1 for CrossEntropyOp {
@@ -147,13 +148,7 @@ impl SliceKernel for LceForward<'_> {
             .par_chunks_mut(v)
             .enumerate()
             .map(|(i, r)| {
-                let mut m = T::neg_infinity();
-                for &a in r.iter() {
-                    if a > m {
-                        m = a;
-                    }
-                }
-                let lse = m.to_f64() + T::exp_sum(r, m).to_f64().ln();
+                let lse = row_lse(r);
                 let t = targets[i] as usize;
                 let li = lse - r[t].to_f64();
                 if keep {
@@ -169,53 +164,6 @@ impl SliceKernel for LceForward<'_> {
             *s.lock().unwrap() = Some(tensor_from(z, &[n, v])?);
         }
         Ok(loss)
-    }
-}
-
-struct LceBackward {
-    n: usize,
-    d: usize,
-    v: usize,
-    scale: f64,
-    need: [bool; 3],
-}
-
-impl SliceKernel for LceBackward {
-    type Out = [Option<Tensor>; 3];
-    /// data: x [n, d], w [v, d], saved dl [n, v]; the incoming gradient is the scalar `scale`.
-    fn run<T: Float>(self, data: &[&[T]]) -> Result<Self::Out> {
-        let (x, w, dl) = (data[0], data[1], data[2]);
-        let (n, d, v) = (self.n, self.d, self.v);
-        let s = T::from_f64(self.scale);
-        let dx = if self.need[0] {
-            let mut dx = vec![T::zero(); n * d];
-            unsafe { super::gemm(n, d, v, dx.as_mut_ptr(), d, false, super::Mat::rows(dl.as_ptr(), v), super::Mat::rows(w.as_ptr(), d), s, true) };
-            Some(tensor_from(dx, &[n, d])?)
-        } else {
-            None
-        };
-        let dw = if self.need[1] {
-            let mut dw = vec![T::zero(); v * d];
-            unsafe { super::gemm(v, d, n, dw.as_mut_ptr(), d, false, super::Mat::rows(dl.as_ptr(), v).t(), super::Mat::rows(x.as_ptr(), d), s, true) };
-            Some(tensor_from(dw, &[v, d])?)
-        } else {
-            None
-        };
-        let db = if self.need[2] {
-            let mut db = vec![T::zero(); v];
-            db.par_chunks_mut(256).enumerate().for_each(|(ci, o)| {
-                for r in 0..n {
-                    let row = &dl[r * v + ci * 256..r * v + ci * 256 + o.len()];
-                    for (a, &g) in o.iter_mut().zip(row) {
-                        *a += g * s;
-                    }
-                }
-            });
-            Some(tensor_from(db, &[v])?)
-        } else {
-            None
-        };
-        Ok([dx, dw, db])
     }
 }
 
@@ -243,8 +191,17 @@ impl CustomOp3 for LinearCrossEntropyOp {
     fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let saved = self.saved.as_ref().and_then(|s| s.lock().unwrap().clone());
         let Some(dl) = saved else { candle_core::bail!("medvlp-linear-cross-entropy: backward without saved probabilities") };
+        // The saved buffer is the logits' gradient for an incoming gradient of 1: a dense layer's
+        // backward with the scalar incoming gradient as scale.
         let (n, d) = x.dims2()?;
-        let k = LceBackward { n, d, v: w.dim(0)?, scale: g.to_dtype(DType::F64)?.to_scalar::<f64>()?, need: [x.track_op(), w.track_op(), b.track_op()] };
+        let k = super::linear::Backward {
+            rows: n,
+            din: d,
+            dout: w.dim(0)?,
+            act: crate::nn::Activation::Identity,
+            need: [x.track_op(), w.track_op(), b.track_op()],
+            scale: g.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+        };
         let [dx, dw, db] = with_slices(&[x, w, &dl], "medvlp-linear-cross-entropy-bwd", k)?;
         Ok((dx, dw, db))
     }

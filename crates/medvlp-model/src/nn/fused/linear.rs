@@ -58,7 +58,7 @@ fn forward<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, rows: usize, din: usize,
 }
 
 /// Column sums of a `[rows, cols]` matrix, parallel over column blocks.
-fn col_sums<T: Float>(g: &[T], rows: usize, cols: usize) -> Vec<T> {
+pub(super) fn col_sums<T: Float>(g: &[T], rows: usize, cols: usize) -> Vec<T> {
     let mut out = vec![T::zero(); cols];
     let block = 64;
     out.par_chunks_mut(block).enumerate().for_each(|(bi, o)| {
@@ -73,12 +73,15 @@ fn col_sums<T: Float>(g: &[T], rows: usize, cols: usize) -> Vec<T> {
     out
 }
 
-struct Backward {
-    rows: usize,
-    din: usize,
-    dout: usize,
-    act: Activation,
-    need: [bool; 3],
+/// Gradients of `act(x W^T + b)` from the output gradient `g` times `scale`.
+pub(super) struct Backward {
+    pub rows: usize,
+    pub din: usize,
+    pub dout: usize,
+    pub act: Activation,
+    /// Which of x, W, b need a gradient.
+    pub need: [bool; 3],
+    pub scale: f64,
 }
 
 impl SliceKernel for Backward {
@@ -87,6 +90,7 @@ impl SliceKernel for Backward {
     fn run<T: Float>(self, data: &[&[T]]) -> Result<Self::Out> {
         let (x, w, g) = (data[0], data[1], data[2]);
         let (rows, din, dout) = (self.rows, self.din, self.dout);
+        let s = T::from_f64(self.scale);
         let gh: Vec<T>;
         let g = match self.act {
             Activation::Identity => g,
@@ -104,19 +108,27 @@ impl SliceKernel for Backward {
         };
         let dx = if self.need[0] {
             let mut dx = vec![T::zero(); rows * din];
-            unsafe { gemm(rows, din, dout, dx.as_mut_ptr(), din, false, Mat::rows(g.as_ptr(), dout), Mat::rows(w.as_ptr(), din), T::one(), true) };
+            unsafe { gemm(rows, din, dout, dx.as_mut_ptr(), din, false, Mat::rows(g.as_ptr(), dout), Mat::rows(w.as_ptr(), din), s, true) };
             Some(tensor_from(dx, &[rows, din])?)
         } else {
             None
         };
         let dw = if self.need[1] {
             let mut dw = vec![T::zero(); dout * din];
-            unsafe { gemm(dout, din, rows, dw.as_mut_ptr(), din, false, Mat::rows(g.as_ptr(), dout).t(), Mat::rows(x.as_ptr(), din), T::one(), true) };
+            unsafe { gemm(dout, din, rows, dw.as_mut_ptr(), din, false, Mat::rows(g.as_ptr(), dout).t(), Mat::rows(x.as_ptr(), din), s, true) };
             Some(tensor_from(dw, &[dout, din])?)
         } else {
             None
         };
-        let db = if self.need[2] { Some(tensor_from(col_sums(g, rows, dout), &[dout])?) } else { None };
+        let db = if self.need[2] {
+            let mut db = col_sums(g, rows, dout);
+            if self.scale != 1.0 {
+                db.iter_mut().for_each(|v| *v *= s);
+            }
+            Some(tensor_from(db, &[dout])?)
+        } else {
+            None
+        };
         Ok([dx, dw, db])
     }
 }
@@ -155,7 +167,7 @@ impl LinearOp {
         let (rows, din) = x.dims2()?;
         let dout = w.dim(0)?;
         let need = [x.track_op(), w.track_op(), b.is_some_and(|b| b.track_op())];
-        let k = Backward { rows, din, dout, act: self.act, need };
+        let k = Backward { rows, din, dout, act: self.act, need, scale: 1.0 };
         match self.act {
             Activation::Identity => with_slices(&[x, w, g], "medvlp-linear-bwd", k),
             Activation::Gelu => {

@@ -13,7 +13,7 @@ pub mod cross_entropy;
 pub mod linear;
 pub mod vmath;
 
-use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use candle_core::{DType, Layout, Result, Storage, Tensor};
 
 pub use num::Float;
 
@@ -39,27 +39,21 @@ pub(crate) trait SliceKernel {
 pub(crate) fn with_slices<K: SliceKernel>(ts: &[&Tensor], op: &str, k: K) -> Result<K::Out> {
     let ts: Vec<Tensor> = ts.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
     let guards: Vec<_> = ts.iter().map(|t| t.storage_and_layout()).collect();
-    if guards.iter().all(|(s, _)| matches!(&**s, Storage::Cpu(CpuStorage::F32(_)))) {
-        let data = guards
-            .iter()
-            .map(|(s, l)| match &**s {
-                Storage::Cpu(CpuStorage::F32(v)) => contiguous_slice(v, l, op),
-                _ => unreachable!(),
-            })
-            .collect::<Result<Vec<&[f32]>>>()?;
-        return k.run(&data);
+    match ts.first().map(|t| t.dtype()) {
+        Some(DType::F32) => k.run(&typed_slices::<f32>(&guards, op)?),
+        Some(DType::F64) => k.run(&typed_slices::<f64>(&guards, op)?),
+        _ => candle_core::bail!("{op}: needs f32 or f64 CPU tensors of one dtype"),
     }
-    if guards.iter().all(|(s, _)| matches!(&**s, Storage::Cpu(CpuStorage::F64(_)))) {
-        let data = guards
-            .iter()
-            .map(|(s, l)| match &**s {
-                Storage::Cpu(CpuStorage::F64(v)) => contiguous_slice(v, l, op),
-                _ => unreachable!(),
-            })
-            .collect::<Result<Vec<&[f64]>>>()?;
-        return k.run(&data);
-    }
-    candle_core::bail!("{op}: needs f32 or f64 CPU tensors of one dtype")
+}
+
+fn typed_slices<'a, T: Float>(guards: &'a [(candle_core::StorageRef<'_>, &Layout)], op: &str) -> Result<Vec<&'a [T]>> {
+    guards
+        .iter()
+        .map(|(s, l)| match &**s {
+            Storage::Cpu(c) => contiguous_slice(T::cpu_storage_as_slice(c)?, l, op),
+            _ => candle_core::bail!("{op}: needs CPU tensors"),
+        })
+        .collect()
 }
 
 /// A CPU tensor from a kernel's output buffer (no copy).
