@@ -15,8 +15,27 @@ pub enum PositionEmbedding {
     Sincos,
 }
 
+/// The image encoder's architecture (`vision_config.model_type`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VisionArch {
+    /// Vision Transformer (Hugging Face `ViTModel`).
+    #[default]
+    Vit,
+    /// Plain strided CNN (channels-last convolutions, LayerNorm over channels, GELU) whose
+    /// `patch_size`-times downsampled feature map is the token grid. Learns far faster than a ViT
+    /// from scratch on a few thousand images (see `convnet.rs`).
+    Convnet,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VisionConfig {
+    #[serde(default)]
+    pub model_type: VisionArch,
+    /// ConvNet widths: the stem, then one per stride-2 stage (`log2(patch_size)` entries, the last
+    /// equal to `hidden_size`). Empty for a ViT.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conv_channels: Vec<usize>,
     /// How the joint-space embedding pools the encoder output.
     #[serde(default)]
     pub pooling: Pooling,
@@ -60,16 +79,64 @@ impl VisionConfig {
         self.patch_size * self.patch_size * self.num_channels
     }
 
+    /// A ConvNet: `widths[0]` for the 5x5 stride-2 stem, then one stage per further width.
+    pub fn convnet(image_size: usize, patch_size: usize, widths: &[usize]) -> anyhow::Result<Self> {
+        let c = Self {
+            model_type: VisionArch::Convnet,
+            conv_channels: widths.to_vec(),
+            pooling: Pooling::Mean,
+            image_size,
+            num_channels: 1,
+            patch_size,
+            hidden_size: *widths.last().unwrap_or(&0),
+            num_hidden_layers: widths.len(),
+            num_attention_heads: 1,
+            intermediate_size: 0,
+            position_embedding: PositionEmbedding::Learned,
+            layer_norm_eps: 1e-6,
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+            anyhow::bail!("vision image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size);
+        }
+        match self.model_type {
+            VisionArch::Vit => {
+                if !self.hidden_size.is_multiple_of(self.num_attention_heads.max(1)) || self.num_attention_heads == 0 {
+                    anyhow::bail!("vision hidden_size {} not divisible by {} heads", self.hidden_size, self.num_attention_heads);
+                }
+            }
+            VisionArch::Convnet => {
+                let w = &self.conv_channels;
+                if w.is_empty() || 1usize << w.len() != self.patch_size || w.last() != Some(&self.hidden_size) || w.contains(&0) {
+                    anyhow::bail!(
+                        "convnet: conv_channels {w:?} must have log2(patch_size {}) non-zero entries ending with hidden_size {}",
+                        self.patch_size, self.hidden_size
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn preset(name: &str) -> anyhow::Result<Self> {
         let (image_size, num_channels, patch_size, hidden, layers, heads, mlp) = match name {
             "tiny" => (32, 1, 8, 32, 2, 2, 64),
             // CPU demo: the reference model's vision tower (128 px, 64 patches).
-            "small" => (128, 1, 16, 256, 4, 4, 1024),
+            "small" => return Self::convnet(128, 16, &[32, 64, 128, 256]),
+            // The ViT of the same width: the reference model's vision tower.
+            "small-vit" => (128, 1, 16, 256, 4, 4, 1024),
             // ViT-B/16 at 224 px, 3 channels so that ImageNet / CXR ViT checkpoints load.
             "base" => (224, 3, 16, 768, 12, 12, 3072),
-            _ => anyhow::bail!("unknown vision preset '{name}' (tiny, small, base)"),
+            "tiny-convnet" => return Self::convnet(32, 8, &[8, 16, 32]),
+            _ => anyhow::bail!("unknown vision preset '{name}' (tiny, tiny-convnet, small, small-vit, base)"),
         };
         Ok(Self {
+            model_type: VisionArch::Vit,
+            conv_channels: vec![],
             pooling: if name == "base" { Pooling::Cls } else { Pooling::Mean },
             image_size,
             num_channels,
@@ -293,6 +360,8 @@ impl ModelConfig {
     /// A preset with every head (fusion, decoder, MLM) present, as the pre-training recipes use.
     pub fn preset(name: &str) -> anyhow::Result<Self> {
         let vision = VisionConfig::preset(name)?;
+        // `small-vit`, `tiny-convnet`: the named image encoder with the base preset's other parts
+        let name = name.split('-').next().unwrap_or(name);
         let text = TextConfig::preset(name)?;
         let (proj, fusion, decoder) = match name {
             "tiny" => (16, FusionConfig { num_layers: 1, num_attention_heads: 2, intermediate_size: 64 }, DecoderConfig { hidden_size: 16, num_layers: 1, num_attention_heads: 2, intermediate_size: 32, cross_attention: true }),
@@ -328,12 +397,7 @@ impl ModelConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.text_config.validate()?;
         let v = &self.vision_config;
-        if !v.image_size.is_multiple_of(v.patch_size) {
-            anyhow::bail!("vision image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size);
-        }
-        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
-            anyhow::bail!("vision hidden_size {} not divisible by {} heads", v.hidden_size, v.num_attention_heads);
-        }
+        v.validate()?;
         if self.preprocess.image_size as usize != v.image_size || self.preprocess.channels as usize != v.num_channels {
             anyhow::bail!(
                 "preprocess produces {}x{} images with {} channels, the image encoder expects {} px with {}",

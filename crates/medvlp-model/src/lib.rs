@@ -6,6 +6,7 @@
 
 pub mod bert;
 pub mod config;
+pub mod convnet;
 pub mod encode;
 pub mod fusion;
 pub mod gradcheck;
@@ -18,6 +19,7 @@ pub mod model_dir;
 pub mod nn;
 pub mod params;
 pub mod runtime;
+pub mod vision;
 pub mod vit;
 
 pub use config::ModelConfig;

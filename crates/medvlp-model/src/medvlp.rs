@@ -11,7 +11,7 @@ use crate::memory::CrossModalMemory;
 use crate::nn::Linear;
 use crate::nn::additive_mask;
 use crate::params::ParamStore;
-use crate::vit::VisionTransformer;
+use crate::vision::VisionEncoder;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::Init;
 
@@ -32,7 +32,7 @@ impl PassCounter {
 #[derive(Clone, Debug)]
 pub struct MedVlp {
     pub config: ModelConfig,
-    pub vision_model: VisionTransformer,
+    pub vision_model: VisionEncoder,
     pub text_model: BertModel,
     pub visual_projection: ProjectionHead,
     pub text_projection: ProjectionHead,
@@ -57,7 +57,7 @@ impl MedVlp {
         let vb = store.var_builder();
         let vc = &config.vision_config;
         let tc = &config.text_config;
-        let vision_model = VisionTransformer::new(vc, vb.pp("vision_model"))?;
+        let vision_model = VisionEncoder::new(vc, vb.pp("vision_model"))?;
         let text_model = BertModel::new(tc, false, vb.pp("text_model"))?;
         let visual_projection = ProjectionHead::new(config.projection, vc.hidden_size, config.projection_dim, vb.pp("visual_projection"))?;
         let text_projection = ProjectionHead::new(config.projection, tc.hidden_size, config.projection_dim, vb.pp("text_projection"))?;
@@ -125,10 +125,7 @@ impl MedVlp {
     /// Pools `features` (`[b, 1 + patches, width]`, visible patches only when masked) as the
     /// vision config says, projects and L2-normalises.
     pub fn project_image(&self, features: &Tensor) -> Result<Tensor> {
-        let pooled = match self.config.vision_config.pooling {
-            Pooling::Cls => features.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Mean => features.narrow(1, 1, features.dim(1)? - 1)?.mean(1)?,
-        };
+        let pooled = self.vision_model.pool(features)?;
         l2_normalize(&self.visual_projection.forward(&pooled)?)
     }
 

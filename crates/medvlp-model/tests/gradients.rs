@@ -101,7 +101,7 @@ fn cross_attention_block_gradient() {
 }
 
 fn tiny_vision(pos: PositionEmbedding) -> VisionConfig {
-    VisionConfig { pooling: Default::default(), image_size: 16, num_channels: 1, patch_size: 4, hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 16, position_embedding: pos, layer_norm_eps: 1e-6 }
+    VisionConfig { model_type: Default::default(), conv_channels: vec![], pooling: Default::default(), image_size: 16, num_channels: 1, patch_size: 4, hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 16, position_embedding: pos, layer_norm_eps: 1e-6 }
 }
 
 #[test]

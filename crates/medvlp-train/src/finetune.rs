@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use medvlp_data::image::preprocess::PreprocessConfig;
 use medvlp_data::loader::{Item, Loader, LoaderConfig};
 use medvlp_model::model_dir;
-use medvlp_model::vit::VisionTransformer;
+use medvlp_model::vision::VisionEncoder;
 use medvlp_model::ParamStore;
 use std::collections::HashMap;
 use std::path::Path;
@@ -77,14 +77,14 @@ pub fn softmax_cross_entropy(logits: &Tensor, y: &Tensor) -> candle_core::Result
 }
 
 struct Classifier {
-    vit: VisionTransformer,
+    vit: VisionEncoder,
     head: candle_nn::Linear,
 }
 
 impl Classifier {
     fn logits(&self, px: &Tensor) -> Result<Tensor> {
         let h = self.vit.forward(px)?;
-        Ok(self.head.forward(&h.narrow(1, 0, 1)?.squeeze(1)?)?)
+        Ok(self.head.forward(&self.vit.pool(&h)?)?)
     }
 }
 
@@ -131,7 +131,7 @@ pub fn finetune(
     let store = ParamStore::new(cfg.seed, DType::F32, dev);
     store.preload_safetensors(&model.join("model.safetensors"), |n| n.starts_with("vision_model.").then(|| n.to_string()))?;
     let vb = store.var_builder();
-    let vit = VisionTransformer::new(&mc.vision_config, vb.pp("vision_model"))?;
+    let vit = VisionEncoder::new(&mc.vision_config, vb.pp("vision_model"))?;
     let head = candle_nn::linear(mc.vision_config.hidden_size, classes.len(), vb.pp("classifier"))?;
     let report = store.load_report();
     if report.initialised.iter().any(|n| !n.starts_with("classifier.")) {

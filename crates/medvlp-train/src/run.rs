@@ -161,6 +161,9 @@ pub fn run_training(rc: &RunConfig, resolved_toml: &str, out: &Path, resume: boo
         store.preload_safetensors(&d.join("model.safetensors"), |n| hf_bert_name(n).map(|n| format!("text_model.{n}")))?;
     }
     if let Some(p) = &rc.model.image_init {
+        if mc.vision_config.model_type != medvlp_model::config::VisionArch::Vit {
+            anyhow::bail!("model.image_init loads ViT weights ({}), but the image encoder is a {:?}; use a ViT preset (small-vit, base)", p.display(), mc.vision_config.model_type);
+        }
         store.preload_safetensors(p, |n| {
             let n = n.strip_prefix("vit.").unwrap_or(n);
             (n.starts_with("embeddings.") || n.starts_with("encoder.") || n.starts_with("layernorm.")).then(|| format!("vision_model.{n}"))

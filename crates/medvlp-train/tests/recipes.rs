@@ -57,8 +57,12 @@ fn batch(cfg: &ModelConfig, n_paired: usize, n_image_only: usize, n_text_only: u
 }
 
 fn build(name: &str, cfg: &ObjectiveConfig) -> (ParamStore, MedVlp) {
+    build_preset(name, cfg, "tiny")
+}
+
+fn build_preset(name: &str, cfg: &ObjectiveConfig, preset: &str) -> (ParamStore, MedVlp) {
     let m = method(name).unwrap();
-    let mut mc = ModelConfig::preset("tiny").unwrap();
+    let mut mc = ModelConfig::preset(preset).unwrap();
     m.adapt_model(cfg, &mut mc);
     let store = ParamStore::new(1, DType::F32, &Device::Cpu);
     let model = MedVlp::new(&mc, &store).unwrap();
@@ -67,10 +71,19 @@ fn build(name: &str, cfg: &ObjectiveConfig) -> (ParamStore, MedVlp) {
 
 #[test]
 fn every_recipe_reaches_every_parameter_and_learns() {
+    reaches_every_parameter_and_learns("tiny");
+}
+
+#[test]
+fn every_recipe_reaches_every_parameter_and_learns_with_a_convnet() {
+    reaches_every_parameter_and_learns("tiny-convnet");
+}
+
+fn reaches_every_parameter_and_learns(preset: &str) {
     for name in METHODS {
         let m = method(name).unwrap();
         let cfg = m.defaults();
-        let (store, model) = build(name, &cfg);
+        let (store, model) = build_preset(name, &cfg, preset);
         let b = batch(&model.config, 6, 2, 2);
         let out = m.loss(&model, &b, &cfg, 0).unwrap();
         let first = out.loss.to_scalar::<f32>().unwrap();
@@ -82,7 +95,7 @@ fn every_recipe_reaches_every_parameter_and_learns() {
             .filter(|(_, v)| grads.get(v.as_tensor()).map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0).unwrap_or(true))
             .map(|(n, _)| n)
             .collect();
-        assert!(missing.is_empty(), "{name}: parameters without gradient: {missing:?}");
+        assert!(missing.is_empty(), "{name} ({preset}): parameters without gradient: {missing:?}");
         let mut opt = AdamW::new(store.vars(), AdamWConfig { lr: 3e-3, weight_decay: 0.0, grad_clip: 1.0, ..Default::default() }).unwrap();
         for step in 0..25 {
             let l = m.loss(&model, &b, &cfg, step).unwrap().loss;
@@ -91,8 +104,8 @@ fn every_recipe_reaches_every_parameter_and_learns() {
         }
         // Average over a few mask draws: masks are random per seed.
         let last: f32 = (0..4).map(|s| m.loss(&model, &b, &cfg, 100 + s).unwrap().loss.to_scalar::<f32>().unwrap()).sum::<f32>() / 4.0;
-        println!("{name}: {first:.3} -> {last:.3}; parts {:?}", out.parts);
-        assert!(last < 0.8 * first, "{name}: loss {first} -> {last}");
+        println!("{name} ({preset}): {first:.3} -> {last:.3}; parts {:?}", out.parts);
+        assert!(last < 0.8 * first, "{name} ({preset}): loss {first} -> {last}");
     }
 }
 

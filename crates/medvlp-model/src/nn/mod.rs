@@ -2,10 +2,12 @@
 //! `LayerNorm` / `softmax_last_dim` / `rms_norm` fast paths are never used where gradients flow.
 
 pub mod attention;
+pub mod conv;
 pub mod fused;
 pub mod ops;
 
 pub use attention::{additive_mask, Attention};
+pub use conv::{Conv2d, Window};
 pub use fused::cross_entropy::cross_entropy;
 pub use fused::linear::{linear, Activation};
 pub use ops::{gelu_erf, layer_norm, log_softmax_last_dim, softmax_last_dim};

@@ -88,7 +88,7 @@ impl Reference {
         let store = ParamStore::new(0, DType::F32, &Device::Cpu);
         let store = if trainable { store } else { store.frozen() };
         let vb = store.var_builder();
-        let vc = VisionConfig { pooling: medvlp_model::config::Pooling::Cls, image_size: IMG, num_channels: 1, patch_size: P, hidden_size: D, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 1024, position_embedding: PositionEmbedding::Learned, layer_norm_eps: 1e-5 };
+        let vc = VisionConfig { model_type: Default::default(), conv_channels: vec![], pooling: medvlp_model::config::Pooling::Cls, image_size: IMG, num_channels: 1, patch_size: P, hidden_size: D, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 1024, position_embedding: PositionEmbedding::Learned, layer_norm_eps: 1e-5 };
         let tc = TextConfig { pooling: medvlp_model::config::Pooling::Cls, vocab_size: VOCAB, hidden_size: D, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 1024, max_position_embeddings: T, type_vocab_size: 1, layer_norm_eps: 1e-5, pad_token_id: 0, hidden_act: "gelu".into(), position_embedding_type: "absolute".into(), max_length: T };
         let randn = Init::Randn { mean: 0.0, stdev: 0.02 };
         Ok(Self {
