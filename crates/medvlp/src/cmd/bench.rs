@@ -17,7 +17,7 @@ pub struct Args {
 pub enum Sub {
     /// Forward + backward of the dual encoder (image + text, ITC loss) at a preset's real size.
     Forward {
-        /// tiny, small or base (ViT-B/16 + BERT-base).
+        /// tiny, tiny-convnet, small (ConvNet), small-vit or base (ViT-B/16 + BERT-base).
         #[arg(long, default_value = "base")]
         preset: String,
         #[arg(long, default_value_t = 2)]
@@ -57,7 +57,7 @@ pub enum Sub {
     Data(super::bench_data::Args),
     /// Image-encoder inference throughput (no autograd bookkeeping).
     Encode {
-        /// `reference` (the PyTorch comparison model's ViT), tiny, small or base.
+        /// `reference` (the PyTorch comparison model's ViT), tiny, tiny-convnet, small (ConvNet), small-vit or base.
         #[arg(long, default_value = "reference")]
         preset: String,
         #[arg(long, default_value_t = 10)]

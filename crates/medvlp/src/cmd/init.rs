@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// tiny, small or base.
+    /// tiny, tiny-convnet, small (ConvNet), small-vit or base.
     #[arg(long, default_value = "small")]
     pub preset: String,
     #[arg(long)]
