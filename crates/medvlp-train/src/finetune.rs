@@ -77,14 +77,15 @@ pub fn softmax_cross_entropy(logits: &Tensor, y: &Tensor) -> candle_core::Result
 }
 
 struct Classifier {
-    vit: VisionEncoder,
+    encoder: VisionEncoder,
     head: candle_nn::Linear,
 }
 
 impl Classifier {
     fn logits(&self, px: &Tensor) -> Result<Tensor> {
-        let h = self.vit.forward(px)?;
-        Ok(self.head.forward(&self.vit.pool(&h)?)?)
+        let h = self.encoder.forward(px)?;
+        // the pooling the encoder was pre-trained with (mean-pooled models have an untrained [CLS])
+        Ok(self.head.forward(&self.encoder.pool(&h)?)?)
     }
 }
 
@@ -131,14 +132,14 @@ pub fn finetune(
     let store = ParamStore::new(cfg.seed, DType::F32, dev);
     store.preload_safetensors(&model.join("model.safetensors"), |n| n.starts_with("vision_model.").then(|| n.to_string()))?;
     let vb = store.var_builder();
-    let vit = VisionEncoder::new(&mc.vision_config, vb.pp("vision_model"))?;
+    let encoder = VisionEncoder::new(&mc.vision_config, vb.pp("vision_model"))?;
     let head = candle_nn::linear(mc.vision_config.hidden_size, classes.len(), vb.pp("classifier"))?;
     let report = store.load_report();
     if report.initialised.iter().any(|n| !n.starts_with("classifier.")) {
         tracing::warn!("fine-tuning: {report}");
     }
     store.drop_unused();
-    let clf = Classifier { vit, head };
+    let clf = Classifier { encoder, head };
     let pp = mc.preprocess.clone();
     let y = targets(&train, classes, cfg.multiclass);
     let by_id: HashMap<String, usize> = train.iter().enumerate().map(|(i, it)| (it.id.clone(), i)).collect();
