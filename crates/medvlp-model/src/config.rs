@@ -99,6 +99,15 @@ impl VisionConfig {
         Ok(c)
     }
 
+    /// Errors unless `pixel_values` is `[b, num_channels, image_size, image_size]`.
+    pub fn check_pixels(&self, pixel_values: &candle_core::Tensor) -> candle_core::Result<()> {
+        let (_, c, h, w) = pixel_values.dims4()?;
+        if c != self.num_channels || h != self.image_size || w != self.image_size {
+            candle_core::bail!("image encoder expects [b, {}, {}, {}], got {:?}", self.num_channels, self.image_size, self.image_size, pixel_values.dims());
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             anyhow::bail!("vision image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size);

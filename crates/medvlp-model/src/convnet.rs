@@ -43,6 +43,8 @@ pub struct ConvNet {
     pub embedder: ConvLayer,
     /// Per stage: a stride-2 layer and a stride-1 layer.
     pub stages: Vec<[ConvLayer; 2]>,
+    /// `[1, size, size, 2]` constant (x, y) coordinate channels, built once.
+    coords: Tensor,
 }
 
 const COORD_CHANNELS: usize = 2;
@@ -62,25 +64,23 @@ impl ConvNet {
                 Ok([ConvLayer::new(w[s - 1], w[s], down, eps, vb.pp(0))?, ConvLayer::new(w[s], w[s], same, eps, vb.pp(1))?])
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { config: config.clone(), embedder, stages })
+        let n = config.image_size;
+        let coord = |i: usize| (2.0 * i as f32 + 1.0) / n as f32 - 1.0;
+        let grid: Vec<f32> = (0..n).flat_map(|y| (0..n).flat_map(move |x| [coord(x), coord(y)])).collect();
+        let coords = Tensor::from_vec(grid, (1, n, n, COORD_CHANNELS), vb.device())?.to_dtype(vb.dtype())?;
+        Ok(Self { config: config.clone(), embedder, stages, coords })
     }
 
     /// `[b, c, h, w]` -> channels-last `[b, h, w, c]`, checking the size.
     fn channels_last(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let (_, c, h, w) = pixel_values.dims4()?;
-        let cfg = &self.config;
-        if c != cfg.num_channels || h != cfg.image_size || w != cfg.image_size {
-            candle_core::bail!("image encoder expects [b, {}, {}, {}], got {:?}", cfg.num_channels, cfg.image_size, cfg.image_size, pixel_values.dims());
-        }
+        self.config.check_pixels(pixel_values)?;
         pixel_values.permute((0, 2, 3, 1))?.contiguous()
     }
 
     /// The feature grid `[b, patches, width]` (row-major) of channels-last pixels.
     fn tokens(&self, x: &Tensor) -> Result<Tensor> {
         let (b, h, w, _) = x.dims4()?;
-        let coord = |i: usize, n: usize| (2.0 * i as f32 + 1.0) / n as f32 - 1.0;
-        let grid: Vec<f32> = (0..h).flat_map(|y| (0..w).flat_map(move |xx| [coord(xx, w), coord(y, h)])).collect();
-        let grid = Tensor::from_vec(grid, (1, h, w, COORD_CHANNELS), x.device())?.to_dtype(x.dtype())?.broadcast_as((b, h, w, COORD_CHANNELS))?;
+        let grid = self.coords.broadcast_as((b, h, w, COORD_CHANNELS))?;
         let mut x = self.embedder.forward(&Tensor::cat(&[x, &grid], 3)?)?;
         for [down, same] in &self.stages {
             x = same.forward(&down.forward(&x)?)?;

@@ -109,18 +109,9 @@ impl VisionTransformer {
         Ok(Self { config: config.clone(), cls_token, position_embeddings, patch_weight, patch_bias, layers, layernorm })
     }
 
-    fn check_input(&self, pixel_values: &Tensor) -> Result<()> {
-        let (_, c, h, w) = pixel_values.dims4()?;
-        let cfg = &self.config;
-        if c != cfg.num_channels || h != cfg.image_size || w != cfg.image_size {
-            candle_core::bail!("image encoder expects [b, {}, {}, {}], got {:?}", cfg.num_channels, cfg.image_size, cfg.image_size, pixel_values.dims());
-        }
-        Ok(())
-    }
-
     /// Patch embeddings plus positions, `[b, patches, width]` (no CLS).
     pub fn embed_patches(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.check_input(pixel_values)?;
+        self.config.check_pixels(pixel_values)?;
         let patches = patchify(pixel_values, self.config.patch_size)?;
         let (b, n, pd) = patches.dims3()?;
         let x = patches.reshape((b * n, pd))?.matmul(&self.patch_weight.t()?)?.broadcast_add(&self.patch_bias)?;
