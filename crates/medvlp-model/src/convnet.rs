@@ -15,8 +15,8 @@
 
 use crate::config::VisionConfig;
 use crate::masking::PatchMask;
-use crate::nn::{gelu_erf, Conv2d, LayerNorm, Window};
-use candle_core::{Module, Result, Tensor};
+use crate::nn::{layer_norm_gelu, Conv2d, LayerNorm, Window};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 /// Convolution -> LayerNorm over channels -> GELU (HF ResNet names: `convolution`, `normalization`).
@@ -33,7 +33,8 @@ impl ConvLayer {
 
     /// `[b, h, w, cin]` -> `[b, h', w', cout]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        gelu_erf(&self.normalization.forward(&self.convolution.forward(x)?)?)
+        let n = &self.normalization;
+        layer_norm_gelu(&self.convolution.forward(x)?, &n.weight, &n.bias, n.eps)
     }
 }
 

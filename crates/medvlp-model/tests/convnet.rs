@@ -6,7 +6,7 @@ use medvlp_model::config::VisionConfig;
 use medvlp_model::convnet::ConvNet;
 use medvlp_model::gradcheck::{check, probe_like};
 use medvlp_model::masking::PatchMask;
-use medvlp_model::nn::conv::{col2im, im2col, im2col_composed};
+use medvlp_model::nn::conv::{col2im, conv2d, conv2d_composed, im2col, im2col_composed};
 use medvlp_model::nn::{Conv2d, Window};
 use medvlp_model::ParamStore;
 use rand::SeedableRng;
@@ -65,6 +65,42 @@ fn im2col_and_col2im_are_adjoint_and_differentiable() {
         let probe2 = randn(&[2, 7, 6, 2], 5);
         let vars = vec![("g".into(), g.clone())];
         check(&vars, || (col2im(g.as_tensor(), win, 7, 6, 2)? * &probe2)?.sum_all(), 60, EPS, TOL).unwrap().assert_passed("col2im");
+    }
+}
+
+/// The fused convolution (images grouped per task, columns recomputed in the backward pass)
+/// equals im2col + dense layer, values and gradients, including batches that split unevenly into
+/// groups and an input that needs no gradient.
+#[test]
+fn conv2d_kernel_matches_composed_values_and_gradients() {
+    for dtype in [DType::F64, DType::F32] {
+        for win in WINDOWS {
+            for (b, h, w) in [(2, 7, 7), (7, 8, 6), (9, 3, 4)] {
+                if h + 2 * win.padding < win.kernel || w + 2 * win.padding < win.kernel {
+                    continue;
+                }
+                let x = Var::from_tensor(&randn(&[b, h, w, 3], 11).to_dtype(dtype).unwrap()).unwrap();
+                let wm = Var::from_tensor(&randn(&[5, win.kernel * win.kernel * 3], 12).to_dtype(dtype).unwrap()).unwrap();
+                let bias = Var::from_tensor(&randn(&[5], 13).to_dtype(dtype).unwrap()).unwrap();
+                for x_needs_grad in [true, false] {
+                    let xin = if x_needs_grad { x.as_tensor().clone() } else { x.as_tensor().detach() };
+                    let a = conv2d(&xin, wm.as_tensor(), bias.as_tensor(), win).unwrap();
+                    let c = conv2d_composed(&xin, wm.as_tensor(), bias.as_tensor(), win).unwrap();
+                    assert_eq!(a.dims(), &[b, win.out_size(h), win.out_size(w), 5]);
+                    assert!(max_diff(&a, &c) < 1e-5, "{win:?} {b}x{h}x{w} values");
+                    let probe = randn(a.dims(), 14).to_dtype(dtype).unwrap();
+                    let ga = (a * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    let gc = (c * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    for (name, t) in [("x", x.as_tensor()), ("w", wm.as_tensor()), ("bias", bias.as_tensor())] {
+                        match (ga.get(t), gc.get(t)) {
+                            (Some(u), Some(v)) => assert!(max_diff(u, v) < 1e-4, "{win:?} {b}x{h}x{w} {dtype:?} grad {name}"),
+                            (None, None) => assert!(name == "x" && !x_needs_grad),
+                            _ => panic!("{win:?}: grad {name} present in one only"),
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -37,6 +37,17 @@ fn layer_norm_gradient() {
 }
 
 #[test]
+fn layer_norm_gelu_gradient() {
+    let x = var(&[3, 4, 8], 11);
+    let w = var(&[8], 12);
+    let b = var(&[8], 13);
+    let probe = randn(&[3, 4, 8], 14);
+    let vars = vec![("x".into(), x.clone()), ("w".into(), w.clone()), ("b".into(), b.clone())];
+    let r = check(&vars, || (nn::layer_norm_gelu(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)? * &probe)?.sum_all(), 200, EPS, TOL).unwrap();
+    r.assert_passed("layer_norm_gelu");
+}
+
+#[test]
 fn softmax_gradient() {
     let x = var(&[2, 3, 7], 5);
     let probe = randn(&[2, 3, 7], 6);
@@ -191,6 +202,7 @@ fn kernels_match_composed_reference() {
     type F = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
     let cases: Vec<(&str, F, F)> = vec![
         ("layer_norm", |x, w, b| ops::layer_norm(x, w, b, 1e-5), |x, w, b| ops::layer_norm_composed(x, w, b, 1e-5)),
+        ("layer_norm_gelu", |x, w, b| ops::layer_norm_gelu(x, w, b, 1e-5), |x, w, b| ops::gelu_erf_composed(&ops::layer_norm_composed(x, w, b, 1e-5)?)),
         ("softmax", |x, _, _| ops::softmax_last_dim(x), |x, _, _| ops::softmax_last_dim_composed(x)),
         ("gelu", |x, _, _| ops::gelu_erf(x), |x, _, _| ops::gelu_erf_composed(x)),
     ];

@@ -8,11 +8,11 @@
 //! Channels-last keeps each window row a few contiguous copies and lets LayerNorm run over the
 //! channels as a plain last-dimension op.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
-use super::fused::{contiguous_slice, use_kernel};
+use super::fused::{contiguous_slice, gemm, tensor_from, use_kernel, with_slices, Float, Mat, SendPtr, SliceKernel};
 use super::{linear, Activation};
 
 /// Window geometry of one convolution.
@@ -51,54 +51,61 @@ struct Col2Im {
     c: usize,
 }
 
-fn im2col_cpu<T: Copy + Default + Send + Sync>(x: &[T], b: usize, h: usize, w: usize, c: usize, win: Window) -> Vec<T> {
-    let (ho, wo, k) = (win.out_size(h), win.out_size(w), win.kernel);
+/// Window rows of every output position of one image (`img` `[h, w, c]`) into `dst`
+/// (`[ho * wo, k * k * c]`), zeros where a window reaches into the padding.
+fn im2col_image<T: Copy + Default>(img: &[T], dst: &mut [T], h: usize, w: usize, c: usize, win: Window) {
+    let (wo, k) = (win.out_size(w), win.kernel);
     let row = k * k * c;
-    let mut out = vec![T::default(); b * ho * wo * row];
-    // One task per output row (b, oy): disjoint output chunks.
-    out.par_chunks_mut(wo * row).enumerate().for_each(|(bo, chunk)| {
-        let (bi, oy) = (bo / ho, bo % ho);
-        let img = &x[bi * h * w * c..(bi + 1) * h * w * c];
-        for ox in 0..wo {
-            let dst = &mut chunk[ox * row..(ox + 1) * row];
+    for (oy, rows) in dst.chunks_mut(wo * row).enumerate() {
+        for (ox, dst) in rows.chunks_mut(row).enumerate() {
             for ky in 0..k {
-                let Some(iy) = win.input(oy, ky, h) else { continue };
+                let iy = win.input(oy, ky, h);
                 for kx in 0..k {
-                    if let Some(ix) = win.input(ox, kx, w) {
-                        let src = (iy * w + ix) * c;
-                        dst[(ky * k + kx) * c..(ky * k + kx + 1) * c].copy_from_slice(&img[src..src + c]);
+                    let d = &mut dst[(ky * k + kx) * c..(ky * k + kx + 1) * c];
+                    match (iy, win.input(ox, kx, w)) {
+                        (Some(iy), Some(ix)) => d.copy_from_slice(&img[(iy * w + ix) * c..(iy * w + ix + 1) * c]),
+                        _ => d.fill(T::default()),
                     }
                 }
             }
         }
-    });
-    out
+    }
 }
 
-fn col2im_cpu<T: Copy + Default + Send + Sync + std::ops::AddAssign>(g: &[T], b: usize, h: usize, w: usize, c: usize, win: Window) -> Vec<T> {
+/// The adjoint of [`im2col_image`]: adds every window row of `cols` back into `img` (`[h, w, c]`).
+fn col2im_image<T: Copy + std::ops::AddAssign>(cols: &[T], img: &mut [T], h: usize, w: usize, c: usize, win: Window) {
     let (ho, wo, k) = (win.out_size(h), win.out_size(w), win.kernel);
     let row = k * k * c;
-    let mut out = vec![T::default(); b * h * w * c];
-    // One task per image: windows overlap within an image, never across images.
-    out.par_chunks_mut(h * w * c).enumerate().for_each(|(bi, img)| {
-        let cols = &g[bi * ho * wo * row..(bi + 1) * ho * wo * row];
-        for oy in 0..ho {
-            for ox in 0..wo {
-                let src = &cols[(oy * wo + ox) * row..(oy * wo + ox + 1) * row];
-                for ky in 0..k {
-                    let Some(iy) = win.input(oy, ky, h) else { continue };
-                    for kx in 0..k {
-                        if let Some(ix) = win.input(ox, kx, w) {
-                            let d = &mut img[(iy * w + ix) * c..(iy * w + ix + 1) * c];
-                            for (d, &s) in d.iter_mut().zip(&src[(ky * k + kx) * c..(ky * k + kx + 1) * c]) {
-                                *d += s;
-                            }
+    for oy in 0..ho {
+        for ox in 0..wo {
+            let src = &cols[(oy * wo + ox) * row..(oy * wo + ox + 1) * row];
+            for ky in 0..k {
+                let Some(iy) = win.input(oy, ky, h) else { continue };
+                for kx in 0..k {
+                    if let Some(ix) = win.input(ox, kx, w) {
+                        let d = &mut img[(iy * w + ix) * c..(iy * w + ix + 1) * c];
+                        for (d, &s) in d.iter_mut().zip(&src[(ky * k + kx) * c..(ky * k + kx + 1) * c]) {
+                            *d += s;
                         }
                     }
                 }
             }
         }
-    });
+    }
+}
+
+fn im2col_cpu<T: Copy + Default + Send + Sync>(x: &[T], b: usize, h: usize, w: usize, c: usize, win: Window) -> Vec<T> {
+    let (ho, wo, k) = (win.out_size(h), win.out_size(w), win.kernel);
+    let mut out = vec![T::default(); b * ho * wo * k * k * c];
+    out.par_chunks_mut(ho * wo * k * k * c).zip(x.par_chunks(h * w * c)).for_each(|(dst, img)| im2col_image(img, dst, h, w, c, win));
+    out
+}
+
+fn col2im_cpu<T: Copy + Default + Send + Sync + std::ops::AddAssign>(g: &[T], b: usize, h: usize, w: usize, c: usize, win: Window) -> Vec<T> {
+    let (ho, wo, k) = (win.out_size(h), win.out_size(w), win.kernel);
+    let mut out = vec![T::default(); b * h * w * c];
+    // One task per image: windows overlap within an image, never across images.
+    out.par_chunks_mut(h * w * c).zip(g.par_chunks(ho * wo * k * k * c)).for_each(|(img, cols)| col2im_image(cols, img, h, w, c, win));
     out
 }
 
@@ -202,6 +209,190 @@ pub fn im2col_composed(x: &Tensor, win: Window) -> Result<Tensor> {
     Tensor::cat(&parts, 3)
 }
 
+/// Convolution as one op: `x` `[b, h, w, c]`, `wm` `[o, k * k * c]` (columns ordered like the
+/// window rows), `bias` `[o]` -> `[b, ho, wo, o]`. Each task takes a few images, gathers their
+/// window rows into its own buffer and runs one GEMM; the backward pass gathers them again. So the
+/// column matrix, `k * k` times the input, never exists for the whole batch, and autograd sees one
+/// node per convolution instead of im2col + linear (each node costs candle a zeroed gradient
+/// buffer and an add in the backward pass).
+struct Conv2dOp {
+    win: Window,
+}
+
+/// Images per task: enough output rows for an efficient GEMM, while leaving every thread work.
+fn images_per_task(b: usize, positions: usize) -> usize {
+    let want = 256usize.div_ceil(positions.max(1));
+    want.clamp(1, (b / (2 * rayon::current_num_threads())).max(1))
+}
+
+struct ConvGeometry {
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    o: usize,
+    win: Window,
+}
+
+impl ConvGeometry {
+    fn positions(&self) -> usize {
+        self.win.out_size(self.h) * self.win.out_size(self.w)
+    }
+    fn row(&self) -> usize {
+        self.win.kernel * self.win.kernel * self.c
+    }
+    /// Window rows of images `i0 .. i0 + n` into `cols`.
+    fn gather<T: Float>(&self, x: &[T], i0: usize, n: usize, cols: &mut Vec<T>) {
+        let (img, per) = (self.h * self.w * self.c, self.positions() * self.row());
+        cols.resize(n * per, T::zero());
+        for i in 0..n {
+            im2col_image(&x[(i0 + i) * img..(i0 + i + 1) * img], &mut cols[i * per..(i + 1) * per], self.h, self.w, self.c, self.win);
+        }
+    }
+}
+
+fn conv_forward<T: Float>(x: &[T], wm: &[T], bias: &[T], g: &ConvGeometry) -> Vec<T> {
+    let (per, row, o) = (g.positions(), g.row(), g.o);
+    let group = images_per_task(g.b, per);
+    let mut out = vec![T::zero(); g.b * per * o];
+    out.par_chunks_mut(group * per * o).enumerate().for_each_init(Vec::new, |cols, (ci, out)| {
+        let n = out.len() / (per * o);
+        g.gather(x, ci * group, n, cols);
+        for r in out.chunks_mut(o) {
+            r.copy_from_slice(bias);
+        }
+        // out (+)= cols wm^T
+        unsafe { gemm(n * per, o, row, out.as_mut_ptr(), o, true, Mat::rows(cols.as_ptr(), row), Mat::rows(wm.as_ptr(), row).t(), T::one(), false) };
+    });
+    out
+}
+
+/// dx (col2im of `g wm`), dwm (`g^T cols`, summed over tasks) and dbias, for those in `need`.
+struct ConvBackward {
+    geo: ConvGeometry,
+    need: [bool; 3],
+}
+
+impl SliceKernel for ConvBackward {
+    type Out = [Option<Tensor>; 3];
+    /// data: x, wm, g
+    fn run<T: Float>(self, data: &[&[T]]) -> Result<Self::Out> {
+        let (x, wm, gr) = (data[0], data[1], data[2]);
+        let g = &self.geo;
+        let (per, row, o, img) = (g.positions(), g.row(), g.o, g.h * g.w * g.c);
+        let group = images_per_task(g.b, per);
+        let mut dx = vec![T::zero(); if self.need[0] { g.b * img } else { 0 }];
+        let dxp = SendPtr(dx.as_mut_ptr());
+        let need = self.need;
+        let zeros = || (vec![T::zero(); if need[1] { o * row } else { 0 }], vec![T::zero(); o]);
+        let (dw, db) = (0..g.b.div_ceil(group))
+            .into_par_iter()
+            .fold(
+                || (zeros(), Vec::new()),
+                |((mut dw, mut db), mut cols), ci| {
+                    let (i0, n) = (ci * group, group.min(g.b - ci * group));
+                    let gc = &gr[i0 * per * o..(i0 + n) * per * o];
+                    if need[1] {
+                        g.gather(x, i0, n, &mut cols);
+                        // dwm += gc^T cols
+                        unsafe { gemm(o, row, n * per, dw.as_mut_ptr(), row, true, Mat::rows(gc.as_ptr(), o).t(), Mat::rows(cols.as_ptr(), row), T::one(), false) };
+                    }
+                    if need[2] {
+                        for r in gc.chunks(o) {
+                            for (a, &v) in db.iter_mut().zip(r) {
+                                *a += v;
+                            }
+                        }
+                    }
+                    if need[0] {
+                        // Capture the whole wrapper (Send), not its raw-pointer field (edition 2021 closures).
+                        #[allow(clippy::redundant_locals)]
+                        let dxp = dxp;
+                        // the columns' gradient gc wm, scattered back into each image
+                        cols.resize(n * per * row, T::zero());
+                        unsafe { gemm(n * per, row, o, cols.as_mut_ptr(), row, false, Mat::rows(gc.as_ptr(), o), Mat::rows(wm.as_ptr(), row), T::one(), false) };
+                        for i in 0..n {
+                            // Safety: each task owns images i0 .. i0 + n of dx.
+                            let dst = unsafe { std::slice::from_raw_parts_mut(dxp.0.add((i0 + i) * img), img) };
+                            col2im_image(&cols[i * per * row..(i + 1) * per * row], dst, g.h, g.w, g.c, g.win);
+                        }
+                    }
+                    ((dw, db), cols)
+                },
+            )
+            .map(|(acc, _)| acc)
+            .reduce(zeros, |(mut dw, mut db), (dw2, db2)| {
+                dw.iter_mut().zip(dw2).for_each(|(a, v)| *a += v);
+                db.iter_mut().zip(db2).for_each(|(a, v)| *a += v);
+                (dw, db)
+            });
+        Ok([
+            if need[0] { Some(tensor_from(dx, &[g.b, g.h, g.w, g.c])?) } else { None },
+            if need[1] { Some(tensor_from(dw, &[o, row])?) } else { None },
+            if need[2] { Some(tensor_from(db, &[o])?) } else { None },
+        ])
+    }
+}
+
+impl Conv2dOp {
+    fn geometry(&self, lx: &Layout, lw: &Layout) -> Result<ConvGeometry> {
+        let (b, h, w, c) = lx.shape().dims4()?;
+        let (o, row) = lw.shape().dims2()?;
+        if row != self.win.kernel * self.win.kernel * c {
+            candle_core::bail!("conv2d: weight {:?} does not match {c} input channels and a {}x{} window", lw.dims(), self.win.kernel, self.win.kernel);
+        }
+        Ok(ConvGeometry { b, h, w, c, o, win: self.win })
+    }
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "medvlp-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(l1, l2)?;
+        let name = self.name();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
+                CpuStorage::F32(conv_forward(contiguous_slice(x, l1, name)?, contiguous_slice(w, l2, name)?, contiguous_slice(b, l3, name)?, &g))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
+                CpuStorage::F64(conv_forward(contiguous_slice(x, l1, name)?, contiguous_slice(w, l2, name)?, contiguous_slice(b, l3, name)?, &g))
+            }
+            _ => candle_core::bail!("{name}: unsupported or mixed dtypes"),
+        };
+        Ok((out, Shape::from((g.b, self.win.out_size(g.h), self.win.out_size(g.w), g.o))))
+    }
+
+    fn bwd(&self, x: &Tensor, wm: &Tensor, bias: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let geo = self.geometry(x.layout(), wm.layout())?;
+        let need = [x.track_op(), wm.track_op(), bias.track_op()];
+        let [dx, dw, db] = with_slices(&[x, wm, g], "medvlp-conv2d-bwd", ConvBackward { geo, need })?;
+        Ok((dx, dw, db))
+    }
+}
+
+/// Convolution of a channels-last `x` `[b, h, w, c]` with `wm` `[o, k * k * c]` (columns in
+/// im2col's (ky, kx, channel) order) plus `bias`: `[b, ho, wo, o]`. Differentiable.
+pub fn conv2d(x: &Tensor, wm: &Tensor, bias: &Tensor, win: Window) -> Result<Tensor> {
+    let (_, h, w, _) = x.dims4()?;
+    if win.kernel == 0 || win.stride == 0 || h + 2 * win.padding < win.kernel || w + 2 * win.padding < win.kernel {
+        candle_core::bail!("conv2d: window {win:?} does not fit a {h}x{w} input");
+    }
+    if use_kernel(x) && wm.dtype() == x.dtype() && bias.dtype() == x.dtype() {
+        x.contiguous()?.apply_op3(&wm.contiguous()?, &bias.contiguous()?, Conv2dOp { win })
+    } else {
+        conv2d_composed(x, wm, bias, win)
+    }
+}
+
+/// [`conv2d`] as im2col + the dense layer: the reference for the fused op and the path on other
+/// devices.
+pub fn conv2d_composed(x: &Tensor, wm: &Tensor, bias: &Tensor, win: Window) -> Result<Tensor> {
+    linear(&im2col(x, win)?, wm, Some(bias), Activation::Identity)
+}
+
 /// 2-D convolution on channels-last tensors with a PyTorch-layout `[out, in, k, k]` kernel
 /// (`weight`) and `bias`.
 #[derive(Clone, Debug)]
@@ -221,15 +412,15 @@ impl Conv2d {
         Ok(Self { weight, bias, window })
     }
 
-    /// `[b, h, w, in]` -> `[b, ho, wo, out]`, `act` fused into the GEMM epilogue.
-    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+    /// The kernel as a `[out, k * k * in]` matrix with (ky, kx, channel) columns, as im2col
+    /// lays out the windows.
+    pub fn weight_matrix(&self) -> Result<Tensor> {
         let (o, i, k, _) = self.weight.dims4()?;
-        // (ky, kx, channel) columns, as im2col lays them out
-        let w = self.weight.permute((0, 2, 3, 1))?.reshape((o, k * k * i))?;
-        linear(&im2col(x, self.window)?, &w, Some(&self.bias), act)
+        self.weight.permute((0, 2, 3, 1))?.reshape((o, k * k * i))
     }
 
+    /// `[b, h, w, in]` -> `[b, ho, wo, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_act(x, Activation::Identity)
+        conv2d(x, &self.weight_matrix()?, &self.bias, self.window)
     }
 }

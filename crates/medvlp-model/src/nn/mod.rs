@@ -10,7 +10,7 @@ pub use attention::{additive_mask, Attention};
 pub use conv::{Conv2d, Window};
 pub use fused::cross_entropy::cross_entropy;
 pub use fused::linear::{linear, Activation};
-pub use ops::{gelu_erf, layer_norm, log_softmax_last_dim, softmax_last_dim};
+pub use ops::{gelu_erf, layer_norm, layer_norm_gelu, log_softmax_last_dim, softmax_last_dim};
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};

@@ -168,14 +168,20 @@ pub fn gelu_erf_composed(x: &Tensor) -> Result<Tensor> {
 // ---------------------------------------------------------------------------------------------
 // LayerNorm over the last dimension with affine weight and bias
 
+/// LayerNorm, followed by GELU when `gelu` (the ConvNet's normalisation + activation as one op:
+/// one pass over the activations each way and one autograd node instead of two).
 struct LayerNormOp {
     eps: f64,
+    gelu: bool,
 }
 
-/// Backward of LayerNorm: inputs (x, weight, grad_out); output is the concatenation
-/// `[dx (numel x) | dweight (d) | dbias (d)]` so that one pass over the rows yields all three.
+/// Backward of LayerNorm: inputs (x, params, grad_out) with params = weight, or weight and bias
+/// concatenated when `gelu` (its derivative needs the LayerNorm output); output is the
+/// concatenation `[dx (numel x) | dweight (d) | dbias (d)]` so that one pass over the rows yields
+/// all three.
 struct LayerNormBwdOp {
     eps: f64,
+    gelu: bool,
 }
 
 fn row_stats<T: num_like::Float>(r: &[T], eps: f64) -> (f64, f64) {
@@ -185,18 +191,45 @@ fn row_stats<T: num_like::Float>(r: &[T], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-fn layer_norm_fwd<T: num_like::Float>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
-    let d = w.len();
-    map_rows(x, d, |r, o| {
-        let (mean, rstd) = row_stats(r, eps);
-        for i in 0..d {
-            let xh = (r[i].to_f64() - mean) * rstd;
-            o[i] = T::from_f64(xh) * w[i] + b[i];
-        }
-    })
+/// `u = (r - mean) * rstd * w + b` for one row; returns (mean, rstd).
+fn ln_row<T: num_like::Float>(r: &[T], w: &[T], b: &[T], eps: f64, u: &mut [T]) -> (f64, f64) {
+    let (mean, rstd) = row_stats(r, eps);
+    for i in 0..r.len() {
+        u[i] = T::from_f64((r[i].to_f64() - mean) * rstd) * w[i] + b[i];
+    }
+    (mean, rstd)
 }
 
-fn layer_norm_bwd<T: num_like::Float>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
+/// Rows per parallel task for rows of `d` elements.
+fn rows_per_task(d: usize) -> usize {
+    (PAR_MIN_ELEMS / 4 / d.max(1)).max(1)
+}
+
+/// LayerNorm of every row of `x`, followed by GELU when `gelu`.
+fn layer_norm_fwd<T: num_like::Float>(x: &[T], w: &[T], b: &[T], eps: f64, gelu: bool) -> Vec<T> {
+    let d = w.len();
+    if !gelu {
+        return map_rows(x, d, |r, o| {
+            ln_row(r, w, b, eps, o);
+        });
+    }
+    let mut out = vec![T::zero(); x.len()];
+    let chunk = rows_per_task(d) * d;
+    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each_init(
+        || vec![T::zero(); d],
+        |u, (o, xc)| {
+            for (o, r) in o.chunks_mut(d).zip(xc.chunks(d)) {
+                ln_row(r, w, b, eps, u);
+                T::gelu_into(u, o);
+            }
+        },
+    );
+    out
+}
+
+/// Gradients of LayerNorm (of `GELU(LayerNorm(x))` when `gelu_bias` holds the LayerNorm bias)
+/// from the output gradient `g`, packed as `[dx | dweight | dbias]`.
+fn layer_norm_bwd<T: num_like::Float>(x: &[T], w: &[T], gelu_bias: Option<&[T]>, g: &[T], eps: f64) -> Vec<T> {
     let d = w.len();
     let rows = x.len() / d;
     let mut out = vec![T::zero(); x.len() + 2 * d];
@@ -208,11 +241,21 @@ fn layer_norm_bwd<T: num_like::Float>(x: &[T], w: &[T], g: &[T], eps: f64) -> Ve
         .enumerate()
         .map(|(ci, dxc)| {
             let mut acc = vec![0f64; 2 * d];
+            let (mut u, mut gu) = (vec![T::zero(); d], vec![T::zero(); d]);
             for (ri, dxr) in dxc.chunks_mut(d).enumerate() {
                 let row = ci * chunk_rows + ri;
                 let xr = &x[row * d..(row + 1) * d];
-                let gr = &g[row * d..(row + 1) * d];
-                let (mean, rstd) = row_stats(xr, eps);
+                let mut gr = &g[row * d..(row + 1) * d];
+                let (mean, rstd) = match gelu_bias {
+                    // the gradient at the LayerNorm's output: g * gelu'(u)
+                    Some(b) => {
+                        let stats = ln_row(xr, w, b, eps, &mut u);
+                        T::gelu_backward_into(gr, &u, &mut gu);
+                        gr = &gu;
+                        stats
+                    }
+                    None => row_stats(xr, eps),
+                };
                 // dxhat = g * w;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
                 let mut m1 = 0f64;
                 let mut m2 = 0f64;
@@ -258,7 +301,11 @@ fn three_slices<'a, T>(
 
 impl CustomOp3 for LayerNormOp {
     fn name(&self) -> &'static str {
-        "medvlp-layer-norm"
+        if self.gelu {
+            "medvlp-layer-norm-gelu"
+        } else {
+            "medvlp-layer-norm"
+        }
     }
 
     fn cpu_fwd(
@@ -273,11 +320,11 @@ impl CustomOp3 for LayerNormOp {
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
                 let (x, w, b) = three_slices(x, l1, w, l2, b, l3, self.name())?;
-                CpuStorage::F32(layer_norm_fwd(x, w, b, self.eps))
+                CpuStorage::F32(layer_norm_fwd(x, w, b, self.eps, self.gelu))
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
                 let (x, w, b) = three_slices(x, l1, w, l2, b, l3, self.name())?;
-                CpuStorage::F64(layer_norm_fwd(x, w, b, self.eps))
+                CpuStorage::F64(layer_norm_fwd(x, w, b, self.eps, self.gelu))
             }
             _ => candle_core::bail!("{}: unsupported or mixed dtypes", self.name()),
         };
@@ -288,13 +335,14 @@ impl CustomOp3 for LayerNormOp {
         &self,
         x: &Tensor,
         w: &Tensor,
-        _b: &Tensor,
+        b: &Tensor,
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = w.elem_count();
         let n = x.elem_count();
-        let packed = x.apply_op3_no_bwd(w, &g.contiguous()?, &LayerNormBwdOp { eps: self.eps })?;
+        let params = if self.gelu { Tensor::cat(&[w, b], 0)? } else { w.clone() };
+        let packed = x.apply_op3_no_bwd(&params, &g.contiguous()?, &LayerNormBwdOp { eps: self.eps, gelu: self.gelu })?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = packed.narrow(0, n, d)?.reshape(w.shape())?;
         let db = packed.narrow(0, n + d, d)?.reshape(w.shape())?;
@@ -316,15 +364,15 @@ impl CustomOp3 for LayerNormBwdOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = l2.shape().elem_count();
+        let d = l2.shape().elem_count() / if self.gelu { 2 } else { 1 };
         let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(g)) => {
-                let (x, w, g) = three_slices(x, l1, w, l2, g, l3, self.name())?;
-                CpuStorage::F32(layer_norm_bwd(x, w, g, self.eps))
+            (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(g)) => {
+                let (x, p, g) = three_slices(x, l1, p, l2, g, l3, self.name())?;
+                CpuStorage::F32(layer_norm_bwd(x, &p[..d], self.gelu.then(|| &p[d..]), g, self.eps))
             }
-            (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(g)) => {
-                let (x, w, g) = three_slices(x, l1, w, l2, g, l3, self.name())?;
-                CpuStorage::F64(layer_norm_bwd(x, w, g, self.eps))
+            (CpuStorage::F64(x), CpuStorage::F64(p), CpuStorage::F64(g)) => {
+                let (x, p, g) = three_slices(x, l1, p, l2, g, l3, self.name())?;
+                CpuStorage::F64(layer_norm_bwd(x, &p[..d], self.gelu.then(|| &p[d..]), g, self.eps))
             }
             _ => candle_core::bail!("{}: unsupported or mixed dtypes", self.name()),
         };
@@ -334,12 +382,23 @@ impl CustomOp3 for LayerNormBwdOp {
 
 /// LayerNorm over the last dimension: `(x - mean) / sqrt(var + eps) * weight + bias`.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    layer_norm_op(x, weight, bias, eps, false)
+}
+
+/// `GELU(layer_norm(x))` as one op.
+pub fn layer_norm_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    layer_norm_op(x, weight, bias, eps, true)
+}
+
+fn layer_norm_op(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, gelu: bool) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
     if weight.elem_count() != d || bias.elem_count() != d {
         candle_core::bail!("layer_norm: last dim {d} does not match weight {:?} / bias {:?}", weight.shape(), bias.shape());
     }
     if use_kernel(x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype() {
-        x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps })
+        x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps, gelu })
+    } else if gelu {
+        gelu_erf_composed(&layer_norm_composed(x, weight, bias, eps)?)
     } else {
         layer_norm_composed(x, weight, bias, eps)
     }
