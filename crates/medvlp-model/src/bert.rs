@@ -2,7 +2,7 @@
 //! token types, attention mask, exact GELU). Loads any HF BERT checkpoint.
 
 use crate::config::TextConfig;
-use crate::nn::{additive_mask, Activation, Attention, Embedding, LayerNorm, Linear};
+use crate::nn::{additive_mask, Activation, Attention, Embedding, LayerNorm, Linear, TokenPacking};
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -69,9 +69,20 @@ impl BertLayer {
 
     pub fn forward_probs(&self, x: &Tensor, mask: Option<&Tensor>, return_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
         let (a, p) = self.attention.forward(x, None, mask, return_probs)?;
+        Ok((self.feed_forward(&a, x)?, p))
+    }
+
+    /// The same on packed tokens `x` `[tokens, hidden]` (see [`TokenPacking`]).
+    pub fn forward_packed(&self, x: &Tensor, packing: &TokenPacking, mask: Option<&Tensor>, return_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+        let (a, p) = self.attention.forward_packed(x, packing, mask, return_probs)?;
+        Ok((self.feed_forward(&a, x)?, p))
+    }
+
+    /// Residual + LayerNorm after attention output `a`, then the MLP block (position-wise).
+    fn feed_forward(&self, a: &Tensor, x: &Tensor) -> Result<Tensor> {
         let x = self.attention_layer_norm.forward(&(a + x)?)?;
         let h = self.output.forward(&self.intermediate.forward_act(&x, Activation::Gelu)?)?;
-        Ok((self.output_layer_norm.forward(&(h + x)?)?, p))
+        self.output_layer_norm.forward(&(h + x)?)
     }
 }
 
@@ -96,7 +107,8 @@ impl BertModel {
     }
 
     /// `input_ids`, `token_type_ids`: `[b, l]` u32; `attention_mask`: `[b, l]` (1 = token, 0 = padding).
-    /// Returns the last hidden state `[b, l, hidden]`.
+    /// Returns the last hidden state `[b, l, hidden]`, zeros at padding positions (the layers run
+    /// on the real tokens only).
     pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: Option<&Tensor>) -> Result<Tensor> {
         Ok(self.forward_with_cls_attention(input_ids, token_type_ids, attention_mask, false)?.0)
     }
@@ -110,19 +122,31 @@ impl BertModel {
         attention_mask: Option<&Tensor>,
         cls_attention: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let mut x = self.embeddings.forward(input_ids, token_type_ids)?;
+        let x = self.embeddings.forward(input_ids, token_type_ids)?;
         let dtype = x.dtype();
         let mask = attention_mask.map(|m| additive_mask(m, dtype)).transpose()?;
+        let packing = attention_mask.map(TokenPacking::new).transpose()?.flatten();
+        let mut x = match &packing {
+            Some(p) => p.pack(&x)?,
+            None => x,
+        };
         let mut cls = None;
         let n = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
             let last = cls_attention && i + 1 == n;
-            let (h, p) = layer.forward_probs(&x, mask.as_ref(), last)?;
+            let (h, p) = match &packing {
+                Some(pk) => layer.forward_packed(&x, pk, mask.as_ref(), last)?,
+                None => layer.forward_probs(&x, mask.as_ref(), last)?,
+            };
             x = h;
             if let Some(p) = p {
                 cls = Some(p.narrow(2, 0, 1)?.squeeze(2)?.mean(1)?.detach());
             }
         }
+        let x = match &packing {
+            Some(p) => p.unpack(&x)?,
+            None => x,
+        };
         Ok((x, cls))
     }
 

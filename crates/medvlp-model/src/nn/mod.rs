@@ -6,7 +6,7 @@ pub mod conv;
 pub mod fused;
 pub mod ops;
 
-pub use attention::{additive_mask, Attention};
+pub use attention::{additive_mask, Attention, TokenPacking};
 pub use conv::{Conv2d, Window};
 pub use fused::cross_entropy::cross_entropy;
 pub use fused::linear::{linear, Activation};
