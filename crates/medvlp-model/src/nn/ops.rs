@@ -184,18 +184,38 @@ struct LayerNormBwdOp {
     gelu: bool,
 }
 
-fn row_stats<T: num_like::Float>(r: &[T], eps: f64) -> (f64, f64) {
-    let d = r.len() as f64;
-    let mean = r.iter().map(|v| v.to_f64()).sum::<f64>() / d;
-    let var = r.iter().map(|v| (v.to_f64() - mean).powi(2)).sum::<f64>() / d;
-    (mean, 1.0 / (var + eps).sqrt())
+/// Independent accumulators in the row reductions below: a plain fold must add in order and
+/// stays scalar, lanes let the compiler vectorise (the rows are 32-1024 wide).
+const LANES: usize = 16;
+
+fn lane_sum<T: num_like::Float>(n: usize, f: impl Fn(usize) -> T) -> T {
+    let mut acc = [T::zero(); LANES];
+    let full = n - n % LANES;
+    for i in (0..full).step_by(LANES) {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+    }
+    let mut s = T::zero();
+    for i in full..n {
+        s += f(i);
+    }
+    acc.iter().fold(s, |s, &a| s + a)
+}
+
+/// Mean and `1 / sqrt(var + eps)` of a row (two passes, in the row's precision).
+fn row_stats<T: num_like::Float>(r: &[T], eps: f64) -> (T, T) {
+    let d = T::from_f64(r.len() as f64);
+    let mean = lane_sum(r.len(), |i| r[i]) / d;
+    let var = lane_sum(r.len(), |i| (r[i] - mean) * (r[i] - mean)) / d;
+    (mean, T::from_f64(1.0 / (var.to_f64() + eps).sqrt()))
 }
 
 /// `u = (r - mean) * rstd * w + b` for one row; returns (mean, rstd).
-fn ln_row<T: num_like::Float>(r: &[T], w: &[T], b: &[T], eps: f64, u: &mut [T]) -> (f64, f64) {
+fn ln_row<T: num_like::Float>(r: &[T], w: &[T], b: &[T], eps: f64, u: &mut [T]) -> (T, T) {
     let (mean, rstd) = row_stats(r, eps);
-    for i in 0..r.len() {
-        u[i] = T::from_f64((r[i].to_f64() - mean) * rstd) * w[i] + b[i];
+    for (((u, &x), &w), &b) in u.iter_mut().zip(r).zip(w).zip(b) {
+        *u = (x - mean) * rstd * w + b;
     }
     (mean, rstd)
 }
@@ -234,14 +254,19 @@ fn layer_norm_bwd<T: num_like::Float>(x: &[T], w: &[T], gelu_bias: Option<&[T]>,
     let rows = x.len() / d;
     let mut out = vec![T::zero(); x.len() + 2 * d];
     let (dx, dwb) = out.split_at_mut(x.len());
-    // dx row by row; dweight/dbias accumulated per chunk of rows in f64, then summed.
+    // dx row by row; dweight/dbias accumulated in the row precision over blocks of rows, in f64
+    // across blocks and chunks.
+    const BLOCK: usize = 256;
     let chunk_rows = (rows / (4 * rayon::current_num_threads()).max(1)).max(16);
     let partials: Vec<Vec<f64>> = dx
         .par_chunks_mut(chunk_rows * d)
         .enumerate()
         .map(|(ci, dxc)| {
             let mut acc = vec![0f64; 2 * d];
+            let mut block = vec![T::zero(); 2 * d];
             let (mut u, mut gu) = (vec![T::zero(); d], vec![T::zero(); d]);
+            let (mut xh, mut dxh) = (vec![T::zero(); d], vec![T::zero(); d]);
+            let dn = T::from_f64(d as f64);
             for (ri, dxr) in dxc.chunks_mut(d).enumerate() {
                 let row = ci * chunk_rows + ri;
                 let xr = &x[row * d..(row + 1) * d];
@@ -257,25 +282,28 @@ fn layer_norm_bwd<T: num_like::Float>(x: &[T], w: &[T], gelu_bias: Option<&[T]>,
                     None => row_stats(xr, eps),
                 };
                 // dxhat = g * w;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-                let mut m1 = 0f64;
-                let mut m2 = 0f64;
                 for i in 0..d {
-                    let xh = (xr[i].to_f64() - mean) * rstd;
-                    let gi = gr[i].to_f64();
-                    let dxh = gi * w[i].to_f64();
-                    m1 += dxh;
-                    m2 += dxh * xh;
-                    acc[i] += gi * xh;
-                    acc[d + i] += gi;
+                    xh[i] = (xr[i] - mean) * rstd;
+                    dxh[i] = gr[i] * w[i];
                 }
-                m1 /= d as f64;
-                m2 /= d as f64;
+                let m1 = lane_sum(d, |i| dxh[i]) / dn;
+                let m2 = lane_sum(d, |i| dxh[i] * xh[i]) / dn;
                 for i in 0..d {
-                    let xh = (xr[i].to_f64() - mean) * rstd;
-                    let dxh = gr[i].to_f64() * w[i].to_f64();
-                    dxr[i] = T::from_f64(rstd * (dxh - m1 - xh * m2));
+                    dxr[i] = rstd * (dxh[i] - m1 - xh[i] * m2);
+                }
+                let (bw, bb) = block.split_at_mut(d);
+                for i in 0..d {
+                    bw[i] += gr[i] * xh[i];
+                    bb[i] += gr[i];
+                }
+                if (ri + 1) % BLOCK == 0 {
+                    acc.iter_mut().zip(block.iter_mut()).for_each(|(a, b)| {
+                        *a += b.to_f64();
+                        *b = T::zero();
+                    });
                 }
             }
+            acc.iter_mut().zip(&block).for_each(|(a, b)| *a += b.to_f64());
             acc
         })
         .collect();
