@@ -24,6 +24,14 @@ pub struct Window {
 }
 
 impl Window {
+    /// An error naming `op` unless the window fits an `h x w` input.
+    fn check_fits(&self, h: usize, w: usize, op: &str) -> Result<()> {
+        if self.kernel == 0 || self.stride == 0 || h + 2 * self.padding < self.kernel || w + 2 * self.padding < self.kernel {
+            candle_core::bail!("{op}: window {self:?} does not fit a {h}x{w} input");
+        }
+        Ok(())
+    }
+
     pub fn out_size(&self, n: usize) -> usize {
         (n + 2 * self.padding).saturating_sub(self.kernel) / self.stride + 1
     }
@@ -166,9 +174,7 @@ impl CustomOp1 for Col2Im {
 /// ordered (ky, kx, channel), zeros outside the image. Differentiable.
 pub fn im2col(x: &Tensor, win: Window) -> Result<Tensor> {
     let (_, h, w, c) = x.dims4()?;
-    if win.kernel == 0 || win.stride == 0 || h + 2 * win.padding < win.kernel || w + 2 * win.padding < win.kernel {
-        candle_core::bail!("im2col: window {win:?} does not fit a {h}x{w} input");
-    }
+    win.check_fits(h, w, "im2col")?;
     if use_kernel(x) {
         x.contiguous()?.apply_op1(Im2Col { win, h, w, c })
     } else {
@@ -377,9 +383,7 @@ impl CustomOp3 for Conv2dOp {
 /// im2col's (ky, kx, channel) order) plus `bias`: `[b, ho, wo, o]`. Differentiable.
 pub fn conv2d(x: &Tensor, wm: &Tensor, bias: &Tensor, win: Window) -> Result<Tensor> {
     let (_, h, w, _) = x.dims4()?;
-    if win.kernel == 0 || win.stride == 0 || h + 2 * win.padding < win.kernel || w + 2 * win.padding < win.kernel {
-        candle_core::bail!("conv2d: window {win:?} does not fit a {h}x{w} input");
-    }
+    win.check_fits(h, w, "conv2d")?;
     if use_kernel(x) && wm.dtype() == x.dtype() && bias.dtype() == x.dtype() {
         x.contiguous()?.apply_op3(&wm.contiguous()?, &bias.contiguous()?, Conv2dOp { win })
     } else {
