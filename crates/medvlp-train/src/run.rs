@@ -126,6 +126,9 @@ pub fn model_config(rc: &RunConfig, tokenizer: &Tokenizer, text_init: Option<&Pa
         mc.text_config.max_length = l.min(mc.text_config.max_position_embeddings);
     }
     mc.preprocess = medvlp_model::config::default_preprocess_for(mc.vision_config.image_size, mc.vision_config.num_channels);
+    if let Some(a) = &rc.data.augment {
+        mc.preprocess.augment = a.clone();
+    }
     m.adapt_model(&rc.objectives(), &mut mc);
     mc.method = serde_json::json!({ "name": rc.method, "objectives": rc.objectives() });
     Ok(mc)

@@ -53,6 +53,8 @@ pub struct DataSection {
     pub threads: usize,
     /// Validation samples used by the periodic quick evaluation.
     pub val_samples: usize,
+    /// Training augmentation (`[data.augment]`, keys of `AugmentConfig`); absent: the preset's.
+    pub augment: Option<medvlp_data::image::preprocess::AugmentConfig>,
 }
 
 impl Default for DataSection {
@@ -68,6 +70,7 @@ impl Default for DataSection {
             max_bad_fraction: 0.01,
             threads: 0,
             val_samples: 256,
+            augment: None,
         }
     }
 }
@@ -176,6 +179,10 @@ impl RunConfig {
         if o.att_ratio > o.mask_ratio {
             bail!("objectives.att_ratio ({}) cannot exceed objectives.mask_ratio ({})", o.att_ratio, o.mask_ratio);
         }
+        if let Some(a) = &self.data.augment {
+            let pp = medvlp_data::image::preprocess::PreprocessConfig { augment: a.clone(), ..Default::default() };
+            pp.validate().context("data.augment")?;
+        }
         if self.data.batch_size < 2 {
             bail!("data.batch_size must be at least 2 (contrastive learning needs negatives)");
         }
@@ -227,6 +234,14 @@ mod tests {
         assert!(format!("{e:#}").contains("stepz"), "{e:#}");
         let e = RunConfig::load(Some(&p), &["objectives.mask_ratio=1.5".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("mask_ratio"));
+        // Training augmentation: a partial table keeps the other defaults; bad ranges are named.
+        let (c, _) = RunConfig::load(Some(&p), &["data.augment.rotation_deg=3".into()]).unwrap();
+        let a = c.data.augment.expect("augment set");
+        assert_eq!(a.rotation_deg, 3.0);
+        assert_eq!(a.rrc_scale, medvlp_data::image::preprocess::AugmentConfig::default().rrc_scale);
+        assert!(!a.hflip);
+        let e = RunConfig::load(Some(&p), &["data.augment.rrc_scale=[0.9, 0.5]".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("rrc_scale"), "{e:#}");
         let e = RunConfig::load(Some(&p), &["method=nope".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("nope"));
     }

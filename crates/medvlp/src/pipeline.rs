@@ -138,16 +138,19 @@ impl Setup {
             return Ok(final_dir);
         }
         let _ = std::fs::remove_dir_all(run_dir);
-        // Calibration: 5 steps, timed from the metrics (the first step's warm-up excluded).
+        // Calibration: 12 steps, timed from the metrics without the first two (allocator and
+        // loader warm-up). Five steps under-estimated the XLIP step by 10-15%, so the wall-clock
+        // cap stopped the run before its learning rate had decayed.
         let calib = run_dir.join("calibration");
-        let mut ov = self.overrides(seed, 5);
+        let mut ov = self.overrides(seed, CALIBRATION_STEPS);
         ov.extend(extra.iter().cloned());
         ov.push("train.checkpoint_every=0".into());
         let (rc, resolved) = self.config(run_dir, recipe, &ov)?;
         run_training(&rc, &resolved, &calib, false, Arc::new(AtomicBool::new(false)), hooks())?;
-        let per_step = step_seconds(&calib.join("metrics.jsonl"))?;
+        let per_step = step_seconds(&calib.join("metrics.jsonl"), 2)?;
         let _ = std::fs::remove_dir_all(&calib);
-        let steps = ((self.budget_minutes * 60.0 * 0.97 / per_step).floor() as u64).max(2);
+        // 5% headroom for checkpoints and the slower steps the calibration did not see.
+        let steps = ((self.budget_minutes * 60.0 * 0.95 / per_step).floor() as u64).max(2);
         eprintln!("pre-training {recipe} {}: {per_step:.2}s per step -> {steps} steps in {} minutes", extra.join(" "), self.budget_minutes);
         let mut ov = self.overrides(seed, steps);
         ov.extend(extra.iter().cloned());
@@ -195,14 +198,18 @@ impl Setup {
     }
 }
 
-/// Seconds per training step from a run's metrics (first logged step excluded).
-pub fn step_seconds(metrics: &Path) -> Result<f64> {
+/// Steps of the timing run before a budgeted pre-training run.
+const CALIBRATION_STEPS: u64 = 12;
+
+/// Seconds per training step from a run's metrics, the first `skip` logged steps excluded.
+pub fn step_seconds(metrics: &Path, skip: usize) -> Result<f64> {
     let text = std::fs::read_to_string(metrics).with_context(|| format!("reading {}", metrics.display()))?;
     let el: Vec<(u64, f64)> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["kind"] == "train")
         .filter_map(|v| Some((v["step"].as_u64()?, v["elapsed_s"].as_f64()?)))
+        .skip(skip.saturating_sub(1))
         .collect();
     match (el.first(), el.last()) {
         (Some(a), Some(b)) if b.0 > a.0 => Ok((b.1 - a.1) / (b.0 - a.0) as f64),
@@ -289,4 +296,32 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_time_leaves_out_the_warm_up_steps() {
+        let dir = std::env::temp_dir().join(format!("medvlp-steps-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = dir.join("metrics.jsonl");
+        // Step 1 takes 5 s, step 2 takes 2 s, then 1 s per step; a validation line in between.
+        let mut lines = vec![];
+        let mut t = 0.0;
+        for step in 1..=6u64 {
+            t += match step { 1 => 5.0, 2 => 2.0, _ => 1.0 };
+            lines.push(serde_json::json!({"kind": "train", "step": step, "elapsed_s": t}).to_string());
+            if step == 3 {
+                lines.push(serde_json::json!({"kind": "validation", "step": step}).to_string());
+            }
+        }
+        std::fs::write(&m, lines.join("\n")).unwrap();
+        assert!((step_seconds(&m, 1).unwrap() - 6.0 / 5.0).abs() < 1e-12);
+        assert!((step_seconds(&m, 2).unwrap() - 1.0).abs() < 1e-12);
+        std::fs::write(&m, lines[..2].join("\n")).unwrap();
+        assert!(step_seconds(&m, 2).is_err(), "one timed step is too few");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

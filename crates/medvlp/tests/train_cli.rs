@@ -208,6 +208,21 @@ fn train_rejects_bad_config_keys_and_missing_manifest() {
 }
 
 #[test]
+fn training_augmentation_is_configurable_and_saved_with_the_model() {
+    let tmp = tempdir("augment");
+    let data = tmp.join("data");
+    dataset(&data);
+    let out = tmp.join("r");
+    run_ok(train_cmd(&data, &out, 0).args(["data.augment.rotation_deg=2.5", "data.augment.rrc_scale=[0.75, 1.0]"]));
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("final/config.json")).unwrap()).unwrap();
+    let a = &cfg["preprocess"]["augment"];
+    assert_eq!(a["rotation_deg"].as_f64(), Some(2.5), "{a}");
+    assert_eq!(a["rrc_scale"][0].as_f64(), Some(0.75), "{a}");
+    assert_eq!(a["hflip"].as_bool(), Some(false), "{a}");
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
 fn image_encoder_initialises_from_hf_vit_safetensors() {
     let tmp = tempdir("vitinit");
     let data = tmp.join("data");
