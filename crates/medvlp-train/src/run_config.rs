@@ -180,8 +180,7 @@ impl RunConfig {
             bail!("objectives.att_ratio ({}) cannot exceed objectives.mask_ratio ({})", o.att_ratio, o.mask_ratio);
         }
         if let Some(a) = &self.data.augment {
-            let pp = medvlp_data::image::preprocess::PreprocessConfig { augment: a.clone(), ..Default::default() };
-            pp.validate().context("data.augment")?;
+            a.validate().context("data.augment")?;
         }
         if self.data.batch_size < 2 {
             bail!("data.batch_size must be at least 2 (contrastive learning needs negatives)");

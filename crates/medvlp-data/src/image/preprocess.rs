@@ -47,6 +47,23 @@ pub struct AugmentConfig {
     pub hflip: bool,
 }
 
+impl AugmentConfig {
+    /// Range checks (also run as part of `PreprocessConfig::validate`).
+    pub fn validate(&self) -> Result<()> {
+        let a = self;
+        if !(0.0 < a.rrc_scale[0] && a.rrc_scale[0] <= a.rrc_scale[1] && a.rrc_scale[1] <= 1.0) {
+            bail!("preprocess.augment.rrc_scale must satisfy 0 < lo <= hi <= 1, got {:?}", a.rrc_scale);
+        }
+        if !(0.0 < a.rrc_ratio[0] && a.rrc_ratio[0] <= a.rrc_ratio[1]) {
+            bail!("preprocess.augment.rrc_ratio must satisfy 0 < lo <= hi, got {:?}", a.rrc_ratio);
+        }
+        if !(0.0 < a.scale[0] && a.scale[0] <= a.scale[1]) {
+            bail!("preprocess.augment.scale must satisfy 0 < lo <= hi, got {:?}", a.scale);
+        }
+        Ok(())
+    }
+}
+
 impl Default for AugmentConfig {
     fn default() -> Self {
         AugmentConfig {
@@ -115,17 +132,7 @@ impl PreprocessConfig {
         if self.std.iter().any(|s| *s <= 0.0 || !s.is_finite()) {
             bail!("preprocess.std values must be > 0");
         }
-        let a = &self.augment;
-        if !(0.0 < a.rrc_scale[0] && a.rrc_scale[0] <= a.rrc_scale[1] && a.rrc_scale[1] <= 1.0) {
-            bail!("preprocess.augment.rrc_scale must satisfy 0 < lo <= hi <= 1, got {:?}", a.rrc_scale);
-        }
-        if !(0.0 < a.rrc_ratio[0] && a.rrc_ratio[0] <= a.rrc_ratio[1]) {
-            bail!("preprocess.augment.rrc_ratio must satisfy 0 < lo <= hi, got {:?}", a.rrc_ratio);
-        }
-        if !(0.0 < a.scale[0] && a.scale[0] <= a.scale[1]) {
-            bail!("preprocess.augment.scale must satisfy 0 < lo <= hi, got {:?}", a.scale);
-        }
-        Ok(())
+        self.augment.validate()
     }
 
     /// Load from a file: a model `config.json` (its `preprocess` block), or a JSON/TOML file
