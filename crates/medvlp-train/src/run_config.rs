@@ -176,6 +176,9 @@ impl RunConfig {
                 bail!("{n} = {v} must be in [0, 1)");
             }
         }
+        if !(o.aux_fraction > 0.0 && o.aux_fraction <= 1.0) {
+            bail!("objectives.aux_fraction = {} must be in (0, 1]", o.aux_fraction);
+        }
         if o.att_ratio > o.mask_ratio {
             bail!("objectives.att_ratio ({}) cannot exceed objectives.mask_ratio ({})", o.att_ratio, o.mask_ratio);
         }
@@ -233,6 +236,8 @@ mod tests {
         assert!(format!("{e:#}").contains("stepz"), "{e:#}");
         let e = RunConfig::load(Some(&p), &["objectives.mask_ratio=1.5".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("mask_ratio"));
+        let e = RunConfig::load(Some(&p), &["objectives.aux_fraction=0".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("aux_fraction"));
         // Training augmentation: a partial table keeps the other defaults; bad ranges are named.
         let (c, _) = RunConfig::load(Some(&p), &["data.augment.rotation_deg=3".into()]).unwrap();
         let a = c.data.augment.expect("augment set");

@@ -141,3 +141,31 @@ fn xlip_ablations_are_one_flag() {
         assert_eq!(names.contains(&"unpaired"), cfg.unpaired > 0.0, "{names:?}");
     }
 }
+
+#[test]
+fn xlip_aux_fraction_reconstructs_a_subset_of_the_rows() {
+    let m = method("xlip").unwrap();
+    let part = |parts: &[(String, f64)], k: &str| parts.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or_else(|| panic!("no {k} in {parts:?}"));
+    for (fraction, reconstructs_row_5) in [(1.0, true), (0.5, false)] {
+        let cfg = ObjectiveConfig { aux_fraction: fraction, ..m.defaults() };
+        let (store, model) = build("xlip", &cfg);
+        let b = batch(&model.config, 6, 2, 2);
+        // Paired row 5 with other pixels: with half the rows (0, 1, 2 of the paired ones) it is
+        // left out of AttMIM and EntMLM, so only the contrastive terms change.
+        let mut other = b.clone();
+        let px = b.pixels.as_ref().unwrap();
+        let row5 = (px.narrow(0, 5, 1).unwrap() * -1.0).unwrap();
+        other.pixels = Some(Tensor::cat(&[px.narrow(0, 0, 5).unwrap(), row5, px.narrow(0, 6, 2).unwrap()], 0).unwrap());
+        let (a, o) = (m.loss(&model, &b, &cfg, 3).unwrap(), m.loss(&model, &other, &cfg, 3).unwrap());
+        assert!((part(&a.parts, "itc") - part(&o.parts, "itc")).abs() > 1e-6);
+        for k in ["mim", "mlm"] {
+            let changed = (part(&a.parts, k) - part(&o.parts, k)).abs() > 1e-6;
+            assert_eq!(changed, reconstructs_row_5, "aux_fraction {fraction}: {k} {} vs {}", part(&a.parts, k), part(&o.parts, k));
+        }
+        part(&a.parts, "mlm_text_only");
+        // Every parameter still receives a gradient.
+        let grads = a.loss.backward().unwrap();
+        let missing: Vec<String> = store.vars().into_iter().filter(|(_, v)| grads.get(v.as_tensor()).is_none()).map(|(n, _)| n).collect();
+        assert!(missing.is_empty(), "aux_fraction {fraction}: {missing:?}");
+    }
+}

@@ -78,6 +78,10 @@ pub struct ObjectiveConfig {
     pub paired_masking: bool,
     /// MPMA: memory-augmented cross-modal fusion (MA-CMF) on/off.
     pub memory: bool,
+    /// XLIP: share of the batch's paired, image-only and text-only rows that the reconstruction
+    /// terms (AttMIM, EntMLM) run on; the contrastive terms always see every row. 1.0 is the
+    /// paper's recipe; less buys step time on a small compute budget.
+    pub aux_fraction: f64,
 }
 
 impl Default for ObjectiveConfig {
@@ -104,6 +108,7 @@ impl Default for ObjectiveConfig {
             stream: Stream::Dual,
             paired_masking: true,
             memory: true,
+            aux_fraction: 1.0,
         }
     }
 }

@@ -45,15 +45,15 @@ pub fn mask_text(text: &TextBatch, how: MlmMasking, cfg: &ObjectiveConfig, rng: 
     Ok(MaskedText { ids: Tensor::from_vec(ids, (rows, len), text.ids.device())?, masked })
 }
 
-/// Flat positions (`row * len + t`, relative to `rows.start`) and original ids of the masked
-/// tokens of `rows`.
-pub fn mlm_targets(text: &TextBatch, m: &MaskedText, rows: Range<usize>) -> Result<(Vec<u32>, Vec<u32>)> {
+/// Flat positions (`i * len + t` for the `i`-th of `rows`) and original ids of the masked tokens
+/// of `rows`, so that they index a tensor holding just those rows in that order.
+pub fn mlm_targets(text: &TextBatch, m: &MaskedText, rows: impl IntoIterator<Item = usize>) -> Result<(Vec<u32>, Vec<u32>)> {
     let len = text.ids.dim(1)?;
     let orig: Vec<u32> = text.ids.flatten_all()?.to_vec1()?;
     let (mut pos, mut lab) = (vec![], vec![]);
-    for r in rows.clone() {
+    for (i, r) in rows.into_iter().enumerate() {
         for &t in &m.masked[r] {
-            pos.push(((r - rows.start) * len + t) as u32);
+            pos.push((i * len + t) as u32);
             lab.push(orig[r * len + t]);
         }
     }
@@ -62,6 +62,18 @@ pub fn mlm_targets(text: &TextBatch, m: &MaskedText, rows: Range<usize>) -> Resu
 
 pub fn narrow_rows(t: &Tensor, rows: &Range<usize>) -> Result<Tensor> {
     Ok(t.narrow(0, rows.start, rows.len())?)
+}
+
+/// The listed rows of `t`, in that order.
+pub fn select_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
+    let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), t.device())?;
+    Ok(t.index_select(&idx, 0)?)
+}
+
+/// The first `ceil(fraction * len)` rows of each group (`fraction` in (0, 1]). Batches are
+/// shuffled, so the first rows of a group are a random subset of it.
+pub fn leading_rows(groups: &[Range<usize>], fraction: f64) -> Vec<usize> {
+    groups.iter().flat_map(|g| g.start..g.start + ((g.len() as f64 * fraction).ceil() as usize).min(g.len())).collect()
 }
 
 /// Global contrastive loss over the paired rows.
@@ -177,5 +189,18 @@ impl Terms {
     pub fn finish(self) -> Result<super::MethodLoss> {
         let loss = self.total.context("no objective produced a loss for this batch")?;
         Ok(super::MethodLoss { loss, parts: self.parts })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_rows_takes_the_rounded_up_share_of_each_group() {
+        assert_eq!(leading_rows(&[0..6, 6..8], 0.5), vec![0, 1, 2, 6]);
+        assert_eq!(leading_rows(&[0..6, 6..8], 0.25), vec![0, 1, 6]);
+        assert_eq!(leading_rows(&[0..3, 3..3], 1.0), vec![0, 1, 2]);
+        assert_eq!(leading_rows(&[10..12], 0.01), vec![10]);
     }
 }

@@ -3,9 +3,10 @@
 //! support) + unpaired data: image-only samples with disease-kind prompts (soft-label contrastive
 //! and AttMIM) and text-only reports (EntMLM only).
 
-use super::steps::{itc, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, unpaired_soft_itc, Terms};
+use super::steps::{itc, leading_rows, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, select_rows, unpaired_soft_itc, Terms};
 use super::{Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig, Stream};
 use anyhow::Result;
+use candle_core::Tensor;
 use medvlp_model::{MedVlp, ModelConfig};
 
 pub struct Xlip;
@@ -54,23 +55,29 @@ impl Method for Xlip {
             let txt = model.text_features(&ids, &mask)?;
             t.add("itc", cfg.itc, itc(model, &img, &txt, &batch.text.mask, batch.n_paired)?)?;
             t.add("unpaired", cfg.unpaired, unpaired_soft_itc(model, batch, &img, &txt)?)?;
+            // The reconstruction terms see `aux_fraction` of the paired and of the image-only rows.
+            let aux = leading_rows(&[0..batch.n_paired, batch.n_paired..n], cfg.aux_fraction);
+            let all = aux.len() == n;
+            let rows = |x: &Tensor| if all { Ok(x.clone()) } else { select_rows(x, &aux) };
+            let (img_a, txt_a, mask_a) = (rows(&img)?, rows(&txt)?, rows(&mask)?);
             if cfg.mim > 0.0 {
-                let pm = patch_mask(model, cfg, cfg.mim_masking, Some(&img), Some((&txt, &mask)), n, &mut rng(seed, 1))?;
-                let latent = model.image_features_masked(px, &pm)?;
-                t.add("mim", cfg.mim, Some(mim(model, cfg, px, &pm, &latent, Some((&txt, &mask)))?))?;
+                let px_a = rows(px)?;
+                let pm = patch_mask(model, cfg, cfg.mim_masking, Some(&img_a), Some((&txt_a, &mask_a)), aux.len(), &mut rng(seed, 1))?;
+                let latent = model.image_features_masked(&px_a, &pm)?;
+                t.add("mim", cfg.mim, Some(mim(model, cfg, &px_a, &pm, &latent, Some((&txt_a, &mask_a)))?))?;
             }
             if let Some(m) = &masked_text {
-                let (pos, lab) = mlm_targets(&batch.text, m, img_rows.clone())?;
-                let txt_m = model.text_features(&narrow_rows(&m.ids, &img_rows)?, &mask)?;
-                t.add("mlm", cfg.mlm, mlm(model, &txt_m, &mask, Some(&img), pos, lab)?)?;
+                let (pos, lab) = mlm_targets(&batch.text, m, aux.iter().copied())?;
+                let txt_m = model.text_features(&select_rows(&m.ids, &aux)?, &mask_a)?;
+                t.add("mlm", cfg.mlm, mlm(model, &txt_m, &mask_a, Some(&img_a), pos, lab)?)?;
             }
         }
         if let (Some(m), true) = (&masked_text, batch.n_text_only > 0) {
             // Text-only reports: EntMLM without an image stream.
-            let rows = n..batch.rows();
-            let (pos, lab) = mlm_targets(&batch.text, m, rows.clone())?;
-            let mask = narrow_rows(&batch.text.mask, &rows)?;
-            let txt_m = model.text_features(&narrow_rows(&m.ids, &rows)?, &mask)?;
+            let rows = leading_rows(&[n..batch.rows()], cfg.aux_fraction);
+            let (pos, lab) = mlm_targets(&batch.text, m, rows.iter().copied())?;
+            let mask = select_rows(&batch.text.mask, &rows)?;
+            let txt_m = model.text_features(&select_rows(&m.ids, &rows)?, &mask)?;
             t.add("mlm_text_only", cfg.mlm * cfg.unpaired, mlm(model, &txt_m, &mask, None, pos, lab)?)?;
         }
         t.finish()
