@@ -57,18 +57,18 @@ impl Method for Xlip {
             t.add("unpaired", cfg.unpaired, unpaired_soft_itc(model, batch, &img, &txt)?)?;
             // The reconstruction terms see `aux_fraction` of the paired and of the image-only rows.
             let aux = leading_rows(&[0..batch.n_paired, batch.n_paired..n], cfg.aux_fraction);
-            let all = aux.len() == n;
-            let rows = |x: &Tensor| if all { Ok(x.clone()) } else { select_rows(x, &aux) };
-            let (img_a, txt_a, mask_a) = (rows(&img)?, rows(&txt)?, rows(&mask)?);
+            // Of tensors over the image rows (`0..n`); with every row, the tensors themselves.
+            let aux_rows = |x: &Tensor| if aux.len() == n { Ok(x.clone()) } else { select_rows(x, &aux) };
+            let (img_a, txt_a, mask_a) = (aux_rows(&img)?, aux_rows(&txt)?, aux_rows(&mask)?);
             if cfg.mim > 0.0 {
-                let px_a = rows(px)?;
+                let px_a = aux_rows(px)?;
                 let pm = patch_mask(model, cfg, cfg.mim_masking, Some(&img_a), Some((&txt_a, &mask_a)), aux.len(), &mut rng(seed, 1))?;
                 let latent = model.image_features_masked(&px_a, &pm)?;
                 t.add("mim", cfg.mim, Some(mim(model, cfg, &px_a, &pm, &latent, Some((&txt_a, &mask_a)))?))?;
             }
             if let Some(m) = &masked_text {
                 let (pos, lab) = mlm_targets(&batch.text, m, aux.iter().copied())?;
-                let txt_m = model.text_features(&select_rows(&m.ids, &aux)?, &mask_a)?;
+                let txt_m = model.text_features(&aux_rows(&narrow_rows(&m.ids, &img_rows)?)?, &mask_a)?;
                 t.add("mlm", cfg.mlm, mlm(model, &txt_m, &mask_a, Some(&img_a), pos, lab)?)?;
             }
         }
