@@ -201,6 +201,6 @@ mod tests {
         assert_eq!(leading_rows(&[0..6, 6..8], 0.5), vec![0, 1, 2, 6]);
         assert_eq!(leading_rows(&[0..6, 6..8], 0.25), vec![0, 1, 6]);
         assert_eq!(leading_rows(&[0..3, 3..3], 1.0), vec![0, 1, 2]);
-        assert_eq!(leading_rows(&[10..12], 0.01), vec![10]);
+        assert_eq!(leading_rows(std::slice::from_ref(&(10..12)), 0.01), vec![10]);
     }
 }

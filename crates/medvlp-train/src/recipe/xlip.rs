@@ -74,7 +74,7 @@ impl Method for Xlip {
         }
         if let (Some(m), true) = (&masked_text, batch.n_text_only > 0) {
             // Text-only reports: EntMLM without an image stream.
-            let rows = leading_rows(&[n..batch.rows()], cfg.aux_fraction);
+            let rows = leading_rows(std::slice::from_ref(&(n..batch.rows())), cfg.aux_fraction);
             let (pos, lab) = mlm_targets(&batch.text, m, rows.iter().copied())?;
             let mask = select_rows(&batch.text.mask, &rows)?;
             let txt_m = model.text_features(&select_rows(&m.ids, &rows)?, &mask)?;
