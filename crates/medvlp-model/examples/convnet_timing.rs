@@ -2,7 +2,7 @@
 //! backward of the whole encoder, then per layer.
 //!
 //!     cargo run --release -p medvlp-model --example convnet_timing
-use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use medvlp_model::config::VisionConfig;
 use medvlp_model::convnet::ConvNet;
