@@ -145,9 +145,10 @@ impl DataPipeline {
             n_image_only = ib.len();
         }
         let mut n_text_only = 0;
-        if self.n_text_only > 0 {
-            let n = self.text_only.len();
-            let per_epoch = (n / self.n_text_only).max(1) as u64;
+        let n = self.text_only.len();
+        // Batches per pass over the text-only pool; None when the batch takes no text-only rows.
+        if let Some(per_epoch) = n.checked_div(self.n_text_only) {
+            let per_epoch = per_epoch.max(1) as u64;
             let mut order: Vec<usize> = (0..n).collect();
             order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.seed ^ 0x2222 ^ (k / per_epoch)));
             let start = ((k % per_epoch) as usize) * self.n_text_only;

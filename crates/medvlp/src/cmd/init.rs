@@ -55,8 +55,8 @@ pub fn run(args: Args) -> Result<()> {
     store.drop_unused();
     model_dir::save(&args.out, &cfg, &store, tokenizer.as_deref())?;
     eprintln!("{} parameters; {report}", store.num_params());
-    if args.text_init.is_some() {
-        eprintln!("loaded from {}: {} tensors; newly initialised: {}", args.text_init.as_ref().unwrap().display(), report.loaded.len(), report.initialised.iter().filter(|n| n.starts_with("text_model")).count());
+    if let Some(text_init) = &args.text_init {
+        eprintln!("loaded from {}: {} tensors; newly initialised: {}", text_init.display(), report.loaded.len(), report.initialised.iter().filter(|n| n.starts_with("text_model")).count());
         for n in &report.unused {
             eprintln!("  unused in the checkpoint: {n}");
         }

@@ -173,9 +173,9 @@ unsafe fn tile(xa: &[u32], r0: usize, nr: usize, jb: usize, nb: usize, p: &Packe
     {
         let mut acc = [[_mm512_setzero_ps(); NB]; 4];
         for k in 0..kp {
-            let mut bs: [__m512bh; NB] = [std::mem::transmute(_mm512_setzero_ps()); NB];
+            let mut bs: [__m512bh; NB] = [std::mem::transmute::<__m512, __m512bh>(_mm512_setzero_ps()); NB];
             for (c, bv) in bs.iter_mut().enumerate().take(nb) {
-                *bv = std::mem::transmute(_mm512_loadu_si512(p.data.as_ptr().add(((jb + c) * kp + k) * 16) as *const _));
+                *bv = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.data.as_ptr().add(((jb + c) * kp + k) * 16) as *const _));
             }
             for (r, ar) in acc.iter_mut().enumerate().take(nr) {
                 let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*xa.get_unchecked((r0 + r) * kp + k) as i32));
