@@ -42,7 +42,10 @@ fn main() -> anyhow::Result<()> {
     let labels: Vec<_> = reports.par_iter().map(|r| label_entities(x, &x.extract(r))).collect();
     let dt = t.elapsed().as_secs_f64();
     let positives: usize = labels.iter().map(|l| l.values().filter(|v| **v == 1).count()).sum();
-    println!("labels:            {dt:.2} s, {:.0} reports/s ({positives} positive labels)", reports.len() as f64 / dt);
+    println!(
+        "labels:            {dt:.2} s, {:.0} reports/s ({positives} positive labels)",
+        reports.len() as f64 / dt
+    );
 
     let t = Instant::now();
     let out_bytes: usize = reports

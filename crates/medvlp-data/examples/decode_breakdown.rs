@@ -16,7 +16,10 @@ fn main() -> anyhow::Result<()> {
     let path = std::path::PathBuf::from(arg.unwrap_or_else(|| "synthetic.jpg".into()));
     let n = 20;
     let t = Instant::now();
-    let raster = matches!(image::guess_format(&bytes), Ok(image::ImageFormat::Png | image::ImageFormat::Jpeg));
+    let raster = matches!(
+        image::guess_format(&bytes),
+        Ok(image::ImageFormat::Png | image::ImageFormat::Jpeg)
+    );
     for _ in 0..if raster { n } else { 0 } {
         std::hint::black_box(image::load_from_memory(&bytes)?);
     }
@@ -33,7 +36,14 @@ fn main() -> anyhow::Result<()> {
     }
     let scaled = t.elapsed().as_secs_f64() / n as f64;
     let sd = decode_bytes_scaled(&bytes, &path, Some(cfg.resize_shorter))?;
-    println!("{} bytes; scaled decode (shorter >= {}) to {}x{}: {:.1} ms", bytes.len(), cfg.resize_shorter, sd.image.width, sd.image.height, scaled * 1e3);
+    println!(
+        "{} bytes; scaled decode (shorter >= {}) to {}x{}: {:.1} ms",
+        bytes.len(),
+        cfg.resize_shorter,
+        sd.image.width,
+        sd.image.height,
+        scaled * 1e3
+    );
     let d = d.unwrap();
     let t = Instant::now();
     for _ in 0..n {

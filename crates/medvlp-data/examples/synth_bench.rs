@@ -10,13 +10,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let size: u32 = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(224);
     let n: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(1000);
-    let cfg = SynthConfig {
-        n,
-        image_only: 0,
-        text_only: 0,
-        size,
-        ..SynthConfig::default()
-    };
+    let cfg = SynthConfig { n, image_only: 0, text_only: 0, size, ..SynthConfig::default() };
     let plans = plan(&cfg)?;
     // Warm-up.
     for p in plans.iter().take(20) {

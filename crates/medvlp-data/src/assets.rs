@@ -22,7 +22,9 @@ pub fn asset_path(rel: &str) -> Option<PathBuf> {
                 None
             }
         }
-        None if required => panic!("MEDVLP_ASSETS is not set but MEDVLP_REQUIRE_ASSETS=1 (asset {rel})"),
+        None if required => {
+            panic!("MEDVLP_ASSETS is not set but MEDVLP_REQUIRE_ASSETS=1 (asset {rel})")
+        }
         None => {
             eprintln!("skipped: set MEDVLP_ASSETS to run this test (needs {rel})");
             None

@@ -39,7 +39,13 @@ pub struct Throughput {
 }
 
 /// Decode + eval-preprocess `path` `n` times on `threads` threads.
-pub fn decode_throughput(path: &Path, what: &str, cfg: &PreprocessConfig, n: usize, threads: usize) -> Result<Throughput> {
+pub fn decode_throughput(
+    path: &Path,
+    what: &str,
+    cfg: &PreprocessConfig,
+    n: usize,
+    threads: usize,
+) -> Result<Throughput> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     // warm-up (page cache, allocator)
     let d = decode_file_scaled(path, Some(cfg.resize_shorter))?;
@@ -97,8 +103,23 @@ pub fn generate_mimic_tree(root: &Path, n_studies: usize) -> Result<(usize, usiz
         // 377110 / 227827 = 1.655 images per study
         let n_img = if next() % 1000 < 655 { 2 } else { 1 };
         for k in 0..n_img {
-            let dicom = format!("{:08x}-{:08x}-{:08x}-{:08x}-{:08x}", next() as u32, study, k, subject, next() as u32);
-            let view = if k == 0 { if next() % 2 == 0 { "PA" } else { "AP" } } else { "LATERAL" };
+            let dicom = format!(
+                "{:08x}-{:08x}-{:08x}-{:08x}-{:08x}",
+                next() as u32,
+                study,
+                k,
+                subject,
+                next() as u32
+            );
+            let view = if k == 0 {
+                if next() % 2 == 0 {
+                    "PA"
+                } else {
+                    "AP"
+                }
+            } else {
+                "LATERAL"
+            };
             writeln!(meta, "{dicom},{subject},{study},CHEST (PA AND LAT),{view},3056,2544,21800506,213014.531,Chest (PA and Lat),postero-anterior,Erect")?;
             writeln!(split, "{dicom},{study},{subject},{sp}")?;
             images += 1;
@@ -150,7 +171,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (studies, images) = generate_mimic_tree(d.path(), 300).unwrap();
         let out = d.path().join("m.jsonl");
-        let s = crate::dataset::prepare(crate::dataset::PrepareOptions::new("mimic", d.path(), &out)).unwrap();
+        let s =
+            crate::dataset::prepare(crate::dataset::PrepareOptions::new("mimic", d.path(), &out))
+                .unwrap();
         assert_eq!(s.studies, studies);
         assert_eq!(s.images, images);
         assert!(images > 400 && images < 560, "{images}");

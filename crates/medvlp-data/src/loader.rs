@@ -183,8 +183,14 @@ impl Loader {
         let (tx, rx) = crossbeam_channel::bounded(self.cfg.prefetch.max(1));
         let stop = Arc::new(AtomicBool::new(false));
         let order = self.epoch_order(epoch);
-        let (items, pp, cfg, cache, pool, stats) =
-            (self.items.clone(), self.pp.clone(), self.cfg.clone(), self.cache.clone(), self.pool.clone(), self.stats.clone());
+        let (items, pp, cfg, cache, pool, stats) = (
+            self.items.clone(),
+            self.pp.clone(),
+            self.cfg.clone(),
+            self.cache.clone(),
+            self.pool.clone(),
+            self.stats.clone(),
+        );
         let stop2 = stop.clone();
         let max_bad = (cfg.max_bad_fraction * items.len() as f64).floor() as usize;
         let handle = std::thread::spawn(move || {
@@ -194,7 +200,10 @@ impl Loader {
                     return;
                 }
                 let results: Vec<(usize, SampleResult)> = pool.install(|| {
-                    chunk.par_iter().map(|&i| (i, load_one(&items, &pp, &cfg, cache.as_deref(), epoch, i))).collect()
+                    chunk
+                        .par_iter()
+                        .map(|&i| (i, load_one(&items, &pp, &cfg, cache.as_deref(), epoch, i)))
+                        .collect()
                 });
                 let mut b = Batch {
                     epoch,
@@ -220,7 +229,11 @@ impl Loader {
                         Err((path, reason)) => {
                             tracing::warn!("skipping bad sample {path}: {reason}");
                             let n = stats.bad.fetch_add(1, Ordering::Relaxed) + 1;
-                            stats.bad_samples.lock().map(|mut v| v.push((path.clone(), reason.clone()))).ok();
+                            stats
+                                .bad_samples
+                                .lock()
+                                .map(|mut v| v.push((path.clone(), reason.clone())))
+                                .ok();
                             if n > max_bad {
                                 let _ = tx.send(Err(anyhow::anyhow!(
                                     "aborting: {n} bad samples exceed max_bad_fraction {} of {} samples (last: {path}: {reason})",
@@ -260,13 +273,15 @@ fn load_one(
         return Err((it.id.clone(), "empty report".into()));
     }
     let mut rng = sample_rng(cfg.seed, epoch, index as u64);
-    let which = if cfg.train && it.images.len() > 1 { rng.random_range(0..it.images.len()) } else { 0 };
+    let which =
+        if cfg.train && it.images.len() > 1 { rng.random_range(0..it.images.len()) } else { 0 };
     let path = &it.images[which];
     let img = match cache.and_then(|c| c.get(index, which)) {
         Some(Ok(img)) => img,
         Some(Err(reason)) => return Err((path.display().to_string(), reason)),
         None => {
-            let d = decode_file_scaled(path, Some(pp.resize_shorter)).map_err(|e| (path.display().to_string(), e.reason))?;
+            let d = decode_file_scaled(path, Some(pp.resize_shorter))
+                .map_err(|e| (path.display().to_string(), e.reason))?;
             d.image
         }
     };
@@ -355,7 +370,8 @@ impl Cache {
             item_start.push(all.len());
         }
         let tmp = path.with_extension("partial");
-        let f = File::create(&tmp).with_context(|| format!("cannot create cache {}", tmp.display()))?;
+        let f =
+            File::create(&tmp).with_context(|| format!("cannot create cache {}", tmp.display()))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
         let mut errors = BTreeMap::new();
         let mut table: Vec<(u64, u32, u32)> = Vec::with_capacity(all.len());
@@ -363,18 +379,28 @@ impl Cache {
         // Pixels are written first to a side file position; the table goes before them, so
         // collect the table, then write header + table + pixels from a second temp file.
         let pix_tmp = path.with_extension("pixels.partial");
-        let mut pw = BufWriter::with_capacity(1 << 20, File::create(&pix_tmp).with_context(|| format!("cannot create {}", pix_tmp.display()))?);
+        let mut pw = BufWriter::with_capacity(
+            1 << 20,
+            File::create(&pix_tmp)
+                .with_context(|| format!("cannot create {}", pix_tmp.display()))?,
+        );
         for (ci, chunk) in all.chunks(256).enumerate() {
             let res: Vec<Result<GrayImage, String>> = chunk
                 .par_iter()
-                .map(|p| decode_file_scaled(p, Some(pp.resize_shorter)).map(|d| preprocess::resize_shorter(&d.image, pp.resize_shorter)).map_err(|e| e.to_string()))
+                .map(|p| {
+                    decode_file_scaled(p, Some(pp.resize_shorter))
+                        .map(|d| preprocess::resize_shorter(&d.image, pp.resize_shorter))
+                        .map_err(|e| e.to_string())
+                })
                 .collect();
             for (j, r) in res.into_iter().enumerate() {
                 match r {
                     Ok(img) => {
                         table.push((pixels_at, img.width, img.height));
                         for v in &img.data {
-                            pw.write_all(&((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_le_bytes())?;
+                            pw.write_all(
+                                &((v.clamp(0.0, 1.0) * 65535.0).round() as u16).to_le_bytes(),
+                            )?;
                         }
                         pixels_at += img.data.len() as u64 * 2;
                     }
@@ -387,7 +413,12 @@ impl Cache {
         }
         pw.flush()?;
         drop(pw);
-        let header = CacheHeader { resize_shorter: pp.resize_shorter, fingerprint: fingerprint(items), item_start, errors };
+        let header = CacheHeader {
+            resize_shorter: pp.resize_shorter,
+            fingerprint: fingerprint(items),
+            item_start,
+            errors,
+        };
         let hj = serde_json::to_vec(&header)?;
         w.write_all(MAGIC)?;
         w.write_all(&(hj.len() as u64).to_le_bytes())?;
@@ -401,14 +432,17 @@ impl Cache {
         w.flush()?;
         drop(w);
         std::fs::remove_file(&pix_tmp).ok();
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot move cache into {}", path.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("cannot move cache into {}", path.display()))?;
         Cache::open(path)
     }
 
     pub fn open(path: &Path) -> Result<Cache> {
-        let f = File::open(path).with_context(|| format!("cannot open cache {}", path.display()))?;
+        let f =
+            File::open(path).with_context(|| format!("cannot open cache {}", path.display()))?;
         // SAFETY: the cache file is written once (renamed into place) and only read afterwards.
-        let map = unsafe { memmap2::Mmap::map(&f) }.with_context(|| format!("cannot map cache {}", path.display()))?;
+        let map = unsafe { memmap2::Mmap::map(&f) }
+            .with_context(|| format!("cannot map cache {}", path.display()))?;
         if map.len() < 16 || &map[..8] != MAGIC {
             bail!("{}: not a medvlp cache file", path.display());
         }
@@ -416,8 +450,8 @@ impl Cache {
         if 16 + hl > map.len() {
             bail!("{}: truncated cache header", path.display());
         }
-        let header: CacheHeader =
-            serde_json::from_slice(&map[16..16 + hl]).with_context(|| format!("{}: bad cache header", path.display()))?;
+        let header: CacheHeader = serde_json::from_slice(&map[16..16 + hl])
+            .with_context(|| format!("{}: bad cache header", path.display()))?;
         let n = *header.item_start.last().unwrap_or(&0);
         let table_at = 16 + hl;
         if table_at + n * 16 > map.len() {
@@ -427,8 +461,13 @@ impl Cache {
     }
 
     fn check(&self, items: &[Item], pp: &PreprocessConfig) -> Result<()> {
-        if self.header.resize_shorter != pp.resize_shorter || self.header.fingerprint != fingerprint(items) {
-            bail!("cache {} was built for other images or another resize_shorter; rebuild it", self.path.display());
+        if self.header.resize_shorter != pp.resize_shorter
+            || self.header.fingerprint != fingerprint(items)
+        {
+            bail!(
+                "cache {} was built for other images or another resize_shorter; rebuild it",
+                self.path.display()
+            );
         }
         Ok(())
     }
@@ -444,13 +483,19 @@ impl Cache {
         }
         let e = &self.map[self.table_at + k * 16..self.table_at + k * 16 + 16];
         let off = u64::from_le_bytes(e[..8].try_into().unwrap()) as usize;
-        let (w, h) = (u32::from_le_bytes(e[8..12].try_into().unwrap()), u32::from_le_bytes(e[12..16].try_into().unwrap()));
+        let (w, h) = (
+            u32::from_le_bytes(e[8..12].try_into().unwrap()),
+            u32::from_le_bytes(e[12..16].try_into().unwrap()),
+        );
         let start = self.table_at + (*self.header.item_start.last().unwrap()) * 16 + off;
         let len = w as usize * h as usize * 2;
         let Some(bytes) = self.map.get(start..start + len) else {
             return Some(Err(format!("cache {} is truncated", self.path.display())));
         };
-        let data = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f32 * (1.0 / 65535.0)).collect();
+        let data = bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as f32 * (1.0 / 65535.0))
+            .collect();
         Some(Ok(GrayImage::new(w, h, data)))
     }
 }
@@ -466,16 +511,30 @@ mod tests {
                 if bad.contains(&i) {
                     std::fs::write(&p, b"\x89PNG\r\n\x1a\nbroken").unwrap();
                 } else {
-                    let img = image::GrayImage::from_fn(40 + i as u32, 36, |x, y| image::Luma([((x * 5 + y * 3 + i as u32 * 17) % 256) as u8]));
+                    let img = image::GrayImage::from_fn(40 + i as u32, 36, |x, y| {
+                        image::Luma([((x * 5 + y * 3 + i as u32 * 17) % 256) as u8])
+                    });
                     img.save(&p).unwrap();
                 }
-                Item { id: format!("s{i}"), images: vec![p], text: Some(format!("report {i}")), labels: BTreeMap::new() }
+                Item {
+                    id: format!("s{i}"),
+                    images: vec![p],
+                    text: Some(format!("report {i}")),
+                    labels: BTreeMap::new(),
+                }
             })
             .collect()
     }
 
     fn pp() -> PreprocessConfig {
-        PreprocessConfig { image_size: 16, resize_shorter: 20, channels: 1, mean: vec![0.5], std: vec![0.25], ..Default::default() }
+        PreprocessConfig {
+            image_size: 16,
+            resize_shorter: 20,
+            channels: 1,
+            mean: vec![0.5],
+            std: vec![0.25],
+            ..Default::default()
+        }
     }
 
     fn collect(l: &Loader, epoch: u64, start: usize) -> Vec<Batch> {
@@ -492,7 +551,8 @@ mod tests {
         assert_eq!(a.len(), 4);
         assert_eq!(a.iter().map(|b| b.len()).sum::<usize>(), 10);
         assert_eq!(a[0].images.len(), 3 * 16 * 16);
-        let l2 = Loader::new(items.clone(), pp(), LoaderConfig { threads: 1, ..cfg.clone() }).unwrap();
+        let l2 =
+            Loader::new(items.clone(), pp(), LoaderConfig { threads: 1, ..cfg.clone() }).unwrap();
         let b = collect(&l2, 0, 0);
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x.indices, y.indices);
@@ -502,7 +562,10 @@ mod tests {
         assert_eq!(resumed[0].indices, a[2].indices);
         assert_eq!(resumed[0].images, a[2].images);
         let e1 = collect(&l, 1, 0);
-        assert_ne!(e1.iter().flat_map(|b| b.indices.clone()).collect::<Vec<_>>(), a.iter().flat_map(|b| b.indices.clone()).collect::<Vec<_>>());
+        assert_ne!(
+            e1.iter().flat_map(|b| b.indices.clone()).collect::<Vec<_>>(),
+            a.iter().flat_map(|b| b.indices.clone()).collect::<Vec<_>>()
+        );
         let mut all: Vec<usize> = e1.iter().flat_map(|b| b.indices.clone()).collect();
         all.sort();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
@@ -513,7 +576,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut items = make_items(d.path(), 20, &[3]);
         items[7].images[0] = d.path().join("missing.png");
-        let cfg = LoaderConfig { batch_size: 4, max_bad_fraction: 0.1, train: false, shuffle: false, ..Default::default() };
+        let cfg = LoaderConfig {
+            batch_size: 4,
+            max_bad_fraction: 0.1,
+            train: false,
+            shuffle: false,
+            ..Default::default()
+        };
         let l = Loader::new(items.clone(), pp(), cfg.clone()).unwrap();
         let batches = collect(&l, 0, 0);
         assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 18);
@@ -533,10 +602,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut items = make_items(d.path(), 4, &[]);
         items[1].text = Some("  ".into());
-        let l = Loader::new(items, pp(), LoaderConfig { require_text: true, max_bad_fraction: 0.5, ..Default::default() }).unwrap();
+        let l = Loader::new(
+            items,
+            pp(),
+            LoaderConfig { require_text: true, max_bad_fraction: 0.5, ..Default::default() },
+        )
+        .unwrap();
         let n: usize = collect(&l, 0, 0).iter().map(|b| b.len()).sum();
         assert_eq!(n, 3);
-        assert_eq!(l.stats.bad_samples.lock().unwrap()[0], ("s1".to_string(), "empty report".to_string()));
+        assert_eq!(
+            l.stats.bad_samples.lock().unwrap()[0],
+            ("s1".to_string(), "empty report".to_string())
+        );
     }
 
     #[test]
@@ -545,11 +622,20 @@ mod tests {
         let items = make_items(d.path(), 6, &[4]);
         let p = pp();
         let cache = Cache::build(&items, &p, &d.path().join("c.cache")).unwrap();
-        let direct = Loader::new(items.clone(), p.clone(), LoaderConfig { train: false, max_bad_fraction: 0.5, ..Default::default() }).unwrap();
-        let cached = Loader::new(items.clone(), p.clone(), LoaderConfig { train: false, max_bad_fraction: 0.5, ..Default::default() })
-            .unwrap()
-            .with_cache(Cache::open(&d.path().join("c.cache")).unwrap())
-            .unwrap();
+        let direct = Loader::new(
+            items.clone(),
+            p.clone(),
+            LoaderConfig { train: false, max_bad_fraction: 0.5, ..Default::default() },
+        )
+        .unwrap();
+        let cached = Loader::new(
+            items.clone(),
+            p.clone(),
+            LoaderConfig { train: false, max_bad_fraction: 0.5, ..Default::default() },
+        )
+        .unwrap()
+        .with_cache(Cache::open(&d.path().join("c.cache")).unwrap())
+        .unwrap();
         drop(cache);
         for i in [0usize, 1, 5] {
             let a = direct.load_sample(0, i).unwrap();

@@ -2,15 +2,15 @@
 //! crate reads), batch encoding with attention masks and word offsets, and WordPiece training.
 
 use anyhow::{anyhow, bail, Context, Result};
-use std::path::Path;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::path::Path;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{
-    AddedToken, Normalizer, OffsetReferential, OffsetType, PaddingDirection, PaddingParams, PaddingStrategy, PreTokenizedString, PreTokenizer,
-    TruncationParams,
+    AddedToken, Normalizer, OffsetReferential, OffsetType, PaddingDirection, PaddingParams,
+    PaddingStrategy, PreTokenizedString, PreTokenizer, TruncationParams,
 };
 
 pub const SPECIAL_TOKENS: [&str; 5] = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
@@ -54,14 +54,18 @@ impl Tokenizer {
     /// Load `tokenizer.json`. Any truncation or padding baked into the file is replaced: sequences
     /// are truncated to `max_length` and a batch is padded to its longest sequence.
     pub fn from_file(path: &Path, max_length: usize) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| anyhow!("loading tokenizer {}: {e}", path.display()))?;
-        Self::from_tokenizer(inner, max_length).with_context(|| format!("tokenizer {}", path.display()))
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| anyhow!("loading tokenizer {}: {e}", path.display()))?;
+        Self::from_tokenizer(inner, max_length)
+            .with_context(|| format!("tokenizer {}", path.display()))
     }
 
     pub fn from_tokenizer(mut inner: tokenizers::Tokenizer, max_length: usize) -> Result<Self> {
-        let pad_id = find_id(&inner, &["[PAD]", "<pad>"]).ok_or_else(|| anyhow!("no [PAD] token in the vocabulary"))?;
+        let pad_id = find_id(&inner, &["[PAD]", "<pad>"])
+            .ok_or_else(|| anyhow!("no [PAD] token in the vocabulary"))?;
         let pad_token = inner.id_to_token(pad_id).unwrap_or_else(|| "[PAD]".into());
-        let mask_id = find_id(&inner, &["[MASK]", "<mask>"]).ok_or_else(|| anyhow!("no [MASK] token in the vocabulary"))?;
+        let mask_id = find_id(&inner, &["[MASK]", "<mask>"])
+            .ok_or_else(|| anyhow!("no [MASK] token in the vocabulary"))?;
         let cls_id = find_id(&inner, &["[CLS]", "<s>"]);
         let sep_id = find_id(&inner, &["[SEP]", "</s>"]);
         inner
@@ -100,7 +104,10 @@ impl Tokenizer {
 
     /// Encode texts with special tokens, truncated and padded to the batch's longest sequence.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Batch> {
-        let enc = self.inner.encode_batch(texts.to_vec(), true).map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let enc = self
+            .inner
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
         let len = enc.iter().map(|e| e.len()).max().unwrap_or(0);
         let mut b = Batch {
             batch: enc.len(),
@@ -168,11 +175,15 @@ pub fn train_wordpiece(files: &[&Path], opts: &WordPieceOptions, out: &Path) -> 
         if meta.len() == 0 {
             bail!("{} is empty: nothing to train a vocabulary on", f.display());
         }
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {} (UTF-8 text expected)", f.display()))?;
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading {} (UTF-8 text expected)", f.display()))?;
         for line in text.lines() {
             let mut pre = PreTokenizedString::from(line);
-            pre.normalize(|n| normalizer.normalize(n)).map_err(|e| anyhow!("normalising {}: {e}", f.display()))?;
-            BertPreTokenizer.pre_tokenize(&mut pre).map_err(|e| anyhow!("pre-tokenising {}: {e}", f.display()))?;
+            pre.normalize(|n| normalizer.normalize(n))
+                .map_err(|e| anyhow!("normalising {}: {e}", f.display()))?;
+            BertPreTokenizer
+                .pre_tokenize(&mut pre)
+                .map_err(|e| anyhow!("pre-tokenising {}: {e}", f.display()))?;
             for (w, _, _) in pre.get_splits(OffsetReferential::Original, OffsetType::Byte) {
                 *counts.entry(w.to_string()).or_default() += 1;
             }
@@ -184,14 +195,20 @@ pub fn train_wordpiece(files: &[&Path], opts: &WordPieceOptions, out: &Path) -> 
     let vocab = learn_wordpiece_vocab(counts, opts);
     // WordPiece reads a BERT vocab.txt (one token per line, id = line number).
     let vocab_txt = tempfile::NamedTempFile::new().context("creating a temporary vocab file")?;
-    std::fs::write(vocab_txt.path(), vocab.join("\n") + "\n").context("writing the temporary vocab file")?;
-    let wp = WordPiece::from_file(&vocab_txt.path().to_string_lossy()).unk_token("[UNK]".into()).build().map_err(|e| anyhow!("{e}"))?;
+    std::fs::write(vocab_txt.path(), vocab.join("\n") + "\n")
+        .context("writing the temporary vocab file")?;
+    let wp = WordPiece::from_file(&vocab_txt.path().to_string_lossy())
+        .unk_token("[UNK]".into())
+        .build()
+        .map_err(|e| anyhow!("{e}"))?;
     let mut tok = tokenizers::Tokenizer::new(wp);
     tok.with_normalizer(Some(normalizer)).map_err(|e| anyhow!("setting normaliser: {e}"))?;
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
     tok.with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default()));
-    tok.add_special_tokens(SPECIAL_TOKENS.iter().map(|s| AddedToken::from(*s, true)).collect::<Vec<_>>())
-        .map_err(|e| anyhow!("adding special tokens: {e}"))?;
+    tok.add_special_tokens(
+        SPECIAL_TOKENS.iter().map(|s| AddedToken::from(*s, true)).collect::<Vec<_>>(),
+    )
+    .map_err(|e| anyhow!("adding special tokens: {e}"))?;
     tok.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2))));
     tok.save(out, true).map_err(|e| anyhow!("saving tokenizer {}: {e}", out.display()))?;
     Tokenizer::from_file(out, 128)
@@ -226,7 +243,11 @@ fn learn_wordpiece_vocab(counts: HashMap<String, u64>, opts: &WordPieceOptions) 
         if !w.chars().all(|ch| alpha.contains(&ch)) {
             continue;
         }
-        let syms: Vec<String> = w.chars().enumerate().map(|(i, ch)| if i == 0 { ch.to_string() } else { format!("##{ch}") }).collect();
+        let syms: Vec<String> = w
+            .chars()
+            .enumerate()
+            .map(|(i, ch)| if i == 0 { ch.to_string() } else { format!("##{ch}") })
+            .collect();
         seqs.push((syms, *c));
     }
     let mut initial: BTreeSet<String> = BTreeSet::new();
@@ -244,7 +265,11 @@ fn learn_wordpiece_vocab(counts: HashMap<String, u64>, opts: &WordPieceOptions) 
             }
         }
         // Highest count; ties by the pair's strings, so the choice never depends on hashing.
-        let Some((&(a, b), &n)) = pairs.iter().max_by(|x, y| x.1.cmp(y.1).then_with(|| y.0.cmp(x.0))) else { break };
+        let Some((&(a, b), &n)) =
+            pairs.iter().max_by(|x, y| x.1.cmp(y.1).then_with(|| y.0.cmp(x.0)))
+        else {
+            break;
+        };
         if n < opts.min_frequency.max(1) {
             break;
         }
@@ -292,7 +317,12 @@ mod tests {
         let dir = tempdir();
         let c = corpus(&dir);
         let out = dir.join("tokenizer.json");
-        let tok = train_wordpiece(&[&c], &WordPieceOptions { vocab_size: 300, ..Default::default() }, &out).unwrap();
+        let tok = train_wordpiece(
+            &[&c],
+            &WordPieceOptions { vocab_size: 300, ..Default::default() },
+            &out,
+        )
+        .unwrap();
         assert!(tok.vocab_size() <= 300 && tok.vocab_size() > 50, "vocab {}", tok.vocab_size());
         assert_eq!(tok.pad_id, 0);
         assert_eq!(tok.token_to_id("[MASK]"), Some(4));
@@ -311,8 +341,12 @@ mod tests {
         let offs = b.row(&b.offsets, 0);
         let words = b.row(&b.word_ids, 0);
         let text = texts[0];
-        let eff: Vec<usize> = (0..b.len).filter(|&t| offs[t].1 > offs[t].0 && &text[offs[t].0..offs[t].1] != ".").filter(|&t| text[offs[t].0..offs[t].1].chars().all(|c| c.is_alphabetic())).collect();
-        let joined: String = eff.iter().map(|&t| &text[offs[t].0..offs[t].1]).collect::<Vec<_>>().join(" ");
+        let eff: Vec<usize> = (0..b.len)
+            .filter(|&t| offs[t].1 > offs[t].0 && &text[offs[t].0..offs[t].1] != ".")
+            .filter(|&t| text[offs[t].0..offs[t].1].chars().all(|c| c.is_alphabetic()))
+            .collect();
+        let joined: String =
+            eff.iter().map(|&t| &text[offs[t].0..offs[t].1]).collect::<Vec<_>>().join(" ");
         assert!(joined.contains("effusion") || joined.contains("eff"), "{joined}");
         assert_eq!(words[0], None);
         // Truncation overrides: max length 128 default; long text gets cut.
@@ -327,7 +361,8 @@ mod tests {
         let c = corpus(&dir);
         let (a, b) = (dir.join("a.json"), dir.join("b.json"));
         for p in [&a, &b] {
-            train_wordpiece(&[&c], &WordPieceOptions { vocab_size: 150, ..Default::default() }, p).unwrap();
+            train_wordpiece(&[&c], &WordPieceOptions { vocab_size: 150, ..Default::default() }, p)
+                .unwrap();
         }
         assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
         let tok = Tokenizer::from_file(&a, 64).unwrap();
@@ -341,10 +376,18 @@ mod tests {
         let dir = tempdir();
         let c = corpus(&dir);
         let out = dir.join("tokenizer.json");
-        let tok = train_wordpiece(&[&c], &WordPieceOptions { vocab_size: 200, ..Default::default() }, &out).unwrap();
+        let tok = train_wordpiece(
+            &[&c],
+            &WordPieceOptions { vocab_size: 200, ..Default::default() },
+            &out,
+        )
+        .unwrap();
         // Bake fixed padding to 64 into a copy, as some hub tokenizers ship it.
         let mut inner = tok.inner().clone();
-        inner.with_padding(Some(PaddingParams { strategy: PaddingStrategy::Fixed(64), ..Default::default() }));
+        inner.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::Fixed(64),
+            ..Default::default()
+        }));
         let baked = dir.join("baked.json");
         inner.save(&baked, false).unwrap();
         let t2 = Tokenizer::from_file(&baked, 16).unwrap();
@@ -361,14 +404,21 @@ mod tests {
         assert!(e.contains("broken.json"), "{e}");
         let empty = dir.join("empty.txt");
         std::fs::write(&empty, "").unwrap();
-        let e = train_wordpiece(&[&empty], &WordPieceOptions::default(), &dir.join("t.json")).err().unwrap().to_string();
+        let e = train_wordpiece(&[&empty], &WordPieceOptions::default(), &dir.join("t.json"))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("empty"), "{e}");
     }
 
     fn tempdir() -> std::path::PathBuf {
         use std::sync::atomic::{AtomicUsize, Ordering};
         static N: AtomicUsize = AtomicUsize::new(0);
-        let d = std::env::temp_dir().join(format!("medvlp-tok-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let d = std::env::temp_dir().join(format!(
+            "medvlp-tok-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

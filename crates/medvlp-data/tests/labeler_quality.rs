@@ -25,8 +25,8 @@ fn cases() -> Vec<Case> {
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            let v: serde_json::Value =
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("labeler_cases.jsonl line {}: {e}", i + 1));
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("labeler_cases.jsonl line {}: {e}", i + 1));
             let labels: BTreeMap<String, i8> = serde_json::from_value(v["labels"].clone())
                 .unwrap_or_else(|e| panic!("labeler_cases.jsonl line {}: labels: {e}", i + 1));
             for (k, x) in &labels {
@@ -79,7 +79,9 @@ impl Naive {
                 if (s > 0 && word(b[s - 1])) || (e2 < b.len() && word(b[e2])) {
                     continue;
                 }
-                let negated = lower[..s].trim_end().rsplit(|c: char| !c.is_ascii_alphanumeric()).next() == Some("no");
+                let negated =
+                    lower[..s].trim_end().rsplit(|c: char| !c.is_ascii_alphanumeric()).next()
+                        == Some("no");
                 let v = if negated { 0 } else { 1 };
                 for l in labels {
                     let slot = out.entry(l.clone()).or_insert(v);
@@ -87,7 +89,11 @@ impl Naive {
                 }
             }
         }
-        let sick = out.iter().any(|(k, v)| *v == 1 && k != "Support Devices" && medvlp_data::text::CHEXPERT_14.contains(&k.as_str()));
+        let sick = out.iter().any(|(k, v)| {
+            *v == 1
+                && k != "Support Devices"
+                && medvlp_data::text::CHEXPERT_14.contains(&k.as_str())
+        });
         out.insert("No Finding".into(), if sick { 0 } else { 1 });
         out
     }
@@ -102,14 +108,26 @@ struct Counts {
 
 impl Counts {
     fn p(&self) -> f64 {
-        if self.tp + self.fp == 0 { f64::NAN } else { self.tp as f64 / (self.tp + self.fp) as f64 }
+        if self.tp + self.fp == 0 {
+            f64::NAN
+        } else {
+            self.tp as f64 / (self.tp + self.fp) as f64
+        }
     }
     fn r(&self) -> f64 {
-        if self.tp + self.fn_ == 0 { f64::NAN } else { self.tp as f64 / (self.tp + self.fn_) as f64 }
+        if self.tp + self.fn_ == 0 {
+            f64::NAN
+        } else {
+            self.tp as f64 / (self.tp + self.fn_) as f64
+        }
     }
     fn f1(&self) -> f64 {
         let d = 2 * self.tp + self.fp + self.fn_;
-        if d == 0 { f64::NAN } else { 2.0 * self.tp as f64 / d as f64 }
+        if d == 0 {
+            f64::NAN
+        } else {
+            2.0 * self.tp as f64 / d as f64
+        }
     }
     fn add(&mut self, o: Counts) {
         self.tp += o.tp;
@@ -144,7 +162,10 @@ fn evaluate(cases: &[Case], f: &dyn Fn(&str) -> BTreeMap<String, i8>) -> Report 
             let got = pred.get(*l).copied();
             if exp != got {
                 all_right = false;
-                wrong.push(format!("line {}: {l}: expected {exp:?}, got {got:?}: {:?}", c.line, c.text));
+                wrong.push(format!(
+                    "line {}: {l}: expected {exp:?}, got {got:?}: {:?}",
+                    c.line, c.text
+                ));
             }
             let slot = per_label.entry(l.to_string()).or_default();
             for (ci, class) in CLASSES.iter().enumerate() {
@@ -163,7 +184,12 @@ fn evaluate(cases: &[Case], f: &dyn Fn(&str) -> BTreeMap<String, i8>) -> Report 
                 nf.0 += 1;
             } else {
                 all_right = false;
-                wrong.push(format!("line {}: No Finding: expected {e}, got {:?}: {:?}", c.line, pred.get("No Finding"), c.text));
+                wrong.push(format!(
+                    "line {}: No Finding: expected {e}, got {:?}: {:?}",
+                    c.line,
+                    pred.get("No Finding"),
+                    c.text
+                ));
             }
         }
         exact += all_right as usize;
@@ -172,12 +198,19 @@ fn evaluate(cases: &[Case], f: &dyn Fn(&str) -> BTreeMap<String, i8>) -> Report 
 }
 
 fn fmt(x: f64) -> String {
-    if x.is_nan() { "  -  ".into() } else { format!("{x:.3}") }
+    if x.is_nan() {
+        "  -  ".into()
+    } else {
+        format!("{x:.3}")
+    }
 }
 
 fn print(name: &str, r: &Report, n: usize) {
     println!("\n== {name} ({n} cases) ==");
-    println!("{:<30} | {:>4} {:>5} {:>5} | {:>4} {:>5} {:>5} | {:>4} {:>5} {:>5}", "label", "pos", "P", "R", "neg", "P", "R", "unc", "P", "R");
+    println!(
+        "{:<30} | {:>4} {:>5} {:>5} | {:>4} {:>5} {:>5} | {:>4} {:>5} {:>5}",
+        "label", "pos", "P", "R", "neg", "P", "R", "unc", "P", "R"
+    );
     for (l, c) in &r.per_label {
         let sup = |k: &Counts| k.tp + k.fn_;
         if c.iter().all(|k| sup(k) == 0 && k.fp == 0) {
@@ -185,7 +218,16 @@ fn print(name: &str, r: &Report, n: usize) {
         }
         println!(
             "{:<30} | {:>4} {:>5} {:>5} | {:>4} {:>5} {:>5} | {:>4} {:>5} {:>5}",
-            l, sup(&c[0]), fmt(c[0].p()), fmt(c[0].r()), sup(&c[1]), fmt(c[1].p()), fmt(c[1].r()), sup(&c[2]), fmt(c[2].p()), fmt(c[2].r())
+            l,
+            sup(&c[0]),
+            fmt(c[0].p()),
+            fmt(c[0].r()),
+            sup(&c[1]),
+            fmt(c[1].p()),
+            fmt(c[1].r()),
+            sup(&c[2]),
+            fmt(c[2].p()),
+            fmt(c[2].r())
         );
     }
     for (ci, name) in ["positive", "negative", "uncertain"].iter().enumerate() {
@@ -229,7 +271,12 @@ fn labeler_beats_naive_baseline_with_floors() {
     assert!(real.exact as f64 >= 0.8 * cases.len() as f64, "only {} cases fully right", real.exact);
     // Wide margin over the naive baseline, on precision of positives as much as overall.
     assert!(rf >= nf + 0.15, "overall F1 {rf:.3} vs naive {nf:.3}");
-    assert!(pos.p() >= naive.micro[0].p() + 0.15, "positive precision {} vs naive {}", pos.p(), naive.micro[0].p());
+    assert!(
+        pos.p() >= naive.micro[0].p() + 0.15,
+        "positive precision {} vs naive {}",
+        pos.p(),
+        naive.micro[0].p()
+    );
     let n = cases.len();
     assert!(
         n - naive.exact >= 4 * (n - real.exact),

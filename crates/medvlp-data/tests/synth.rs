@@ -19,14 +19,7 @@ use medvlp_data::text::labels::label_report;
 use rayon::prelude::*;
 
 fn cfg(n: usize, size: u32) -> SynthConfig {
-    SynthConfig {
-        n,
-        image_only: 0,
-        text_only: 0,
-        size,
-        seed: 7,
-        ..SynthConfig::default()
-    }
+    SynthConfig { n, image_only: 0, text_only: 0, size, seed: 7, ..SynthConfig::default() }
 }
 
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -66,10 +59,7 @@ fn deterministic_across_thread_counts_and_seed_sensitive() {
     };
     let run = |threads: usize, c: &SynthConfig, name: &str| {
         let dir = tmp.path().join(name);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| generate(c, &dir)).unwrap();
         files(&dir)
     };
@@ -96,16 +86,11 @@ fn deterministic_across_thread_counts_and_seed_sensitive() {
     pool.install(|| generate(&small, &tmp.path().join("b"))).unwrap();
     pool.install(|| generate(&small, &tmp.path().join("f"))).unwrap();
     assert_eq!(files(&tmp.path().join("b")), files(&tmp.path().join("f")));
-    let c2 = SynthConfig {
-        seed: 12,
-        ..c.clone()
-    };
+    let c2 = SynthConfig { seed: 12, ..c.clone() };
     let d = run(2, &c2, "d");
     assert_ne!(a["manifest.jsonl"], d["manifest.jsonl"]);
-    let differing = a
-        .iter()
-        .filter(|(k, v)| k.starts_with("images/") && d.get(*k) != Some(v))
-        .count();
+    let differing =
+        a.iter().filter(|(k, v)| k.starts_with("images/") && d.get(*k) != Some(v)).count();
     assert_eq!(differing, 30, "every image should change with the seed");
 
     // Manifest contract: paired rows have an image and a report; unpaired parts lack one.
@@ -116,9 +101,7 @@ fn deterministic_across_thread_counts_and_seed_sensitive() {
         && s.labels.len() == SYNTH_LABELS.len()
         && s.split.is_some()));
     let io = medvlp_data::dataset::read_manifest(tmp.path().join("a/image_only.jsonl")).unwrap();
-    assert!(io
-        .iter()
-        .all(|s| s.images.len() == 1 && s.text.is_none() && s.sections.is_empty()));
+    assert!(io.iter().all(|s| s.images.len() == 1 && s.text.is_none() && s.sections.is_empty()));
     let to = medvlp_data::dataset::read_manifest(tmp.path().join("a/text_only.jsonl")).unwrap();
     assert!(to.iter().all(|s| s.images.is_empty() && s.text.is_some()));
     // 16-bit PNGs decode to 16-bit grayscale.
@@ -138,13 +121,8 @@ fn deterministic_across_thread_counts_and_seed_sensitive() {
 
 #[test]
 fn splits_are_by_patient_and_some_patients_have_two_studies() {
-    let plans = plan(&SynthConfig {
-        n: 2000,
-        image_only: 200,
-        text_only: 200,
-        ..cfg(0, 64)
-    })
-    .unwrap();
+    let plans =
+        plan(&SynthConfig { n: 2000, image_only: 200, text_only: 200, ..cfg(0, 64) }).unwrap();
     let mut split_of: BTreeMap<&str, _> = BTreeMap::new();
     let mut studies: BTreeMap<&str, usize> = BTreeMap::new();
     for p in &plans {
@@ -173,11 +151,7 @@ fn splits_are_by_patient_and_some_patients_have_two_studies() {
 #[test]
 fn prevalence_of_the_competition_findings_is_in_range() {
     for d in [Difficulty::Easy, Difficulty::Standard, Difficulty::Hard] {
-        let plans = plan(&SynthConfig {
-            difficulty: d,
-            ..cfg(4000, 64)
-        })
-        .unwrap();
+        let plans = plan(&SynthConfig { difficulty: d, ..cfg(4000, 64) }).unwrap();
         let mut line = format!("{:>8}:", d.as_str());
         for l in SYNTH_LABELS {
             let p = plans.iter().filter(|p| p.labels()[l] == 1).count() as f64 / plans.len() as f64;
@@ -230,11 +204,7 @@ fn lateral(f: &Findings) -> Vec<(&'static str, &'static [&'static str], Side)> {
         v.push(("pneumothorax", &["pneumothorax"][..], p.side));
     }
     if let Some(c) = &f.consolidation {
-        v.push((
-            "consolidation",
-            &["consolidation", "pneumonia"][..],
-            c.lobe.side(),
-        ));
+        v.push(("consolidation", &["consolidation", "pneumonia"][..], c.lobe.side()));
     }
     if let Some(a) = &f.atelectasis {
         v.push(("atelectasis", &["atelectasis", "collapse of"][..], a.side));
@@ -254,14 +224,8 @@ fn labels_attributes_and_report_text_agree() {
         let f = &p.findings;
         let l = p.labels();
         // Labels follow the attributes.
-        assert_eq!(
-            l["Lung Lesion"] == 1,
-            f.nodule.is_some() || f.mass.is_some()
-        );
-        assert_eq!(
-            l["Pneumonia"] == 1,
-            f.consolidation.as_ref().is_some_and(|c| c.pneumonia)
-        );
+        assert_eq!(l["Lung Lesion"] == 1, f.nodule.is_some() || f.mass.is_some());
+        assert_eq!(l["Pneumonia"] == 1, f.consolidation.as_ref().is_some_and(|c| c.pneumonia));
         assert_eq!(
             l["Lung Opacity"] == 1,
             f.consolidation.is_some() || f.atelectasis.is_some() || f.edema.is_some()
@@ -298,10 +262,8 @@ fn labels_attributes_and_report_text_agree() {
             if r.mentions.get(kind) == Some(&Mention::NoiseOmitted) {
                 continue;
             }
-            let about: Vec<&String> = sents
-                .iter()
-                .filter(|s| terms.iter().any(|t| s.contains(t)))
-                .collect();
+            let about: Vec<&String> =
+                sents.iter().filter(|s| terms.iter().any(|t| s.contains(t))).collect();
             assert!(!about.is_empty(), "{kind} not mentioned in {text:?}");
             for s in about {
                 let (own, other): (&[&str], &[&str]) = match side {
@@ -311,10 +273,7 @@ fn labels_attributes_and_report_text_agree() {
                 };
                 let own_ok = own.iter().any(|w| has_word(s, w))
                     || kind == "effusion" && side == Side::Bilateral && s.contains("effusions");
-                assert!(
-                    own_ok,
-                    "{kind} ({side:?}) sentence without its side: {s:?}\n{text}"
-                );
+                assert!(own_ok, "{kind} ({side:?}) sentence without its side: {s:?}\n{text}");
                 for w in other {
                     assert!(
                         !has_word(s, w),
@@ -326,19 +285,12 @@ fn labels_attributes_and_report_text_agree() {
         }
         // Effusion size words.
         if let Some(e) = &f.effusion {
-            let words: [&[&str]; 3] = [
-                &["small", "trace"],
-                &["moderate", "moderate-sized"],
-                &["large", "sizable"],
-            ];
+            let words: [&[&str]; 3] =
+                [&["small", "trace"], &["moderate", "moderate-sized"], &["large", "sizable"]];
             for s in sents.iter().filter(|s| s.contains("effusion")) {
                 for (i, ws) in words.iter().enumerate() {
                     if i != e.size.index() {
-                        assert!(
-                            !ws.iter().any(|w| has_word(s, w)),
-                            "size {:?} but {s:?}",
-                            e.size
-                        );
+                        assert!(!ws.iter().any(|w| has_word(s, w)), "size {:?} but {s:?}", e.size);
                     }
                 }
             }
@@ -351,11 +303,7 @@ fn labels_attributes_and_report_text_agree() {
                     .skip_while(|c| !c.is_ascii_digit())
                     .take_while(|c| c.is_ascii_digit() || *c == '.')
                     .collect();
-                assert_eq!(
-                    num.trim_end_matches('.'),
-                    format!("{:.2}", cm.ctr),
-                    "{text}"
-                );
+                assert_eq!(num.trim_end_matches('.'), format!("{:.2}", cm.ctr), "{text}");
             }
         }
         // Findings absent from the image are never described as present.
@@ -385,15 +333,9 @@ fn one_finding_set_maps_to_many_reports() {
                 && p.findings.granuloma.is_none()
         })
         .collect();
-    let texts: std::collections::BTreeSet<String> = normal
-        .iter()
-        .map(|p| report_study(&c, &plans, p).findings)
-        .collect();
-    println!(
-        "{} normal studies, {} distinct FINDINGS texts",
-        normal.len(),
-        texts.len()
-    );
+    let texts: std::collections::BTreeSet<String> =
+        normal.iter().map(|p| report_study(&c, &plans, p).findings).collect();
+    println!("{} normal studies, {} distinct FINDINGS texts", normal.len(), texts.len());
     assert!(texts.len() as f64 > 0.5 * normal.len() as f64);
     // The same findings re-reported with other report seeds give different texts.
     let p = plans
@@ -402,10 +344,7 @@ fn one_finding_set_maps_to_many_reports() {
         .unwrap();
     let variants: std::collections::BTreeSet<String> = (0..30)
         .map(|s| {
-            let c2 = SynthConfig {
-                seed: s,
-                ..c.clone()
-            };
+            let c2 = SynthConfig { seed: s, ..c.clone() };
             report_study(&c2, &plans, p).findings
         })
         .collect();
@@ -480,12 +419,7 @@ fn reports_never_contradict_their_image() {
             if (image_side(side) == 0) == (l > r) {
                 e.1 += 1;
             }
-            assert!(
-                l + r > 0.5,
-                "{kind} of {} is invisible (total difference {})",
-                p.id,
-                l + r
-            );
+            assert!(l + r > 0.5, "{kind} of {} is invisible (total difference {})", p.id, l + r);
         };
         if let Some(x) = &f.effusion {
             check("effusion", x.side, &|f| f.effusion = None);
@@ -517,12 +451,7 @@ fn reports_never_contradict_their_image() {
     println!("counterfactual side agreement: {stats:?}");
     for (k, (n, ok)) in &stats {
         assert!(*n >= 5, "{k}: only {n} cases");
-        assert_eq!(
-            ok,
-            n,
-            "{k}: image difference on the wrong side in {} of {n}",
-            n - ok
-        );
+        assert_eq!(ok, n, "{k}: image difference on the wrong side in {} of {n}", n - ok);
     }
 
     // 3. Cardiomegaly: the stated ratio is what is drawn (heart wider than half the thorax).
@@ -575,12 +504,8 @@ fn features(img: &[f32], s: usize) -> Vec<f32> {
         }
     }
     let boxm = |x: usize, y: usize, r: usize| {
-        let (y0, y1, x0, x1) = (
-            y.saturating_sub(r),
-            (y + r + 1).min(s),
-            x.saturating_sub(r),
-            (x + r + 1).min(s),
-        );
+        let (y0, y1, x0, x1) =
+            (y.saturating_sub(r), (y + r + 1).min(s), x.saturating_sub(r), (x + r + 1).min(s));
         let area = ((y1 - y0) * (x1 - x0)) as f64;
         ((ii[y1 * (s + 1) + x1] - ii[y0 * (s + 1) + x1] - ii[y1 * (s + 1) + x0]
             + ii[y0 * (s + 1) + x0])
@@ -614,16 +539,9 @@ fn features(img: &[f32], s: usize) -> Vec<f32> {
             for x in 0..s {
                 let c = boxm(x, y, r);
                 let mut ring = f32::MIN;
-                for (ox, oy) in [
-                    (1, 0),
-                    (-1, 0),
-                    (0, 1),
-                    (0, -1),
-                    (1, 1),
-                    (1, -1),
-                    (-1, 1),
-                    (-1, -1),
-                ] {
+                for (ox, oy) in
+                    [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)]
+                {
                     let (xx, yy) = (x as isize + ox * d, y as isize + oy * d);
                     if xx < 0 || yy < 0 || xx >= s as isize || yy >= s as isize {
                         continue;
@@ -702,14 +620,13 @@ fn linear_baseline_separates_every_finding() {
         size: 96,
         seed: 3,
         // MEDVLP_SYNTH_DIFFICULTY=easy|hard measures the other difficulties (default standard).
-        difficulty: std::env::var("MEDVLP_SYNTH_DIFFICULTY").map_or(Difficulty::Standard, |d| d.parse().unwrap()),
+        difficulty: std::env::var("MEDVLP_SYNTH_DIFFICULTY")
+            .map_or(Difficulty::Standard, |d| d.parse().unwrap()),
         ..SynthConfig::default()
     };
     let plans = plan(&c).unwrap();
-    let feats: Vec<Vec<f32>> = plans
-        .par_iter()
-        .map(|p| features(&render_study(&c, p), 96))
-        .collect();
+    let feats: Vec<Vec<f32>> =
+        plans.par_iter().map(|p| features(&render_study(&c, p), 96)).collect();
     let d = feats[0].len();
     let (mean, sd): (Vec<f32>, Vec<f32>) = (0..d)
         .map(|j| {
@@ -720,20 +637,13 @@ fn linear_baseline_separates_every_finding() {
         .unzip();
     let x: Vec<Vec<f32>> = feats
         .iter()
-        .map(|f| {
-            f.iter()
-                .enumerate()
-                .map(|(j, v)| (v - mean[j]) / sd[j])
-                .collect()
-        })
+        .map(|f| f.iter().enumerate().map(|(j, v)| (v - mean[j]) / sd[j]).collect())
         .collect();
     // Held-out by patient: the test split of the plan (plus validate for more positives).
-    let train: Vec<usize> = (0..plans.len())
-        .filter(|&i| plans[i].split.as_str() == "train")
-        .collect();
-    let test: Vec<usize> = (0..plans.len())
-        .filter(|&i| plans[i].split.as_str() != "train")
-        .collect();
+    let train: Vec<usize> =
+        (0..plans.len()).filter(|&i| plans[i].split.as_str() == "train").collect();
+    let test: Vec<usize> =
+        (0..plans.len()).filter(|&i| plans[i].split.as_str() != "train").collect();
     let labels: Vec<&str> = SYNTH_LABELS.to_vec();
     let res: Vec<(String, f64, usize)> = labels
         .par_iter()
@@ -765,10 +675,7 @@ fn linear_baseline_separates_every_finding() {
         .filter(|(l, _, _)| medvlp_data::text::CHEXPERT_5.contains(&l.as_str()))
         .map(|r| r.1)
         .collect();
-    println!(
-        "  CheXpert-5 macro AUROC {:.3}",
-        comp.iter().sum::<f64>() / comp.len() as f64
-    );
+    println!("  CheXpert-5 macro AUROC {:.3}", comp.iter().sum::<f64>() / comp.len() as f64);
     for (l, a, npos) in &res {
         assert!(*a > 0.6, "{l}: held-out AUROC {a:.3} ({npos} positives)");
     }
@@ -819,19 +726,14 @@ fn labeler_scores(
             }
         }
     }
-    let (tp, fp, fnn) = per
-        .values()
-        .fold((0, 0, 0), |a, v| (a.0 + v.0, a.1 + v.1, a.2 + v.2));
+    let (tp, fp, fnn) = per.values().fold((0, 0, 0), |a, v| (a.0 + v.0, a.1 + v.1, a.2 + v.2));
     let f1 = 2.0 * tp as f64 / (2 * tp + fp + fnn) as f64;
     (f1, per, noisy_reports)
 }
 
 #[test]
 fn text_labeler_recovers_generated_labels() {
-    let c = SynthConfig {
-        label_noise: 0.0,
-        ..cfg(2500, 64)
-    };
+    let c = SynthConfig { label_noise: 0.0, ..cfg(2500, 64) };
     let (f1, per, _) = labeler_scores(&c, 2500);
     println!("labeler vs ground truth (2500 reports, no label noise; uncertain counted positive; No Finding excluded):");
     for (l, (tp, fp, fnn)) in &per {
@@ -845,10 +747,7 @@ fn text_labeler_recovers_generated_labels() {
         assert!(f >= 0.9, "{l}: F1 {f}");
     }
     // With label noise the reports drift from the image, by about the noise fraction.
-    let c = SynthConfig {
-        label_noise: 0.2,
-        ..c
-    };
+    let c = SynthConfig { label_noise: 0.2, ..c };
     let (f1n, _, noisy) = labeler_scores(&c, 2500);
     println!("  with --label-noise 0.2: {noisy} noisy reports, micro F1 {f1n:.4}");
     assert!(f1n < f1 && noisy > 250);

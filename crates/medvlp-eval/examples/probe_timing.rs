@@ -30,14 +30,32 @@ fn data(n: usize, d: usize, k: usize, seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<bool
 
 fn main() {
     let a: Vec<usize> = std::env::args().skip(1).map(|s| s.parse().expect("numbers")).collect();
-    let (n, d, k) = (a.first().copied().unwrap_or(10_000), a.get(1).copied().unwrap_or(512), a.get(2).copied().unwrap_or(14));
+    let (n, d, k) = (
+        a.first().copied().unwrap_or(10_000),
+        a.get(1).copied().unwrap_or(512),
+        a.get(2).copied().unwrap_or(14),
+    );
     let (x, y) = data(n, d, k, 1);
     let (xv, yv) = data(n / 5, d, k, 2);
     let cfg = ProbeConfig::default();
     let t = Instant::now();
     let p = LinearProbe::fit(&x, &Targets::MultiLabel(y.clone()), 1e-3, &cfg).unwrap();
-    println!("single fit n={n} d={d} classes={k}: {:.2}s, {} iterations, converged {}", t.elapsed().as_secs_f64(), p.iterations, p.converged);
+    println!(
+        "single fit n={n} d={d} classes={k}: {:.2}s, {} iterations, converged {}",
+        t.elapsed().as_secs_f64(),
+        p.iterations,
+        p.converged
+    );
     let t = Instant::now();
-    let (p, sel) = fit_with_validation(&x, &Targets::MultiLabel(y), &xv, &Targets::MultiLabel(yv), &cfg).unwrap();
-    println!("grid of {} with validation: {:.2}s, chose lambda {} ({} iterations), grid {:?}", cfg.lambdas.len(), t.elapsed().as_secs_f64(), sel.lambda, p.iterations, sel.grid);
+    let (p, sel) =
+        fit_with_validation(&x, &Targets::MultiLabel(y), &xv, &Targets::MultiLabel(yv), &cfg)
+            .unwrap();
+    println!(
+        "grid of {} with validation: {:.2}s, chose lambda {} ({} iterations), grid {:?}",
+        cfg.lambdas.len(),
+        t.elapsed().as_secs_f64(),
+        sel.lambda,
+        p.iterations,
+        sel.grid
+    );
 }

@@ -38,13 +38,24 @@ pub fn normalized(v: &[f32]) -> Vec<f32> {
 }
 
 /// Rows scaled to unit L2 norm, checking that all have dimension `d` (the first row's when None).
-pub fn normalized_rows(rows: &[Vec<f32>], what: &str, d: Option<usize>) -> anyhow::Result<Vec<Vec<f32>>> {
+pub fn normalized_rows(
+    rows: &[Vec<f32>],
+    what: &str,
+    d: Option<usize>,
+) -> anyhow::Result<Vec<Vec<f32>>> {
     let d = d.or_else(|| rows.first().map(Vec::len)).unwrap_or(0);
     rows.iter()
         .enumerate()
         .map(|(i, r)| {
-            anyhow::ensure!(r.len() == d, "{what}: row {i} has dimension {}, expected {d}", r.len());
-            anyhow::ensure!(r.iter().all(|x| x.is_finite()), "{what}: row {i} has a non-finite value");
+            anyhow::ensure!(
+                r.len() == d,
+                "{what}: row {i} has dimension {}, expected {d}",
+                r.len()
+            );
+            anyhow::ensure!(
+                r.iter().all(|x| x.is_finite()),
+                "{what}: row {i} has a non-finite value"
+            );
             Ok(normalized(r))
         })
         .collect()

@@ -179,7 +179,12 @@ impl Confusion {
     }
 
     fn add(self, o: Self) -> Self {
-        Confusion { tp: self.tp + o.tp, fp: self.fp + o.fp, fn_: self.fn_ + o.fn_, tn: self.tn + o.tn }
+        Confusion {
+            tp: self.tp + o.tp,
+            fp: self.fp + o.fp,
+            fn_: self.fn_ + o.fn_,
+            tn: self.tn + o.tn,
+        }
     }
 
     /// F1 = 2TP / (2TP + FP + FN); `None` when the class is absent from both truth and
@@ -235,7 +240,10 @@ pub fn f1_multiclass(pred: &[usize], truth: &[usize], n_classes: usize) -> F1Sco
     check_len(pred.len(), truth.len(), "f1_multiclass");
     let mut cs = vec![Confusion::default(); n_classes];
     for (&p, &t) in pred.iter().zip(truth) {
-        assert!(p < n_classes && t < n_classes, "f1_multiclass: class index out of range (pred {p}, truth {t}, {n_classes} classes)");
+        assert!(
+            p < n_classes && t < n_classes,
+            "f1_multiclass: class index out of range (pred {p}, truth {t}, {n_classes} classes)"
+        );
         if p == t {
             cs[p].tp += 1;
         } else {
@@ -286,7 +294,11 @@ pub fn auprc_per_class(scores: &[Vec<f64>], labels: &[Vec<bool>]) -> PerClass {
     per_class_metric(scores, labels, average_precision)
 }
 
-fn per_class_metric(scores: &[Vec<f64>], labels: &[Vec<bool>], f: fn(&[f64], &[bool]) -> Option<f64>) -> PerClass {
+fn per_class_metric(
+    scores: &[Vec<f64>],
+    labels: &[Vec<bool>],
+    f: fn(&[f64], &[bool]) -> Option<f64>,
+) -> PerClass {
     check_len(scores.len(), labels.len(), "per-class metric");
     let n_classes = labels.first().map_or(0, Vec::len);
     let per_class: Vec<Option<f64>> =
@@ -333,11 +345,21 @@ pub fn select_f1_thresholds(val_scores: &[Vec<f64>], val_labels: &[Vec<bool>]) -
 }
 
 /// Binarise sample-major scores with per-class thresholds (`fallback` where a class has none).
-pub fn apply_thresholds(scores: &[Vec<f64>], thresholds: &[Option<f64>], fallback: f64) -> Vec<Vec<bool>> {
+pub fn apply_thresholds(
+    scores: &[Vec<f64>],
+    thresholds: &[Option<f64>],
+    fallback: f64,
+) -> Vec<Vec<bool>> {
     scores
         .iter()
         .map(|r| {
-            assert_eq!(r.len(), thresholds.len(), "apply_thresholds: {} scores vs {} thresholds", r.len(), thresholds.len());
+            assert_eq!(
+                r.len(),
+                thresholds.len(),
+                "apply_thresholds: {} scores vs {} thresholds",
+                r.len(),
+                thresholds.len()
+            );
             r.iter().zip(thresholds).map(|(&s, t)| s >= t.unwrap_or(fallback)).collect()
         })
         .collect()
@@ -386,12 +408,14 @@ pub fn recall_at_k(ranks: &[usize], k: usize) -> f64 {
 /// Share of queries whose correct item ranks in the top `k`; `None` for no queries.
 /// With one relevant item per query this is also Hit@K.
 pub fn recall_at_k_opt(ranks: &[usize], k: usize) -> Option<f64> {
-    (!ranks.is_empty()).then(|| ranks.iter().filter(|&&r| r < k).count() as f64 / ranks.len() as f64)
+    (!ranks.is_empty())
+        .then(|| ranks.iter().filter(|&&r| r < k).count() as f64 / ranks.len() as f64)
 }
 
 /// Mean 1-based rank of 0-based ranks; `None` for no queries.
 pub fn mean_rank(ranks: &[usize]) -> Option<f64> {
-    (!ranks.is_empty()).then(|| ranks.iter().map(|&r| (r + 1) as f64).sum::<f64>() / ranks.len() as f64)
+    (!ranks.is_empty())
+        .then(|| ranks.iter().map(|&r| (r + 1) as f64).sum::<f64>() / ranks.len() as f64)
 }
 
 /// Median 1-based rank (numpy's median: mean of the two middle values for even counts).
@@ -460,14 +484,18 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<usize> {
 /// `relevant_in_top[q][j]` says whether the query's j-th retrieved item is relevant.
 pub fn hit_at_k(relevant_in_top: &[Vec<bool>], k: usize) -> Option<f64> {
     (!relevant_in_top.is_empty()).then(|| {
-        relevant_in_top.iter().filter(|r| r.iter().take(k).any(|&x| x)).count() as f64 / relevant_in_top.len() as f64
+        relevant_in_top.iter().filter(|r| r.iter().take(k).any(|&x| x)).count() as f64
+            / relevant_in_top.len() as f64
     })
 }
 
 /// Precision@K by label: mean over queries of (relevant items among the top `k`) / `k`.
 pub fn precision_at_k(relevant_in_top: &[Vec<bool>], k: usize) -> Option<f64> {
     (!relevant_in_top.is_empty() && k > 0).then(|| {
-        relevant_in_top.iter().map(|r| r.iter().take(k).filter(|&&x| x).count() as f64 / k as f64).sum::<f64>()
+        relevant_in_top
+            .iter()
+            .map(|r| r.iter().take(k).filter(|&&x| x).count() as f64 / k as f64)
+            .sum::<f64>()
             / relevant_in_top.len() as f64
     })
 }
@@ -532,7 +560,12 @@ where
 
 /// [`bootstrap_ci`] for `n_outputs` metrics computed together on the same resamples (e.g. the
 /// AUROC of every class and their macro mean): one CI per output.
-pub fn bootstrap_ci_multi<F>(n_units: usize, cfg: &BootstrapConfig, n_outputs: usize, metric: F) -> Vec<Option<Ci>>
+pub fn bootstrap_ci_multi<F>(
+    n_units: usize,
+    cfg: &BootstrapConfig,
+    n_outputs: usize,
+    metric: F,
+) -> Vec<Option<Ci>>
 where
     F: Fn(&[usize]) -> Vec<Option<f64>> + Sync,
 {
@@ -545,14 +578,20 @@ where
             let mut rng = resample_rng(cfg.seed, b);
             let idx: Vec<usize> = (0..n_units).map(|_| rng.random_range(0..n_units)).collect();
             let v = metric(&idx);
-            assert_eq!(v.len(), n_outputs, "bootstrap_ci_multi: metric returned {} values, expected {n_outputs}", v.len());
+            assert_eq!(
+                v.len(),
+                n_outputs,
+                "bootstrap_ci_multi: metric returned {} values, expected {n_outputs}",
+                v.len()
+            );
             v
         })
         .collect();
     let tail = (1.0 - cfg.level) / 2.0 * 100.0;
     (0..n_outputs)
         .map(|o| {
-            let mut vals: Vec<f64> = per_resample.iter().filter_map(|r| r[o]).filter(|v| !v.is_nan()).collect();
+            let mut vals: Vec<f64> =
+                per_resample.iter().filter_map(|r| r[o]).filter(|v| !v.is_nan()).collect();
             vals.sort_by(|a, b| a.total_cmp(b));
             Some(Ci {
                 low: percentile_sorted(&vals, tail)?,
@@ -571,7 +610,11 @@ fn resample_rng(seed: u64, b: usize) -> ChaCha8Rng {
 
 /// Bootstrap over groups (e.g. several images per study): resamples groups and passes the
 /// concatenated item indices of the drawn groups to `metric`.
-pub fn bootstrap_ci_grouped<F>(groups: &[Vec<usize>], cfg: &BootstrapConfig, metric: F) -> Option<Ci>
+pub fn bootstrap_ci_grouped<F>(
+    groups: &[Vec<usize>],
+    cfg: &BootstrapConfig,
+    metric: F,
+) -> Option<Ci>
 where
     F: Fn(&[usize]) -> Option<f64> + Sync,
 {
@@ -606,12 +649,20 @@ pub struct ClassEstimates {
 
 /// Per-class AUROC and macro AUROC (mean over the classes defined on each (re)sample) of
 /// sample-major scores/labels, with bootstrap CIs over samples when `boot` is given.
-pub fn auroc_with_ci(scores: &[Vec<f64>], labels: &[Vec<bool>], boot: Option<&BootstrapConfig>) -> ClassEstimates {
+pub fn auroc_with_ci(
+    scores: &[Vec<f64>],
+    labels: &[Vec<bool>],
+    boot: Option<&BootstrapConfig>,
+) -> ClassEstimates {
     per_class_with_ci(scores, labels, boot, auroc)
 }
 
 /// As [`auroc_with_ci`] for average precision (AUPRC).
-pub fn auprc_with_ci(scores: &[Vec<f64>], labels: &[Vec<bool>], boot: Option<&BootstrapConfig>) -> ClassEstimates {
+pub fn auprc_with_ci(
+    scores: &[Vec<f64>],
+    labels: &[Vec<bool>],
+    boot: Option<&BootstrapConfig>,
+) -> ClassEstimates {
     per_class_with_ci(scores, labels, boot, average_precision)
 }
 
@@ -623,9 +674,11 @@ fn per_class_with_ci(
 ) -> ClassEstimates {
     check_len(scores.len(), labels.len(), "per-class metric");
     let n_classes = labels.first().map_or(0, Vec::len);
-    let cols: Vec<(Vec<f64>, Vec<bool>)> = (0..n_classes).map(|c| (column(scores, c), column(labels, c))).collect();
+    let cols: Vec<(Vec<f64>, Vec<bool>)> =
+        (0..n_classes).map(|c| (column(scores, c), column(labels, c))).collect();
     let eval = |idx: &[usize]| -> Vec<Option<f64>> {
-        let mut v: Vec<Option<f64>> = cols.iter().map(|(s, y)| f(&gather(s, idx), &gather(y, idx))).collect();
+        let mut v: Vec<Option<f64>> =
+            cols.iter().map(|(s, y)| f(&gather(s, idx), &gather(y, idx))).collect();
         v.push(mean_defined(&v));
         v
     };
@@ -642,11 +695,16 @@ fn per_class_with_ci(
 }
 
 /// Accuracy of class predictions with a bootstrap CI over samples.
-pub fn accuracy_with_ci(pred: &[usize], truth: &[usize], boot: Option<&BootstrapConfig>) -> Option<Estimate> {
+pub fn accuracy_with_ci(
+    pred: &[usize],
+    truth: &[usize],
+    boot: Option<&BootstrapConfig>,
+) -> Option<Estimate> {
     check_len(pred.len(), truth.len(), "accuracy");
     let correct: Vec<bool> = pred.iter().zip(truth).map(|(a, b)| a == b).collect();
     estimate(pred.len(), boot, |idx| {
-        (!idx.is_empty()).then(|| idx.iter().filter(|&&i| correct[i]).count() as f64 / idx.len() as f64)
+        (!idx.is_empty())
+            .then(|| idx.iter().filter(|&&i| correct[i]).count() as f64 / idx.len() as f64)
     })
 }
 
@@ -700,7 +758,8 @@ mod tests {
     #[test]
     fn f1_by_hand() {
         // tp=2 fp=1 fn=1 -> 4/6
-        let f = f1_binary(&[true, true, true, false, false], &[true, true, false, true, false]).unwrap();
+        let f = f1_binary(&[true, true, true, false, false], &[true, true, false, true, false])
+            .unwrap();
         assert!((f - 4.0 / 6.0).abs() < 1e-12);
         assert_eq!(f1_binary(&[false, false], &[false, false]), None);
         let m = f1_multiclass(&[0, 1, 1, 2], &[0, 1, 2, 2], 4);
@@ -718,7 +777,10 @@ mod tests {
         // cuts: >=0.9: 2/(1+3)=.5, >=0.8: 4/5=.8, >=0.7: 4/6, >=0.3: 6/7=.857, >=0.2: 6/8, ...
         let t = best_f1_threshold(&s, &y).unwrap();
         assert!((t - 0.25).abs() < 1e-12);
-        let th = select_f1_thresholds(&[vec![0.9, 0.1], vec![0.2, 0.1]], &[vec![true, false], vec![false, false]]);
+        let th = select_f1_thresholds(
+            &[vec![0.9, 0.1], vec![0.2, 0.1]],
+            &[vec![true, false], vec![false, false]],
+        );
         assert_eq!(th, vec![Some(0.55), None]);
         let p = apply_thresholds(&[vec![0.6, 0.6], vec![0.5, 0.4]], &th, 0.5);
         assert_eq!(p, vec![vec![true, true], vec![false, false]]);
@@ -742,7 +804,9 @@ mod tests {
     #[test]
     fn bootstrap_is_seeded_and_covers_the_value() {
         let n = 400;
-        let scores: Vec<f64> = (0..n).map(|i| ((i * 37) % 101) as f64 / 101.0 + if i % 3 == 0 { 0.3 } else { 0.0 }).collect();
+        let scores: Vec<f64> = (0..n)
+            .map(|i| ((i * 37) % 101) as f64 / 101.0 + if i % 3 == 0 { 0.3 } else { 0.0 })
+            .collect();
         let labels: Vec<bool> = (0..n).map(|i| i % 3 == 0).collect();
         let f = |idx: &[usize]| auroc(&gather(&scores, idx), &gather(&labels, idx));
         let cfg = BootstrapConfig::default();
@@ -758,7 +822,10 @@ mod tests {
         // undefined on every resample -> None, no panic
         assert!(bootstrap_ci(3, &cfg, |_| None).is_none());
         // a metric that is undefined on some resamples leaves them out
-        let ci = bootstrap_ci(2, &cfg, |idx| auroc(&gather(&[0.1, 0.9], idx), &gather(&[false, true], idx))).unwrap();
+        let ci = bootstrap_ci(2, &cfg, |idx| {
+            auroc(&gather(&[0.1, 0.9], idx), &gather(&[false, true], idx))
+        })
+        .unwrap();
         assert!(ci.resamples_used < 1000 && ci.resamples_used > 300);
         // grouped: 2 groups, metric = number of items
         // per-class + macro on shared resamples

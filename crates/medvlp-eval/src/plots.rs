@@ -75,7 +75,8 @@ pub fn recall_curve(ranks: &[usize], k_max: usize) -> Vec<(usize, f64)> {
 
 /// Recall@K curves (one per direction / model).
 pub fn recall_plot(title: &str, series: &[(String, Vec<(usize, f64)>)]) -> Plot {
-    let k_max = series.iter().flat_map(|(_, p)| p.iter().map(|&(k, _)| k)).max().unwrap_or(1).max(2);
+    let k_max =
+        series.iter().flat_map(|(_, p)| p.iter().map(|&(k, _)| k)).max().unwrap_or(1).max(2);
     Plot {
         title: title.into(),
         x_label: "K".into(),
@@ -107,7 +108,12 @@ const BOTTOM: f64 = 52.0;
 
 impl Plot {
     /// Data -> pixel coordinates in a `w x h` canvas with margins `(left, top, right, bottom)`.
-    fn map(&self, (x, y): (f64, f64), (w, h): (f64, f64), (left, top, right, bottom): (f64, f64, f64, f64)) -> (f64, f64) {
+    fn map(
+        &self,
+        (x, y): (f64, f64),
+        (w, h): (f64, f64),
+        (left, top, right, bottom): (f64, f64, f64, f64),
+    ) -> (f64, f64) {
         let (x0, x1) = self.x_range;
         let (y0, y1) = self.y_range;
         let px = left + (x - x0) / (x1 - x0).max(1e-300) * (w - left - right);
@@ -123,41 +129,95 @@ impl Plot {
     pub fn to_svg(&self) -> String {
         let m = |p| self.map(p, (W, H), (LEFT, TOP, RIGHT, BOTTOM));
         let mut s = String::new();
-        let _ = writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#);
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+        );
         let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-        let _ = writeln!(s, r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#, W / 2.0, xml_escape(&self.title));
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="22" text-anchor="middle" font-size="15">{}</text>"#,
+            W / 2.0,
+            xml_escape(&self.title)
+        );
         for t in Self::ticks(self.x_range) {
             let (x, y) = m((t, self.y_range.0));
             let (_, yt) = m((t, self.y_range.1));
-            let _ = writeln!(s, r##"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{yt:.1}" stroke="#e0e0e0"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##, y + 16.0, tick_label(t));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{y:.1}" x2="{x:.1}" y2="{yt:.1}" stroke="#e0e0e0"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                y + 16.0,
+                tick_label(t)
+            );
         }
         for t in Self::ticks(self.y_range) {
             let (x, y) = m((self.x_range.0, t));
             let (xr, _) = m((self.x_range.1, t));
-            let _ = writeln!(s, r##"<line x1="{x:.1}" y1="{y:.1}" x2="{xr:.1}" y2="{y:.1}" stroke="#e0e0e0"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##, x - 6.0, y + 4.0, tick_label(t));
+            let _ = writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{y:.1}" x2="{xr:.1}" y2="{y:.1}" stroke="#e0e0e0"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                x - 6.0,
+                y + 4.0,
+                tick_label(t)
+            );
         }
         let (ax0, ay0) = m((self.x_range.0, self.y_range.0));
         let (ax1, ay1) = m((self.x_range.1, self.y_range.1));
-        let _ = writeln!(s, r#"<rect x="{ax0:.1}" y="{ay1:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="black"/>"#, ax1 - ax0, ay0 - ay1);
-        let _ = writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, (ax0 + ax1) / 2.0, H - 12.0, xml_escape(&self.x_label));
-        let _ = writeln!(s, r#"<text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#, (ay0 + ay1) / 2.0, xml_escape(&self.y_label));
+        let _ = writeln!(
+            s,
+            r#"<rect x="{ax0:.1}" y="{ay1:.1}" width="{:.1}" height="{:.1}" fill="none" stroke="black"/>"#,
+            ax1 - ax0,
+            ay0 - ay1
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            (ax0 + ax1) / 2.0,
+            H - 12.0,
+            xml_escape(&self.x_label)
+        );
+        let _ = writeln!(
+            s,
+            r#"<text transform="translate(16 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
+            (ay0 + ay1) / 2.0,
+            xml_escape(&self.y_label)
+        );
         if self.diagonal {
-            let _ = writeln!(s, r##"<line x1="{ax0:.1}" y1="{ay0:.1}" x2="{ax1:.1}" y2="{ay1:.1}" stroke="#999999" stroke-dasharray="4 4"/>"##);
+            let _ = writeln!(
+                s,
+                r##"<line x1="{ax0:.1}" y1="{ay0:.1}" x2="{ax1:.1}" y2="{ay1:.1}" stroke="#999999" stroke-dasharray="4 4"/>"##
+            );
         }
         for (i, se) in self.series.iter().enumerate() {
             let (r, g, b) = PALETTE[i % PALETTE.len()];
-            let pts: Vec<String> = se.points.iter().map(|&p| m(p)).map(|(x, y)| format!("{x:.2},{y:.2}")).collect();
-            let _ = writeln!(s, r#"<polyline fill="none" stroke="rgb({r},{g},{b})" stroke-width="2" points="{}"/>"#, pts.join(" "));
+            let pts: Vec<String> =
+                se.points.iter().map(|&p| m(p)).map(|(x, y)| format!("{x:.2},{y:.2}")).collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="rgb({r},{g},{b})" stroke-width="2" points="{}"/>"#,
+                pts.join(" ")
+            );
             if se.markers {
                 for &p in &se.points {
                     let (x, y) = m(p);
-                    let _ = writeln!(s, r#"<circle cx="{x:.2}" cy="{y:.2}" r="3" fill="rgb({r},{g},{b})"/>"#);
+                    let _ = writeln!(
+                        s,
+                        r#"<circle cx="{x:.2}" cy="{y:.2}" r="3" fill="rgb({r},{g},{b})"/>"#
+                    );
                 }
             }
             // legend, bottom right inside the axes
             let ly = ay0 - 12.0 - 16.0 * (self.series.len() - 1 - i) as f64;
             let lx = ax1 - 230.0;
-            let _ = writeln!(s, r#"<line x1="{lx:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="rgb({r},{g},{b})" stroke-width="3"/><text x="{:.1}" y="{ly:.1}">{}</text>"#, ly - 4.0, lx + 20.0, ly - 4.0, lx + 26.0, xml_escape(&se.name));
+            let _ = writeln!(
+                s,
+                r#"<line x1="{lx:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="rgb({r},{g},{b})" stroke-width="3"/><text x="{:.1}" y="{ly:.1}">{}</text>"#,
+                ly - 4.0,
+                lx + 20.0,
+                ly - 4.0,
+                lx + 26.0,
+                xml_escape(&se.name)
+            );
         }
         s.push_str("</svg>\n");
         s
@@ -181,9 +241,21 @@ impl Plot {
             line(&mut img, (x0, y), (x1, y), Rgb([224, 224, 224]), 1, None);
         }
         if self.diagonal {
-            line(&mut img, m((self.x_range.0, self.y_range.0)), m((self.x_range.1, self.y_range.1)), Rgb([150, 150, 150]), 1, Some(6));
+            line(
+                &mut img,
+                m((self.x_range.0, self.y_range.0)),
+                m((self.x_range.1, self.y_range.1)),
+                Rgb([150, 150, 150]),
+                1,
+                Some(6),
+            );
         }
-        let corners = [(self.x_range.0, self.y_range.0), (self.x_range.1, self.y_range.0), (self.x_range.1, self.y_range.1), (self.x_range.0, self.y_range.1)];
+        let corners = [
+            (self.x_range.0, self.y_range.0),
+            (self.x_range.1, self.y_range.0),
+            (self.x_range.1, self.y_range.1),
+            (self.x_range.0, self.y_range.1),
+        ];
         for i in 0..4 {
             line(&mut img, m(corners[i]), m(corners[(i + 1) % 4]), Rgb([0, 0, 0]), 1, None);
         }
@@ -197,12 +269,15 @@ impl Plot {
     }
 
     pub fn write_svg(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, self.to_svg()).with_context(|| format!("{}: cannot write", path.display()))
+        std::fs::write(path, self.to_svg())
+            .with_context(|| format!("{}: cannot write", path.display()))
     }
 
     /// Writes the text-free PNG rendering (960 x 720).
     pub fn write_png(&self, path: &Path) -> Result<()> {
-        self.to_png_image(960, 720).save(path).with_context(|| format!("{}: cannot write", path.display()))
+        self.to_png_image(960, 720)
+            .save(path)
+            .with_context(|| format!("{}: cannot write", path.display()))
     }
 }
 
@@ -215,14 +290,22 @@ fn tick_label(v: f64) -> String {
 }
 
 /// A line by stepping along the longer axis, `width` pixels thick, dashed with period `dash`.
-fn line(img: &mut RgbImage, a: (f64, f64), b: (f64, f64), c: Rgb<u8>, width: i64, dash: Option<usize>) {
+fn line(
+    img: &mut RgbImage,
+    a: (f64, f64),
+    b: (f64, f64),
+    c: Rgb<u8>,
+    width: i64,
+    dash: Option<usize>,
+) {
     let steps = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).max(1);
     for s in 0..=steps {
         if dash.is_some_and(|d| (s / d) % 2 == 1) {
             continue;
         }
         let f = s as f64 / steps as f64;
-        let (x, y) = ((a.0 + (b.0 - a.0) * f).round() as i64, (a.1 + (b.1 - a.1) * f).round() as i64);
+        let (x, y) =
+            ((a.0 + (b.0 - a.0) * f).round() as i64, (a.1 + (b.1 - a.1) * f).round() as i64);
         for dx in 0..width {
             for dy in 0..width {
                 let (px, py) = (x + dx - width / 2, y + dy - width / 2);

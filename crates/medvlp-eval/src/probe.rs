@@ -62,7 +62,12 @@ pub struct ProbeConfig {
 
 impl Default for ProbeConfig {
     fn default() -> Self {
-        ProbeConfig { lambdas: vec![1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5], max_iter: 300, tol: 1e-5, history: 10 }
+        ProbeConfig {
+            lambdas: vec![1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
+            max_iter: 300,
+            tol: 1e-5,
+            history: 10,
+        }
     }
 }
 
@@ -94,7 +99,11 @@ impl Standardizer {
                 *s += (v as f64 - m).powi(2);
             }
         }
-        let inv_std = var.iter().map(|s| (s / n).sqrt()).map(|sd| if sd > 1e-8 { (1.0 / sd) as f32 } else { 1.0 }).collect();
+        let inv_std = var
+            .iter()
+            .map(|s| (s / n).sqrt())
+            .map(|sd| if sd > 1e-8 { (1.0 / sd) as f32 } else { 1.0 })
+            .collect();
         Ok(Standardizer { mean: mean.iter().map(|&m| m as f32).collect(), inv_std })
     }
 
@@ -103,7 +112,11 @@ impl Standardizer {
         let d = self.mean.len();
         let mut out = Vec::with_capacity(x.len() * d);
         for (i, r) in x.iter().enumerate() {
-            ensure!(r.len() == d, "features: row {i} has dimension {}, the probe was fitted on {d}", r.len());
+            ensure!(
+                r.len() == d,
+                "features: row {i} has dimension {}, the probe was fitted on {d}",
+                r.len()
+            );
             out.extend(r.iter().zip(&self.mean).zip(&self.inv_std).map(|((&v, m), s)| (v - m) * s));
         }
         Ok(out)
@@ -158,7 +171,8 @@ impl Problem<'_> {
                             for c in 0..k {
                                 let (zc, yc) = (z[c] as f64, l[i][c]);
                                 // log(1 + e^z) - y z, stably
-                                loss += zc.max(0.0) + (-zc.abs()).exp().ln_1p() - if yc { zc } else { 0.0 };
+                                loss += zc.max(0.0) + (-zc.abs()).exp().ln_1p()
+                                    - if yc { zc } else { 0.0 };
                                 z[c] = (1.0 / (1.0 + (-zc).exp()) - yc as u8 as f64) as f32;
                             }
                         }
@@ -168,7 +182,8 @@ impl Problem<'_> {
                             let lse = m + s.ln();
                             loss += lse - z[labels[i]] as f64;
                             for (c, zc) in z.iter_mut().enumerate() {
-                                *zc = ((*zc as f64 - lse).exp() - (c == labels[i]) as u8 as f64) as f32;
+                                *zc = ((*zc as f64 - lse).exp() - (c == labels[i]) as u8 as f64)
+                                    as f32;
                             }
                         }
                     }
@@ -204,7 +219,8 @@ fn lbfgs(p: &Problem, theta: &mut [f64], cfg: &ProbeConfig) -> (usize, bool) {
     let m = theta.len();
     let mut g = vec![0.0; m];
     let mut f = p.eval(theta, &mut g);
-    let (mut s_hist, mut y_hist, mut rho): (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) = (vec![], vec![], vec![]);
+    let (mut s_hist, mut y_hist, mut rho): (Vec<Vec<f64>>, Vec<Vec<f64>>, Vec<f64>) =
+        (vec![], vec![], vec![]);
     let inf = |v: &[f64]| v.iter().fold(0.0f64, |a, &b| a.max(b.abs()));
     let mut g_new = vec![0.0; m];
     let mut theta_new = vec![0.0; m];
@@ -244,7 +260,10 @@ fn lbfgs(p: &Problem, theta: &mut [f64], cfg: &ProbeConfig) -> (usize, bool) {
         let mut f_new;
         let mut tries = 0;
         loop {
-            theta_new.iter_mut().zip(theta.iter().zip(&dir)).for_each(|(t, (a, d))| *t = a + step * d);
+            theta_new
+                .iter_mut()
+                .zip(theta.iter().zip(&dir))
+                .for_each(|(t, (a, d))| *t = a + step * d);
             f_new = p.eval(&theta_new, &mut g_new);
             if f_new <= f + 1e-4 * step * slope || tries >= 30 {
                 break;
@@ -296,7 +315,10 @@ fn check_targets(y: &Targets, n: usize, what: &str) -> Result<()> {
         Targets::MultiClass { labels, n_classes } => {
             ensure!(*n_classes >= 2, "{what}: a multi-class probe needs >= 2 classes");
             if let Some(i) = labels.iter().position(|&c| c >= *n_classes) {
-                bail!("{what}: target {i} is class {} but there are {n_classes} classes", labels[i]);
+                bail!(
+                    "{what}: target {i} is class {} but there are {n_classes} classes",
+                    labels[i]
+                );
             }
         }
     }
@@ -322,7 +344,10 @@ impl LinearProbe {
         let d = standardizer.mean.len();
         let n = xs.len() / d.max(1);
         check_targets(y, n, "linear probe")?;
-        ensure!(lambda >= 0.0 && lambda.is_finite(), "linear probe: lambda must be >= 0, got {lambda}");
+        ensure!(
+            lambda >= 0.0 && lambda.is_finite(),
+            "linear probe: lambda must be >= 0, got {lambda}"
+        );
         let k = y.n_outputs();
         let mut theta = vec![0.0; k * d + k];
         if let Some(w) = warm {
@@ -388,7 +413,8 @@ pub fn fit_with_validation(
     ensure!(!cfg.lambdas.is_empty(), "linear probe: empty lambda grid");
     check_targets(val_y, val_x.len(), "linear probe validation")?;
     ensure!(
-        train_y.is_multiclass() == val_y.is_multiclass() && train_y.n_outputs() == val_y.n_outputs(),
+        train_y.is_multiclass() == val_y.is_multiclass()
+            && train_y.n_outputs() == val_y.n_outputs(),
         "linear probe: training and validation targets differ in kind or class count"
     );
     let standardizer = Standardizer::fit(train_x)?;
@@ -399,7 +425,14 @@ pub fn fit_with_validation(
     let mut grid = vec![];
     let mut prev: Option<LinearProbe> = None;
     for &lambda in &lambdas {
-        let probe = LinearProbe::fit_standardized(&xs, standardizer.clone(), train_y, lambda, cfg, prev.as_ref())?;
+        let probe = LinearProbe::fit_standardized(
+            &xs,
+            standardizer.clone(),
+            train_y,
+            lambda,
+            cfg,
+            prev.as_ref(),
+        )?;
         let p = probe.predict(val_x)?;
         let (metric, key) = match val_y {
             Targets::MultiLabel(l) => {
@@ -408,7 +441,8 @@ pub fn fit_with_validation(
             }
             Targets::MultiClass { labels, .. } => {
                 let acc = metrics::accuracy(&metrics::argmax_rows(&p), labels);
-                let ll = p.iter().zip(labels).map(|(r, &c)| -r[c].max(1e-300).ln()).sum::<f64>() / labels.len().max(1) as f64;
+                let ll = p.iter().zip(labels).map(|(r, &c)| -r[c].max(1e-300).ln()).sum::<f64>()
+                    / labels.len().max(1) as f64;
                 (acc, (acc.unwrap_or(f64::NEG_INFINITY), -ll))
             }
         };
@@ -429,9 +463,18 @@ pub fn fit_with_validation(
 /// possible; it can then exceed the nominal size for tiny fractions). `labels` may be empty (no
 /// class guarantee). The shuffle uses ChaCha8 words directly, so lists do not change with the
 /// `rand` crate version.
-pub fn subsample_indices(n: usize, labels: &[Vec<bool>], fraction: f64, seed: u64) -> Result<Vec<usize>> {
+pub fn subsample_indices(
+    n: usize,
+    labels: &[Vec<bool>],
+    fraction: f64,
+    seed: u64,
+) -> Result<Vec<usize>> {
     ensure!(fraction > 0.0 && fraction <= 1.0, "label fraction must be in (0, 1], got {fraction}");
-    ensure!(labels.is_empty() || labels.len() == n, "subsample: {n} ids but {} label rows", labels.len());
+    ensure!(
+        labels.is_empty() || labels.len() == n,
+        "subsample: {n} ids but {} label rows",
+        labels.len()
+    );
     if n == 0 {
         return Ok(vec![]);
     }
@@ -468,8 +511,16 @@ pub fn subsample_indices(n: usize, labels: &[Vec<bool>], fraction: f64, seed: u6
 }
 
 /// [`subsample_indices`] on an ID list (IDs in their original order).
-pub fn subsample_ids<T: Clone>(ids: &[T], labels: &[Vec<bool>], fraction: f64, seed: u64) -> Result<Vec<T>> {
-    Ok(subsample_indices(ids.len(), labels, fraction, seed)?.into_iter().map(|i| ids[i].clone()).collect())
+pub fn subsample_ids<T: Clone>(
+    ids: &[T],
+    labels: &[Vec<bool>],
+    fraction: f64,
+    seed: u64,
+) -> Result<Vec<T>> {
+    Ok(subsample_indices(ids.len(), labels, fraction, seed)?
+        .into_iter()
+        .map(|i| ids[i].clone())
+        .collect())
 }
 
 /// One-hot rows of class indices (for [`subsample_ids`] on multi-class data).
@@ -482,7 +533,13 @@ mod tests {
     use super::*;
 
     /// Deterministic pseudo-random features: class structure along the first dims + noise.
-    fn synth(n: usize, d: usize, k: usize, seed: u64, multiclass: bool) -> (Vec<Vec<f32>>, Vec<usize>, Vec<Vec<bool>>) {
+    fn synth(
+        n: usize,
+        d: usize,
+        k: usize,
+        seed: u64,
+        multiclass: bool,
+    ) -> (Vec<Vec<f32>>, Vec<usize>, Vec<Vec<bool>>) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut u = || (rng.next_u32() as f64 / u32::MAX as f64) as f32;
         let mut x = vec![];
@@ -515,7 +572,11 @@ mod tests {
     fn gradient_matches_finite_differences() {
         for multiclass in [false, true] {
             let (x, yc, yl) = synth(40, 5, 3, 1, multiclass);
-            let y = if multiclass { Targets::MultiClass { labels: yc, n_classes: 3 } } else { Targets::MultiLabel(yl) };
+            let y = if multiclass {
+                Targets::MultiClass { labels: yc, n_classes: 3 }
+            } else {
+                Targets::MultiLabel(yl)
+            };
             let st = Standardizer::fit(&x).unwrap();
             let xs = st.transform(&x).unwrap();
             let p = Problem { x: &xs, d: 5, n: 40, k: 3, y: &y, lambda: 0.1 };
@@ -528,7 +589,11 @@ mod tests {
                 b[j] -= 1e-3;
                 let mut t = vec![0.0; 18];
                 let fd = (p.eval(&a, &mut t) - p.eval(&b, &mut t)) / 2e-3;
-                assert!((fd - g[j]).abs() < 1e-4, "multiclass={multiclass} param {j}: fd {fd} vs {}", g[j]);
+                assert!(
+                    (fd - g[j]).abs() < 1e-4,
+                    "multiclass={multiclass} param {j}: fd {fd} vs {}",
+                    g[j]
+                );
             }
         }
     }
@@ -554,14 +619,33 @@ mod tests {
 
         let (x, _, yl) = synth(400, 12, 4, 4, false);
         let (xv, _, ylv) = synth(200, 12, 4, 5, false);
-        let (probe, sel) = fit_with_validation(&x, &Targets::MultiLabel(yl), &xv, &Targets::MultiLabel(ylv.clone()), &cfg).unwrap();
+        let (probe, sel) = fit_with_validation(
+            &x,
+            &Targets::MultiLabel(yl),
+            &xv,
+            &Targets::MultiLabel(ylv.clone()),
+            &cfg,
+        )
+        .unwrap();
         let p = probe.predict(&xv).unwrap();
         let auc = metrics::auroc_per_class(&p, &ylv).macro_.unwrap();
         assert!(auc > 0.95, "multi-label macro AUROC {auc}, {sel:?}");
         assert!(probe.converged, "{} iterations", probe.iterations);
         // deterministic
-        let again = LinearProbe::fit(&x, &Targets::MultiLabel(synth(400, 12, 4, 4, false).2), probe.lambda, &cfg).unwrap();
-        let again2 = LinearProbe::fit(&x, &Targets::MultiLabel(synth(400, 12, 4, 4, false).2), probe.lambda, &cfg).unwrap();
+        let again = LinearProbe::fit(
+            &x,
+            &Targets::MultiLabel(synth(400, 12, 4, 4, false).2),
+            probe.lambda,
+            &cfg,
+        )
+        .unwrap();
+        let again2 = LinearProbe::fit(
+            &x,
+            &Targets::MultiLabel(synth(400, 12, 4, 4, false).2),
+            probe.lambda,
+            &cfg,
+        )
+        .unwrap();
         assert_eq!(again, again2);
     }
 
@@ -572,7 +656,8 @@ mod tests {
         let cfg = ProbeConfig::default();
         let weak = LinearProbe::fit(&x, &y, 1e-4, &cfg).unwrap();
         let strong = LinearProbe::fit(&x, &y, 10.0, &cfg).unwrap();
-        let acc = metrics::accuracy(&metrics::argmax_rows(&weak.predict(&x).unwrap()), &yc).unwrap();
+        let acc =
+            metrics::accuracy(&metrics::argmax_rows(&weak.predict(&x).unwrap()), &yc).unwrap();
         assert_eq!(acc, 1.0);
         let norm = |p: &LinearProbe| p.weights.iter().map(|w| w * w).sum::<f32>();
         assert!(norm(&strong) < 0.01 * norm(&weak));
@@ -580,14 +665,21 @@ mod tests {
         let yl: Vec<Vec<bool>> = yc.iter().map(|&c| vec![c == 0, false]).collect();
         let p = LinearProbe::fit(&x, &Targets::MultiLabel(yl), 1e-3, &cfg).unwrap();
         assert!(p.bias.iter().all(|b| b.is_finite()) && p.bias[1] < -5.0);
-        assert!(LinearProbe::fit(&x, &Targets::MultiClass { labels: vec![0; 3], n_classes: 2 }, 1.0, &cfg).is_err());
+        assert!(LinearProbe::fit(
+            &x,
+            &Targets::MultiClass { labels: vec![0; 3], n_classes: 2 },
+            1.0,
+            &cfg
+        )
+        .is_err());
     }
 
     #[test]
     fn subsets_are_deterministic_and_cover_classes() {
         let n = 1000;
         // class 2 has a single positive
-        let labels: Vec<Vec<bool>> = (0..n).map(|i| vec![i % 2 == 0, i % 7 == 0, i == 613]).collect();
+        let labels: Vec<Vec<bool>> =
+            (0..n).map(|i| vec![i % 2 == 0, i % 7 == 0, i == 613]).collect();
         let a = subsample_indices(n, &labels, 0.01, 7).unwrap();
         let b = subsample_indices(n, &labels, 0.01, 7).unwrap();
         let c = subsample_indices(n, &labels, 0.01, 8).unwrap();

@@ -114,7 +114,8 @@ impl ResultRecord {
 /// Appends records to a JSONL file (created if missing), one object per line.
 pub fn append_jsonl(path: &Path, records: &[ResultRecord]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create directory", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create directory", dir.display()))?;
     }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -123,7 +124,12 @@ pub fn append_jsonl(path: &Path, records: &[ResultRecord]) -> Result<()> {
         .with_context(|| format!("{}: cannot open for writing", path.display()))?;
     let mut buf = String::new();
     for r in records {
-        anyhow::ensure!(r.value.is_finite(), "{}: refusing to write non-finite {} value", path.display(), r.metric);
+        anyhow::ensure!(
+            r.value.is_finite(),
+            "{}: refusing to write non-finite {} value",
+            path.display(),
+            r.metric
+        );
         buf.push_str(&serde_json::to_string(r)?);
         buf.push('\n');
     }
@@ -132,11 +138,15 @@ pub fn append_jsonl(path: &Path, records: &[ResultRecord]) -> Result<()> {
 
 /// Reads a JSONL results file; errors name the file and line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<ResultRecord>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{}:{}: not a result record", path.display(), i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: not a result record", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -147,7 +157,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// sha256 of a file (for prompt files, ID lists, manifests).
 pub fn sha256_file(path: &Path) -> Result<String> {
-    Ok(sha256_hex(&std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?))
+    Ok(sha256_hex(
+        &std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?,
+    ))
 }
 
 fn fmt(v: f64) -> String {
@@ -219,7 +231,10 @@ mod tests {
 
     #[test]
     fn json_shape_and_roundtrip() {
-        let est = Estimate { value: 0.8125, ci: Some(Ci { low: 0.75, high: 0.875, resamples_used: 1000 }) };
+        let est = Estimate {
+            value: 0.8125,
+            ci: Some(Ci { low: 0.75, high: 0.875, resamples_used: 1000 }),
+        };
         let r = ResultRecord::new(Task::ZeroShot, "auroc", &est, &protocol()).class("Edema");
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["task"], "zero-shot");
@@ -232,8 +247,13 @@ mod tests {
             v["protocol"]["prompt_hashes"]["chexpert5.toml"],
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        let r2 = ResultRecord::new(Task::Retrieval, "recall@10", &Estimate { value: 0.3, ci: None }, &protocol())
-            .direction(Direction::ImageToText);
+        let r2 = ResultRecord::new(
+            Task::Retrieval,
+            "recall@10",
+            &Estimate { value: 0.3, ci: None },
+            &protocol(),
+        )
+        .direction(Direction::ImageToText);
         let v2 = serde_json::to_value(&r2).unwrap();
         assert_eq!(v2["direction"], "image_to_text");
         assert!(v2["ci_low"].is_null());
@@ -252,8 +272,14 @@ mod tests {
 
         let md = markdown_summary(&[r2, r.clone().label_fraction(0.01)]);
         assert!(md.find("## zero-shot").unwrap() < md.find("## retrieval").unwrap());
-        assert!(md.contains("| auroc (ensemble) | Edema |  | 1% | test | 0.8125 | 0.7500 - 0.8750 |"), "{md}");
-        assert!(md.contains("| recall@10 (ensemble) |  | image_to_text |  | test | 0.3000 |  |"), "{md}");
+        assert!(
+            md.contains("| auroc (ensemble) | Edema |  | 1% | test | 0.8125 | 0.7500 - 0.8750 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| recall@10 (ensemble) |  | image_to_text |  | test | 0.3000 |  |"),
+            "{md}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -62,7 +62,11 @@ pub struct RetrievalConfig {
 
 impl Default for RetrievalConfig {
     fn default() -> Self {
-        RetrievalConfig { pool: Pool::Full, ks: vec![1, 5, 10], relevance: LabelRelevance::SameLabels }
+        RetrievalConfig {
+            pool: Pool::Full,
+            ks: vec![1, 5, 10],
+            relevance: LabelRelevance::SameLabels,
+        }
     }
 }
 
@@ -99,16 +103,37 @@ impl DirectionResult {
             }
         };
         for &k in ks {
-            push(format!("recall@{k}"), metrics::estimate(n, boot, |idx| metrics::recall_at_k_opt(&metrics::gather(r, idx), k)));
+            push(
+                format!("recall@{k}"),
+                metrics::estimate(n, boot, |idx| {
+                    metrics::recall_at_k_opt(&metrics::gather(r, idx), k)
+                }),
+            );
         }
-        push("mean_rank".into(), metrics::estimate(n, boot, |idx| metrics::mean_rank(&metrics::gather(r, idx))));
-        push("median_rank".into(), metrics::estimate(n, boot, |idx| metrics::median_rank(&metrics::gather(r, idx))));
+        push(
+            "mean_rank".into(),
+            metrics::estimate(n, boot, |idx| metrics::mean_rank(&metrics::gather(r, idx))),
+        );
+        push(
+            "median_rank".into(),
+            metrics::estimate(n, boot, |idx| metrics::median_rank(&metrics::gather(r, idx))),
+        );
         if let Some(rel) = &self.relevant_in_top {
             for &k in ks {
-                push(format!("hit@{k}"), metrics::estimate(n, boot, |idx| metrics::hit_at_k(&metrics::gather(rel, idx), k)));
+                push(
+                    format!("hit@{k}"),
+                    metrics::estimate(n, boot, |idx| {
+                        metrics::hit_at_k(&metrics::gather(rel, idx), k)
+                    }),
+                );
             }
             for &k in ks {
-                push(format!("precision@{k}"), metrics::estimate(n, boot, |idx| metrics::precision_at_k(&metrics::gather(rel, idx), k)));
+                push(
+                    format!("precision@{k}"),
+                    metrics::estimate(n, boot, |idx| {
+                        metrics::precision_at_k(&metrics::gather(rel, idx), k)
+                    }),
+                );
             }
         }
         out
@@ -161,10 +186,20 @@ pub fn evaluate_retrieval(
     labels: Option<&[Vec<bool>]>,
     cfg: &RetrievalConfig,
 ) -> Result<RetrievalResult> {
-    ensure!(images.len() == texts.len(), "retrieval: {} images but {} texts (they must be paired)", images.len(), texts.len());
+    ensure!(
+        images.len() == texts.len(),
+        "retrieval: {} images but {} texts (they must be paired)",
+        images.len(),
+        texts.len()
+    );
     ensure!(!images.is_empty(), "retrieval: no items");
     if let Some(l) = labels {
-        ensure!(l.len() == images.len(), "retrieval: {} items but {} label rows", images.len(), l.len());
+        ensure!(
+            l.len() == images.len(),
+            "retrieval: {} items but {} label rows",
+            images.len(),
+            l.len()
+        );
     }
     let imgs = normalized_rows(images, "image embeddings", None)?;
     let txts = normalized_rows(texts, "text embeddings", Some(imgs[0].len()))?;
@@ -185,10 +220,16 @@ pub fn evaluate_retrieval(
                 .par_iter()
                 .map(|&qi| {
                     let row: Vec<f32> = cands.iter().map(|&j| dot(&q[qi], &c[j])).collect();
-                    let local = cands.iter().position(|&j| j == qi).expect("a query's pair is in its chunk");
+                    let local = cands
+                        .iter()
+                        .position(|&j| j == qi)
+                        .expect("a query's pair is in its chunk");
                     let rank = metrics::rank_of(&row, local);
                     let r = match labels {
-                        Some(l) => metrics::top_k(&row, kmax).iter().map(|&t| cfg.relevance.relevant(&l[qi], &l[cands[t]])).collect(),
+                        Some(l) => metrics::top_k(&row, kmax)
+                            .iter()
+                            .map(|&t| cfg.relevance.relevant(&l[qi], &l[cands[t]]))
+                            .collect(),
                         None => vec![],
                     };
                     (qi, rank, r)
@@ -201,7 +242,10 @@ pub fn evaluate_retrieval(
         }
         DirectionResult { direction, pool_size, ranks, relevant_in_top: labels.map(|_| rel) }
     };
-    Ok(RetrievalResult { image_to_text: one(Direction::ImageToText), text_to_image: one(Direction::TextToImage) })
+    Ok(RetrievalResult {
+        image_to_text: one(Direction::ImageToText),
+        text_to_image: one(Direction::TextToImage),
+    })
 }
 
 #[cfg(test)]
@@ -237,9 +281,15 @@ mod tests {
     #[test]
     fn label_precision_by_hand() {
         // 4 items, classes A A B B (one-hot); embeddings cluster by class, pairs exact.
-        let imgs = vec![vec![1.0, 0.0, 0.1], vec![1.0, 0.0, -0.1], vec![0.0, 1.0, 0.1], vec![0.0, 1.0, -0.1]];
+        let imgs = vec![
+            vec![1.0, 0.0, 0.1],
+            vec![1.0, 0.0, -0.1],
+            vec![0.0, 1.0, 0.1],
+            vec![0.0, 1.0, -0.1],
+        ];
         let txts = imgs.clone();
-        let labels = vec![vec![true, false], vec![true, false], vec![false, true], vec![false, true]];
+        let labels =
+            vec![vec![true, false], vec![true, false], vec![false, true], vec![false, true]];
         let cfg = RetrievalConfig { ks: vec![1, 2, 3], ..Default::default() };
         let r = evaluate_retrieval(&imgs, &txts, Some(&labels), &cfg).unwrap();
         let m = r.image_to_text.metrics(&cfg.ks, None);
@@ -272,11 +322,14 @@ mod tests {
     fn smaller_pool_gives_better_ranks() {
         // random embeddings: with a pool of 10 the paired item's rank is < 10.
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let mut v = |_| (0..8).map(|_| (rng.next_u32() as f32 / u32::MAX as f32) - 0.5).collect::<Vec<f32>>();
+        let mut v = |_| {
+            (0..8).map(|_| (rng.next_u32() as f32 / u32::MAX as f32) - 0.5).collect::<Vec<f32>>()
+        };
         let imgs: Vec<Vec<f32>> = (0..100).map(&mut v).collect();
         let txts: Vec<Vec<f32>> = (0..100).map(&mut v).collect();
         let full = evaluate_retrieval(&imgs, &txts, None, &RetrievalConfig::default()).unwrap();
-        let cfg = RetrievalConfig { pool: Pool::Chunks { size: 10, seed: 0 }, ..Default::default() };
+        let cfg =
+            RetrievalConfig { pool: Pool::Chunks { size: 10, seed: 0 }, ..Default::default() };
         let pooled = evaluate_retrieval(&imgs, &txts, None, &cfg).unwrap();
         assert_eq!(pooled.image_to_text.pool_size, 10);
         assert!(pooled.image_to_text.ranks.iter().all(|&r| r < 10));

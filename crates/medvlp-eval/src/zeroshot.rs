@@ -87,13 +87,21 @@ enum Prepared {
 /// probability of the positive prompt for `PosNeg` (`temperature` > 0 is only used there;
 /// CheXzero uses the model's learned logit scale, i.e. temperature = 1 / logit_scale).
 /// Errors on empty prompts, non-finite values or mismatched dimensions.
-pub fn zero_shot_scores(images: &[Vec<f32>], classes: &[ClassPrompts], temperature: f64) -> Result<Vec<Vec<f64>>> {
+pub fn zero_shot_scores(
+    images: &[Vec<f32>],
+    classes: &[ClassPrompts],
+    temperature: f64,
+) -> Result<Vec<Vec<f64>>> {
     ensure!(!classes.is_empty(), "zero-shot: no classes");
     let images = normalized_rows(images, "image embeddings", None)?;
     let d = images.first().map(Vec::len);
     let check = |v: &Vec<f32>, c: usize| -> Result<()> {
         if let Some(d) = d {
-            ensure!(v.len() == d, "zero-shot: class {c} prompt embedding has dimension {}, images have {d}", v.len());
+            ensure!(
+                v.len() == d,
+                "zero-shot: class {c} prompt embedding has dimension {}, images have {d}",
+                v.len()
+            );
         }
         Ok(())
     };
@@ -102,10 +110,15 @@ pub fn zero_shot_scores(images: &[Vec<f32>], classes: &[ClassPrompts], temperatu
         .enumerate()
         .map(|(c, p)| {
             let p = match p {
-                ClassPrompts::Single(v) => Prepared::Cos(normalized_rows(std::slice::from_ref(v), "prompt", None)?.remove(0)),
+                ClassPrompts::Single(v) => Prepared::Cos(
+                    normalized_rows(std::slice::from_ref(v), "prompt", None)?.remove(0),
+                ),
                 ClassPrompts::Ensemble(vs) => Prepared::Cos(ensemble_embedding(vs)?),
                 ClassPrompts::PosNeg { positive, negative } => {
-                    ensure!(temperature > 0.0 && temperature.is_finite(), "zero-shot: temperature must be > 0, got {temperature}");
+                    ensure!(
+                        temperature > 0.0 && temperature.is_finite(),
+                        "zero-shot: temperature must be > 0, got {temperature}"
+                    );
                     Prepared::PosNeg(ensemble_embedding(positive)?, ensemble_embedding(negative)?)
                 }
             };
@@ -151,7 +164,11 @@ pub fn softmax_rows(scores: &[Vec<f64>], temperature: f64) -> Vec<Vec<f64>> {
 
 /// Multi-label zero-shot evaluation: per-class AUROC and macro AUROC (with bootstrap CIs when
 /// `boot` is given). `labels[i][c]`: image `i` is positive for class `c`.
-pub fn evaluate_multilabel(scores: &[Vec<f64>], labels: &[Vec<bool>], boot: Option<&BootstrapConfig>) -> ClassEstimates {
+pub fn evaluate_multilabel(
+    scores: &[Vec<f64>],
+    labels: &[Vec<bool>],
+    boot: Option<&BootstrapConfig>,
+) -> ClassEstimates {
     metrics::auroc_with_ci(scores, labels, boot)
 }
 
@@ -161,7 +178,11 @@ pub fn nway_predict(scores: &[Vec<f64>]) -> Vec<usize> {
 }
 
 /// Single-label N-way zero-shot accuracy (5x200-style) with an optional bootstrap CI.
-pub fn evaluate_nway(scores: &[Vec<f64>], truth: &[usize], boot: Option<&BootstrapConfig>) -> Option<Estimate> {
+pub fn evaluate_nway(
+    scores: &[Vec<f64>],
+    truth: &[usize],
+    boot: Option<&BootstrapConfig>,
+) -> Option<Estimate> {
     metrics::accuracy_with_ci(&nway_predict(scores), truth, boot)
 }
 
@@ -178,7 +199,12 @@ mod tests {
     #[test]
     fn single_is_cosine_and_normalises() {
         let imgs = vec![vec![3.0, 4.0], vec![0.0, 2.0]];
-        let s = zero_shot_scores(&imgs, &[ClassPrompts::Single(vec![10.0, 0.0]), ClassPrompts::Single(vec![0.0, 1.0])], 1.0).unwrap();
+        let s = zero_shot_scores(
+            &imgs,
+            &[ClassPrompts::Single(vec![10.0, 0.0]), ClassPrompts::Single(vec![0.0, 1.0])],
+            1.0,
+        )
+        .unwrap();
         assert!((s[0][0] - 0.6).abs() < 1e-6 && (s[0][1] - 0.8).abs() < 1e-6);
         assert!((s[1][0]).abs() < 1e-6 && (s[1][1] - 1.0).abs() < 1e-6);
         assert!(zero_shot_scores(&imgs, &[ClassPrompts::Single(vec![1.0, 0.0, 0.0])], 1.0).is_err());
@@ -188,8 +214,15 @@ mod tests {
     fn ensemble_is_mean_of_normalised_renormalised() {
         // (1,0) and (0,5) -> normalised mean (0.5, 0.5) -> (0.7071, 0.7071)
         let v = ensemble_embedding(&[vec![1.0, 0.0], vec![0.0, 5.0]]).unwrap();
-        assert!((v[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6 && (v[1] - v[0]).abs() < 1e-7);
-        let s = zero_shot_scores(&[vec![1.0, 0.0]], &[ClassPrompts::Ensemble(vec![vec![1.0, 0.0], vec![0.0, 5.0]])], 1.0).unwrap();
+        assert!(
+            (v[0] - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6 && (v[1] - v[0]).abs() < 1e-7
+        );
+        let s = zero_shot_scores(
+            &[vec![1.0, 0.0]],
+            &[ClassPrompts::Ensemble(vec![vec![1.0, 0.0], vec![0.0, 5.0]])],
+            1.0,
+        )
+        .unwrap();
         assert!((s[0][0] - std::f64::consts::FRAC_1_SQRT_2).abs() < 1e-6);
         assert!(ensemble_embedding(&[]).is_err());
     }
@@ -205,7 +238,12 @@ mod tests {
         .unwrap();
         let want = 6f64.exp() / (6f64.exp() + 8f64.exp());
         assert!((s[0][0] - want).abs() < 1e-5, "{} vs {want}", s[0][0]);
-        assert!(zero_shot_scores(&[vec![1.0, 0.0]], &[ClassPrompts::PosNeg { positive: vec![e(0, 2)], negative: vec![e(1, 2)] }], 0.0).is_err());
+        assert!(zero_shot_scores(
+            &[vec![1.0, 0.0]],
+            &[ClassPrompts::PosNeg { positive: vec![e(0, 2)], negative: vec![e(1, 2)] }],
+            0.0
+        )
+        .is_err());
     }
 
     #[test]
@@ -214,7 +252,8 @@ mod tests {
         let imgs = vec![vec![1.0, 0.1], vec![0.1, 1.0], vec![1.0, 0.9], vec![0.2, 0.3]];
         let classes = [ClassPrompts::Single(e(0, 2)), ClassPrompts::Single(e(1, 2))];
         let s = zero_shot_scores(&imgs, &classes, 1.0).unwrap();
-        let labels = vec![vec![true, false], vec![false, true], vec![true, true], vec![false, false]];
+        let labels =
+            vec![vec![true, false], vec![false, true], vec![true, true], vec![false, false]];
         let r = evaluate_multilabel(&s, &labels, None);
         assert_eq!(r.per_class[0].unwrap().value, 1.0);
         // class 1 cos: img0 .0995, img1 .995, img2 .669, img3 .832 -> positives {1,2}: pairs

@@ -50,7 +50,11 @@ fn binary_metrics_match_sklearn() {
             with_ties += 1;
         }
         close(auroc(&s, &y), opt(&c["roc_auc"]), &format!("case {i} roc_auc"));
-        close(average_precision(&s, &y), opt(&c["average_precision"]), &format!("case {i} average_precision"));
+        close(
+            average_precision(&s, &y),
+            opt(&c["average_precision"]),
+            &format!("case {i} average_precision"),
+        );
         let t = c["threshold"].as_f64().unwrap();
         let pred: Vec<bool> = s.iter().map(|&v| v >= t).collect();
         close(accuracy(&pred, &y), opt(&c["accuracy_at_threshold"]), &format!("case {i} accuracy"));
@@ -60,7 +64,10 @@ fn binary_metrics_match_sklearn() {
             let (fpr, tpr) = (f64s(fpr), f64s(&c["roc_tpr"]));
             assert_eq!(r.fpr.len(), fpr.len(), "case {i} roc points");
             for k in 0..fpr.len() {
-                assert!((r.fpr[k] - fpr[k]).abs() <= TOL && (r.tpr[k] - tpr[k]).abs() <= TOL, "case {i} roc point {k}");
+                assert!(
+                    (r.fpr[k] - fpr[k]).abs() <= TOL && (r.tpr[k] - tpr[k]).abs() <= TOL,
+                    "case {i} roc point {k}"
+                );
             }
             let thr = c["roc_thresholds"].as_array().unwrap();
             assert!(thr[0].is_null() && r.thresholds[0].is_infinite());
@@ -95,7 +102,8 @@ fn multilabel_f1_matches_sklearn() {
     let f = fixtures();
     let mut undefined = 0;
     for (i, c) in f["multilabel"].as_array().unwrap().iter().enumerate() {
-        let rows = |v: &Value| -> Vec<Vec<bool>> { v.as_array().unwrap().iter().map(bools).collect() };
+        let rows =
+            |v: &Value| -> Vec<Vec<bool>> { v.as_array().unwrap().iter().map(bools).collect() };
         let (y, p) = (rows(&c["truth"]), rows(&c["pred"]));
         let m = f1_multilabel(&p, &y);
         let per: Vec<Option<f64>> = c["f1_per_class"].as_array().unwrap().iter().map(opt).collect();

@@ -24,7 +24,8 @@ fn main() -> anyhow::Result<()> {
     }
     // per layer: the convolution, then LayerNorm + GELU, then the backward pass of the layer
     let mut h = Tensor::randn(0f32, 1.0, (32, 128, 128, 3), &dev)?;
-    let layers: Vec<_> = std::iter::once(&net.embedder).chain(net.stages.iter().flat_map(|s| s.iter())).collect();
+    let layers: Vec<_> =
+        std::iter::once(&net.embedder).chain(net.stages.iter().flat_map(|s| s.iter())).collect();
     for (i, l) in layers.into_iter().enumerate() {
         let hv = Var::from_tensor(&h)?;
         let input = if i == 0 { h.clone() } else { hv.as_tensor().clone() };

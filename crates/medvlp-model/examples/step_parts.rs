@@ -13,7 +13,11 @@ fn main() -> anyhow::Result<()> {
     cfg.text_config.vocab_size = 8000;
     let store = ParamStore::new(0, DType::F32, &dev);
     let m = MedVlp::new(&cfg, &store)?;
-    let ids = Tensor::from_vec((0..rows * len).map(|i| (i % 7000) as u32 + 5).collect::<Vec<_>>(), (rows, len), &dev)?;
+    let ids = Tensor::from_vec(
+        (0..rows * len).map(|i| (i % 7000) as u32 + 5).collect::<Vec<_>>(),
+        (rows, len),
+        &dev,
+    )?;
     let mask = Tensor::ones((rows, len), DType::U32, &dev)?;
     let px = Tensor::randn(0f32, 1.0, (imgs, 1, 128, 128), &dev)?;
     for _ in 0..4 {
@@ -28,7 +32,10 @@ fn main() -> anyhow::Result<()> {
         let fi = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let _ = y.sqr()?.mean_all()?.backward()?;
-        println!("text fwd {f:.3} bwd {b:.3} | image fwd {fi:.3} bwd {:.3}", t.elapsed().as_secs_f64());
+        println!(
+            "text fwd {f:.3} bwd {b:.3} | image fwd {fi:.3} bwd {:.3}",
+            t.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -18,8 +18,16 @@ impl BertEmbeddings {
     pub fn new(c: &TextConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             word_embeddings: Embedding::new(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?,
-            position_embeddings: Embedding::new(c.max_position_embeddings, c.hidden_size, vb.pp("position_embeddings"))?,
-            token_type_embeddings: Embedding::new(c.type_vocab_size, c.hidden_size, vb.pp("token_type_embeddings"))?,
+            position_embeddings: Embedding::new(
+                c.max_position_embeddings,
+                c.hidden_size,
+                vb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings: Embedding::new(
+                c.type_vocab_size,
+                c.hidden_size,
+                vb.pp("token_type_embeddings"),
+            )?,
             layer_norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps, vb.pp("LayerNorm"))?,
         })
     }
@@ -28,13 +36,20 @@ impl BertEmbeddings {
         let (_, l) = input_ids.dims2()?;
         let max = self.position_embeddings.weight.dim(0)?;
         if l > max {
-            candle_core::bail!("sequence of {l} tokens is longer than the {max} positions of the text encoder");
+            candle_core::bail!(
+                "sequence of {l} tokens is longer than the {max} positions of the text encoder"
+            );
         }
         let words = self.word_embeddings.forward(input_ids)?;
         let pos = self.position_embeddings.weight.narrow(0, 0, l)?;
         let types = match token_type_ids {
             Some(t) => self.token_type_embeddings.forward(t)?,
-            None => self.token_type_embeddings.weight.narrow(0, 0, 1)?.reshape((1, 1, ()))?.broadcast_as(words.shape())?,
+            None => self
+                .token_type_embeddings
+                .weight
+                .narrow(0, 0, 1)?
+                .reshape((1, 1, ()))?
+                .broadcast_as(words.shape())?,
         };
         let x = (words.broadcast_add(&pos)? + types)?;
         self.layer_norm.forward(&x)
@@ -55,11 +70,35 @@ impl BertLayer {
     pub fn new(c: &TextConfig, vb: VarBuilder) -> Result<Self> {
         let att = vb.pp("attention");
         Ok(Self {
-            attention: Attention::new(c.hidden_size, c.hidden_size, c.num_attention_heads, att.pp("self"), att.pp("output").pp("dense"))?,
-            attention_layer_norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps, att.pp("output").pp("LayerNorm"))?,
-            intermediate: Linear::new(c.hidden_size, c.intermediate_size, true, vb.pp("intermediate").pp("dense"))?,
-            output: Linear::new(c.intermediate_size, c.hidden_size, true, vb.pp("output").pp("dense"))?,
-            output_layer_norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
+            attention: Attention::new(
+                c.hidden_size,
+                c.hidden_size,
+                c.num_attention_heads,
+                att.pp("self"),
+                att.pp("output").pp("dense"),
+            )?,
+            attention_layer_norm: LayerNorm::new(
+                c.hidden_size,
+                c.layer_norm_eps,
+                att.pp("output").pp("LayerNorm"),
+            )?,
+            intermediate: Linear::new(
+                c.hidden_size,
+                c.intermediate_size,
+                true,
+                vb.pp("intermediate").pp("dense"),
+            )?,
+            output: Linear::new(
+                c.intermediate_size,
+                c.hidden_size,
+                true,
+                vb.pp("output").pp("dense"),
+            )?,
+            output_layer_norm: LayerNorm::new(
+                c.hidden_size,
+                c.layer_norm_eps,
+                vb.pp("output").pp("LayerNorm"),
+            )?,
         })
     }
 
@@ -67,13 +106,24 @@ impl BertLayer {
         Ok(self.forward_probs(x, mask, false)?.0)
     }
 
-    pub fn forward_probs(&self, x: &Tensor, mask: Option<&Tensor>, return_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+    pub fn forward_probs(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        return_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (a, p) = self.attention.forward(x, None, mask, return_probs)?;
         Ok((self.feed_forward(&a, x)?, p))
     }
 
     /// The same on packed tokens `x` `[tokens, hidden]` (see [`TokenPacking`]).
-    pub fn forward_packed(&self, x: &Tensor, packing: &TokenPacking, mask: Option<&Tensor>, return_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
+    pub fn forward_packed(
+        &self,
+        x: &Tensor,
+        packing: &TokenPacking,
+        mask: Option<&Tensor>,
+        return_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (a, p) = self.attention.forward_packed(x, packing, mask, return_probs)?;
         Ok((self.feed_forward(&a, x)?, p))
     }
@@ -102,14 +152,23 @@ impl BertModel {
         let layers = (0..c.num_hidden_layers)
             .map(|i| BertLayer::new(c, vb.pp("encoder").pp("layer").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let pooler = if with_pooler { Some(Linear::new(c.hidden_size, c.hidden_size, true, vb.pp("pooler").pp("dense"))?) } else { None };
+        let pooler = if with_pooler {
+            Some(Linear::new(c.hidden_size, c.hidden_size, true, vb.pp("pooler").pp("dense"))?)
+        } else {
+            None
+        };
         Ok(Self { config: c.clone(), embeddings, layers, pooler })
     }
 
     /// `input_ids`, `token_type_ids`: `[b, l]` u32; `attention_mask`: `[b, l]` (1 = token, 0 = padding).
     /// Returns the last hidden state `[b, l, hidden]`, zeros at padding positions (the layers run
     /// on the real tokens only).
-    pub fn forward(&self, input_ids: &Tensor, token_type_ids: Option<&Tensor>, attention_mask: Option<&Tensor>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         Ok(self.forward_with_cls_attention(input_ids, token_type_ids, attention_mask, false)?.0)
     }
 

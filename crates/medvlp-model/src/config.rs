@@ -103,24 +103,44 @@ impl VisionConfig {
     pub fn check_pixels(&self, pixel_values: &candle_core::Tensor) -> candle_core::Result<()> {
         let (_, c, h, w) = pixel_values.dims4()?;
         if c != self.num_channels || h != self.image_size || w != self.image_size {
-            candle_core::bail!("image encoder expects [b, {}, {}, {}], got {:?}", self.num_channels, self.image_size, self.image_size, pixel_values.dims());
+            candle_core::bail!(
+                "image encoder expects [b, {}, {}, {}], got {:?}",
+                self.num_channels,
+                self.image_size,
+                self.image_size,
+                pixel_values.dims()
+            );
         }
         Ok(())
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
-            anyhow::bail!("vision image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size);
+            anyhow::bail!(
+                "vision image_size {} is not a multiple of patch_size {}",
+                self.image_size,
+                self.patch_size
+            );
         }
         match self.model_type {
             VisionArch::Vit => {
-                if !self.hidden_size.is_multiple_of(self.num_attention_heads.max(1)) || self.num_attention_heads == 0 {
-                    anyhow::bail!("vision hidden_size {} not divisible by {} heads", self.hidden_size, self.num_attention_heads);
+                if !self.hidden_size.is_multiple_of(self.num_attention_heads.max(1))
+                    || self.num_attention_heads == 0
+                {
+                    anyhow::bail!(
+                        "vision hidden_size {} not divisible by {} heads",
+                        self.hidden_size,
+                        self.num_attention_heads
+                    );
                 }
             }
             VisionArch::Convnet => {
                 let w = &self.conv_channels;
-                if w.is_empty() || 1usize << w.len() != self.patch_size || w.last() != Some(&self.hidden_size) || w.contains(&0) {
+                if w.is_empty()
+                    || 1usize << w.len() != self.patch_size
+                    || w.last() != Some(&self.hidden_size)
+                    || w.contains(&0)
+                {
                     anyhow::bail!(
                         "convnet: conv_channels {w:?} must have log2(patch_size {}) non-zero entries ending with hidden_size {}",
                         self.patch_size, self.hidden_size
@@ -141,7 +161,9 @@ impl VisionConfig {
             // ViT-B/16 at 224 px, 3 channels so that ImageNet / CXR ViT checkpoints load.
             "base" => (224, 3, 16, 768, 12, 12, 3072),
             "tiny-convnet" => return Self::convnet(32, 8, &[8, 16, 32]),
-            _ => anyhow::bail!("unknown vision preset '{name}' (tiny, tiny-convnet, small, small-vit, base)"),
+            _ => anyhow::bail!(
+                "unknown vision preset '{name}' (tiny, tiny-convnet, small, small-vit, base)"
+            ),
         };
         Ok(Self {
             model_type: VisionArch::Vit,
@@ -230,13 +252,23 @@ impl TextConfig {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.hidden_act != "gelu" {
-            anyhow::bail!("text_config.hidden_act '{}' is not supported (only 'gelu')", self.hidden_act);
+            anyhow::bail!(
+                "text_config.hidden_act '{}' is not supported (only 'gelu')",
+                self.hidden_act
+            );
         }
         if self.position_embedding_type != "absolute" {
-            anyhow::bail!("text_config.position_embedding_type '{}' is not supported (only 'absolute')", self.position_embedding_type);
+            anyhow::bail!(
+                "text_config.position_embedding_type '{}' is not supported (only 'absolute')",
+                self.position_embedding_type
+            );
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            anyhow::bail!("text hidden_size {} not divisible by {} heads", self.hidden_size, self.num_attention_heads);
+            anyhow::bail!(
+                "text hidden_size {} not divisible by {} heads",
+                self.hidden_size,
+                self.num_attention_heads
+            );
         }
         Ok(())
     }
@@ -373,9 +405,39 @@ impl ModelConfig {
         let name = name.split('-').next().unwrap_or(name);
         let text = TextConfig::preset(name)?;
         let (proj, fusion, decoder) = match name {
-            "tiny" => (16, FusionConfig { num_layers: 1, num_attention_heads: 2, intermediate_size: 64 }, DecoderConfig { hidden_size: 16, num_layers: 1, num_attention_heads: 2, intermediate_size: 32, cross_attention: true }),
-            "small" => (128, FusionConfig { num_layers: 1, num_attention_heads: 4, intermediate_size: 1024 }, DecoderConfig { hidden_size: 128, num_layers: 2, num_attention_heads: 4, intermediate_size: 512, cross_attention: true }),
-            _ => (256, FusionConfig { num_layers: 2, num_attention_heads: 12, intermediate_size: 3072 }, DecoderConfig { hidden_size: 384, num_layers: 4, num_attention_heads: 6, intermediate_size: 1536, cross_attention: true }),
+            "tiny" => (
+                16,
+                FusionConfig { num_layers: 1, num_attention_heads: 2, intermediate_size: 64 },
+                DecoderConfig {
+                    hidden_size: 16,
+                    num_layers: 1,
+                    num_attention_heads: 2,
+                    intermediate_size: 32,
+                    cross_attention: true,
+                },
+            ),
+            "small" => (
+                128,
+                FusionConfig { num_layers: 1, num_attention_heads: 4, intermediate_size: 1024 },
+                DecoderConfig {
+                    hidden_size: 128,
+                    num_layers: 2,
+                    num_attention_heads: 4,
+                    intermediate_size: 512,
+                    cross_attention: true,
+                },
+            ),
+            _ => (
+                256,
+                FusionConfig { num_layers: 2, num_attention_heads: 12, intermediate_size: 3072 },
+                DecoderConfig {
+                    hidden_size: 384,
+                    num_layers: 4,
+                    num_attention_heads: 6,
+                    intermediate_size: 1536,
+                    cross_attention: true,
+                },
+            ),
         };
         let preprocess = default_preprocess_for(vision.image_size, vision.num_channels);
         Ok(Self {
@@ -407,7 +469,9 @@ impl ModelConfig {
         self.text_config.validate()?;
         let v = &self.vision_config;
         v.validate()?;
-        if self.preprocess.image_size as usize != v.image_size || self.preprocess.channels as usize != v.num_channels {
+        if self.preprocess.image_size as usize != v.image_size
+            || self.preprocess.channels as usize != v.num_channels
+        {
             anyhow::bail!(
                 "preprocess produces {}x{} images with {} channels, the image encoder expects {} px with {}",
                 self.preprocess.image_size, self.preprocess.image_size, self.preprocess.channels, v.image_size, v.num_channels
@@ -415,7 +479,10 @@ impl ModelConfig {
         }
         self.preprocess.validate()?;
         if self.format_version > FORMAT_VERSION {
-            anyhow::bail!("model format version {} is newer than this medvlp ({FORMAT_VERSION})", self.format_version);
+            anyhow::bail!(
+                "model format version {} is newer than this medvlp ({FORMAT_VERSION})",
+                self.format_version
+            );
         }
         Ok(())
     }

@@ -28,7 +28,10 @@ pub struct ConvLayer {
 
 impl ConvLayer {
     pub fn new(cin: usize, cout: usize, window: Window, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self { convolution: Conv2d::new(cin, cout, window, vb.pp("convolution"))?, normalization: LayerNorm::new(cout, eps, vb.pp("normalization"))? })
+        Ok(Self {
+            convolution: Conv2d::new(cin, cout, window, vb.pp("convolution"))?,
+            normalization: LayerNorm::new(cout, eps, vb.pp("normalization"))?,
+        })
     }
 
     /// `[b, h, w, cin]` -> `[b, h', w', cout]`.
@@ -56,19 +59,30 @@ impl ConvNet {
         let w = &config.conv_channels;
         let eps = config.layer_norm_eps;
         let stem = Window { kernel: 5, stride: 2, padding: 2 };
-        let embedder = ConvLayer::new(config.num_channels + COORD_CHANNELS, w[0], stem, eps, vb.pp("embedder"))?;
+        let embedder = ConvLayer::new(
+            config.num_channels + COORD_CHANNELS,
+            w[0],
+            stem,
+            eps,
+            vb.pp("embedder"),
+        )?;
         let down = Window { kernel: 3, stride: 2, padding: 1 };
         let same = Window { kernel: 3, stride: 1, padding: 1 };
         let stages = (1..w.len())
             .map(|s| {
                 let vb = vb.pp("encoder").pp("stages").pp(s - 1).pp("layers");
-                Ok([ConvLayer::new(w[s - 1], w[s], down, eps, vb.pp(0))?, ConvLayer::new(w[s], w[s], same, eps, vb.pp(1))?])
+                Ok([
+                    ConvLayer::new(w[s - 1], w[s], down, eps, vb.pp(0))?,
+                    ConvLayer::new(w[s], w[s], same, eps, vb.pp(1))?,
+                ])
             })
             .collect::<Result<Vec<_>>>()?;
         let n = config.image_size;
         let coord = |i: usize| (2.0 * i as f32 + 1.0) / n as f32 - 1.0;
-        let grid: Vec<f32> = (0..n).flat_map(|y| (0..n).flat_map(move |x| [coord(x), coord(y)])).collect();
-        let coords = Tensor::from_vec(grid, (1, n, n, COORD_CHANNELS), vb.device())?.to_dtype(vb.dtype())?;
+        let grid: Vec<f32> =
+            (0..n).flat_map(|y| (0..n).flat_map(move |x| [coord(x), coord(y)])).collect();
+        let coords =
+            Tensor::from_vec(grid, (1, n, n, COORD_CHANNELS), vb.device())?.to_dtype(vb.dtype())?;
         Ok(Self { config: config.clone(), embedder, stages, coords })
     }
 
@@ -107,13 +121,22 @@ impl ConvNet {
         let (b, h, w, c) = x.dims4()?;
         let (p, g) = (self.config.patch_size, self.config.grid());
         if mask.batch != b || mask.num_patches != g * g {
-            candle_core::bail!("patch mask is for {}x{} patches, the batch has {b}x{}", mask.batch, mask.num_patches, g * g);
+            candle_core::bail!(
+                "patch mask is for {}x{} patches, the batch has {b}x{}",
+                mask.batch,
+                mask.num_patches,
+                g * g
+            );
         }
         let keep = mask.mask.to_dtype(x.dtype())?.affine(-1.0, 1.0)?.reshape((b, g, 1, g, 1, 1))?;
         let x = x.reshape((b, g, p, g, p, c))?.broadcast_mul(&keep)?.reshape((b, h, w, c))?;
         let t = self.tokens(&x)?;
         let d = t.dim(2)?;
-        let vis = t.reshape((b * g * g, d))?.index_select(&mask.keep_flat, 0)?.reshape((b, mask.num_keep(), d))?;
+        let vis = t.reshape((b * g * g, d))?.index_select(&mask.keep_flat, 0)?.reshape((
+            b,
+            mask.num_keep(),
+            d,
+        ))?;
         Self::with_pooled(&vis)
     }
 }

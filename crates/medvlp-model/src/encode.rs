@@ -11,12 +11,22 @@ use medvlp_data::loader::{Item, Loader, LoaderConfig};
 use medvlp_data::tokenizer::Tokenizer;
 
 /// L2-normalised text embeddings, one row per text, in input order.
-pub fn encode_texts(model: &MedVlp, tok: &Tokenizer, texts: &[&str], batch_size: usize, dev: &Device) -> Result<Vec<Vec<f32>>> {
+pub fn encode_texts(
+    model: &MedVlp,
+    tok: &Tokenizer,
+    texts: &[&str],
+    batch_size: usize,
+    dev: &Device,
+) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(texts.len());
     for chunk in texts.chunks(batch_size.max(1)) {
         let b = tok.encode_batch(chunk)?;
         let ids = Tensor::from_vec(b.input_ids.clone(), (b.batch, b.len), dev)?;
-        let mask = Tensor::from_vec(b.attention_mask.iter().map(|&m| m as f32).collect::<Vec<_>>(), (b.batch, b.len), dev)?;
+        let mask = Tensor::from_vec(
+            b.attention_mask.iter().map(|&m| m as f32).collect::<Vec<_>>(),
+            (b.batch, b.len),
+            dev,
+        )?;
         out.extend(model.text_embeds(&ids, &mask)?.detach().to_vec2::<f32>()?);
     }
     Ok(out)
@@ -33,11 +43,24 @@ pub struct ImageEmbeddings {
 
 /// Embeds the images of `items` in order; bad images are skipped and counted, and the call fails
 /// past `max_bad_fraction` of the items.
-pub fn encode_images(model: &MedVlp, pp: &PreprocessConfig, items: Vec<Item>, batch_size: usize, max_bad_fraction: f64, dev: &Device) -> Result<ImageEmbeddings> {
+pub fn encode_images(
+    model: &MedVlp,
+    pp: &PreprocessConfig,
+    items: Vec<Item>,
+    batch_size: usize,
+    max_bad_fraction: f64,
+    dev: &Device,
+) -> Result<ImageEmbeddings> {
     if items.is_empty() {
         bail!("no images to embed");
     }
-    let cfg = LoaderConfig { batch_size: batch_size.max(1), shuffle: false, train: false, max_bad_fraction, ..Default::default() };
+    let cfg = LoaderConfig {
+        batch_size: batch_size.max(1),
+        shuffle: false,
+        train: false,
+        max_bad_fraction,
+        ..Default::default()
+    };
     let loader = Loader::new(items, pp.clone(), cfg)?;
     let mut res = ImageEmbeddings { indices: vec![], embeddings: vec![], bad: vec![] };
     for b in loader.epoch(0, 0) {

@@ -25,7 +25,14 @@ pub struct FusionOutput {
 
 impl FusionLayer {
     /// `context_dim`: width of the other modality's tokens; `None` builds a plain pre-LN block.
-    pub fn new(dim: usize, context_dim: Option<usize>, heads: usize, mlp: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        dim: usize,
+        context_dim: Option<usize>,
+        heads: usize,
+        mlp: usize,
+        eps: f64,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let att = vb.pp("attention");
         let cross = match context_dim {
             Some(cd) => {
@@ -39,10 +46,21 @@ impl FusionLayer {
         };
         Ok(Self {
             layernorm_before: LayerNorm::new(dim, eps, vb.pp("layernorm_before"))?,
-            attention: Attention::new(dim, dim, heads, att.pp("self"), att.pp("output").pp("dense"))?,
+            attention: Attention::new(
+                dim,
+                dim,
+                heads,
+                att.pp("self"),
+                att.pp("output").pp("dense"),
+            )?,
             cross,
             layernorm_after: LayerNorm::new(dim, eps, vb.pp("layernorm_after"))?,
-            mlp: Mlp::new(dim, mlp, vb.pp("intermediate").pp("dense"), vb.pp("output").pp("dense"))?,
+            mlp: Mlp::new(
+                dim,
+                mlp,
+                vb.pp("intermediate").pp("dense"),
+                vb.pp("output").pp("dense"),
+            )?,
         })
     }
 
@@ -56,7 +74,8 @@ impl FusionLayer {
         context_mask: Option<&Tensor>,
         return_probs: bool,
     ) -> Result<FusionOutput> {
-        let (a, _) = self.attention.forward(&self.layernorm_before.forward(x)?, None, self_mask, false)?;
+        let (a, _) =
+            self.attention.forward(&self.layernorm_before.forward(x)?, None, self_mask, false)?;
         let mut x = (x + a)?;
         let mut cross_probs = None;
         // Without a context (e.g. an MAE decoder run on image-only data) the cross-attention is skipped.

@@ -22,9 +22,16 @@ pub struct GradCheck {
 impl GradCheck {
     /// Print the result and panic unless coordinates were checked and all of them matched.
     pub fn assert_passed(&self, name: &str) {
-        println!("{name}: {} coordinates, max relative error {:.2e}", self.checked, self.max_rel_err);
+        println!(
+            "{name}: {} coordinates, max relative error {:.2e}",
+            self.checked, self.max_rel_err
+        );
         assert!(self.checked > 0, "{name}: nothing checked");
-        assert!(self.mismatches.is_empty(), "{name}: gradient mismatches {:?}", &self.mismatches[..self.mismatches.len().min(5)]);
+        assert!(
+            self.mismatches.is_empty(),
+            "{name}: gradient mismatches {:?}",
+            &self.mismatches[..self.mismatches.len().min(5)]
+        );
     }
 }
 
@@ -37,7 +44,13 @@ pub fn probe_like(t: &Tensor, seed: u64) -> Result<Tensor> {
 
 /// `loss` must compute a scalar from the current values of `vars`. Checks up to `per_var` random
 /// coordinates of each variable (all of them when it is smaller).
-pub fn check(vars: &[(String, Var)], loss: impl Fn() -> Result<Tensor>, per_var: usize, eps: f64, tol: f64) -> Result<GradCheck> {
+pub fn check(
+    vars: &[(String, Var)],
+    loss: impl Fn() -> Result<Tensor>,
+    per_var: usize,
+    eps: f64,
+    tol: f64,
+) -> Result<GradCheck> {
     let l = loss()?;
     let grads = l.backward()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -52,7 +65,11 @@ pub fn check(vars: &[(String, Var)], loss: impl Fn() -> Result<Tensor>, per_var:
             None => vec![0.0; n],
         };
         let orig: Vec<f64> = var.as_tensor().flatten_all()?.to_vec1()?;
-        let idx: Vec<usize> = if n <= per_var { (0..n).collect() } else { (0..per_var).map(|_| rng.random_range(0..n)).collect() };
+        let idx: Vec<usize> = if n <= per_var {
+            (0..n).collect()
+        } else {
+            (0..per_var).map(|_| rng.random_range(0..n)).collect()
+        };
         for i in idx {
             let mut v = orig.clone();
             v[i] = orig[i] + eps;

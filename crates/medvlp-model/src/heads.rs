@@ -19,7 +19,12 @@ pub enum ProjectionHead {
 }
 
 impl ProjectionHead {
-    pub fn new(kind: ProjectionKind, in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        kind: ProjectionKind,
+        in_dim: usize,
+        out_dim: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(match kind {
             ProjectionKind::Linear => Self::Linear(Linear::new(in_dim, out_dim, false, vb)?),
             ProjectionKind::Mlp => Self::Mlp {
@@ -52,7 +57,11 @@ impl MlmHead {
     pub fn new(c: &TextConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             dense: Linear::new(c.hidden_size, c.hidden_size, true, vb.pp("transform").pp("dense"))?,
-            layer_norm: LayerNorm::new(c.hidden_size, c.layer_norm_eps, vb.pp("transform").pp("LayerNorm"))?,
+            layer_norm: LayerNorm::new(
+                c.hidden_size,
+                c.layer_norm_eps,
+                vb.pp("transform").pp("LayerNorm"),
+            )?,
             bias: vb.get_with_hints(c.vocab_size, "bias", Init::Const(0.0))?,
         })
     }
@@ -60,7 +69,12 @@ impl MlmHead {
     /// `hidden`: `[n, hidden]` states of the masked positions; `word_embeddings`: `[vocab, hidden]`.
     /// Returns `[n, vocab]` logits.
     pub fn forward(&self, hidden: &Tensor, word_embeddings: &Tensor) -> Result<Tensor> {
-        crate::nn::linear(&self.transform(hidden)?, word_embeddings, Some(&self.bias), Activation::Identity)
+        crate::nn::linear(
+            &self.transform(hidden)?,
+            word_embeddings,
+            Some(&self.bias),
+            Activation::Identity,
+        )
     }
 
     /// `dense` -> GELU -> LayerNorm, before the vocabulary projection.
@@ -70,7 +84,17 @@ impl MlmHead {
 
     /// Mean cross-entropy of the predictions for `hidden` against `labels` `[n]` (u32), with the
     /// vocabulary projection fused into the loss (the `[n, vocab]` logits are not kept).
-    pub fn loss(&self, hidden: &Tensor, word_embeddings: &Tensor, labels: &Tensor) -> Result<Tensor> {
-        crate::nn::fused::cross_entropy::linear_cross_entropy(&self.transform(hidden)?, word_embeddings, &self.bias, labels)
+    pub fn loss(
+        &self,
+        hidden: &Tensor,
+        word_embeddings: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Tensor> {
+        crate::nn::fused::cross_entropy::linear_cross_entropy(
+            &self.transform(hidden)?,
+            word_embeddings,
+            &self.bias,
+            labels,
+        )
     }
 }

@@ -31,12 +31,17 @@ impl PatchMask {
         let mut mask = vec![1f32; batch * num_patches];
         for (b, kb) in keep.iter().enumerate() {
             if kb.len() != k {
-                candle_core::bail!("patch mask: sample {b} keeps {} patches, sample 0 keeps {k}", kb.len());
+                candle_core::bail!(
+                    "patch mask: sample {b} keeps {} patches, sample 0 keeps {k}",
+                    kb.len()
+                );
             }
             let mut seen = vec![false; num_patches];
             for (slot, &p) in kb.iter().enumerate() {
                 if p >= num_patches || seen[p] {
-                    candle_core::bail!("patch mask: sample {b} has invalid or repeated patch index {p}");
+                    candle_core::bail!(
+                        "patch mask: sample {b} has invalid or repeated patch index {p}"
+                    );
                 }
                 seen[p] = true;
                 keep_flat.push((b * num_patches + p) as u32);
@@ -63,8 +68,15 @@ impl PatchMask {
     }
 
     /// MAE random masking: each sample hides `round(mask_ratio * num_patches)` random patches.
-    pub fn random(batch: usize, num_patches: usize, mask_ratio: f64, rng: &mut impl Rng, device: &Device) -> Result<Self> {
-        let keep_n = num_patches - ((mask_ratio * num_patches as f64).round() as usize).min(num_patches - 1);
+    pub fn random(
+        batch: usize,
+        num_patches: usize,
+        mask_ratio: f64,
+        rng: &mut impl Rng,
+        device: &Device,
+    ) -> Result<Self> {
+        let keep_n =
+            num_patches - ((mask_ratio * num_patches as f64).round() as usize).min(num_patches - 1);
         let keep = (0..batch)
             .map(|_| {
                 let mut perm: Vec<usize> = (0..num_patches).collect();

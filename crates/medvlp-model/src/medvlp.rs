@@ -8,8 +8,8 @@ use crate::fusion::{FusionLayer, FusionOutput};
 use crate::heads::{l2_normalize, MlmHead, ProjectionHead};
 use crate::mae_decoder::MaeDecoder;
 use crate::memory::CrossModalMemory;
-use crate::nn::Linear;
 use crate::nn::additive_mask;
+use crate::nn::Linear;
 use crate::params::ParamStore;
 use crate::vision::VisionEncoder;
 use candle_core::{Module, Result, Tensor};
@@ -59,29 +59,72 @@ impl MedVlp {
         let tc = &config.text_config;
         let vision_model = VisionEncoder::new(vc, vb.pp("vision_model"))?;
         let text_model = BertModel::new(tc, false, vb.pp("text_model"))?;
-        let visual_projection = ProjectionHead::new(config.projection, vc.hidden_size, config.projection_dim, vb.pp("visual_projection"))?;
-        let text_projection = ProjectionHead::new(config.projection, tc.hidden_size, config.projection_dim, vb.pp("text_projection"))?;
-        let logit_scale = vb.get_with_hints((), "logit_scale", Init::Const(config.logit_scale.init_value))?;
+        let visual_projection = ProjectionHead::new(
+            config.projection,
+            vc.hidden_size,
+            config.projection_dim,
+            vb.pp("visual_projection"),
+        )?;
+        let text_projection = ProjectionHead::new(
+            config.projection,
+            tc.hidden_size,
+            config.projection_dim,
+            vb.pp("text_projection"),
+        )?;
+        let logit_scale =
+            vb.get_with_hints((), "logit_scale", Init::Const(config.logit_scale.init_value))?;
         let fusion = match &config.fusion_config {
             Some(f) => (0..f.num_layers)
-                .map(|i| FusionLayer::new(tc.hidden_size, Some(vc.hidden_size), f.num_attention_heads, f.intermediate_size, tc.layer_norm_eps, vb.pp("fusion").pp("layer").pp(i)))
+                .map(|i| {
+                    FusionLayer::new(
+                        tc.hidden_size,
+                        Some(vc.hidden_size),
+                        f.num_attention_heads,
+                        f.intermediate_size,
+                        tc.layer_norm_eps,
+                        vb.pp("fusion").pp("layer").pp(i),
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?,
             None => vec![],
         };
-        let mae_decoder = config.decoder_config.as_ref().map(|d| MaeDecoder::new(d, vc, tc.hidden_size, vb.pp("mae_decoder"))).transpose()?;
-        let mlm_head = if config.mlm_head { Some(MlmHead::new(tc, vb.pp("mlm_head"))?) } else { None };
+        let mae_decoder = config
+            .decoder_config
+            .as_ref()
+            .map(|d| MaeDecoder::new(d, vc, tc.hidden_size, vb.pp("mae_decoder")))
+            .transpose()?;
+        let mlm_head =
+            if config.mlm_head { Some(MlmHead::new(tc, vb.pp("mlm_head"))?) } else { None };
         let local_projection = if config.local_projection {
             Some((
                 // Always 2-layer MLPs: with linear heads mapping and aggregation commute (up to
                 // scale) and MbA would equal aggregate-then-map.
-                ProjectionHead::new(ProjectionKind::Mlp, vc.hidden_size, config.projection_dim, vb.pp("local_visual_projection"))?,
-                ProjectionHead::new(ProjectionKind::Mlp, tc.hidden_size, config.projection_dim, vb.pp("local_text_projection"))?,
+                ProjectionHead::new(
+                    ProjectionKind::Mlp,
+                    vc.hidden_size,
+                    config.projection_dim,
+                    vb.pp("local_visual_projection"),
+                )?,
+                ProjectionHead::new(
+                    ProjectionKind::Mlp,
+                    tc.hidden_size,
+                    config.projection_dim,
+                    vb.pp("local_text_projection"),
+                )?,
             ))
         } else {
             None
         };
-        let memory = config.memory_config.as_ref().map(|m| CrossModalMemory::new(m, vc.hidden_size, tc.hidden_size, vb.pp("memory"))).transpose()?;
-        let itm_head = if config.itm_head { Some(Linear::new(tc.hidden_size, 2, true, vb.pp("itm_head"))?) } else { None };
+        let memory = config
+            .memory_config
+            .as_ref()
+            .map(|m| CrossModalMemory::new(m, vc.hidden_size, tc.hidden_size, vb.pp("memory")))
+            .transpose()?;
+        let itm_head = if config.itm_head {
+            Some(Linear::new(tc.hidden_size, 2, true, vb.pp("itm_head"))?)
+        } else {
+            None
+        };
         Ok(Self {
             config: config.clone(),
             vision_model,
@@ -105,7 +148,12 @@ impl MedVlp {
     }
 
     /// Text features and, when asked, the last layer's [CLS] attention `[b, l]`.
-    pub fn text_features_with_cls_attention(&self, input_ids: &Tensor, attention_mask: &Tensor, cls: bool) -> Result<(Tensor, Option<Tensor>)> {
+    pub fn text_features_with_cls_attention(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        cls: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         self.passes.text.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.text_model.forward_with_cls_attention(input_ids, None, Some(attention_mask), cls)
     }
@@ -117,7 +165,11 @@ impl MedVlp {
     }
 
     /// Image features of the visible patches `[b, 1 + keep, width]`.
-    pub fn image_features_masked(&self, pixel_values: &Tensor, mask: &crate::masking::PatchMask) -> Result<Tensor> {
+    pub fn image_features_masked(
+        &self,
+        pixel_values: &Tensor,
+        mask: &crate::masking::PatchMask,
+    ) -> Result<Tensor> {
         self.passes.vision.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.vision_model.forward_masked(pixel_values, mask)
     }
@@ -160,7 +212,13 @@ impl MedVlp {
 
     /// Text tokens attend to image tokens through the fusion stack. `text_mask`: `[b, l]` 0/1.
     /// Returns the fused text states and, when asked, each layer's cross-attention probabilities.
-    pub fn fuse_text(&self, text: &Tensor, text_mask: &Tensor, image: &Tensor, return_probs: bool) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn fuse_text(
+        &self,
+        text: &Tensor,
+        text_mask: &Tensor,
+        image: &Tensor,
+        return_probs: bool,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         if self.fusion.is_empty() {
             candle_core::bail!("this model has no fusion layers (fusion_config is absent)");
         }
@@ -173,7 +231,8 @@ impl MedVlp {
                 Some(mem) if mem.reads_layer(i) => (image + mem.read(image)?)?,
                 _ => image.clone(),
             };
-            let FusionOutput { hidden, cross_probs } = layer.forward(&h, Some(&m), Some(&ctx), None, return_probs)?;
+            let FusionOutput { hidden, cross_probs } =
+                layer.forward(&h, Some(&m), Some(&ctx), None, return_probs)?;
             h = hidden;
             probs.extend(cross_probs);
         }

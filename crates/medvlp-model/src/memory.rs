@@ -25,11 +25,20 @@ impl CrossModalMemory {
     /// `in_dim`: width of the tokens that read the memory; `dim`: memory width.
     pub fn new(c: &MemoryConfig, in_dim: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
         if !dim.is_multiple_of(c.num_heads) || c.top_k == 0 || c.top_k > c.slots {
-            candle_core::bail!("memory: width {dim} must divide into {} heads and 0 < top_k {} <= slots {}", c.num_heads, c.top_k, c.slots);
+            candle_core::bail!(
+                "memory: width {dim} must divide into {} heads and 0 < top_k {} <= slots {}",
+                c.num_heads,
+                c.top_k,
+                c.slots
+            );
         }
         Ok(Self {
             config: c.clone(),
-            memory: vb.get_with_hints((c.slots, dim), "memory", Init::Randn { mean: 0.0, stdev: 1.0 / (dim as f64).sqrt() })?,
+            memory: vb.get_with_hints(
+                (c.slots, dim),
+                "memory",
+                Init::Randn { mean: 0.0, stdev: 1.0 / (dim as f64).sqrt() },
+            )?,
             query: Linear::new(in_dim, dim, true, vb.pp("query"))?,
             key: Linear::new(dim, dim, true, vb.pp("key"))?,
             value: Linear::new(dim, dim, true, vb.pp("value"))?,
@@ -46,10 +55,12 @@ impl CrossModalMemory {
         let m = self.config.slots;
         let k_top = self.config.top_k;
         let q = self.query.forward(x)?.reshape((b, l, h, dh))?.transpose(1, 2)?.contiguous()?; // [b, h, l, dh]
-        let keys = self.key.forward(&self.memory)?.reshape((m, h, dh))?.transpose(0, 1)?.contiguous()?; // [h, m, dh]
-        let vals = self.value.forward(&self.memory)?.reshape((m, h, dh))?.transpose(0, 1)?.contiguous()?; // [h, m, dh]
+        let keys =
+            self.key.forward(&self.memory)?.reshape((m, h, dh))?.transpose(0, 1)?.contiguous()?; // [h, m, dh]
+        let vals =
+            self.value.forward(&self.memory)?.reshape((m, h, dh))?.transpose(0, 1)?.contiguous()?; // [h, m, dh]
         let scores = (q.broadcast_matmul(&keys.t()?)? / (dh as f64).sqrt())?; // [b, h, l, m]
-        // Top-k per query row, chosen on detached scores; gather keeps the gradient of the chosen.
+                                                                              // Top-k per query row, chosen on detached scores; gather keeps the gradient of the chosen.
         let flat: Vec<f32> = scores.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let rows = b * h * l;
         let mut idx = Vec::with_capacity(rows * k_top);
@@ -57,7 +68,9 @@ impl CrossModalMemory {
         let mut order: Vec<u32> = (0..m as u32).collect();
         for r in 0..rows {
             let row = &flat[r * m..(r + 1) * m];
-            order.sort_unstable_by(|&a, &c| row[c as usize].partial_cmp(&row[a as usize]).unwrap_or(std::cmp::Ordering::Equal));
+            order.sort_unstable_by(|&a, &c| {
+                row[c as usize].partial_cmp(&row[a as usize]).unwrap_or(std::cmp::Ordering::Equal)
+            });
             let head = ((r / l) % h) as u32;
             for &j in &order[..k_top] {
                 idx.push(j);
@@ -68,7 +81,10 @@ impl CrossModalMemory {
         let idx = Tensor::from_vec(idx, (b, h, l, k_top), dev)?;
         let top = scores.contiguous()?.gather(&idx, D::Minus1)?; // [b, h, l, k]
         let w = softmax_last_dim(&top)?;
-        let picked = vals.reshape((h * m, dh))?.index_select(&Tensor::from_vec(val_idx, rows * k_top, dev)?, 0)?.reshape((b, h, l, k_top, dh))?;
+        let picked = vals
+            .reshape((h * m, dh))?
+            .index_select(&Tensor::from_vec(val_idx, rows * k_top, dev)?, 0)?
+            .reshape((b, h, l, k_top, dh))?;
         let y = w.unsqueeze(D::Minus1)?.broadcast_mul(&picked)?.sum(3)?; // [b, h, l, dh]
         let y = y.transpose(1, 2)?.reshape((b, l, self.dim))?;
         self.output.forward(&y)

@@ -37,11 +37,13 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);
     {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
@@ -50,7 +52,8 @@ fn tmp_path(path: &Path) -> PathBuf {
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -63,14 +66,24 @@ pub fn detect(dir: &Path) -> Result<DirKind> {
     let v = read_json(&cfg)?;
     match v.get("model_type").and_then(|m| m.as_str()) {
         Some("medvlp") => Ok(DirKind::MedVlp),
-        Some("bert") | Some("roberta") | None if v.get("hidden_size").is_some() => Ok(DirKind::HfBert),
-        Some(other) => bail!("{}: model_type '{other}' is neither a medvlp model nor a BERT model", cfg.display()),
+        Some("bert") | Some("roberta") | None if v.get("hidden_size").is_some() => {
+            Ok(DirKind::HfBert)
+        }
+        Some(other) => bail!(
+            "{}: model_type '{other}' is neither a medvlp model nor a BERT model",
+            cfg.display()
+        ),
         None => bail!("{}: no model_type; not a medvlp or BERT config", cfg.display()),
     }
 }
 
 /// Save a model directory. Weights carry metadata: format version, method, config hash.
-pub fn save(dir: &Path, config: &ModelConfig, store: &ParamStore, tokenizer_json: Option<&Path>) -> Result<()> {
+pub fn save(
+    dir: &Path,
+    config: &ModelConfig,
+    store: &ParamStore,
+    tokenizer_json: Option<&Path>,
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -83,8 +96,9 @@ pub fn save(dir: &Path, config: &ModelConfig, store: &ParamStore, tokenizer_json
         .iter()
         .map(|(n, v)| Ok((n.clone(), v.as_tensor().contiguous()?)))
         .collect::<candle_core::Result<Vec<_>>>()?;
-    let mut bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
-        .context("serialising weights")?;
+    let mut bytes =
+        safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(meta))
+            .context("serialising weights")?;
     canonical_header(&mut bytes)?;
     write_atomic(&dir.join(WEIGHTS_FILE), &bytes)?;
     write_atomic(&dir.join(CONFIG_FILE), serde_json::to_string_pretty(config)?.as_bytes())?;
@@ -117,7 +131,8 @@ fn canonical_header(bytes: &mut [u8]) -> Result<()> {
 
 pub fn load_config(dir: &Path) -> Result<ModelConfig> {
     let path = dir.join(CONFIG_FILE);
-    let cfg: ModelConfig = serde_json::from_value(read_json(&path)?).with_context(|| format!("{}: not a medvlp config", path.display()))?;
+    let cfg: ModelConfig = serde_json::from_value(read_json(&path)?)
+        .with_context(|| format!("{}: not a medvlp config", path.display()))?;
     cfg.validate().with_context(|| format!("{}", path.display()))?;
     Ok(cfg)
 }
@@ -132,14 +147,17 @@ pub fn weights_metadata(path: &Path) -> Result<HashMap<String, String>> {
 pub fn read_header(path: &Path) -> Result<(usize, safetensors::tensor::Metadata)> {
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut len = [0u8; 8];
-    std::io::Read::read_exact(&mut f, &mut len).with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    std::io::Read::read_exact(&mut f, &mut len)
+        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
     let n = u64::from_le_bytes(len) as usize;
     if n > 100_000_000 {
         bail!("{}: safetensors header of {n} bytes is implausible", path.display());
     }
     let mut buf = vec![0u8; n];
-    std::io::Read::read_exact(&mut f, &mut buf).with_context(|| format!("{}: truncated safetensors header", path.display()))?;
-    let meta: safetensors::tensor::Metadata = serde_json::from_slice(&buf).with_context(|| format!("{}: bad safetensors header", path.display()))?;
+    std::io::Read::read_exact(&mut f, &mut buf)
+        .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
+    let meta: safetensors::tensor::Metadata = serde_json::from_slice(&buf)
+        .with_context(|| format!("{}: bad safetensors header", path.display()))?;
     Ok((n, meta))
 }
 
@@ -161,16 +179,27 @@ pub fn load(dir: &Path, dtype: DType, device: &Device, trainable: bool) -> Resul
     if let Some(h) = meta.get("config_hash") {
         let now = config_hash(&config);
         if *h != now {
-            tracing::warn!("{}: config.json differs from the one the weights were saved with (hash {} vs {})", dir.display(), &now[..12], &h[..h.len().min(12)]);
+            tracing::warn!(
+                "{}: config.json differs from the one the weights were saved with (hash {} vs {})",
+                dir.display(),
+                &now[..12],
+                &h[..h.len().min(12)]
+            );
         }
     }
     let store = ParamStore::new(0, dtype, device);
     let store = if trainable { store } else { store.frozen() };
     store.preload_safetensors(&weights, |n| Some(n.to_string()))?;
-    let model = MedVlp::new(&config, &store).with_context(|| format!("building the model of {}", dir.display()))?;
+    let model = MedVlp::new(&config, &store)
+        .with_context(|| format!("building the model of {}", dir.display()))?;
     let report = store.load_report();
     if !report.initialised.is_empty() {
-        bail!("{}: {} parameters missing from {WEIGHTS_FILE}, e.g. {}", dir.display(), report.initialised.len(), report.initialised[0]);
+        bail!(
+            "{}: {} parameters missing from {WEIGHTS_FILE}, e.g. {}",
+            dir.display(),
+            report.initialised.len(),
+            report.initialised[0]
+        );
     }
     let tok = dir.join(TOKENIZER_FILE);
     Ok(LoadedModel { config, store, model, tokenizer: tok.exists().then_some(tok), report })
@@ -200,9 +229,15 @@ pub struct LoadedBert {
     pub report: LoadReport,
 }
 
-pub fn load_hf_bert(dir: &Path, dtype: DType, device: &Device, trainable: bool) -> Result<LoadedBert> {
+pub fn load_hf_bert(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    trainable: bool,
+) -> Result<LoadedBert> {
     let cfg_path = dir.join(CONFIG_FILE);
-    let config: TextConfig = serde_json::from_value(read_json(&cfg_path)?).with_context(|| format!("{}: not a BERT config", cfg_path.display()))?;
+    let config: TextConfig = serde_json::from_value(read_json(&cfg_path)?)
+        .with_context(|| format!("{}: not a BERT config", cfg_path.display()))?;
     config.validate().with_context(|| format!("{}", cfg_path.display()))?;
     let weights = dir.join(WEIGHTS_FILE);
     if !weights.exists() {
@@ -216,7 +251,12 @@ pub fn load_hf_bert(dir: &Path, dtype: DType, device: &Device, trainable: bool) 
     let model = BertModel::new(&config, has_pooler, store.var_builder())?;
     let report = store.load_report();
     if !report.initialised.is_empty() {
-        bail!("{}: {} BERT parameters missing, e.g. {}", weights.display(), report.initialised.len(), report.initialised[0]);
+        bail!(
+            "{}: {} BERT parameters missing, e.g. {}",
+            weights.display(),
+            report.initialised.len(),
+            report.initialised[0]
+        );
     }
     let tok = dir.join(TOKENIZER_FILE);
     Ok(LoadedBert { config, store, model, tokenizer: tok.exists().then_some(tok), report })

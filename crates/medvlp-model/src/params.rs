@@ -33,7 +33,13 @@ pub struct LoadReport {
 
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} tensors loaded, {} newly initialised, {} in the file unused", self.loaded.len(), self.initialised.len(), self.unused.len())
+        write!(
+            f,
+            "{} tensors loaded, {} newly initialised, {} in the file unused",
+            self.loaded.len(),
+            self.initialised.len(),
+            self.unused.len()
+        )
     }
 }
 
@@ -89,7 +95,13 @@ fn init_values(shape: &Shape, init: &Init, seed: u64) -> Vec<f64> {
 
 impl ParamStore {
     pub fn new(seed: u64, dtype: DType, device: &Device) -> Self {
-        Self { inner: Arc::new(Mutex::new(Inner::default())), seed, dtype, device: device.clone(), trainable: true }
+        Self {
+            inner: Arc::new(Mutex::new(Inner::default())),
+            seed,
+            dtype,
+            device: device.clone(),
+            trainable: true,
+        }
     }
 
     /// A store for inference: parameters reach the model detached from autograd, so forward
@@ -127,13 +139,21 @@ impl ParamStore {
 
     /// Load tensors from safetensors files before building a model. `rename` maps a name in the
     /// file to the store's name, or drops it (`None`). Returns how many tensors were taken.
-    pub fn preload_safetensors(&self, path: &Path, rename: impl Fn(&str) -> Option<String>) -> anyhow::Result<usize> {
+    pub fn preload_safetensors(
+        &self,
+        path: &Path,
+        rename: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<usize> {
         let tensors = candle_core::safetensors::load(path, &self.device)
             .map_err(|e| anyhow::anyhow!("reading weights {}: {e}", path.display()))?;
         self.preload(tensors, rename)
     }
 
-    pub fn preload(&self, tensors: HashMap<String, Tensor>, rename: impl Fn(&str) -> Option<String>) -> anyhow::Result<usize> {
+    pub fn preload(
+        &self,
+        tensors: HashMap<String, Tensor>,
+        rename: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<usize> {
         let mut inner = self.inner.lock().unwrap();
         let mut n = 0;
         for (name, t) in tensors {
@@ -194,7 +214,9 @@ impl SimpleBackend for ParamStore {
             return t.to_dtype(dtype)?.to_device(dev);
         }
         let vals = init_values(&s, &h, name_seed(self.seed, name));
-        let t = Tensor::from_vec(vals, s, &Device::Cpu)?.to_dtype(self.dtype)?.to_device(&self.device)?;
+        let t = Tensor::from_vec(vals, s, &Device::Cpu)?
+            .to_dtype(self.dtype)?
+            .to_device(&self.device)?;
         let v = Var::from_tensor(&t)?;
         let t = if self.trainable { v.as_tensor().clone() } else { v.as_detached_tensor() };
         inner.vars.insert(name.to_string(), v);

@@ -30,7 +30,9 @@ const MMAP_THRESHOLD: i32 = 1 << 30;
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn keep_large_allocations() {
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
+        || std::env::var_os("MALLOC_TRIM_THRESHOLD_").is_some()
+    {
         return;
     }
     // SAFETY: mallopt only changes allocator tunables; called before any other thread exists.

@@ -12,19 +12,27 @@ use candle_nn::{Init, VarBuilder};
 pub fn patchify(pixel_values: &Tensor, patch: usize) -> Result<Tensor> {
     let (b, c, h, w) = pixel_values.dims4()?;
     let (gh, gw) = (h / patch, w / patch);
-    pixel_values
-        .reshape(&[b, c, gh, patch, gw, patch][..])?
-        .permute([0, 2, 4, 1, 3, 5])?
-        .reshape((b, gh * gw, c * patch * patch))
+    pixel_values.reshape(&[b, c, gh, patch, gw, patch][..])?.permute([0, 2, 4, 1, 3, 5])?.reshape((
+        b,
+        gh * gw,
+        c * patch * patch,
+    ))
 }
 
 /// Fixed 2-D sin-cos position table `[1 + grid*grid, dim]`, zero row for the CLS token (MAE).
-pub fn sincos_2d(dim: usize, grid: usize, with_cls: bool, dtype: DType, device: &Device) -> Result<Tensor> {
+pub fn sincos_2d(
+    dim: usize,
+    grid: usize,
+    with_cls: bool,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     if !dim.is_multiple_of(4) {
         candle_core::bail!("sin-cos position embedding needs a width divisible by 4, got {dim}");
     }
     let quarter = dim / 4;
-    let omega: Vec<f64> = (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
+    let omega: Vec<f64> =
+        (0..quarter).map(|i| 1.0 / 10000f64.powf(i as f64 / quarter as f64)).collect();
     let mut table = Vec::with_capacity((grid * grid + with_cls as usize) * dim);
     if with_cls {
         table.extend(std::iter::repeat_n(0.0, dim));
@@ -55,14 +63,26 @@ impl VitLayer {
     pub fn new(dim: usize, heads: usize, mlp: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             layernorm_before: LayerNorm::new(dim, eps, vb.pp("layernorm_before"))?,
-            attention: Attention::new(dim, dim, heads, vb.pp("attention").pp("attention"), vb.pp("attention").pp("output").pp("dense"))?,
+            attention: Attention::new(
+                dim,
+                dim,
+                heads,
+                vb.pp("attention").pp("attention"),
+                vb.pp("attention").pp("output").pp("dense"),
+            )?,
             layernorm_after: LayerNorm::new(dim, eps, vb.pp("layernorm_after"))?,
-            mlp: Mlp::new(dim, mlp, vb.pp("intermediate").pp("dense"), vb.pp("output").pp("dense"))?,
+            mlp: Mlp::new(
+                dim,
+                mlp,
+                vb.pp("intermediate").pp("dense"),
+                vb.pp("output").pp("dense"),
+            )?,
         })
     }
 
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (a, _) = self.attention.forward(&self.layernorm_before.forward(x)?, None, mask, false)?;
+        let (a, _) =
+            self.attention.forward(&self.layernorm_before.forward(x)?, None, mask, false)?;
         let x = (x + a)?;
         let m = self.mlp.forward(&self.layernorm_after.forward(&x)?)?;
         x + m
@@ -87,12 +107,20 @@ impl VisionTransformer {
         let d = config.hidden_size;
         let n = config.num_patches();
         let emb = vb.pp("embeddings");
-        let cls_token = emb.get_with_hints((1, 1, d), "cls_token", Init::Randn { mean: 0.0, stdev: 0.02 })?.reshape((1, d))?;
+        let cls_token = emb
+            .get_with_hints((1, 1, d), "cls_token", Init::Randn { mean: 0.0, stdev: 0.02 })?
+            .reshape((1, d))?;
         let position_embeddings = match config.position_embedding {
             PositionEmbedding::Learned => emb
-                .get_with_hints((1, n + 1, d), "position_embeddings", Init::Randn { mean: 0.0, stdev: 0.02 })?
+                .get_with_hints(
+                    (1, n + 1, d),
+                    "position_embeddings",
+                    Init::Randn { mean: 0.0, stdev: 0.02 },
+                )?
                 .reshape((n + 1, d))?,
-            PositionEmbedding::Sincos => sincos_2d(d, config.grid(), true, vb.dtype(), vb.device())?,
+            PositionEmbedding::Sincos => {
+                sincos_2d(d, config.grid(), true, vb.dtype(), vb.device())?
+            }
         };
         let proj = emb.pp("patch_embeddings").pp("projection");
         let (c, p) = (config.num_channels, config.patch_size);
@@ -102,11 +130,25 @@ impl VisionTransformer {
         let patch_bias = proj.get_with_hints(d, "bias", Init::Const(0.0))?;
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
-                VitLayer::new(d, config.num_attention_heads, config.intermediate_size, config.layer_norm_eps, vb.pp("encoder").pp("layer").pp(i))
+                VitLayer::new(
+                    d,
+                    config.num_attention_heads,
+                    config.intermediate_size,
+                    config.layer_norm_eps,
+                    vb.pp("encoder").pp("layer").pp(i),
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let layernorm = LayerNorm::new(d, config.layer_norm_eps, vb.pp("layernorm"))?;
-        Ok(Self { config: config.clone(), cls_token, position_embeddings, patch_weight, patch_bias, layers, layernorm })
+        Ok(Self {
+            config: config.clone(),
+            cls_token,
+            position_embeddings,
+            patch_weight,
+            patch_bias,
+            layers,
+            layernorm,
+        })
     }
 
     /// Patch embeddings plus positions, `[b, patches, width]` (no CLS).
@@ -114,14 +156,19 @@ impl VisionTransformer {
         self.config.check_pixels(pixel_values)?;
         let patches = patchify(pixel_values, self.config.patch_size)?;
         let (b, n, pd) = patches.dims3()?;
-        let x = patches.reshape((b * n, pd))?.matmul(&self.patch_weight.t()?)?.broadcast_add(&self.patch_bias)?;
+        let x = patches
+            .reshape((b * n, pd))?
+            .matmul(&self.patch_weight.t()?)?
+            .broadcast_add(&self.patch_bias)?;
         let d = self.config.hidden_size;
         x.reshape((b, n, d))?.broadcast_add(&self.position_embeddings.narrow(0, 1, n)?)
     }
 
     fn cls(&self, b: usize) -> Result<Tensor> {
         let d = self.config.hidden_size;
-        (&self.cls_token + self.position_embeddings.narrow(0, 0, 1)?)?.reshape((1, 1, d))?.broadcast_as((b, 1, d))
+        (&self.cls_token + self.position_embeddings.narrow(0, 0, 1)?)?
+            .reshape((1, 1, d))?
+            .broadcast_as((b, 1, d))
     }
 
     fn encode(&self, x: Tensor) -> Result<Tensor> {
@@ -145,9 +192,17 @@ impl VisionTransformer {
         let x = self.embed_patches(pixel_values)?;
         let (b, n, d) = x.dims3()?;
         if mask.batch != b || mask.num_patches != n {
-            candle_core::bail!("patch mask is for {}x{} patches, the batch has {b}x{n}", mask.batch, mask.num_patches);
+            candle_core::bail!(
+                "patch mask is for {}x{} patches, the batch has {b}x{n}",
+                mask.batch,
+                mask.num_patches
+            );
         }
-        let vis = x.reshape((b * n, d))?.index_select(&mask.keep_flat, 0)?.reshape((b, mask.num_keep(), d))?;
+        let vis = x.reshape((b * n, d))?.index_select(&mask.keep_flat, 0)?.reshape((
+            b,
+            mask.num_keep(),
+            d,
+        ))?;
         self.encode(Tensor::cat(&[&self.cls(b)?, &vis], 1)?)
     }
 }

@@ -19,7 +19,18 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 const WINDOWS: [Window; 4] = [
@@ -34,11 +45,15 @@ fn im2col_kernel_matches_composed_values_and_gradients() {
     for dtype in [DType::F64, DType::F32] {
         for win in WINDOWS {
             for (h, w) in [(7, 7), (8, 6)] {
-                let x = Var::from_tensor(&randn(&[2, h, w, 3], 1).to_dtype(dtype).unwrap()).unwrap();
+                let x =
+                    Var::from_tensor(&randn(&[2, h, w, 3], 1).to_dtype(dtype).unwrap()).unwrap();
                 let a = im2col(x.as_tensor(), win).unwrap();
                 let b = im2col_composed(x.as_tensor(), win).unwrap();
                 assert_eq!(a.dims(), b.dims(), "{win:?}");
-                assert_eq!(a.dims(), &[2, win.out_size(h), win.out_size(w), win.kernel * win.kernel * 3]);
+                assert_eq!(
+                    a.dims(),
+                    &[2, win.out_size(h), win.out_size(w), win.kernel * win.kernel * 3]
+                );
                 assert_eq!(max_diff(&a, &b), 0.0, "{win:?} values");
                 let probe = randn(a.dims(), 2).to_dtype(dtype).unwrap();
                 let ga = (a * &probe).unwrap().sum_all().unwrap().backward().unwrap();
@@ -56,15 +71,29 @@ fn im2col_and_col2im_are_adjoint_and_differentiable() {
         let x = Var::from_tensor(&randn(&[2, 7, 6, 2], 3)).unwrap();
         let probe = randn(&[2, win.out_size(7), win.out_size(6), win.kernel * win.kernel * 2], 4);
         let vars = vec![("x".into(), x.clone())];
-        check(&vars, || (im2col(x.as_tensor(), win)? * &probe)?.sum_all(), 60, EPS, TOL).unwrap().assert_passed("im2col");
+        check(&vars, || (im2col(x.as_tensor(), win)? * &probe)?.sum_all(), 60, EPS, TOL)
+            .unwrap()
+            .assert_passed("im2col");
         // <im2col(x), g> = <x, col2im(g)>
-        let lhs = (im2col(x.as_tensor(), win).unwrap() * &probe).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
-        let rhs = (x.as_tensor() * col2im(&probe, win, 7, 6, 2).unwrap()).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+        let lhs = (im2col(x.as_tensor(), win).unwrap() * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let rhs = (x.as_tensor() * col2im(&probe, win, 7, 6, 2).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!((lhs - rhs).abs() < 1e-9, "{win:?}: {lhs} vs {rhs}");
         let g = Var::from_tensor(&probe).unwrap();
         let probe2 = randn(&[2, 7, 6, 2], 5);
         let vars = vec![("g".into(), g.clone())];
-        check(&vars, || (col2im(g.as_tensor(), win, 7, 6, 2)? * &probe2)?.sum_all(), 60, EPS, TOL).unwrap().assert_passed("col2im");
+        check(&vars, || (col2im(g.as_tensor(), win, 7, 6, 2)? * &probe2)?.sum_all(), 60, EPS, TOL)
+            .unwrap()
+            .assert_passed("col2im");
     }
 }
 
@@ -79,11 +108,16 @@ fn conv2d_kernel_matches_composed_values_and_gradients() {
                 if h + 2 * win.padding < win.kernel || w + 2 * win.padding < win.kernel {
                     continue;
                 }
-                let x = Var::from_tensor(&randn(&[b, h, w, 3], 11).to_dtype(dtype).unwrap()).unwrap();
-                let wm = Var::from_tensor(&randn(&[5, win.kernel * win.kernel * 3], 12).to_dtype(dtype).unwrap()).unwrap();
+                let x =
+                    Var::from_tensor(&randn(&[b, h, w, 3], 11).to_dtype(dtype).unwrap()).unwrap();
+                let wm = Var::from_tensor(
+                    &randn(&[5, win.kernel * win.kernel * 3], 12).to_dtype(dtype).unwrap(),
+                )
+                .unwrap();
                 let bias = Var::from_tensor(&randn(&[5], 13).to_dtype(dtype).unwrap()).unwrap();
                 for x_needs_grad in [true, false] {
-                    let xin = if x_needs_grad { x.as_tensor().clone() } else { x.as_tensor().detach() };
+                    let xin =
+                        if x_needs_grad { x.as_tensor().clone() } else { x.as_tensor().detach() };
                     let a = conv2d(&xin, wm.as_tensor(), bias.as_tensor(), win).unwrap();
                     let c = conv2d_composed(&xin, wm.as_tensor(), bias.as_tensor(), win).unwrap();
                     assert_eq!(a.dims(), &[b, win.out_size(h), win.out_size(w), 5]);
@@ -91,9 +125,14 @@ fn conv2d_kernel_matches_composed_values_and_gradients() {
                     let probe = randn(a.dims(), 14).to_dtype(dtype).unwrap();
                     let ga = (a * &probe).unwrap().sum_all().unwrap().backward().unwrap();
                     let gc = (c * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                    for (name, t) in [("x", x.as_tensor()), ("w", wm.as_tensor()), ("bias", bias.as_tensor())] {
+                    for (name, t) in
+                        [("x", x.as_tensor()), ("w", wm.as_tensor()), ("bias", bias.as_tensor())]
+                    {
                         match (ga.get(t), gc.get(t)) {
-                            (Some(u), Some(v)) => assert!(max_diff(u, v) < 1e-4, "{win:?} {b}x{h}x{w} {dtype:?} grad {name}"),
+                            (Some(u), Some(v)) => assert!(
+                                max_diff(u, v) < 1e-4,
+                                "{win:?} {b}x{h}x{w} {dtype:?} grad {name}"
+                            ),
                             (None, None) => assert!(name == "x" && !x_needs_grad),
                             _ => panic!("{win:?}: grad {name} present in one only"),
                         }
@@ -123,17 +162,30 @@ fn conv2d_gradient_and_pytorch_layout() {
             for kx in 0..3 {
                 let (iy, ix) = ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
                 if (0..6).contains(&iy) && (0..5).contains(&ix) {
-                    want += w4[((o * 3 + c) * 3 + ky) * 3 + kx] * xs[((b * 6 + iy as usize) * 5 + ix as usize) * 3 + c];
+                    want += w4[((o * 3 + c) * 3 + ky) * 3 + kx]
+                        * xs[((b * 6 + iy as usize) * 5 + ix as usize) * 3 + c];
                 }
             }
         }
     }
-    let got = y.get(b).unwrap().get(oy).unwrap().get(ox).unwrap().get(o).unwrap().to_scalar::<f64>().unwrap();
+    let got = y
+        .get(b)
+        .unwrap()
+        .get(oy)
+        .unwrap()
+        .get(ox)
+        .unwrap()
+        .get(o)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     assert!((got - want).abs() < 1e-12, "{got} vs {want}");
     let probe = randn(y.dims(), 7);
     let mut vars = store.vars();
     vars.push(("x".into(), x.clone()));
-    check(&vars, || (conv.forward(x.as_tensor())? * &probe)?.sum_all(), 40, EPS, TOL).unwrap().assert_passed("conv2d");
+    check(&vars, || (conv.forward(x.as_tensor())? * &probe)?.sum_all(), 40, EPS, TOL)
+        .unwrap()
+        .assert_passed("conv2d");
 }
 
 fn tiny() -> VisionConfig {
@@ -154,11 +206,21 @@ fn convnet_masked_encoding_gradient_and_no_leak() {
     let probe = randn(out.dims(), 9);
     let mut vars = store.vars();
     vars.push(("pixels".into(), px.clone()));
-    check(&vars, || (net.forward_masked(px.as_tensor(), &mask)? * &probe)?.sum_all(), 8, EPS, TOL).unwrap().assert_passed("convnet (patch subset)");
+    check(&vars, || (net.forward_masked(px.as_tensor(), &mask)? * &probe)?.sum_all(), 8, EPS, TOL)
+        .unwrap()
+        .assert_passed("convnet (patch subset)");
     // Every parameter is reached; hidden patches' pixels get no gradient (no leak), visible do.
-    let g = (net.forward_masked(px.as_tensor(), &mask).unwrap() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let g = (net.forward_masked(px.as_tensor(), &mask).unwrap() * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     for (name, v) in store.vars() {
-        let s = g.get(v.as_tensor()).map(|t| t.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()).unwrap_or(0.0);
+        let s = g
+            .get(v.as_tensor())
+            .map(|t| t.abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap())
+            .unwrap_or(0.0);
         assert!(s > 0.0, "{name} receives no gradient");
     }
     let gp = medvlp_model::vit::patchify(g.get(px.as_tensor()).unwrap(), 4).unwrap();
@@ -169,8 +231,12 @@ fn convnet_masked_encoding_gradient_and_no_leak() {
         }
     }
     // Nothing masked: the same as the full encoding.
-    let all = PatchMask::from_keep(vec![(0..16).collect(), (0..16).collect()], 16, &Device::Cpu).unwrap();
-    let d = max_diff(&net.forward(px.as_tensor()).unwrap(), &net.forward_masked(px.as_tensor(), &all).unwrap());
+    let all =
+        PatchMask::from_keep(vec![(0..16).collect(), (0..16).collect()], 16, &Device::Cpu).unwrap();
+    let d = max_diff(
+        &net.forward(px.as_tensor()).unwrap(),
+        &net.forward_masked(px.as_tensor(), &all).unwrap(),
+    );
     assert!(d < 1e-12, "{d}");
 }
 

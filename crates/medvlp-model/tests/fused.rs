@@ -21,7 +21,18 @@ fn var(shape: &[usize], seed: u64) -> Var {
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
-    a.to_dtype(DType::F64).unwrap().sub(&b.to_dtype(DType::F64).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap()
+    a.to_dtype(DType::F64)
+        .unwrap()
+        .sub(&b.to_dtype(DType::F64).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 #[test]
@@ -35,7 +46,14 @@ fn linear_gradients_match_finite_differences() {
                 vars.push(("b".into(), b.clone()));
             }
             let bb = bias.then(|| b.as_tensor().clone());
-            let r = check(&vars, || (linear(x.as_tensor(), w.as_tensor(), bb.as_ref(), act)? * &probe)?.sum_all(), 100, EPS, TOL).unwrap();
+            let r = check(
+                &vars,
+                || (linear(x.as_tensor(), w.as_tensor(), bb.as_ref(), act)? * &probe)?.sum_all(),
+                100,
+                EPS,
+                TOL,
+            )
+            .unwrap();
             r.assert_passed(&format!("linear {act:?} bias={bias}"));
         }
     }
@@ -52,14 +70,34 @@ fn linear_equals_composed() {
             let b = Var::from_tensor(&randn(&[50], 7, dtype)).unwrap();
             let probe = randn(&[7, 33, 50], 8, dtype);
             let y1 = linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), act).unwrap();
-            let y2 = linear_composed(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), act).unwrap();
-            assert!(max_diff(&y1, &y2) < tol, "{dtype:?} {act:?} values differ by {}", max_diff(&y1, &y2));
+            let y2 =
+                linear_composed(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), act).unwrap();
+            assert!(
+                max_diff(&y1, &y2) < tol,
+                "{dtype:?} {act:?} values differ by {}",
+                max_diff(&y1, &y2)
+            );
             let g1 = (y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (y2 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
             for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
                 let (a, c) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
-                let scale = c.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap().max(1.0);
-                assert!(max_diff(a, c) / scale < tol * 10.0, "{dtype:?} {act:?} d{name} differs by {}", max_diff(a, c));
+                let scale = c
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap()
+                    .to_scalar::<f64>()
+                    .unwrap()
+                    .max(1.0);
+                assert!(
+                    max_diff(a, c) / scale < tol * 10.0,
+                    "{dtype:?} {act:?} d{name} differs by {}",
+                    max_diff(a, c)
+                );
             }
         }
     }
@@ -81,7 +119,8 @@ fn untracked_inputs_record_no_graph() {
 
 fn key_mask(b: usize, lk: usize, dtype: DType) -> Tensor {
     // sample i masks its last i keys
-    let v: Vec<f64> = (0..b).flat_map(|i| (0..lk).map(move |j| if j + i >= lk { -1e9 } else { 0.0 })).collect();
+    let v: Vec<f64> =
+        (0..b).flat_map(|i| (0..lk).map(move |j| if j + i >= lk { -1e9 } else { 0.0 })).collect();
     Tensor::from_vec(v, (b, 1, 1, lk), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
 }
 
@@ -92,7 +131,17 @@ fn attention_gradients_match_finite_differences() {
     let mask = key_mask(2, 5, DType::F64);
     let probe = randn(&[2, 3, 8], 16, DType::F64);
     let vars = vec![("q".into(), q.clone()), ("k".into(), k.clone()), ("v".into(), v.clone())];
-    let r = check(&vars, || (attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 2, Some(&mask))?.0 * &probe)?.sum_all(), 100, EPS, TOL).unwrap();
+    let r = check(
+        &vars,
+        || {
+            (attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 2, Some(&mask))?.0 * &probe)?
+                .sum_all()
+        },
+        100,
+        EPS,
+        TOL,
+    )
+    .unwrap();
     r.assert_passed("fused attention");
 }
 
@@ -106,12 +155,34 @@ fn attention_equals_composed() {
         let v = Var::from_tensor(&randn(&[b, lk, d], 19, dtype)).unwrap();
         let mask = key_mask(b, lk, dtype);
         let probe = randn(&[b, lq, d], 20, dtype);
-        let (y1, p1) = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), h, Some(&mask)).unwrap();
-        let (y2, p2) = attention_composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), h, Some(&mask)).unwrap();
-        assert!(max_diff(&y1, &y2) < tol && max_diff(&p1, &p2) < tol, "{dtype:?}: {} / {}", max_diff(&y1, &y2), max_diff(&p1, &p2));
+        let (y1, p1) =
+            attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), h, Some(&mask)).unwrap();
+        let (y2, p2) =
+            attention_composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), h, Some(&mask))
+                .unwrap();
+        assert!(
+            max_diff(&y1, &y2) < tol && max_diff(&p1, &p2) < tol,
+            "{dtype:?}: {} / {}",
+            max_diff(&y1, &y2),
+            max_diff(&p1, &p2)
+        );
         assert_eq!(p1.dims(), &[b, h, lq, lk]);
         // masked keys get exactly zero probability
-        assert_eq!(p1.narrow(0, 2, 1).unwrap().narrow(3, lk - 2, 2).unwrap().abs().unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap(), 0.0);
+        assert_eq!(
+            p1.narrow(0, 2, 1)
+                .unwrap()
+                .narrow(3, lk - 2, 2)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap(),
+            0.0
+        );
         let g1 = (y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         let g2 = (y2 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
@@ -132,8 +203,16 @@ fn cross_entropy_gradient_and_equality() {
         let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
         // wide rows as in MLM over a vocabulary, plus a transposed (non-contiguous) input as in ITC
         let x = Var::from_tensor(&(randn(&[40, 3000], 22, dtype) * 8.0).unwrap()).unwrap();
-        let t = Tensor::from_vec((0..40u32).map(|i| i * 71 % 3000).collect::<Vec<_>>(), 40, &Device::Cpu).unwrap();
-        let (l1, l2) = (cross_entropy(x.as_tensor(), &t).unwrap(), cross_entropy_composed(x.as_tensor(), &t).unwrap());
+        let t = Tensor::from_vec(
+            (0..40u32).map(|i| i * 71 % 3000).collect::<Vec<_>>(),
+            40,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (l1, l2) = (
+            cross_entropy(x.as_tensor(), &t).unwrap(),
+            cross_entropy_composed(x.as_tensor(), &t).unwrap(),
+        );
         assert!(max_diff(&l1, &l2) < tol, "{dtype:?} loss {}", max_diff(&l1, &l2));
         let (g1, g2) = (l1.backward().unwrap(), l2.backward().unwrap());
         let d = max_diff(g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
@@ -141,9 +220,16 @@ fn cross_entropy_gradient_and_equality() {
         let sq = Var::from_tensor(&randn(&[8, 8], 23, dtype)).unwrap();
         let t8 = Tensor::arange(0u32, 8, &Device::Cpu).unwrap();
         let xt = sq.as_tensor().t().unwrap();
-        assert!(max_diff(&cross_entropy(&xt, &t8).unwrap(), &cross_entropy_composed(&xt, &t8).unwrap()) < tol);
+        assert!(
+            max_diff(&cross_entropy(&xt, &t8).unwrap(), &cross_entropy_composed(&xt, &t8).unwrap())
+                < tol
+        );
     }
-    assert!(cross_entropy(&randn(&[2, 3], 1, DType::F32), &Tensor::new(&[0u32, 3], &Device::Cpu).unwrap()).is_err());
+    assert!(cross_entropy(
+        &randn(&[2, 3], 1, DType::F32),
+        &Tensor::new(&[0u32, 3], &Device::Cpu).unwrap()
+    )
+    .is_err());
 }
 
 #[test]
@@ -152,16 +238,38 @@ fn linear_cross_entropy_gradient_and_equality() {
     let (x, w, b) = (var(&[5, 6], 24), var(&[9, 6], 25), var(&[9], 26));
     let t = Tensor::new(&[0u32, 8, 3, 3, 1], &Device::Cpu).unwrap();
     let vars = vec![("x".into(), x.clone()), ("w".into(), w.clone()), ("b".into(), b.clone())];
-    let r = check(&vars, || linear_cross_entropy(x.as_tensor(), w.as_tensor(), b.as_tensor(), &t), 100, EPS, TOL).unwrap();
+    let r = check(
+        &vars,
+        || linear_cross_entropy(x.as_tensor(), w.as_tensor(), b.as_tensor(), &t),
+        100,
+        EPS,
+        TOL,
+    )
+    .unwrap();
     r.assert_passed("linear_cross_entropy");
     for dtype in [DType::F64, DType::F32] {
         let tol = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
         let x = Var::from_tensor(&randn(&[30, 64], 27, dtype)).unwrap();
         let w = Var::from_tensor(&randn(&[2000, 64], 28, dtype)).unwrap();
         let b = Var::from_tensor(&randn(&[2000], 29, dtype)).unwrap();
-        let t = Tensor::from_vec((0..30u32).map(|i| i * 67 % 2000).collect::<Vec<_>>(), 30, &Device::Cpu).unwrap();
+        let t = Tensor::from_vec(
+            (0..30u32).map(|i| i * 67 % 2000).collect::<Vec<_>>(),
+            30,
+            &Device::Cpu,
+        )
+        .unwrap();
         let l1 = linear_cross_entropy(x.as_tensor(), w.as_tensor(), b.as_tensor(), &t).unwrap();
-        let l2 = cross_entropy_composed(&linear_composed(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()), Activation::Identity).unwrap(), &t).unwrap();
+        let l2 = cross_entropy_composed(
+            &linear_composed(
+                x.as_tensor(),
+                w.as_tensor(),
+                Some(b.as_tensor()),
+                Activation::Identity,
+            )
+            .unwrap(),
+            &t,
+        )
+        .unwrap();
         assert!(max_diff(&l1, &l2) < tol, "{dtype:?} loss {}", max_diff(&l1, &l2));
         let (g1, g2) = (l1.backward().unwrap(), l2.backward().unwrap());
         for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {

@@ -32,7 +32,14 @@ fn layer_norm_gradient() {
     let b = var(&[8], 3);
     let probe = randn(&[3, 4, 8], 4);
     let vars = vec![("x".into(), x.clone()), ("w".into(), w.clone()), ("b".into(), b.clone())];
-    let r = check(&vars, || (nn::layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)? * &probe)?.sum_all(), 200, EPS, TOL).unwrap();
+    let r = check(
+        &vars,
+        || (nn::layer_norm(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)? * &probe)?.sum_all(),
+        200,
+        EPS,
+        TOL,
+    )
+    .unwrap();
     r.assert_passed("layer_norm");
 }
 
@@ -43,7 +50,17 @@ fn layer_norm_gelu_gradient() {
     let b = var(&[8], 13);
     let probe = randn(&[3, 4, 8], 14);
     let vars = vec![("x".into(), x.clone()), ("w".into(), w.clone()), ("b".into(), b.clone())];
-    let r = check(&vars, || (nn::layer_norm_gelu(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)? * &probe)?.sum_all(), 200, EPS, TOL).unwrap();
+    let r = check(
+        &vars,
+        || {
+            (nn::layer_norm_gelu(x.as_tensor(), w.as_tensor(), b.as_tensor(), 1e-5)? * &probe)?
+                .sum_all()
+        },
+        200,
+        EPS,
+        TOL,
+    )
+    .unwrap();
     r.assert_passed("layer_norm_gelu");
 }
 
@@ -52,7 +69,9 @@ fn softmax_gradient() {
     let x = var(&[2, 3, 7], 5);
     let probe = randn(&[2, 3, 7], 6);
     let vars = vec![("x".into(), x.clone())];
-    let r = check(&vars, || (nn::softmax_last_dim(x.as_tensor())? * &probe)?.sum_all(), 100, EPS, TOL).unwrap();
+    let r =
+        check(&vars, || (nn::softmax_last_dim(x.as_tensor())? * &probe)?.sum_all(), 100, EPS, TOL)
+            .unwrap();
     r.assert_passed("softmax");
 }
 
@@ -61,14 +80,16 @@ fn gelu_gradient() {
     let x = Var::from_tensor(&(randn(&[5, 9], 7) * 3.0).unwrap()).unwrap();
     let probe = randn(&[5, 9], 8);
     let vars = vec![("x".into(), x.clone())];
-    let r = check(&vars, || (nn::gelu_erf(x.as_tensor())? * &probe)?.sum_all(), 100, EPS, TOL).unwrap();
+    let r =
+        check(&vars, || (nn::gelu_erf(x.as_tensor())? * &probe)?.sum_all(), 100, EPS, TOL).unwrap();
     r.assert_passed("gelu");
 }
 
 #[test]
 fn attention_with_padding_mask_gradient() {
     let store = ParamStore::new(1, DType::F64, &Device::Cpu);
-    let att = Attention::new(8, 8, 2, store.var_builder().pp("att"), store.var_builder().pp("out")).unwrap();
+    let att = Attention::new(8, 8, 2, store.var_builder().pp("att"), store.var_builder().pp("out"))
+        .unwrap();
     let x = var(&[2, 5, 8], 9);
     // second sample: last two tokens are padding
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1], [1, 1, 1, 0, 0]], &Device::Cpu).unwrap();
@@ -76,7 +97,14 @@ fn attention_with_padding_mask_gradient() {
     let probe = randn(&[2, 5, 8], 10);
     let mut vars = store.vars();
     vars.push(("x".into(), x.clone()));
-    let r = check(&vars, || (att.forward(x.as_tensor(), None, Some(&am), false)?.0 * &probe)?.sum_all(), 20, EPS, TOL).unwrap();
+    let r = check(
+        &vars,
+        || (att.forward(x.as_tensor(), None, Some(&am), false)?.0 * &probe)?.sum_all(),
+        20,
+        EPS,
+        TOL,
+    )
+    .unwrap();
     r.assert_passed("attention");
     // Padded keys receive exactly zero attention.
     let (_, p) = att.forward(x.as_tensor(), None, Some(&am), true).unwrap();
@@ -87,10 +115,15 @@ fn attention_with_padding_mask_gradient() {
 #[test]
 fn cross_attention_block_gradient() {
     let store = ParamStore::new(2, DType::F64, &Device::Cpu);
-    let layer = FusionLayer::new(8, Some(6), 2, 16, 1e-12, store.var_builder().pp("fusion")).unwrap();
+    let layer =
+        FusionLayer::new(8, Some(6), 2, 16, 1e-12, store.var_builder().pp("fusion")).unwrap();
     let text = var(&[2, 4, 8], 11);
     let image = var(&[2, 5, 6], 12);
-    let tmask = additive_mask(&Tensor::new(&[[1u32, 1, 1, 1], [1, 1, 0, 0]], &Device::Cpu).unwrap(), DType::F64).unwrap();
+    let tmask = additive_mask(
+        &Tensor::new(&[[1u32, 1, 1, 1], [1, 1, 0, 0]], &Device::Cpu).unwrap(),
+        DType::F64,
+    )
+    .unwrap();
     let probe = randn(&[2, 4, 8], 13);
     let mut vars = store.vars();
     vars.push(("text".into(), text.clone()));
@@ -98,7 +131,13 @@ fn cross_attention_block_gradient() {
     let r = check(
         &vars,
         || {
-            let out = layer.forward(text.as_tensor(), Some(&tmask), Some(image.as_tensor()), None, true)?;
+            let out = layer.forward(
+                text.as_tensor(),
+                Some(&tmask),
+                Some(image.as_tensor()),
+                None,
+                true,
+            )?;
             (out.hidden * &probe)?.sum_all()
         },
         12,
@@ -107,12 +146,26 @@ fn cross_attention_block_gradient() {
     )
     .unwrap();
     r.assert_passed("cross-attention block");
-    let out = layer.forward(text.as_tensor(), Some(&tmask), Some(image.as_tensor()), None, true).unwrap();
+    let out =
+        layer.forward(text.as_tensor(), Some(&tmask), Some(image.as_tensor()), None, true).unwrap();
     assert_eq!(out.cross_probs.unwrap().dims(), &[2, 2, 4, 5]);
 }
 
 fn tiny_vision(pos: PositionEmbedding) -> VisionConfig {
-    VisionConfig { model_type: Default::default(), conv_channels: vec![], pooling: Default::default(), image_size: 16, num_channels: 1, patch_size: 4, hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, intermediate_size: 16, position_embedding: pos, layer_norm_eps: 1e-6 }
+    VisionConfig {
+        model_type: Default::default(),
+        conv_channels: vec![],
+        pooling: Default::default(),
+        image_size: 16,
+        num_channels: 1,
+        patch_size: 4,
+        hidden_size: 8,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        intermediate_size: 16,
+        position_embedding: pos,
+        layer_norm_eps: 1e-6,
+    }
 }
 
 #[test]
@@ -127,10 +180,18 @@ fn vit_with_patch_subset_gradient() {
     let probe = randn(&[2, 5, 8], 15);
     let mut vars = store.vars();
     vars.push(("pixels".into(), px.clone()));
-    let r = check(&vars, || (vit.forward_masked(px.as_tensor(), &mask)? * &probe)?.sum_all(), 6, EPS, TOL).unwrap();
+    let r = check(
+        &vars,
+        || (vit.forward_masked(px.as_tensor(), &mask)? * &probe)?.sum_all(),
+        6,
+        EPS,
+        TOL,
+    )
+    .unwrap();
     r.assert_passed("vit (patch subset)");
     // Pixels of masked patches get no gradient; visible ones do.
-    let loss = (vit.forward_masked(px.as_tensor(), &mask).unwrap() * &probe).unwrap().sum_all().unwrap();
+    let loss =
+        (vit.forward_masked(px.as_tensor(), &mask).unwrap() * &probe).unwrap().sum_all().unwrap();
     let g = loss.backward().unwrap();
     let gp = medvlp_model::vit::patchify(&g.get(px.as_tensor()).unwrap().clone(), 4).unwrap();
     let per_patch: Vec<Vec<f64>> = gp.abs().unwrap().sum(2).unwrap().to_vec2().unwrap();
@@ -160,7 +221,13 @@ fn vit_subset_equals_full_encoding_when_nothing_is_masked() {
 fn mae_decoder_restores_order_and_has_gradients() {
     let store = ParamStore::new(5, DType::F64, &Device::Cpu);
     let vcfg = tiny_vision(PositionEmbedding::Learned);
-    let dcfg = DecoderConfig { hidden_size: 8, num_layers: 1, num_attention_heads: 2, intermediate_size: 16, cross_attention: true };
+    let dcfg = DecoderConfig {
+        hidden_size: 8,
+        num_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 16,
+        cross_attention: true,
+    };
     let dec = MaeDecoder::new(&dcfg, &vcfg, 6, store.var_builder().pp("mae_decoder")).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mask = PatchMask::random(2, 16, 0.5, &mut rng, &Device::Cpu).unwrap();
@@ -170,7 +237,17 @@ fn mae_decoder_restores_order_and_has_gradients() {
     let mut vars = store.vars();
     vars.push(("latent".into(), latent.clone()));
     vars.push(("text".into(), text.clone()));
-    let r = check(&vars, || (dec.forward(latent.as_tensor(), &mask, Some((text.as_tensor(), None)))? * &probe)?.sum_all(), 6, EPS, TOL).unwrap();
+    let r = check(
+        &vars,
+        || {
+            (dec.forward(latent.as_tensor(), &mask, Some((text.as_tensor(), None)))? * &probe)?
+                .sum_all()
+        },
+        6,
+        EPS,
+        TOL,
+    )
+    .unwrap();
     r.assert_passed("mae decoder");
 }
 
@@ -187,7 +264,14 @@ fn mlm_head_gradient() {
     let mut vars = store.vars();
     vars.push(("word_embeddings".into(), emb.clone()));
     vars.push(("hidden".into(), h.clone()));
-    let r = check(&vars, || (head.forward(h.as_tensor(), emb.as_tensor())? * &probe)?.sum_all(), 20, EPS, TOL).unwrap();
+    let r = check(
+        &vars,
+        || (head.forward(h.as_tensor(), emb.as_tensor())? * &probe)?.sum_all(),
+        20,
+        EPS,
+        TOL,
+    )
+    .unwrap();
     r.assert_passed("mlm head");
 }
 
@@ -195,15 +279,29 @@ fn mlm_head_gradient() {
 #[test]
 fn kernels_match_composed_reference() {
     let dev = Device::Cpu;
-    let x = Var::from_tensor(&(randn(&[4, 6, 33], 30) * 2.0).unwrap().to_dtype(DType::F32).unwrap()).unwrap();
+    let x =
+        Var::from_tensor(&(randn(&[4, 6, 33], 30) * 2.0).unwrap().to_dtype(DType::F32).unwrap())
+            .unwrap();
     let w = Var::from_tensor(&randn(&[33], 31).to_dtype(DType::F32).unwrap()).unwrap();
     let b = Var::from_tensor(&randn(&[33], 32).to_dtype(DType::F32).unwrap()).unwrap();
     let probe = randn(&[4, 6, 33], 33).to_dtype(DType::F32).unwrap();
     type F = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
     let cases: Vec<(&str, F, F)> = vec![
-        ("layer_norm", |x, w, b| ops::layer_norm(x, w, b, 1e-5), |x, w, b| ops::layer_norm_composed(x, w, b, 1e-5)),
-        ("layer_norm_gelu", |x, w, b| ops::layer_norm_gelu(x, w, b, 1e-5), |x, w, b| ops::gelu_erf_composed(&ops::layer_norm_composed(x, w, b, 1e-5)?)),
-        ("softmax", |x, _, _| ops::softmax_last_dim(x), |x, _, _| ops::softmax_last_dim_composed(x)),
+        (
+            "layer_norm",
+            |x, w, b| ops::layer_norm(x, w, b, 1e-5),
+            |x, w, b| ops::layer_norm_composed(x, w, b, 1e-5),
+        ),
+        (
+            "layer_norm_gelu",
+            |x, w, b| ops::layer_norm_gelu(x, w, b, 1e-5),
+            |x, w, b| ops::gelu_erf_composed(&ops::layer_norm_composed(x, w, b, 1e-5)?),
+        ),
+        (
+            "softmax",
+            |x, _, _| ops::softmax_last_dim(x),
+            |x, _, _| ops::softmax_last_dim_composed(x),
+        ),
         ("gelu", |x, _, _| ops::gelu_erf(x), |x, _, _| ops::gelu_erf_composed(x)),
     ];
     for (name, fast, slow) in cases {
@@ -216,11 +314,22 @@ fn kernels_match_composed_reference() {
         for (vn, v) in [("x", &x), ("w", &w), ("b", &b)] {
             match (gf.get(v.as_tensor()), gs.get(v.as_tensor())) {
                 (Some(a), Some(c)) => {
-                    let d = (a - c).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                    let d = (a - c)
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
                     assert!(d < 1e-4, "{name}: grad {vn} differs by {d}");
                 }
                 (None, None) => {}
-                (a, c) => panic!("{name}: grad {vn} present in one only ({} vs {})", a.is_some(), c.is_some()),
+                (a, c) => panic!(
+                    "{name}: grad {vn} present in one only ({} vs {})",
+                    a.is_some(),
+                    c.is_some()
+                ),
             }
         }
     }
@@ -232,11 +341,25 @@ fn kernels_match_composed_reference() {
 fn candle_fast_softmax_trap_is_avoided() {
     let x = Var::from_tensor(&randn(&[2, 5], 40).to_dtype(DType::F32).unwrap()).unwrap();
     let probe = randn(&[2, 5], 41).to_dtype(DType::F32).unwrap();
-    let ours = (nn::softmax_last_dim(x.as_tensor()).unwrap() * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+    let ours = (nn::softmax_last_dim(x.as_tensor()).unwrap() * &probe)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     assert!(ours.get(x.as_tensor()).is_some());
-    let g = ours.get(x.as_tensor()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let g = ours
+        .get(x.as_tensor())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(g > 0.0);
-    let lin = nn::Linear { weight: Tensor::ones((3, 5), DType::F32, &Device::Cpu).unwrap(), bias: None };
+    let lin =
+        nn::Linear { weight: Tensor::ones((3, 5), DType::F32, &Device::Cpu).unwrap(), bias: None };
     assert_eq!(lin.forward(x.as_tensor()).unwrap().dims(), &[2, 3]);
     let _ = ModelConfig::preset("tiny").unwrap();
 }
@@ -260,12 +383,41 @@ fn memory_read_gradient_and_top_k() {
     let gm = g.get(&mem.memory).unwrap();
     assert_eq!(gm.dims(), &[12, 8]);
     // With k = slots the read equals plain softmax attention over the whole memory.
-    let full = CrossModalMemory { config: MemoryConfig { top_k: 12, ..cfg.clone() }, ..mem.clone() };
+    let full =
+        CrossModalMemory { config: MemoryConfig { top_k: 12, ..cfg.clone() }, ..mem.clone() };
     let y = full.read(x.as_tensor()).unwrap();
-    let q = full.query.forward(x.as_tensor()).unwrap().reshape((2, 3, 2, 4)).unwrap().transpose(1, 2).unwrap().contiguous().unwrap();
-    let k = full.key.forward(&full.memory).unwrap().reshape((12, 2, 4)).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
-    let v = full.value.forward(&full.memory).unwrap().reshape((12, 2, 4)).unwrap().transpose(0, 1).unwrap().contiguous().unwrap();
-    let p = nn::softmax_last_dim(&(q.broadcast_matmul(&k.t().unwrap()).unwrap() / 2.0).unwrap()).unwrap();
+    let q = full
+        .query
+        .forward(x.as_tensor())
+        .unwrap()
+        .reshape((2, 3, 2, 4))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let k = full
+        .key
+        .forward(&full.memory)
+        .unwrap()
+        .reshape((12, 2, 4))
+        .unwrap()
+        .transpose(0, 1)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let v = full
+        .value
+        .forward(&full.memory)
+        .unwrap()
+        .reshape((12, 2, 4))
+        .unwrap()
+        .transpose(0, 1)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let p = nn::softmax_last_dim(&(q.broadcast_matmul(&k.t().unwrap()).unwrap() / 2.0).unwrap())
+        .unwrap();
     let o = p.broadcast_matmul(&v).unwrap().transpose(1, 2).unwrap().reshape((2, 3, 8)).unwrap();
     let expect = full.output.forward(&o).unwrap();
     let d = (y - expect).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
@@ -279,10 +431,16 @@ fn memory_read_gradient_and_top_k() {
 fn bert_packed_tokens_match_padded_computation() {
     let tc = medvlp_model::config::TextConfig::preset("tiny").unwrap();
     let store = ParamStore::new(5, DType::F64, &Device::Cpu);
-    let bert = medvlp_model::bert::BertModel::new(&tc, false, store.var_builder().pp("text_model")).unwrap();
+    let bert = medvlp_model::bert::BertModel::new(&tc, false, store.var_builder().pp("text_model"))
+        .unwrap();
     let (b, l) = (3, 7);
     let lens = [7usize, 3, 5];
-    let ids = Tensor::from_vec((0..b * l).map(|i| (i * 37 % 900) as u32 + 5).collect::<Vec<_>>(), (b, l), &Device::Cpu).unwrap();
+    let ids = Tensor::from_vec(
+        (0..b * l).map(|i| (i * 37 % 900) as u32 + 5).collect::<Vec<_>>(),
+        (b, l),
+        &Device::Cpu,
+    )
+    .unwrap();
     let m: Vec<f64> = (0..b * l).map(|i| if i % l < lens[i / l] { 1.0 } else { 0.0 }).collect();
     let mask = Tensor::from_vec(m, (b, l), &Device::Cpu).unwrap();
     let m3 = mask.unsqueeze(2).unwrap();
@@ -295,9 +453,24 @@ fn bert_packed_tokens_match_padded_computation() {
         Ok(x)
     };
     let (hp, hu) = (bert.forward(&ids, None, Some(&mask)).unwrap(), padded().unwrap());
-    let d = (hp.broadcast_mul(&m3).unwrap() - hu.broadcast_mul(&m3).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+    let d = (hp.broadcast_mul(&m3).unwrap() - hu.broadcast_mul(&m3).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     assert!(d < 1e-12, "real positions differ by {d}");
-    let pad = hp.broadcast_mul(&(1.0 - &m3).unwrap()).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let pad = hp
+        .broadcast_mul(&(1.0 - &m3).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     assert_eq!(pad, 0.0, "padding positions are not zero");
     let probe = randn(&[b, l, tc.hidden_size], 50).broadcast_mul(&m3).unwrap();
     let gp = (hp * &probe).unwrap().sum_all().unwrap().backward().unwrap();
@@ -310,6 +483,13 @@ fn bert_packed_tokens_match_padded_computation() {
     }
     // Two post-LN layers deep: central differences carry ~1e-5 relative error on the smallest
     // gradients, so the tolerance is 1e-4 (the analytic gradients equal the padded ones to 1e-10).
-    let r = check(&store.vars(), || (bert.forward(&ids, None, Some(&mask))? * &probe)?.sum_all(), 40, EPS, 1e-4).unwrap();
+    let r = check(
+        &store.vars(),
+        || (bert.forward(&ids, None, Some(&mask))? * &probe)?.sum_all(),
+        40,
+        EPS,
+        1e-4,
+    )
+    .unwrap();
     r.assert_passed("bert (packed tokens)");
 }

@@ -8,14 +8,24 @@ use medvlp_model::bert::{ids_u32, masked_mean_pool};
 use medvlp_model::model_dir::{load_hf_bert, weights_metadata};
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[test]
 fn minilm_matches_transformers() {
     let Some(dir) = asset_path("minilm") else { return };
     let dev = Device::Cpu;
-    let refs = candle_core::safetensors::load(dir.join("reference_outputs.safetensors"), &dev).unwrap();
+    let refs =
+        candle_core::safetensors::load(dir.join("reference_outputs.safetensors"), &dev).unwrap();
     let bert = load_hf_bert(&dir, DType::F32, &dev, true).unwrap();
     assert!(bert.report.unused.is_empty(), "unused tensors: {:?}", bert.report.unused);
     let ids = ids_u32(&refs["input_ids"]).unwrap();
@@ -39,7 +49,8 @@ fn minilm_matches_transformers() {
 
     // sentence embeddings
     let emb = masked_mean_pool(&h, &mask).unwrap();
-    let cos: Vec<f32> = (emb * &refs["sentence_embedding"]).unwrap().sum(1).unwrap().to_vec1().unwrap();
+    let cos: Vec<f32> =
+        (emb * &refs["sentence_embedding"]).unwrap().sum(1).unwrap().to_vec1().unwrap();
     println!("sentence embedding cosines = {cos:?}");
     assert!(cos.iter().all(|&c| c >= 0.99999), "{cos:?}");
 
@@ -48,15 +59,28 @@ fn minilm_matches_transformers() {
     let loss = h.mul(r).unwrap().broadcast_mul(&m3).unwrap().sum_all().unwrap();
     let expect_loss = refs["backward_probe_loss"].to_vec1::<f32>().unwrap()[0];
     let got_loss = loss.to_scalar::<f32>().unwrap();
-    assert!((got_loss - expect_loss).abs() <= 1e-3 * expect_loss.abs().max(1.0), "loss {got_loss} vs {expect_loss}");
+    assert!(
+        (got_loss - expect_loss).abs() <= 1e-3 * expect_loss.abs().max(1.0),
+        "loss {got_loss} vs {expect_loss}"
+    );
     let grads = loss.backward().unwrap();
     let mut n = 0;
     for (k, g_ref) in refs.iter().filter(|(k, _)| k.starts_with("grad.")) {
         let name = k.trim_start_matches("grad.");
         let var = bert.store.get(name).unwrap_or_else(|| panic!("no parameter {name}"));
         let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
-        let num = (g - g_ref).unwrap().sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
-        let den = g_ref.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
+        let num = (g - g_ref)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let den =
+            g_ref.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar::<f32>().unwrap();
         let rel = num / den.max(1e-12);
         println!("grad {name}: relative error {rel:.2e}");
         assert!(rel <= 1e-3, "gradient of {name}: relative error {rel}");
@@ -71,7 +95,9 @@ fn minilm_tokenizer_reproduces_reference_ids() {
     let Some(dir) = asset_path("minilm") else { return };
     let meta = weights_metadata(&dir.join("reference_outputs.safetensors")).unwrap();
     let sentences: Vec<String> = serde_json::from_str(&meta["sentences"]).unwrap();
-    let refs = candle_core::safetensors::load(dir.join("reference_outputs.safetensors"), &Device::Cpu).unwrap();
+    let refs =
+        candle_core::safetensors::load(dir.join("reference_outputs.safetensors"), &Device::Cpu)
+            .unwrap();
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), 64).unwrap();
     let texts: Vec<&str> = sentences.iter().map(|s| s.as_str()).collect();
     let b = tok.encode_batch(&texts).unwrap();

@@ -39,17 +39,38 @@ fn save_load_round_trips_bit_exactly() {
     assert_eq!(a.len(), b.len());
     for ((na, va), (nb, vb)) in a.iter().zip(b.iter()) {
         assert_eq!(na, nb);
-        let x: Vec<u32> = va.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|f| f.to_bits()).collect();
-        let y: Vec<u32> = vb.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|f| f.to_bits()).collect();
+        let x: Vec<u32> = va
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|f| f.to_bits())
+            .collect();
+        let y: Vec<u32> = vb
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|f| f.to_bits())
+            .collect();
         assert_eq!(x, y, "{na} differs after round trip");
     }
     // Same outputs.
     let px = Tensor::rand(0f32, 1f32, (2, 1, 32, 32), &dev).unwrap();
     let e1 = model.image_embeds(&px).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let e2 = loaded.model.image_embeds(&px).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let e2 =
+        loaded.model.image_embeds(&px).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(e1, e2);
     // No temporary files left behind.
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp-")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
     assert!(leftovers.is_empty());
 }
 
@@ -68,7 +89,8 @@ fn damaged_directories_are_errors_naming_the_file() {
     let e = format!("{:#}", model_dir::load(&dir, DType::F32, &dev, true).err().unwrap());
     assert!(e.contains("model.safetensors"), "{e}");
     // broken config
-    std::fs::write(dir.join("config.json"), "{\"model_type\": \"medvlp\", \"vision_config\": 3}").unwrap();
+    std::fs::write(dir.join("config.json"), "{\"model_type\": \"medvlp\", \"vision_config\": 3}")
+        .unwrap();
     let e = format!("{:#}", model_dir::load(&dir, DType::F32, &dev, true).err().unwrap());
     assert!(e.contains("config.json"), "{e}");
     // no directory at all

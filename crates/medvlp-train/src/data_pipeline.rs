@@ -24,8 +24,19 @@ pub type PromptFn = dyn Fn(&BTreeMap<String, i8>, u64) -> String + Send + Sync;
 
 /// Label names of the soft-label targets (CheXpert observations without "No Finding").
 pub const SOFT_LABELS: [&str; 13] = [
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
-    "Lung Opacity", "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
 ];
 
 struct Stream {
@@ -77,10 +88,19 @@ pub struct PipelineConfig<'a> {
 }
 
 fn root_of(manifest: &Path, root: Option<&Path>) -> PathBuf {
-    root.map(|r| r.to_path_buf()).unwrap_or_else(|| manifest.parent().map(|p| p.to_path_buf()).unwrap_or_default())
+    root.map(|r| r.to_path_buf())
+        .unwrap_or_else(|| manifest.parent().map(|p| p.to_path_buf()).unwrap_or_default())
 }
 
-fn stream(manifest: &Path, root: Option<&Path>, split: Split, pp: &PreprocessConfig, batch: usize, c: &PipelineConfig, salt: u64) -> Result<Stream> {
+fn stream(
+    manifest: &Path,
+    root: Option<&Path>,
+    split: Split,
+    pp: &PreprocessConfig,
+    batch: usize,
+    c: &PipelineConfig,
+    salt: u64,
+) -> Result<Stream> {
     let studies = read_manifest(manifest)?;
     let items = Loader::items_from_studies(&studies, &root_of(manifest, root), Some(split));
     if items.is_empty() {
@@ -99,7 +119,14 @@ fn stream(manifest: &Path, root: Option<&Path>, split: Split, pp: &PreprocessCon
 }
 
 impl DataPipeline {
-    pub fn new(c: &PipelineConfig, pp: &PreprocessConfig, tokenizer: Tokenizer, entities: Box<EntityFn>, prompt: Box<PromptFn>, device: &Device) -> Result<Self> {
+    pub fn new(
+        c: &PipelineConfig,
+        pp: &PreprocessConfig,
+        tokenizer: Tokenizer,
+        entities: Box<EntityFn>,
+        prompt: Box<PromptFn>,
+        device: &Device,
+    ) -> Result<Self> {
         let n_img_only = (c.image_only_rate * c.batch_size as f64).round() as usize;
         let n_text_only = (c.text_only_rate * c.batch_size as f64).round() as usize;
         let paired = stream(c.manifest, c.root, c.split, pp, c.batch_size, c, 0)?;
@@ -111,11 +138,26 @@ impl DataPipeline {
             (Some(p), n) if n > 0 => read_manifest(p)?
                 .into_iter()
                 .filter(|s| s.split.is_none_or(|sp| sp == c.split))
-                .filter(|s| s.text.as_deref().or(s.sections.get("impression").map(|x| x.as_str())).is_some_and(|t| !t.trim().is_empty()))
+                .filter(|s| {
+                    s.text
+                        .as_deref()
+                        .or(s.sections.get("impression").map(|x| x.as_str()))
+                        .is_some_and(|t| !t.trim().is_empty())
+                })
                 .collect(),
             _ => vec![],
         };
-        Ok(Self { tokenizer, paired, image_only, n_text_only: if text_only.is_empty() { 0 } else { n_text_only }, text_only, seed: c.seed, entities, prompt, device: device.clone() })
+        Ok(Self {
+            tokenizer,
+            paired,
+            image_only,
+            n_text_only: if text_only.is_empty() { 0 } else { n_text_only },
+            text_only,
+            seed: c.seed,
+            entities,
+            prompt,
+            device: device.clone(),
+        })
     }
 
     pub fn paired_len(&self) -> usize {
@@ -150,7 +192,9 @@ impl DataPipeline {
         if let Some(per_epoch) = n.checked_div(self.n_text_only) {
             let per_epoch = per_epoch.max(1) as u64;
             let mut order: Vec<usize> = (0..n).collect();
-            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.seed ^ 0x2222 ^ (k / per_epoch)));
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+                self.seed ^ 0x2222 ^ (k / per_epoch),
+            ));
             let start = ((k % per_epoch) as usize) * self.n_text_only;
             for &i in order.iter().cycle().skip(start).take(self.n_text_only) {
                 let s = &self.text_only[i];
@@ -162,7 +206,10 @@ impl DataPipeline {
         let n_img = n_paired + n_image_only;
         let pixels = Tensor::from_vec(images, (n_img, shape[0], shape[1], shape[2]), &self.device)?;
         let text = self.encode(&texts)?;
-        let lab: Vec<f32> = labels.iter().flat_map(|l| SOFT_LABELS.iter().map(move |n| (l.get(*n) == Some(&1)) as u8 as f32)).collect();
+        let lab: Vec<f32> = labels
+            .iter()
+            .flat_map(|l| SOFT_LABELS.iter().map(move |n| (l.get(*n) == Some(&1)) as u8 as f32))
+            .collect();
         Ok(Batch {
             pixels: Some(pixels),
             labels: Some(Tensor::from_vec(lab, (texts.len(), SOFT_LABELS.len()), &self.device)?),
@@ -184,7 +231,11 @@ impl DataPipeline {
             let spans = (self.entities)(t);
             let ents: Vec<Vec<usize>> = spans
                 .iter()
-                .map(|&(s, e)| (0..b.len).filter(|&k| offs[k].1 > offs[k].0 && offs[k].0 < e && offs[k].1 > s).collect::<Vec<_>>())
+                .map(|&(s, e)| {
+                    (0..b.len)
+                        .filter(|&k| offs[k].1 > offs[k].0 && offs[k].0 < e && offs[k].1 > s)
+                        .collect::<Vec<_>>()
+                })
                 .filter(|v: &Vec<usize>| !v.is_empty())
                 .collect();
             entities.push(ents);
@@ -192,7 +243,11 @@ impl DataPipeline {
         }
         Ok(TextBatch {
             ids: Tensor::from_vec(b.input_ids.clone(), (b.batch, b.len), &self.device)?,
-            mask: Tensor::from_vec(b.attention_mask.iter().map(|&m| m as f32).collect::<Vec<_>>(), (b.batch, b.len), &self.device)?,
+            mask: Tensor::from_vec(
+                b.attention_mask.iter().map(|&m| m as f32).collect::<Vec<_>>(),
+                (b.batch, b.len),
+                &self.device,
+            )?,
             word_ids,
             entities,
             mask_id: self.tokenizer.mask_id,

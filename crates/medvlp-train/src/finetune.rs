@@ -29,7 +29,15 @@ pub struct FinetuneConfig {
 
 impl Default for FinetuneConfig {
     fn default() -> Self {
-        Self { epochs: 5, batch_size: 32, lr: 1e-3, encoder_lr_ratio: 0.1, weight_decay: 0.01, seed: 0, multiclass: false }
+        Self {
+            epochs: 5,
+            batch_size: 32,
+            lr: 1e-3,
+            encoder_lr_ratio: 0.1,
+            weight_decay: 0.01,
+            seed: 0,
+            multiclass: false,
+        }
     }
 }
 
@@ -47,7 +55,8 @@ fn targets(items: &[Item], classes: &[String], multiclass: bool) -> Vec<Vec<f32>
     items
         .iter()
         .map(|it| {
-            let row: Vec<f32> = classes.iter().map(|c| (it.labels.get(c) == Some(&1)) as u8 as f32).collect();
+            let row: Vec<f32> =
+                classes.iter().map(|c| (it.labels.get(c) == Some(&1)) as u8 as f32).collect();
             if multiclass && row.iter().all(|&v| v == 0.0) {
                 // No positive: counts as the last class (e.g. "No Finding" when listed last).
                 let mut r = vec![0.0; classes.len()];
@@ -89,8 +98,21 @@ impl Classifier {
     }
 }
 
-fn predict(c: &Classifier, items: &[Item], pp: &PreprocessConfig, batch: usize, multiclass: bool, dev: &Device) -> Result<Vec<Vec<f64>>> {
-    let cfg = LoaderConfig { batch_size: batch, shuffle: false, train: false, max_bad_fraction: 1.0, ..Default::default() };
+fn predict(
+    c: &Classifier,
+    items: &[Item],
+    pp: &PreprocessConfig,
+    batch: usize,
+    multiclass: bool,
+    dev: &Device,
+) -> Result<Vec<Vec<f64>>> {
+    let cfg = LoaderConfig {
+        batch_size: batch,
+        shuffle: false,
+        train: false,
+        max_bad_fraction: 1.0,
+        ..Default::default()
+    };
     let loader = Loader::new(items.to_vec(), pp.clone(), cfg)?;
     let mut out = vec![vec![]; items.len()];
     for b in loader.epoch(0, 0) {
@@ -101,7 +123,11 @@ fn predict(c: &Classifier, items: &[Item], pp: &PreprocessConfig, batch: usize, 
         let [ch, h, w] = b.sample_shape;
         let px = Tensor::from_vec(b.images, (b.indices.len(), ch, h, w), dev)?;
         let logits = c.logits(&px)?.detach();
-        let p = if multiclass { medvlp_model::nn::softmax_last_dim(&logits)? } else { candle_nn::ops::sigmoid(&logits)? };
+        let p = if multiclass {
+            medvlp_model::nn::softmax_last_dim(&logits)?
+        } else {
+            candle_nn::ops::sigmoid(&logits)?
+        };
         for (i, row) in b.indices.iter().zip(p.to_dtype(DType::F64)?.to_vec2::<f64>()?) {
             out[*i] = row;
         }
@@ -130,7 +156,9 @@ pub fn finetune(
     }
     let mc = model_dir::load_config(model)?;
     let store = ParamStore::new(cfg.seed, DType::F32, dev);
-    store.preload_safetensors(&model.join("model.safetensors"), |n| n.starts_with("vision_model.").then(|| n.to_string()))?;
+    store.preload_safetensors(&model.join("model.safetensors"), |n| {
+        n.starts_with("vision_model.").then(|| n.to_string())
+    })?;
     let vb = store.var_builder();
     let encoder = VisionEncoder::new(&mc.vision_config, vb.pp("vision_model"))?;
     let head = candle_nn::linear(mc.vision_config.hidden_size, classes.len(), vb.pp("classifier"))?;
@@ -142,15 +170,32 @@ pub fn finetune(
     let clf = Classifier { encoder, head };
     let pp = mc.preprocess.clone();
     let y = targets(&train, classes, cfg.multiclass);
-    let by_id: HashMap<String, usize> = train.iter().enumerate().map(|(i, it)| (it.id.clone(), i)).collect();
-    let lcfg = LoaderConfig { batch_size: cfg.batch_size.max(1), seed: cfg.seed, shuffle: true, train: true, max_bad_fraction: 0.05, ..Default::default() };
+    let by_id: HashMap<String, usize> =
+        train.iter().enumerate().map(|(i, it)| (it.id.clone(), i)).collect();
+    let lcfg = LoaderConfig {
+        batch_size: cfg.batch_size.max(1),
+        seed: cfg.seed,
+        shuffle: true,
+        train: true,
+        max_bad_fraction: 0.05,
+        ..Default::default()
+    };
     let loader = Loader::new(train.clone(), pp.clone(), lcfg)?;
     let bpe = loader.batches_per_epoch();
     let total = (bpe * cfg.epochs.max(1)) as u64;
-    let schedule = Schedule { warmup_steps: (total / 10).max(1), total_steps: total, min_lr_ratio: 0.01 };
+    let schedule =
+        Schedule { warmup_steps: (total / 10).max(1), total_steps: total, min_lr_ratio: 0.01 };
     let mut lr_mult = HashMap::new();
     lr_mult.insert("vision_model".to_string(), cfg.encoder_lr_ratio);
-    let mut opt = AdamW::new(store.vars(), AdamWConfig { lr: cfg.lr, weight_decay: cfg.weight_decay, lr_multipliers: lr_mult, ..Default::default() })?;
+    let mut opt = AdamW::new(
+        store.vars(),
+        AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            lr_multipliers: lr_mult,
+            ..Default::default()
+        },
+    )?;
     let mut best: Option<(f64, usize, Vec<Vec<f64>>)> = None;
     let mut history = vec![];
     let mut step = 0u64;
@@ -166,7 +211,11 @@ pub fn finetune(
             let yb: Vec<f32> = b.ids.iter().flat_map(|id| y[by_id[id]].clone()).collect();
             let yb = Tensor::from_vec(yb, (n, classes.len()), dev)?;
             let logits = clf.logits(&px)?;
-            let loss = if cfg.multiclass { softmax_cross_entropy(&logits, &yb)? } else { bce_with_logits(&logits, &yb)? };
+            let loss = if cfg.multiclass {
+                softmax_cross_entropy(&logits, &yb)?
+            } else {
+                bce_with_logits(&logits, &yb)?
+            };
             let grads = opt.collect_grads(&loss.backward()?)?;
             opt.step(&grads, schedule.lr(cfg.lr, step), 1.0)?;
             step += 1;
@@ -205,12 +254,29 @@ mod tests {
             }
         }
         assert!((l - want / 6.0).abs() < 1e-12, "{l} vs {}", want / 6.0);
-        let ce = softmax_cross_entropy(&x, &y.narrow(1, 0, 3).unwrap()).unwrap().to_scalar::<f64>().unwrap();
+        let ce = softmax_cross_entropy(&x, &y.narrow(1, 0, 3).unwrap())
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
         assert!(ce.is_finite());
-        for f in [bce_with_logits as fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>, softmax_cross_entropy] {
+        for f in [
+            bce_with_logits as fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+            softmax_cross_entropy,
+        ] {
             let v = candle_core::Var::from_tensor(&x).unwrap();
-            let r = gradcheck::check(&[("x".into(), v.clone())], || f(v.as_tensor(), &y), 6, 1e-5, 1e-6).unwrap();
-            assert!(r.mismatches.is_empty() && r.checked == 6, "finite-difference gradient error {}", r.max_rel_err);
+            let r = gradcheck::check(
+                &[("x".into(), v.clone())],
+                || f(v.as_tensor(), &y),
+                6,
+                1e-5,
+                1e-6,
+            )
+            .unwrap();
+            assert!(
+                r.mismatches.is_empty() && r.checked == 6,
+                "finite-difference gradient error {}",
+                r.max_rel_err
+            );
         }
     }
 }

@@ -1,8 +1,8 @@
 //! medvlp-train: pre-training objectives, method recipes, the trainer and distributed training.
 
-pub mod objectives;
 pub mod data_pipeline;
 pub mod finetune;
+pub mod objectives;
 pub mod optim;
 pub mod recipe;
 pub mod run;

@@ -28,7 +28,15 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.05, grad_clip: 1.0, lr_multipliers: HashMap::new() }
+        Self {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.05,
+            grad_clip: 1.0,
+            lr_multipliers: HashMap::new(),
+        }
     }
 }
 
@@ -48,16 +56,30 @@ pub fn no_decay(name: &str) -> bool {
 }
 
 fn lr_multiplier(name: &str, mults: &HashMap<String, f64>) -> f64 {
-    mults.iter().filter(|(p, _)| name.starts_with(p.as_str())).max_by_key(|(p, _)| p.len()).map(|(_, m)| *m).unwrap_or(1.0)
+    mults
+        .iter()
+        .filter(|(p, _)| name.starts_with(p.as_str()))
+        .max_by_key(|(p, _)| p.len())
+        .map(|(_, m)| *m)
+        .unwrap_or(1.0)
 }
 
 /// First and second moments of one parameter, in the parameter's precision.
 enum Moments {
-    F32 { m: Vec<f32>, v: Vec<f32> },
-    F64 { m: Vec<f64>, v: Vec<f64> },
+    F32 {
+        m: Vec<f32>,
+        v: Vec<f32>,
+    },
+    F64 {
+        m: Vec<f64>,
+        v: Vec<f64>,
+    },
     /// Parameters on an accelerator: moments stay on the device and the update is composed of
     /// tensor ops (the fused kernel is CPU code).
-    Device { m: Tensor, v: Tensor },
+    Device {
+        m: Tensor,
+        v: Tensor,
+    },
 }
 
 pub struct Param {
@@ -100,22 +122,27 @@ const CHUNK: usize = 1 << 15;
 
 macro_rules! adamw_kernel {
     ($p:expr, $g:expr, $m:expr, $v:expr, $u:expr, $t:ty) => {{
-        let (lr, wd, b1, b2, eps) = ($u.lr as $t, $u.wd as $t, $u.b1 as $t, $u.b2 as $t, $u.eps as $t);
+        let (lr, wd, b1, b2, eps) =
+            ($u.lr as $t, $u.wd as $t, $u.b1 as $t, $u.b2 as $t, $u.eps as $t);
         let (bc1, bc2, gs) = ($u.bc1 as $t, ($u.bc2 as $t).sqrt(), $u.grad_scale as $t);
         let decay = 1.0 - lr * wd;
         let step = lr / bc1;
         // Chunks in parallel: the large embedding and vocabulary matrices would otherwise
         // serialise the step on one thread.
-        $p.par_chunks_mut(CHUNK).zip($m.par_chunks_mut(CHUNK)).zip($v.par_chunks_mut(CHUNK)).zip($g.par_chunks(CHUNK)).for_each(|(((p, m), v), g)| {
-            for i in 0..p.len() {
-                let g = g[i] * gs;
-                let mi = b1 * m[i] + (1.0 - b1) * g;
-                let vi = b2 * v[i] + (1.0 - b2) * g * g;
-                m[i] = mi;
-                v[i] = vi;
-                p[i] = p[i] * decay - step * mi / (vi.sqrt() / bc2 + eps);
-            }
-        });
+        $p.par_chunks_mut(CHUNK)
+            .zip($m.par_chunks_mut(CHUNK))
+            .zip($v.par_chunks_mut(CHUNK))
+            .zip($g.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    let g = g[i] * gs;
+                    let mi = b1 * m[i] + (1.0 - b1) * g;
+                    let vi = b2 * v[i] + (1.0 - b2) * g * g;
+                    m[i] = mi;
+                    v[i] = vi;
+                    p[i] = p[i] * decay - step * mi / (vi.sqrt() / bc2 + eps);
+                }
+            });
     }};
 }
 
@@ -127,10 +154,17 @@ fn sum_squares(g: &Tensor) -> Result<f64> {
     }
     let g = g.contiguous()?;
     let (st, l) = g.storage_and_layout();
-    let Some((a, b)) = l.contiguous_offsets() else { candle_core::bail!("adamw: gradient is not contiguous") };
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("adamw: gradient is not contiguous")
+    };
     Ok(match &*st {
-        Storage::Cpu(CpuStorage::F32(v)) => v[a..b].par_chunks(CHUNK).map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sum(),
-        Storage::Cpu(CpuStorage::F64(v)) => v[a..b].par_chunks(CHUNK).map(|c| c.iter().map(|&x| x * x).sum::<f64>()).sum(),
+        Storage::Cpu(CpuStorage::F32(v)) => v[a..b]
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
+            .sum(),
+        Storage::Cpu(CpuStorage::F64(v)) => {
+            v[a..b].par_chunks(CHUNK).map(|c| c.iter().map(|&x| x * x).sum::<f64>()).sum()
+        }
         _ => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,
     })
 }
@@ -140,8 +174,15 @@ impl InplaceOp2 for Update<'_> {
         "medvlp-adamw"
     }
 
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
             candle_core::bail!("adamw: parameter and gradient must be contiguous");
         };
         let mut mom = self.moments.lock().unwrap();
@@ -167,12 +208,21 @@ impl AdamW {
             .map(|(name, var)| {
                 let n = var.elem_count();
                 let moments = match var.dtype() {
-                    _ if !var.device().is_cpu() => Moments::Device { m: var.as_tensor().zeros_like()?, v: var.as_tensor().zeros_like()? },
+                    _ if !var.device().is_cpu() => Moments::Device {
+                        m: var.as_tensor().zeros_like()?,
+                        v: var.as_tensor().zeros_like()?,
+                    },
                     DType::F32 => Moments::F32 { m: vec![0.0; n], v: vec![0.0; n] },
                     DType::F64 => Moments::F64 { m: vec![0.0; n], v: vec![0.0; n] },
                     d => candle_core::bail!("adamw: parameter {name} has unsupported dtype {d:?}"),
                 };
-                Ok(Param { decay: !no_decay(&name), lr_mult: lr_multiplier(&name, &config.lr_multipliers), name, var, moments: Mutex::new(moments) })
+                Ok(Param {
+                    decay: !no_decay(&name),
+                    lr_mult: lr_multiplier(&name, &config.lr_multipliers),
+                    name,
+                    var,
+                    moments: Mutex::new(moments),
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { config, params, step: 0 })
@@ -180,7 +230,10 @@ impl AdamW {
 
     /// Gradients of the parameters in `grads` (missing ones are zeros), contiguous.
     pub fn collect_grads(&self, grads: &GradStore) -> Result<Vec<Option<Tensor>>> {
-        self.params.iter().map(|p| grads.get(p.var.as_tensor()).map(|g| g.contiguous()).transpose()).collect()
+        self.params
+            .iter()
+            .map(|p| grads.get(p.var.as_tensor()).map(|g| g.contiguous()).transpose())
+            .collect()
     }
 
     /// Global L2 norm of the gradients (parallel over parameters).
@@ -197,12 +250,21 @@ impl AdamW {
 
     /// One update at learning rate `lr` from gradients (aligned with `params`) that are to be
     /// multiplied by `grad_scale` (1 / accumulation steps). Non-finite gradients skip the step.
-    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f64) -> Result<StepStats> {
+    pub fn step(
+        &mut self,
+        grads: &[Option<Tensor>],
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<StepStats> {
         let norm = Self::grad_norm(grads)? * grad_scale;
         if !norm.is_finite() {
             return Ok(StepStats { grad_norm: norm, applied: false });
         }
-        let clip = if self.config.grad_clip > 0.0 && norm > self.config.grad_clip { self.config.grad_clip / (norm + 1e-6) } else { 1.0 };
+        let clip = if self.config.grad_clip > 0.0 && norm > self.config.grad_clip {
+            self.config.grad_clip / (norm + 1e-6)
+        } else {
+            1.0
+        };
         self.step += 1;
         let t = self.step as i32;
         let c = &self.config;
@@ -220,7 +282,17 @@ impl AdamW {
                 let w = ((p.var.as_tensor() * (1.0 - lr * wd))? - (upd * lr)?)?;
                 return p.var.set(&w);
             }
-            let upd = Update { moments: &p.moments, lr, wd, b1: c.beta1, b2: c.beta2, eps: c.eps, bc1, bc2, grad_scale: gs };
+            let upd = Update {
+                moments: &p.moments,
+                lr,
+                wd,
+                b1: c.beta1,
+                b2: c.beta2,
+                eps: c.eps,
+                bc1,
+                bc2,
+                grad_scale: gs,
+            };
             p.var.as_tensor().inplace_op2(g, &upd)
         })?;
         Ok(StepStats { grad_norm: norm, applied: true })
@@ -233,9 +305,18 @@ impl AdamW {
             let shape = p.var.shape().clone();
             let mom = p.moments.lock().unwrap();
             let (m, v) = match &*mom {
-                Moments::F32 { m, v } => (Tensor::from_slice(m, &shape, &candle_core::Device::Cpu)?, Tensor::from_slice(v, &shape, &candle_core::Device::Cpu)?),
-                Moments::F64 { m, v } => (Tensor::from_slice(m, &shape, &candle_core::Device::Cpu)?, Tensor::from_slice(v, &shape, &candle_core::Device::Cpu)?),
-                Moments::Device { m, v } => (m.to_device(&candle_core::Device::Cpu)?, v.to_device(&candle_core::Device::Cpu)?),
+                Moments::F32 { m, v } => (
+                    Tensor::from_slice(m, &shape, &candle_core::Device::Cpu)?,
+                    Tensor::from_slice(v, &shape, &candle_core::Device::Cpu)?,
+                ),
+                Moments::F64 { m, v } => (
+                    Tensor::from_slice(m, &shape, &candle_core::Device::Cpu)?,
+                    Tensor::from_slice(v, &shape, &candle_core::Device::Cpu)?,
+                ),
+                Moments::Device { m, v } => (
+                    m.to_device(&candle_core::Device::Cpu)?,
+                    v.to_device(&candle_core::Device::Cpu)?,
+                ),
             };
             out.push((format!("adamw.m.{}", p.name), m));
             out.push((format!("adamw.v.{}", p.name), v));
@@ -246,7 +327,11 @@ impl AdamW {
     /// Restore moments saved by [`AdamW::state_tensors`]; every parameter must be present.
     pub fn load_state(&mut self, tensors: &HashMap<String, Tensor>, step: u64) -> Result<()> {
         for p in &self.params {
-            let get = |k: &str| tensors.get(&format!("adamw.{k}.{}", p.name)).ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks {k} of {}", p.name)));
+            let get = |k: &str| {
+                tensors.get(&format!("adamw.{k}.{}", p.name)).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("optimizer state lacks {k} of {}", p.name))
+                })
+            };
             let (m, v) = (get("m")?.flatten_all()?, get("v")?.flatten_all()?);
             let mut mom = p.moments.lock().unwrap();
             match &mut *mom {
@@ -363,13 +448,21 @@ mod tests {
 
         let dev = Device::Cpu;
         let var = Var::from_tensor(&Tensor::new(&[1.0f32, 1.0], &dev).unwrap()).unwrap();
-        let mut opt = AdamW::new(vec![("w".into(), var.clone())], AdamWConfig { grad_clip: 1.0, ..Default::default() }).unwrap();
+        let mut opt = AdamW::new(
+            vec![("w".into(), var.clone())],
+            AdamWConfig { grad_clip: 1.0, ..Default::default() },
+        )
+        .unwrap();
         let s = opt.step(&[Some(Tensor::new(&[30.0f32, 40.0], &dev).unwrap())], 1e-3, 1.0).unwrap();
         assert!(s.applied && (s.grad_norm - 50.0).abs() < 1e-4);
         let before = var.as_tensor().to_vec1::<f32>().unwrap();
         let s = opt.step(&[Some(Tensor::new(&[f32::NAN, 1.0], &dev).unwrap())], 1e-3, 1.0).unwrap();
         assert!(!s.applied);
-        assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), before, "a non-finite step changes nothing");
+        assert_eq!(
+            var.as_tensor().to_vec1::<f32>().unwrap(),
+            before,
+            "a non-finite step changes nothing"
+        );
         assert_eq!(opt.step, 1);
     }
 

@@ -19,7 +19,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// The five CheXpert competition findings used by the quick zero-shot validation.
-pub const COMPETITION: [&str; 5] = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"];
+pub const COMPETITION: [&str; 5] =
+    ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"];
 
 /// Text hooks from the radiology text module (entity spans, disease-kind prompts).
 pub struct TextHooks {
@@ -42,7 +43,12 @@ impl Objective for RecipeObjective {
     fn loss(&mut self, step: u64, micro: usize) -> Result<LossOutput> {
         let k = step * self.accum as u64 + micro as u64;
         let b = self.data.batch(k)?;
-        let out = self.method.loss(&self.model, &b, &self.cfg, self.seed.wrapping_mul(0x100000001b3) ^ k)?;
+        let out = self.method.loss(
+            &self.model,
+            &b,
+            &self.cfg,
+            self.seed.wrapping_mul(0x100000001b3) ^ k,
+        )?;
         Ok(LossOutput { loss: out.loss, parts: out.parts, samples: b.rows() })
     }
 
@@ -56,7 +62,11 @@ impl Objective for RecipeObjective {
             let n = b.n_paired;
             let px = b.pixels.as_ref().unwrap().narrow(0, 0, n)?;
             img.push(self.model.image_embeds(&px)?.detach());
-            txt.push(self.model.text_embeds(&b.text.ids.narrow(0, 0, n)?, &b.text.mask.narrow(0, 0, n)?)?.detach());
+            txt.push(
+                self.model
+                    .text_embeds(&b.text.ids.narrow(0, 0, n)?, &b.text.mask.narrow(0, 0, n)?)?
+                    .detach(),
+            );
             labels.push(b.labels.as_ref().unwrap().narrow(0, 0, n)?.to_vec2::<f32>()?);
         }
         let img = Tensor::cat(&img, 0)?;
@@ -67,19 +77,26 @@ impl Objective for RecipeObjective {
         // Quick zero-shot: softmax over "{finding}." vs "No {finding}." per class.
         let mut aurocs = vec![];
         for (ci, name) in COMPETITION.iter().enumerate() {
-            let Some(li) = crate::data_pipeline::SOFT_LABELS.iter().position(|n| n == name) else { continue };
+            let Some(li) = crate::data_pipeline::SOFT_LABELS.iter().position(|n| n == name) else {
+                continue;
+            };
             let prompts = vec![format!("{name}."), format!("No {}.", name.to_lowercase())];
             let tb = val.encode(&prompts)?;
             let pe = self.model.text_embeds(&tb.ids, &tb.mask)?;
             let logits: Vec<Vec<f32>> = img.matmul(&pe.t()?)?.to_vec2()?;
-            let scores: Vec<f64> = logits.iter().map(|r| 1.0 / (1.0 + ((r[1] - r[0]) as f64 * 10.0).exp())).collect();
+            let scores: Vec<f64> =
+                logits.iter().map(|r| 1.0 / (1.0 + ((r[1] - r[0]) as f64 * 10.0).exp())).collect();
             let y: Vec<bool> = labels.iter().map(|l| l[li] > 0.5).collect();
             if let Some(a) = auroc(&scores, &y) {
                 aurocs.push(a);
             }
             let _ = ci;
         }
-        let mean_auroc = if aurocs.is_empty() { f64::NAN } else { aurocs.iter().sum::<f64>() / aurocs.len() as f64 };
+        let mean_auroc = if aurocs.is_empty() {
+            f64::NAN
+        } else {
+            aurocs.iter().sum::<f64>() / aurocs.len() as f64
+        };
         Ok(vec![
             ("val_loss".into(), losses.iter().sum::<f64>() / losses.len().max(1) as f64),
             ("val_zero_shot_auroc".into(), mean_auroc),
@@ -108,7 +125,11 @@ pub fn write_corpus(manifests: &[&Path], out: &Path) -> Result<usize> {
 }
 
 /// Build the model config of a run: preset, size overrides, tokenizer vocabulary, method heads.
-pub fn model_config(rc: &RunConfig, tokenizer: &Tokenizer, text_init: Option<&Path>) -> Result<ModelConfig> {
+pub fn model_config(
+    rc: &RunConfig,
+    tokenizer: &Tokenizer,
+    text_init: Option<&Path>,
+) -> Result<ModelConfig> {
     let m = method(&rc.method)?;
     let mut mc = ModelConfig::preset(&rc.model.preset)?;
     if let Some(s) = rc.model.image_size {
@@ -116,16 +137,25 @@ pub fn model_config(rc: &RunConfig, tokenizer: &Tokenizer, text_init: Option<&Pa
     }
     if let Some(dir) = text_init {
         let p = dir.join("config.json");
-        let tc: medvlp_model::config::TextConfig = serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
-            .with_context(|| format!("{}: not a BERT config", p.display()))?;
-        mc.text_config = medvlp_model::config::TextConfig { pooling: mc.text_config.pooling, max_length: mc.text_config.max_length.min(tc.max_position_embeddings), ..tc };
+        let tc: medvlp_model::config::TextConfig = serde_json::from_str(
+            &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{}: not a BERT config", p.display()))?;
+        mc.text_config = medvlp_model::config::TextConfig {
+            pooling: mc.text_config.pooling,
+            max_length: mc.text_config.max_length.min(tc.max_position_embeddings),
+            ..tc
+        };
     } else {
         mc.text_config.vocab_size = tokenizer.vocab_size();
     }
     if let Some(l) = rc.model.max_length {
         mc.text_config.max_length = l.min(mc.text_config.max_position_embeddings);
     }
-    mc.preprocess = medvlp_model::config::default_preprocess_for(mc.vision_config.image_size, mc.vision_config.num_channels);
+    mc.preprocess = medvlp_model::config::default_preprocess_for(
+        mc.vision_config.image_size,
+        mc.vision_config.num_channels,
+    );
     if let Some(a) = &rc.data.augment {
         mc.preprocess.augment = a.clone();
     }
@@ -135,7 +165,14 @@ pub fn model_config(rc: &RunConfig, tokenizer: &Tokenizer, text_init: Option<&Pa
 }
 
 /// Run (or resume) training as configured; writes into `out`.
-pub fn run_training(rc: &RunConfig, resolved_toml: &str, out: &Path, resume: bool, stop: Arc<AtomicBool>, hooks: TextHooks) -> Result<RunSummary> {
+pub fn run_training(
+    rc: &RunConfig,
+    resolved_toml: &str,
+    out: &Path,
+    resume: bool,
+    stop: Arc<AtomicBool>,
+    hooks: TextHooks,
+) -> Result<RunSummary> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::trainer::save_resolved_config(out, resolved_toml)?;
     let dev = device(&rc.device)?;
@@ -149,8 +186,15 @@ pub fn run_training(rc: &RunConfig, resolved_toml: &str, out: &Path, resume: boo
             if !p.exists() {
                 let corpus = out.join("corpus.txt");
                 let n = write_corpus(&[manifest], &corpus)?;
-                tracing::info!("training a WordPiece vocabulary of {} on {n} reports", rc.model.vocab_size);
-                train_wordpiece(&[&corpus], &WordPieceOptions { vocab_size: rc.model.vocab_size, ..Default::default() }, &p)?;
+                tracing::info!(
+                    "training a WordPiece vocabulary of {} on {n} reports",
+                    rc.model.vocab_size
+                );
+                train_wordpiece(
+                    &[&corpus],
+                    &WordPieceOptions { vocab_size: rc.model.vocab_size, ..Default::default() },
+                    &p,
+                )?;
                 let _ = std::fs::remove_file(&corpus);
             }
             p
@@ -161,7 +205,9 @@ pub fn run_training(rc: &RunConfig, resolved_toml: &str, out: &Path, resume: boo
     let tokenizer = Tokenizer::from_file(&tok_path, mc.text_config.max_length)?;
     let store = ParamStore::new(rc.seed, DType::F32, &dev);
     if let Some(d) = &rc.model.text_init {
-        store.preload_safetensors(&d.join("model.safetensors"), |n| hf_bert_name(n).map(|n| format!("text_model.{n}")))?;
+        store.preload_safetensors(&d.join("model.safetensors"), |n| {
+            hf_bert_name(n).map(|n| format!("text_model.{n}"))
+        })?;
     }
     if let Some(p) = &rc.model.image_init {
         if mc.vision_config.model_type != medvlp_model::config::VisionArch::Vit {
@@ -169,7 +215,10 @@ pub fn run_training(rc: &RunConfig, resolved_toml: &str, out: &Path, resume: boo
         }
         store.preload_safetensors(p, |n| {
             let n = n.strip_prefix("vit.").unwrap_or(n);
-            (n.starts_with("embeddings.") || n.starts_with("encoder.") || n.starts_with("layernorm.")).then(|| format!("vision_model.{n}"))
+            (n.starts_with("embeddings.")
+                || n.starts_with("encoder.")
+                || n.starts_with("layernorm."))
+            .then(|| format!("vision_model.{n}"))
         })?;
     }
     let model = MedVlp::new(&mc, &store)?;
@@ -197,13 +246,30 @@ pub fn run_training(rc: &RunConfig, resolved_toml: &str, out: &Path, resume: boo
     let hooks = Arc::new(hooks);
     let mk_hooks = || -> (Box<EntityFn>, Box<PromptFn>) {
         let (h1, h2) = (hooks.clone(), hooks.clone());
-        (Box::new(move |t: &str| (h1.entities)(t)), Box::new(move |l: &std::collections::BTreeMap<String, i8>, s: u64| (h2.prompt)(l, s)))
+        (
+            Box::new(move |t: &str| (h1.entities)(t)),
+            Box::new(move |l: &std::collections::BTreeMap<String, i8>, s: u64| (h2.prompt)(l, s)),
+        )
     };
     let (e, p) = mk_hooks();
-    let data = DataPipeline::new(&pc(Split::Train, true), &pp, Tokenizer::from_file(&tok_path, mc.text_config.max_length)?, e, p, &dev)?;
+    let data = DataPipeline::new(
+        &pc(Split::Train, true),
+        &pp,
+        Tokenizer::from_file(&tok_path, mc.text_config.max_length)?,
+        e,
+        p,
+        &dev,
+    )?;
     let val = if rc.train.validate_every > 0 {
         let (e, p) = mk_hooks();
-        match DataPipeline::new(&pc(Split::Validate, false), &pp, Tokenizer::from_file(&tok_path, mc.text_config.max_length)?, e, p, &dev) {
+        match DataPipeline::new(
+            &pc(Split::Validate, false),
+            &pp,
+            Tokenizer::from_file(&tok_path, mc.text_config.max_length)?,
+            e,
+            p,
+            &dev,
+        ) {
             Ok(v) => Some(v),
             Err(err) => {
                 tracing::warn!("no validation: {err:#}");
@@ -213,9 +279,32 @@ pub fn run_training(rc: &RunConfig, resolved_toml: &str, out: &Path, resume: boo
     } else {
         None
     };
-    let val_batches = val.as_ref().map(|v| (rc.data.val_samples / rc.data.batch_size).clamp(1, v.paired_len().div_ceil(rc.data.batch_size))).unwrap_or(0);
-    let mut objective = RecipeObjective { method: method(&rc.method)?, cfg: rc.objectives(), model, data, val, accum: rc.train.grad_accum.max(1), seed: rc.seed, val_batches };
-    let trainer = Trainer { config: rc.train.clone(), model_config: mc, store: &store, out_dir: out.to_path_buf(), tokenizer: Some(tok_path), stop, seed: rc.seed };
+    let val_batches = val
+        .as_ref()
+        .map(|v| {
+            (rc.data.val_samples / rc.data.batch_size)
+                .clamp(1, v.paired_len().div_ceil(rc.data.batch_size))
+        })
+        .unwrap_or(0);
+    let mut objective = RecipeObjective {
+        method: method(&rc.method)?,
+        cfg: rc.objectives(),
+        model,
+        data,
+        val,
+        accum: rc.train.grad_accum.max(1),
+        seed: rc.seed,
+        val_batches,
+    };
+    let trainer = Trainer {
+        config: rc.train.clone(),
+        model_config: mc,
+        store: &store,
+        out_dir: out.to_path_buf(),
+        tokenizer: Some(tok_path),
+        stop,
+        seed: rc.seed,
+    };
     let _ = (tokenizer, TrainConfig::default());
     trainer.run(&mut objective, resume)
 }

@@ -28,7 +28,15 @@ pub struct ModelSection {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        Self { preset: "tiny".into(), tokenizer: None, vocab_size: 4000, text_init: None, image_init: None, image_size: None, max_length: None }
+        Self {
+            preset: "tiny".into(),
+            tokenizer: None,
+            vocab_size: 4000,
+            text_init: None,
+            image_init: None,
+            image_size: None,
+            max_length: None,
+        }
     }
 }
 
@@ -104,8 +112,17 @@ pub fn device(name: &str) -> Result<candle_core::Device> {
     match name {
         "cpu" => Ok(candle_core::Device::Cpu),
         n if n == "cuda" || n.starts_with("cuda:") => {
-            let ordinal = n.strip_prefix("cuda:").map(|o| o.parse::<usize>()).transpose().with_context(|| format!("bad device '{n}'"))?.unwrap_or(0);
-            candle_core::Device::new_cuda(ordinal).with_context(|| format!("device '{n}': is this a build with --features cuda on a machine with a GPU?"))
+            let ordinal = n
+                .strip_prefix("cuda:")
+                .map(|o| o.parse::<usize>())
+                .transpose()
+                .with_context(|| format!("bad device '{n}'"))?
+                .unwrap_or(0);
+            candle_core::Device::new_cuda(ordinal).with_context(|| {
+                format!(
+                    "device '{n}': is this a build with --features cuda on a machine with a GPU?"
+                )
+            })
         }
         n => bail!("unknown device '{n}' (cpu, cuda, cuda:N)"),
     }
@@ -123,15 +140,19 @@ fn parse_value(raw: &str) -> toml::Value {
 /// Apply `a.b.c=value` overrides to a TOML table.
 pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<()> {
     for o in overrides {
-        let (key, raw) = o.split_once('=').with_context(|| format!("override '{o}' is not key=value"))?;
+        let (key, raw) =
+            o.split_once('=').with_context(|| format!("override '{o}' is not key=value"))?;
         let parts: Vec<&str> = key.trim().split('.').collect();
         if parts.iter().any(|p| p.is_empty()) {
             bail!("override '{o}': empty key segment");
         }
         let mut t = &mut *table;
         for p in &parts[..parts.len() - 1] {
-            let entry = t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            t = entry.as_table_mut().with_context(|| format!("override '{o}': '{p}' is not a table"))?;
+            let entry =
+                t.entry(p.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            t = entry
+                .as_table_mut()
+                .with_context(|| format!("override '{o}': '{p}' is not a table"))?;
         }
         t.insert(parts[parts.len() - 1].to_string(), parse_value(raw.trim()));
     }
@@ -149,7 +170,11 @@ impl RunConfig {
             None => toml::Table::new(),
         };
         apply_overrides(&mut table, overrides)?;
-        let name = table.get("method").and_then(|m| m.as_str()).context("the config names no method (method = \"xlip\" | \"mcr\" | ...)")?.to_string();
+        let name = table
+            .get("method")
+            .and_then(|m| m.as_str())
+            .context("the config names no method (method = \"xlip\" | \"mcr\" | ...)")?
+            .to_string();
         // Objectives: the method's defaults, overlaid with what the file and flags set.
         let mut obj = toml::Table::try_from(method(&name)?.defaults())?;
         if let Some(user) = table.get("objectives").and_then(|v| v.as_table()) {
@@ -158,8 +183,12 @@ impl RunConfig {
             }
         }
         table.insert("objectives".into(), toml::Value::Table(obj));
-        let where_ = path.map(|p| p.display().to_string()).unwrap_or_else(|| "the command line".into());
-        let cfg: RunConfig = table.clone().try_into().with_context(|| format!("invalid configuration in {where_}"))?;
+        let where_ =
+            path.map(|p| p.display().to_string()).unwrap_or_else(|| "the command line".into());
+        let cfg: RunConfig = table
+            .clone()
+            .try_into()
+            .with_context(|| format!("invalid configuration in {where_}"))?;
         cfg.validate()?;
         let resolved = toml::to_string_pretty(&cfg)?;
         Ok((cfg, resolved))
@@ -171,7 +200,11 @@ impl RunConfig {
 
     pub fn validate(&self) -> Result<()> {
         let o = self.objectives();
-        for (n, v) in [("objectives.mask_ratio", o.mask_ratio), ("objectives.att_ratio", o.att_ratio), ("objectives.text_mask_ratio", o.text_mask_ratio)] {
+        for (n, v) in [
+            ("objectives.mask_ratio", o.mask_ratio),
+            ("objectives.att_ratio", o.att_ratio),
+            ("objectives.text_mask_ratio", o.text_mask_ratio),
+        ] {
             if !(0.0..1.0).contains(&v) {
                 bail!("{n} = {v} must be in [0, 1)");
             }
@@ -180,7 +213,11 @@ impl RunConfig {
             bail!("objectives.aux_fraction = {} must be in (0, 1]", o.aux_fraction);
         }
         if o.att_ratio > o.mask_ratio {
-            bail!("objectives.att_ratio ({}) cannot exceed objectives.mask_ratio ({})", o.att_ratio, o.mask_ratio);
+            bail!(
+                "objectives.att_ratio ({}) cannot exceed objectives.mask_ratio ({})",
+                o.att_ratio,
+                o.mask_ratio
+            );
         }
         if let Some(a) = &self.data.augment {
             a.validate().context("data.augment")?;
@@ -205,7 +242,8 @@ mod tests {
         for m in crate::recipe::METHODS {
             for size in ["tiny", "small", "base"] {
                 let p = dir.join(format!("{m}-{size}.toml"));
-                let (c, _) = RunConfig::load(Some(&p), &[]).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+                let (c, _) = RunConfig::load(Some(&p), &[])
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
                 assert_eq!(c.method, m);
                 assert_eq!(c.model.preset, size);
                 n += 1;
@@ -219,8 +257,18 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("medvlp-rc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("c.toml");
-        std::fs::write(&p, "method = \"xlip\"\n[train]\nsteps = 10\n[objectives]\nmim = 0.5\n").unwrap();
-        let (c, resolved) = RunConfig::load(Some(&p), &["train.steps=20".into(), "seed=3".into(), "data.manifest=/x/m.jsonl".into(), "objectives.mim_masking=random".into()]).unwrap();
+        std::fs::write(&p, "method = \"xlip\"\n[train]\nsteps = 10\n[objectives]\nmim = 0.5\n")
+            .unwrap();
+        let (c, resolved) = RunConfig::load(
+            Some(&p),
+            &[
+                "train.steps=20".into(),
+                "seed=3".into(),
+                "data.manifest=/x/m.jsonl".into(),
+                "objectives.mim_masking=random".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.train.steps, 20);
         assert_eq!(c.seed, 3);
         assert_eq!(c.data.manifest.as_deref(), Some(Path::new("/x/m.jsonl")));
@@ -244,7 +292,8 @@ mod tests {
         assert_eq!(a.rotation_deg, 3.0);
         assert_eq!(a.rrc_scale, medvlp_data::image::preprocess::AugmentConfig::default().rrc_scale);
         assert!(!a.hflip);
-        let e = RunConfig::load(Some(&p), &["data.augment.rrc_scale=[0.9, 0.5]".into()]).unwrap_err();
+        let e =
+            RunConfig::load(Some(&p), &["data.augment.rrc_scale=[0.9, 0.5]".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("rrc_scale"), "{e:#}");
         let e = RunConfig::load(Some(&p), &["method=nope".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("nope"));

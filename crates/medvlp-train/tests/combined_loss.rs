@@ -4,8 +4,12 @@
 use candle_core::{DType, Device, Tensor};
 use medvlp_model::masking::PatchMask;
 use medvlp_model::{MedVlp, ModelConfig, ParamStore};
+use medvlp_train::objectives::{
+    contrastive::itc_loss,
+    mim::mim_loss,
+    mlm::{gather_positions, mlm_loss},
+};
 use medvlp_train::optim::{AdamW, AdamWConfig};
-use medvlp_train::objectives::{contrastive::itc_loss, mim::mim_loss, mlm::{gather_positions, mlm_loss}};
 use rand::{Rng, SeedableRng};
 
 struct Batch {
@@ -30,7 +34,13 @@ fn batch(cfg: &ModelConfig, dev: &Device) -> Batch {
     let mut mlm_labels = vec![];
     for (i, &n) in lens.iter().enumerate() {
         for t in 0..n {
-            let tok = if t == 0 { 2 } else if t == n - 1 { 3 } else { rng.random_range(10..cfg.text_config.vocab_size as u32) };
+            let tok = if t == 0 {
+                2
+            } else if t == n - 1 {
+                3
+            } else {
+                rng.random_range(10..cfg.text_config.vocab_size as u32)
+            };
             ids[i * l + t] = tok;
             mask[i * l + t] = 1.0;
         }
@@ -54,12 +64,24 @@ fn batch(cfg: &ModelConfig, dev: &Device) -> Batch {
 fn combined_loss(m: &MedVlp, bt: &Batch) -> candle_core::Result<Tensor> {
     let latent = m.vision_model.forward_masked(&bt.pixels, &bt.patch_mask)?;
     let text = m.text_features(&bt.ids, &bt.mask)?;
-    let itc = itc_loss(&m.project_image(&latent)?, &m.project_text(&text, &bt.mask)?, &m.logit_scale_value()?)?;
+    let itc = itc_loss(
+        &m.project_image(&latent)?,
+        &m.project_text(&text, &bt.mask)?,
+        &m.logit_scale_value()?,
+    )?;
     let tmask = medvlp_model::nn::additive_mask(&bt.mask, text.dtype())?;
-    let pred = m.mae_decoder.as_ref().unwrap().forward(&latent, &bt.patch_mask, Some((&text, Some(&tmask))))?;
-    let mim = mim_loss(&pred, &bt.pixels, m.config.vision_config.patch_size, &bt.patch_mask.mask, true)?;
+    let pred = m.mae_decoder.as_ref().unwrap().forward(
+        &latent,
+        &bt.patch_mask,
+        Some((&text, Some(&tmask))),
+    )?;
+    let mim =
+        mim_loss(&pred, &bt.pixels, m.config.vision_config.patch_size, &bt.patch_mask.mask, true)?;
     let (fused, _) = m.fuse_text(&text, &bt.mask, &latent, false)?;
-    let logits = m.mlm_head.as_ref().unwrap().forward(&gather_positions(&fused, &bt.mlm_pos)?, &m.text_model.embeddings.word_embeddings.weight)?;
+    let logits = m.mlm_head.as_ref().unwrap().forward(
+        &gather_positions(&fused, &bt.mlm_pos)?,
+        &m.text_model.embeddings.word_embeddings.weight,
+    )?;
     let mlm = mlm_loss(&logits, &bt.mlm_labels)?;
     (itc + mim)? + mlm
 }
@@ -77,13 +99,20 @@ fn every_parameter_receives_a_gradient() {
     assert!(vars.len() > 50, "{} parameters", vars.len());
     let mut missing = vec![];
     for (name, v) in &vars {
-        let g = grads.get(v.as_tensor()).map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()).unwrap_or(0.0);
+        let g = grads
+            .get(v.as_tensor())
+            .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+            .unwrap_or(0.0);
         if !(g > 0.0) || !g.is_finite() {
             missing.push(name.clone());
         }
     }
     assert!(missing.is_empty(), "parameters without gradient: {missing:?}");
-    println!("{} parameter tensors ({} values) all receive gradients", vars.len(), store.num_params());
+    println!(
+        "{} parameter tensors ({} values) all receive gradients",
+        vars.len(),
+        store.num_params()
+    );
 }
 
 #[test]
@@ -93,7 +122,11 @@ fn adamw_halves_the_combined_loss_in_50_steps() {
     let store = ParamStore::new(0, DType::F32, &dev);
     let model = MedVlp::new(&cfg, &store).unwrap();
     let bt = batch(&cfg, &dev);
-    let mut opt = AdamW::new(store.vars(), AdamWConfig { lr: 2e-3, weight_decay: 0.0, grad_clip: 0.0, ..Default::default() }).unwrap();
+    let mut opt = AdamW::new(
+        store.vars(),
+        AdamWConfig { lr: 2e-3, weight_decay: 0.0, grad_clip: 0.0, ..Default::default() },
+    )
+    .unwrap();
     let first = combined_loss(&model, &bt).unwrap().to_scalar::<f32>().unwrap();
     let mut last = first;
     for _ in 0..50 {
@@ -117,7 +150,15 @@ fn same_seed_same_model_different_seed_different_model() {
     MedVlp::new(&cfg, &a).unwrap();
     MedVlp::new(&cfg, &b).unwrap();
     MedVlp::new(&cfg, &c).unwrap();
-    let w = |s: &ParamStore| s.get("vision_model.encoder.layer.0.attention.attention.query.weight").unwrap().as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let w = |s: &ParamStore| {
+        s.get("vision_model.encoder.layer.0.attention.attention.query.weight")
+            .unwrap()
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
     assert_eq!(w(&a), w(&b));
     assert_ne!(w(&a), w(&c));
 }

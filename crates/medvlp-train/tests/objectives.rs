@@ -40,7 +40,12 @@ fn fixture(f: impl Fn(&mut ModelConfig)) -> Fixture {
     // patches and different enough from each other for contrastive learning to separate them.
     let mut px = Vec::with_capacity(b * s * s);
     for _ in 0..b {
-        let (fx, fy, ph, off) = (rng.random_range(0.5..4.0f32), rng.random_range(0.5..4.0f32), rng.random_range(0.0..6.28f32), rng.random_range(-1.0..1.0f32));
+        let (fx, fy, ph, off) = (
+            rng.random_range(0.5..4.0f32),
+            rng.random_range(0.5..4.0f32),
+            rng.random_range(0.0..6.28f32),
+            rng.random_range(-1.0..1.0f32),
+        );
         for y in 0..s {
             for x in 0..s {
                 px.push(off + ((fx * x as f32 + fy * y as f32) / s as f32 * 6.28 + ph).sin());
@@ -54,7 +59,13 @@ fn fixture(f: impl Fn(&mut ModelConfig)) -> Fixture {
         let n = 8 + i % 4;
         let mut w = vec![None; l];
         for t in 0..n {
-            ids[i * l + t] = if t == 0 { 2 } else if t == n - 1 { 3 } else { rng.random_range(10..300) };
+            ids[i * l + t] = if t == 0 {
+                2
+            } else if t == n - 1 {
+                3
+            } else {
+                rng.random_range(10..300)
+            };
             mask[i * l + t] = 1.0;
             if t > 0 && t < n - 1 {
                 w[t] = Some(((t - 1) / 2) as u32); // two word pieces per word
@@ -75,12 +86,25 @@ fn fixture(f: impl Fn(&mut ModelConfig)) -> Fixture {
 }
 
 /// Run `steps` AdamW steps on `loss` and return (first, last) values.
-fn optimise(fx: &Fixture, steps: usize, loss: impl Fn(&Fixture, usize) -> candle_core::Result<Tensor>) -> (f32, f32) {
+fn optimise(
+    fx: &Fixture,
+    steps: usize,
+    loss: impl Fn(&Fixture, usize) -> candle_core::Result<Tensor>,
+) -> (f32, f32) {
     optimise_lr(fx, steps, 3e-3, loss)
 }
 
-fn optimise_lr(fx: &Fixture, steps: usize, lr: f64, loss: impl Fn(&Fixture, usize) -> candle_core::Result<Tensor>) -> (f32, f32) {
-    let mut opt = AdamW::new(fx.store.vars(), AdamWConfig { lr, weight_decay: 0.0, grad_clip: 0.0, ..Default::default() }).unwrap();
+fn optimise_lr(
+    fx: &Fixture,
+    steps: usize,
+    lr: f64,
+    loss: impl Fn(&Fixture, usize) -> candle_core::Result<Tensor>,
+) -> (f32, f32) {
+    let mut opt = AdamW::new(
+        fx.store.vars(),
+        AdamWConfig { lr, weight_decay: 0.0, grad_clip: 0.0, ..Default::default() },
+    )
+    .unwrap();
     let first = loss(fx, 0).unwrap().to_scalar::<f32>().unwrap();
     for s in 0..steps {
         let l = loss(fx, s).unwrap();
@@ -98,9 +122,31 @@ fn falls(name: &str, (a, b): (f32, f32), factor: f32) {
 #[test]
 fn contrastive_losses_fall() {
     let fx = fixture(|_| {});
-    falls("itc", optimise_lr(&fx, 60, 1e-2, |f, _| itc_loss(&f.model.image_embeds(&f.px)?, &f.model.text_embeds(&f.ids, &f.mask)?, &f.model.logit_scale_value()?)), 0.5);
+    falls(
+        "itc",
+        optimise_lr(&fx, 60, 1e-2, |f, _| {
+            itc_loss(
+                &f.model.image_embeds(&f.px)?,
+                &f.model.text_embeds(&f.ids, &f.mask)?,
+                &f.model.logit_scale_value()?,
+            )
+        }),
+        0.5,
+    );
     let fx = fixture(|_| {});
-    falls("soft itc", optimise_lr(&fx, 60, 1e-2, |f, _| soft_itc_loss(&f.model.image_embeds(&f.px)?, &f.model.text_embeds(&f.ids, &f.mask)?, &f.model.logit_scale_value()?, &f.labels, &f.labels)), 0.7);
+    falls(
+        "soft itc",
+        optimise_lr(&fx, 60, 1e-2, |f, _| {
+            soft_itc_loss(
+                &f.model.image_embeds(&f.px)?,
+                &f.model.text_embeds(&f.ids, &f.mask)?,
+                &f.model.logit_scale_value()?,
+                &f.labels,
+                &f.labels,
+            )
+        }),
+        0.7,
+    );
 }
 
 #[test]
@@ -109,11 +155,15 @@ fn mim_random_and_attmim_losses_fall_and_attmim_masks_top_patches() {
     let np = fx.model.config.vision_config.num_patches();
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let pm = PatchMask::random(6, np, 0.75, &mut rng, &Device::Cpu).unwrap();
-    falls("mim (random)", optimise_lr(&fx, 60, 1e-2, |f, _| {
-        let lat = f.model.vision_model.forward_masked(&f.px, &pm)?;
-        let pred = f.model.mae_decoder.as_ref().unwrap().forward(&lat, &pm, None)?;
-        mim_loss(&pred, &f.px, 8, &pm.mask, true)
-    }), 0.8);
+    falls(
+        "mim (random)",
+        optimise_lr(&fx, 60, 1e-2, |f, _| {
+            let lat = f.model.vision_model.forward_masked(&f.px, &pm)?;
+            let pred = f.model.mae_decoder.as_ref().unwrap().forward(&lat, &pm, None)?;
+            mim_loss(&pred, &f.px, 8, &pm.mask, true)
+        }),
+        0.8,
+    );
 
     let fx = fixture(|_| {});
     let full = fx.model.vision_model.forward(&fx.px).unwrap();
@@ -131,12 +181,20 @@ fn mim_random_and_attmim_losses_fall_and_attmim_masks_top_patches() {
     }
     let pm = PatchMask::from_keep(keep, np, &Device::Cpu).unwrap();
     let tm = medvlp_model::nn::additive_mask(&fx.mask, DType::F32).unwrap();
-    falls("attmim", optimise_lr(&fx, 60, 1e-2, |f, _| {
-        let lat = f.model.vision_model.forward_masked(&f.px, &pm)?;
-        let txt = f.model.text_features(&f.ids, &f.mask)?;
-        let pred = f.model.mae_decoder.as_ref().unwrap().forward(&lat, &pm, Some((&txt, Some(&tm))))?;
-        mim_loss(&pred, &f.px, 8, &pm.mask, true)
-    }), 0.8);
+    falls(
+        "attmim",
+        optimise_lr(&fx, 60, 1e-2, |f, _| {
+            let lat = f.model.vision_model.forward_masked(&f.px, &pm)?;
+            let txt = f.model.text_features(&f.ids, &f.mask)?;
+            let pred = f.model.mae_decoder.as_ref().unwrap().forward(
+                &lat,
+                &pm,
+                Some((&txt, Some(&tm))),
+            )?;
+            mim_loss(&pred, &f.px, 8, &pm.mask, true)
+        }),
+        0.8,
+    );
 }
 
 fn mlm_batch(fx: &Fixture, entity: bool) -> (Tensor, Tensor, Tensor) {
@@ -161,7 +219,11 @@ fn mlm_batch(fx: &Fixture, entity: bool) -> (Tensor, Tensor, Tensor) {
         }
     }
     let dev = Device::Cpu;
-    (Tensor::from_vec(ids, fx.ids.shape(), &dev).unwrap(), Tensor::new(pos, &dev).unwrap(), Tensor::new(lab, &dev).unwrap())
+    (
+        Tensor::from_vec(ids, fx.ids.shape(), &dev).unwrap(),
+        Tensor::new(pos, &dev).unwrap(),
+        Tensor::new(lab, &dev).unwrap(),
+    )
 }
 
 #[test]
@@ -173,7 +235,10 @@ fn mlm_and_entmlm_losses_fall_with_visual_support() {
             let img = f.model.vision_model.forward(&f.px)?;
             let txt = f.model.text_features(&ids, &f.mask)?;
             let (fused, _) = f.model.fuse_text(&txt, &f.mask, &img, false)?;
-            let logits = f.model.mlm_head.as_ref().unwrap().forward(&gather_positions(&fused, &pos)?, &f.model.text_model.embeddings.word_embeddings.weight)?;
+            let logits = f.model.mlm_head.as_ref().unwrap().forward(
+                &gather_positions(&fused, &pos)?,
+                &f.model.text_model.embeddings.word_embeddings.weight,
+            )?;
             mlm_loss(&logits, &lab)
         });
         falls(if entity { "entmlm" } else { "mlm" }, r, 0.5);
@@ -187,18 +252,27 @@ fn local_alignment_falls_in_both_orders_and_they_differ() {
         let fx = fixture(|c| c.local_projection = true);
         let heads = fx.model.local_projection.clone().unwrap();
         let loss = |f: &Fixture, _| {
-            let (txt, cls) = f.model.text_model.forward_with_cls_attention(&f.ids, None, Some(&f.mask), true)?;
+            let (txt, cls) =
+                f.model.text_model.forward_with_cls_attention(&f.ids, None, Some(&f.mask), true)?;
             let cls: Vec<Vec<f32>> = cls.unwrap().to_vec2()?;
             let img = f.model.vision_model.forward(&f.px)?;
             let n = img.dim(1)? - 1;
-            let samples: Vec<LocalText> = f.word_ids.iter().zip(&cls).map(|(w, c)| LocalText { word_ids: w, cls_attention: Some(c) }).collect();
+            let samples: Vec<LocalText> = f
+                .word_ids
+                .iter()
+                .zip(&cls)
+                .map(|(w, c)| LocalText { word_ids: w, cls_attention: Some(c) })
+                .collect();
             local_alignment_loss(&txt, &samples, &img.narrow(1, 1, n)?, &heads, order, 0.1)
         };
         values.push(loss(&fx, 0).unwrap().to_scalar::<f32>().unwrap());
         let r = optimise(&fx, 30, loss);
         falls(&format!("local {order:?}"), r, 0.8);
     }
-    assert!((values[0] - values[1]).abs() > 1e-6, "the two orders compute different losses: {values:?}");
+    assert!(
+        (values[0] - values[1]).abs() > 1e-6,
+        "the two orders compute different losses: {values:?}"
+    );
 }
 
 #[test]
@@ -212,7 +286,10 @@ fn memory_augmented_fusion_and_itm() {
         let img = f.model.vision_model.forward(&f.px)?;
         let txt = f.model.text_features(&ids, &f.mask)?;
         let (fused, _) = f.model.fuse_text(&txt, &f.mask, &img, false)?;
-        let logits = f.model.mlm_head.as_ref().unwrap().forward(&gather_positions(&fused, &pos)?, &f.model.text_model.embeddings.word_embeddings.weight)?;
+        let logits = f.model.mlm_head.as_ref().unwrap().forward(
+            &gather_positions(&fused, &pos)?,
+            &f.model.text_model.embeddings.word_embeddings.weight,
+        )?;
         mlm_loss(&logits, &lab)
     });
     falls("mlm with MA-CMF memory", r, 0.5);
@@ -221,7 +298,15 @@ fn memory_augmented_fusion_and_itm() {
     let txt = fx.model.text_features(&ids, &fx.mask).unwrap();
     let (fused, _) = fx.model.fuse_text(&txt, &fx.mask, &img, false).unwrap();
     let g = fused.sum_all().unwrap().backward().unwrap();
-    let gm = g.get(&fx.model.memory.as_ref().unwrap().memory).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let gm = g
+        .get(&fx.model.memory.as_ref().unwrap().memory)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(gm > 0.0);
 
     // lr 1e-2 collapsed this tiny post-LN fixture to chance (ITM stuck at ln 2) under some float
@@ -230,7 +315,11 @@ fn memory_augmented_fusion_and_itm() {
     let r = optimise_lr(&fx2, 100, 3e-3, |f, s| {
         let img = f.model.vision_model.forward(&f.px)?;
         let txt = f.model.text_features(&f.ids, &f.mask)?;
-        let sim: Vec<Vec<f32>> = f.model.project_image(&img)?.matmul(&f.model.project_text(&txt, &f.mask)?.t()?)?.to_vec2()?;
+        let sim: Vec<Vec<f32>> = f
+            .model
+            .project_image(&img)?
+            .matmul(&f.model.project_text(&txt, &f.mask)?.t()?)?
+            .to_vec2()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(s as u64);
         itm_loss(&f.model, &img, &txt, &f.mask, &sim, &mut rng)
     });

@@ -17,7 +17,12 @@ fn batch(cfg: &ModelConfig, n_paired: usize, n_image_only: usize, n_text_only: u
     let rows = n_img + n_text_only;
     let mut px = Vec::with_capacity(n_img * s * s);
     for _ in 0..n_img {
-        let (fx, fy, ph, off) = (rng.random_range(0.5..4.0f32), rng.random_range(0.5..4.0f32), rng.random_range(0.0..6.28f32), rng.random_range(-1.0..1.0f32));
+        let (fx, fy, ph, off) = (
+            rng.random_range(0.5..4.0f32),
+            rng.random_range(0.5..4.0f32),
+            rng.random_range(0.0..6.28f32),
+            rng.random_range(-1.0..1.0f32),
+        );
         for y in 0..s {
             for x in 0..s {
                 px.push(off + ((fx * x as f32 + fy * y as f32) / s as f32 * 6.28 + ph).sin());
@@ -25,12 +30,19 @@ fn batch(cfg: &ModelConfig, n_paired: usize, n_image_only: usize, n_text_only: u
         }
     }
     let l = 14;
-    let (mut ids, mut mask, mut word_ids, mut entities) = (vec![0u32; rows * l], vec![0f32; rows * l], vec![], vec![]);
+    let (mut ids, mut mask, mut word_ids, mut entities) =
+        (vec![0u32; rows * l], vec![0f32; rows * l], vec![], vec![]);
     for r in 0..rows {
         let n = 10 + r % 4;
         let mut w = vec![None; l];
         for t in 0..n {
-            ids[r * l + t] = if t == 0 { 2 } else if t == n - 1 { 3 } else { rng.random_range(10..500) };
+            ids[r * l + t] = if t == 0 {
+                2
+            } else if t == n - 1 {
+                3
+            } else {
+                rng.random_range(10..500)
+            };
             mask[r * l + t] = 1.0;
             if t > 0 && t < n - 1 {
                 w[t] = Some(((t - 1) / 2) as u32);
@@ -92,18 +104,30 @@ fn reaches_every_parameter_and_learns(preset: &str) {
         let missing: Vec<String> = store
             .vars()
             .into_iter()
-            .filter(|(_, v)| grads.get(v.as_tensor()).map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0).unwrap_or(true))
+            .filter(|(_, v)| {
+                grads
+                    .get(v.as_tensor())
+                    .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0)
+                    .unwrap_or(true)
+            })
             .map(|(n, _)| n)
             .collect();
         assert!(missing.is_empty(), "{name} ({preset}): parameters without gradient: {missing:?}");
-        let mut opt = AdamW::new(store.vars(), AdamWConfig { lr: 3e-3, weight_decay: 0.0, grad_clip: 1.0, ..Default::default() }).unwrap();
+        let mut opt = AdamW::new(
+            store.vars(),
+            AdamWConfig { lr: 3e-3, weight_decay: 0.0, grad_clip: 1.0, ..Default::default() },
+        )
+        .unwrap();
         for step in 0..25 {
             let l = m.loss(&model, &b, &cfg, step).unwrap().loss;
             let g = opt.collect_grads(&l.backward().unwrap()).unwrap();
             opt.step(&g, 3e-3, 1.0).unwrap();
         }
         // Average over a few mask draws: masks are random per seed.
-        let last: f32 = (0..4).map(|s| m.loss(&model, &b, &cfg, 100 + s).unwrap().loss.to_scalar::<f32>().unwrap()).sum::<f32>() / 4.0;
+        let last: f32 = (0..4)
+            .map(|s| m.loss(&model, &b, &cfg, 100 + s).unwrap().loss.to_scalar::<f32>().unwrap())
+            .sum::<f32>()
+            / 4.0;
         println!("{name} ({preset}): {first:.3} -> {last:.3}; parts {:?}", out.parts);
         assert!(last < 0.8 * first, "{name} ({preset}): loss {first} -> {last}");
     }
@@ -145,7 +169,13 @@ fn xlip_ablations_are_one_flag() {
 #[test]
 fn xlip_aux_fraction_reconstructs_a_subset_of_the_rows() {
     let m = method("xlip").unwrap();
-    let part = |parts: &[(String, f64)], k: &str| parts.iter().find(|(n, _)| n == k).map(|(_, v)| *v).unwrap_or_else(|| panic!("no {k} in {parts:?}"));
+    let part = |parts: &[(String, f64)], k: &str| {
+        parts
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {k} in {parts:?}"))
+    };
     for (fraction, reconstructs_row_5) in [(1.0, true), (0.5, false)] {
         let cfg = ObjectiveConfig { aux_fraction: fraction, ..m.defaults() };
         let (store, model) = build("xlip", &cfg);
@@ -155,17 +185,32 @@ fn xlip_aux_fraction_reconstructs_a_subset_of_the_rows() {
         let mut other = b.clone();
         let px = b.pixels.as_ref().unwrap();
         let row5 = (px.narrow(0, 5, 1).unwrap() * -1.0).unwrap();
-        other.pixels = Some(Tensor::cat(&[px.narrow(0, 0, 5).unwrap(), row5, px.narrow(0, 6, 2).unwrap()], 0).unwrap());
-        let (a, o) = (m.loss(&model, &b, &cfg, 3).unwrap(), m.loss(&model, &other, &cfg, 3).unwrap());
+        other.pixels = Some(
+            Tensor::cat(&[px.narrow(0, 0, 5).unwrap(), row5, px.narrow(0, 6, 2).unwrap()], 0)
+                .unwrap(),
+        );
+        let (a, o) =
+            (m.loss(&model, &b, &cfg, 3).unwrap(), m.loss(&model, &other, &cfg, 3).unwrap());
         assert!((part(&a.parts, "itc") - part(&o.parts, "itc")).abs() > 1e-6);
         for k in ["mim", "mlm"] {
             let changed = (part(&a.parts, k) - part(&o.parts, k)).abs() > 1e-6;
-            assert_eq!(changed, reconstructs_row_5, "aux_fraction {fraction}: {k} {} vs {}", part(&a.parts, k), part(&o.parts, k));
+            assert_eq!(
+                changed,
+                reconstructs_row_5,
+                "aux_fraction {fraction}: {k} {} vs {}",
+                part(&a.parts, k),
+                part(&o.parts, k)
+            );
         }
         assert!(part(&a.parts, "mlm_text_only").is_finite());
         // Every parameter still receives a gradient.
         let grads = a.loss.backward().unwrap();
-        let missing: Vec<String> = store.vars().into_iter().filter(|(_, v)| grads.get(v.as_tensor()).is_none()).map(|(n, _)| n).collect();
+        let missing: Vec<String> = store
+            .vars()
+            .into_iter()
+            .filter(|(_, v)| grads.get(v.as_tensor()).is_none())
+            .map(|(n, _)| n)
+            .collect();
         assert!(missing.is_empty(), "aux_fraction {fraction}: {missing:?}");
     }
 }

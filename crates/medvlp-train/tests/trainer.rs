@@ -3,7 +3,11 @@
 use candle_core::{DType, Device, Tensor};
 use medvlp_model::masking::PatchMask;
 use medvlp_model::{MedVlp, ModelConfig, ParamStore};
-use medvlp_train::objectives::{contrastive::itc_loss, mim::mim_loss, mlm::{gather_positions, mlm_loss}};
+use medvlp_train::objectives::{
+    contrastive::itc_loss,
+    mim::mim_loss,
+    mlm::{gather_positions, mlm_loss},
+};
 use medvlp_train::optim::AdamWConfig;
 use medvlp_train::trainer::{checkpoint, LossOutput, Objective, TrainConfig, Trainer};
 use rand::{Rng, SeedableRng};
@@ -29,16 +33,22 @@ struct Toy {
 }
 
 impl Toy {
-    fn samples(&self, first: usize, n: usize) -> (Tensor, Tensor, Tensor, Vec<u32>, Vec<u32>, PatchMask) {
+    fn samples(
+        &self,
+        first: usize,
+        n: usize,
+    ) -> (Tensor, Tensor, Tensor, Vec<u32>, Vec<u32>, PatchMask) {
         let cfg = &self.model.config;
         let s = cfg.vision_config.image_size;
         let np = cfg.vision_config.num_patches();
         let l = 8;
-        let (mut px, mut ids, mut keep, mut pos, mut lab) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut px, mut ids, mut keep, mut pos, mut lab) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for j in 0..n {
             let mut rng = rand::rngs::StdRng::seed_from_u64(1000 + (first + j) as u64);
             px.extend((0..s * s).map(|_| rng.random::<f32>()));
-            let row: Vec<u32> = (0..l).map(|t| if t == 0 { 2 } else { rng.random_range(10..200) }).collect();
+            let row: Vec<u32> =
+                (0..l).map(|t| if t == 0 { 2 } else { rng.random_range(10..200) }).collect();
             for t in [2usize, 5] {
                 pos.push((j * l + t) as u32);
                 lab.push(row[t]);
@@ -82,16 +92,31 @@ impl Objective for Toy {
         let mim = mim_loss(&pred, &px, m.config.vision_config.patch_size, &pm.mask, true)?;
         let (fused, _) = m.fuse_text(&text, &mask, &latent, false)?;
         let pos = Tensor::new(pos, px.device())?;
-        let logits = m.mlm_head.as_ref().unwrap().forward(&gather_positions(&fused, &pos)?, &m.text_model.embeddings.word_embeddings.weight)?;
+        let logits = m.mlm_head.as_ref().unwrap().forward(
+            &gather_positions(&fused, &pos)?,
+            &m.text_model.embeddings.word_embeddings.weight,
+        )?;
         let mlm = mlm_loss(&logits, &Tensor::new(lab, px.device())?)?;
         let mut loss = (mim.clone() + mlm.clone())?;
         if self.use_itc {
-            loss = (loss + itc_loss(&m.project_image(&latent)?, &m.project_text(&text, &mask)?, &m.logit_scale_value()?)?)?;
+            loss = (loss
+                + itc_loss(
+                    &m.project_image(&latent)?,
+                    &m.project_text(&text, &mask)?,
+                    &m.logit_scale_value()?,
+                )?)?;
         }
         if self.nan_from.map(|n| step >= n).unwrap_or(false) {
             loss = (loss * f64::NAN)?;
         }
-        Ok(LossOutput { parts: vec![("mim".into(), mim.to_scalar::<f32>()? as f64), ("mlm".into(), mlm.to_scalar::<f32>()? as f64)], loss, samples: per })
+        Ok(LossOutput {
+            parts: vec![
+                ("mim".into(), mim.to_scalar::<f32>()? as f64),
+                ("mlm".into(), mlm.to_scalar::<f32>()? as f64),
+            ],
+            loss,
+            samples: per,
+        })
     }
 }
 
@@ -108,15 +133,53 @@ fn setup(seed: u64) -> (ParamStore, MedVlp) {
 }
 
 fn params(store: &ParamStore) -> Vec<(String, Vec<u32>)> {
-    store.vars().into_iter().map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect())).collect()
+    store
+        .vars()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n,
+                v.as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 fn train_cfg(steps: u64, accum: usize) -> TrainConfig {
-    TrainConfig { steps, grad_accum: accum, warmup_steps: 2, checkpoint_every: 2, keep_last: 2, log_every: 1, optimizer: AdamWConfig { lr: 1e-3, ..Default::default() }, ..Default::default() }
+    TrainConfig {
+        steps,
+        grad_accum: accum,
+        warmup_steps: 2,
+        checkpoint_every: 2,
+        keep_last: 2,
+        log_every: 1,
+        optimizer: AdamWConfig { lr: 1e-3, ..Default::default() },
+        ..Default::default()
+    }
 }
 
-fn trainer<'a>(store: &'a ParamStore, out: &std::path::Path, cfg: TrainConfig, stop: Arc<AtomicBool>) -> Trainer<'a> {
-    Trainer { config: cfg, model_config: tiny_cfg(), store, out_dir: out.to_path_buf(), tokenizer: None, stop, seed: 5 }
+fn trainer<'a>(
+    store: &'a ParamStore,
+    out: &std::path::Path,
+    cfg: TrainConfig,
+    stop: Arc<AtomicBool>,
+) -> Trainer<'a> {
+    Trainer {
+        config: cfg,
+        model_config: tiny_cfg(),
+        store,
+        out_dir: out.to_path_buf(),
+        tokenizer: None,
+        stop,
+        seed: 5,
+    }
 }
 
 #[test]
@@ -125,7 +188,15 @@ fn resume_after_a_crash_is_bit_identical() {
     // Uninterrupted run.
     let out_a = tempdir("a");
     let (store_a, model_a) = setup(5);
-    let mut obj = Toy { model: model_a, batch: 4, accum: 1, use_itc: true, fail_at: None, nan_from: None, stop_at: None };
+    let mut obj = Toy {
+        model: model_a,
+        batch: 4,
+        accum: 1,
+        use_itc: true,
+        fail_at: None,
+        nan_from: None,
+        stop_at: None,
+    };
     let sa = trainer(&store_a, &out_a, train_cfg(7, 1), stop.clone()).run(&mut obj, false).unwrap();
     assert_eq!(sa.state.step, 7);
     assert!(out_a.join("final/model.safetensors").exists());
@@ -133,16 +204,38 @@ fn resume_after_a_crash_is_bit_identical() {
     // Same run, crashing at step 5 (after the step-4 checkpoint), then resumed in a fresh process state.
     let out_b = tempdir("b");
     let (store_b, model_b) = setup(5);
-    let mut obj = Toy { model: model_b, batch: 4, accum: 1, use_itc: true, fail_at: Some(5), nan_from: None, stop_at: None };
-    let err = trainer(&store_b, &out_b, train_cfg(7, 1), stop.clone()).run(&mut obj, false).unwrap_err();
+    let mut obj = Toy {
+        model: model_b,
+        batch: 4,
+        accum: 1,
+        use_itc: true,
+        fail_at: Some(5),
+        nan_from: None,
+        stop_at: None,
+    };
+    let err =
+        trainer(&store_b, &out_b, train_cfg(7, 1), stop.clone()).run(&mut obj, false).unwrap_err();
     assert!(err.to_string().contains("simulated crash"));
-    let ckpts: Vec<u64> = checkpoint::list(&out_b.join("checkpoints")).into_iter().map(|(s, _)| s).collect();
+    let ckpts: Vec<u64> =
+        checkpoint::list(&out_b.join("checkpoints")).into_iter().map(|(s, _)| s).collect();
     assert_eq!(ckpts, vec![2, 4], "keep_last = 2");
     let (store_c, model_c) = setup(99); // different init: everything must come from the checkpoint
-    let mut obj = Toy { model: model_c, batch: 4, accum: 1, use_itc: true, fail_at: None, nan_from: None, stop_at: None };
+    let mut obj = Toy {
+        model: model_c,
+        batch: 4,
+        accum: 1,
+        use_itc: true,
+        fail_at: None,
+        nan_from: None,
+        stop_at: None,
+    };
     let sc = trainer(&store_c, &out_b, train_cfg(7, 1), stop.clone()).run(&mut obj, true).unwrap();
     assert_eq!(sc.state.step, 7);
-    assert_eq!(params(&store_a), params(&store_c), "resumed parameters differ from the uninterrupted run");
+    assert_eq!(
+        params(&store_a),
+        params(&store_c),
+        "resumed parameters differ from the uninterrupted run"
+    );
     // metrics.jsonl has one line per step of each attempt.
     let lines = std::fs::read_to_string(out_b.join("metrics.jsonl")).unwrap();
     assert!(lines.lines().count() >= 7);
@@ -152,15 +245,49 @@ fn resume_after_a_crash_is_bit_identical() {
 fn gradient_accumulation_equals_the_full_batch() {
     let stop = Arc::new(AtomicBool::new(false));
     let (s1, m1) = setup(3);
-    let mut o1 = Toy { model: m1, batch: 32, accum: 1, use_itc: false, fail_at: None, nan_from: None, stop_at: None };
-    trainer(&s1, &tempdir("acc1"), TrainConfig { checkpoint_every: 0, ..train_cfg(1, 1) }, stop.clone()).run(&mut o1, false).unwrap();
+    let mut o1 = Toy {
+        model: m1,
+        batch: 32,
+        accum: 1,
+        use_itc: false,
+        fail_at: None,
+        nan_from: None,
+        stop_at: None,
+    };
+    trainer(
+        &s1,
+        &tempdir("acc1"),
+        TrainConfig { checkpoint_every: 0, ..train_cfg(1, 1) },
+        stop.clone(),
+    )
+    .run(&mut o1, false)
+    .unwrap();
     let (s4, m4) = setup(3);
-    let mut o4 = Toy { model: m4, batch: 32, accum: 4, use_itc: false, fail_at: None, nan_from: None, stop_at: None };
-    trainer(&s4, &tempdir("acc4"), TrainConfig { checkpoint_every: 0, ..train_cfg(1, 4) }, stop).run(&mut o4, false).unwrap();
+    let mut o4 = Toy {
+        model: m4,
+        batch: 32,
+        accum: 4,
+        use_itc: false,
+        fail_at: None,
+        nan_from: None,
+        stop_at: None,
+    };
+    trainer(&s4, &tempdir("acc4"), TrainConfig { checkpoint_every: 0, ..train_cfg(1, 4) }, stop)
+        .run(&mut o4, false)
+        .unwrap();
     let (a, b) = (s1.vars(), s4.vars());
     let mut worst = 0f32;
     for ((n, x), (_, y)) in a.iter().zip(b.iter()) {
-        let d = (x.as_tensor() - y.as_tensor()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let d = (x.as_tensor() - y.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         worst = worst.max(d);
         assert!(d < 1e-5, "{n}: accumulated update differs by {d}");
     }
@@ -173,7 +300,15 @@ fn non_finite_steps_are_skipped_then_stop_the_run() {
     let (s, m) = setup(4);
     let before = params(&s);
     let out = tempdir("nan");
-    let mut o = Toy { model: m, batch: 4, accum: 1, use_itc: true, fail_at: None, nan_from: Some(2), stop_at: None };
+    let mut o = Toy {
+        model: m,
+        batch: 4,
+        accum: 1,
+        use_itc: true,
+        fail_at: None,
+        nan_from: Some(2),
+        stop_at: None,
+    };
     let err = trainer(&s, &out, train_cfg(20, 1), stop).run(&mut o, false).unwrap_err();
     assert!(err.to_string().contains("consecutive non-finite"), "{err}");
     assert!(err.to_string().contains("step-00000002"), "last good checkpoint named: {err}");
@@ -187,8 +322,18 @@ fn stop_flag_checkpoints_and_exits_cleanly() {
     let stop = Arc::new(AtomicBool::new(false));
     let (s, m) = setup(6);
     let out = tempdir("stop");
-    let mut o = Toy { model: m, batch: 4, accum: 1, use_itc: true, fail_at: None, nan_from: None, stop_at: Some((2, stop.clone())) };
-    let r = trainer(&s, &out, TrainConfig { checkpoint_every: 100, ..train_cfg(10, 1) }, stop).run(&mut o, false).unwrap();
+    let mut o = Toy {
+        model: m,
+        batch: 4,
+        accum: 1,
+        use_itc: true,
+        fail_at: None,
+        nan_from: None,
+        stop_at: Some((2, stop.clone())),
+    };
+    let r = trainer(&s, &out, TrainConfig { checkpoint_every: 100, ..train_cfg(10, 1) }, stop)
+        .run(&mut o, false)
+        .unwrap();
     assert!(r.stopped_early);
     assert_eq!(r.state.step, 3);
     assert_eq!(checkpoint::list(&out.join("checkpoints")).pop().unwrap().0, 3);

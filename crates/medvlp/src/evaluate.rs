@@ -62,7 +62,10 @@ impl Evaluator {
     pub fn load(dir: &Path, batch_size: usize) -> Result<Self> {
         let device = Device::Cpu;
         let model = model_dir::load(dir, DType::F32, &device, false)?;
-        let tok = model.tokenizer.clone().with_context(|| format!("{} has no tokenizer.json", dir.display()))?;
+        let tok = model
+            .tokenizer
+            .clone()
+            .with_context(|| format!("{} has no tokenizer.json", dir.display()))?;
         let tokenizer = Tokenizer::from_file(&tok, model.config.text_config.max_length)?;
         let model_hash = sha256_file(&dir.join("model.safetensors")).ok();
         Ok(Self { model, tokenizer, dir: dir.to_path_buf(), model_hash, batch_size, device })
@@ -79,14 +82,32 @@ impl Evaluator {
     }
 
     /// Embeds the studies of one split that have an image (and, with `texts`, their reports).
-    pub fn embed_split(&self, manifest: &Path, root: Option<&Path>, split: Split, texts: Option<TextField>) -> Result<SplitEmbeddings> {
-        let studies: Vec<Study> = read_manifest(manifest)?.into_iter().filter(|s| s.split == Some(split) && !s.images.is_empty()).collect();
+    pub fn embed_split(
+        &self,
+        manifest: &Path,
+        root: Option<&Path>,
+        split: Split,
+        texts: Option<TextField>,
+    ) -> Result<SplitEmbeddings> {
+        let studies: Vec<Study> = read_manifest(manifest)?
+            .into_iter()
+            .filter(|s| s.split == Some(split) && !s.images.is_empty())
+            .collect();
         if studies.is_empty() {
             bail!("{}: no {} studies with images", manifest.display(), split.as_str());
         }
-        let root = root.map(|r| r.to_path_buf()).unwrap_or_else(|| manifest.parent().map(|p| p.to_path_buf()).unwrap_or_default());
+        let root = root
+            .map(|r| r.to_path_buf())
+            .unwrap_or_else(|| manifest.parent().map(|p| p.to_path_buf()).unwrap_or_default());
         let items = Loader::items_from_studies(&studies, &root, None);
-        let res = encode_images(&self.model.model, &self.model.config.preprocess, items, self.batch_size, 0.05, &self.device)?;
+        let res = encode_images(
+            &self.model.model,
+            &self.model.config.preprocess,
+            items,
+            self.batch_size,
+            0.05,
+            &self.device,
+        )?;
         for (p, why) in res.bad.iter().take(10) {
             tracing::warn!("{p}: {why}; skipped");
         }
@@ -117,7 +138,12 @@ impl Evaluator {
         })
     }
 
-    pub fn protocol(&self, manifest: &Path, data: &SplitEmbeddings, text_field: Option<TextField>) -> Protocol {
+    pub fn protocol(
+        &self,
+        manifest: &Path,
+        data: &SplitEmbeddings,
+        text_field: Option<TextField>,
+    ) -> Protocol {
         Protocol {
             model: self.dir.display().to_string(),
             model_hash: self.model_hash.clone(),
@@ -127,7 +153,10 @@ impl Evaluator {
             prompt_hashes: BTreeMap::new(),
             text_field: text_field.map(|t| t.as_str().to_string()),
             preprocessing: serde_json::to_value(&self.model.config.preprocess).unwrap_or_default(),
-            extra: BTreeMap::from([("skipped_images".to_string(), serde_json::json!(data.skipped))]),
+            extra: BTreeMap::from([(
+                "skipped_images".to_string(),
+                serde_json::json!(data.skipped),
+            )]),
         }
     }
 }
@@ -151,7 +180,10 @@ impl SplitEmbeddings {
     }
 
     /// Classes with at least one positive and one negative in this split.
-    pub fn defined_classes<'a>(&self, candidates: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+    pub fn defined_classes<'a>(
+        &self,
+        candidates: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<String> {
         candidates
             .into_iter()
             .filter(|c| {
@@ -197,7 +229,8 @@ pub fn zero_shot(
     if !skipped.is_empty() {
         tracing::info!("zero-shot: classes without positives and negatives in this split are left out: {skipped:?}");
     }
-    let ec: Vec<&ExpandedClass> = classes.iter().map(|c| expanded.iter().find(|e| &e.name == c).unwrap()).collect();
+    let ec: Vec<&ExpandedClass> =
+        classes.iter().map(|c| expanded.iter().find(|e| &e.name == c).unwrap()).collect();
     let labels = data.indicators(&classes);
     let temperature = ev.temperature()?;
     let mut out = TaskOutput::default();
@@ -207,8 +240,16 @@ pub fn zero_shot(
         for c in &ec {
             let (cp, shown) = match mode {
                 PromptMode::Single => {
-                    let t = c.templates.first().or(c.positive.as_ref()).with_context(|| format!("class {:?} has no single template", c.name))?.clone();
-                    (ClassPrompts::Single(ev.embed_texts(std::slice::from_ref(&t))?.remove(0)), serde_json::json!(t))
+                    let t = c
+                        .templates
+                        .first()
+                        .or(c.positive.as_ref())
+                        .with_context(|| format!("class {:?} has no single template", c.name))?
+                        .clone();
+                    (
+                        ClassPrompts::Single(ev.embed_texts(std::slice::from_ref(&t))?.remove(0)),
+                        serde_json::json!(t),
+                    )
                 }
                 PromptMode::Ensemble => {
                     let mut ts: Vec<String> = c.ensemble.clone();
@@ -221,10 +262,19 @@ pub fn zero_shot(
                     (ClassPrompts::Ensemble(ev.embed_texts(&ts)?), serde_json::json!(ts))
                 }
                 PromptMode::PosNeg => {
-                    let pos = c.positive.clone().or_else(|| c.templates.first().cloned()).with_context(|| format!("class {:?} has no positive prompt", c.name))?;
+                    let pos =
+                        c.positive.clone().or_else(|| c.templates.first().cloned()).with_context(
+                            || format!("class {:?} has no positive prompt", c.name),
+                        )?;
                     let neg = c.negative.clone().unwrap_or_else(|| format!("no {pos}"));
                     let e = ev.embed_texts(&[pos.clone(), neg.clone()])?;
-                    (ClassPrompts::PosNeg { positive: vec![e[0].clone()], negative: vec![e[1].clone()] }, serde_json::json!({"positive": pos, "negative": neg}))
+                    (
+                        ClassPrompts::PosNeg {
+                            positive: vec![e[0].clone()],
+                            negative: vec![e[1].clone()],
+                        },
+                        serde_json::json!({"positive": pos, "negative": neg}),
+                    )
                 }
             };
             used.insert(c.name.clone(), shown);
@@ -232,7 +282,8 @@ pub fn zero_shot(
         }
         let scores = zeroshot::zero_shot_scores(&data.images, &cps, temperature)?;
         let mut p = base.clone();
-        p.prompt_hashes.insert(format!("{}@{}", prompts.name, prompts.version), prompt_file_hash.to_string());
+        p.prompt_hashes
+            .insert(format!("{}@{}", prompts.name, prompts.version), prompt_file_hash.to_string());
         p.extra.insert("prompt_mode".into(), serde_json::json!(mode.as_str()));
         p.extra.insert("prompts".into(), serde_json::json!(used));
         let est = zeroshot::evaluate_multilabel(&scores, &labels, boot);
@@ -256,7 +307,13 @@ pub fn zero_shot(
                     metrics::roc_curve(&s, &y).map(|rc| (classes[c].clone(), rc))
                 })
                 .collect();
-            out.plots.push((format!("zero_shot_roc_{}", mode.as_str()), plots::roc_plot(&format!("Zero-shot ROC ({}, {})", prompts.name, mode.as_str()), &curves)));
+            out.plots.push((
+                format!("zero_shot_roc_{}", mode.as_str()),
+                plots::roc_plot(
+                    &format!("Zero-shot ROC ({}, {})", prompts.name, mode.as_str()),
+                    &curves,
+                ),
+            ));
         }
         // N-way: studies positive for exactly one class, at most `nway_per_class` each.
         let mut rows = vec![];
@@ -284,22 +341,37 @@ pub fn zero_shot(
 /// The training IDs of a label fraction: `prepare`'s fixed lists (`<manifest>.train_1pct.txt`,
 /// `.train_10pct.txt`) when they exist, else a seeded subset keeping a positive per class.
 /// `ids` and `labels` (indicators of the classes) are the training studies'.
-pub fn fraction_ids(manifest: &Path, ids: &[String], labels: &[Vec<bool>], fraction: f64, seed: u64) -> Result<(Vec<usize>, String)> {
+pub fn fraction_ids(
+    manifest: &Path,
+    ids: &[String],
+    labels: &[Vec<bool>],
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, String)> {
     if fraction >= 1.0 {
         return Ok(((0..ids.len()).collect(), "all".into()));
     }
     let name = format!("train_{}pct.txt", (fraction * 100.0).round() as u32);
     let list = sibling(manifest, &name);
     if list.exists() {
-        let text = std::fs::read_to_string(&list).with_context(|| format!("reading {}", list.display()))?;
-        let wanted: std::collections::HashSet<&str> = text.lines().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
-        let idx: Vec<usize> = (0..ids.len()).filter(|&i| wanted.contains(ids[i].as_str())).collect();
+        let text = std::fs::read_to_string(&list)
+            .with_context(|| format!("reading {}", list.display()))?;
+        let wanted: std::collections::HashSet<&str> =
+            text.lines().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
+        let idx: Vec<usize> =
+            (0..ids.len()).filter(|&i| wanted.contains(ids[i].as_str())).collect();
         if !idx.is_empty() {
             return Ok((idx, list.display().to_string()));
         }
-        tracing::warn!("{}: none of its IDs are training studies here; using a seeded subset", list.display());
+        tracing::warn!(
+            "{}: none of its IDs are training studies here; using a seeded subset",
+            list.display()
+        );
     }
-    Ok((probe::subsample_indices(ids.len(), labels, fraction, seed)?, format!("seeded subset (seed {seed})")))
+    Ok((
+        probe::subsample_indices(ids.len(), labels, fraction, seed)?,
+        format!("seeded subset (seed {seed})"),
+    ))
 }
 
 /// Linear probe on frozen image embeddings: multi-label logistic regression per label fraction,
@@ -316,18 +388,26 @@ pub fn linear_probe(
     boot: Option<&BootstrapConfig>,
     base: &Protocol,
 ) -> Result<TaskOutput> {
-    let classes = test.defined_classes(val.defined_classes(train.defined_classes(classes).iter()).iter());
+    let classes =
+        test.defined_classes(val.defined_classes(train.defined_classes(classes).iter()).iter());
     if classes.is_empty() {
         bail!("linear probe: no class has positives and negatives in train, validate and test");
     }
-    let (ytr, yv, yt) = (train.indicators(&classes), val.indicators(&classes), test.indicators(&classes));
+    let (ytr, yv, yt) =
+        (train.indicators(&classes), val.indicators(&classes), test.indicators(&classes));
     let mut out = TaskOutput::default();
     for &f in fractions {
         let (idx, source) = fraction_ids(manifest, &train.ids, &ytr, f, seed)?;
         let x: Vec<Vec<f32>> = idx.iter().map(|&i| train.images[i].clone()).collect();
         let y: Vec<Vec<bool>> = idx.iter().map(|&i| ytr[i].clone()).collect();
         // Classes without a positive (or negative) in a tiny subset get a constant prediction.
-        let (probe, sel) = probe::fit_with_validation(&x, &Targets::MultiLabel(y), &val.images, &Targets::MultiLabel(yv.clone()), &ProbeConfig::default())?;
+        let (probe, sel) = probe::fit_with_validation(
+            &x,
+            &Targets::MultiLabel(y),
+            &val.images,
+            &Targets::MultiLabel(yv.clone()),
+            &ProbeConfig::default(),
+        )?;
         let scores = probe.predict(&test.images)?;
         let est = metrics::auroc_with_ci(&scores, &yt, boot);
         let mut p = base.clone();
@@ -339,7 +419,9 @@ pub fn linear_probe(
         }
         for (ci, e) in est.per_class.iter().enumerate() {
             if let Some(e) = e {
-                out.records.push(record(Task::LinearProbe, "auroc", e, &p).class(&classes[ci]).label_fraction(f));
+                out.records.push(
+                    record(Task::LinearProbe, "auroc", e, &p).class(&classes[ci]).label_fraction(f),
+                );
             }
         }
         // F1 with per-class thresholds chosen on validation.
@@ -348,7 +430,10 @@ pub fn linear_probe(
         let pred = metrics::apply_thresholds(&scores, &thr, 0.5);
         let f1 = metrics::f1_multilabel(&pred, &yt);
         if let Some(m) = f1.macro_ {
-            out.records.push(record(Task::LinearProbe, "f1_macro", &Estimate { value: m, ci: None }, &p).label_fraction(f));
+            out.records.push(
+                record(Task::LinearProbe, "f1_macro", &Estimate { value: m, ci: None }, &p)
+                    .label_fraction(f),
+            );
         }
     }
     Ok(out)
@@ -356,11 +441,21 @@ pub fn linear_probe(
 
 /// Image->report and report->image retrieval on the studies with both, exact-pair relevance
 /// (R@K, mean/median rank) and, with labels, label-based Precision@K.
-pub fn retrieval(data: &SplitEmbeddings, classes: &[String], pool: Option<usize>, seed: u64, boot: Option<&BootstrapConfig>, base: &Protocol) -> Result<TaskOutput> {
+pub fn retrieval(
+    data: &SplitEmbeddings,
+    classes: &[String],
+    pool: Option<usize>,
+    seed: u64,
+    boot: Option<&BootstrapConfig>,
+    base: &Protocol,
+) -> Result<TaskOutput> {
     let texts = data.texts.as_ref().context("retrieval needs report embeddings")?;
     let keep: Vec<usize> = (0..data.ids.len()).filter(|&i| texts[i].is_some()).collect();
     if keep.len() < 2 {
-        bail!("retrieval: fewer than 2 studies with both an image and a report in the {} split", data.split.as_str());
+        bail!(
+            "retrieval: fewer than 2 studies with both an image and a report in the {} split",
+            data.split.as_str()
+        );
     }
     let imgs: Vec<Vec<f32>> = keep.iter().map(|&i| data.images[i].clone()).collect();
     let txts: Vec<Vec<f32>> = keep.iter().map(|&i| texts[i].clone().unwrap()).collect();
@@ -371,7 +466,12 @@ pub fn retrieval(data: &SplitEmbeddings, classes: &[String], pool: Option<usize>
         _ => Pool::Full,
     };
     let cfg = RetrievalConfig { pool, ..Default::default() };
-    let res = evaluate_retrieval(&imgs, &txts, if classes.is_empty() { None } else { Some(&labels) }, &cfg)?;
+    let res = evaluate_retrieval(
+        &imgs,
+        &txts,
+        if classes.is_empty() { None } else { Some(&labels) },
+        &cfg,
+    )?;
     let mut p = base.clone();
     p.extra.insert("pool".into(), serde_json::json!(res.image_to_text.pool_size));
     p.extra.insert("pairs".into(), serde_json::json!(keep.len()));
@@ -379,11 +479,21 @@ pub fn retrieval(data: &SplitEmbeddings, classes: &[String], pool: Option<usize>
     let mut curves = vec![];
     for d in [&res.image_to_text, &res.text_to_image] {
         for m in d.metrics(&cfg.ks, boot) {
-            out.records.push(record(Task::Retrieval, &m.metric, &m.estimate, &p).direction(d.direction));
+            out.records
+                .push(record(Task::Retrieval, &m.metric, &m.estimate, &p).direction(d.direction));
         }
-        curves.push((d.direction.as_str().to_string(), plots::recall_curve(&d.ranks, 50.min(d.pool_size))));
+        curves.push((
+            d.direction.as_str().to_string(),
+            plots::recall_curve(&d.ranks, 50.min(d.pool_size)),
+        ));
     }
-    out.plots.push(("retrieval_recall".into(), plots::recall_plot(&format!("Retrieval Recall@K (pool {})", res.image_to_text.pool_size), &curves)));
+    out.plots.push((
+        "retrieval_recall".into(),
+        plots::recall_plot(
+            &format!("Retrieval Recall@K (pool {})", res.image_to_text.pool_size),
+            &curves,
+        ),
+    ));
     Ok(out)
 }
 
@@ -401,7 +511,9 @@ pub fn load_zero_shot_prompts(name_or_path: &str) -> Result<(ZeroShotPrompts, St
     };
     match PromptFile::from_toml_str(&text, name_or_path)? {
         PromptFile::ZeroShot(z) => Ok((z, sha256_hex(text.as_bytes()))),
-        PromptFile::Disease(_) => bail!("{name_or_path} is a disease-kind prompt file, not a zero-shot one"),
+        PromptFile::Disease(_) => {
+            bail!("{name_or_path} is a disease-kind prompt file, not a zero-shot one")
+        }
     }
 }
 

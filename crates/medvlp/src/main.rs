@@ -7,7 +7,11 @@ mod evaluate;
 mod pipeline;
 
 #[derive(Parser)]
-#[command(name = "medvlp", version, about = "Medical vision-language pre-training on chest X-rays and reports")]
+#[command(
+    name = "medvlp",
+    version,
+    about = "Medical vision-language pre-training on chest X-rays and reports"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

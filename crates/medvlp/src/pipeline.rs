@@ -42,7 +42,9 @@ pub fn config_text(recipe: &str, preset: &str) -> Result<&'static str> {
 
 pub fn hooks() -> TextHooks {
     TextHooks {
-        entities: Box::new(|t: &str| medvlp_data::text::extract_entities(t).into_iter().map(|e| (e.start, e.end)).collect()),
+        entities: Box::new(|t: &str| {
+            medvlp_data::text::extract_entities(t).into_iter().map(|e| (e.start, e.end)).collect()
+        }),
         prompt: Box::new(medvlp_data::text::disease_prompt),
     }
 }
@@ -56,7 +58,10 @@ pub fn synth_data(dir: &Path, sc: &SynthConfig) -> Result<()> {
         return Ok(());
     }
     let t = Instant::now();
-    eprintln!("generating the synthetic benchmark ({} paired, {} image-only, {} text-only, {} px)", sc.n, sc.image_only, sc.text_only, sc.size);
+    eprintln!(
+        "generating the synthetic benchmark ({} paired, {} image-only, {} text-only, {} px)",
+        sc.n, sc.image_only, sc.text_only, sc.size
+    );
     let _ = std::fs::remove_dir_all(dir);
     medvlp_data::synth::generate(sc, dir)?;
     std::fs::write(&stamp_path, &stamp)?;
@@ -66,9 +71,24 @@ pub fn synth_data(dir: &Path, sc: &SynthConfig) -> Result<()> {
 
 /// The synthetic benchmark a preset trains on: images at the preset's size (at least 64 px), a
 /// test split of 20% so that the default 6,000 studies allow a retrieval pool of 1,000.
-pub fn synth_config(preset: &str, n: usize, image_only: usize, text_only: usize, seed: u64) -> Result<SynthConfig> {
+pub fn synth_config(
+    preset: &str,
+    n: usize,
+    image_only: usize,
+    text_only: usize,
+    seed: u64,
+) -> Result<SynthConfig> {
     let image_size = medvlp_model::ModelConfig::preset(preset)?.vision_config.image_size as u32;
-    Ok(SynthConfig { n, image_only, text_only, seed, size: image_size.clamp(64, 512), difficulty: Difficulty::Standard, test_frac: 0.2, ..Default::default() })
+    Ok(SynthConfig {
+        n,
+        image_only,
+        text_only,
+        seed,
+        size: image_size.clamp(64, 512),
+        difficulty: Difficulty::Standard,
+        test_frac: 0.2,
+        ..Default::default()
+    })
 }
 
 /// The vocabulary size of the shared tokenizer for a preset.
@@ -87,8 +107,14 @@ pub fn shared_tokenizer(data: &Path, out: &Path, vocab_size: usize) -> Result<Pa
         return Ok(tok);
     }
     let corpus = out.join("corpus.txt");
-    let manifests: Vec<PathBuf> = [data.join("manifest.jsonl"), data.join("text_only.jsonl")].into_iter().filter(|m| m.exists()).collect();
-    medvlp_train::run::write_corpus(&manifests.iter().map(|m| m.as_path()).collect::<Vec<_>>(), &corpus)?;
+    let manifests: Vec<PathBuf> = [data.join("manifest.jsonl"), data.join("text_only.jsonl")]
+        .into_iter()
+        .filter(|m| m.exists())
+        .collect();
+    medvlp_train::run::write_corpus(
+        &manifests.iter().map(|m| m.as_path()).collect::<Vec<_>>(),
+        &corpus,
+    )?;
     train_wordpiece(&[&corpus], &WordPieceOptions { vocab_size, ..Default::default() }, &tok)?;
     let _ = std::fs::remove_file(&corpus);
     Ok(tok)
@@ -120,20 +146,40 @@ impl Setup {
         ]
     }
 
-    fn config(&self, dir: &Path, recipe: &str, overrides: &[String]) -> Result<(RunConfig, String)> {
+    fn config(
+        &self,
+        dir: &Path,
+        recipe: &str,
+        overrides: &[String],
+    ) -> Result<(RunConfig, String)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("base-config.toml");
-        std::fs::write(&path, config_text(recipe, &self.preset)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, config_text(recipe, &self.preset)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         RunConfig::load(Some(&path), overrides)
     }
 
     /// Pre-trains `recipe` (with `extra` overrides, e.g. an ablation) for the budget into
     /// `run_dir`; returns the model directory. A finished run with the same key is reused.
-    pub fn train_budgeted(&self, run_dir: &Path, recipe: &str, extra: &[String], seed: u64) -> Result<PathBuf> {
+    pub fn train_budgeted(
+        &self,
+        run_dir: &Path,
+        recipe: &str,
+        extra: &[String],
+        seed: u64,
+    ) -> Result<PathBuf> {
         let final_dir = run_dir.join("final");
-        let key = format!("{recipe} {:?} {} {} {seed} {}", extra, self.preset, self.budget_minutes, std::fs::read_to_string(self.data.join("pipeline-synth.json")).unwrap_or_default());
+        let key = format!(
+            "{recipe} {:?} {} {} {seed} {}",
+            extra,
+            self.preset,
+            self.budget_minutes,
+            std::fs::read_to_string(self.data.join("pipeline-synth.json")).unwrap_or_default()
+        );
         let key_path = run_dir.join("budget-key.txt");
-        if final_dir.join("model.safetensors").exists() && std::fs::read_to_string(&key_path).ok().as_deref() == Some(key.as_str()) {
+        if final_dir.join("model.safetensors").exists()
+            && std::fs::read_to_string(&key_path).ok().as_deref() == Some(key.as_str())
+        {
             eprintln!("{recipe}: reusing {}", final_dir.display());
             return Ok(final_dir);
         }
@@ -151,14 +197,30 @@ impl Setup {
         let _ = std::fs::remove_dir_all(&calib);
         // 5% headroom for checkpoints and the slower steps the calibration did not see.
         let steps = ((self.budget_minutes * 60.0 * 0.95 / per_step).floor() as u64).max(2);
-        eprintln!("pre-training {recipe} {}: {per_step:.2}s per step -> {steps} steps in {} minutes", extra.join(" "), self.budget_minutes);
+        eprintln!(
+            "pre-training {recipe} {}: {per_step:.2}s per step -> {steps} steps in {} minutes",
+            extra.join(" "),
+            self.budget_minutes
+        );
         let mut ov = self.overrides(seed, steps);
         ov.extend(extra.iter().cloned());
         ov.push(format!("train.max_minutes={}", self.budget_minutes * 1.05));
         let (rc, resolved) = self.config(run_dir, recipe, &ov)?;
         let t = Instant::now();
-        let s = run_training(&rc, &resolved, run_dir, false, Arc::new(AtomicBool::new(false)), hooks())?;
-        eprintln!("  {} steps in {:.1} minutes, last loss {:.4}", s.state.step, t.elapsed().as_secs_f64() / 60.0, s.last_loss);
+        let s = run_training(
+            &rc,
+            &resolved,
+            run_dir,
+            false,
+            Arc::new(AtomicBool::new(false)),
+            hooks(),
+        )?;
+        eprintln!(
+            "  {} steps in {:.1} minutes, last loss {:.4}",
+            s.state.step,
+            t.elapsed().as_secs_f64() / 60.0,
+            s.last_loss
+        );
         std::fs::write(&key_path, &key)?;
         Ok(final_dir)
     }
@@ -168,13 +230,27 @@ impl Setup {
         let final_dir = run_dir.join("final");
         if !final_dir.join("model.safetensors").exists() {
             let (rc, resolved) = self.config(run_dir, "clip", &self.overrides(seed, 0))?;
-            run_training(&rc, &resolved, run_dir, false, Arc::new(AtomicBool::new(false)), hooks())?;
+            run_training(
+                &rc,
+                &resolved,
+                run_dir,
+                false,
+                Arc::new(AtomicBool::new(false)),
+                hooks(),
+            )?;
         }
         Ok(final_dir)
     }
 
     /// The standard evaluation (zero-shot CheXpert-5, linear probe 1/10/100%, retrieval) into `out`.
-    pub fn evaluate(&self, model: &Path, out: &Path, pool: usize, bootstrap: usize, seed: u64) -> Result<Vec<ResultRecord>> {
+    pub fn evaluate(
+        &self,
+        model: &Path,
+        out: &Path,
+        pool: usize,
+        bootstrap: usize,
+        seed: u64,
+    ) -> Result<Vec<ResultRecord>> {
         let c = Common {
             model: model.to_path_buf(),
             data: self.data.join("manifest.jsonl"),
@@ -203,7 +279,8 @@ const CALIBRATION_STEPS: u64 = 12;
 
 /// Seconds per training step from a run's metrics, the first `skip` logged steps excluded.
 pub fn step_seconds(metrics: &Path, skip: usize) -> Result<f64> {
-    let text = std::fs::read_to_string(metrics).with_context(|| format!("reading {}", metrics.display()))?;
+    let text = std::fs::read_to_string(metrics)
+        .with_context(|| format!("reading {}", metrics.display()))?;
     let el: Vec<(u64, f64)> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -228,17 +305,94 @@ pub struct Headline {
 }
 
 pub const HEADLINES: [Headline; 11] = [
-    Headline { name: "zero-shot AUROC, CheXpert-5 macro (pos/neg prompts)", task: Task::ZeroShot, metric: "auroc_macro", mode: Some("pos_neg"), fraction: None, direction: None },
-    Headline { name: "zero-shot AUROC, CheXpert-5 macro (ensemble prompts)", task: Task::ZeroShot, metric: "auroc_macro", mode: Some("ensemble"), fraction: None, direction: None },
-    Headline { name: "zero-shot 5-way accuracy", task: Task::ZeroShot, metric: "accuracy", mode: Some("pos_neg"), fraction: None, direction: None },
-    Headline { name: "linear probe AUROC, 1% labels", task: Task::LinearProbe, metric: "auroc_macro", mode: None, fraction: Some(0.01), direction: None },
-    Headline { name: "linear probe AUROC, 10% labels", task: Task::LinearProbe, metric: "auroc_macro", mode: None, fraction: Some(0.1), direction: None },
-    Headline { name: "linear probe AUROC, 100% labels", task: Task::LinearProbe, metric: "auroc_macro", mode: None, fraction: Some(1.0), direction: None },
-    Headline { name: "image->report R@1", task: Task::Retrieval, metric: "recall@1", mode: None, fraction: None, direction: Some("image_to_text") },
-    Headline { name: "image->report R@5", task: Task::Retrieval, metric: "recall@5", mode: None, fraction: None, direction: Some("image_to_text") },
-    Headline { name: "image->report R@10", task: Task::Retrieval, metric: "recall@10", mode: None, fraction: None, direction: Some("image_to_text") },
-    Headline { name: "report->image R@10", task: Task::Retrieval, metric: "recall@10", mode: None, fraction: None, direction: Some("text_to_image") },
-    Headline { name: "image->report median rank", task: Task::Retrieval, metric: "median_rank", mode: None, fraction: None, direction: Some("image_to_text") },
+    Headline {
+        name: "zero-shot AUROC, CheXpert-5 macro (pos/neg prompts)",
+        task: Task::ZeroShot,
+        metric: "auroc_macro",
+        mode: Some("pos_neg"),
+        fraction: None,
+        direction: None,
+    },
+    Headline {
+        name: "zero-shot AUROC, CheXpert-5 macro (ensemble prompts)",
+        task: Task::ZeroShot,
+        metric: "auroc_macro",
+        mode: Some("ensemble"),
+        fraction: None,
+        direction: None,
+    },
+    Headline {
+        name: "zero-shot 5-way accuracy",
+        task: Task::ZeroShot,
+        metric: "accuracy",
+        mode: Some("pos_neg"),
+        fraction: None,
+        direction: None,
+    },
+    Headline {
+        name: "linear probe AUROC, 1% labels",
+        task: Task::LinearProbe,
+        metric: "auroc_macro",
+        mode: None,
+        fraction: Some(0.01),
+        direction: None,
+    },
+    Headline {
+        name: "linear probe AUROC, 10% labels",
+        task: Task::LinearProbe,
+        metric: "auroc_macro",
+        mode: None,
+        fraction: Some(0.1),
+        direction: None,
+    },
+    Headline {
+        name: "linear probe AUROC, 100% labels",
+        task: Task::LinearProbe,
+        metric: "auroc_macro",
+        mode: None,
+        fraction: Some(1.0),
+        direction: None,
+    },
+    Headline {
+        name: "image->report R@1",
+        task: Task::Retrieval,
+        metric: "recall@1",
+        mode: None,
+        fraction: None,
+        direction: Some("image_to_text"),
+    },
+    Headline {
+        name: "image->report R@5",
+        task: Task::Retrieval,
+        metric: "recall@5",
+        mode: None,
+        fraction: None,
+        direction: Some("image_to_text"),
+    },
+    Headline {
+        name: "image->report R@10",
+        task: Task::Retrieval,
+        metric: "recall@10",
+        mode: None,
+        fraction: None,
+        direction: Some("image_to_text"),
+    },
+    Headline {
+        name: "report->image R@10",
+        task: Task::Retrieval,
+        metric: "recall@10",
+        mode: None,
+        fraction: None,
+        direction: Some("text_to_image"),
+    },
+    Headline {
+        name: "image->report median rank",
+        task: Task::Retrieval,
+        metric: "median_rank",
+        mode: None,
+        fraction: None,
+        direction: Some("image_to_text"),
+    },
 ];
 
 /// The record of a headline metric (macro / overall, not per class).
@@ -247,7 +401,9 @@ pub fn find<'a>(recs: &'a [ResultRecord], h: &Headline) -> Option<&'a ResultReco
         r.task == h.task
             && r.metric == h.metric
             && r.class.is_none()
-            && h.mode.is_none_or(|m| r.protocol.extra.get("prompt_mode").and_then(|v| v.as_str()) == Some(m))
+            && h.mode.is_none_or(|m| {
+                r.protocol.extra.get("prompt_mode").and_then(|v| v.as_str()) == Some(m)
+            })
             && h.fraction.is_none_or(|f| r.label_fraction.is_some_and(|x| (x - f).abs() < 1e-9))
             && h.direction.is_none_or(|d| r.direction.map(|x| x.as_str()) == Some(d))
     })
@@ -276,7 +432,9 @@ pub fn comparison_table(results: &[(String, Vec<ResultRecord>)]) -> String {
         for (_, recs) in results {
             match find(recs, h) {
                 Some(r) => match (r.ci_low, r.ci_high) {
-                    (Some(l), Some(hi)) => t.push_str(&format!(" {} ({}-{}) |", fmt(r.value), fmt(l), fmt(hi))),
+                    (Some(l), Some(hi)) => {
+                        t.push_str(&format!(" {} ({}-{}) |", fmt(r.value), fmt(l), fmt(hi)))
+                    }
                     _ => t.push_str(&format!(" {} |", fmt(r.value))),
                 },
                 None => t.push_str(" - |"),
@@ -311,8 +469,14 @@ mod tests {
         let mut lines = vec![];
         let mut t = 0.0;
         for step in 1..=6u64 {
-            t += match step { 1 => 5.0, 2 => 2.0, _ => 1.0 };
-            lines.push(serde_json::json!({"kind": "train", "step": step, "elapsed_s": t}).to_string());
+            t += match step {
+                1 => 5.0,
+                2 => 2.0,
+                _ => 1.0,
+            };
+            lines.push(
+                serde_json::json!({"kind": "train", "step": step, "elapsed_s": t}).to_string(),
+            );
             if step == 3 {
                 lines.push(serde_json::json!({"kind": "validation", "step": step}).to_string());
             }

@@ -17,7 +17,12 @@ fn tempdir(tag: &str) -> PathBuf {
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "command failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -27,7 +32,12 @@ fn read_embeddings(path: &Path) -> Vec<(serde_json::Value, Vec<f32>)> {
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let e = v["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+            let e = v["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
             (v["id"].clone(), e)
         })
         .collect()
@@ -36,18 +46,37 @@ fn read_embeddings(path: &Path) -> Vec<(serde_json::Value, Vec<f32>)> {
 #[test]
 fn embed_reproduces_minilm_reference_sentence_embeddings() {
     let Some(dir) = asset_path("minilm") else { return };
-    let refs = candle_core::safetensors::load(dir.join("reference_outputs.safetensors"), &candle_core::Device::Cpu).unwrap();
-    let meta = medvlp_model::model_dir::weights_metadata(&dir.join("reference_outputs.safetensors")).unwrap();
+    let refs = candle_core::safetensors::load(
+        dir.join("reference_outputs.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let meta =
+        medvlp_model::model_dir::weights_metadata(&dir.join("reference_outputs.safetensors"))
+            .unwrap();
     let sentences: Vec<String> = serde_json::from_str(&meta["sentences"]).unwrap();
     let expect: Vec<Vec<f32>> = refs["sentence_embedding"].to_vec2().unwrap();
     let tmp = tempdir("embed");
     // JSONL input with ids; one malformed line in the middle is skipped, not fatal.
-    let mut lines: Vec<String> = sentences.iter().enumerate().map(|(i, s)| serde_json::json!({"id": format!("s{i}"), "text": s}).to_string()).collect();
+    let mut lines: Vec<String> = sentences
+        .iter()
+        .enumerate()
+        .map(|(i, s)| serde_json::json!({"id": format!("s{i}"), "text": s}).to_string())
+        .collect();
     lines.insert(2, "{\"id\": \"broken\", \"text\": ".to_string());
     let input = tmp.join("texts.jsonl");
     std::fs::write(&input, lines.join("\n")).unwrap();
     let out = tmp.join("emb.jsonl");
-    run_ok(medvlp().args(["embed", "--model"]).arg(&dir).arg("--texts").arg(&input).arg("--output").arg(&out).args(["--batch-size", "3"]));
+    run_ok(
+        medvlp()
+            .args(["embed", "--model"])
+            .arg(&dir)
+            .arg("--texts")
+            .arg(&input)
+            .arg("--output")
+            .arg(&out)
+            .args(["--batch-size", "3"]),
+    );
     let got = read_embeddings(&out);
     assert_eq!(got.len(), 4);
     for (i, (id, e)) in got.iter().enumerate() {
@@ -58,7 +87,15 @@ fn embed_reproduces_minilm_reference_sentence_embeddings() {
     // Plain text: ids are line numbers.
     let plain = tmp.join("texts.txt");
     std::fs::write(&plain, sentences.join("\n")).unwrap();
-    run_ok(medvlp().args(["embed", "--model"]).arg(&dir).arg("--texts").arg(&plain).arg("--output").arg(&out));
+    run_ok(
+        medvlp()
+            .args(["embed", "--model"])
+            .arg(&dir)
+            .arg("--texts")
+            .arg(&plain)
+            .arg("--output")
+            .arg(&out),
+    );
     let got = read_embeddings(&out);
     assert_eq!(got[3].0, serde_json::json!(4));
     let cos: f32 = got[3].1.iter().zip(&expect[3]).map(|(a, b)| a * b).sum();
@@ -70,24 +107,51 @@ fn inspect_reads_hf_bert_and_medvlp_directories() {
     let tmp = tempdir("inspect");
     let model = tmp.join("model");
     let corpus = tmp.join("reports.txt");
-    let text: String = (0..50).map(|i| format!("Report {i}: small left pleural effusion, no pneumothorax. Heart size is normal.\n")).collect();
+    let text: String = (0..50)
+        .map(|i| {
+            format!(
+                "Report {i}: small left pleural effusion, no pneumothorax. Heart size is normal.\n"
+            )
+        })
+        .collect();
     std::fs::write(&corpus, text).unwrap();
     let tok = tmp.join("tokenizer.json");
-    run_ok(medvlp().args(["tokenizer", "train", "--input"]).arg(&corpus).args(["--vocab-size", "120", "--out"]).arg(&tok));
+    run_ok(
+        medvlp()
+            .args(["tokenizer", "train", "--input"])
+            .arg(&corpus)
+            .args(["--vocab-size", "120", "--out"])
+            .arg(&tok),
+    );
     assert!(tok.exists());
-    run_ok(medvlp().args(["init", "--preset", "tiny", "--out"]).arg(&model).arg("--tokenizer").arg(&tok));
+    run_ok(
+        medvlp()
+            .args(["init", "--preset", "tiny", "--out"])
+            .arg(&model)
+            .arg("--tokenizer")
+            .arg(&tok),
+    );
     let s = run_ok(medvlp().arg("inspect").arg(&model));
     assert!(s.contains("medvlp model"), "{s}");
     assert!(s.contains("vision_model.encoder"), "{s}");
     assert!(s.contains("text_model.embeddings.word_embeddings.weight"), "{s}");
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     let vocab = cfg["text_config"]["vocab_size"].as_u64().unwrap();
     assert!(vocab <= 120 && vocab > 20, "vocab {vocab}");
     // The medvlp model embeds texts too (joint-space, unit norm).
     let input = tmp.join("t.txt");
     std::fs::write(&input, "small left pleural effusion\nno pneumothorax\n").unwrap();
     let out = tmp.join("e.jsonl");
-    run_ok(medvlp().args(["embed", "--model"]).arg(&model).arg("--texts").arg(&input).arg("--output").arg(&out));
+    run_ok(
+        medvlp()
+            .args(["embed", "--model"])
+            .arg(&model)
+            .arg("--texts")
+            .arg(&input)
+            .arg("--output")
+            .arg(&out),
+    );
     let got = read_embeddings(&out);
     assert_eq!(got.len(), 2);
     assert_eq!(got[0].1.len(), cfg["projection_dim"].as_u64().unwrap() as usize);
@@ -106,13 +170,20 @@ fn init_from_hf_bert_reports_loaded_and_new_tensors() {
     let Some(dir) = asset_path("minilm") else { return };
     let tmp = tempdir("init-hf");
     let model = tmp.join("m");
-    let out = medvlp().args(["init", "--preset", "tiny", "--out"]).arg(&model).arg("--text-init").arg(&dir).output().unwrap();
+    let out = medvlp()
+        .args(["init", "--preset", "tiny", "--out"])
+        .arg(&model)
+        .arg("--text-init")
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let err = String::from_utf8_lossy(&out.stderr);
     // 6 layers x 16 + 5 embedding tensors come from the checkpoint; the pooler is not used.
     assert!(err.contains("101 tensors loaded"), "{err}");
     assert!(err.contains("pooler.dense.weight"), "{err}");
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["text_config"]["hidden_size"], 384);
 }
 
@@ -124,7 +195,13 @@ fn bad_inputs_fail_cleanly_with_the_file_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
     let empty = tmp.join("empty.txt");
     std::fs::write(&empty, "").unwrap();
-    let out = medvlp().args(["tokenizer", "train", "--input"]).arg(&empty).arg("--out").arg(tmp.join("t.json")).output().unwrap();
+    let out = medvlp()
+        .args(["tokenizer", "train", "--input"])
+        .arg(&empty)
+        .arg("--out")
+        .arg(tmp.join("t.json"))
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("empty.txt") && !e.contains("panicked"), "{e}");
@@ -140,10 +217,15 @@ fn label_writes_labels_and_entities_and_reports_bad_lines() {
     )
     .unwrap();
     let out = tmp.join("labels.jsonl");
-    let err = medvlp().args(["label", "--input"]).arg(&input).arg("--output").arg(&out).output().unwrap();
+    let err =
+        medvlp().args(["label", "--input"]).arg(&input).arg("--output").arg(&out).output().unwrap();
     assert!(err.status.success(), "{}", String::from_utf8_lossy(&err.stderr));
     assert!(String::from_utf8_lossy(&err.stderr).contains("reports.jsonl:2"), "bad line not named");
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["id"], "a");
     assert_eq!(lines[0]["labels"]["Cardiomegaly"], 1);
@@ -160,13 +242,23 @@ fn label_writes_labels_and_entities_and_reports_bad_lines() {
 #[test]
 fn prompts_list_and_show() {
     let list = run_ok(medvlp().args(["prompts", "list"]));
-    for name in ["chexpert5", "chexpert14", "nih14", "rsna_pneumonia", "siim_pneumothorax", "covidx", "disease"] {
+    for name in [
+        "chexpert5",
+        "chexpert14",
+        "nih14",
+        "rsna_pneumonia",
+        "siim_pneumothorax",
+        "covidx",
+        "disease",
+    ] {
         assert!(list.contains(name), "{name} missing:\n{list}");
     }
     let show = run_ok(medvlp().args(["prompts", "show", "chexpert5"]));
     assert!(show.contains("[Cardiomegaly]") && show.contains("ensemble"), "{show}");
     let out = medvlp().args(["prompts", "show", "/nonexistent.toml"]).output().unwrap();
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nonexistent.toml"));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nonexistent.toml")
+    );
 }
 
 #[test]
@@ -176,7 +268,22 @@ fn synth_writes_a_small_benchmark_and_rejects_bad_input() {
     let grid = tmp.join("grid.png");
     let stdout = run_ok(
         medvlp()
-            .args(["synth", "--n", "12", "--image-only", "3", "--text-only", "2", "--size", "64", "--seed", "5", "--difficulty", "easy", "--out"])
+            .args([
+                "synth",
+                "--n",
+                "12",
+                "--image-only",
+                "3",
+                "--text-only",
+                "2",
+                "--size",
+                "64",
+                "--seed",
+                "5",
+                "--difficulty",
+                "easy",
+                "--out",
+            ])
             .arg(&out)
             .arg("--preview")
             .arg(&grid),
@@ -186,15 +293,22 @@ fn synth_writes_a_small_benchmark_and_rejects_bad_input() {
     assert_eq!(m.len(), 12);
     assert!(m.iter().all(|s| out.join(&s.images[0].path).exists() && s.text.is_some()));
     assert_eq!(std::fs::read_to_string(out.join("text_only.jsonl")).unwrap().lines().count(), 2);
-    assert_eq!(std::fs::read_to_string(out.join("ground_truth.jsonl")).unwrap().lines().count(), 17);
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("synth.json")).unwrap()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join("ground_truth.jsonl")).unwrap().lines().count(),
+        17
+    );
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("synth.json")).unwrap()).unwrap();
     assert_eq!(meta["config"]["difficulty"], "easy");
     assert!(image::open(&grid).is_ok());
 
     let fail = |args: &[&str], out: &Path, want: &str| {
         let o = medvlp().args(["synth"]).args(args).arg("--out").arg(out).output().unwrap();
         let e = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success() && e.contains(want) && !e.contains("panicked"), "{args:?}: {e}");
+        assert!(
+            !o.status.success() && e.contains(want) && !e.contains("panicked"),
+            "{args:?}: {e}"
+        );
     };
     fail(&["--n", "0"], &tmp.join("x"), "--n");
     fail(&["--n", "2", "--size", "32"], &tmp.join("x"), "size");
@@ -210,12 +324,22 @@ fn eval_rejects_bad_inputs_with_clear_errors() {
     let fails = |args: &[&str], want: &str| {
         let out = medvlp().args(args).output().unwrap();
         let e = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && e.contains(want) && !e.contains("panicked"), "{args:?}: {e}");
+        assert!(
+            !out.status.success() && e.contains(want) && !e.contains("panicked"),
+            "{args:?}: {e}"
+        );
     };
     let m = tmp.join("m.jsonl");
-    std::fs::write(&m, "{\"id\": \"a\", \"images\": [{\"path\": \"a.png\"}], \"split\": \"train\"}\n").unwrap();
+    std::fs::write(
+        &m,
+        "{\"id\": \"a\", \"images\": [{\"path\": \"a.png\"}], \"split\": \"train\"}\n",
+    )
+    .unwrap();
     let ms = m.to_str().unwrap();
-    fails(&["eval", "zero-shot", "--model", "/nonexistent/model", "--data", ms], "/nonexistent/model");
+    fails(
+        &["eval", "zero-shot", "--model", "/nonexistent/model", "--data", ms],
+        "/nonexistent/model",
+    );
     run_ok(medvlp().args(["init", "--preset", "tiny", "--out"]).arg(tmp.join("init")));
     let model = tmp.join("init");
     let ms_model = model.to_str().unwrap();
@@ -225,8 +349,44 @@ fn eval_rejects_bad_inputs_with_clear_errors() {
     // With a tokenizer: a manifest without test studies is named.
     let corpus = tmp.join("c.txt");
     std::fs::write(&corpus, "no pleural effusion\nmild cardiomegaly\n".repeat(20)).unwrap();
-    run_ok(medvlp().args(["tokenizer", "train", "--vocab-size", "60", "--input"]).arg(&corpus).arg("--out").arg(tmp.join("tok.json")));
-    run_ok(medvlp().args(["init", "--preset", "tiny", "--tokenizer"]).arg(tmp.join("tok.json")).arg("--out").arg(tmp.join("init2")));
-    fails(&["eval", "zero-shot", "--model", tmp.join("init2").to_str().unwrap(), "--data", ms, "--out", tmp.join("ev").to_str().unwrap()], "no test studies");
-    fails(&["eval", "zero-shot", "--model", tmp.join("init2").to_str().unwrap(), "--data", ms, "--prompts", "disease"], "not a zero-shot one");
+    run_ok(
+        medvlp()
+            .args(["tokenizer", "train", "--vocab-size", "60", "--input"])
+            .arg(&corpus)
+            .arg("--out")
+            .arg(tmp.join("tok.json")),
+    );
+    run_ok(
+        medvlp()
+            .args(["init", "--preset", "tiny", "--tokenizer"])
+            .arg(tmp.join("tok.json"))
+            .arg("--out")
+            .arg(tmp.join("init2")),
+    );
+    fails(
+        &[
+            "eval",
+            "zero-shot",
+            "--model",
+            tmp.join("init2").to_str().unwrap(),
+            "--data",
+            ms,
+            "--out",
+            tmp.join("ev").to_str().unwrap(),
+        ],
+        "no test studies",
+    );
+    fails(
+        &[
+            "eval",
+            "zero-shot",
+            "--model",
+            tmp.join("init2").to_str().unwrap(),
+            "--data",
+            ms,
+            "--prompts",
+            "disease",
+        ],
+        "not a zero-shot one",
+    );
 }

@@ -39,7 +39,9 @@ fn dataset(dir: &Path) -> PathBuf {
             (true, true) => "The heart is enlarged. Small right pleural effusion.",
             (true, false) => "Cardiomegaly. The lungs are clear. No pleural effusion.",
             (false, true) => "Normal heart size. Right pleural effusion is present.",
-            (false, false) => "The lungs are clear. No pleural effusion or pneumothorax. Heart size is normal.",
+            (false, false) => {
+                "The lungs are clear. No pleural effusion or pneumothorax. Heart size is normal."
+            }
         };
         let split = match i % 10 {
             8 => "validate",
@@ -108,11 +110,21 @@ fn train_writes_a_run_folder_and_resumes_exactly_after_sigkill() {
     // Uninterrupted reference run.
     let a = tmp.join("a");
     run_ok(&mut train_cmd(&data, &a, steps));
-    for f in ["config.toml", "metrics.jsonl", "tokenizer.json", "final/config.json", "final/model.safetensors", "final/tokenizer.json"] {
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "tokenizer.json",
+        "final/config.json",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+    ] {
         assert!(a.join(f).exists(), "{f} missing from the run folder");
     }
     let resolved = std::fs::read_to_string(a.join("config.toml")).unwrap();
-    assert!(resolved.contains("steps = 24") && resolved.contains("seed = 3"), "overrides not in the resolved config:\n{resolved}");
+    assert!(
+        resolved.contains("steps = 24") && resolved.contains("seed = 3"),
+        "overrides not in the resolved config:\n{resolved}"
+    );
     let metrics = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
     let losses: Vec<f64> = metrics
         .lines()
@@ -121,15 +133,21 @@ fn train_writes_a_run_folder_and_resumes_exactly_after_sigkill() {
         .collect();
     assert!(losses.len() >= 20, "expected a loss per step:\n{metrics}");
     assert!(losses.iter().all(|l| l.is_finite()));
-    assert!(metrics.contains("val_loss") && metrics.contains("val_recall@1"), "no validation record:\n{metrics}");
+    assert!(
+        metrics.contains("val_loss") && metrics.contains("val_recall@1"),
+        "no validation record:\n{metrics}"
+    );
 
     // The same run, killed with SIGKILL once a mid-run checkpoint exists, then resumed.
     let b = tmp.join("b");
-    let mut child = train_cmd(&data, &b, steps).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child =
+        train_cmd(&data, &b, steps).stderr(std::process::Stdio::null()).spawn().unwrap();
     let ckpt_root = b.join("checkpoints");
     let t0 = std::time::Instant::now();
     loop {
-        let have = std::fs::read_dir(&ckpt_root).map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("step-"))).unwrap_or(false);
+        let have = std::fs::read_dir(&ckpt_root)
+            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("step-")))
+            .unwrap_or(false);
         if have || t0.elapsed().as_secs() > 300 {
             break;
         }
@@ -160,34 +178,98 @@ fn train_writes_a_run_folder_and_resumes_exactly_after_sigkill() {
     assert!(out.status.success(), "SIGTERM must end the run cleanly:\n{err}");
     assert!(err.contains("stopped at step") || err.contains("done:"), "{err}");
     run_ok(train_cmd(&data, &c, steps).arg("--resume"));
-    assert!(std::fs::read(c.join("final/model.safetensors")).unwrap() == wa, "run resumed after SIGTERM differs");
+    assert!(
+        std::fs::read(c.join("final/model.safetensors")).unwrap() == wa,
+        "run resumed after SIGTERM differs"
+    );
 
     // final/ is a model directory the other commands accept.
     let texts = tmp.join("texts.txt");
     std::fs::write(&texts, "Cardiomegaly.\nNo pleural effusion.\n").unwrap();
-    run_ok(medvlp().args(["embed", "--model"]).arg(a.join("final")).arg("--texts").arg(&texts).arg("--output").arg(tmp.join("t.jsonl")));
-    run_ok(medvlp().args(["embed", "--model"]).arg(a.join("final")).arg("--images").arg(data.join("manifest.jsonl")).arg("--output").arg(tmp.join("i.jsonl")));
+    run_ok(
+        medvlp()
+            .args(["embed", "--model"])
+            .arg(a.join("final"))
+            .arg("--texts")
+            .arg(&texts)
+            .arg("--output")
+            .arg(tmp.join("t.jsonl")),
+    );
+    run_ok(
+        medvlp()
+            .args(["embed", "--model"])
+            .arg(a.join("final"))
+            .arg("--images")
+            .arg(data.join("manifest.jsonl"))
+            .arg("--output")
+            .arg(tmp.join("i.jsonl")),
+    );
     let n = std::fs::read_to_string(tmp.join("i.jsonl")).unwrap().lines().count();
     assert_eq!(n, 40);
-    run_ok(medvlp().args(["embed", "--model"]).arg(a.join("final")).arg("--images").arg(data.join("img")).arg("--output").arg(tmp.join("f.jsonl")));
+    run_ok(
+        medvlp()
+            .args(["embed", "--model"])
+            .arg(a.join("final"))
+            .arg("--images")
+            .arg(data.join("img"))
+            .arg("--output")
+            .arg(tmp.join("f.jsonl")),
+    );
     assert_eq!(std::fs::read_to_string(tmp.join("f.jsonl")).unwrap().lines().count(), 56);
 
     // ... and the evaluation commands.
     let ev = tmp.join("eval");
-    run_ok(medvlp().args(["eval", "all", "--model"]).arg(a.join("final")).arg("--data").arg(data.join("manifest.jsonl")).args(["--bootstrap", "20", "--fractions", "0.5,1.0", "--out"]).arg(&ev));
-    let recs: Vec<serde_json::Value> = std::fs::read_to_string(ev.join("results.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    for (task, metric) in [("zero-shot", "auroc_macro"), ("linear-probe", "auroc_macro"), ("retrieval", "recall@1"), ("retrieval", "mean_rank")] {
-        let r = recs.iter().find(|r| r["task"] == task && r["metric"] == metric).unwrap_or_else(|| panic!("no {task} {metric} in results"));
+    run_ok(
+        medvlp()
+            .args(["eval", "all", "--model"])
+            .arg(a.join("final"))
+            .arg("--data")
+            .arg(data.join("manifest.jsonl"))
+            .args(["--bootstrap", "20", "--fractions", "0.5,1.0", "--out"])
+            .arg(&ev),
+    );
+    let recs: Vec<serde_json::Value> = std::fs::read_to_string(ev.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for (task, metric) in [
+        ("zero-shot", "auroc_macro"),
+        ("linear-probe", "auroc_macro"),
+        ("retrieval", "recall@1"),
+        ("retrieval", "mean_rank"),
+    ] {
+        let r = recs
+            .iter()
+            .find(|r| r["task"] == task && r["metric"] == metric)
+            .unwrap_or_else(|| panic!("no {task} {metric} in results"));
         assert!(r["value"].as_f64().unwrap().is_finite());
         assert_eq!(r["split"], "test");
         assert!(r["protocol"]["model"].as_str().unwrap().contains("final"));
     }
     let zs = recs.iter().find(|r| r["task"] == "zero-shot").unwrap();
-    assert!(zs["protocol"]["prompts"].is_object() && !zs["protocol"]["prompt_hashes"].as_object().unwrap().is_empty(), "{zs}");
-    for f in ["summary.md", "zero_shot_roc_pos_neg.svg", "zero_shot_roc_pos_neg.png", "retrieval_recall.svg"] {
+    assert!(
+        zs["protocol"]["prompts"].is_object()
+            && !zs["protocol"]["prompt_hashes"].as_object().unwrap().is_empty(),
+        "{zs}"
+    );
+    for f in [
+        "summary.md",
+        "zero_shot_roc_pos_neg.svg",
+        "zero_shot_roc_pos_neg.png",
+        "retrieval_recall.svg",
+    ] {
         assert!(ev.join(f).exists(), "{f} missing");
     }
-    run_ok(medvlp().args(["eval", "finetune", "--model"]).arg(a.join("final")).arg("--data").arg(data.join("manifest.jsonl")).args(["--bootstrap", "0", "--fractions", "1.0", "--epochs", "2", "--out"]).arg(tmp.join("ft")));
+    run_ok(
+        medvlp()
+            .args(["eval", "finetune", "--model"])
+            .arg(a.join("final"))
+            .arg("--data")
+            .arg(data.join("manifest.jsonl"))
+            .args(["--bootstrap", "0", "--fractions", "1.0", "--epochs", "2", "--out"])
+            .arg(tmp.join("ft")),
+    );
     let ft = std::fs::read_to_string(tmp.join("ft/results.jsonl")).unwrap();
     assert!(ft.contains("\"finetune\"") && ft.contains("auroc_macro"), "{ft}");
     let _ = std::fs::remove_dir_all(&tmp);
@@ -196,11 +278,27 @@ fn train_writes_a_run_folder_and_resumes_exactly_after_sigkill() {
 #[test]
 fn train_rejects_bad_config_keys_and_missing_manifest() {
     let tmp = tempdir("bad");
-    let out = medvlp().arg("train").arg("--config").arg(config_path()).arg("--out").arg(tmp.join("r")).arg("train.stepz=3").output().unwrap();
+    let out = medvlp()
+        .arg("train")
+        .arg("--config")
+        .arg(config_path())
+        .arg("--out")
+        .arg(tmp.join("r"))
+        .arg("train.stepz=3")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("stepz") && !e.contains("panicked"), "{e}");
-    let out = medvlp().arg("train").arg("--config").arg(config_path()).arg("--out").arg(tmp.join("r")).arg("data.manifest=/nonexistent/m.jsonl").output().unwrap();
+    let out = medvlp()
+        .arg("train")
+        .arg("--config")
+        .arg(config_path())
+        .arg("--out")
+        .arg(tmp.join("r"))
+        .arg("data.manifest=/nonexistent/m.jsonl")
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("/nonexistent/m.jsonl") && !e.contains("panicked"), "{e}");
@@ -213,8 +311,13 @@ fn training_augmentation_is_configurable_and_saved_with_the_model() {
     let data = tmp.join("data");
     dataset(&data);
     let out = tmp.join("r");
-    run_ok(train_cmd(&data, &out, 0).args(["data.augment.rotation_deg=2.5", "data.augment.rrc_scale=[0.75, 1.0]"]));
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("final/config.json")).unwrap()).unwrap();
+    run_ok(
+        train_cmd(&data, &out, 0)
+            .args(["data.augment.rotation_deg=2.5", "data.augment.rrc_scale=[0.75, 1.0]"]),
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("final/config.json")).unwrap())
+            .unwrap();
     let a = &cfg["preprocess"]["augment"];
     assert_eq!(a["rotation_deg"].as_f64(), Some(2.5), "{a}");
     assert_eq!(a["rrc_scale"][0].as_f64(), Some(0.75), "{a}");
@@ -229,25 +332,55 @@ fn image_encoder_initialises_from_hf_vit_safetensors() {
     dataset(&data);
     // An HF ViTModel-named file (`vit.` prefix, plus a pooler the model does not have), made from
     // a freshly initialised tiny model with a different seed.
-    run_ok(medvlp().args(["init", "--preset", "tiny", "--seed", "99", "--out"]).arg(tmp.join("src")));
-    let src = candle_core::safetensors::load(tmp.join("src/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    run_ok(
+        medvlp().args(["init", "--preset", "tiny", "--seed", "99", "--out"]).arg(tmp.join("src")),
+    );
+    let src = candle_core::safetensors::load(
+        tmp.join("src/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let mut vit: std::collections::HashMap<String, candle_core::Tensor> = src
         .iter()
-        .filter_map(|(n, t)| n.strip_prefix("vision_model.").map(|s| (format!("vit.{s}"), t.clone())))
+        .filter_map(|(n, t)| {
+            n.strip_prefix("vision_model.").map(|s| (format!("vit.{s}"), t.clone()))
+        })
         .collect();
     let n_vit = vit.len();
-    vit.insert("pooler.dense.weight".into(), candle_core::Tensor::zeros((32, 32), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap());
+    vit.insert(
+        "pooler.dense.weight".into(),
+        candle_core::Tensor::zeros((32, 32), candle_core::DType::F32, &candle_core::Device::Cpu)
+            .unwrap(),
+    );
     let file = tmp.join("vit.safetensors");
     candle_core::safetensors::save(&vit, &file).unwrap();
     let out = tmp.join("run");
     run_ok(train_cmd(&data, &out, 0).arg(format!("model.image_init={}", file.display())));
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("init_report.json")).unwrap()).unwrap();
-    let loaded: Vec<&str> = report["loaded"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("init_report.json")).unwrap())
+            .unwrap();
+    let loaded: Vec<&str> =
+        report["loaded"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(loaded.iter().filter(|n| n.starts_with("vision_model.")).count(), n_vit, "{report}");
-    assert!(report["initialised"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().starts_with("text_model.")));
-    let got = candle_core::safetensors::load(out.join("final/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(report["initialised"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap().starts_with("text_model.")));
+    let got = candle_core::safetensors::load(
+        out.join("final/model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let name = "vision_model.encoder.layer.1.attention.attention.query.weight";
-    let diff = (&got[name] - &src[name]).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (&got[name] - &src[name])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(diff, 0.0);
     let _ = std::fs::remove_dir_all(&tmp);
 }
@@ -257,21 +390,51 @@ fn quickstart_smoke_run_writes_report_table_and_model() {
     let tmp = tempdir("quickstart");
     let out = tmp.join("qs");
     let mut c = medvlp();
-    c.args(["quickstart", "--preset", "tiny", "--n", "300", "--image-only", "60", "--text-only", "60", "--budget-minutes", "0.1", "--bootstrap", "10", "--pool", "40", "--out"]).arg(&out);
+    c.args([
+        "quickstart",
+        "--preset",
+        "tiny",
+        "--n",
+        "300",
+        "--image-only",
+        "60",
+        "--text-only",
+        "60",
+        "--budget-minutes",
+        "0.1",
+        "--bootstrap",
+        "10",
+        "--pool",
+        "40",
+        "--out",
+    ])
+    .arg(&out);
     let stdout = {
         let o = c.output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stdout).unwrap()
     };
-    for row in ["zero-shot AUROC, CheXpert-5 macro", "linear probe AUROC, 1% labels", "image->report R@10"] {
-        let line = stdout.lines().find(|l| l.contains(row)).unwrap_or_else(|| panic!("no row {row}:\n{stdout}"));
+    for row in
+        ["zero-shot AUROC, CheXpert-5 macro", "linear probe AUROC, 1% labels", "image->report R@10"]
+    {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains(row))
+            .unwrap_or_else(|| panic!("no row {row}:\n{stdout}"));
         // Three models, each with a number.
         assert_eq!(line.matches('|').count(), 5, "{line}");
         assert!(!line.contains(" - |"), "missing value: {line}");
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| metric | random init | clip | xlip |"), "{report}");
-    for f in ["model/config.json", "model/model.safetensors", "model/tokenizer.json", "eval/xlip/results.jsonl", "eval/xlip/zero_shot_roc_pos_neg.svg", "data/manifest.jsonl"] {
+    for f in [
+        "model/config.json",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        "eval/xlip/results.jsonl",
+        "eval/xlip/zero_shot_roc_pos_neg.svg",
+        "data/manifest.jsonl",
+    ] {
         assert!(out.join(f).exists(), "{f} missing");
     }
     let _ = std::fs::remove_dir_all(&tmp);

@@ -10,9 +10,20 @@ use anyhow::{bail, Result};
 use super::{at, col, csv_reader, find_file_by, parse_label, ImageRef, Sink, Split, Study};
 
 pub const OBSERVATIONS: [&str; 14] = [
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 ];
 
 /// Path relative to the dataset root from a CSV `Path` value and the CSV's folder.
@@ -47,7 +58,10 @@ pub fn read_csv(sink: &mut Sink, root: &Path, p: &Path, split: Split) -> Result<
     let cp = col(&h, p, &["Path"])?;
     let cfl = col(&h, p, &["Frontal/Lateral"])?;
     let capa = col(&h, p, &["AP/PA"])?;
-    let obs: Vec<(usize, &str)> = OBSERVATIONS.iter().filter_map(|o| h.iter().position(|x| x == o).map(|i| (i, *o))).collect();
+    let obs: Vec<(usize, &str)> = OBSERVATIONS
+        .iter()
+        .filter_map(|o| h.iter().position(|x| x == o).map(|i| (i, *o)))
+        .collect();
     if obs.is_empty() {
         bail!("{}: none of the 14 CheXpert observation columns found", p.display());
     }
@@ -130,7 +144,8 @@ mod tests {
     fn chexpert_head500_with_policies() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("root");
-        if !copy_asset("labels/chexpert_train_head500.csv", &root, "CheXpert-v1.0-small/train.csv") {
+        if !copy_asset("labels/chexpert_train_head500.csv", &root, "CheXpert-v1.0-small/train.csv")
+        {
             return;
         }
         write(&root, "CheXpert-v1.0-small/valid.csv", b"Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices\nCheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg,Male,73,Frontal,AP,0.0,1.0,1.0,1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0\n");
@@ -141,7 +156,10 @@ mod tests {
         assert!(s.official_split);
         let first = &m[0];
         assert_eq!(first.id, "train/patient00001/study1");
-        assert_eq!(first.images[0].path, "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg");
+        assert_eq!(
+            first.images[0].path,
+            "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"
+        );
         assert_eq!(first.images[0].view.as_deref(), Some("AP"));
         assert_eq!(first.labels["No Finding"], 1);
         assert_eq!(first.labels["Pneumothorax"], 0);

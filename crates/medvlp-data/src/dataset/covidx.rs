@@ -31,7 +31,8 @@ pub fn run(sink: &mut Sink) -> Result<()> {
         };
         any = true;
         sink.official_split = true;
-        let text = std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let text =
+            std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
         for (i, line) in text.lines().enumerate() {
             let toks: Vec<&str> = line.split_whitespace().collect();
             if toks.is_empty() {
@@ -83,7 +84,11 @@ mod tests {
     fn covidx_three_class_and_binary() {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "train_COVIDx9A.txt", b"419639-003251 MIDRC-RICORD-1C-419639-003251-46647-0.png COVID-19 ricord\n3 a.b.c.jpeg normal rsna\n4 x.png pneumonia cohen\nbad line\n5 y.png weird src\n");
-        write(d.path(), "test_COVIDx9B.txt", b"9 t.1.png positive bimcv\n10 t2.png negative rsna\n");
+        write(
+            d.path(),
+            "test_COVIDx9B.txt",
+            b"9 t.1.png positive bimcv\n10 t2.png negative rsna\n",
+        );
         let (s, m) = run(PrepareOptions::new("covidx", d.path(), d.path().join("x.jsonl")));
         assert_eq!(m.len(), 5);
         let a = m.iter().find(|s| s.id.ends_with("46647-0.png")).unwrap();

@@ -26,7 +26,16 @@ pub struct GenericColumns {
 
 impl Default for GenericColumns {
     fn default() -> Self {
-        GenericColumns { file: None, id: None, path: "path".into(), text: None, labels: vec![], patient: None, split: None, view: None }
+        GenericColumns {
+            file: None,
+            id: None,
+            path: "path".into(),
+            text: None,
+            labels: vec![],
+            patient: None,
+            split: None,
+            view: None,
+        }
     }
 }
 
@@ -130,7 +139,9 @@ pub fn run(sink: &mut Sink) -> Result<()> {
                 k.as_ref().and_then(|k| v.get(k)).map(|x| match x {
                     serde_json::Value::String(s) => s.clone(),
                     serde_json::Value::Null => String::new(),
-                    serde_json::Value::Array(a) => a.iter().filter_map(|e| e.as_str()).collect::<Vec<_>>().join(";"),
+                    serde_json::Value::Array(a) => {
+                        a.iter().filter_map(|e| e.as_str()).collect::<Vec<_>>().join(";")
+                    }
                     other => other.to_string(),
                 })
             };
@@ -138,7 +149,11 @@ pub fn run(sink: &mut Sink) -> Result<()> {
                 id: s(&c.id),
                 paths: s(&Some(c.path.clone())).unwrap_or_default(),
                 text: s(&c.text),
-                labels: c.labels.iter().map(|l| (l.clone(), s(&Some(l.clone())).unwrap_or_default())).collect(),
+                labels: c
+                    .labels
+                    .iter()
+                    .map(|l| (l.clone(), s(&Some(l.clone())).unwrap_or_default()))
+                    .collect(),
                 patient: s(&c.patient),
                 split: s(&c.split),
                 view: s(&c.view),
@@ -147,10 +162,17 @@ pub fn run(sink: &mut Sink) -> Result<()> {
         }
     } else {
         let (mut r, h) = csv_reader(&file)?;
-        let idx = |n: &Option<String>| -> Result<Option<usize>> { n.as_ref().map(|n| col(&h, &file, &[n.as_str()])).transpose() };
-        let (ci, ct, cp, cs, cv) = (idx(&c.id)?, idx(&c.text)?, idx(&c.patient)?, idx(&c.split)?, idx(&c.view)?);
+        let idx = |n: &Option<String>| -> Result<Option<usize>> {
+            n.as_ref().map(|n| col(&h, &file, &[n.as_str()])).transpose()
+        };
+        let (ci, ct, cp, cs, cv) =
+            (idx(&c.id)?, idx(&c.text)?, idx(&c.patient)?, idx(&c.split)?, idx(&c.view)?);
         let cpath = col(&h, &file, &[c.path.as_str()])?;
-        let cl: Vec<(String, usize)> = c.labels.iter().map(|l| Ok((l.clone(), col(&h, &file, &[l.as_str()])?))).collect::<Result<_>>()?;
+        let cl: Vec<(String, usize)> = c
+            .labels
+            .iter()
+            .map(|l| Ok((l.clone(), col(&h, &file, &[l.as_str()])?)))
+            .collect::<Result<_>>()?;
         for (n, rec) in r.records().enumerate() {
             let rec = rec.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             let g = |i: Option<usize>| i.map(|i| rec.get(i).unwrap_or("").to_string());
@@ -158,7 +180,10 @@ pub fn run(sink: &mut Sink) -> Result<()> {
                 id: g(ci),
                 paths: rec.get(cpath).unwrap_or("").to_string(),
                 text: g(ct),
-                labels: cl.iter().map(|(l, i)| (l.clone(), rec.get(*i).unwrap_or("").to_string())).collect(),
+                labels: cl
+                    .iter()
+                    .map(|(l, i)| (l.clone(), rec.get(*i).unwrap_or("").to_string()))
+                    .collect(),
                 patient: g(cp),
                 split: g(cs),
                 view: g(cv),

@@ -24,7 +24,8 @@ pub fn parse_report(xml: &str, images: &HashMap<String, String>) -> Result<Study
     let mut sections = BTreeMap::new();
     for n in doc.descendants().filter(|n| n.has_tag_name("AbstractText")) {
         if let Some(label) = n.attribute("Label") {
-            let text: String = n.descendants().filter(|d| d.is_text()).filter_map(|d| d.text()).collect();
+            let text: String =
+                n.descendants().filter(|d| d.is_text()).filter_map(|d| d.text()).collect();
             let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
             if !text.is_empty() {
                 sections.insert(label.to_lowercase(), text);
@@ -96,7 +97,9 @@ fn read_tgz(path: &Path, out: &mut Vec<(String, String)>, sink: &mut Sink) -> Re
         let mut s = String::new();
         match e.read_to_string(&mut s) {
             Ok(_) => out.push((format!("{}!{name}", path.display()), s)),
-            Err(err) => sink.drop("unreadable report XML", format!("{}!{name}: {err}", path.display())),
+            Err(err) => {
+                sink.drop("unreadable report XML", format!("{}!{name}: {err}", path.display()))
+            }
         }
     }
     Ok(())
@@ -117,7 +120,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let root = d.path();
         write(root, "ecgen-radiology/1.xml", xml("CXR1", "The cardiac silhouette and mediastinum size are within normal limits. Pulmonary XXXX are normal.", "Normal chest x-XXXX.", &["CXR1_1_IM-0001-3001", "CXR1_1_IM-0001-4001"]).as_bytes());
-        write(root, "ecgen-radiology/2.xml", xml("CXR2", "", "", &["CXR2_IM-0652-1001"]).as_bytes());
+        write(
+            root,
+            "ecgen-radiology/2.xml",
+            xml("CXR2", "", "", &["CXR2_IM-0652-1001"]).as_bytes(),
+        );
         write(root, "ecgen-radiology/3.xml", xml("CXR3", "", "No acute disease.", &[]).as_bytes());
         write(root, "ecgen-radiology/4.xml", b"<eCitation><uId id=");
         write(root, "NLMCXR_png/CXR1_1_IM-0001-3001.png", b"x");
@@ -142,7 +149,9 @@ mod tests {
         assert!(a.sections["findings"].contains("Pulmonary XXXX are normal."));
         assert_eq!(a.sections["indication"], "XXXX-year-old male, chest pain.");
         assert!(a.text.as_deref().unwrap().ends_with("\n\nNormal chest x-XXXX."));
-        assert!(m.iter().any(|s| s.id == "CXR5" && s.text.as_deref() == Some("Heart size normal.")));
+        assert!(m
+            .iter()
+            .any(|s| s.id == "CXR5" && s.text.as_deref() == Some("Heart size normal.")));
         assert_eq!(s.dropped["no findings or impression"], 1);
         assert_eq!(s.dropped["report without images"], 1);
         assert_eq!(s.dropped["malformed report XML"], 1);

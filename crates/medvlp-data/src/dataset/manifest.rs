@@ -104,7 +104,8 @@ pub struct ManifestReader<R> {
 impl ManifestReader<BufReader<File>> {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let f = File::open(path).with_context(|| format!("cannot open manifest {}", path.display()))?;
+        let f =
+            File::open(path).with_context(|| format!("cannot open manifest {}", path.display()))?;
         Ok(Self::new(BufReader::new(f), path))
     }
 }
@@ -124,14 +125,20 @@ impl<R: BufRead> Iterator for ManifestReader<R> {
             let at = || format!("{}:{}", self.path.display(), self.line_no);
             let line = match line {
                 Ok(l) => l,
-                Err(e) => return Some(Err(anyhow::Error::new(e).context(format!("{}: read error", at())))),
+                Err(e) => {
+                    return Some(
+                        Err(anyhow::Error::new(e).context(format!("{}: read error", at()))),
+                    )
+                }
             };
             if line.trim().is_empty() {
                 continue;
             }
             let study: Study = match serde_json::from_str(&line) {
                 Ok(s) => s,
-                Err(e) => return Some(Err(anyhow::anyhow!("{}: invalid manifest line: {e}", at()))),
+                Err(e) => {
+                    return Some(Err(anyhow::anyhow!("{}: invalid manifest line: {e}", at())))
+                }
             };
             if let Err(e) = study.check() {
                 return Some(Err(anyhow::anyhow!("{}: {e}", at())));
@@ -156,9 +163,11 @@ impl ManifestWriter {
     pub fn create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let f = File::create(path).with_context(|| format!("cannot create manifest {}", path.display()))?;
+        let f = File::create(path)
+            .with_context(|| format!("cannot create manifest {}", path.display()))?;
         Ok(ManifestWriter { path: path.to_path_buf(), out: BufWriter::with_capacity(1 << 20, f) })
     }
     pub fn write(&mut self, s: &Study) -> Result<()> {
@@ -213,7 +222,10 @@ mod tests {
         assert!(e.contains("bad.jsonl:2"), "{e}");
         std::fs::write(&p, "{\"id\":\"a\",\"split\":\"holdout\"}\n").unwrap();
         assert!(read_manifest(&p).unwrap_err().to_string().contains("bad.jsonl:1"));
-        assert!(read_manifest(dir.path().join("nope.jsonl")).unwrap_err().to_string().contains("nope.jsonl"));
+        assert!(read_manifest(dir.path().join("nope.jsonl"))
+            .unwrap_err()
+            .to_string()
+            .contains("nope.jsonl"));
     }
 
     #[test]

@@ -13,13 +13,18 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use super::sections::parse_sections;
-use super::{at, col, csv_reader, find_file, find_file_by, parse_label, ImageRef, Sink, Split, Study};
+use super::{
+    at, col, csv_reader, find_file, find_file_by, parse_label, ImageRef, Sink, Split, Study,
+};
 
 type Key = (u32, u32); // (subject_id, study_id)
 
 fn find(root: &Path, stem: &str) -> Option<PathBuf> {
-    find_file(root, &[&format!("{stem}.csv")])
-        .or_else(|| find_file_by(root, &|n: &str| n.starts_with(stem) && (n.ends_with(".csv") || n.ends_with(".csv.gz"))))
+    find_file(root, &[&format!("{stem}.csv")]).or_else(|| {
+        find_file_by(root, &|n: &str| {
+            n.starts_with(stem) && (n.ends_with(".csv") || n.ends_with(".csv.gz"))
+        })
+    })
 }
 
 fn parse_id(s: &str) -> Option<u32> {
@@ -41,8 +46,10 @@ struct ReportZip {
 
 impl ReportZip {
     fn open(path: &Path) -> Result<Self> {
-        let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let archive = zip::ZipArchive::new(f).map_err(|e| anyhow::anyhow!("{}: not a readable zip archive: {e}", path.display()))?;
+        let f =
+            std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let archive = zip::ZipArchive::new(f)
+            .map_err(|e| anyhow::anyhow!("{}: not a readable zip archive: {e}", path.display()))?;
         let index = archive
             .file_names()
             .filter_map(|n| n.ok().map(|n| n.to_string()))
@@ -58,7 +65,10 @@ impl ReportZip {
         let name = self.index.get(rel)?.clone();
         let mut text = String::new();
         let r = match self.archive.by_name(&name) {
-            Ok(mut f) => f.read_to_string(&mut text).map(|_| text).map_err(|e| format!("{}:{name}: {e}", self.path.display())),
+            Ok(mut f) => f
+                .read_to_string(&mut text)
+                .map(|_| text)
+                .map_err(|e| format!("{}:{name}: {e}", self.path.display())),
             Err(e) => Err(format!("{}:{name}: {e}", self.path.display())),
         };
         Some(r)
@@ -76,16 +86,22 @@ pub fn run(sink: &mut Sink) -> Result<()> {
     let Some(meta_path) = find(&root, "mimic-cxr-2.0.0-metadata") else {
         bail!("{}: no mimic-cxr-2.0.0-metadata.csv(.gz) found", root.display());
     };
-    let label_stem = if sink.options().negbio { "mimic-cxr-2.0.0-negbio" } else { "mimic-cxr-2.0.0-chexpert" };
+    let label_stem =
+        if sink.options().negbio { "mimic-cxr-2.0.0-negbio" } else { "mimic-cxr-2.0.0-chexpert" };
 
     // split: per study (patient-disjoint in the official file)
     let mut split: HashMap<Key, Split> = HashMap::new();
     if let Some(p) = find(&root, "mimic-cxr-2.0.0-split") {
         let (mut r, h) = csv_reader(&p)?;
-        let (cs, cst, csp) = (col(&h, &p, &["subject_id"])?, col(&h, &p, &["study_id"])?, col(&h, &p, &["split"])?);
+        let (cs, cst, csp) =
+            (col(&h, &p, &["subject_id"])?, col(&h, &p, &["study_id"])?, col(&h, &p, &["split"])?);
         for rec in r.records() {
             let rec = rec.map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            match (rec.get(cs).and_then(parse_id), rec.get(cst).and_then(parse_id), rec.get(csp).and_then(Split::parse)) {
+            match (
+                rec.get(cs).and_then(parse_id),
+                rec.get(cst).and_then(parse_id),
+                rec.get(csp).and_then(Split::parse),
+            ) {
                 (Some(a), Some(b), Some(s)) => {
                     split.insert((a, b), s);
                 }
@@ -102,7 +118,9 @@ pub fn run(sink: &mut Sink) -> Result<()> {
         let (cs, cst) = (col(&h, &p, &["subject_id"])?, col(&h, &p, &["study_id"])?);
         'rows: for rec in r.records() {
             let rec = rec.map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            let (Some(a), Some(b)) = (rec.get(cs).and_then(parse_id), rec.get(cst).and_then(parse_id)) else {
+            let (Some(a), Some(b)) =
+                (rec.get(cs).and_then(parse_id), rec.get(cst).and_then(parse_id))
+            else {
                 sink.drop("malformed label row", at(&p, &rec));
                 continue;
             };
@@ -131,15 +149,23 @@ pub fn run(sink: &mut Sink) -> Result<()> {
     {
         let p = &meta_path;
         let (mut r, h) = csv_reader(p)?;
-        let (cd, cs, cst) = (col(&h, p, &["dicom_id"])?, col(&h, p, &["subject_id"])?, col(&h, p, &["study_id"])?);
+        let (cd, cs, cst) =
+            (col(&h, p, &["dicom_id"])?, col(&h, p, &["subject_id"])?, col(&h, p, &["study_id"])?);
         let cv = col(&h, p, &["ViewPosition"]).ok();
         for rec in r.records() {
             let rec = rec.map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
             let dicom = rec.get(cd).unwrap_or("").trim();
             match (rec.get(cs).and_then(parse_id), rec.get(cst).and_then(parse_id)) {
                 (Some(a), Some(b)) if !dicom.is_empty() && a >= 10 => {
-                    let view = cv.and_then(|c| rec.get(c)).map(str::trim).filter(|v| !v.is_empty()).map(String::from);
-                    images.entry((a, b)).or_default().push(ImageRef { path: image_rel_path(a, b, dicom), view });
+                    let view = cv
+                        .and_then(|c| rec.get(c))
+                        .map(str::trim)
+                        .filter(|v| !v.is_empty())
+                        .map(String::from);
+                    images
+                        .entry((a, b))
+                        .or_default()
+                        .push(ImageRef { path: image_rel_path(a, b, dicom), view });
                 }
                 _ => sink.drop("malformed metadata row", at(p, &rec)),
             }
@@ -174,7 +200,8 @@ pub fn run(sink: &mut Sink) -> Result<()> {
             .collect();
         for (&(a, b), sections) in chunk.iter().zip(parsed) {
             // Reports not on disk come from the zip (read sequentially: one archive handle).
-            let from_zip = |rel: &str, zip: &mut Option<ReportZip>| zip.as_mut().and_then(|z| z.read(rel));
+            let from_zip =
+                |rel: &str, zip: &mut Option<ReportZip>| zip.as_mut().and_then(|z| z.read(rel));
             let sections = match sections {
                 Ok(s) => s,
                 Err(where_) => match from_zip(&report_rel_path(a, b), &mut zip) {
@@ -225,7 +252,10 @@ mod tests {
         z.finish().unwrap();
         let (s, m) = run(PrepareOptions::new("mimic", &root, d.path().join("out/m.jsonl")));
         assert_eq!(m.len(), 1, "{s:?}");
-        assert_eq!(m[0].text.as_deref(), Some("Heart size is mildly enlarged. No effusion.\n\nMild cardiomegaly."));
+        assert_eq!(
+            m[0].text.as_deref(),
+            Some("Heart size is mildly enlarged. No effusion.\n\nMild cardiomegaly.")
+        );
         // The second study has no report anywhere: dropped and counted.
         assert_eq!(s.dropped["report file missing or unreadable"], 1);
     }
@@ -234,7 +264,12 @@ mod tests {
     fn mimic_tree_to_manifest() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("mimic");
-        let dic = ["02aa804e-bde0afdd-112c0b34-7bc16630-4e384014", "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962", "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab", "68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714"];
+        let dic = [
+            "02aa804e-bde0afdd-112c0b34-7bc16630-4e384014",
+            "174413ec-4ec4c1f7-34ea26b7-c5f994f8-79ef1962",
+            "2a2277a9-b0ded155-c0de8eb9-c124d10e-82c5caab",
+            "68b5c4b1-227d0485-9cc38c3f-7b84ab51-4b472714",
+        ];
         write(&root, "mimic-cxr-2.0.0-metadata.csv", format!(
             "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns\n{},10000032,50414267,CHEST (PA AND LAT),PA,3056,2544\n{},10000032,50414267,CHEST (PA AND LAT),LATERAL,3056,2544\n{},10000032,53189527,CHEST (PORTABLE AP),AP,3056,2544\n{},10000764,57375967,CHEST,,3056,2544\nbroken,,,,,\n",
             dic[0], dic[1], dic[2], dic[3]).as_bytes());
@@ -253,7 +288,10 @@ mod tests {
         assert_eq!(st.patient_id.as_deref(), Some("p10000032"));
         assert_eq!(st.images.len(), 2);
         assert_eq!(st.images[0].path, format!("files/p10/p10000032/s50414267/{}.jpg", dic[0]));
-        assert_eq!(st.text.as_deref(), Some("Heart size is mildly enlarged. No effusion.\n\nMild cardiomegaly."));
+        assert_eq!(
+            st.text.as_deref(),
+            Some("Heart size is mildly enlarged. No effusion.\n\nMild cardiomegaly.")
+        );
         assert_eq!(st.sections["indication"], "___M with cough");
         assert_eq!(st.labels["Cardiomegaly"], 1);
         assert_eq!(st.labels["Pleural Effusion"], 0);

@@ -56,11 +56,22 @@ pub fn view_family(view: &str) -> Option<&'static str> {
     let v = view.trim().to_ascii_uppercase();
     if v == "PA" || v.starts_with("PA ") || v == "POSTEROANTERIOR" || v == "POSTERO-ANTERIOR" {
         Some("PA")
-    } else if v == "AP" || v.starts_with("AP_") || v.starts_with("AP ") || v == "ANTEROPOSTERIOR" || v == "ANTERO-POSTERIOR" {
+    } else if v == "AP"
+        || v.starts_with("AP_")
+        || v.starts_with("AP ")
+        || v == "ANTEROPOSTERIOR"
+        || v == "ANTERO-POSTERIOR"
+    {
         Some("AP")
     } else if v == "FRONTAL" {
         Some("FRONTAL")
-    } else if v == "LATERAL" || v == "LL" || v == "RL" || v == "L" || v == "LAT" || v.starts_with("LATERAL") {
+    } else if v == "LATERAL"
+        || v == "LL"
+        || v == "RL"
+        || v == "L"
+        || v == "LAT"
+        || v.starts_with("LATERAL")
+    {
         Some("LATERAL")
     } else {
         None
@@ -111,8 +122,12 @@ impl UncertaintyPolicy {
         match self {
             UncertaintyPolicy::Keep => {}
             UncertaintyPolicy::Ignore => labels.retain(|_, v| *v != -1),
-            UncertaintyPolicy::Zeros => labels.values_mut().filter(|v| **v == -1).for_each(|v| *v = 0),
-            UncertaintyPolicy::Ones => labels.values_mut().filter(|v| **v == -1).for_each(|v| *v = 1),
+            UncertaintyPolicy::Zeros => {
+                labels.values_mut().filter(|v| **v == -1).for_each(|v| *v = 0)
+            }
+            UncertaintyPolicy::Ones => {
+                labels.values_mut().filter(|v| **v == -1).for_each(|v| *v = 1)
+            }
         }
     }
 }
@@ -152,8 +167,9 @@ impl PrepareOptions {
     }
 }
 
-pub const DATASETS: &[&str] =
-    &["mimic", "chexpert", "nih", "rsna", "siim", "covidx", "vindr", "padchest", "iu-xray", "generic"];
+pub const DATASETS: &[&str] = &[
+    "mimic", "chexpert", "nih", "rsna", "siim", "covidx", "vindr", "padchest", "iu-xray", "generic",
+];
 
 /// Counts written to `<out>.summary.json`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -192,7 +208,11 @@ impl Sink {
     fn new(opts: PrepareOptions) -> Result<Self> {
         let writer = ManifestWriter::create(&opts.out)?;
         Ok(Sink {
-            summary: Summary { dataset: opts.dataset.clone(), manifest: opts.out.display().to_string(), ..Default::default() },
+            summary: Summary {
+                dataset: opts.dataset.clone(),
+                manifest: opts.out.display().to_string(),
+                ..Default::default()
+            },
             opts,
             writer,
             has_reports: false,
@@ -264,7 +284,8 @@ impl Sink {
             }
         }
         for (k, v) in &s.labels {
-            *self.summary.labels.entry(k.clone()).or_default().entry(v.to_string()).or_default() += 1;
+            *self.summary.labels.entry(k.clone()).or_default().entry(v.to_string()).or_default() +=
+                1;
         }
         self.writer.write(&s)
     }
@@ -275,7 +296,8 @@ impl Sink {
         self.summary.official_split = self.official_split;
         // Label fractions: train studies ranked by a seeded hash; the 1% list is a prefix of the 10%.
         let seed = self.opts.seed;
-        let mut ranked: Vec<(u64, &String)> = self.train_ids.iter().map(|id| (hash64(seed ^ 0x5eed_f4ac, id), id)).collect();
+        let mut ranked: Vec<(u64, &String)> =
+            self.train_ids.iter().map(|id| (hash64(seed ^ 0x5eed_f4ac, id), id)).collect();
         ranked.sort();
         for (name, frac) in [("1pct", 0.01), ("10pct", 0.10)] {
             let n = ((ranked.len() as f64 * frac).ceil() as usize).min(ranked.len());
@@ -286,7 +308,8 @@ impl Sink {
             if !text.is_empty() {
                 text.push('\n');
             }
-            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             self.summary.label_fraction_lists.insert(name.to_string(), path.display().to_string());
         }
         let sp = sibling(&self.opts.out, "summary.json");
@@ -298,7 +321,10 @@ impl Sink {
 
 /// `<dir>/<stem>.<suffix>` next to the manifest.
 pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
-    let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "manifest".into());
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "manifest".into());
     out.with_file_name(format!("{stem}.{suffix}"))
 }
 
@@ -366,7 +392,8 @@ pub fn find_file(root: &Path, candidates: &[&str]) -> Option<PathBuf> {
 /// First file under `root` (recursively, depth <= 3) whose name matches `pred`.
 pub fn find_file_by(root: &Path, pred: &dyn Fn(&str) -> bool) -> Option<PathBuf> {
     fn walk(dir: &Path, depth: usize, pred: &dyn Fn(&str) -> bool) -> Option<PathBuf> {
-        let mut entries: Vec<_> = std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).collect();
+        let mut entries: Vec<_> =
+            std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).collect();
         entries.sort();
         for p in &entries {
             if p.is_file() && p.file_name().and_then(|n| n.to_str()).is_some_and(pred) {
@@ -402,7 +429,8 @@ pub fn index_files(root: &Path, exts: &[&str]) -> HashMap<String, String> {
             } else if let Some(name) = p.file_name().and_then(|n| n.to_str()) {
                 let lower = name.to_ascii_lowercase();
                 if exts.iter().any(|x| lower.ends_with(x)) {
-                    let rel = p.strip_prefix(root).unwrap_or(&p).to_string_lossy().replace('\\', "/");
+                    let rel =
+                        p.strip_prefix(root).unwrap_or(&p).to_string_lossy().replace('\\', "/");
                     out.insert(name.to_string(), rel);
                 }
             }
@@ -429,10 +457,9 @@ pub fn csv_reader(path: &Path) -> Result<(CsvReader, Vec<String>)> {
 
 /// Index of a column by (trimmed) name, with a clear error.
 pub fn col(headers: &[String], path: &Path, names: &[&str]) -> Result<usize> {
-    names
-        .iter()
-        .find_map(|n| headers.iter().position(|h| h.eq_ignore_ascii_case(n)))
-        .with_context(|| format!("{}: no column {:?} in header {:?}", path.display(), names, headers))
+    names.iter().find_map(|n| headers.iter().position(|h| h.eq_ignore_ascii_case(n))).with_context(
+        || format!("{}: no column {:?} in header {:?}", path.display(), names, headers),
+    )
 }
 
 /// Parse a label cell: "1"/"1.0" -> 1, "0"/"0.0" -> 0, "-1"/"-1.0" -> -1, blank -> None.

@@ -7,22 +7,39 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, Result};
 
-use super::{at, col, csv_reader, find_file_by, index_files, unit_hash, ImageRef, Sink, Split, Study};
+use super::{
+    at, col, csv_reader, find_file_by, index_files, unit_hash, ImageRef, Sink, Split, Study,
+};
 
 pub const LABELS: [&str; 14] = [
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+    "Atelectasis",
+    "Cardiomegaly",
+    "Effusion",
+    "Infiltration",
+    "Mass",
+    "Nodule",
+    "Pneumonia",
+    "Pneumothorax",
+    "Consolidation",
+    "Edema",
+    "Emphysema",
+    "Fibrosis",
+    "Pleural_Thickening",
+    "Hernia",
 ];
 
 pub fn run(sink: &mut Sink) -> Result<()> {
     let root = sink.options().root.clone();
-    let Some(p) = find_file_by(&root, &|n: &str| n.starts_with("Data_Entry_2017") && n.ends_with(".csv")) else {
+    let Some(p) =
+        find_file_by(&root, &|n: &str| n.starts_with("Data_Entry_2017") && n.ends_with(".csv"))
+    else {
         bail!("{}: no Data_Entry_2017*.csv found", root.display());
     };
     let mut official: HashMap<String, Split> = HashMap::new();
     for (name, split) in [("train_val_list.txt", Split::Train), ("test_list.txt", Split::Test)] {
         if let Some(f) = find_file_by(&root, &|n: &str| n == name) {
-            let text = std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            let text =
+                std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
             for l in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
                 official.insert(l.to_string(), split);
             }
@@ -31,7 +48,11 @@ pub fn run(sink: &mut Sink) -> Result<()> {
     sink.official_split = !official.is_empty();
     let files = index_files(&root, &[".png"]);
     let (mut r, h) = csv_reader(&p)?;
-    let (ci, cl, cpid) = (col(&h, &p, &["Image Index"])?, col(&h, &p, &["Finding Labels"])?, col(&h, &p, &["Patient ID"])?);
+    let (ci, cl, cpid) = (
+        col(&h, &p, &["Image Index"])?,
+        col(&h, &p, &["Finding Labels"])?,
+        col(&h, &p, &["Patient ID"])?,
+    );
     let cv = col(&h, &p, &["View Position"]).ok();
     let (seed, val_frac) = (sink.options().seed, sink.options().val_frac);
     for rec in r.records() {
@@ -42,12 +63,14 @@ pub fn run(sink: &mut Sink) -> Result<()> {
             sink.drop("missing Image Index or Patient ID", at(&p, &rec));
             continue;
         }
-        let found: Vec<&str> = rec.get(cl).unwrap_or("").split('|').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let found: Vec<&str> =
+            rec.get(cl).unwrap_or("").split('|').map(str::trim).filter(|s| !s.is_empty()).collect();
         if let Some(bad) = found.iter().find(|f| **f != "No Finding" && !LABELS.contains(f)) {
             sink.drop("unknown finding label", format!("{}: {bad:?}", at(&p, &rec)));
             continue;
         }
-        let mut labels: BTreeMap<String, i8> = LABELS.iter().map(|l| (l.to_string(), found.contains(l) as i8)).collect();
+        let mut labels: BTreeMap<String, i8> =
+            LABELS.iter().map(|l| (l.to_string(), found.contains(l) as i8)).collect();
         labels.insert("No Finding".into(), found.contains(&"No Finding") as i8);
         let patient = format!("{:0>8}", pid);
         let split = if sink.official_split {
@@ -63,7 +86,8 @@ pub fn run(sink: &mut Sink) -> Result<()> {
             None
         };
         let path = files.get(img).cloned().unwrap_or_else(|| format!("images/{img}"));
-        let view = cv.and_then(|c| rec.get(c)).map(str::trim).filter(|v| !v.is_empty()).map(String::from);
+        let view =
+            cv.and_then(|c| rec.get(c)).map(str::trim).filter(|v| !v.is_empty()).map(String::from);
         sink.emit(Study {
             id: img.trim_end_matches(".png").to_string(),
             patient_id: Some(patient),
@@ -85,7 +109,11 @@ mod tests {
     #[test]
     fn nih_head500_bracketed_header() {
         let d = tempfile::tempdir().unwrap();
-        if !copy_asset("labels/nih_Data_Entry_2017_v2020_head500.csv", d.path(), "Data_Entry_2017_v2020.csv") {
+        if !copy_asset(
+            "labels/nih_Data_Entry_2017_v2020_head500.csv",
+            d.path(),
+            "Data_Entry_2017_v2020.csv",
+        ) {
             return;
         }
         write(d.path(), "images_001/images/00000001_000.png", b"x");

@@ -34,13 +34,20 @@ pub fn parse_py_list(s: &str) -> Option<Vec<String>> {
 pub fn run(sink: &mut Sink) -> Result<()> {
     let root = sink.options().root.clone();
     sink.has_reports = true;
-    let Some(p) = find_file_by(&root, &|n: &str| n.starts_with("PADCHEST") && (n.ends_with(".csv") || n.ends_with(".csv.gz"))) else {
+    let Some(p) = find_file_by(&root, &|n: &str| {
+        n.starts_with("PADCHEST") && (n.ends_with(".csv") || n.ends_with(".csv.gz"))
+    }) else {
         bail!("{}: no PADCHEST_*.csv found", root.display());
     };
     let (mut r, h) = csv_reader(&p)?;
-    let (cimg, cdir, cst, cpat) =
-        (col(&h, &p, &["ImageID"])?, col(&h, &p, &["ImageDir"])?, col(&h, &p, &["StudyID"])?, col(&h, &p, &["PatientID"])?);
-    let (cproj, crep, clab) = (col(&h, &p, &["Projection"])?, col(&h, &p, &["Report"])?, col(&h, &p, &["Labels"])?);
+    let (cimg, cdir, cst, cpat) = (
+        col(&h, &p, &["ImageID"])?,
+        col(&h, &p, &["ImageDir"])?,
+        col(&h, &p, &["StudyID"])?,
+        col(&h, &p, &["PatientID"])?,
+    );
+    let (cproj, crep, clab) =
+        (col(&h, &p, &["Projection"])?, col(&h, &p, &["Report"])?, col(&h, &p, &["Labels"])?);
     let mut order = Vec::new();
     let mut studies: HashMap<String, Study> = HashMap::new();
     for rec in r.records() {
@@ -60,7 +67,8 @@ pub fn run(sink: &mut Sink) -> Result<()> {
         };
         let s = studies.entry(study.clone()).or_insert_with(|| {
             order.push(study.clone());
-            let mut st = Study { id: study.clone(), patient_id: Some(g(cpat)), ..Default::default() };
+            let mut st =
+                Study { id: study.clone(), patient_id: Some(g(cpat)), ..Default::default() };
             st.sections.insert("findings".into(), g(crep));
             st
         });
@@ -98,12 +106,21 @@ mod tests {
     #[test]
     fn padchest_head100() {
         let d = tempfile::tempdir().unwrap();
-        if !copy_asset("labels/padchest_labels_head100.csv", d.path(), "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv") {
+        if !copy_asset(
+            "labels/padchest_labels_head100.csv",
+            d.path(),
+            "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
+        ) {
             return;
         }
         let mut o = PrepareOptions::new("padchest", d.path(), d.path().join("p.jsonl"));
         let (s, m) = run(o.clone());
-        assert!(s.images > 50 && s.studies <= s.images && s.studies > 30, "{} images {} studies", s.images, s.studies);
+        assert!(
+            s.images > 50 && s.studies <= s.images && s.studies > 30,
+            "{} images {} studies",
+            s.images,
+            s.studies
+        );
         let a = &m[0];
         assert_eq!(a.id, "20536686640136348236148679891455886468");
         assert_eq!(a.images[0].path, "0/20536686640136348236148679891455886468_k6ga29.png");

@@ -34,7 +34,9 @@ pub fn normalize_section_name(name: &str) -> String {
         "clinical history" | "clinical information" | "patient history" => "history",
         "reason for examination" | "reason for exam" | "clinical indication" => "indication",
         "exam" | "type of examination" => "examination",
-        "conclusion" | "findings and impression" | "findings/impression" | "impressions" => "impression",
+        "conclusion" | "findings and impression" | "findings/impression" | "impressions" => {
+            "impression"
+        }
         "finding" => "findings",
         "recommendation(s)" => "recommendations",
         _ if findings_like_re().is_match(&n) => "findings",
@@ -141,7 +143,8 @@ mod tests {
 
     #[test]
     fn repeated_section_keeps_the_last() {
-        let t = " FINAL REPORT\n FINDINGS:  first draft.\n IMPRESSION:  a.\n FINDINGS:  final text.\n";
+        let t =
+            " FINAL REPORT\n FINDINGS:  first draft.\n IMPRESSION:  a.\n FINDINGS:  final text.\n";
         let s = parse_sections(t);
         assert_eq!(s["findings"], "final text.");
         assert_eq!(s["impression"], "a.");

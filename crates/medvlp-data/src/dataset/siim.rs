@@ -47,7 +47,8 @@ pub fn rle_decode(rle: &str, width: usize, height: usize) -> Result<Vec<u8>, Str
 
 pub fn run(sink: &mut Sink) -> Result<()> {
     let root = sink.options().root.clone();
-    let Some(p) = find_file_by(&root, &|n: &str| n == "train-rle.csv" || n == "stage_2_train.csv") else {
+    let Some(p) = find_file_by(&root, &|n: &str| n == "train-rle.csv" || n == "stage_2_train.csv")
+    else {
         bail!("{}: no train-rle.csv found", root.display());
     };
     let files = index_files(&root, &[".dcm"]);
@@ -82,7 +83,12 @@ pub fn run(sink: &mut Sink) -> Result<()> {
             continue;
         };
         let labels: BTreeMap<String, i8> = [("Pneumothorax".to_string(), pos[&id])].into();
-        sink.emit(Study { id: id.clone(), images: vec![ImageRef { path: path.clone(), view: None }], labels, ..Default::default() })?;
+        sink.emit(Study {
+            id: id.clone(),
+            images: vec![ImageRef { path: path.clone(), view: None }],
+            labels,
+            ..Default::default()
+        })?;
     }
     Ok(())
 }

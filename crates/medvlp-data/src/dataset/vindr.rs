@@ -9,9 +9,21 @@ use anyhow::{bail, Result};
 use super::{at, col, csv_reader, find_file_by, ImageRef, Sink, Study};
 
 pub const CLASSES: [&str; 15] = [
-    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Consolidation", "ILD", "Infiltration",
-    "Lung Opacity", "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax",
-    "Pulmonary fibrosis", "No finding",
+    "Aortic enlargement",
+    "Atelectasis",
+    "Calcification",
+    "Cardiomegaly",
+    "Consolidation",
+    "ILD",
+    "Infiltration",
+    "Lung Opacity",
+    "Nodule/Mass",
+    "Other lesion",
+    "Pleural effusion",
+    "Pleural thickening",
+    "Pneumothorax",
+    "Pulmonary fibrosis",
+    "No finding",
 ];
 
 pub fn run(sink: &mut Sink) -> Result<()> {
@@ -46,7 +58,12 @@ pub fn run(sink: &mut Sink) -> Result<()> {
         let any_finding = f.iter().any(|c| *c != "No finding");
         let labels: BTreeMap<String, i8> = CLASSES
             .iter()
-            .map(|c| (c.to_string(), if *c == "No finding" { (!any_finding) as i8 } else { f.contains(c) as i8 }))
+            .map(|c| {
+                (
+                    c.to_string(),
+                    if *c == "No finding" { (!any_finding) as i8 } else { f.contains(c) as i8 },
+                )
+            })
             .collect();
         sink.emit(Study {
             id: id.clone(),
@@ -70,7 +87,8 @@ mod tests {
             return;
         }
         let text = std::fs::read_to_string(d.path().join("train.csv")).unwrap();
-        let ids: std::collections::HashSet<&str> = text.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+        let ids: std::collections::HashSet<&str> =
+            text.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
         let (s, m) = run(PrepareOptions::new("vindr", d.path(), d.path().join("v.jsonl")));
         assert_eq!(s.studies, ids.len());
         let first = &m[0];

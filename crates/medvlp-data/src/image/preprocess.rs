@@ -52,7 +52,10 @@ impl AugmentConfig {
     pub fn validate(&self) -> Result<()> {
         let a = self;
         if !(0.0 < a.rrc_scale[0] && a.rrc_scale[0] <= a.rrc_scale[1] && a.rrc_scale[1] <= 1.0) {
-            bail!("preprocess.augment.rrc_scale must satisfy 0 < lo <= hi <= 1, got {:?}", a.rrc_scale);
+            bail!(
+                "preprocess.augment.rrc_scale must satisfy 0 < lo <= hi <= 1, got {:?}",
+                a.rrc_scale
+            );
         }
         if !(0.0 < a.rrc_ratio[0] && a.rrc_ratio[0] <= a.rrc_ratio[1]) {
             bail!("preprocess.augment.rrc_ratio must satisfy 0 < lo <= hi, got {:?}", a.rrc_ratio);
@@ -119,7 +122,11 @@ impl PreprocessConfig {
             bail!("preprocess.image_size must be in 1..=4096, got {}", self.image_size);
         }
         if self.resize_shorter < self.image_size {
-            bail!("preprocess.resize_shorter ({}) must be >= image_size ({})", self.resize_shorter, self.image_size);
+            bail!(
+                "preprocess.resize_shorter ({}) must be >= image_size ({})",
+                self.resize_shorter,
+                self.image_size
+            );
         }
         if self.channels != 1 && self.channels != 3 {
             bail!("preprocess.channels must be 1 or 3, got {}", self.channels);
@@ -139,16 +146,19 @@ impl PreprocessConfig {
     /// that is the block itself (TOML may also hold a `[preprocess]` table). Validated.
     pub fn from_file(path: &std::path::Path) -> Result<Self> {
         use anyhow::Context;
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let value: serde_json::Value = if path.extension().is_some_and(|e| e == "toml") {
-            let t: toml::Value = toml::from_str(&text).with_context(|| format!("{}: invalid TOML", path.display()))?;
+            let t: toml::Value = toml::from_str(&text)
+                .with_context(|| format!("{}: invalid TOML", path.display()))?;
             serde_json::to_value(t)?
         } else {
-            serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?
+            serde_json::from_str(&text)
+                .with_context(|| format!("{}: invalid JSON", path.display()))?
         };
         let block = value.get("preprocess").cloned().unwrap_or(value);
-        let cfg: PreprocessConfig =
-            serde_json::from_value(block).with_context(|| format!("{}: invalid preprocess config", path.display()))?;
+        let cfg: PreprocessConfig = serde_json::from_value(block)
+            .with_context(|| format!("{}: invalid preprocess config", path.display()))?;
         cfg.validate().with_context(|| path.display().to_string())?;
         Ok(cfg)
     }
@@ -194,8 +204,12 @@ pub fn resize_to(img: &GrayImage, nw: u32, nh: u32) -> GrayImage {
     } else {
         img
     };
-    let buf = image::ImageBuffer::<image::Luma<f32>, &[f32]>::from_raw(src.width, src.height, &src.data[..])
-        .expect("buffer size checked by GrayImage");
+    let buf = image::ImageBuffer::<image::Luma<f32>, &[f32]>::from_raw(
+        src.width,
+        src.height,
+        &src.data[..],
+    )
+    .expect("buffer size checked by GrayImage");
     let out = image::imageops::resize(&buf, nw, nh, image::imageops::FilterType::Triangle);
     GrayImage::new(nw, nh, out.into_raw())
 }
@@ -239,7 +253,11 @@ pub fn equalize_hist(img: &mut GrayImage) {
     let first = hist.iter().position(|&c| c > 0).map(|i| hist[i] as f64).unwrap_or(0.0);
     for i in 0..BINS {
         acc += hist[i] as u64;
-        cdf[i] = if n > first { ((acc as f64 - first) / (n - first)).clamp(0.0, 1.0) as f32 } else { 0.0 };
+        cdf[i] = if n > first {
+            ((acc as f64 - first) / (n - first)).clamp(0.0, 1.0) as f32
+        } else {
+            0.0
+        };
     }
     for v in img.data.iter_mut() {
         *v = cdf[bin(*v)];
@@ -269,7 +287,11 @@ fn bilinear(img: &GrayImage, x: f32, y: f32) -> f32 {
 
 /// The geometric + intensity steps, before normalisation: what the model sees, on [0, 1].
 /// `rng = None` means evaluation (center crop, no augmentation).
-pub fn preprocess_gray<R: Rng>(img: &GrayImage, cfg: &PreprocessConfig, mut rng: Option<&mut R>) -> GrayImage {
+pub fn preprocess_gray<R: Rng>(
+    img: &GrayImage,
+    cfg: &PreprocessConfig,
+    mut rng: Option<&mut R>,
+) -> GrayImage {
     let s = cfg.image_size as usize;
     let mut base = resize_shorter(img, cfg.resize_shorter);
     if cfg.hist_eq {
@@ -335,7 +357,11 @@ pub fn preprocess_gray<R: Rng>(img: &GrayImage, cfg: &PreprocessConfig, mut rng:
 }
 
 /// Full pipeline to CHW `f32` (channels x image_size x image_size).
-pub fn preprocess<R: Rng>(img: &GrayImage, cfg: &PreprocessConfig, rng: Option<&mut R>) -> Vec<f32> {
+pub fn preprocess<R: Rng>(
+    img: &GrayImage,
+    cfg: &PreprocessConfig,
+    rng: Option<&mut R>,
+) -> Vec<f32> {
     let g = preprocess_gray(img, cfg, rng);
     normalize(&g, cfg)
 }
@@ -376,7 +402,8 @@ mod tests {
         assert_eq!(c.crop, CropMode::Center);
         assert_eq!(c.augment.rotation_deg, 5.0);
         assert_eq!(c.augment.gamma, AugmentConfig::default().gamma);
-        let back: PreprocessConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        let back: PreprocessConfig =
+            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
         assert!(serde_json::from_str::<PreprocessConfig>(r#"{"crop": "random"}"#).is_err());
         let bad = PreprocessConfig { channels: 2, ..Default::default() };
@@ -400,7 +427,9 @@ mod tests {
         let e = PreprocessConfig::from_file(&t).unwrap_err();
         assert!(format!("{e:#}").contains("p.toml") && format!("{e:#}").contains("mean"), "{e:#}");
         std::fs::write(&j, "{ not json").unwrap();
-        assert!(format!("{:#}", PreprocessConfig::from_file(&j).unwrap_err()).contains("config.json"));
+        assert!(
+            format!("{:#}", PreprocessConfig::from_file(&j).unwrap_err()).contains("config.json")
+        );
     }
 
     #[test]
@@ -422,7 +451,8 @@ mod tests {
     fn resize_averages_rather_than_aliases() {
         // 1-pixel checkerboard: a proper downscale gives ~0.5 everywhere.
         let (w, h) = (1000u32, 800u32);
-        let img = GrayImage::new(w, h, (0..w * h).map(|i| (((i % w) + (i / w)) % 2) as f32).collect());
+        let img =
+            GrayImage::new(w, h, (0..w * h).map(|i| (((i % w) + (i / w)) % 2) as f32).collect());
         let r = resize_shorter(&img, 100);
         assert_eq!((r.width, r.height), (125, 100));
         assert!(r.data.iter().all(|v| (v - 0.5).abs() < 0.05));
@@ -445,8 +475,17 @@ mod tests {
     #[test]
     fn no_flip_unless_asked() {
         // Left half dark, right half bright: without hflip the right stays brighter in every draw.
-        let img = GrayImage::new(200, 200, (0..200 * 200).map(|i| if i % 200 < 100 { 0.1 } else { 0.9 }).collect());
-        let mut cfg = PreprocessConfig { image_size: 64, resize_shorter: 64, channels: 1, ..Default::default() };
+        let img = GrayImage::new(
+            200,
+            200,
+            (0..200 * 200).map(|i| if i % 200 < 100 { 0.1 } else { 0.9 }).collect(),
+        );
+        let mut cfg = PreprocessConfig {
+            image_size: 64,
+            resize_shorter: 64,
+            channels: 1,
+            ..Default::default()
+        };
         let mut flips = 0;
         for i in 0..40 {
             let g = preprocess_gray(&img, &cfg, Some(&mut sample_rng(1, 0, i)));
@@ -464,7 +503,8 @@ mod tests {
 
     #[test]
     fn hist_eq_spreads_values() {
-        let mut img = GrayImage::new(100, 1, (0..100).map(|i| 0.4 + 0.1 * i as f32 / 99.0).collect());
+        let mut img =
+            GrayImage::new(100, 1, (0..100).map(|i| 0.4 + 0.1 * i as f32 / 99.0).collect());
         equalize_hist(&mut img);
         assert!(img.data[0] < 0.05 && img.data[99] > 0.95);
         assert!(img.data.windows(2).all(|w| w[0] <= w[1]));
@@ -479,6 +519,9 @@ mod tests {
         let lung_r = g.region_mean(0.18, 0.30, 0.35, 0.55);
         let lung_l = g.region_mean(0.65, 0.30, 0.82, 0.55);
         let med = g.region_mean(0.45, 0.25, 0.55, 0.6);
-        assert!(lung_r + 0.05 < med && lung_l + 0.05 < med, "lungs {lung_r} {lung_l} mediastinum {med}");
+        assert!(
+            lung_r + 0.05 < med && lung_l + 0.05 < med,
+            "lungs {lung_r} {lung_l} mediastinum {med}"
+        );
     }
 }

@@ -307,10 +307,7 @@ impl Acquisition {
             },
             rotation_deg: rng.random_range(-4.0..4.0) * if hard { 1.5 } else { 1.0 },
             zoom: rng.random_range(0.93..1.06),
-            shift: (
-                rng.random_range(-0.025..0.025),
-                rng.random_range(-0.025..0.025),
-            ),
+            shift: (rng.random_range(-0.025..0.025), rng.random_range(-0.025..0.025)),
             exposure: rng.random_range(-0.08..0.08),
             contrast: rng.random_range(0.85..1.15),
             gamma: rng.random_range(0.85..1.2),
@@ -480,10 +477,7 @@ impl Findings {
         set("Edema", self.edema.is_some());
         set("Pleural Effusion", self.effusion.is_some());
         set("Pneumothorax", self.pneumothorax.is_some());
-        set(
-            "Pneumonia",
-            self.consolidation.as_ref().is_some_and(|c| c.pneumonia),
-        );
+        set("Pneumonia", self.consolidation.as_ref().is_some_and(|c| c.pneumonia));
         set("Nodule", self.nodule.is_some());
         set("Mass", self.mass.is_some());
         set("Lung Lesion", self.nodule.is_some() || self.mass.is_some());
@@ -577,11 +571,7 @@ pub fn sample_findings(
         let severity = severity(rng, d);
         f.edema = Some(Edema {
             severity,
-            kerley_lines: rng.random_bool(if severity >= Severity::Moderate {
-                0.7
-            } else {
-                0.35
-            }),
+            kerley_lines: rng.random_bool(if severity >= Severity::Moderate { 0.7 } else { 0.35 }),
             vascular_congestion: rng.random_bool(0.7),
             conspicuity: conspicuity(rng, d),
         });
@@ -628,12 +618,7 @@ pub fn sample_findings(
             Severity::Severe => rng.random_range(0.55..0.8),
         };
         let c = conspicuity(rng, d);
-        f.effusion = Some(Effusion {
-            side,
-            size,
-            level,
-            conspicuity: c,
-        });
+        f.effusion = Some(Effusion { side, size, level, conspicuity: c });
     }
 
     // Atelectasis: compressive with effusion, ICU, post-op; else sporadic.
@@ -656,12 +641,8 @@ pub fn sample_findings(
             let lobe = match eff_side {
                 Some(Side::Left) => Lobe::LeftLower,
                 Some(Side::Right) => Lobe::RightLower,
-                _ => [
-                    Lobe::LeftLower,
-                    Lobe::RightLower,
-                    Lobe::RightUpper,
-                    Lobe::LeftUpper,
-                ][weighted(rng, &[0.4, 0.3, 0.15, 0.15])],
+                _ => [Lobe::LeftLower, Lobe::RightLower, Lobe::RightUpper, Lobe::LeftUpper]
+                    [weighted(rng, &[0.4, 0.3, 0.15, 0.15])],
             };
             (lobe.side(), Some(lobe))
         } else {
@@ -679,11 +660,7 @@ pub fn sample_findings(
         });
         if !hidden {
             f.atelectasis = Some(Atelectasis {
-                kind: if lobar {
-                    AtelectasisKind::Lobar
-                } else {
-                    AtelectasisKind::PlateLike
-                },
+                kind: if lobar { AtelectasisKind::Lobar } else { AtelectasisKind::PlateLike },
                 side,
                 lobe,
                 volume_loss: lobar || rng.random_bool(0.5),
@@ -696,9 +673,7 @@ pub fn sample_findings(
     // Devices.
     if ctx.icu {
         if rng.random_bool(0.75) {
-            f.devices.et_tube = Some(EtTube {
-                tip_cm: one_decimal(rng.random_range(2.5..6.5)),
-            });
+            f.devices.et_tube = Some(EtTube { tip_cm: one_decimal(rng.random_range(2.5..6.5)) });
         }
         if rng.random_bool(0.8) {
             f.devices.central_line = Some(CentralLine {
@@ -711,10 +686,8 @@ pub fn sample_findings(
             });
         }
     } else if rng.random_bool(0.03) {
-        f.devices.central_line = Some(CentralLine {
-            side: Side::pick(rng, 0.3),
-            site: LineSite::InternalJugular,
-        });
+        f.devices.central_line =
+            Some(CentralLine { side: Side::pick(rng, 0.3), site: LineSite::InternalJugular });
     }
     let prior_pm = prior.and_then(|p| p.devices.pacemaker.clone());
     if let Some(pm) = prior_pm {
@@ -750,26 +723,15 @@ pub fn sample_findings(
     }
 
     // Fracture: trauma, or an old healed one.
-    let prior_fx = prior
-        .and_then(|p| p.fracture.clone())
-        .filter(|_| keep(rng))
-        .map(|mut fx| {
-            fx.healing = true;
-            fx
-        });
+    let prior_fx = prior.and_then(|p| p.fracture.clone()).filter(|_| keep(rng)).map(|mut fx| {
+        fx.healing = true;
+        fx
+    });
     if prior_fx.is_some() {
         f.fracture = prior_fx;
     } else if rng.random_bool(if ctx.trauma { 0.8 } else { 0.035 }) {
-        let side = f
-            .pneumothorax
-            .as_ref()
-            .map(|p| p.side)
-            .unwrap_or_else(|| Side::pick(rng, 0.5));
-        let count = if ctx.trauma {
-            [1u8, 2, 3][weighted(rng, &[0.3, 0.4, 0.3])]
-        } else {
-            1
-        };
+        let side = f.pneumothorax.as_ref().map(|p| p.side).unwrap_or_else(|| Side::pick(rng, 0.5));
+        let count = if ctx.trauma { [1u8, 2, 3][weighted(rng, &[0.3, 0.4, 0.3])] } else { 1 };
         f.fracture = Some(Fracture {
             side,
             rib: rng.random_range(4..=(10 - count)),
@@ -801,9 +763,7 @@ pub fn sample_findings(
             n.lobe = n.lobe.mirrored();
         }
     }
-    let prior_gran = prior
-        .and_then(|p| p.granuloma.clone())
-        .filter(|_| keep(rng));
+    let prior_gran = prior.and_then(|p| p.granuloma.clone()).filter(|_| keep(rng));
     if prior_gran.is_some() {
         f.granuloma = prior_gran;
     } else if rng.random_bool(0.08) {
@@ -818,10 +778,6 @@ pub fn sample_findings(
 /// Acquisition for a study: ICU patients are mostly AP portable films.
 pub fn sample_acquisition(rng: &mut ChaCha8Rng, d: Difficulty, ctx: &Context) -> Acquisition {
     let p_ap = if ctx.icu || ctx.trauma { 0.85 } else { 0.2 };
-    let view = if rng.random_bool(p_ap) {
-        View::Ap
-    } else {
-        View::Pa
-    };
+    let view = if rng.random_bool(p_ap) { View::Ap } else { View::Pa };
     Acquisition::sample(rng, view, d)
 }

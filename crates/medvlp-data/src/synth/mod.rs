@@ -132,17 +132,10 @@ impl SynthConfig {
             bail!("label noise must be in 0..=1, got {}", self.label_noise);
         }
         if !(0.0..=1.0).contains(&self.followup_frac) {
-            bail!(
-                "follow-up fraction must be in 0..=1, got {}",
-                self.followup_frac
-            );
+            bail!("follow-up fraction must be in 0..=1, got {}", self.followup_frac);
         }
         if self.val_frac < 0.0 || self.test_frac < 0.0 || self.val_frac + self.test_frac > 1.0 {
-            bail!(
-                "bad split fractions: val {} test {}",
-                self.val_frac,
-                self.test_frac
-            );
+            bail!("bad split fractions: val {} test {}", self.val_frac, self.test_frac);
         }
         Ok(())
     }
@@ -212,11 +205,8 @@ pub fn plan(cfg: &SynthConfig) -> Result<Vec<StudyPlan>> {
     let mut plans: Vec<StudyPlan> = Vec::with_capacity(total);
     let mut patient = 0usize;
     let mut idx = 0usize;
-    let parts = [
-        (Part::Paired, cfg.n),
-        (Part::ImageOnly, cfg.image_only),
-        (Part::TextOnly, cfg.text_only),
-    ];
+    let parts =
+        [(Part::Paired, cfg.n), (Part::ImageOnly, cfg.image_only), (Part::TextOnly, cfg.text_only)];
     for (part, count) in parts {
         let end = idx + count;
         while idx < end {
@@ -270,25 +260,12 @@ pub fn plan(cfg: &SynthConfig) -> Result<Vec<StudyPlan>> {
 /// Renders a planned study's image: display intensities in 0..1, `size` x `size`, row-major.
 pub fn render_study(cfg: &SynthConfig, p: &StudyPlan) -> Vec<f32> {
     let mut rng = study_rng(cfg.seed, p.index as u64, S_RENDER);
-    phantom::render(
-        &p.anatomy,
-        &p.acquisition,
-        &p.findings,
-        cfg.size as usize,
-        &mut rng,
-    )
+    phantom::render(&p.anatomy, &p.acquisition, &p.findings, cfg.size as usize, &mut rng)
 }
 
 /// Writes a planned study's report (`plans` supplies the prior study for comparisons).
 pub fn report_study(cfg: &SynthConfig, plans: &[StudyPlan], p: &StudyPlan) -> Report {
     let mut rng = study_rng(cfg.seed, p.index as u64, S_REPORT);
     let prior = p.prior.map(|i| &plans[i].findings);
-    report::write_report(
-        &p.findings,
-        &p.acquisition,
-        &p.context,
-        prior,
-        cfg.label_noise,
-        &mut rng,
-    )
+    report::write_report(&p.findings, &p.acquisition, &p.context, prior, cfg.label_noise, &mut rng)
 }

@@ -54,10 +54,7 @@ struct Layer {
 
 impl Layer {
     fn new(s: usize) -> Layer {
-        Layer {
-            s,
-            d: vec![0.0; s * s],
-        }
+        Layer { s, d: vec![0.0; s * s] }
     }
 
     /// Soft disc of radius `r` (normalised) at (u, v); `max` blending or additive.
@@ -170,20 +167,13 @@ impl Geometry {
         let mut shift = 0.0;
         if let Some(a) = &f.atelectasis {
             if a.volume_loss {
-                let lift = if a.kind == AtelectasisKind::Lobar {
-                    0.035
-                } else {
-                    0.022
-                } * amp(a.conspicuity);
+                let lift = if a.kind == AtelectasisKind::Lobar { 0.035 } else { 0.022 }
+                    * amp(a.conspicuity);
                 for &k in sides_of(a.side) {
                     dome[k] -= lift;
                 }
                 if a.side != Side::Bilateral && a.kind == AtelectasisKind::Lobar {
-                    shift = if image_side(a.side) == 0 {
-                        -0.015
-                    } else {
-                        0.015
-                    };
+                    shift = if image_side(a.side) == 0 { -0.015 } else { 0.015 };
                 }
             }
         }
@@ -201,17 +191,10 @@ impl Geometry {
             apex: an.apex_v + acq.inspiration_shift * 0.3,
             cp: [dome[0] + 0.07, dome[1] + 0.07],
             dome,
-            heart_c: (
-                cx + 0.14 * wh,
-                an.right_dome_v + acq.inspiration_shift + 0.02,
-            ),
+            heart_c: (cx + 0.14 * wh, an.right_dome_v + acq.inspiration_shift + 0.02),
             heart_r: (wh * 0.5, ry),
             med_hw: an.mediastinum_half_width,
-            knob: (
-                cx + an.mediastinum_half_width + 0.01,
-                an.apex_v + 0.17,
-                an.aortic_knob,
-            ),
+            knob: (cx + an.mediastinum_half_width + 0.01, an.apex_v + 0.17, an.aortic_knob),
             body_hw: tw + an.soft_tissue,
             lung_shape: an.lung_shape,
             shift,
@@ -445,9 +428,7 @@ pub fn render(
                             air_f *= 1.0 - 0.08 * ptx_rim[k];
                         }
                         let dist =
-                            (d - edge)
-                                .abs()
-                                .min(if d < edge { (v - top).abs() } else { f32::MAX });
+                            (d - edge).abs().min(if d < edge { (v - top).abs() } else { f32::MAX });
                         let line = (-(dist * sf / 0.9).powi(2)).exp();
                         a += 0.12 * ptx_amp[k] * line * m;
                     }
@@ -510,13 +491,10 @@ pub fn render(
         let k = image_side(c.lobe.side());
         let (a0, b0) = c.lobe.centre();
         // Consolidation under pleural fluid would be invisible: keep its centre above the fluid.
-        let fl = f.effusion.as_ref().filter(|e| sides_of(e.side).contains(&k)).map_or(0.0, |e| e.level);
+        let fl =
+            f.effusion.as_ref().filter(|e| sides_of(e.side).contains(&k)).map_or(0.0, |e| e.level);
         let b0 = b0.min(0.9 - fl);
-        let a0 = if matches!(c.lobe, Lobe::RightMiddle | Lobe::Lingula) {
-            0.12
-        } else {
-            a0
-        };
+        let a0 = if matches!(c.lobe, Lobe::RightMiddle | Lobe::Lingula) { 0.12 } else { a0 };
         let rad = [0.06, 0.085, 0.115][c.extent.index()];
         let am = amp(c.conspicuity) * 0.4;
         let n = 14 + 8 * c.extent.index();
@@ -538,12 +516,7 @@ pub fn render(
                 let ang: f32 = -0.6 + 0.6 * j as f32 + r2.random_range(-0.2..0.2);
                 let l = rad * 0.9;
                 let (eu, ev) = (u + sign * l * ang.cos(), v + l * ang.sin());
-                br.segment(
-                    (u - sign * rad * 0.3, v),
-                    (eu, ev),
-                    (0.005, 0.003),
-                    (1.0, 1.0),
-                );
+                br.segment((u - sign * rad * 0.3, v), (eu, ev), (0.005, 0.003), (1.0, 1.0));
             }
             for i in 0..s * s {
                 blob.d[i] -= 0.35 * blob.d[i].min(am) * br.d[i];
@@ -619,13 +592,7 @@ pub fn render(
     };
     if let Some(n) = &f.nodule {
         let (u, v) = lesion_at(n);
-        les.disc(
-            u,
-            v,
-            0.5 * n.size_cm * g.cm(),
-            0.3 * amp(n.conspicuity),
-            false,
-        );
+        les.disc(u, v, 0.5 * n.size_cm * g.cm(), 0.3 * amp(n.conspicuity), false);
     }
     if let Some(m) = &f.mass {
         let (u, v) = lesion_at(m);
@@ -740,18 +707,8 @@ pub fn render(
     let carina_v = g.apex + 0.25;
     if let Some(et) = &f.devices.et_tube {
         let tip = carina_v - et.tip_cm * g.cm();
-        metal.segment(
-            (g.cx + 0.004, 0.0),
-            (g.cx, tip),
-            (0.009, 0.009),
-            (0.22, 0.22),
-        );
-        metal.segment(
-            (g.cx + 0.004, 0.0),
-            (g.cx, tip),
-            (0.0025, 0.0025),
-            (0.7, 0.7),
-        );
+        metal.segment((g.cx + 0.004, 0.0), (g.cx, tip), (0.009, 0.009), (0.22, 0.22));
+        metal.segment((g.cx + 0.004, 0.0), (g.cx, tip), (0.0025, 0.0025), (0.7, 0.7));
     }
     if let Some(cl) = &f.devices.central_line {
         let k = image_side(cl.side);
@@ -780,27 +737,14 @@ pub fn render(
         let sign = if k == 0 { -1.0 } else { 1.0 };
         let (gu, gv) = (g.cx + sign * g.tw * 0.62, g.apex + 0.12);
         for dy in [-0.012f32, 0.0, 0.012] {
-            metal.segment(
-                (gu - 0.028, gv + dy),
-                (gu + 0.028, gv + dy),
-                (0.014, 0.014),
-                (0.9, 0.9),
-            );
+            metal.segment((gu - 0.028, gv + dy), (gu + 0.028, gv + dy), (0.014, 0.014), (0.9, 0.9));
         }
         let ra = (g.cx - g.med_hw * 0.8, g.heart_c.1 - g.heart_r.1 * 0.55);
         let rv = (g.heart_c.0 - g.heart_r.0 * 0.1, g.heart_c.1 - 0.02);
         let mid = (g.cx + sign * 0.05, g.apex + 0.1);
-        metal.polyline(
-            &[(gu, gv), mid, (g.cx - 0.02, carina_v + 0.04), ra],
-            0.003,
-            0.75,
-        );
+        metal.polyline(&[(gu, gv), mid, (g.cx - 0.02, carina_v + 0.04), ra], 0.003, 0.75);
         if pm.leads > 1 {
-            metal.polyline(
-                &[(gu, gv), mid, (g.cx - 0.01, carina_v + 0.05), rv],
-                0.003,
-                0.75,
-            );
+            metal.polyline(&[(gu, gv), mid, (g.cx - 0.01, carina_v + 0.05), rv], 0.003, 0.75);
         }
     }
 
@@ -859,30 +803,8 @@ fn branch(
     l.segment(p, e, (w.max(0.4 / sf), w1), (val, val * 0.75));
     if depth < 3 {
         let spread = rng.random_range(0.25..0.5);
-        branch(
-            l,
-            rng,
-            e,
-            sign,
-            a - spread,
-            len * 0.7,
-            w1,
-            val * 0.72,
-            depth + 1,
-            sf,
-        );
-        branch(
-            l,
-            rng,
-            e,
-            sign,
-            a + spread,
-            len * 0.7,
-            w1,
-            val * 0.72,
-            depth + 1,
-            sf,
-        );
+        branch(l, rng, e, sign, a - spread, len * 0.7, w1, val * 0.72, depth + 1, sf);
+        branch(l, rng, e, sign, a + spread, len * 0.7, w1, val * 0.72, depth + 1, sf);
     }
 }
 

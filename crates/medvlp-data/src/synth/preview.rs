@@ -130,13 +130,7 @@ fn reference_acquisition(view: View) -> Acquisition {
 
 fn lesion(lobe: Lobe, size_cm: f32) -> Lesion {
     let (a, b) = lobe.centre();
-    Lesion {
-        lobe,
-        pos: (a, b),
-        size_cm,
-        conspicuity: 1.0,
-        shape_seed: 3,
-    }
+    Lesion { lobe, pos: (a, b), size_cm, conspicuity: 1.0, shape_seed: 3 }
 }
 
 /// The grid's rows: (row label, [(caption, view, findings); 3]).
@@ -160,18 +154,10 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
             .zip(sev)
             .map(|(&ctr, s)| {
                 let f = Findings {
-                    cardiomegaly: Some(Cardiomegaly {
-                        ctr,
-                        severity: s,
-                        conspicuity: 1.0,
-                    }),
+                    cardiomegaly: Some(Cardiomegaly { ctr, severity: s, conspicuity: 1.0 }),
                     ..none()
                 };
-                (
-                    format!("CTR {ctr:.2} {}", ["MILD", "MOD.", "SEVERE"][s.index()]),
-                    View::Pa,
-                    f,
-                )
+                (format!("CTR {ctr:.2} {}", ["MILD", "MOD.", "SEVERE"][s.index()]), View::Pa, f)
             })
             .collect(),
     ));
@@ -182,19 +168,10 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
             .zip(sev)
             .map(|(&level, s)| {
                 let f = Findings {
-                    effusion: Some(Effusion {
-                        side: Side::Left,
-                        size: s,
-                        level,
-                        conspicuity: 1.0,
-                    }),
+                    effusion: Some(Effusion { side: Side::Left, size: s, level, conspicuity: 1.0 }),
                     ..none()
                 };
-                (
-                    format!("{} LEFT", s.size_word().to_uppercase()),
-                    View::Pa,
-                    f,
-                )
+                (format!("{} LEFT", s.size_word().to_uppercase()), View::Pa, f)
             })
             .collect(),
     ));
@@ -213,11 +190,7 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                     }),
                     ..none()
                 };
-                (
-                    format!("{} RIGHT", s.size_word().to_uppercase()),
-                    View::Pa,
-                    f,
-                )
+                (format!("{} RIGHT", s.size_word().to_uppercase()), View::Pa, f)
             })
             .collect(),
     ));
@@ -304,26 +277,17 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
             (
                 "NODULE 1.2CM RUL".into(),
                 View::Pa,
-                Findings {
-                    nodule: Some(lesion(Lobe::RightUpper, 1.2)),
-                    ..none()
-                },
+                Findings { nodule: Some(lesion(Lobe::RightUpper, 1.2)), ..none() },
             ),
             (
                 "NODULE 2.4CM LUL".into(),
                 View::Pa,
-                Findings {
-                    nodule: Some(lesion(Lobe::LeftUpper, 2.4)),
-                    ..none()
-                },
+                Findings { nodule: Some(lesion(Lobe::LeftUpper, 2.4)), ..none() },
             ),
             (
                 "MASS 5.5CM RLL".into(),
                 View::Pa,
-                Findings {
-                    mass: Some(lesion(Lobe::RightLower, 5.5)),
-                    ..none()
-                },
+                Findings { mass: Some(lesion(Lobe::RightLower, 5.5)), ..none() },
             ),
         ],
     ));
@@ -360,10 +324,7 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                 View::Pa,
                 Findings {
                     devices: Devices {
-                        pacemaker: Some(Pacemaker {
-                            side: Side::Left,
-                            leads: 2,
-                        }),
+                        pacemaker: Some(Pacemaker { side: Side::Left, leads: 2 }),
                         ..Default::default()
                     },
                     ..none()
@@ -385,26 +346,17 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
             (
                 "FX L7-8 DISPL.".into(),
                 View::Pa,
-                Findings {
-                    fracture: Some(fx(true, false)),
-                    ..none()
-                },
+                Findings { fracture: Some(fx(true, false)), ..none() },
             ),
             (
                 "HEALING FX L7".into(),
                 View::Pa,
-                Findings {
-                    fracture: Some(fx(false, true)),
-                    ..none()
-                },
+                Findings { fracture: Some(fx(false, true)), ..none() },
             ),
             (
                 "GRANULOMA 5 MM".into(),
                 View::Pa,
-                Findings {
-                    granuloma: Some(lesion(Lobe::LeftUpper, 0.5)),
-                    ..none()
-                },
+                Findings { granuloma: Some(lesion(Lobe::LeftUpper, 0.5)), ..none() },
             ),
         ],
     ));
@@ -413,10 +365,7 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
 
 /// Renders the grid to an 8-bit grayscale PNG with `tile`-pixel tiles.
 pub fn write_preview_grid(path: &Path, tile: u32) -> Result<()> {
-    anyhow::ensure!(
-        (64..=512).contains(&tile),
-        "tile size {tile} out of range (64..=512)"
-    );
+    anyhow::ensure!((64..=512).contains(&tile), "tile size {tile} out of range (64..=512)");
     let rows = grid_cases();
     let t = tile as usize;
     let scale = 2;
@@ -459,13 +408,7 @@ pub fn write_preview_grid(path: &Path, tile: u32) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    image::save_buffer(
-        path,
-        &buf,
-        width as u32,
-        height as u32,
-        image::ExtendedColorType::L8,
-    )
-    .with_context(|| format!("cannot write preview grid {}", path.display()))?;
+    image::save_buffer(path, &buf, width as u32, height as u32, image::ExtendedColorType::L8)
+        .with_context(|| format!("cannot write preview grid {}", path.display()))?;
     Ok(())
 }

@@ -193,21 +193,13 @@ pub fn write_report(
     let noisy: Vec<&str> = kinds.iter().copied().filter(|k| *k != "devices").collect();
     if !noisy.is_empty() && chance(rng, label_noise) {
         let k = noisy[rng.random_range(0..noisy.len())];
-        let m = if chance(rng, 0.5) {
-            Mention::NoiseOmitted
-        } else {
-            Mention::NoiseHedged
-        };
+        let m = if chance(rng, 0.5) { Mention::NoiseOmitted } else { Mention::NoiseHedged };
         mentions.insert(k.to_string(), m);
     }
     let mode = |k: &str| mentions.get(k).copied();
     let hedged = |k: &str| matches!(mode(k), Some(Mention::Hedged | Mention::NoiseHedged));
-    let shown = |k: &str| {
-        matches!(
-            mode(k),
-            Some(Mention::Stated | Mention::Hedged | Mention::NoiseHedged)
-        )
-    };
+    let shown =
+        |k: &str| matches!(mode(k), Some(Mention::Stated | Mention::Hedged | Mention::NoiseHedged));
     // A finding left out by label noise is neither described nor denied.
     let omitted = |k: &str| matches!(mode(k), Some(Mention::NoiseOmitted));
 
@@ -221,33 +213,20 @@ pub fn write_report(
         let d = &f.devices;
         if let Some(et) = &d.et_tube {
             let t = match rng.random_range(0..4) {
-                0 => format!(
-                    "Endotracheal tube terminates {:.1} cm above the carina.",
-                    et.tip_cm
-                ),
+                0 => format!("Endotracheal tube terminates {:.1} cm above the carina.", et.tip_cm),
                 1 => format!(
                     "An endotracheal tube is in place with the tip {:.1} cm above the carina.",
                     et.tip_cm
                 ),
-                2 => format!(
-                    "ET tube tip is approximately {:.0} cm from the carina.",
-                    et.tip_cm
-                ),
+                2 => format!("ET tube tip is approximately {:.0} cm from the carina.", et.tip_cm),
                 _ => "The endotracheal tube is in standard position.".to_string(),
             };
             sents.push(Sent { group: 0, text: t });
         }
         if let Some(cl) = &d.central_line {
             let side = cl.side.word();
-            let tip = pick(
-                rng,
-                &[
-                    "the SVC",
-                    "the mid SVC",
-                    "the lower SVC",
-                    "the cavoatrial junction",
-                ],
-            );
+            let tip =
+                pick(rng, &["the SVC", "the mid SVC", "the lower SVC", "the cavoatrial junction"]);
             let t = match (cl.site, rng.random_range(0..3)) {
                 (LineSite::InternalJugular, 0) => format!(
                     "{} internal jugular central venous catheter terminates in {tip}.",
@@ -259,10 +238,9 @@ pub fn write_report(
                 (LineSite::InternalJugular, _) => format!(
                     "A {side}-sided internal jugular central line is present, tip at {tip}."
                 ),
-                (LineSite::Subclavian, 0) => format!(
-                    "{} subclavian central venous catheter with tip in {tip}.",
-                    cap(side)
-                ),
+                (LineSite::Subclavian, 0) => {
+                    format!("{} subclavian central venous catheter with tip in {tip}.", cap(side))
+                }
                 (LineSite::Subclavian, 1) => {
                     format!("{}-sided subclavian line terminates at {tip}.", cap(side))
                 }
@@ -360,10 +338,7 @@ pub fn write_report(
                         "Mediastinal contours are within normal limits.",
                     ],
                 );
-                sents.push(Sent {
-                    group: 3,
-                    text: t.to_string(),
-                });
+                sents.push(Sent { group: 3, text: t.to_string() });
             }
         }
     } else if chance(rng, normal_p) && !omitted("cardiomegaly") {
@@ -380,10 +355,7 @@ pub fn write_report(
                 "The heart is not enlarged.",
             ],
         );
-        sents.push(Sent {
-            group: 3,
-            text: t.to_string(),
-        });
+        sents.push(Sent { group: 3, text: t.to_string() });
     }
 
     // ---------------------------------------------------------------- lungs
@@ -427,10 +399,7 @@ pub fn write_report(
                         "The pulmonary vasculature is engorged, with upper lobe redistribution.",
                     ],
                 );
-                sents.push(Sent {
-                    group: 1,
-                    text: t.to_string(),
-                });
+                sents.push(Sent { group: 1, text: t.to_string() });
             }
             if e.kerley_lines && !hedged("edema") && chance(rng, 0.7) {
                 let t = pick(
@@ -441,10 +410,7 @@ pub fn write_report(
                         "Septal lines are seen at the lung bases.",
                     ],
                 );
-                sents.push(Sent {
-                    group: 1,
-                    text: t.to_string(),
-                });
+                sents.push(Sent { group: 1, text: t.to_string() });
             }
             imp.push(if hedged("edema") {
                 "Possible mild pulmonary edema.".to_string()
@@ -468,10 +434,7 @@ pub fn write_report(
                 "No vascular congestion or edema.",
             ],
         );
-        sents.push(Sent {
-            group: 1,
-            text: t.to_string(),
-        });
+        sents.push(Sent { group: 1, text: t.to_string() });
     }
     if let Some(c) = &f.consolidation {
         if shown("consolidation") {
@@ -530,10 +493,7 @@ pub fn write_report(
                 (true, false) => format!("Possible {lobe} consolidation."),
                 (false, true) => match rng.random_range(0..3) {
                     0 => format!("{} pneumonia.", cap(lobe)),
-                    1 => format!(
-                        "{} {lobe} consolidation, concerning for pneumonia.",
-                        cap(ext)
-                    ),
+                    1 => format!("{} {lobe} consolidation, concerning for pneumonia.", cap(ext)),
                     _ => format!("Findings consistent with {lobe} pneumonia."),
                 },
                 (false, false) => match rng.random_range(0..2) {
@@ -563,10 +523,7 @@ pub fn write_report(
                     )
                     .to_string(),
                     s => match rng.random_range(0..2) {
-                        0 => format!(
-                            "Possible subsegmental atelectasis at the {} base.",
-                            s.word()
-                        ),
+                        0 => format!("Possible subsegmental atelectasis at the {} base.", s.word()),
                         _ => format!("Minimal {} basilar atelectasis is possible.", s.word()),
                     },
                 }
@@ -665,10 +622,7 @@ pub fn write_report(
         if let Some(l) = l {
             if shown(what) {
                 let (s1, s2) = lesion_sentence(rng, l, what, hedged(what), was(what));
-                sents.push(Sent {
-                    group: 1,
-                    text: cap(&s1),
-                });
+                sents.push(Sent { group: 1, text: cap(&s1) });
                 imp.push(cap(&s2));
             }
         }
@@ -679,10 +633,7 @@ pub fn write_report(
             let pre = if was("granuloma") { "Stable c" } else { "C" };
             let t = match rng.random_range(0..4) {
                 0 => format!("{pre}alcified granuloma in the {lobe}."),
-                1 => format!(
-                    "A small calcified granuloma projects over the {}.",
-                    gr.lobe.zone()
-                ),
+                1 => format!("A small calcified granuloma projects over the {}.", gr.lobe.zone()),
                 2 => format!("Tiny calcified nodule in the {lobe}, likely a granuloma."),
                 _ => format!(
                     "{} mm calcified granuloma in the {lobe}.",
@@ -711,8 +662,10 @@ pub fn write_report(
             t = "The lungs are otherwise clear.".to_string();
         }
         // A collapsed or fluid-filled lung is not "clear" or "well expanded".
-        if f.pneumothorax.is_some() || f.effusion.as_ref().is_some_and(|e| e.size != Severity::Mild) {
-            t = pick(rng, &["No focal airspace consolidation.", "No focal airspace disease."]).to_string();
+        if f.pneumothorax.is_some() || f.effusion.as_ref().is_some_and(|e| e.size != Severity::Mild)
+        {
+            t = pick(rng, &["No focal airspace consolidation.", "No focal airspace disease."])
+                .to_string();
         }
         sents.push(Sent { group: 1, text: t });
     }
@@ -838,29 +791,18 @@ pub fn write_report(
         } else if eff_abs {
             Some(pick(
                 rng,
-                &[
-                    "No pleural effusion.",
-                    "No effusion.",
-                    "There is no pleural effusion.",
-                ],
+                &["No pleural effusion.", "No effusion.", "There is no pleural effusion."],
             ))
         } else if ptx_abs {
             Some(pick(
                 rng,
-                &[
-                    "No pneumothorax.",
-                    "There is no pneumothorax.",
-                    "No evidence of pneumothorax.",
-                ],
+                &["No pneumothorax.", "There is no pneumothorax.", "No evidence of pneumothorax."],
             ))
         } else {
             None
         };
         if let Some(t) = t {
-            sents.push(Sent {
-                group: 2,
-                text: t.to_string(),
-            });
+            sents.push(Sent { group: 2, text: t.to_string() });
         }
     }
     // Resolved findings from the prior study.
@@ -892,10 +834,7 @@ pub fn write_report(
             }
         }
         if p.edema.is_some() && f.edema.is_none() && chance(rng, 0.7) {
-            sents.push(Sent {
-                group: 1,
-                text: "Pulmonary edema has resolved.".to_string(),
-            });
+            sents.push(Sent { group: 1, text: "Pulmonary edema has resolved.".to_string() });
         }
     }
 
@@ -944,10 +883,7 @@ pub fn write_report(
                     ),
                 }
             };
-            sents.push(Sent {
-                group: 4,
-                text: cap(t.trim()),
-            });
+            sents.push(Sent { group: 4, text: cap(t.trim()) });
             if !fx.healing || chance(rng, 0.3) {
                 imp.push(if hedged("fracture") {
                     format!("Possible {side} rib fracture.")
@@ -967,10 +903,7 @@ pub fn write_report(
                 "No acute fracture is seen.",
             ],
         );
-        sents.push(Sent {
-            group: 4,
-            text: t.to_string(),
-        });
+        sents.push(Sent { group: 4, text: t.to_string() });
     }
 
     // ---------------------------------------------------------------- assemble
@@ -1018,11 +951,7 @@ pub fn write_report(
         );
     } else if acq.view == View::Pa && chance(rng, 0.2) {
         lines.push(
-            pick(
-                rng,
-                &["PA view of the chest.", "Frontal radiograph of the chest."],
-            )
-            .to_string(),
+            pick(rng, &["PA view of the chest.", "Frontal radiograph of the chest."]).to_string(),
         );
     }
     for g in order {
@@ -1038,10 +967,7 @@ pub fn write_report(
         lines.join(" ")
     };
 
-    if imp
-        .iter()
-        .all(|s| s.starts_with("Support devices") || s.starts_with("Lines and tubes"))
-    {
+    if imp.iter().all(|s| s.starts_with("Support devices") || s.starts_with("Lines and tubes")) {
         let n = pick(
             rng,
             &[

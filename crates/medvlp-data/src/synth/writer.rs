@@ -59,10 +59,7 @@ pub fn encode_png(img: &[f32], size: u32, bits: u8) -> Result<Vec<u8>> {
         }
         enc.write_image(&bytes, size, size, ExtendedColorType::L16)?;
     } else {
-        let bytes: Vec<u8> = img
-            .iter()
-            .map(|&x| (x.clamp(0.0, 1.0) * 255.0 + 0.5) as u8)
-            .collect();
+        let bytes: Vec<u8> = img.iter().map(|&x| (x.clamp(0.0, 1.0) * 255.0 + 0.5) as u8).collect();
         enc.write_image(&bytes, size, size, ExtendedColorType::L8)?;
     }
     Ok(out)
@@ -133,16 +130,7 @@ fn prevalence<'a>(plans: impl Iterator<Item = &'a StudyPlan>) -> BTreeMap<String
         }
     }
     pos.into_iter()
-        .map(|(k, c)| {
-            (
-                k,
-                if n == 0 {
-                    0.0
-                } else {
-                    (c as f64 / n as f64 * 1e4).round() / 1e4
-                },
-            )
-        })
+        .map(|(k, c)| (k, if n == 0 { 0.0 } else { (c as f64 / n as f64 * 1e4).round() / 1e4 }))
         .collect()
 }
 
@@ -174,30 +162,31 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
     // generator's own files (sNNNNNNN.png) that this run does not write.
     let keep: std::collections::HashSet<String> =
         plans.iter().filter(|p| p.has_image()).map(|p| format!("{}.png", p.id)).collect();
-    for e in std::fs::read_dir(&img_dir).with_context(|| format!("cannot read {}", img_dir.display()))? {
+    for e in
+        std::fs::read_dir(&img_dir).with_context(|| format!("cannot read {}", img_dir.display()))?
+    {
         let name = e?.file_name().to_string_lossy().to_string();
-        let ours = name.len() == 12 && name.starts_with('s') && name.ends_with(".png") && name[1..8].bytes().all(|b| b.is_ascii_digit());
+        let ours = name.len() == 12
+            && name.starts_with('s')
+            && name.ends_with(".png")
+            && name[1..8].bytes().all(|b| b.is_ascii_digit());
         if ours && !keep.contains(&name) {
             let p = img_dir.join(&name);
-            std::fs::remove_file(&p).with_context(|| format!("cannot remove stale {}", p.display()))?;
+            std::fs::remove_file(&p)
+                .with_context(|| format!("cannot remove stale {}", p.display()))?;
         }
     }
 
-    let reports: Vec<Option<Report>> = plans
-        .par_iter()
-        .map(|p| p.has_report().then(|| report_study(cfg, &plans, p)))
-        .collect();
+    let reports: Vec<Option<Report>> =
+        plans.par_iter().map(|p| p.has_report().then(|| report_study(cfg, &plans, p))).collect();
 
     let n_images = plans.iter().filter(|p| p.has_image()).count();
-    plans
-        .par_iter()
-        .filter(|p| p.has_image())
-        .try_for_each(|p| -> Result<()> {
-            let img = render_study(cfg, p);
-            let png = encode_png(&img, cfg.size, cfg.bits)?;
-            let path = out_dir.join(p.image_path());
-            std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))
-        })?;
+    plans.par_iter().filter(|p| p.has_image()).try_for_each(|p| -> Result<()> {
+        let img = render_study(cfg, p);
+        let png = encode_png(&img, cfg.size, cfg.bits)?;
+        let path = out_dir.join(p.image_path());
+        std::fs::write(&path, png).with_context(|| format!("cannot write {}", path.display()))
+    })?;
 
     let part_rows = |part: Part| {
         plans
@@ -207,10 +196,7 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
             .map(|(p, r)| study_row(p, r.as_ref()))
     };
     write_jsonl(&out_dir.join("manifest.jsonl"), part_rows(Part::Paired))?;
-    write_jsonl(
-        &out_dir.join("image_only.jsonl"),
-        part_rows(Part::ImageOnly),
-    )?;
+    write_jsonl(&out_dir.join("image_only.jsonl"), part_rows(Part::ImageOnly))?;
     write_jsonl(&out_dir.join("text_only.jsonl"), part_rows(Part::TextOnly))?;
 
     let gt_path = out_dir.join("ground_truth.jsonl");
@@ -219,17 +205,12 @@ pub fn generate(cfg: &SynthConfig, out_dir: &Path) -> Result<SynthSummary> {
     let mut w = std::io::BufWriter::new(f);
     for (p, r) in plans.iter().zip(&reports) {
         serde_json::to_writer(&mut w, &ground_truth_row(cfg, &plans, p, r.as_ref()))?;
-        w.write_all(b"\n")
-            .with_context(|| format!("writing {}", gt_path.display()))?;
+        w.write_all(b"\n").with_context(|| format!("writing {}", gt_path.display()))?;
     }
-    w.flush()
-        .with_context(|| format!("writing {}", gt_path.display()))?;
+    w.flush().with_context(|| format!("writing {}", gt_path.display()))?;
 
-    let patients = plans
-        .iter()
-        .map(|p| &p.patient_id)
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
+    let patients =
+        plans.iter().map(|p| &p.patient_id).collect::<std::collections::BTreeSet<_>>().len();
     let mut splits: BTreeMap<String, usize> = BTreeMap::new();
     for p in plans.iter().filter(|p| p.part == Part::Paired) {
         *splits.entry(p.split.as_str().to_string()).or_default() += 1;

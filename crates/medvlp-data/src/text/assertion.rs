@@ -100,7 +100,10 @@ fn abbreviation_before(text: &[u8], dot: usize) -> bool {
         s -= 1;
     }
     let w = text[s..dot].to_ascii_lowercase();
-    matches!(w.as_slice(), b"vs" | b"dr" | b"e.g" | b"i.e" | b"approx" | b"mr" | b"ms" | b"st" | b"cf")
+    matches!(
+        w.as_slice(),
+        b"vs" | b"dr" | b"e.g" | b"i.e" | b"approx" | b"mr" | b"ms" | b"st" | b"cf"
+    )
 }
 
 /// A line break ends a clause when the next line is blank, a list item or a header, or when the
@@ -114,7 +117,9 @@ fn newline_breaks(text: &[u8], nl: usize) -> bool {
         return true;
     }
     let c = text[j];
-    if c == b'\n' || c == b'-' || c == b'*' || c == 0xE2 /* bullet "•" */ {
+    if c == b'\n' || c == b'-' || c == b'*' || c == 0xE2
+    /* bullet "•" */
+    {
         return true;
     }
     if c.is_ascii_digit() {
@@ -129,9 +134,12 @@ fn newline_breaks(text: &[u8], nl: usize) -> bool {
     // Next line starts with an upper-case header ("IMPRESSION", "FINDINGS:").
     let line_end = text[j..].iter().position(|&b| b == b'\n').map_or(text.len(), |p| j + p);
     let next = &text[j..line_end];
-    let head: Vec<u8> = next.iter().take_while(|b| b.is_ascii_alphabetic() || **b == b' ').copied().collect();
-    let caps = |s: &[u8]| s.iter().filter(|b| b.is_ascii_alphabetic()).count() >= 4
-        && s.iter().all(|b| !b.is_ascii_lowercase());
+    let head: Vec<u8> =
+        next.iter().take_while(|b| b.is_ascii_alphabetic() || **b == b' ').copied().collect();
+    let caps = |s: &[u8]| {
+        s.iter().filter(|b| b.is_ascii_alphabetic()).count() >= 4
+            && s.iter().all(|b| !b.is_ascii_lowercase())
+    };
     if caps(&head) {
         return true;
     }
@@ -159,10 +167,7 @@ fn value(kind: TriggerKind) -> Option<Assertion> {
 /// The assertion of a non-termination trigger lying inside `[s, e)` (for composite findings such
 /// as "heart size is not significantly enlarged"), the first one found.
 pub fn inside(triggers: &[TriggerHit], s: usize, e: usize) -> Option<Assertion> {
-    triggers
-        .iter()
-        .filter(|t| t.start >= s && t.end <= e)
-        .find_map(|t| value(t.kind))
+    triggers.iter().filter(|t| t.start >= s && t.end <= e).find_map(|t| value(t.kind))
 }
 
 /// Assertion of the mention `[s, e)` given the report's triggers.
@@ -211,7 +216,8 @@ mod tests {
 
     #[test]
     fn clauses() {
-        let t = b"No effusion. Small 1.5 cm nodule; vs. mass\nwrapped line\n\nIMPRESSION: ok\n- item";
+        let t =
+            b"No effusion. Small 1.5 cm nodule; vs. mass\nwrapped line\n\nIMPRESSION: ok\n- item";
         let s = Scope::new(t);
         let pos = |w: &str| t.windows(w.len()).position(|x| x == w.as_bytes()).unwrap();
         assert!(!s.same_sentence(pos("No"), pos("Small")));

@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use aho_corasick::{AhoCorasick, MatchKind};
 use anyhow::{bail, Context, Result};
 
-use super::assertion::{self, Scope, TriggerKind, TriggerHit};
+use super::assertion::{self, Scope, TriggerHit, TriggerKind};
 use super::labels::all_labels;
 use super::lexicon::Lexicon;
 use super::{Assertion, Entity, EntityType};
@@ -71,18 +71,19 @@ impl Extractor {
         let mut patterns: Vec<String> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut roles: Vec<Vec<Role>> = Vec::new();
-        let mut add = |term: &str, role: Role, patterns: &mut Vec<String>, roles: &mut Vec<Vec<Role>>| {
-            let t = term.trim().to_ascii_lowercase();
-            if t.is_empty() {
-                return;
-            }
-            let id = *index.entry(t.clone()).or_insert_with(|| {
-                patterns.push(t);
-                roles.push(Vec::new());
-                patterns.len() - 1
-            });
-            roles[id].push(role);
-        };
+        let mut add =
+            |term: &str, role: Role, patterns: &mut Vec<String>, roles: &mut Vec<Vec<Role>>| {
+                let t = term.trim().to_ascii_lowercase();
+                if t.is_empty() {
+                    return;
+                }
+                let id = *index.entry(t.clone()).or_insert_with(|| {
+                    patterns.push(t);
+                    roles.push(Vec::new());
+                    patterns.len() - 1
+                });
+                roles[id].push(role);
+            };
 
         let mut concepts: Vec<ConceptInfo> = Vec::new();
         let mut labels: HashMap<String, Vec<String>> = HashMap::new();
@@ -100,11 +101,18 @@ impl Extractor {
                 }
                 for l in &ls {
                     if !known.contains(&l.as_str()) {
-                        bail!("concept {:?} feeds unknown label {l:?} (known: {known:?})", e.concept);
+                        bail!(
+                            "concept {:?} feeds unknown label {l:?} (known: {known:?})",
+                            e.concept
+                        );
                     }
                 }
                 let id = *concept_ids.entry((kind, e.concept.clone())).or_insert_with(|| {
-                    concepts.push(ConceptInfo { name: e.concept.clone(), kind, fixed: e.assertion });
+                    concepts.push(ConceptInfo {
+                        name: e.concept.clone(),
+                        kind,
+                        fixed: e.assertion,
+                    });
                     (concepts.len() - 1) as u32
                 });
                 let entry = labels.entry(e.concept.clone()).or_default();
@@ -145,7 +153,12 @@ impl Extractor {
                 (&c.uncertain, Assertion::Uncertain),
             ] {
                 for w in words {
-                    add(w, Role::State { composite: ci as u32, assertion: a }, &mut patterns, &mut roles);
+                    add(
+                        w,
+                        Role::State { composite: ci as u32, assertion: a },
+                        &mut patterns,
+                        &mut roles,
+                    );
                 }
             }
             composites.push(CompositeInfo {

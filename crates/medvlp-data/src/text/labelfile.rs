@@ -44,7 +44,11 @@ struct OutLine<'a> {
 
 const CHUNK: usize = 16_384;
 
-fn parse_line(bytes: &[u8], lineno: usize, jsonl: bool) -> Result<Option<(serde_json::Value, String)>, String> {
+fn parse_line(
+    bytes: &[u8],
+    lineno: usize,
+    jsonl: bool,
+) -> Result<Option<(serde_json::Value, String)>, String> {
     let s = std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 ({e})"))?;
     let s = s.trim_end_matches(['\n', '\r']);
     if s.trim().is_empty() {
@@ -92,7 +96,8 @@ pub fn label_file(
         let mut chunk: Vec<(usize, Vec<u8>)> = Vec::with_capacity(CHUNK);
         while chunk.len() < CHUNK {
             let mut buf = Vec::new();
-            let n = reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {name}"))?;
+            let n =
+                reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {name}"))?;
             if n == 0 {
                 eof = true;
                 break;
@@ -105,9 +110,19 @@ pub fn label_file(
             .map(|(ln, bytes)| {
                 let Some((id, text)) = parse_line(bytes, *ln, jsonl)? else { return Ok(None) };
                 let ents = extractor.extract(&text);
-                let labels = if text.trim().is_empty() { BTreeMap::new() } else { label_entities(extractor, &ents) };
-                let line = OutLine { id: &id, labels: &labels, entities: with_entities.then_some(&ents[..]) };
-                serde_json::to_string(&line).map(Some).map_err(|e| format!("serialising output: {e}"))
+                let labels = if text.trim().is_empty() {
+                    BTreeMap::new()
+                } else {
+                    label_entities(extractor, &ents)
+                };
+                let line = OutLine {
+                    id: &id,
+                    labels: &labels,
+                    entities: with_entities.then_some(&ents[..]),
+                };
+                serde_json::to_string(&line)
+                    .map(Some)
+                    .map_err(|e| format!("serialising output: {e}"))
             })
             .collect();
         for ((ln, _), r) in chunk.iter().zip(results) {
@@ -143,21 +158,37 @@ mod tests {
     fn jsonl_with_bad_lines() {
         let input = tmp("in.jsonl");
         let mut data = b"{\"id\": \"a\", \"text\": \"No pneumothorax. Small left effusion.\"}\n\nnot json\n{\"id\": 7}\n".to_vec();
-        data.extend_from_slice(b"{\"id\": 8, \"text\": \"caf\xff\"}\n{\"text\": \"Mild cardiomegaly.\"}");
+        data.extend_from_slice(
+            b"{\"id\": 8, \"text\": \"caf\xff\"}\n{\"text\": \"Mild cardiomegaly.\"}",
+        );
         std::fs::write(&input, data).unwrap();
         let output = tmp("out.jsonl");
-        let st = label_file(Extractor::builtin(), &input, &output, InputFormat::Auto, true).unwrap();
+        let st =
+            label_file(Extractor::builtin(), &input, &output, InputFormat::Auto, true).unwrap();
         assert_eq!((st.labelled, st.skipped), (2, 3), "{:?}", st.errors);
-        assert!(st.errors[0].ends_with("in.jsonl:3: invalid JSON: expected ident at line 1 column 2"), "{}", st.errors[0]);
+        assert!(
+            st.errors[0].ends_with("in.jsonl:3: invalid JSON: expected ident at line 1 column 2"),
+            "{}",
+            st.errors[0]
+        );
         assert!(st.errors[1].contains(":4: missing \"text\""));
         assert!(st.errors[2].contains(":5: not valid UTF-8"));
         let out = std::fs::read_to_string(&output).unwrap();
-        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> =
+            out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines[0]["id"], "a");
         assert_eq!(lines[0]["labels"]["Pneumothorax"], 0);
         assert_eq!(lines[0]["labels"]["Pleural Effusion"], 1);
-        let e = lines[0]["entities"].as_array().unwrap().iter().find(|e| e["concept"] == "pneumothorax").unwrap();
-        assert_eq!((e["start"].as_u64(), e["end"].as_u64(), e["type"].as_str()), (Some(3), Some(15), Some("finding")));
+        let e = lines[0]["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["concept"] == "pneumothorax")
+            .unwrap();
+        assert_eq!(
+            (e["start"].as_u64(), e["end"].as_u64(), e["type"].as_str()),
+            (Some(3), Some(15), Some("finding"))
+        );
         assert_eq!(e["assertion"], "absent");
         assert_eq!(lines[1]["id"], 6, "missing id falls back to the line number");
         assert_eq!(lines[1]["labels"]["Cardiomegaly"], 1);
@@ -166,19 +197,28 @@ mod tests {
     #[test]
     fn plain_text_one_report_per_line() {
         let input = tmp("in.txt");
-        std::fs::write(&input, "Possible pneumonia.\r\nNo acute cardiopulmonary process.\n").unwrap();
+        std::fs::write(&input, "Possible pneumonia.\r\nNo acute cardiopulmonary process.\n")
+            .unwrap();
         let output = tmp("out-text.jsonl");
-        let st = label_file(Extractor::builtin(), &input, &output, InputFormat::Auto, false).unwrap();
+        let st =
+            label_file(Extractor::builtin(), &input, &output, InputFormat::Auto, false).unwrap();
         assert_eq!((st.labelled, st.skipped), (2, 0));
         let out = std::fs::read_to_string(&output).unwrap();
-        let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> =
+            out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines[0]["id"], 1);
         assert_eq!(lines[0]["labels"]["Pneumonia"], -1);
         assert!(lines[0].get("entities").is_none());
         assert_eq!(lines[1]["labels"]["No Finding"], 1);
-        assert!(label_file(Extractor::builtin(), &tmp("missing.txt"), &output, InputFormat::Auto, false)
-            .unwrap_err()
-            .to_string()
-            .contains("missing.txt"));
+        assert!(label_file(
+            Extractor::builtin(),
+            &tmp("missing.txt"),
+            &output,
+            InputFormat::Auto,
+            false
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("missing.txt"));
     }
 }

@@ -85,7 +85,8 @@ pub fn label_entities(extractor: &Extractor, entities: &[Entity]) -> BTreeMap<St
             }
         }
     }
-    let mut out: BTreeMap<String, i8> = best.into_iter().map(|(k, v)| (k, v.label_value())).collect();
+    let mut out: BTreeMap<String, i8> =
+        best.into_iter().map(|(k, v)| (k, v.label_value())).collect();
     let sick = CHEXPERT_14
         .iter()
         .filter(|l| **l != "No Finding" && **l != "Support Devices")
@@ -149,7 +150,8 @@ mod tests {
 
     #[test]
     fn extra_labels_and_hierarchy() {
-        let r = l("8 mm nodule in the right upper lobe. Moderate hiatal hernia. Mild dextroscoliosis.");
+        let r =
+            l("8 mm nodule in the right upper lobe. Moderate hiatal hernia. Mild dextroscoliosis.");
         assert_eq!(r["Nodule"], 1);
         assert_eq!(r["Lung Lesion"], 1);
         assert_eq!(r["Hernia"], 1);

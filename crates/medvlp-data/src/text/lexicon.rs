@@ -83,7 +83,8 @@ impl Lexicon {
     }
 
     pub fn from_toml_str(s: &str, origin: &str) -> Result<Lexicon> {
-        let lex: Lexicon = toml::from_str(s).with_context(|| format!("parsing lexicon {origin}"))?;
+        let lex: Lexicon =
+            toml::from_str(s).with_context(|| format!("parsing lexicon {origin}"))?;
         lex.validate().with_context(|| format!("invalid lexicon {origin}"))?;
         Ok(lex)
     }
@@ -115,7 +116,10 @@ impl Lexicon {
                     }
                     if let Some(prev) = seen.insert(t.clone(), &e.concept) {
                         if prev != e.concept {
-                            bail!("{kind} term {t:?} is listed under both {prev:?} and {:?}", e.concept);
+                            bail!(
+                                "{kind} term {t:?} is listed under both {prev:?} and {:?}",
+                                e.concept
+                            );
                         }
                     }
                 }

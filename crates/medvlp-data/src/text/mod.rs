@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 pub use extract::{extract_entities, Extractor};
 pub use labelfile::{label_file, InputFormat, LabelStats};
 pub use labels::{
-    label_with,
-    all_labels, label_entities, label_report, label_reports, CHEXPERT_14, CHEXPERT_5, EXTRA_LABELS,
+    all_labels, label_entities, label_report, label_reports, label_with, CHEXPERT_14, CHEXPERT_5,
+    EXTRA_LABELS,
 };
 pub use lexicon::Lexicon;
 pub use prompts::{disease_prompt, DiseasePrompts, PromptFile};
@@ -81,7 +81,10 @@ pub struct Entity {
 /// `token_offsets` are `(start, end)` offsets per token in the same unit as the entity offsets
 /// (byte offsets; for ASCII text char and byte offsets coincide); `(0, 0)` marks special tokens,
 /// which never match. Used by entity-driven masked language modelling.
-pub fn entity_token_spans(entities: &[Entity], token_offsets: &[(usize, usize)]) -> Vec<Vec<usize>> {
+pub fn entity_token_spans(
+    entities: &[Entity],
+    token_offsets: &[(usize, usize)],
+) -> Vec<Vec<usize>> {
     entities
         .iter()
         .map(|e| {
@@ -117,7 +120,8 @@ mod tests {
     fn entity_serialises_kind_as_type() {
         let ents = extract_entities("Small left effusion.");
         let v = serde_json::to_value(&ents).unwrap();
-        let eff = v.as_array().unwrap().iter().find(|e| e["concept"] == "pleural_effusion").unwrap();
+        let eff =
+            v.as_array().unwrap().iter().find(|e| e["concept"] == "pleural_effusion").unwrap();
         assert_eq!(eff["type"], "finding");
         assert_eq!(eff["assertion"], "present");
         assert_eq!(eff["text"], "effusion");

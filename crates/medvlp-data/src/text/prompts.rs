@@ -93,17 +93,20 @@ impl Ensemble {
     pub fn expand(&self) -> Result<Vec<String>> {
         let mut acc: Vec<String> = vec![String::new()];
         for slot in &self.order {
-            let vals = self
-                .slots
-                .get(slot)
-                .with_context(|| format!("ensemble order names slot {slot:?} that is not defined"))?;
+            let vals = self.slots.get(slot).with_context(|| {
+                format!("ensemble order names slot {slot:?} that is not defined")
+            })?;
             if vals.is_empty() {
                 bail!("ensemble slot {slot:?} is empty (use [\"\"] for an optional slot)");
             }
             acc = acc.iter().flat_map(|a| vals.iter().map(move |v| format!("{a} {v}"))).collect();
         }
         let mut seen = std::collections::HashSet::new();
-        Ok(acc.into_iter().map(|s| squash(&s)).filter(|s| !s.is_empty() && seen.insert(s.clone())).collect())
+        Ok(acc
+            .into_iter()
+            .map(|s| squash(&s))
+            .filter(|s| !s.is_empty() && seen.insert(s.clone()))
+            .collect())
     }
 }
 
@@ -192,10 +195,16 @@ impl DiseasePrompts {
             }
             for t in l.positive.iter().chain(&l.uncertain).chain(&l.negative) {
                 if t.contains("{severity}") && l.severity.is_empty() {
-                    bail!("label {:?}: template {t:?} uses {{severity}} but no severity list", l.name);
+                    bail!(
+                        "label {:?}: template {t:?} uses {{severity}} but no severity list",
+                        l.name
+                    );
                 }
                 if t.contains("{location}") && l.location.is_empty() {
-                    bail!("label {:?}: template {t:?} uses {{location}} but no location list", l.name);
+                    bail!(
+                        "label {:?}: template {t:?} uses {{location}} but no location list",
+                        l.name
+                    );
                 }
             }
         }
@@ -226,7 +235,10 @@ impl DiseasePrompts {
                 Some(-1) => {
                     let t = if l.uncertain.is_empty() { &l.positive } else { &l.uncertain };
                     if l.uncertain.is_empty() {
-                        parts.extend(self.fill(l, t, &mut rng).map(|s| format!("Possible {}", lower_first(&s))));
+                        parts.extend(
+                            self.fill(l, t, &mut rng)
+                                .map(|s| format!("Possible {}", lower_first(&s))),
+                        );
                     } else {
                         parts.extend(self.fill(l, t, &mut rng));
                     }
@@ -265,7 +277,8 @@ fn lower_first(s: &str) -> String {
 
 impl PromptFile {
     pub fn from_toml_str(s: &str, origin: &str) -> Result<PromptFile> {
-        let v: toml::Table = toml::from_str(s).with_context(|| format!("parsing prompt file {origin}"))?;
+        let v: toml::Table =
+            toml::from_str(s).with_context(|| format!("parsing prompt file {origin}"))?;
         let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("");
         match kind {
             "zero-shot" => {
@@ -280,7 +293,9 @@ impl PromptFile {
                 d.validate().with_context(|| format!("prompt file {origin}"))?;
                 Ok(PromptFile::Disease(d))
             }
-            other => bail!("prompt file {origin}: `kind` must be \"zero-shot\" or \"disease\", got {other:?}"),
+            other => bail!(
+                "prompt file {origin}: `kind` must be \"zero-shot\" or \"disease\", got {other:?}"
+            ),
         }
     }
 
@@ -292,13 +307,10 @@ impl PromptFile {
 
     /// A shipped prompt file by name (see [`BUILTIN_PROMPTS`]).
     pub fn builtin(name: &str) -> Result<PromptFile> {
-        let (_, text) = BUILTIN_PROMPTS
-            .iter()
-            .find(|(n, _)| *n == name)
-            .with_context(|| {
-                let names: Vec<_> = BUILTIN_PROMPTS.iter().map(|(n, _)| *n).collect();
-                format!("no built-in prompt file {name:?} (have {names:?})")
-            })?;
+        let (_, text) = BUILTIN_PROMPTS.iter().find(|(n, _)| *n == name).with_context(|| {
+            let names: Vec<_> = BUILTIN_PROMPTS.iter().map(|(n, _)| *n).collect();
+            format!("no built-in prompt file {name:?} (have {names:?})")
+        })?;
         PromptFile::from_toml_str(text, &format!("<builtin {name}>"))
     }
 
@@ -308,8 +320,9 @@ impl PromptFile {
         if p.exists() {
             PromptFile::load(p)
         } else {
-            PromptFile::builtin(name_or_path)
-                .with_context(|| format!("{name_or_path} is neither a file nor a built-in prompt file"))
+            PromptFile::builtin(name_or_path).with_context(|| {
+                format!("{name_or_path} is neither a file nor a built-in prompt file")
+            })
         }
     }
 
@@ -432,7 +445,8 @@ mod tests {
         ]);
         let a = disease_prompt(&labels, 7);
         assert_eq!(a, disease_prompt(&labels, 7));
-        let distinct: std::collections::HashSet<_> = (0..20).map(|s| disease_prompt(&labels, s)).collect();
+        let distinct: std::collections::HashSet<_> =
+            (0..20).map(|s| disease_prompt(&labels, s)).collect();
         assert!(distinct.len() > 3, "seeds should vary the text: {distinct:?}");
         // Round trip through the labeler: the prompt says what the labels say.
         for s in 0..20 {

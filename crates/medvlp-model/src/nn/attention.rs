@@ -95,7 +95,13 @@ pub struct Attention {
 impl Attention {
     /// `vb_qkv` holds `query`/`key`/`value`; `vb_out` is the output projection itself.
     /// `kv_dim` is the width of the attended sequence (differs from `dim` in cross-attention).
-    pub fn new(dim: usize, kv_dim: usize, num_heads: usize, vb_qkv: VarBuilder, vb_out: VarBuilder) -> Result<Self> {
+    pub fn new(
+        dim: usize,
+        kv_dim: usize,
+        num_heads: usize,
+        vb_qkv: VarBuilder,
+        vb_out: VarBuilder,
+    ) -> Result<Self> {
         if !dim.is_multiple_of(num_heads) {
             candle_core::bail!("attention width {dim} is not divisible by {num_heads} heads");
         }
@@ -112,7 +118,12 @@ impl Attention {
     /// The attended values before the output projection, `[b, lq, dim]` (heads concatenated), and
     /// the probabilities `[b, heads, lq, lk]`: `a_i = sum_j A_ij v(t_j)` (used to score patches by
     /// their response to a report, AttMIM).
-    pub fn attend(&self, x: &Tensor, context: &Tensor, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    pub fn attend(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let q = self.query.forward(x)?;
         let k = self.key.forward(context)?;
         let v = self.value.forward(context)?;
@@ -122,8 +133,15 @@ impl Attention {
     /// Self-attention over packed tokens `x` (`[tokens, dim]`, see [`TokenPacking`]); `mask` is
     /// the padded batch's additive mask. Returns the packed output and, when asked, the
     /// `[b, heads, l, l]` probabilities.
-    pub fn forward_packed(&self, x: &Tensor, packing: &TokenPacking, mask: Option<&Tensor>, return_probs: bool) -> Result<(Tensor, Option<Tensor>)> {
-        let [q, k, v] = [&self.query, &self.key, &self.value].map(|l| l.forward(x).and_then(|t| packing.unpack_for_attention(&t)));
+    pub fn forward_packed(
+        &self,
+        x: &Tensor,
+        packing: &TokenPacking,
+        mask: Option<&Tensor>,
+        return_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let [q, k, v] = [&self.query, &self.key, &self.value]
+            .map(|l| l.forward(x).and_then(|t| packing.unpack_for_attention(&t)));
         let (y, probs) = attention(&q?, &k?, &v?, self.num_heads, mask)?;
         let y = self.output.forward(&packing.pack(&y)?)?;
         Ok((y, if return_probs { Some(probs) } else { None }))

@@ -8,11 +8,15 @@
 //! Channels-last keeps each window row a few contiguous copies and lets LayerNorm run over the
 //! channels as a plain last-dimension op.
 
-use candle_core::{backend::BackendStorage, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor,
+};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
-use super::fused::{contiguous_slice, gemm, tensor_from, use_kernel, with_slices, Float, Mat, SendPtr, SliceKernel};
+use super::fused::{
+    contiguous_slice, gemm, tensor_from, use_kernel, with_slices, Float, Mat, SendPtr, SliceKernel,
+};
 use super::{linear, Activation};
 
 /// Window geometry of one convolution.
@@ -26,7 +30,11 @@ pub struct Window {
 impl Window {
     /// An error naming `op` unless the window fits an `h x w` input.
     fn check_fits(&self, h: usize, w: usize, op: &str) -> Result<()> {
-        if self.kernel == 0 || self.stride == 0 || h + 2 * self.padding < self.kernel || w + 2 * self.padding < self.kernel {
+        if self.kernel == 0
+            || self.stride == 0
+            || h + 2 * self.padding < self.kernel
+            || w + 2 * self.padding < self.kernel
+        {
             candle_core::bail!("{op}: window {self:?} does not fit a {h}x{w} input");
         }
         Ok(())
@@ -61,7 +69,14 @@ struct Col2Im {
 
 /// Window rows of every output position of one image (`img` `[h, w, c]`) into `dst`
 /// (`[ho * wo, k * k * c]`), zeros where a window reaches into the padding.
-fn im2col_image<T: Copy + Default>(img: &[T], dst: &mut [T], h: usize, w: usize, c: usize, win: Window) {
+fn im2col_image<T: Copy + Default>(
+    img: &[T],
+    dst: &mut [T],
+    h: usize,
+    w: usize,
+    c: usize,
+    win: Window,
+) {
     let (wo, k) = (win.out_size(w), win.kernel);
     let row = k * k * c;
     for (oy, rows) in dst.chunks_mut(wo * row).enumerate() {
@@ -71,7 +86,9 @@ fn im2col_image<T: Copy + Default>(img: &[T], dst: &mut [T], h: usize, w: usize,
                 for kx in 0..k {
                     let d = &mut dst[(ky * k + kx) * c..(ky * k + kx + 1) * c];
                     match (iy, win.input(ox, kx, w)) {
-                        (Some(iy), Some(ix)) => d.copy_from_slice(&img[(iy * w + ix) * c..(iy * w + ix + 1) * c]),
+                        (Some(iy), Some(ix)) => {
+                            d.copy_from_slice(&img[(iy * w + ix) * c..(iy * w + ix + 1) * c])
+                        }
                         _ => d.fill(T::default()),
                     }
                 }
@@ -81,7 +98,14 @@ fn im2col_image<T: Copy + Default>(img: &[T], dst: &mut [T], h: usize, w: usize,
 }
 
 /// The adjoint of [`im2col_image`]: adds every window row of `cols` back into `img` (`[h, w, c]`).
-fn col2im_image<T: Copy + std::ops::AddAssign>(cols: &[T], img: &mut [T], h: usize, w: usize, c: usize, win: Window) {
+fn col2im_image<T: Copy + std::ops::AddAssign>(
+    cols: &[T],
+    img: &mut [T],
+    h: usize,
+    w: usize,
+    c: usize,
+    win: Window,
+) {
     let (ho, wo, k) = (win.out_size(h), win.out_size(w), win.kernel);
     let row = k * k * c;
     for oy in 0..ho {
@@ -92,7 +116,9 @@ fn col2im_image<T: Copy + std::ops::AddAssign>(cols: &[T], img: &mut [T], h: usi
                 for kx in 0..k {
                     if let Some(ix) = win.input(ox, kx, w) {
                         let d = &mut img[(iy * w + ix) * c..(iy * w + ix + 1) * c];
-                        for (d, &s) in d.iter_mut().zip(&src[(ky * k + kx) * c..(ky * k + kx + 1) * c]) {
+                        for (d, &s) in
+                            d.iter_mut().zip(&src[(ky * k + kx) * c..(ky * k + kx + 1) * c])
+                        {
                             *d += s;
                         }
                     }
@@ -102,18 +128,36 @@ fn col2im_image<T: Copy + std::ops::AddAssign>(cols: &[T], img: &mut [T], h: usi
     }
 }
 
-fn im2col_cpu<T: Copy + Default + Send + Sync>(x: &[T], b: usize, h: usize, w: usize, c: usize, win: Window) -> Vec<T> {
+fn im2col_cpu<T: Copy + Default + Send + Sync>(
+    x: &[T],
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    win: Window,
+) -> Vec<T> {
     let (ho, wo, k) = (win.out_size(h), win.out_size(w), win.kernel);
     let mut out = vec![T::default(); b * ho * wo * k * k * c];
-    out.par_chunks_mut(ho * wo * k * k * c).zip(x.par_chunks(h * w * c)).for_each(|(dst, img)| im2col_image(img, dst, h, w, c, win));
+    out.par_chunks_mut(ho * wo * k * k * c)
+        .zip(x.par_chunks(h * w * c))
+        .for_each(|(dst, img)| im2col_image(img, dst, h, w, c, win));
     out
 }
 
-fn col2im_cpu<T: Copy + Default + Send + Sync + std::ops::AddAssign>(g: &[T], b: usize, h: usize, w: usize, c: usize, win: Window) -> Vec<T> {
+fn col2im_cpu<T: Copy + Default + Send + Sync + std::ops::AddAssign>(
+    g: &[T],
+    b: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    win: Window,
+) -> Vec<T> {
     let (ho, wo, k) = (win.out_size(h), win.out_size(w), win.kernel);
     let mut out = vec![T::default(); b * h * w * c];
     // One task per image: windows overlap within an image, never across images.
-    out.par_chunks_mut(h * w * c).zip(g.par_chunks(ho * wo * k * k * c)).for_each(|(img, cols)| col2im_image(cols, img, h, w, c, win));
+    out.par_chunks_mut(h * w * c)
+        .zip(g.par_chunks(ho * wo * k * k * c))
+        .for_each(|(img, cols)| col2im_image(cols, img, h, w, c, win));
     out
 }
 
@@ -134,8 +178,12 @@ impl CustomOp1 for Im2Col {
         let b = check_dims(l, [Some(self.h), Some(self.w), Some(self.c)], self.name())?;
         let (h, w, c, win) = (self.h, self.w, self.c, self.win);
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(im2col_cpu(contiguous_slice(v, l, self.name())?, b, h, w, c, win)),
-            CpuStorage::F64(v) => CpuStorage::F64(im2col_cpu(contiguous_slice(v, l, self.name())?, b, h, w, c, win)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(im2col_cpu(contiguous_slice(v, l, self.name())?, b, h, w, c, win))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(im2col_cpu(contiguous_slice(v, l, self.name())?, b, h, w, c, win))
+            }
             _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s.dtype()),
         };
         let k = win.kernel;
@@ -158,8 +206,12 @@ impl CustomOp1 for Col2Im {
         let b = check_dims(l, [Some(ho), Some(wo), Some(k * k * self.c)], self.name())?;
         let (h, w, c, win) = (self.h, self.w, self.c, self.win);
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(col2im_cpu(contiguous_slice(v, l, self.name())?, b, h, w, c, win)),
-            CpuStorage::F64(v) => CpuStorage::F64(col2im_cpu(contiguous_slice(v, l, self.name())?, b, h, w, c, win)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(col2im_cpu(contiguous_slice(v, l, self.name())?, b, h, w, c, win))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(col2im_cpu(contiguous_slice(v, l, self.name())?, b, h, w, c, win))
+            }
             _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s.dtype()),
         };
         Ok((out, Shape::from((b, h, w, c))))
@@ -192,7 +244,10 @@ pub fn col2im(g: &Tensor, win: Window, h: usize, w: usize, c: usize) -> Result<T
         let x = candle_core::Var::zeros((b, h, w, c), g.dtype(), g.device())?;
         let cols = im2col_composed(x.as_tensor(), win)?;
         let grads = (cols * g)?.sum_all()?.backward()?;
-        grads.get(x.as_tensor()).cloned().ok_or_else(|| candle_core::Error::Msg("col2im: no gradient".into()))
+        grads
+            .get(x.as_tensor())
+            .cloned()
+            .ok_or_else(|| candle_core::Error::Msg("col2im: no gradient".into()))
     }
 }
 
@@ -206,9 +261,17 @@ pub fn im2col_composed(x: &Tensor, win: Window) -> Result<Tensor> {
     let x = x.pad_with_zeros(1, p, p + s - 1)?.pad_with_zeros(2, p, p + s - 1)?;
     let mut parts = Vec::with_capacity(k * k);
     for ky in 0..k {
-        let rows = x.narrow(1, ky, ho * s)?.reshape((b, ho, s, w + 2 * p + s - 1, c))?.narrow(2, 0, 1)?.squeeze(2)?;
+        let rows = x
+            .narrow(1, ky, ho * s)?
+            .reshape((b, ho, s, w + 2 * p + s - 1, c))?
+            .narrow(2, 0, 1)?
+            .squeeze(2)?;
         for kx in 0..k {
-            let cols = rows.narrow(2, kx, wo * s)?.reshape((b, ho, wo, s, c))?.narrow(3, 0, 1)?.squeeze(3)?;
+            let cols = rows
+                .narrow(2, kx, wo * s)?
+                .reshape((b, ho, wo, s, c))?
+                .narrow(3, 0, 1)?
+                .squeeze(3)?;
             parts.push(cols);
         }
     }
@@ -252,7 +315,14 @@ impl ConvGeometry {
         let (img, per) = (self.h * self.w * self.c, self.positions() * self.row());
         cols.resize(n * per, T::zero());
         for i in 0..n {
-            im2col_image(&x[(i0 + i) * img..(i0 + i + 1) * img], &mut cols[i * per..(i + 1) * per], self.h, self.w, self.c, self.win);
+            im2col_image(
+                &x[(i0 + i) * img..(i0 + i + 1) * img],
+                &mut cols[i * per..(i + 1) * per],
+                self.h,
+                self.w,
+                self.c,
+                self.win,
+            );
         }
     }
 }
@@ -268,7 +338,20 @@ fn conv_forward<T: Float>(x: &[T], wm: &[T], bias: &[T], g: &ConvGeometry) -> Ve
             r.copy_from_slice(bias);
         }
         // out (+)= cols wm^T
-        unsafe { gemm(n * per, o, row, out.as_mut_ptr(), o, true, Mat::rows(cols.as_ptr(), row), Mat::rows(wm.as_ptr(), row).t(), T::one(), false) };
+        unsafe {
+            gemm(
+                n * per,
+                o,
+                row,
+                out.as_mut_ptr(),
+                o,
+                true,
+                Mat::rows(cols.as_ptr(), row),
+                Mat::rows(wm.as_ptr(), row).t(),
+                T::one(),
+                false,
+            )
+        };
     });
     out
 }
@@ -301,7 +384,20 @@ impl SliceKernel for ConvBackward {
                     if need[1] {
                         g.gather(x, i0, n, &mut cols);
                         // dwm += gc^T cols
-                        unsafe { gemm(o, row, n * per, dw.as_mut_ptr(), row, true, Mat::rows(gc.as_ptr(), o).t(), Mat::rows(cols.as_ptr(), row), T::one(), false) };
+                        unsafe {
+                            gemm(
+                                o,
+                                row,
+                                n * per,
+                                dw.as_mut_ptr(),
+                                row,
+                                true,
+                                Mat::rows(gc.as_ptr(), o).t(),
+                                Mat::rows(cols.as_ptr(), row),
+                                T::one(),
+                                false,
+                            )
+                        };
                     }
                     if need[2] {
                         for r in gc.chunks(o) {
@@ -316,11 +412,33 @@ impl SliceKernel for ConvBackward {
                         let dxp = dxp;
                         // the columns' gradient gc wm, scattered back into each image
                         cols.resize(n * per * row, T::zero());
-                        unsafe { gemm(n * per, row, o, cols.as_mut_ptr(), row, false, Mat::rows(gc.as_ptr(), o), Mat::rows(wm.as_ptr(), row), T::one(), false) };
+                        unsafe {
+                            gemm(
+                                n * per,
+                                row,
+                                o,
+                                cols.as_mut_ptr(),
+                                row,
+                                false,
+                                Mat::rows(gc.as_ptr(), o),
+                                Mat::rows(wm.as_ptr(), row),
+                                T::one(),
+                                false,
+                            )
+                        };
                         for i in 0..n {
                             // Safety: each task owns images i0 .. i0 + n of dx.
-                            let dst = unsafe { std::slice::from_raw_parts_mut(dxp.0.add((i0 + i) * img), img) };
-                            col2im_image(&cols[i * per * row..(i + 1) * per * row], dst, g.h, g.w, g.c, g.win);
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(dxp.0.add((i0 + i) * img), img)
+                            };
+                            col2im_image(
+                                &cols[i * per * row..(i + 1) * per * row],
+                                dst,
+                                g.h,
+                                g.w,
+                                g.c,
+                                g.win,
+                            );
                         }
                     }
                     ((dw, db), cols)
@@ -345,7 +463,12 @@ impl Conv2dOp {
         let (b, h, w, c) = lx.shape().dims4()?;
         let (o, row) = lw.shape().dims2()?;
         if row != self.win.kernel * self.win.kernel * c {
-            candle_core::bail!("conv2d: weight {:?} does not match {c} input channels and a {}x{} window", lw.dims(), self.win.kernel, self.win.kernel);
+            candle_core::bail!(
+                "conv2d: weight {:?} does not match {c} input channels and a {}x{} window",
+                lw.dims(),
+                self.win.kernel,
+                self.win.kernel
+            );
         }
         Ok(ConvGeometry { b, h, w, c, o, win: self.win })
     }
@@ -356,25 +479,51 @@ impl CustomOp3 for Conv2dOp {
         "medvlp-conv2d"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(l1, l2)?;
         let name = self.name();
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                CpuStorage::F32(conv_forward(contiguous_slice(x, l1, name)?, contiguous_slice(w, l2, name)?, contiguous_slice(b, l3, name)?, &g))
+                CpuStorage::F32(conv_forward(
+                    contiguous_slice(x, l1, name)?,
+                    contiguous_slice(w, l2, name)?,
+                    contiguous_slice(b, l3, name)?,
+                    &g,
+                ))
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                CpuStorage::F64(conv_forward(contiguous_slice(x, l1, name)?, contiguous_slice(w, l2, name)?, contiguous_slice(b, l3, name)?, &g))
+                CpuStorage::F64(conv_forward(
+                    contiguous_slice(x, l1, name)?,
+                    contiguous_slice(w, l2, name)?,
+                    contiguous_slice(b, l3, name)?,
+                    &g,
+                ))
             }
             _ => candle_core::bail!("{name}: unsupported or mixed dtypes"),
         };
         Ok((out, Shape::from((g.b, self.win.out_size(g.h), self.win.out_size(g.w), g.o))))
     }
 
-    fn bwd(&self, x: &Tensor, wm: &Tensor, bias: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        wm: &Tensor,
+        bias: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let geo = self.geometry(x.layout(), wm.layout())?;
         let need = [x.track_op(), wm.track_op(), bias.track_op()];
-        let [dx, dw, db] = with_slices(&[x, wm, g], "medvlp-conv2d-bwd", ConvBackward { geo, need })?;
+        let [dx, dw, db] =
+            with_slices(&[x, wm, g], "medvlp-conv2d-bwd", ConvBackward { geo, need })?;
         Ok((dx, dw, db))
     }
 }
@@ -411,7 +560,8 @@ impl Conv2d {
     pub fn new(in_dim: usize, out_dim: usize, window: Window, vb: VarBuilder) -> Result<Self> {
         let k = window.kernel;
         let stdev = (1.0 / (3.0 * (in_dim * k * k) as f64)).sqrt();
-        let weight = vb.get_with_hints((out_dim, in_dim, k, k), "weight", Init::Randn { mean: 0.0, stdev })?;
+        let weight =
+            vb.get_with_hints((out_dim, in_dim, k, k), "weight", Init::Randn { mean: 0.0, stdev })?;
         let bias = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
         Ok(Self { weight, bias, window })
     }

@@ -33,8 +33,13 @@ impl Linear {
     }
 
     pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints((out_dim, in_dim), "weight", Init::Randn { mean: 0.0, stdev: INIT_STD })?;
-        let bias = if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
+        let weight = vb.get_with_hints(
+            (out_dim, in_dim),
+            "weight",
+            Init::Randn { mean: 0.0, stdev: INIT_STD },
+        )?;
+        let bias =
+            if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
         Ok(Self { weight, bias })
     }
 
@@ -79,7 +84,8 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn new(vocab: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints((vocab, dim), "weight", Init::Randn { mean: 0.0, stdev: INIT_STD })?;
+        let weight =
+            vb.get_with_hints((vocab, dim), "weight", Init::Randn { mean: 0.0, stdev: INIT_STD })?;
         Ok(Self { weight })
     }
 }
@@ -102,7 +108,10 @@ pub struct Mlp {
 impl Mlp {
     /// `vb_in` / `vb_out` name the two layers (Hugging Face keeps them under different parents).
     pub fn new(dim: usize, hidden: usize, vb_in: VarBuilder, vb_out: VarBuilder) -> Result<Self> {
-        Ok(Self { fc1: Linear::new(dim, hidden, true, vb_in)?, fc2: Linear::new(hidden, dim, true, vb_out)? })
+        Ok(Self {
+            fc1: Linear::new(dim, hidden, true, vb_in)?,
+            fc2: Linear::new(hidden, dim, true, vb_out)?,
+        })
     }
 }
 

@@ -7,8 +7,7 @@
 //! Every op has a finite-difference test and an equality test against the composed version.
 
 use candle_core::{
-    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor,
-    D,
+    backend::BackendStorage, CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor, D,
 };
 use rayon::prelude::*;
 
@@ -60,8 +59,12 @@ impl CustomOp1 for SoftmaxLastDim {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = l.dims()[l.dims().len() - 1];
         let out = match s {
-            CpuStorage::F32(v) => CpuStorage::F32(map_rows(contiguous_slice(v, l, self.name())?, d, softmax_row)),
-            CpuStorage::F64(v) => CpuStorage::F64(map_rows(contiguous_slice(v, l, self.name())?, d, softmax_row)),
+            CpuStorage::F32(v) => {
+                CpuStorage::F32(map_rows(contiguous_slice(v, l, self.name())?, d, softmax_row))
+            }
+            CpuStorage::F64(v) => {
+                CpuStorage::F64(map_rows(contiguous_slice(v, l, self.name())?, d, softmax_row))
+            }
             _ => candle_core::bail!("{}: unsupported dtype {:?}", self.name(), s.dtype()),
         };
         Ok((out, l.shape().clone()))
@@ -131,8 +134,12 @@ macro_rules! elementwise_op {
             }
             fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
                 let out = match s {
-                    CpuStorage::F32(v) => CpuStorage::F32(map_elems(contiguous_slice(v, l, $name)?, $f::<f32>)),
-                    CpuStorage::F64(v) => CpuStorage::F64(map_elems(contiguous_slice(v, l, $name)?, $f::<f64>)),
+                    CpuStorage::F32(v) => {
+                        CpuStorage::F32(map_elems(contiguous_slice(v, l, $name)?, $f::<f32>))
+                    }
+                    CpuStorage::F64(v) => {
+                        CpuStorage::F64(map_elems(contiguous_slice(v, l, $name)?, $f::<f64>))
+                    }
                     _ => candle_core::bail!("{}: unsupported dtype {:?}", $name, s.dtype()),
                 };
                 Ok((out, l.shape().clone()))
@@ -145,7 +152,9 @@ macro_rules! elementwise_op {
     };
 }
 
-elementwise_op!(GeluErf, "medvlp-gelu", gelu, |x, g| Ok(Some((g * x.apply_op1_no_bwd(&GeluErfGrad)?)?)));
+elementwise_op!(GeluErf, "medvlp-gelu", gelu, |x, g| Ok(Some(
+    (g * x.apply_op1_no_bwd(&GeluErfGrad)?)?
+)));
 elementwise_op!(GeluErfGrad, "medvlp-gelu-grad", gelu_grad, |_x, _g| Err(
     candle_core::Error::BackwardNotSupported { op: "medvlp-gelu-grad (second derivative)" }
 ));
@@ -249,7 +258,13 @@ fn layer_norm_fwd<T: num_like::Float>(x: &[T], w: &[T], b: &[T], eps: f64, gelu:
 
 /// Gradients of LayerNorm (of `GELU(LayerNorm(x))` when `gelu_bias` holds the LayerNorm bias)
 /// from the output gradient `g`, packed as `[dx | dweight | dbias]`.
-fn layer_norm_bwd<T: num_like::Float>(x: &[T], w: &[T], gelu_bias: Option<&[T]>, g: &[T], eps: f64) -> Vec<T> {
+fn layer_norm_bwd<T: num_like::Float>(
+    x: &[T],
+    w: &[T],
+    gelu_bias: Option<&[T]>,
+    g: &[T],
+    eps: f64,
+) -> Vec<T> {
     let d = w.len();
     let rows = x.len() / d;
     let mut out = vec![T::zero(); x.len() + 2 * d];
@@ -324,7 +339,11 @@ fn three_slices<'a, T>(
     l3: &Layout,
     op: &str,
 ) -> Result<(&'a [T], &'a [T], &'a [T])> {
-    Ok((contiguous_slice(s1, l1, op)?, contiguous_slice(s2, l2, op)?, contiguous_slice(s3, l3, op)?))
+    Ok((
+        contiguous_slice(s1, l1, op)?,
+        contiguous_slice(s2, l2, op)?,
+        contiguous_slice(s3, l3, op)?,
+    ))
 }
 
 impl CustomOp3 for LayerNormOp {
@@ -370,7 +389,11 @@ impl CustomOp3 for LayerNormOp {
         let d = w.elem_count();
         let n = x.elem_count();
         let params = if self.gelu { Tensor::cat(&[w, b], 0)? } else { w.clone() };
-        let packed = x.apply_op3_no_bwd(&params, &g.contiguous()?, &LayerNormBwdOp { eps: self.eps, gelu: self.gelu })?;
+        let packed = x.apply_op3_no_bwd(
+            &params,
+            &g.contiguous()?,
+            &LayerNormBwdOp { eps: self.eps, gelu: self.gelu },
+        )?;
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dw = packed.narrow(0, n, d)?.reshape(w.shape())?;
         let db = packed.narrow(0, n + d, d)?.reshape(w.shape())?;
@@ -418,13 +441,27 @@ pub fn layer_norm_gelu(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> 
     layer_norm_op(x, weight, bias, eps, true)
 }
 
-fn layer_norm_op(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64, gelu: bool) -> Result<Tensor> {
+fn layer_norm_op(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+    gelu: bool,
+) -> Result<Tensor> {
     let d = x.dim(D::Minus1)?;
     if weight.elem_count() != d || bias.elem_count() != d {
-        candle_core::bail!("layer_norm: last dim {d} does not match weight {:?} / bias {:?}", weight.shape(), bias.shape());
+        candle_core::bail!(
+            "layer_norm: last dim {d} does not match weight {:?} / bias {:?}",
+            weight.shape(),
+            bias.shape()
+        );
     }
     if use_kernel(x) && x.dtype() == weight.dtype() && x.dtype() == bias.dtype() {
-        x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNormOp { eps, gelu })
+        x.contiguous()?.apply_op3(
+            &weight.contiguous()?,
+            &bias.contiguous()?,
+            LayerNormOp { eps, gelu },
+        )
     } else if gelu {
         gelu_erf_composed(&layer_norm_composed(x, weight, bias, eps)?)
     } else {

@@ -24,10 +24,24 @@ pub enum PatchScore {
 
 /// Per-patch scores `[b, patches]` (detached). `image_features`: unmasked encoder output
 /// `[b, 1 + patches, width]`; `text_features`: `[b, l, text_width]`; `text_mask`: `[b, l]` 0/1.
-pub fn patch_scores(model: &MedVlp, image_features: &Tensor, text_features: &Tensor, text_mask: &Tensor, how: PatchScore) -> Result<Vec<Vec<f32>>> {
-    let dec = model.mae_decoder.as_ref().ok_or_else(|| candle_core::Error::Msg("AttMIM needs an MAE decoder".into()))?;
-    let block = dec.blocks.first().ok_or_else(|| candle_core::Error::Msg("AttMIM needs a decoder block".into()))?;
-    let (ln, cross) = block.cross.as_ref().ok_or_else(|| candle_core::Error::Msg("AttMIM needs decoder_config.cross_attention = true".into()))?;
+pub fn patch_scores(
+    model: &MedVlp,
+    image_features: &Tensor,
+    text_features: &Tensor,
+    text_mask: &Tensor,
+    how: PatchScore,
+) -> Result<Vec<Vec<f32>>> {
+    let dec = model
+        .mae_decoder
+        .as_ref()
+        .ok_or_else(|| candle_core::Error::Msg("AttMIM needs an MAE decoder".into()))?;
+    let block = dec
+        .blocks
+        .first()
+        .ok_or_else(|| candle_core::Error::Msg("AttMIM needs a decoder block".into()))?;
+    let (ln, cross) = block.cross.as_ref().ok_or_else(|| {
+        candle_core::Error::Msg("AttMIM needs decoder_config.cross_attention = true".into())
+    })?;
     let img = image_features.detach();
     let txt = text_features.detach();
     let n = img.dim(1)? - 1;
@@ -45,7 +59,12 @@ pub fn patch_scores(model: &MedVlp, image_features: &Tensor, text_features: &Ten
 /// Visible patch sets: the `round(att_ratio * N)` highest-scoring patches are masked, then random
 /// patches until `round(mask_ratio * N)` are masked. `att_ratio = mask_ratio` is pure attention
 /// masking, `att_ratio = 0` plain random MAE masking.
-pub fn select_visible(scores: &[Vec<f32>], mask_ratio: f64, att_ratio: f64, rng: &mut impl Rng) -> Vec<Vec<usize>> {
+pub fn select_visible(
+    scores: &[Vec<f32>],
+    mask_ratio: f64,
+    att_ratio: f64,
+    rng: &mut impl Rng,
+) -> Vec<Vec<usize>> {
     scores
         .iter()
         .map(|s| {
@@ -54,7 +73,9 @@ pub fn select_visible(scores: &[Vec<f32>], mask_ratio: f64, att_ratio: f64, rng:
             let n_att = ((att_ratio * n as f64).round() as usize).min(n_mask);
             let mut order: Vec<usize> = (0..n).collect();
             // Highest score first; ties broken by index for determinism.
-            order.sort_by(|&a, &b| s[b].partial_cmp(&s[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+            order.sort_by(|&a, &b| {
+                s[b].partial_cmp(&s[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b))
+            });
             let mut rest: Vec<usize> = order[n_att..].to_vec();
             rest.shuffle(rng);
             let mut visible: Vec<usize> = rest[n_mask - n_att..].to_vec();
@@ -84,10 +105,12 @@ mod tests {
             assert!(!v[0].contains(&1) && !v[0].contains(&3), "{:?}", v[0]);
         }
         // att_ratio = 0: random masking only, the top patch is sometimes visible
-        let visible_top = (0..50).filter(|&seed| {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-            select_visible(&scores, 0.5, 0.0, &mut rng)[0].contains(&1)
-        }).count();
+        let visible_top = (0..50)
+            .filter(|&seed| {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                select_visible(&scores, 0.5, 0.0, &mut rng)[0].contains(&1)
+            })
+            .count();
         assert!(visible_top > 5 && visible_top < 45, "{visible_top}");
     }
 }

@@ -16,7 +16,13 @@ pub fn itc_loss(image: &Tensor, text: &Tensor, scale: &Tensor) -> Result<Tensor>
 
 /// Soft-label contrastive loss (MedCLIP): targets `Y = rownorm(l_img l_txt^T)` from label vectors
 /// `[b, classes]` (0/1) instead of the identity.
-pub fn soft_itc_loss(image: &Tensor, text: &Tensor, scale: &Tensor, img_labels: &Tensor, txt_labels: &Tensor) -> Result<Tensor> {
+pub fn soft_itc_loss(
+    image: &Tensor,
+    text: &Tensor,
+    scale: &Tensor,
+    img_labels: &Tensor,
+    txt_labels: &Tensor,
+) -> Result<Tensor> {
     let logits = image.matmul(&text.t()?)?.broadcast_mul(scale)?;
     let sim = img_labels.matmul(&txt_labels.t()?)?;
     // Rows without any shared label fall back to the identity (the pair itself).
@@ -30,7 +36,7 @@ pub fn soft_itc_loss(image: &Tensor, text: &Tensor, scale: &Tensor, img_labels: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, DType};
+    use candle_core::{DType, Device};
 
     #[test]
     fn itc_matches_hand_computation() {
@@ -53,7 +59,8 @@ mod tests {
         let v = Tensor::new(&[[1.0f64, 0.0], [0.6, 0.8], [0.0, 1.0]], &dev).unwrap();
         let t = Tensor::new(&[[0.8f64, 0.6], [0.0, 1.0], [1.0, 0.0]], &dev).unwrap();
         let s = Tensor::new(3.0f64, &dev).unwrap();
-        let lab = Tensor::new(&[[1.0f64, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], &dev).unwrap();
+        let lab =
+            Tensor::new(&[[1.0f64, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], &dev).unwrap();
         // identity labels: Y = rownorm(2I) = I
         let a = soft_itc_loss(&v, &t, &s, &lab, &lab).unwrap().to_scalar::<f64>().unwrap();
         let b = itc_loss(&v, &t, &s).unwrap().to_scalar::<f64>().unwrap();

@@ -13,7 +13,11 @@ pub fn hard_negatives(sim: &[Vec<f32>], rng: &mut impl Rng) -> Vec<usize> {
     sim.iter()
         .enumerate()
         .map(|(i, row)| {
-            let w: Vec<f64> = row.iter().enumerate().map(|(j, &s)| if j == i { 0.0 } else { (s as f64).exp() }).collect();
+            let w: Vec<f64> = row
+                .iter()
+                .enumerate()
+                .map(|(j, &s)| if j == i { 0.0 } else { (s as f64).exp() })
+                .collect();
             let total: f64 = w.iter().sum();
             if total <= 0.0 {
                 return (i + 1) % row.len();
@@ -32,13 +36,26 @@ pub fn hard_negatives(sim: &[Vec<f32>], rng: &mut impl Rng) -> Vec<usize> {
 
 /// ITM loss over `b` positive pairs and `b` hard-negative pairs. `image`: `[b, 1 + n, wv]`;
 /// `text`: `[b, l, wt]`; `text_mask`: `[b, l]`; `sim`: image-text similarities (detached).
-pub fn itm_loss(model: &MedVlp, image: &Tensor, text: &Tensor, text_mask: &Tensor, sim: &[Vec<f32>], rng: &mut impl Rng) -> Result<Tensor> {
-    let head = model.itm_head.as_ref().ok_or_else(|| candle_core::Error::Msg("ITM needs itm_head = true".into()))?;
+pub fn itm_loss(
+    model: &MedVlp,
+    image: &Tensor,
+    text: &Tensor,
+    text_mask: &Tensor,
+    sim: &[Vec<f32>],
+    rng: &mut impl Rng,
+) -> Result<Tensor> {
+    let head = model
+        .itm_head
+        .as_ref()
+        .ok_or_else(|| candle_core::Error::Msg("ITM needs itm_head = true".into()))?;
     let b = image.dim(0)?;
     if b < 2 {
         candle_core::bail!("ITM needs at least 2 samples per batch");
     }
-    let neg = Tensor::new(hard_negatives(sim, rng).iter().map(|&j| j as u32).collect::<Vec<_>>(), image.device())?;
+    let neg = Tensor::new(
+        hard_negatives(sim, rng).iter().map(|&j| j as u32).collect::<Vec<_>>(),
+        image.device(),
+    )?;
     let texts = Tensor::cat(&[text, &text.index_select(&neg, 0)?], 0)?;
     let masks = Tensor::cat(&[text_mask, &text_mask.index_select(&neg, 0)?], 0)?;
     let images = Tensor::cat(&[image, image], 0)?;

@@ -29,7 +29,11 @@ pub struct LocalText<'a> {
 }
 
 /// `[words, tokens]` aggregation matrix (sum, or mean when `mean`) and the words' weights.
-fn aggregation(word_ids: &[Option<u32>], cls: Option<&[f32]>, mean: bool) -> (Vec<f32>, usize, Vec<f32>) {
+fn aggregation(
+    word_ids: &[Option<u32>],
+    cls: Option<&[f32]>,
+    mean: bool,
+) -> (Vec<f32>, usize, Vec<f32>) {
     let mut ids: Vec<u32> = word_ids.iter().flatten().copied().collect();
     ids.sort_unstable();
     ids.dedup();
@@ -89,7 +93,11 @@ pub fn local_alignment_loss(
     let dtype = text.dtype();
     let (vis_head, txt_head) = heads;
     let patches_e = l2_normalize(&vis_head.forward(patches)?)?;
-    let text_mapped = if aggregation_order == Aggregation::MapThenAggregate { Some(txt_head.forward(text)?) } else { None };
+    let text_mapped = if aggregation_order == Aggregation::MapThenAggregate {
+        Some(txt_head.forward(text)?)
+    } else {
+        None
+    };
     let mut losses = vec![];
     for (i, s) in samples.iter().enumerate().take(b) {
         let mean = aggregation_order == Aggregation::MapThenAggregate;

@@ -7,7 +7,13 @@ use medvlp_model::vit::patchify;
 /// `pred`: `[b, patches, patch_dim]` decoder output; `pixel_values`: `[b, c, h, w]`;
 /// `mask`: `[b, patches]` with 1 on masked patches. With `norm_pix`, each target patch is
 /// normalised by its mean and (unbiased) variance, as MAE does.
-pub fn mim_loss(pred: &Tensor, pixel_values: &Tensor, patch_size: usize, mask: &Tensor, norm_pix: bool) -> Result<Tensor> {
+pub fn mim_loss(
+    pred: &Tensor,
+    pixel_values: &Tensor,
+    patch_size: usize,
+    mask: &Tensor,
+    norm_pix: bool,
+) -> Result<Tensor> {
     let target = patchify(pixel_values, patch_size)?;
     let target = if norm_pix {
         let n = target.dim(D::Minus1)? as f64;
@@ -36,7 +42,15 @@ mod tests {
         let target = patchify(&px, 4).unwrap();
         // perfect prediction on patch 0 and 3, garbage on 1 and 2
         let garbage = (target.ones_like().unwrap() * 100.0).unwrap();
-        let pred = Tensor::cat(&[target.narrow(1, 0, 1).unwrap(), garbage.narrow(1, 1, 2).unwrap(), target.narrow(1, 3, 1).unwrap()], 1).unwrap();
+        let pred = Tensor::cat(
+            &[
+                target.narrow(1, 0, 1).unwrap(),
+                garbage.narrow(1, 1, 2).unwrap(),
+                target.narrow(1, 3, 1).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
         let m_good = Tensor::new(&[[1.0f64, 0.0, 0.0, 1.0]], &dev).unwrap();
         let l = mim_loss(&pred, &px, 4, &m_good, false).unwrap().to_scalar::<f64>().unwrap();
         assert_eq!(l, 0.0);

@@ -40,7 +40,13 @@ pub fn whole_word_mask(word_ids: &[Option<u32>], ratio: f64, rng: &mut impl Rng)
 /// EntMLM: mask every word piece of entity spans (`entity_tokens[e]` = token positions of entity
 /// e), in random entity order, without exceeding `max_ratio` of the real tokens; then, below
 /// `min_ratio`, top up with random whole words. Returns sorted positions.
-pub fn entity_mask(word_ids: &[Option<u32>], entity_tokens: &[Vec<usize>], max_ratio: f64, min_ratio: f64, rng: &mut impl Rng) -> Vec<usize> {
+pub fn entity_mask(
+    word_ids: &[Option<u32>],
+    entity_tokens: &[Vec<usize>],
+    max_ratio: f64,
+    min_ratio: f64,
+    rng: &mut impl Rng,
+) -> Vec<usize> {
     let ws = words(word_ids);
     let n_tokens: usize = ws.iter().map(|w| w.len()).sum();
     if n_tokens == 0 {
@@ -53,7 +59,11 @@ pub fn entity_mask(word_ids: &[Option<u32>], entity_tokens: &[Vec<usize>], max_r
     let mut ents: Vec<&Vec<usize>> = entity_tokens.iter().filter(|e| !e.is_empty()).collect();
     ents.shuffle(rng);
     for e in ents {
-        let new: Vec<usize> = e.iter().copied().filter(|&t| t < masked.len() && !masked[t] && word_ids[t].is_some()).collect();
+        let new: Vec<usize> = e
+            .iter()
+            .copied()
+            .filter(|&t| t < masked.len() && !masked[t] && word_ids[t].is_some())
+            .collect();
         if new.is_empty() || count + new.len() > cap {
             continue;
         }
@@ -63,7 +73,8 @@ pub fn entity_mask(word_ids: &[Option<u32>], entity_tokens: &[Vec<usize>], max_r
         }
     }
     if count < floor {
-        let mut rest: Vec<Vec<usize>> = ws.into_iter().filter(|w| w.iter().all(|&t| !masked[t])).collect();
+        let mut rest: Vec<Vec<usize>> =
+            ws.into_iter().filter(|w| w.iter().all(|&t| !masked[t])).collect();
         rest.shuffle(rng);
         for w in rest {
             if count >= floor || count + w.len() > cap {
@@ -85,7 +96,21 @@ mod tests {
 
     // [CLS] small left pleu ##ral effusion , no pneumo ##thorax . [SEP] [PAD]
     fn ids() -> Vec<Option<u32>> {
-        vec![None, Some(0), Some(1), Some(2), Some(2), Some(3), Some(4), Some(5), Some(6), Some(6), Some(7), None, None]
+        vec![
+            None,
+            Some(0),
+            Some(1),
+            Some(2),
+            Some(2),
+            Some(3),
+            Some(4),
+            Some(5),
+            Some(6),
+            Some(6),
+            Some(7),
+            None,
+            None,
+        ]
     }
 
     #[test]

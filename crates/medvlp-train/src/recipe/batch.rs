@@ -42,7 +42,15 @@ impl Batch {
 /// A synthetic batch for benchmarks and tests: smooth oriented gratings as images (predictable from
 /// visible patches, distinct between samples), random token ids with two word pieces per word,
 /// two "entities" per text and random label vectors. Deterministic in `seed`.
-pub fn synthetic_batch(cfg: &medvlp_model::ModelConfig, n_paired: usize, n_image_only: usize, n_text_only: usize, text_len: usize, seed: u64, device: &candle_core::Device) -> candle_core::Result<Batch> {
+pub fn synthetic_batch(
+    cfg: &medvlp_model::ModelConfig,
+    n_paired: usize,
+    n_image_only: usize,
+    n_text_only: usize,
+    text_len: usize,
+    seed: u64,
+    device: &candle_core::Device,
+) -> candle_core::Result<Batch> {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let v = &cfg.vision_config;
@@ -51,23 +59,39 @@ pub fn synthetic_batch(cfg: &medvlp_model::ModelConfig, n_paired: usize, n_image
     let rows = n_img + n_text_only;
     let mut px = Vec::with_capacity(n_img * c * s * s);
     for _ in 0..n_img {
-        let (fx, fy, ph, off) = (rng.random_range(0.5..4.0f32), rng.random_range(0.5..4.0f32), rng.random_range(0.0..std::f32::consts::TAU), rng.random_range(-1.0..1.0f32));
+        let (fx, fy, ph, off) = (
+            rng.random_range(0.5..4.0f32),
+            rng.random_range(0.5..4.0f32),
+            rng.random_range(0.0..std::f32::consts::TAU),
+            rng.random_range(-1.0..1.0f32),
+        );
         for _ in 0..c {
             for y in 0..s {
                 for x in 0..s {
-                    px.push(off + ((fx * x as f32 + fy * y as f32) / s as f32 * std::f32::consts::TAU + ph).sin());
+                    px.push(
+                        off + ((fx * x as f32 + fy * y as f32) / s as f32 * std::f32::consts::TAU
+                            + ph)
+                            .sin(),
+                    );
                 }
             }
         }
     }
     let l = text_len.max(6);
     let vocab = cfg.text_config.vocab_size as u32;
-    let (mut ids, mut mask, mut word_ids, mut entities) = (vec![0u32; rows * l], vec![0f32; rows * l], vec![], vec![]);
+    let (mut ids, mut mask, mut word_ids, mut entities) =
+        (vec![0u32; rows * l], vec![0f32; rows * l], vec![], vec![]);
     for r in 0..rows {
         let n = l - (r % 4).min(l - 4);
         let mut w = vec![None; l];
         for t in 0..n {
-            ids[r * l + t] = if t == 0 { 2 } else if t == n - 1 { 3 } else { rng.random_range(10.min(vocab - 1)..vocab) };
+            ids[r * l + t] = if t == 0 {
+                2
+            } else if t == n - 1 {
+                3
+            } else {
+                rng.random_range(10.min(vocab - 1)..vocab)
+            };
             mask[r * l + t] = 1.0;
             if t > 0 && t < n - 1 {
                 w[t] = Some(((t - 1) / 2) as u32);
@@ -78,7 +102,11 @@ pub fn synthetic_batch(cfg: &medvlp_model::ModelConfig, n_paired: usize, n_image
     }
     let labels: Vec<f32> = (0..rows * 4).map(|_| rng.random_bool(0.3) as u8 as f32).collect();
     Ok(Batch {
-        pixels: if n_img > 0 { Some(Tensor::from_vec(px, (n_img, c, s, s), device)?) } else { None },
+        pixels: if n_img > 0 {
+            Some(Tensor::from_vec(px, (n_img, c, s, s), device)?)
+        } else {
+            None
+        },
         text: TextBatch {
             ids: Tensor::from_vec(ids, (rows, l), device)?,
             mask: Tensor::from_vec(mask, (rows, l), device)?,

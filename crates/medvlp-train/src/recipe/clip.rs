@@ -13,7 +13,15 @@ impl Method for Clip {
     }
 
     fn defaults(&self) -> ObjectiveConfig {
-        ObjectiveConfig { itc: 1.0, unpaired: 0.0, mim: 0.0, mlm: 0.0, local: 0.0, itm: 0.0, ..Default::default() }
+        ObjectiveConfig {
+            itc: 1.0,
+            unpaired: 0.0,
+            mim: 0.0,
+            mlm: 0.0,
+            local: 0.0,
+            itm: 0.0,
+            ..Default::default()
+        }
     }
 
     fn adapt_model(&self, _cfg: &ObjectiveConfig, m: &mut ModelConfig) {
@@ -25,11 +33,18 @@ impl Method for Clip {
         m.itm_head = false;
     }
 
-    fn loss(&self, model: &MedVlp, batch: &Batch, cfg: &ObjectiveConfig, _seed: u64) -> Result<MethodLoss> {
+    fn loss(
+        &self,
+        model: &MedVlp,
+        batch: &Batch,
+        cfg: &ObjectiveConfig,
+        _seed: u64,
+    ) -> Result<MethodLoss> {
         let px = batch.pixels.as_ref().context("clip needs images")?;
         let n = batch.n_images();
         let img = model.image_features(px)?;
-        let txt = model.text_features(&batch.text.ids.narrow(0, 0, n)?, &batch.text.mask.narrow(0, 0, n)?)?;
+        let txt = model
+            .text_features(&batch.text.ids.narrow(0, 0, n)?, &batch.text.mask.narrow(0, 0, n)?)?;
         let mut t = Terms::default();
         t.add("itc", cfg.itc, itc(model, &img, &txt, &batch.text.mask, batch.n_paired)?)?;
         t.add("unpaired", cfg.unpaired, unpaired_soft_itc(model, batch, &img, &txt)?)?;

@@ -33,7 +33,13 @@ impl Method for MaeMlm {
         m.itm_head = cfg.itm > 0.0;
     }
 
-    fn loss(&self, model: &MedVlp, batch: &Batch, cfg: &ObjectiveConfig, seed: u64) -> Result<MethodLoss> {
+    fn loss(
+        &self,
+        model: &MedVlp,
+        batch: &Batch,
+        cfg: &ObjectiveConfig,
+        seed: u64,
+    ) -> Result<MethodLoss> {
         let px = batch.pixels.as_ref().context("mae-mlm needs images")?;
         let n = batch.n_images();
         let (ids, mask) = (batch.text.ids.narrow(0, 0, n)?, batch.text.mask.narrow(0, 0, n)?);
@@ -42,7 +48,11 @@ impl Method for MaeMlm {
         let mut t = Terms::default();
         t.add("itc", cfg.itc, itc(model, &img, &txt, &batch.text.mask, batch.n_paired)?)?;
         if cfg.local > 0.0 {
-            t.add("local", cfg.local, Some(local(model, cfg, &batch.text, &txt, cls.as_ref(), &img, None)?))?;
+            t.add(
+                "local",
+                cfg.local,
+                Some(local(model, cfg, &batch.text, &txt, cls.as_ref(), &img, None)?),
+            )?;
         }
         if cfg.mim > 0.0 {
             let pm = patch_mask(model, cfg, MimMasking::Random, None, None, n, &mut rng(seed, 1))?;

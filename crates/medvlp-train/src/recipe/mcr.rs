@@ -3,7 +3,9 @@
 //! aggregation) and both reconstructions. `stream = "dual"` adds unmasked passes for the
 //! contrastive and local terms (the usual design), for the memory/time/retrieval comparison.
 
-use super::steps::{itc, local, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, Terms};
+use super::steps::{
+    itc, local, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, Terms,
+};
 use super::{Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig, Stream};
 use crate::objectives::local::Aggregation;
 use anyhow::{Context, Result};
@@ -43,7 +45,13 @@ impl Method for Mcr {
         m.itm_head = cfg.itm > 0.0;
     }
 
-    fn loss(&self, model: &MedVlp, batch: &Batch, cfg: &ObjectiveConfig, seed: u64) -> Result<MethodLoss> {
+    fn loss(
+        &self,
+        model: &MedVlp,
+        batch: &Batch,
+        cfg: &ObjectiveConfig,
+        seed: u64,
+    ) -> Result<MethodLoss> {
         let px = batch.pixels.as_ref().context("mcr needs images")?;
         let n = batch.n_images();
         let rows = 0..n;
@@ -53,26 +61,54 @@ impl Method for Mcr {
         // The masked pass: the only pass in single-stream mode.
         let latent = model.image_features_masked(px, &pm)?;
         let need_cls = cfg.local > 0.0;
-        let (txt_m, cls_m) = model.text_features_with_cls_attention(&narrow_rows(&mt.ids, &rows)?, &text_mask, need_cls && cfg.stream == Stream::Single)?;
+        let (txt_m, cls_m) = model.text_features_with_cls_attention(
+            &narrow_rows(&mt.ids, &rows)?,
+            &text_mask,
+            need_cls && cfg.stream == Stream::Single,
+        )?;
         let mut t = Terms::default();
         match cfg.stream {
             Stream::Single => {
                 t.add("itc", cfg.itc, itc(model, &latent, &txt_m, &text_mask, batch.n_paired)?)?;
                 if cfg.local > 0.0 {
-                    t.add("local", cfg.local, Some(local(model, cfg, &batch.text, &txt_m, cls_m.as_ref(), &latent, Some(&mt.masked))?))?;
+                    t.add(
+                        "local",
+                        cfg.local,
+                        Some(local(
+                            model,
+                            cfg,
+                            &batch.text,
+                            &txt_m,
+                            cls_m.as_ref(),
+                            &latent,
+                            Some(&mt.masked),
+                        )?),
+                    )?;
                 }
             }
             Stream::Dual => {
                 let img = model.image_features(px)?;
-                let (txt, cls) = model.text_features_with_cls_attention(&narrow_rows(&batch.text.ids, &rows)?, &text_mask, need_cls)?;
+                let (txt, cls) = model.text_features_with_cls_attention(
+                    &narrow_rows(&batch.text.ids, &rows)?,
+                    &text_mask,
+                    need_cls,
+                )?;
                 t.add("itc", cfg.itc, itc(model, &img, &txt, &batch.text.mask, batch.n_paired)?)?;
                 if cfg.local > 0.0 {
-                    t.add("local", cfg.local, Some(local(model, cfg, &batch.text, &txt, cls.as_ref(), &img, None)?))?;
+                    t.add(
+                        "local",
+                        cfg.local,
+                        Some(local(model, cfg, &batch.text, &txt, cls.as_ref(), &img, None)?),
+                    )?;
                 }
             }
         }
         if cfg.mim > 0.0 {
-            t.add("mim", cfg.mim, Some(mim(model, cfg, px, &pm, &latent, Some((&txt_m, &text_mask)))?))?;
+            t.add(
+                "mim",
+                cfg.mim,
+                Some(mim(model, cfg, px, &pm, &latent, Some((&txt_m, &text_mask)))?),
+            )?;
         }
         if cfg.mlm > 0.0 {
             let (pos, lab) = mlm_targets(&batch.text, &mt, rows)?;

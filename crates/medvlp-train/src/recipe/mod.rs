@@ -127,7 +127,13 @@ pub trait Method: Send + Sync {
     /// What the model must carry (fusion, decoder, local heads, memory, ITM head).
     fn adapt_model(&self, cfg: &ObjectiveConfig, model: &mut medvlp_model::ModelConfig);
     /// `seed` drives every random choice (masks, negatives) of this batch.
-    fn loss(&self, model: &MedVlp, batch: &Batch, cfg: &ObjectiveConfig, seed: u64) -> Result<MethodLoss>;
+    fn loss(
+        &self,
+        model: &MedVlp,
+        batch: &Batch,
+        cfg: &ObjectiveConfig,
+        seed: u64,
+    ) -> Result<MethodLoss>;
 }
 
 /// All methods by name.

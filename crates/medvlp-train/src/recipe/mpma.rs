@@ -3,7 +3,9 @@
 //! and memory-augmented cross-modal fusion (MA-CMF) feeding the report reconstruction; optional ITM.
 //! `paired_masking = false` masks one modality per pass (M3AE), for the ablation.
 
-use super::steps::{itc, local, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, Terms};
+use super::steps::{
+    itc, local, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, Terms,
+};
 use super::{Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig, Stream};
 use crate::objectives::itm::itm_loss;
 use anyhow::{Context, Result};
@@ -50,11 +52,22 @@ impl Method for Mpma {
             let width = m.text_config.hidden_size;
             let slots = if width < 128 { 64 } else { 2048 };
             let heads = m.fusion_config.as_ref().map(|f| f.num_attention_heads).unwrap_or(1);
-            m.memory_config = Some(MemoryConfig { slots, top_k: 32.min(slots), num_heads: heads, layers: vec![] });
+            m.memory_config = Some(MemoryConfig {
+                slots,
+                top_k: 32.min(slots),
+                num_heads: heads,
+                layers: vec![],
+            });
         }
     }
 
-    fn loss(&self, model: &MedVlp, batch: &Batch, cfg: &ObjectiveConfig, seed: u64) -> Result<MethodLoss> {
+    fn loss(
+        &self,
+        model: &MedVlp,
+        batch: &Batch,
+        cfg: &ObjectiveConfig,
+        seed: u64,
+    ) -> Result<MethodLoss> {
         let px = batch.pixels.as_ref().context("mpma needs images")?;
         let n = batch.n_images();
         let rows = 0..n;
@@ -65,16 +78,28 @@ impl Method for Mpma {
         let mut t = Terms::default();
         // Uni-modal features for GLA: from the unmasked inputs.
         let img = model.image_features(px)?;
-        let (txt, cls) = model.text_features_with_cls_attention(&narrow_rows(&batch.text.ids, &rows)?, &text_mask, cfg.local > 0.0)?;
+        let (txt, cls) = model.text_features_with_cls_attention(
+            &narrow_rows(&batch.text.ids, &rows)?,
+            &text_mask,
+            cfg.local > 0.0,
+        )?;
         t.add("itc", cfg.itc, itc(model, &img, &txt, &batch.text.mask, batch.n_paired)?)?;
         if cfg.local > 0.0 {
-            t.add("local", cfg.local, Some(local(model, cfg, &batch.text, &txt, cls.as_ref(), &img, None)?))?;
+            t.add(
+                "local",
+                cfg.local,
+                Some(local(model, cfg, &batch.text, &txt, cls.as_ref(), &img, None)?),
+            )?;
         }
         // Paired masking: the masked report is reconstructed from the masked image and vice versa.
         let txt_m = model.text_features(&narrow_rows(&mt.ids, &rows)?, &text_mask)?;
         let (img_ctx, txt_ctx) = if cfg.paired_masking { (&latent, &txt_m) } else { (&img, &txt) };
         if cfg.mim > 0.0 {
-            t.add("mim", cfg.mim, Some(mim(model, cfg, px, &pm, &latent, Some((txt_ctx, &text_mask)))?))?;
+            t.add(
+                "mim",
+                cfg.mim,
+                Some(mim(model, cfg, px, &pm, &latent, Some((txt_ctx, &text_mask)))?),
+            )?;
         }
         if cfg.mlm > 0.0 {
             let (pos, lab) = mlm_targets(&batch.text, &mt, rows)?;
@@ -85,7 +110,14 @@ impl Method for Mpma {
             let v = model.project_image(&img.narrow(0, 0, np)?)?;
             let w = model.project_text(&txt.narrow(0, 0, np)?, &text_mask.narrow(0, 0, np)?)?;
             let sim: Vec<Vec<f32>> = v.matmul(&w.t()?)?.detach().to_vec2()?;
-            let l = itm_loss(model, &img.narrow(0, 0, np)?, &txt.narrow(0, 0, np)?, &text_mask.narrow(0, 0, np)?, &sim, &mut rng(seed, 3))?;
+            let l = itm_loss(
+                model,
+                &img.narrow(0, 0, np)?,
+                &txt.narrow(0, 0, np)?,
+                &text_mask.narrow(0, 0, np)?,
+                &sim,
+                &mut rng(seed, 3),
+            )?;
             t.add("itm", cfg.itm, Some(l))?;
         }
         t.finish()

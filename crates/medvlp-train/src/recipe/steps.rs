@@ -28,14 +28,25 @@ pub struct MaskedText {
     pub masked: Vec<Vec<usize>>,
 }
 
-pub fn mask_text(text: &TextBatch, how: MlmMasking, cfg: &ObjectiveConfig, rng: &mut StdRng) -> Result<MaskedText> {
+pub fn mask_text(
+    text: &TextBatch,
+    how: MlmMasking,
+    cfg: &ObjectiveConfig,
+    rng: &mut StdRng,
+) -> Result<MaskedText> {
     let (rows, len) = text.ids.dims2()?;
     let mut ids: Vec<u32> = text.ids.flatten_all()?.to_vec1()?;
     let mut masked = Vec::with_capacity(rows);
     for r in 0..rows {
         let m = match how {
             MlmMasking::WholeWord => whole_word_mask(&text.word_ids[r], cfg.text_mask_ratio, rng),
-            MlmMasking::Entity => entity_mask(&text.word_ids[r], &text.entities[r], cfg.entity_max_ratio, cfg.entity_min_ratio, rng),
+            MlmMasking::Entity => entity_mask(
+                &text.word_ids[r],
+                &text.entities[r],
+                cfg.entity_max_ratio,
+                cfg.entity_min_ratio,
+                rng,
+            ),
         };
         for &t in &m {
             ids[r * len + t] = text.mask_id;
@@ -47,7 +58,11 @@ pub fn mask_text(text: &TextBatch, how: MlmMasking, cfg: &ObjectiveConfig, rng: 
 
 /// Flat positions (`i * len + t` for the `i`-th of `rows`) and original ids of the masked tokens
 /// of `rows`, so that they index a tensor holding just those rows in that order.
-pub fn mlm_targets(text: &TextBatch, m: &MaskedText, rows: impl IntoIterator<Item = usize>) -> Result<(Vec<u32>, Vec<u32>)> {
+pub fn mlm_targets(
+    text: &TextBatch,
+    m: &MaskedText,
+    rows: impl IntoIterator<Item = usize>,
+) -> Result<(Vec<u32>, Vec<u32>)> {
     let len = text.ids.dim(1)?;
     let orig: Vec<u32> = text.ids.flatten_all()?.to_vec1()?;
     let (mut pos, mut lab) = (vec![], vec![]);
@@ -66,29 +81,48 @@ pub fn narrow_rows(t: &Tensor, rows: &Range<usize>) -> Result<Tensor> {
 
 /// The listed rows of `t`, in that order.
 pub fn select_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor> {
-    let idx = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), t.device())?;
+    let idx = Tensor::from_vec(
+        rows.iter().map(|&r| r as u32).collect::<Vec<_>>(),
+        rows.len(),
+        t.device(),
+    )?;
     Ok(t.index_select(&idx, 0)?)
 }
 
 /// The first `ceil(fraction * len)` rows of each group (`fraction` in (0, 1]). Batches are
 /// shuffled, so the first rows of a group are a random subset of it.
 pub fn leading_rows(groups: &[Range<usize>], fraction: f64) -> Vec<usize> {
-    groups.iter().flat_map(|g| g.start..g.start + ((g.len() as f64 * fraction).ceil() as usize).min(g.len())).collect()
+    groups
+        .iter()
+        .flat_map(|g| g.start..g.start + ((g.len() as f64 * fraction).ceil() as usize).min(g.len()))
+        .collect()
 }
 
 /// Global contrastive loss over the paired rows.
-pub fn itc(model: &MedVlp, image: &Tensor, text: &Tensor, text_mask: &Tensor, n_paired: usize) -> Result<Option<Tensor>> {
+pub fn itc(
+    model: &MedVlp,
+    image: &Tensor,
+    text: &Tensor,
+    text_mask: &Tensor,
+    n_paired: usize,
+) -> Result<Option<Tensor>> {
     if n_paired < 2 {
         return Ok(None);
     }
     let v = model.project_image(&image.narrow(0, 0, n_paired)?)?;
-    let t = model.project_text(&text.narrow(0, 0, n_paired)?, &text_mask.narrow(0, 0, n_paired)?)?;
+    let t =
+        model.project_text(&text.narrow(0, 0, n_paired)?, &text_mask.narrow(0, 0, n_paired)?)?;
     Ok(Some(itc_loss(&v, &t, &model.logit_scale_value()?)?))
 }
 
 /// Soft-label contrastive loss over all image rows (paired + image-only with their prompts), with
 /// targets from label-vector similarity. `None` without labels or image-only samples.
-pub fn unpaired_soft_itc(model: &MedVlp, batch: &Batch, image: &Tensor, text: &Tensor) -> Result<Option<Tensor>> {
+pub fn unpaired_soft_itc(
+    model: &MedVlp,
+    batch: &Batch,
+    image: &Tensor,
+    text: &Tensor,
+) -> Result<Option<Tensor>> {
     let (Some(labels), true) = (&batch.labels, batch.n_image_only > 0) else { return Ok(None) };
     let n = batch.n_images();
     let lab = labels.narrow(0, 0, n)?;
@@ -99,21 +133,41 @@ pub fn unpaired_soft_itc(model: &MedVlp, batch: &Batch, image: &Tensor, text: &T
 
 /// Patch mask for the image rows: random (MAE) or attention-guided (AttMIM, scores from the
 /// unmasked image features and the texts of those rows).
-pub fn patch_mask(model: &MedVlp, cfg: &ObjectiveConfig, how: MimMasking, full_image: Option<&Tensor>, text: Option<(&Tensor, &Tensor)>, n: usize, rng: &mut StdRng) -> Result<PatchMask> {
+pub fn patch_mask(
+    model: &MedVlp,
+    cfg: &ObjectiveConfig,
+    how: MimMasking,
+    full_image: Option<&Tensor>,
+    text: Option<(&Tensor, &Tensor)>,
+    n: usize,
+    rng: &mut StdRng,
+) -> Result<PatchMask> {
     let np = model.config.vision_config.num_patches();
     let dev = model.logit_scale.device();
     Ok(match (how, full_image, text) {
         (MimMasking::Attention, Some(img), Some((txt, txt_mask))) if cfg.att_ratio > 0.0 => {
             let scores = patch_scores(model, img, txt, txt_mask, cfg.patch_score)?;
-            PatchMask::from_keep(select_visible(&scores, cfg.mask_ratio, cfg.att_ratio, rng), np, dev)?
+            PatchMask::from_keep(
+                select_visible(&scores, cfg.mask_ratio, cfg.att_ratio, rng),
+                np,
+                dev,
+            )?
         }
         _ => PatchMask::random(n, np, cfg.mask_ratio, rng, dev)?,
     })
 }
 
 /// Masked-image-modelling loss from the masked pass `latent`, optionally conditioned on text.
-pub fn mim(model: &MedVlp, cfg: &ObjectiveConfig, pixels: &Tensor, pm: &PatchMask, latent: &Tensor, text: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
-    let dec = model.mae_decoder.as_ref().context("this method needs an MAE decoder (decoder_config)")?;
+pub fn mim(
+    model: &MedVlp,
+    cfg: &ObjectiveConfig,
+    pixels: &Tensor,
+    pm: &PatchMask,
+    latent: &Tensor,
+    text: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    let dec =
+        model.mae_decoder.as_ref().context("this method needs an MAE decoder (decoder_config)")?;
     let ctx_mask = match text {
         Some((_, m)) if cfg.mim_text_conditioned => Some(additive_mask(m, latent.dtype())?),
         _ => None,
@@ -128,26 +182,48 @@ pub fn mim(model: &MedVlp, cfg: &ObjectiveConfig, pixels: &Tensor, pm: &PatchMas
 
 /// MLM loss of `text_feats` rows (positions relative to them): fused with `image` (visual
 /// support) when given, else from the text encoder alone.
-pub fn mlm(model: &MedVlp, text_feats: &Tensor, text_mask: &Tensor, image: Option<&Tensor>, positions: Vec<u32>, labels: Vec<u32>) -> Result<Option<Tensor>> {
+pub fn mlm(
+    model: &MedVlp,
+    text_feats: &Tensor,
+    text_mask: &Tensor,
+    image: Option<&Tensor>,
+    positions: Vec<u32>,
+    labels: Vec<u32>,
+) -> Result<Option<Tensor>> {
     if positions.is_empty() {
         return Ok(None);
     }
-    let head = model.mlm_head.as_ref().context("this method needs an MLM head (mlm_head = true)")?;
+    let head =
+        model.mlm_head.as_ref().context("this method needs an MLM head (mlm_head = true)")?;
     let h = match image {
         Some(img) => model.fuse_text(text_feats, text_mask, img, false)?.0,
         None => text_feats.clone(),
     };
     let dev = text_feats.device();
     let sel = gather_positions(&h, &Tensor::new(positions, dev)?)?;
-    Ok(Some(head.loss(&sel, &model.text_model.embeddings.word_embeddings.weight, &Tensor::new(labels, dev)?)?))
+    Ok(Some(head.loss(
+        &sel,
+        &model.text_model.embeddings.word_embeddings.weight,
+        &Tensor::new(labels, dev)?,
+    )?))
 }
 
 /// Local alignment between the rows' token features and their images' patch features (CLS
 /// excluded). Masked tokens (`dropped`) are left out of the words.
-pub fn local(model: &MedVlp, cfg: &ObjectiveConfig, text: &TextBatch, text_feats: &Tensor, cls_attention: Option<&Tensor>, image_feats: &Tensor, dropped: Option<&[Vec<usize>]>) -> Result<Tensor> {
-    let heads = model.local_projection.as_ref().context("local alignment needs local_projection = true")?;
+pub fn local(
+    model: &MedVlp,
+    cfg: &ObjectiveConfig,
+    text: &TextBatch,
+    text_feats: &Tensor,
+    cls_attention: Option<&Tensor>,
+    image_feats: &Tensor,
+    dropped: Option<&[Vec<usize>]>,
+) -> Result<Tensor> {
+    let heads =
+        model.local_projection.as_ref().context("local alignment needs local_projection = true")?;
     let n = image_feats.dim(0)?;
-    let cls: Option<Vec<Vec<f32>>> = cls_attention.map(|c| c.narrow(0, 0, n)?.to_dtype(DType::F32)?.to_vec2()).transpose()?;
+    let cls: Option<Vec<Vec<f32>>> =
+        cls_attention.map(|c| c.narrow(0, 0, n)?.to_dtype(DType::F32)?.to_vec2()).transpose()?;
     let word_ids: Vec<Vec<Option<u32>>> = (0..n)
         .map(|r| {
             let mut w = text.word_ids[r].clone();
@@ -159,9 +235,21 @@ pub fn local(model: &MedVlp, cfg: &ObjectiveConfig, text: &TextBatch, text_feats
             w
         })
         .collect();
-    let samples: Vec<LocalText> = (0..n).map(|r| LocalText { word_ids: &word_ids[r], cls_attention: cls.as_ref().map(|c| c[r].as_slice()) }).collect();
+    let samples: Vec<LocalText> = (0..n)
+        .map(|r| LocalText {
+            word_ids: &word_ids[r],
+            cls_attention: cls.as_ref().map(|c| c[r].as_slice()),
+        })
+        .collect();
     let np = image_feats.dim(1)? - 1;
-    Ok(local_alignment_loss(&text_feats.narrow(0, 0, n)?, &samples, &image_feats.narrow(1, 1, np)?, heads, cfg.aggregation, cfg.local_tau)?)
+    Ok(local_alignment_loss(
+        &text_feats.narrow(0, 0, n)?,
+        &samples,
+        &image_feats.narrow(1, 1, np)?,
+        heads,
+        cfg.aggregation,
+        cfg.local_tau,
+    )?)
 }
 
 /// Accumulates weighted loss terms and their logged values.

@@ -3,7 +3,10 @@
 //! support) + unpaired data: image-only samples with disease-kind prompts (soft-label contrastive
 //! and AttMIM) and text-only reports (EntMLM only).
 
-use super::steps::{itc, leading_rows, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, select_rows, unpaired_soft_itc, Terms};
+use super::steps::{
+    itc, leading_rows, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, select_rows,
+    unpaired_soft_itc, Terms,
+};
 use super::{Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig, Stream};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -37,20 +40,34 @@ impl Method for Xlip {
     fn adapt_model(&self, cfg: &ObjectiveConfig, m: &mut ModelConfig) {
         if let Some(d) = m.decoder_config.as_mut() {
             // AttMIM scores come from the decoder's cross-attention to the report.
-            d.cross_attention = cfg.mim_text_conditioned || cfg.mim_masking == MimMasking::Attention;
+            d.cross_attention =
+                cfg.mim_text_conditioned || cfg.mim_masking == MimMasking::Attention;
         }
         m.local_projection = cfg.local > 0.0;
         m.memory_config = None;
         m.itm_head = cfg.itm > 0.0;
     }
 
-    fn loss(&self, model: &MedVlp, batch: &Batch, cfg: &ObjectiveConfig, seed: u64) -> Result<MethodLoss> {
+    fn loss(
+        &self,
+        model: &MedVlp,
+        batch: &Batch,
+        cfg: &ObjectiveConfig,
+        seed: u64,
+    ) -> Result<MethodLoss> {
         let mut t = Terms::default();
         let n = batch.n_images();
-        let masked_text = if cfg.mlm > 0.0 { Some(mask_text(&batch.text, cfg.mlm_masking, cfg, &mut rng(seed, 2))?) } else { None };
+        let masked_text = if cfg.mlm > 0.0 {
+            Some(mask_text(&batch.text, cfg.mlm_masking, cfg, &mut rng(seed, 2))?)
+        } else {
+            None
+        };
         if let (Some(px), true) = (batch.pixels.as_ref(), n > 0) {
             let img_rows = 0..n;
-            let (ids, mask) = (narrow_rows(&batch.text.ids, &img_rows)?, narrow_rows(&batch.text.mask, &img_rows)?);
+            let (ids, mask) = (
+                narrow_rows(&batch.text.ids, &img_rows)?,
+                narrow_rows(&batch.text.mask, &img_rows)?,
+            );
             let img = model.image_features(px)?;
             let txt = model.text_features(&ids, &mask)?;
             t.add("itc", cfg.itc, itc(model, &img, &txt, &batch.text.mask, batch.n_paired)?)?;
@@ -58,17 +75,31 @@ impl Method for Xlip {
             // The reconstruction terms see `aux_fraction` of the paired and of the image-only rows.
             let aux = leading_rows(&[0..batch.n_paired, batch.n_paired..n], cfg.aux_fraction);
             // Of tensors over the image rows (`0..n`); with every row, the tensors themselves.
-            let aux_rows = |x: &Tensor| if aux.len() == n { Ok(x.clone()) } else { select_rows(x, &aux) };
+            let aux_rows =
+                |x: &Tensor| if aux.len() == n { Ok(x.clone()) } else { select_rows(x, &aux) };
             let (img_a, txt_a, mask_a) = (aux_rows(&img)?, aux_rows(&txt)?, aux_rows(&mask)?);
             if cfg.mim > 0.0 {
                 let px_a = aux_rows(px)?;
-                let pm = patch_mask(model, cfg, cfg.mim_masking, Some(&img_a), Some((&txt_a, &mask_a)), aux.len(), &mut rng(seed, 1))?;
+                let pm = patch_mask(
+                    model,
+                    cfg,
+                    cfg.mim_masking,
+                    Some(&img_a),
+                    Some((&txt_a, &mask_a)),
+                    aux.len(),
+                    &mut rng(seed, 1),
+                )?;
                 let latent = model.image_features_masked(&px_a, &pm)?;
-                t.add("mim", cfg.mim, Some(mim(model, cfg, &px_a, &pm, &latent, Some((&txt_a, &mask_a)))?))?;
+                t.add(
+                    "mim",
+                    cfg.mim,
+                    Some(mim(model, cfg, &px_a, &pm, &latent, Some((&txt_a, &mask_a)))?),
+                )?;
             }
             if let Some(m) = &masked_text {
                 let (pos, lab) = mlm_targets(&batch.text, m, aux.iter().copied())?;
-                let txt_m = model.text_features(&aux_rows(&narrow_rows(&m.ids, &img_rows)?)?, &mask_a)?;
+                let txt_m =
+                    model.text_features(&aux_rows(&narrow_rows(&m.ids, &img_rows)?)?, &mask_a)?;
                 t.add("mlm", cfg.mlm, mlm(model, &txt_m, &mask_a, Some(&img_a), pos, lab)?)?;
             }
         }
@@ -78,7 +109,11 @@ impl Method for Xlip {
             let (pos, lab) = mlm_targets(&batch.text, m, rows.iter().copied())?;
             let mask = select_rows(&batch.text.mask, &rows)?;
             let txt_m = model.text_features(&select_rows(&m.ids, &rows)?, &mask)?;
-            t.add("mlm_text_only", cfg.mlm * cfg.unpaired, mlm(model, &txt_m, &mask, None, pos, lab)?)?;
+            t.add(
+                "mlm_text_only",
+                cfg.mlm * cfg.unpaired,
+                mlm(model, &txt_m, &mask, None, pos, lab)?,
+            )?;
         }
         t.finish()
     }

@@ -38,7 +38,8 @@ pub fn write_dir(
     model_dir::save(&tmp, config, store, tokenizer)?;
     if let Some(opt) = opt {
         let tensors = opt.state_tensors()?;
-        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None).context("serialising optimizer state")?;
+        let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)
+            .context("serialising optimizer state")?;
         write_atomic(&tmp.join(OPTIMIZER_FILE), &bytes)?;
     }
     if let Some(state) = state {
@@ -51,7 +52,8 @@ pub fn write_dir(
         std::fs::rename(&tmp, dir)?;
         std::fs::remove_dir_all(&old)?;
     } else {
-        std::fs::rename(&tmp, dir).with_context(|| format!("renaming checkpoint into {}", dir.display()))?;
+        std::fs::rename(&tmp, dir)
+            .with_context(|| format!("renaming checkpoint into {}", dir.display()))?;
     }
     sync_dir(parent);
     Ok(())
@@ -84,7 +86,8 @@ pub fn list(root: &Path) -> Vec<(u64, PathBuf)> {
 pub fn prune(root: &Path, keep: usize) -> Result<()> {
     let all = list(root);
     for (_, p) in all.iter().take(all.len().saturating_sub(keep.max(1))) {
-        std::fs::remove_dir_all(p).with_context(|| format!("removing old checkpoint {}", p.display()))?;
+        std::fs::remove_dir_all(p)
+            .with_context(|| format!("removing old checkpoint {}", p.display()))?;
     }
     if let Ok(rd) = std::fs::read_dir(root) {
         for e in rd.flatten() {
@@ -102,13 +105,18 @@ pub fn restore(dir: &Path, store: &ParamStore, opt: &mut AdamW) -> Result<TrainS
     let weights = candle_core::safetensors::load(dir.join(model_dir::WEIGHTS_FILE), store.device())
         .with_context(|| format!("reading {}", dir.join(model_dir::WEIGHTS_FILE).display()))?;
     for (name, var) in store.vars() {
-        let t = weights.get(&name).with_context(|| format!("checkpoint {} lacks parameter {name}", dir.display()))?;
+        let t = weights
+            .get(&name)
+            .with_context(|| format!("checkpoint {} lacks parameter {name}", dir.display()))?;
         var.set(&t.to_dtype(var.dtype())?)?;
     }
-    let state: TrainState = serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE))?).with_context(|| format!("parsing {}", dir.join(STATE_FILE).display()))?;
+    let state: TrainState =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE))?)
+            .with_context(|| format!("parsing {}", dir.join(STATE_FILE).display()))?;
     let opt_path = dir.join(OPTIMIZER_FILE);
     let moments: HashMap<String, candle_core::Tensor> =
-        candle_core::safetensors::load(&opt_path, store.device()).with_context(|| format!("reading {}", opt_path.display()))?;
+        candle_core::safetensors::load(&opt_path, store.device())
+            .with_context(|| format!("reading {}", opt_path.display()))?;
     opt.load_state(&moments, state.optimizer_steps)?;
     Ok(state)
 }

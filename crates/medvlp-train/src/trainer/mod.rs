@@ -116,21 +116,33 @@ impl<'a> Trainer<'a> {
 
     fn log(&self, line: serde_json::Value) -> Result<()> {
         let p = self.out_dir.join("metrics.jsonl");
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&p).with_context(|| format!("opening {}", p.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .with_context(|| format!("opening {}", p.display()))?;
         writeln!(f, "{line}")?;
         Ok(())
     }
 
     fn save_checkpoint(&self, opt: &AdamW, state: &TrainState) -> Result<PathBuf> {
         let dir = self.checkpoints_dir().join(checkpoint::checkpoint_name(state.step));
-        checkpoint::write_dir(&dir, &self.model_config, self.store, self.tokenizer.as_deref(), Some(opt), Some(state))?;
+        checkpoint::write_dir(
+            &dir,
+            &self.model_config,
+            self.store,
+            self.tokenizer.as_deref(),
+            Some(opt),
+            Some(state),
+        )?;
         checkpoint::prune(&self.checkpoints_dir(), self.config.keep_last)?;
         Ok(dir)
     }
 
     /// Train to `config.steps`, resuming from the newest checkpoint when `resume` is set.
     pub fn run(&self, objective: &mut dyn Objective, resume: bool) -> Result<RunSummary> {
-        std::fs::create_dir_all(&self.out_dir).with_context(|| format!("creating {}", self.out_dir.display()))?;
+        std::fs::create_dir_all(&self.out_dir)
+            .with_context(|| format!("creating {}", self.out_dir.display()))?;
         let c = &self.config;
         let mut opt = AdamW::new(self.store.vars(), c.optimizer.clone())?;
         let mut state = TrainState { seed: self.seed, ..Default::default() };
@@ -139,17 +151,34 @@ impl<'a> Trainer<'a> {
                 Some((_, dir)) => {
                     state = checkpoint::restore(&dir, self.store, &mut opt)?;
                     if state.seed != self.seed {
-                        bail!("checkpoint {} was trained with seed {}, this run has seed {}", dir.display(), state.seed, self.seed);
+                        bail!(
+                            "checkpoint {} was trained with seed {}, this run has seed {}",
+                            dir.display(),
+                            state.seed,
+                            self.seed
+                        );
                     }
                     tracing::info!("resumed from {} at step {}", dir.display(), state.step);
                 }
-                None => tracing::warn!("--resume: no checkpoint under {}, starting from scratch", self.checkpoints_dir().display()),
+                None => tracing::warn!(
+                    "--resume: no checkpoint under {}, starting from scratch",
+                    self.checkpoints_dir().display()
+                ),
             }
         }
-        let schedule = Schedule { warmup_steps: c.warmup_steps, total_steps: c.steps, min_lr_ratio: c.min_lr_ratio };
+        let schedule = Schedule {
+            warmup_steps: c.warmup_steps,
+            total_steps: c.steps,
+            min_lr_ratio: c.min_lr_ratio,
+        };
         let bar = if std::io::stderr().is_terminal() {
             let pb = indicatif::ProgressBar::new(c.steps);
-            pb.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}").unwrap());
+            pb.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .unwrap(),
+            );
             pb.set_position(state.step);
             Some(pb)
         } else {
@@ -198,11 +227,21 @@ impl<'a> Trainer<'a> {
             } else {
                 state.nonfinite_skips += 1;
                 state.consecutive_nonfinite += 1;
-                tracing::warn!("step {}: non-finite loss or gradient, step skipped ({} so far)", state.step, state.nonfinite_skips);
+                tracing::warn!(
+                    "step {}: non-finite loss or gradient, step skipped ({} so far)",
+                    state.step,
+                    state.nonfinite_skips
+                );
                 self.log(serde_json::json!({"kind": "nonfinite", "step": state.step, "skips": state.nonfinite_skips}))?;
                 if state.consecutive_nonfinite >= c.max_nonfinite_steps {
-                    let last = checkpoint::list(&self.checkpoints_dir()).pop().map(|(_, p)| p.display().to_string()).unwrap_or_else(|| "none".into());
-                    bail!("stopping: {} consecutive non-finite steps (last good checkpoint: {last})", state.consecutive_nonfinite);
+                    let last = checkpoint::list(&self.checkpoints_dir())
+                        .pop()
+                        .map(|(_, p)| p.display().to_string())
+                        .unwrap_or_else(|| "none".into());
+                    bail!(
+                        "stopping: {} consecutive non-finite steps (last good checkpoint: {last})",
+                        state.consecutive_nonfinite
+                    );
                 }
             }
             if applied && (state.step.is_multiple_of(c.log_every.max(1)) || state.step == c.steps) {
@@ -218,8 +257,13 @@ impl<'a> Trainer<'a> {
                 }
                 self.log(line)?;
                 if let Some(pb) = &bar {
-                    let parts: Vec<String> = parts_sum.iter().map(|(n, v)| format!("{n} {:.3}", v / k)).collect();
-                    pb.set_message(format!("loss {last_loss:.4} ({}) lr {lr:.2e} {:.1} samples/s", parts.join(", "), samples_since as f64 / dt.max(1e-9)));
+                    let parts: Vec<String> =
+                        parts_sum.iter().map(|(n, v)| format!("{n} {:.3}", v / k)).collect();
+                    pb.set_message(format!(
+                        "loss {last_loss:.4} ({}) lr {lr:.2e} {:.1} samples/s",
+                        parts.join(", "),
+                        samples_since as f64 / dt.max(1e-9)
+                    ));
                 }
                 samples_since = 0;
                 t_since = Instant::now();
@@ -237,20 +281,40 @@ impl<'a> Trainer<'a> {
                     self.log(line)?;
                     let better = match state.best_metric {
                         None => true,
-                        Some(b) => if higher_is_better(&name) { value > b } else { value < b },
+                        Some(b) => {
+                            if higher_is_better(&name) {
+                                value > b
+                            } else {
+                                value < b
+                            }
+                        }
                     };
                     if better && value.is_finite() {
                         state.best_metric = Some(value);
-                        checkpoint::write_dir(&self.out_dir.join("best"), &self.model_config, self.store, self.tokenizer.as_deref(), None, None)?;
+                        checkpoint::write_dir(
+                            &self.out_dir.join("best"),
+                            &self.model_config,
+                            self.store,
+                            self.tokenizer.as_deref(),
+                            None,
+                            None,
+                        )?;
                     }
                 }
             }
             // No periodic checkpoint inside a non-finite streak: keep_last must not prune the good ones.
-            if c.checkpoint_every > 0 && state.step.is_multiple_of(c.checkpoint_every) && state.consecutive_nonfinite == 0 {
+            if c.checkpoint_every > 0
+                && state.step.is_multiple_of(c.checkpoint_every)
+                && state.consecutive_nonfinite == 0
+            {
                 self.save_checkpoint(&opt, &state)?;
             }
             if c.max_minutes > 0.0 && t_start.elapsed().as_secs_f64() > c.max_minutes * 60.0 {
-                tracing::info!("time budget of {} minutes reached at step {}", c.max_minutes, state.step);
+                tracing::info!(
+                    "time budget of {} minutes reached at step {}",
+                    c.max_minutes,
+                    state.step
+                );
                 self.log(serde_json::json!({"kind": "budget", "step": state.step, "elapsed_s": t_start.elapsed().as_secs_f64()}))?;
                 break;
             }
@@ -260,9 +324,20 @@ impl<'a> Trainer<'a> {
         }
         if stopped {
             let dir = self.save_checkpoint(&opt, &state)?;
-            tracing::info!("stopped at step {}: checkpoint written to {}", state.step, dir.display());
+            tracing::info!(
+                "stopped at step {}: checkpoint written to {}",
+                state.step,
+                dir.display()
+            );
         } else {
-            checkpoint::write_dir(&self.out_dir.join("final"), &self.model_config, self.store, self.tokenizer.as_deref(), None, None)?;
+            checkpoint::write_dir(
+                &self.out_dir.join("final"),
+                &self.model_config,
+                self.store,
+                self.tokenizer.as_deref(),
+                None,
+                None,
+            )?;
         }
         Ok(RunSummary { state, stopped_early: stopped, last_loss })
     }

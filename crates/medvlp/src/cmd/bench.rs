@@ -73,7 +73,12 @@ pub enum Sub {
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
@@ -81,7 +86,11 @@ pub fn peak_rss_bytes() -> u64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { 0.5 * (v[n / 2 - 1] + v[n / 2]) }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -89,7 +98,17 @@ pub fn run(args: Args) -> Result<()> {
         Sub::Forward { preset, batch, steps } => forward(&preset, batch, steps),
         Sub::Encode { preset, steps, bf16 } => encode(&preset, steps, bf16),
         Sub::Data(a) => super::bench_data::run(a),
-        Sub::TrainStep { recipe, stream, preset, batch, text_length, steps, compare_streams, rounds, peak_gflops } => {
+        Sub::TrainStep {
+            recipe,
+            stream,
+            preset,
+            batch,
+            text_length,
+            steps,
+            compare_streams,
+            rounds,
+            peak_gflops,
+        } => {
             if preset == "reference" {
                 reference_train_step(steps, peak_gflops)
             } else if compare_streams {
@@ -114,13 +133,18 @@ fn forward(preset: &str, batch: usize, steps: usize) -> Result<()> {
     let t = &cfg.text_config;
     let px = Tensor::randn(0f32, 1f32, (batch, v.num_channels, v.image_size, v.image_size), &dev)?;
     let len = t.max_length;
-    let ids: Vec<u32> = (0..batch * len).map(|i| (1000 + (i * 7919) % (t.vocab_size - 1000)) as u32).collect();
+    let ids: Vec<u32> =
+        (0..batch * len).map(|i| (1000 + (i * 7919) % (t.vocab_size - 1000)) as u32).collect();
     let ids = Tensor::from_vec(ids, (batch, len), &dev)?;
     let mask = Tensor::ones((batch, len), DType::F32, &dev)?;
     let (mut fwd, mut bwd) = (vec![], vec![]);
     for i in 0..steps + 1 {
         let t0 = Instant::now();
-        let loss = itc_loss(&model.image_embeds(&px)?, &model.text_embeds(&ids, &mask)?, &model.logit_scale_value()?)?;
+        let loss = itc_loss(
+            &model.image_embeds(&px)?,
+            &model.text_embeds(&ids, &mask)?,
+            &model.logit_scale_value()?,
+        )?;
         let _ = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
@@ -147,7 +171,14 @@ fn forward(preset: &str, batch: usize, steps: usize) -> Result<()> {
     Ok(())
 }
 
-fn train_step(recipe: &str, stream: Option<&str>, preset: &str, batch: usize, text_length: usize, steps: usize) -> Result<()> {
+fn train_step(
+    recipe: &str,
+    stream: Option<&str>,
+    preset: &str,
+    batch: usize,
+    text_length: usize,
+    steps: usize,
+) -> Result<()> {
     use medvlp_train::optim::{AdamW, AdamWConfig};
     use medvlp_train::recipe::{batch::synthetic_batch, method, Stream};
     let dev = Device::Cpu;
@@ -164,7 +195,15 @@ fn train_step(recipe: &str, stream: Option<&str>, preset: &str, batch: usize, te
     m.adapt_model(&cfg, &mut mc);
     let store = ParamStore::new(0, DType::F32, &dev);
     let model = MedVlp::new(&mc, &store)?;
-    let b = synthetic_batch(&mc, batch, 0, 0, text_length.min(mc.text_config.max_position_embeddings), 0, &dev)?;
+    let b = synthetic_batch(
+        &mc,
+        batch,
+        0,
+        0,
+        text_length.min(mc.text_config.max_position_embeddings),
+        0,
+        &dev,
+    )?;
     let mut opt = AdamW::new(store.vars(), AdamWConfig::default())?;
     let (mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![]);
     for i in 0..steps + 1 {
@@ -200,14 +239,37 @@ fn train_step(recipe: &str, stream: Option<&str>, preset: &str, batch: usize, te
     Ok(())
 }
 
-fn compare(recipe: &str, preset: &str, batch: usize, text_length: usize, steps: usize, rounds: usize) -> Result<()> {
+fn compare(
+    recipe: &str,
+    preset: &str,
+    batch: usize,
+    text_length: usize,
+    steps: usize,
+    rounds: usize,
+) -> Result<()> {
     let exe = std::env::current_exe()?;
     let mut res: std::collections::BTreeMap<&str, Vec<serde_json::Value>> = Default::default();
     for _ in 0..rounds.max(1) {
         for stream in ["single", "dual"] {
             let out = std::process::Command::new(&exe)
-                .args(["bench", "train-step", "--recipe", recipe, "--stream", stream, "--preset", preset])
-                .args(["--batch", &batch.to_string(), "--text-length", &text_length.to_string(), "--steps", &steps.to_string()])
+                .args([
+                    "bench",
+                    "train-step",
+                    "--recipe",
+                    recipe,
+                    "--stream",
+                    stream,
+                    "--preset",
+                    preset,
+                ])
+                .args([
+                    "--batch",
+                    &batch.to_string(),
+                    "--text-length",
+                    &text_length.to_string(),
+                    "--steps",
+                    &steps.to_string(),
+                ])
                 .output()?;
             if !out.status.success() {
                 anyhow::bail!("{stream} run failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -217,7 +279,9 @@ fn compare(recipe: &str, preset: &str, batch: usize, text_length: usize, steps: 
             res.entry(stream).or_default().push(v);
         }
     }
-    let med = |s: &str, k: &str| median(res[s].iter().map(|v| v[k].as_f64().unwrap_or(f64::NAN)).collect());
+    let med = |s: &str, k: &str| {
+        median(res[s].iter().map(|v| v[k].as_f64().unwrap_or(f64::NAN)).collect())
+    };
     let out = serde_json::json!({
         "recipe": recipe, "preset": preset, "batch": batch, "rounds": rounds,
         "single": { "median_step_s": med("single", "median_step_s"), "peak_rss_bytes": med("single", "peak_rss_bytes") },
@@ -238,7 +302,10 @@ fn reference_train_step(steps: usize, peak_gflops: f64) -> Result<()> {
     if params != PARAMS {
         anyhow::bail!("reference model has {params} parameters, torch_reference.py has {PARAMS}");
     }
-    let mut opt = AdamW::new(m.store.vars(), AdamWConfig { lr: 1e-4, weight_decay: 0.05, grad_clip: 0.0, ..Default::default() })?;
+    let mut opt = AdamW::new(
+        m.store.vars(),
+        AdamWConfig { lr: 1e-4, weight_decay: 0.05, grad_clip: 0.0, ..Default::default() },
+    )?;
     let mut rng = seeded_rng();
     let (mut fwd, mut bwd, mut upd, mut step) = (vec![], vec![], vec![], vec![]);
     for i in 0..steps + 2 {
@@ -291,7 +358,12 @@ fn encode(preset: &str, steps: usize, bf16: bool) -> Result<()> {
         let m = MedVlp::new(&cfg, &store)?;
         (store.num_params(), store, Box::new(move |x: &Tensor| m.image_embeds(x)))
     };
-    let (size, ch) = if preset == "reference" { (IMG, 1) } else { let c = ModelConfig::preset(preset)?; (c.vision_config.image_size, c.vision_config.num_channels) };
+    let (size, ch) = if preset == "reference" {
+        (IMG, 1)
+    } else {
+        let c = ModelConfig::preset(preset)?;
+        (c.vision_config.image_size, c.vision_config.num_channels)
+    };
     let px = Tensor::randn(0f32, 1f32, (B, ch, size, size), &dev)?;
     let time = || -> Result<(f64, Tensor)> {
         let mut times = vec![];
@@ -314,7 +386,11 @@ fn encode(preset: &str, steps: usize, bf16: bool) -> Result<()> {
         medvlp_model::nn::fused::bf16::enable(vars.iter().map(|(_, v)| v.as_tensor()))?;
         let (med16, y16) = time()?;
         medvlp_model::nn::fused::bf16::disable();
-        let cos = medvlp_model::heads::l2_normalize(&y32)?.mul(&medvlp_model::heads::l2_normalize(&y16)?)?.sum(1)?.min(0)?.to_scalar::<f32>()?;
+        let cos = medvlp_model::heads::l2_normalize(&y32)?
+            .mul(&medvlp_model::heads::l2_normalize(&y16)?)?
+            .sum(1)?
+            .min(0)?
+            .to_scalar::<f32>()?;
         out["bf16_images_per_s"] = (B as f64 / med16).into();
         out["bf16_min_cosine"] = (cos as f64).into();
     }

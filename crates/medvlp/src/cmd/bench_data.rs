@@ -38,9 +38,12 @@ pub fn run(args: Args) -> Result<()> {
         let jpg = dir.path().join("synthetic_2500x2000.jpg");
         std::fs::write(&jpg, synthetic_jpeg(2500, 2000, 90)?)?;
         let mut targets = vec![(jpg, "JPEG 2500x2000 (8-bit gray, q90)".to_string())];
-        let dicom = args.dicom.clone().or_else(|| std::env::var_os("MEDVLP_ASSETS").map(|a| PathBuf::from(a).join("dicom/RG1_UNCR.dcm")));
+        let dicom = args.dicom.clone().or_else(|| {
+            std::env::var_os("MEDVLP_ASSETS").map(|a| PathBuf::from(a).join("dicom/RG1_UNCR.dcm"))
+        });
         match dicom {
-            Some(d) if d.is_file() => targets.push((d.clone(), format!("DICOM {}", d.file_name().unwrap().to_string_lossy()))),
+            Some(d) if d.is_file() => targets
+                .push((d.clone(), format!("DICOM {}", d.file_name().unwrap().to_string_lossy()))),
             _ => println!("(no DICOM: pass --dicom or set MEDVLP_ASSETS)"),
         }
         for (path, what) in &targets {
@@ -61,7 +64,10 @@ pub fn run(args: Args) -> Result<()> {
         let root = dir.path().join("mimic");
         let t = Instant::now();
         let (studies, images) = generate_mimic_tree(&root, args.studies)?;
-        println!("generated MIMIC-like tree: {studies} studies, {images} images in {:.1}s", t.elapsed().as_secs_f64());
+        println!(
+            "generated MIMIC-like tree: {studies} studies, {images} images in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
         let t = Instant::now();
         let s = prepare(PrepareOptions::new("mimic", &root, root.join("manifest.jsonl")))?;
         let secs = t.elapsed().as_secs_f64();

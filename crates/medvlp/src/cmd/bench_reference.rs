@@ -9,12 +9,12 @@ use candle_nn::Init;
 use medvlp_model::bert::BertLayer;
 use medvlp_model::config::{PositionEmbedding, TextConfig, VisionConfig};
 use medvlp_model::masking::PatchMask;
+use medvlp_model::nn::fused::cross_entropy::linear_cross_entropy;
 use medvlp_model::nn::{Activation, Attention, Embedding, LayerNorm, Linear, Mlp};
 use medvlp_model::vit::VisionTransformer;
 use medvlp_model::ParamStore;
 use medvlp_train::objectives::contrastive::itc_loss;
 use medvlp_train::objectives::mim::mim_loss;
-use medvlp_model::nn::fused::cross_entropy::linear_cross_entropy;
 use medvlp_train::objectives::mlm::gather_positions;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -88,25 +88,60 @@ impl Reference {
         let store = ParamStore::new(0, DType::F32, &Device::Cpu);
         let store = if trainable { store } else { store.frozen() };
         let vb = store.var_builder();
-        let vc = VisionConfig { model_type: Default::default(), conv_channels: vec![], pooling: medvlp_model::config::Pooling::Cls, image_size: IMG, num_channels: 1, patch_size: P, hidden_size: D, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 1024, position_embedding: PositionEmbedding::Learned, layer_norm_eps: 1e-5 };
-        let tc = TextConfig { pooling: medvlp_model::config::Pooling::Cls, vocab_size: VOCAB, hidden_size: D, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 1024, max_position_embeddings: T, type_vocab_size: 1, layer_norm_eps: 1e-5, pad_token_id: 0, hidden_act: "gelu".into(), position_embedding_type: "absolute".into(), max_length: T };
+        let vc = VisionConfig {
+            model_type: Default::default(),
+            conv_channels: vec![],
+            pooling: medvlp_model::config::Pooling::Cls,
+            image_size: IMG,
+            num_channels: 1,
+            patch_size: P,
+            hidden_size: D,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            intermediate_size: 1024,
+            position_embedding: PositionEmbedding::Learned,
+            layer_norm_eps: 1e-5,
+        };
+        let tc = TextConfig {
+            pooling: medvlp_model::config::Pooling::Cls,
+            vocab_size: VOCAB,
+            hidden_size: D,
+            num_hidden_layers: 4,
+            num_attention_heads: 4,
+            intermediate_size: 1024,
+            max_position_embeddings: T,
+            type_vocab_size: 1,
+            layer_norm_eps: 1e-5,
+            pad_token_id: 0,
+            hidden_act: "gelu".into(),
+            position_embedding_type: "absolute".into(),
+            max_length: T,
+        };
         let randn = Init::Randn { mean: 0.0, stdev: 0.02 };
         Ok(Self {
             vit: VisionTransformer::new(&vc, vb.pp("vit"))?,
             dec_embed: Linear::new(D, 128, true, vb.pp("dec.embed"))?,
             mask_token: vb.get_with_hints((1, 1, 128), "dec.mask_token", randn)?,
             dec_pos: vb.get_with_hints((1, NP + 1, 128), "dec.pos", randn)?,
-            dec_blocks: (0..2).map(|i| Block::new(128, 4, 512, vb.pp("dec.blocks").pp(i))).collect::<Result<_>>()?,
+            dec_blocks: (0..2)
+                .map(|i| Block::new(128, 4, 512, vb.pp("dec.blocks").pp(i)))
+                .collect::<Result<_>>()?,
             dec_norm: LayerNorm::new(128, 1e-5, vb.pp("dec.norm"))?,
             dec_pred: Linear::new(128, P * P, true, vb.pp("dec.pred"))?,
             tok: Embedding::new(VOCAB, D, vb.pp("txt.tok"))?,
             pos: vb.get_with_hints((1, T, D), "txt.pos", randn)?,
             txt_ln: LayerNorm::new(D, 1e-5, vb.pp("txt.ln"))?,
-            txt_layers: (0..4).map(|i| BertLayer::new(&tc, vb.pp("txt.blocks").pp(i))).collect::<Result<_>>()?,
+            txt_layers: (0..4)
+                .map(|i| BertLayer::new(&tc, vb.pp("txt.blocks").pp(i)))
+                .collect::<Result<_>>()?,
             fusion: Block::new(D, 4, 1024, vb.pp("fusion"))?,
             img_proj: Linear::new(D, 128, false, vb.pp("img_proj"))?,
             txt_proj: Linear::new(D, 128, false, vb.pp("txt_proj"))?,
-            logit_scale: vb.get_with_hints((1, 1), "logit_scale", Init::Const((1.0f64 / 0.07).ln()))?,
+            logit_scale: vb.get_with_hints(
+                (1, 1),
+                "logit_scale",
+                Init::Const((1.0f64 / 0.07).ln()),
+            )?,
             mlm_dense: Linear::new(D, D, true, vb.pp("mlm_dense"))?,
             mlm_ln: LayerNorm::new(D, 1e-5, vb.pp("mlm_ln"))?,
             mlm_out: Linear::new(D, VOCAB, true, vb.pp("mlm_out"))?,
@@ -126,7 +161,9 @@ impl Reference {
                 p
             })
             .collect();
-        let mut ids: Vec<u32> = (0..B * T).map(|i| if i % T == 0 { 101 } else { rng.random_range(1000..30000) }).collect();
+        let mut ids: Vec<u32> = (0..B * T)
+            .map(|i| if i % T == 0 { 101 } else { rng.random_range(1000..30000) })
+            .collect();
         let (mut pos, mut lab) = (vec![], vec![]);
         for b in 0..B {
             let mut p: Vec<usize> = (1..T).collect();
@@ -155,7 +192,10 @@ impl Reference {
         let cls = x.narrow(1, 0, 1)?;
         let vis = x.narrow(1, 1, l - 1)?;
         let m = self.mask_token.broadcast_as((b, NP - (l - 1), dd))?;
-        let full = Tensor::cat(&[&vis, &m], 1)?.reshape((b * NP, dd))?.index_select(&bt.mask.restore_flat, 0)?.reshape((b, NP, dd))?;
+        let full = Tensor::cat(&[&vis, &m], 1)?
+            .reshape((b * NP, dd))?
+            .index_select(&bt.mask.restore_flat, 0)?
+            .reshape((b, NP, dd))?;
         let mut h = Tensor::cat(&[&cls, &full], 1)?.broadcast_add(&self.dec_pos)?;
         for blk in &self.dec_blocks {
             h = blk.forward(&h, None)?;
@@ -168,13 +208,22 @@ impl Reference {
         for layer in &self.txt_layers {
             th = layer.forward(&th, None)?;
         }
-        let ie = medvlp_model::heads::l2_normalize(&self.img_proj.forward(&latent.narrow(1, 0, 1)?.squeeze(1)?)?)?;
-        let te = medvlp_model::heads::l2_normalize(&self.txt_proj.forward(&th.narrow(1, 0, 1)?.squeeze(1)?)?)?;
+        let ie = medvlp_model::heads::l2_normalize(
+            &self.img_proj.forward(&latent.narrow(1, 0, 1)?.squeeze(1)?)?,
+        )?;
+        let te = medvlp_model::heads::l2_normalize(
+            &self.txt_proj.forward(&th.narrow(1, 0, 1)?.squeeze(1)?)?,
+        )?;
         let l_itc = itc_loss(&ie, &te, &self.logit_scale.exp()?.reshape(())?)?;
         let fused = self.fusion.forward(&th, Some(&latent))?;
         let sel = gather_positions(&fused, &bt.mlm_pos)?;
         let hm = self.mlm_ln.forward(&self.mlm_dense.forward_act(&sel, Activation::Gelu)?)?;
-        let l_mlm = linear_cross_entropy(&hm, &self.mlm_out.weight, self.mlm_out.bias.as_ref().expect("mlm_out has a bias"), &bt.mlm_labels)?;
+        let l_mlm = linear_cross_entropy(
+            &hm,
+            &self.mlm_out.weight,
+            self.mlm_out.bias.as_ref().expect("mlm_out has a bias"),
+            &bt.mlm_labels,
+        )?;
         (l_itc + l_mae)? + l_mlm
     }
 

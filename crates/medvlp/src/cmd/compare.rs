@@ -3,7 +3,9 @@
 //! budget, evaluated with the same protocol, tabulated with 95% intervals over seeds (a t interval
 //! of the seed means; with one seed, the bootstrap interval of that run).
 
-use crate::pipeline::{find, shared_tokenizer, synth_config, synth_data, vocab_size, Setup, HEADLINES};
+use crate::pipeline::{
+    find, shared_tokenizer, synth_config, synth_data, vocab_size, Setup, HEADLINES,
+};
 use anyhow::{bail, Context, Result};
 use medvlp_eval::results::ResultRecord;
 use std::path::PathBuf;
@@ -50,7 +52,14 @@ fn variants(recipes: &[String], ablations: bool) -> Vec<(String, String, Vec<Str
             "xlip" => vec![
                 ("xlip, random MIM", vec!["objectives.mim_masking=random"]),
                 ("xlip, whole-word MLM", vec!["objectives.mlm_masking=whole_word"]),
-                ("xlip, no unpaired data", vec!["objectives.unpaired=0.0", "data.image_only_rate=0.0", "data.text_only_rate=0.0"]),
+                (
+                    "xlip, no unpaired data",
+                    vec![
+                        "objectives.unpaired=0.0",
+                        "data.image_only_rate=0.0",
+                        "data.text_only_rate=0.0",
+                    ],
+                ),
             ],
             "mcr" => vec![
                 ("mcr, dual stream", vec!["objectives.stream=dual"]),
@@ -79,7 +88,13 @@ pub fn run(args: Args) -> Result<()> {
     let data = out.join("data");
     synth_data(&data, &sc)?;
     let tokenizer = shared_tokenizer(&data, &out, vocab_size(&args.preset))?;
-    let setup = Setup { data, tokenizer, preset: args.preset.clone(), device: args.device.clone(), budget_minutes: args.budget_minutes };
+    let setup = Setup {
+        data,
+        tokenizer,
+        preset: args.preset.clone(),
+        device: args.device.clone(),
+        budget_minutes: args.budget_minutes,
+    };
     let vars = variants(&args.recipes, args.ablations);
     // results[variant][seed]
     let mut results: Vec<(String, Vec<Vec<ResultRecord>>)> = vec![];
@@ -88,7 +103,13 @@ pub fn run(args: Args) -> Result<()> {
         for seed in 0..args.seeds {
             let slug = format!("{}-seed{seed}", label.replace([',', ' '], "_").replace("__", "_"));
             let model = setup.train_budgeted(&out.join("runs").join(&slug), recipe, ov, seed)?;
-            per_seed.push(setup.evaluate(&model, &out.join("eval").join(&slug), args.pool, args.bootstrap, seed)?);
+            per_seed.push(setup.evaluate(
+                &model,
+                &out.join("eval").join(&slug),
+                args.pool,
+                args.bootstrap,
+                seed,
+            )?);
         }
         results.push((label.clone(), per_seed));
     }
@@ -125,7 +146,9 @@ fn table(results: &[(String, Vec<Vec<ResultRecord>>)]) -> String {
                 n => {
                     let vals: Vec<f64> = recs.iter().map(|r| r.value).collect();
                     let mean = vals.iter().sum::<f64>() / n as f64;
-                    let sd = (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+                    let sd = (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>()
+                        / (n - 1) as f64)
+                        .sqrt();
                     let half = T95[(n - 2).min(8)] * sd / (n as f64).sqrt();
                     format!("{mean:.3} ({:.3}-{:.3})", mean - half, mean + half)
                 }

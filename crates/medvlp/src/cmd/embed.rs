@@ -62,7 +62,8 @@ pub fn read_texts(path: &Path) -> Result<(Vec<Item>, usize)> {
     let mut jsonl: Option<bool> = None;
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
         let lineno = i + 1;
-        let line = line.with_context(|| format!("{}:{lineno}: not valid UTF-8 text", path.display()))?;
+        let line =
+            line.with_context(|| format!("{}:{lineno}: not valid UTF-8 text", path.display()))?;
         let trimmed = line.trim();
         if trimmed.is_empty() {
             if jsonl != Some(true) {
@@ -71,18 +72,24 @@ pub fn read_texts(path: &Path) -> Result<(Vec<Item>, usize)> {
             }
             continue;
         }
-        let is_json = *jsonl.get_or_insert_with(|| trimmed.starts_with('{') && serde_json::from_str::<serde_json::Value>(trimmed).is_ok());
+        let is_json = *jsonl.get_or_insert_with(|| {
+            trimmed.starts_with('{') && serde_json::from_str::<serde_json::Value>(trimmed).is_ok()
+        });
         if !is_json {
             items.push(Item { id: serde_json::json!(lineno), text: line });
             continue;
         }
         let parsed: Result<Item> = (|| {
             let v: serde_json::Value = serde_json::from_str(trimmed).context("not valid JSON")?;
-            let text = v.get("text").and_then(|t| t.as_str()).context("no string field \"text\"")?;
+            let text =
+                v.get("text").and_then(|t| t.as_str()).context("no string field \"text\"")?;
             if text.trim().is_empty() {
                 bail!("empty \"text\"");
             }
-            Ok(Item { id: v.get("id").cloned().unwrap_or(serde_json::json!(lineno)), text: text.to_string() })
+            Ok(Item {
+                id: v.get("id").cloned().unwrap_or(serde_json::json!(lineno)),
+                text: text.to_string(),
+            })
         })();
         match parsed {
             Ok(it) => items.push(it),
@@ -114,19 +121,37 @@ fn read_images(path: &Path) -> Result<Vec<(serde_json::Value, medvlp_data::loade
             .with_context(|| format!("reading {}", path.display()))?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.is_file() && p.extension().is_some_and(|x| matches!(x.to_string_lossy().to_lowercase().as_str(), "png" | "jpg" | "jpeg" | "dcm" | "dicom")))
+            .filter(|p| {
+                p.is_file()
+                    && p.extension().is_some_and(|x| {
+                        matches!(
+                            x.to_string_lossy().to_lowercase().as_str(),
+                            "png" | "jpg" | "jpeg" | "dcm" | "dicom"
+                        )
+                    })
+            })
             .collect();
         files.sort();
         return Ok(files
             .into_iter()
             .map(|p| {
-                let name = p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                (serde_json::json!(name.clone()), medvlp_data::loader::Item { id: name, images: vec![p], text: None, labels: Default::default() })
+                let name =
+                    p.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+                (
+                    serde_json::json!(name.clone()),
+                    medvlp_data::loader::Item {
+                        id: name,
+                        images: vec![p],
+                        text: None,
+                        labels: Default::default(),
+                    },
+                )
             })
             .collect());
     }
     let root = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     if text.trim_start().starts_with('{') {
         let studies = medvlp_data::dataset::read_manifest(path)?;
         let items = medvlp_data::loader::Loader::items_from_studies(&studies, &root, None);
@@ -138,15 +163,25 @@ fn read_images(path: &Path) -> Result<Vec<(serde_json::Value, medvlp_data::loade
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
             let p = root.join(l.trim());
-            let item = medvlp_data::loader::Item { id: format!("{}", i + 1), images: vec![p], text: None, labels: Default::default() };
+            let item = medvlp_data::loader::Item {
+                id: format!("{}", i + 1),
+                images: vec![p],
+                text: None,
+                labels: Default::default(),
+            };
             (serde_json::json!(l.trim()), item)
         })
         .collect())
 }
 
-fn write_records(output: &Path, records: impl Iterator<Item = (serde_json::Value, Vec<f32>)>) -> Result<usize> {
+fn write_records(
+    output: &Path,
+    records: impl Iterator<Item = (serde_json::Value, Vec<f32>)>,
+) -> Result<usize> {
     let tmp = output.with_extension("jsonl.partial");
-    let mut out = BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut out = BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
     let mut n = 0;
     for (id, embedding) in records {
         serde_json::to_writer(&mut out, &Record { id: &id, embedding })?;
@@ -162,7 +197,10 @@ fn write_records(output: &Path, records: impl Iterator<Item = (serde_json::Value
 fn run_images(args: &Args, list: &Path) -> Result<()> {
     let dev = Device::Cpu;
     if model_dir::detect(&args.model)? != DirKind::MedVlp {
-        bail!("{}: image embeddings need a medvlp model directory (this is a text-only BERT)", args.model.display());
+        bail!(
+            "{}: image embeddings need a medvlp model directory (this is a text-only BERT)",
+            args.model.display()
+        );
     }
     let m = model_dir::load(&args.model, DType::F32, &dev, false)?;
     maybe_bf16(args, &m.store)?;
@@ -172,12 +210,27 @@ fn run_images(args: &Args, list: &Path) -> Result<()> {
     }
     let t0 = std::time::Instant::now();
     let items = entries.iter().map(|(_, it)| it.clone()).collect();
-    let res = medvlp_model::encode::encode_images(&m.model, &m.config.preprocess, items, args.batch_size, 1.0, &dev)?;
+    let res = medvlp_model::encode::encode_images(
+        &m.model,
+        &m.config.preprocess,
+        items,
+        args.batch_size,
+        1.0,
+        &dev,
+    )?;
     for (p, why) in &res.bad {
         tracing::warn!("{p}: {why}; skipped");
     }
-    let n = write_records(&args.output, res.indices.iter().zip(res.embeddings).map(|(&i, e)| (entries[i].0.clone(), e)))?;
-    eprintln!("embedded {n} images in {:.2}s -> {} ({} skipped)", t0.elapsed().as_secs_f64(), args.output.display(), res.bad.len());
+    let n = write_records(
+        &args.output,
+        res.indices.iter().zip(res.embeddings).map(|(&i, e)| (entries[i].0.clone(), e)),
+    )?;
+    eprintln!(
+        "embedded {n} images in {:.2}s -> {} ({} skipped)",
+        t0.elapsed().as_secs_f64(),
+        args.output.display(),
+        res.bad.len()
+    );
     Ok(())
 }
 
@@ -204,20 +257,27 @@ pub fn run(args: Args) -> Result<()> {
             (Encoder::Bert(m), t, l)
         }
     };
-    let tok_path = tok_path.with_context(|| format!("{} has no tokenizer.json", args.model.display()))?;
+    let tok_path =
+        tok_path.with_context(|| format!("{} has no tokenizer.json", args.model.display()))?;
     let tok = Tokenizer::from_file(&tok_path, args.max_length.unwrap_or(default_len))?;
     let (items, bad) = read_texts(&texts_path)?;
     if items.is_empty() {
         bail!("{}: no texts to embed ({bad} bad lines)", texts_path.display());
     }
     let tmp = args.output.with_extension("jsonl.partial");
-    let mut out = BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    let mut out = BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
+    );
     let t0 = std::time::Instant::now();
     for chunk in items.chunks(args.batch_size.max(1)) {
         let texts: Vec<&str> = chunk.iter().map(|i| i.text.as_str()).collect();
         let b = tok.encode_batch(&texts)?;
         let ids = Tensor::from_vec(b.input_ids.clone(), (b.batch, b.len), &dev)?;
-        let mask = Tensor::from_vec(b.attention_mask.iter().map(|&m| m as f32).collect::<Vec<_>>(), (b.batch, b.len), &dev)?;
+        let mask = Tensor::from_vec(
+            b.attention_mask.iter().map(|&m| m as f32).collect::<Vec<_>>(),
+            (b.batch, b.len),
+            &dev,
+        )?;
         let emb = match &encoder {
             Encoder::MedVlp(m) => m.model.text_embeds(&ids, &mask)?,
             Encoder::Bert(m) => {
@@ -232,7 +292,14 @@ pub fn run(args: Args) -> Result<()> {
     }
     out.flush()?;
     drop(out);
-    std::fs::rename(&tmp, &args.output).with_context(|| format!("writing {}", args.output.display()))?;
-    eprintln!("embedded {} texts in {:.2}s -> {} ({} lines skipped)", items.len(), t0.elapsed().as_secs_f64(), args.output.display(), bad);
+    std::fs::rename(&tmp, &args.output)
+        .with_context(|| format!("writing {}", args.output.display()))?;
+    eprintln!(
+        "embedded {} texts in {:.2}s -> {} ({} lines skipped)",
+        items.len(),
+        t0.elapsed().as_secs_f64(),
+        args.output.display(),
+        bad
+    );
     Ok(())
 }

@@ -113,21 +113,45 @@ pub fn evaluate_model(c: &Common, tasks: &[Task]) -> Result<Vec<ResultRecord>> {
     let split = parse_split(&c.split)?;
     std::fs::create_dir_all(&c.out)?;
     let ev = Evaluator::load(&c.model, c.batch_size)?;
-    let boot = (c.bootstrap > 0).then(|| BootstrapConfig { resamples: c.bootstrap, seed: c.seed, ..Default::default() });
+    let boot = (c.bootstrap > 0).then(|| BootstrapConfig {
+        resamples: c.bootstrap,
+        seed: c.seed,
+        ..Default::default()
+    });
     let (prompts, prompt_hash) = evaluate::load_zero_shot_prompts(&c.prompts)?;
-    let classes: Vec<String> = if c.classes.is_empty() { prompts.class.iter().map(|k| k.name.clone()).collect() } else { c.classes.clone() };
+    let classes: Vec<String> = if c.classes.is_empty() {
+        prompts.class.iter().map(|k| k.name.clone()).collect()
+    } else {
+        c.classes.clone()
+    };
     let need_text = tasks.contains(&Task::Retrieval);
     let t0 = std::time::Instant::now();
-    let test = ev.embed_split(&c.data, c.root.as_deref(), split, need_text.then_some(c.text_field))?;
-    tracing::info!("embedded {} {} studies in {:.1}s", test.ids.len(), split.as_str(), t0.elapsed().as_secs_f64());
+    let test =
+        ev.embed_split(&c.data, c.root.as_deref(), split, need_text.then_some(c.text_field))?;
+    tracing::info!(
+        "embedded {} {} studies in {:.1}s",
+        test.ids.len(),
+        split.as_str(),
+        t0.elapsed().as_secs_f64()
+    );
     let base = ev.protocol(&c.data, &test, need_text.then_some(c.text_field));
     let mut all = TaskOutput::default();
     let mut probe_splits: Option<(SplitEmbeddings, SplitEmbeddings)> = None;
     for &t in tasks {
         let out = match t {
             Task::ZeroShot => {
-                let modes: Vec<PromptMode> = c.modes.iter().map(|m| PromptMode::parse(m)).collect::<Result<_>>()?;
-                evaluate::zero_shot(&ev, &test, &prompts, &prompt_hash, &modes, c.nway_per_class, boot.as_ref(), &base)?
+                let modes: Vec<PromptMode> =
+                    c.modes.iter().map(|m| PromptMode::parse(m)).collect::<Result<_>>()?;
+                evaluate::zero_shot(
+                    &ev,
+                    &test,
+                    &prompts,
+                    &prompt_hash,
+                    &modes,
+                    c.nway_per_class,
+                    boot.as_ref(),
+                    &base,
+                )?
             }
             Task::LinearProbe => {
                 if probe_splits.is_none() {
@@ -136,9 +160,21 @@ pub fn evaluate_model(c: &Common, tasks: &[Task]) -> Result<Vec<ResultRecord>> {
                     probe_splits = Some((tr, va));
                 }
                 let (tr, va) = probe_splits.as_ref().unwrap();
-                evaluate::linear_probe(&c.data, tr, va, &test, &classes, &c.fractions, c.seed, boot.as_ref(), &base)?
+                evaluate::linear_probe(
+                    &c.data,
+                    tr,
+                    va,
+                    &test,
+                    &classes,
+                    &c.fractions,
+                    c.seed,
+                    boot.as_ref(),
+                    &base,
+                )?
             }
-            Task::Retrieval => evaluate::retrieval(&test, &classes, c.pool, c.seed, boot.as_ref(), &base)?,
+            Task::Retrieval => {
+                evaluate::retrieval(&test, &classes, c.pool, c.seed, boot.as_ref(), &base)?
+            }
             Task::Finetune => finetune(c, &ev, &test, &classes, boot.as_ref(), &base)?,
         };
         all.records.extend(out.records);
@@ -147,16 +183,30 @@ pub fn evaluate_model(c: &Common, tasks: &[Task]) -> Result<Vec<ResultRecord>> {
     let results = c.out.join("results.jsonl");
     let _ = std::fs::remove_file(&results);
     append_jsonl(&results, &all.records)?;
-    write_markdown(&c.out.join("summary.md"), &format!("Evaluation of {}", c.model.display()), &all.records)?;
+    write_markdown(
+        &c.out.join("summary.md"),
+        &format!("Evaluation of {}", c.model.display()),
+        &all.records,
+    )?;
     evaluate::write_plots(&c.out, &all.plots)?;
     Ok(all.records)
 }
 
 /// Fine-tuning at each label fraction: train on the fraction, select the epoch on validation
 /// (macro AUROC), report test AUROC.
-fn finetune(c: &Common, ev: &Evaluator, test: &SplitEmbeddings, classes: &[String], boot: Option<&BootstrapConfig>, base: &medvlp_eval::results::Protocol) -> Result<TaskOutput> {
+fn finetune(
+    c: &Common,
+    ev: &Evaluator,
+    test: &SplitEmbeddings,
+    classes: &[String],
+    boot: Option<&BootstrapConfig>,
+    base: &medvlp_eval::results::Protocol,
+) -> Result<TaskOutput> {
     let studies = read_manifest(&c.data)?;
-    let root = c.root.clone().unwrap_or_else(|| c.data.parent().map(Path::to_path_buf).unwrap_or_default());
+    let root = c
+        .root
+        .clone()
+        .unwrap_or_else(|| c.data.parent().map(Path::to_path_buf).unwrap_or_default());
     let items = |s: Split| Loader::items_from_studies(&studies, &root, Some(s));
     let train_all = items(Split::Train);
     let classes = test.defined_classes(classes);
@@ -166,23 +216,50 @@ fn finetune(c: &Common, ev: &Evaluator, test: &SplitEmbeddings, classes: &[Strin
     // Test items in the order of `test` (the embedded split), so labels line up.
     let test_items: Vec<_> = {
         let all = items(test.split);
-        let by_id: std::collections::HashMap<&str, &medvlp_data::loader::Item> = all.iter().map(|i| (i.id.as_str(), i)).collect();
+        let by_id: std::collections::HashMap<&str, &medvlp_data::loader::Item> =
+            all.iter().map(|i| (i.id.as_str(), i)).collect();
         test.ids.iter().map(|id| (*by_id[id.as_str()]).clone()).collect()
     };
     let val_items = items(Split::Validate);
-    let yv: Vec<Vec<bool>> = val_items.iter().map(|i| classes.iter().map(|k| i.labels.get(k) == Some(&1)).collect()).collect();
+    let yv: Vec<Vec<bool>> = val_items
+        .iter()
+        .map(|i| classes.iter().map(|k| i.labels.get(k) == Some(&1)).collect())
+        .collect();
     let yt = test.indicators(&classes);
     let train_ids: Vec<String> = train_all.iter().map(|i| i.id.clone()).collect();
-    let ytrain: Vec<Vec<bool>> = train_all.iter().map(|i| classes.iter().map(|k| i.labels.get(k) == Some(&1)).collect()).collect();
+    let ytrain: Vec<Vec<bool>> = train_all
+        .iter()
+        .map(|i| classes.iter().map(|k| i.labels.get(k) == Some(&1)).collect())
+        .collect();
     let mut out = TaskOutput::default();
     for &f in &c.fractions {
         let (idx, source) = evaluate::fraction_ids(&c.data, &train_ids, &ytrain, f, c.seed)?;
         let train: Vec<_> = idx.iter().map(|&i| train_all[i].clone()).collect();
-        let cfg = medvlp_train::finetune::FinetuneConfig { epochs: c.epochs, batch_size: 32, seed: c.seed, ..Default::default() };
+        let cfg = medvlp_train::finetune::FinetuneConfig {
+            epochs: c.epochs,
+            batch_size: 32,
+            seed: c.seed,
+            ..Default::default()
+        };
         let score = |s: &[Vec<f64>]| metrics::auroc_per_class(s, &yv).macro_;
         let t0 = std::time::Instant::now();
-        let r = medvlp_train::finetune::finetune(&c.model, train, val_items.clone(), test_items.clone(), &classes, &cfg, &score, &ev.device)?;
-        tracing::info!("fine-tuning at {}%: {} steps in {:.1}s, best epoch {}", f * 100.0, r.steps, t0.elapsed().as_secs_f64(), r.best_epoch);
+        let r = medvlp_train::finetune::finetune(
+            &c.model,
+            train,
+            val_items.clone(),
+            test_items.clone(),
+            &classes,
+            &cfg,
+            &score,
+            &ev.device,
+        )?;
+        tracing::info!(
+            "fine-tuning at {}%: {} steps in {:.1}s, best epoch {}",
+            f * 100.0,
+            r.steps,
+            t0.elapsed().as_secs_f64(),
+            r.best_epoch
+        );
         let est = metrics::auroc_with_ci(&r.test_scores, &yt, boot);
         let mut p = base.clone();
         p.extra.insert("train_studies".into(), serde_json::json!(idx.len()));
@@ -190,11 +267,16 @@ fn finetune(c: &Common, ev: &Evaluator, test: &SplitEmbeddings, classes: &[Strin
         p.extra.insert("epochs".into(), serde_json::json!(c.epochs));
         p.extra.insert("best_epoch".into(), serde_json::json!(r.best_epoch));
         if let Some(m) = &est.macro_ {
-            out.records.push(ResultRecord::new(Task::Finetune, "auroc_macro", m, &p).label_fraction(f));
+            out.records
+                .push(ResultRecord::new(Task::Finetune, "auroc_macro", m, &p).label_fraction(f));
         }
         for (ci, e) in est.per_class.iter().enumerate() {
             if let Some(e) = e {
-                out.records.push(ResultRecord::new(Task::Finetune, "auroc", e, &p).class(&classes[ci]).label_fraction(f));
+                out.records.push(
+                    ResultRecord::new(Task::Finetune, "auroc", e, &p)
+                        .class(&classes[ci])
+                        .label_fraction(f),
+                );
             }
         }
     }

@@ -33,10 +33,18 @@ pub fn run(args: Args) -> Result<()> {
     let mut tokenizer = args.tokenizer.clone();
     if let Some(dir) = &args.text_init {
         let p = dir.join("config.json");
-        let text: TextConfig = serde_json::from_str(&std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?)
-            .with_context(|| format!("{}: not a BERT config", p.display()))?;
-        cfg.text_config = TextConfig { pooling: cfg.text_config.pooling, max_length: cfg.text_config.max_length.min(text.max_position_embeddings), ..text };
-        store.preload_safetensors(&dir.join("model.safetensors"), |n| hf_bert_name(n).map(|n| format!("text_model.{n}")))?;
+        let text: TextConfig = serde_json::from_str(
+            &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{}: not a BERT config", p.display()))?;
+        cfg.text_config = TextConfig {
+            pooling: cfg.text_config.pooling,
+            max_length: cfg.text_config.max_length.min(text.max_position_embeddings),
+            ..text
+        };
+        store.preload_safetensors(&dir.join("model.safetensors"), |n| {
+            hf_bert_name(n).map(|n| format!("text_model.{n}"))
+        })?;
         if tokenizer.is_none() {
             tokenizer = Some(dir.join("tokenizer.json"));
         }
@@ -44,7 +52,12 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(t) = &tokenizer {
         let tok = Tokenizer::from_file(t, cfg.text_config.max_length)?;
         if args.text_init.is_some() && tok.vocab_size() > cfg.text_config.vocab_size {
-            bail!("tokenizer {} has {} tokens, the text encoder only {}", t.display(), tok.vocab_size(), cfg.text_config.vocab_size);
+            bail!(
+                "tokenizer {} has {} tokens, the text encoder only {}",
+                t.display(),
+                tok.vocab_size(),
+                cfg.text_config.vocab_size
+            );
         }
         if args.text_init.is_none() {
             cfg.text_config.vocab_size = tok.vocab_size();
@@ -56,7 +69,12 @@ pub fn run(args: Args) -> Result<()> {
     model_dir::save(&args.out, &cfg, &store, tokenizer.as_deref())?;
     eprintln!("{} parameters; {report}", store.num_params());
     if let Some(text_init) = &args.text_init {
-        eprintln!("loaded from {}: {} tensors; newly initialised: {}", text_init.display(), report.loaded.len(), report.initialised.iter().filter(|n| n.starts_with("text_model")).count());
+        eprintln!(
+            "loaded from {}: {} tensors; newly initialised: {}",
+            text_init.display(),
+            report.loaded.len(),
+            report.initialised.iter().filter(|n| n.starts_with("text_model")).count()
+        );
         for n in &report.unused {
             eprintln!("  unused in the checkpoint: {n}");
         }

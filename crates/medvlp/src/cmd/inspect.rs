@@ -18,7 +18,8 @@ pub struct Args {
 /// Component a tensor belongs to: the first name segment, and the second for the encoders
 /// (`vision_model.embeddings`, `text_model.encoder`, ...).
 fn component(name: &str, kind: DirKind) -> String {
-    let name = if kind == DirKind::HfBert { name.strip_prefix("bert.").unwrap_or(name) } else { name };
+    let name =
+        if kind == DirKind::HfBert { name.strip_prefix("bert.").unwrap_or(name) } else { name };
     let parts: Vec<&str> = name.split('.').collect();
     match parts.as_slice() {
         [a @ ("vision_model" | "text_model"), b, ..] => format!("{a}.{b}"),
@@ -30,16 +31,27 @@ fn component(name: &str, kind: DirKind) -> String {
 pub fn run(args: Args) -> Result<()> {
     let kind = model_dir::detect(&args.dir)?;
     let cfg_path = args.dir.join(CONFIG_FILE);
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path)?).with_context(|| format!("parsing {}", cfg_path.display()))?;
-    println!("{} ({})", args.dir.display(), match kind { DirKind::MedVlp => "medvlp model", DirKind::HfBert => "Hugging Face BERT" });
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path)?)
+        .with_context(|| format!("parsing {}", cfg_path.display()))?;
+    println!(
+        "{} ({})",
+        args.dir.display(),
+        match kind {
+            DirKind::MedVlp => "medvlp model",
+            DirKind::HfBert => "Hugging Face BERT",
+        }
+    );
     println!("config:\n{}", serde_json::to_string_pretty(&cfg)?);
     let weights = args.dir.join(WEIGHTS_FILE);
     let (_, header) = model_dir::read_header(&weights)?;
     if let Some(meta) = header.metadata() {
         println!("weights metadata: {}", serde_json::to_string(meta)?);
     }
-    let mut tensors: Vec<(String, String, Vec<usize>)> =
-        header.tensors().iter().map(|(n, info)| (n.clone(), format!("{:?}", info.dtype), info.shape.clone())).collect();
+    let mut tensors: Vec<(String, String, Vec<usize>)> = header
+        .tensors()
+        .iter()
+        .map(|(n, info)| (n.clone(), format!("{:?}", info.dtype), info.shape.clone()))
+        .collect();
     tensors.sort();
     let mut per: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut total = 0usize;

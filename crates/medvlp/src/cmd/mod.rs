@@ -1,9 +1,9 @@
 //! Subcommands. Each file holds a clap `Args` struct and a `run(args) -> anyhow::Result<()>`.
 
 pub mod bench;
-pub mod compare;
 pub mod bench_data;
 pub mod bench_reference;
+pub mod compare;
 pub mod embed;
 pub mod eval;
 pub mod init;

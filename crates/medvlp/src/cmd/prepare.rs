@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use medvlp_data::dataset::{generic::GenericColumns, prepare, PrepareOptions, UncertaintyPolicy, ViewFilter, DATASETS};
+use medvlp_data::dataset::{
+    generic::GenericColumns, prepare, PrepareOptions, UncertaintyPolicy, ViewFilter, DATASETS,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -56,7 +58,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     if !DATASETS.contains(&args.dataset.to_ascii_lowercase().as_str()) {
-        tracing::info!("dataset {:?} is an alias or unknown; known: {}", args.dataset, DATASETS.join(", "));
+        tracing::info!(
+            "dataset {:?} is an alias or unknown; known: {}",
+            args.dataset,
+            DATASETS.join(", ")
+        );
     }
     let out = args.out.clone().unwrap_or_else(|| args.root.join("manifest.jsonl"));
     let mut o = PrepareOptions::new(&args.dataset, &args.root, &out);
@@ -89,7 +95,14 @@ pub fn run(args: Args) -> Result<()> {
     );
     println!("splits: {:?}", s.splits);
     for (reason, n) in &s.dropped {
-        println!("dropped {n}: {reason} (e.g. {})", s.dropped_examples.get(reason).and_then(|v| v.first()).map(String::as_str).unwrap_or("-"));
+        println!(
+            "dropped {n}: {reason} (e.g. {})",
+            s.dropped_examples
+                .get(reason)
+                .and_then(|v| v.first())
+                .map(String::as_str)
+                .unwrap_or("-")
+        );
     }
     println!("summary: {}", medvlp_data::dataset::sibling(&out, "summary.json").display());
     Ok(())

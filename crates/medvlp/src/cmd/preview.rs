@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use medvlp_data::image::preprocess::{preprocess_gray, PreprocessConfig};
 use medvlp_data::image::decode_file;
+use medvlp_data::image::preprocess::{preprocess_gray, PreprocessConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

@@ -4,7 +4,9 @@
 //! linear probe at 1/10/100%, retrieval), prints one comparison table and writes `report.md`, the
 //! plots and the XLIP model directory (`DIR/model`).
 
-use crate::pipeline::{comparison_table, copy_dir, shared_tokenizer, synth_config, synth_data, vocab_size, Setup};
+use crate::pipeline::{
+    comparison_table, copy_dir, shared_tokenizer, synth_config, synth_data, vocab_size, Setup,
+};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -49,7 +51,13 @@ pub fn run(args: Args) -> Result<()> {
     let data = out.join("data");
     synth_data(&data, &sc)?;
     let tokenizer = shared_tokenizer(&data, &out, vocab_size(&args.preset))?;
-    let setup = Setup { data, tokenizer, preset: args.preset.clone(), device: args.device.clone(), budget_minutes: args.budget_minutes };
+    let setup = Setup {
+        data,
+        tokenizer,
+        preset: args.preset.clone(),
+        device: args.device.clone(),
+        budget_minutes: args.budget_minutes,
+    };
 
     eprintln!("[2/4] pre-training xlip and clip, {} minutes each", args.budget_minutes);
     let xlip = setup.train_budgeted(&out.join("runs/xlip"), "xlip", &[], args.seed)?;
@@ -60,7 +68,13 @@ pub fn run(args: Args) -> Result<()> {
     let mut results = vec![];
     for (i, (name, dir)) in models.iter().enumerate() {
         eprintln!("[3/4] evaluating {name} ({}/{})", i + 1, models.len());
-        let recs = setup.evaluate(dir, &out.join("eval").join(name.replace(' ', "-")), args.pool, args.bootstrap, args.seed)?;
+        let recs = setup.evaluate(
+            dir,
+            &out.join("eval").join(name.replace(' ', "-")),
+            args.pool,
+            args.bootstrap,
+            args.seed,
+        )?;
         results.push((name.to_string(), recs));
     }
 
@@ -86,6 +100,11 @@ pub fn run(args: Args) -> Result<()> {
         report.push_str(&format!("### {name}\n\n![zero-shot ROC](eval/{d}/zero_shot_roc_pos_neg.svg)\n![retrieval](eval/{d}/retrieval_recall.svg)\n\n"));
     }
     std::fs::write(out.join("report.md"), report)?;
-    eprintln!("[4/4] report: {}  model: {}  ({:.1} minutes)", out.join("report.md").display(), model_out.display(), t_all.elapsed().as_secs_f64() / 60.0);
+    eprintln!(
+        "[4/4] report: {}  model: {}  ({:.1} minutes)",
+        out.join("report.md").display(),
+        model_out.display(),
+        t_all.elapsed().as_secs_f64() / 60.0
+    );
     Ok(())
 }

@@ -32,10 +32,20 @@ pub fn run(args: Args) -> Result<()> {
     match args.command {
         Sub::Train { input, vocab_size, min_frequency, cased, out } => {
             let files: Vec<&std::path::Path> = input.iter().map(|p| p.as_path()).collect();
-            let opts = WordPieceOptions { vocab_size, min_frequency, lowercase: !cased, ..Default::default() };
+            let opts = WordPieceOptions {
+                vocab_size,
+                min_frequency,
+                lowercase: !cased,
+                ..Default::default()
+            };
             let t0 = std::time::Instant::now();
             let tok = train_wordpiece(&files, &opts, &out)?;
-            eprintln!("trained WordPiece: {} tokens in {:.1}s -> {}", tok.vocab_size(), t0.elapsed().as_secs_f64(), out.display());
+            eprintln!(
+                "trained WordPiece: {} tokens in {:.1}s -> {}",
+                tok.vocab_size(),
+                t0.elapsed().as_secs_f64(),
+                out.display()
+            );
             Ok(())
         }
     }

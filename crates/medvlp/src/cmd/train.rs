@@ -25,7 +25,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let (rc, resolved) = RunConfig::load(args.config.as_deref(), &args.overrides)?;
-    let out = args.out.unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", rc.method, rc.model.preset)));
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", rc.method, rc.model.preset)));
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -34,7 +36,12 @@ pub fn run(args: Args) -> Result<()> {
     if s.stopped_early {
         eprintln!("stopped at step {} (checkpoint written); continue with --resume", s.state.step);
     } else {
-        eprintln!("done: {} steps, last loss {:.4}; model in {}", s.state.step, s.last_loss, out.join("final").display());
+        eprintln!(
+            "done: {} steps, last loss {:.4}; model in {}",
+            s.state.step,
+            s.last_loss,
+            out.join("final").display()
+        );
     }
     if s.state.nonfinite_skips > 0 {
         eprintln!("{} steps skipped for non-finite loss or gradients", s.state.nonfinite_skips);

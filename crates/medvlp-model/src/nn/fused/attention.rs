@@ -58,7 +58,14 @@ fn softmax_rows<T: Float>(s: &mut [T], lk: usize, mask: Option<&[T]>) {
 }
 
 /// Returns (output `[b, lq, d]`, probabilities `[b, heads, lq, lk]`).
-fn forward<T: Float>(q: &[T], k: &[T], v: &[T], mask: Option<&[T]>, dm: Dims, scale: f64) -> (Vec<T>, Vec<T>) {
+fn forward<T: Float>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    mask: Option<&[T]>,
+    dm: Dims,
+    scale: f64,
+) -> (Vec<T>, Vec<T>) {
     let Dims { b: _, lq, lk, heads, hd } = dm;
     let d = dm.d();
     let mut probs = vec![T::zero(); dm.b * heads * lq * lk];
@@ -74,12 +81,34 @@ fn forward<T: Float>(q: &[T], k: &[T], v: &[T], mask: Option<&[T]>, dm: Dims, sc
         let yp = yp;
         unsafe {
             // S = s * Q K^T
-            gemm(lq, lk, hd, p.as_mut_ptr(), lk, false, Mat::rows(q.as_ptr().add(qo), d), Mat::rows(k.as_ptr().add(ko), d).t(), s, false);
+            gemm(
+                lq,
+                lk,
+                hd,
+                p.as_mut_ptr(),
+                lk,
+                false,
+                Mat::rows(q.as_ptr().add(qo), d),
+                Mat::rows(k.as_ptr().add(ko), d).t(),
+                s,
+                false,
+            );
         }
         softmax_rows(p, lk, mask.map(|m| &m[bi * lk..(bi + 1) * lk]));
         unsafe {
             // O = P V, written into this head's column block of y
-            gemm(lq, hd, lk, yp.0.add(qo), d, false, Mat::rows(p.as_ptr(), lk), Mat::rows(v.as_ptr().add(ko), d), T::one(), false);
+            gemm(
+                lq,
+                hd,
+                lk,
+                yp.0.add(qo),
+                d,
+                false,
+                Mat::rows(p.as_ptr(), lk),
+                Mat::rows(v.as_ptr().add(ko), d),
+                T::one(),
+                false,
+            );
         }
     });
     (y, probs)
@@ -101,7 +130,8 @@ impl SliceKernel for Backward {
         let mut dq = vec![T::zero(); b * lq * d];
         let mut dk = vec![T::zero(); b * lk * d];
         let mut dv = vec![T::zero(); b * lk * d];
-        let (dqp, dkp, dvp) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+        let (dqp, dkp, dvp) =
+            (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
         let s = T::from_f64(self.scale);
         (0..b * heads).into_par_iter().for_each_init(
             || vec![T::zero(); lq * lk],
@@ -115,9 +145,31 @@ impl SliceKernel for Backward {
                 unsafe {
                     let go = Mat::rows(g.as_ptr().add(qo), d);
                     // dV = P^T dO
-                    gemm(lk, hd, lq, dvp.0.add(ko), d, false, Mat::rows(p.as_ptr(), lk).t(), go, T::one(), false);
+                    gemm(
+                        lk,
+                        hd,
+                        lq,
+                        dvp.0.add(ko),
+                        d,
+                        false,
+                        Mat::rows(p.as_ptr(), lk).t(),
+                        go,
+                        T::one(),
+                        false,
+                    );
                     // dP = dO V^T
-                    gemm(lq, lk, hd, ds.as_mut_ptr(), lk, false, go, Mat::rows(v.as_ptr().add(ko), d).t(), T::one(), false);
+                    gemm(
+                        lq,
+                        lk,
+                        hd,
+                        ds.as_mut_ptr(),
+                        lk,
+                        false,
+                        go,
+                        Mat::rows(v.as_ptr().add(ko), d).t(),
+                        T::one(),
+                        false,
+                    );
                 }
                 // dS = P * (dP - rowsum(dP * P))
                 for (dr, pr) in ds.chunks_mut(lk).zip(p.chunks(lk)) {
@@ -131,12 +183,38 @@ impl SliceKernel for Backward {
                 }
                 unsafe {
                     // dQ = s dS K;  dK = s dS^T Q
-                    gemm(lq, hd, lk, dqp.0.add(qo), d, false, Mat::rows(ds.as_ptr(), lk), Mat::rows(k.as_ptr().add(ko), d), s, false);
-                    gemm(lk, hd, lq, dkp.0.add(ko), d, false, Mat::rows(ds.as_ptr(), lk).t(), Mat::rows(q.as_ptr().add(qo), d), s, false);
+                    gemm(
+                        lq,
+                        hd,
+                        lk,
+                        dqp.0.add(qo),
+                        d,
+                        false,
+                        Mat::rows(ds.as_ptr(), lk),
+                        Mat::rows(k.as_ptr().add(ko), d),
+                        s,
+                        false,
+                    );
+                    gemm(
+                        lk,
+                        hd,
+                        lq,
+                        dkp.0.add(ko),
+                        d,
+                        false,
+                        Mat::rows(ds.as_ptr(), lk).t(),
+                        Mat::rows(q.as_ptr().add(qo), d),
+                        s,
+                        false,
+                    );
                 }
             },
         );
-        Ok([tensor_from(dq, &[b, lq, d])?, tensor_from(dk, &[b, lk, d])?, tensor_from(dv, &[b, lk, d])?])
+        Ok([
+            tensor_from(dq, &[b, lq, d])?,
+            tensor_from(dk, &[b, lk, d])?,
+            tensor_from(dv, &[b, lk, d])?,
+        ])
     }
 }
 
@@ -160,17 +238,33 @@ impl CustomOp3 for AttentionOp {
         "medvlp-attention"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         // Wrap the raw storages as slices, plus the mask tensor's data.
         let name = self.name();
         let dm = self.dims;
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
-                let (q, k, v) = (super::contiguous_slice(q, l1, name)?, super::contiguous_slice(k, l2, name)?, super::contiguous_slice(v, l3, name)?);
+                let (q, k, v) = (
+                    super::contiguous_slice(q, l1, name)?,
+                    super::contiguous_slice(k, l2, name)?,
+                    super::contiguous_slice(v, l3, name)?,
+                );
                 self.run_fwd(q, k, v)?
             }
             (CpuStorage::F64(q), CpuStorage::F64(k), CpuStorage::F64(v)) => {
-                let (q, k, v) = (super::contiguous_slice(q, l1, name)?, super::contiguous_slice(k, l2, name)?, super::contiguous_slice(v, l3, name)?);
+                let (q, k, v) = (
+                    super::contiguous_slice(q, l1, name)?,
+                    super::contiguous_slice(k, l2, name)?,
+                    super::contiguous_slice(v, l3, name)?,
+                );
                 self.run_fwd(q, k, v)?
             }
             _ => candle_core::bail!("{name}: unsupported or mixed dtypes"),
@@ -178,9 +272,22 @@ impl CustomOp3 for AttentionOp {
         Ok((out, Shape::from((dm.b, dm.lq, dm.d()))))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let Some(p) = self.probs.lock().unwrap().clone() else { candle_core::bail!("medvlp-attention: backward before forward") };
-        let [dq, dk, dv] = with_slices(&[q, k, v, &p, g], "medvlp-attention-bwd", Backward { dims: self.dims, scale: self.scale })?;
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let Some(p) = self.probs.lock().unwrap().clone() else {
+            candle_core::bail!("medvlp-attention: backward before forward")
+        };
+        let [dq, dk, dv] = with_slices(
+            &[q, k, v, &p, g],
+            "medvlp-attention-bwd",
+            Backward { dims: self.dims, scale: self.scale },
+        )?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
@@ -192,7 +299,13 @@ impl AttentionOp {
             None => fw.run(&[q, k, v]),
             Some(m) => {
                 // The mask is a separate tensor; read it as the same float type.
-                let mv: Vec<T> = m.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?.into_iter().map(T::from_f64).collect();
+                let mv: Vec<T> = m
+                    .to_dtype(candle_core::DType::F64)?
+                    .flatten_all()?
+                    .to_vec1::<f64>()?
+                    .into_iter()
+                    .map(T::from_f64)
+                    .collect();
                 fw.run(&[q, k, v, &mv])
             }
         }
@@ -202,11 +315,22 @@ impl AttentionOp {
 /// Attention of queries `q` `[b, lq, heads * hd]` over keys/values `k`, `v` `[b, lk, heads * hd]`
 /// with an optional additive key mask `[b, lk]` (or `[b, 1, 1, lk]`). Returns the attended values
 /// `[b, lq, heads * hd]` (heads concatenated) and the probabilities `[b, heads, lq, lk]` (detached).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     let (b, lq, d) = q.dims3()?;
     let (bk, lk, dk) = k.dims3()?;
     if bk != b || dk != d || v.dims() != k.dims() || !d.is_multiple_of(heads) {
-        candle_core::bail!("attention: q {:?}, k {:?}, v {:?} with {heads} heads do not fit", q.dims(), k.dims(), v.dims());
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} with {heads} heads do not fit",
+            q.dims(),
+            k.dims(),
+            v.dims()
+        );
     }
     let mask = match mask {
         Some(m) if m.elem_count() == b * lk => Some(m.reshape((b, lk))?),
@@ -215,20 +339,45 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<
     };
     let same = |t: &Tensor| t.dtype() == q.dtype() && t.device().same_device(q.device());
     if !(use_kernel(q) && same(k) && same(v)) {
-        return attention_composed(q, k, v, heads, mask.map(|m| m.reshape((b, 1, 1, lk))).transpose()?.as_ref());
+        return attention_composed(
+            q,
+            k,
+            v,
+            heads,
+            mask.map(|m| m.reshape((b, 1, 1, lk))).transpose()?.as_ref(),
+        );
     }
     let hd = d / heads;
     let probs = Arc::new(Mutex::new(None));
-    let op = AttentionOp { dims: Dims { b, lq, lk, heads, hd }, scale: 1.0 / (hd as f64).sqrt(), mask, probs: probs.clone() };
+    let op = AttentionOp {
+        dims: Dims { b, lq, lk, heads, hd },
+        scale: 1.0 / (hd as f64).sqrt(),
+        mask,
+        probs: probs.clone(),
+    };
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    let y = if q.track_op() || k.track_op() || v.track_op() { q.apply_op3(&k, &v, op)? } else { q.apply_op3_no_bwd(&k, &v, &op)? };
+    let y = if q.track_op() || k.track_op() || v.track_op() {
+        q.apply_op3(&k, &v, op)?
+    } else {
+        q.apply_op3_no_bwd(&k, &v, &op)?
+    };
     // A clone: the op keeps its handle for the backward pass.
-    let p = probs.lock().unwrap().clone().ok_or_else(|| candle_core::Error::Msg("medvlp-attention: no probabilities".into()))?;
+    let p = probs
+        .lock()
+        .unwrap()
+        .clone()
+        .ok_or_else(|| candle_core::Error::Msg("medvlp-attention: no probabilities".into()))?;
     Ok((y, p))
 }
 
 /// Composed reference: head split, `softmax(q k^T / sqrt(hd) + mask) v`, head merge.
-pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+pub fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
     let (b, lq, d) = q.dims3()?;
     let hd = d / heads;
     let split = |x: &Tensor| -> Result<Tensor> {

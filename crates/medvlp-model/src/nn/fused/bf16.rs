@@ -28,7 +28,9 @@ static REGISTRY: RwLock<Option<Registry>> = RwLock::new(None);
 fn key(w: &Tensor) -> Option<(usize, usize)> {
     let (st, l) = w.storage_and_layout();
     match &*st {
-        Storage::Cpu(CpuStorage::F32(v)) if l.is_contiguous() => Some((v.as_ptr() as usize + 4 * l.start_offset(), w.elem_count())),
+        Storage::Cpu(CpuStorage::F32(v)) if l.is_contiguous() => {
+            Some((v.as_ptr() as usize + 4 * l.start_offset(), w.elem_count()))
+        }
         _ => None,
     }
 }
@@ -37,7 +39,8 @@ fn key(w: &Tensor) -> Option<(usize, usize)> {
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -107,7 +110,13 @@ pub(crate) fn lookup(w: &Tensor) -> Option<Arc<Packed>> {
 }
 
 /// `act(x W^T + b)` with the packed weight; `x` `[rows, in]` contiguous f32.
-pub(crate) fn linear(x: &[f32], rows: usize, p: &Packed, b: Option<&[f32]>, act: Activation) -> Vec<f32> {
+pub(crate) fn linear(
+    x: &[f32],
+    rows: usize,
+    p: &Packed,
+    b: Option<&[f32]>,
+    act: Activation,
+) -> Vec<f32> {
     let kp = p.kp;
     // activations as bf16 pairs
     let mut xa = vec![0u32; rows * kp];
@@ -173,12 +182,17 @@ unsafe fn tile(xa: &[u32], r0: usize, nr: usize, jb: usize, nb: usize, p: &Packe
     {
         let mut acc = [[_mm512_setzero_ps(); NB]; 4];
         for k in 0..kp {
-            let mut bs: [__m512bh; NB] = [std::mem::transmute::<__m512, __m512bh>(_mm512_setzero_ps()); NB];
+            let mut bs: [__m512bh; NB] =
+                [std::mem::transmute::<__m512, __m512bh>(_mm512_setzero_ps()); NB];
             for (c, bv) in bs.iter_mut().enumerate().take(nb) {
-                *bv = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p.data.as_ptr().add(((jb + c) * kp + k) * 16) as *const _));
+                *bv = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    p.data.as_ptr().add(((jb + c) * kp + k) * 16) as *const _,
+                ));
             }
             for (r, ar) in acc.iter_mut().enumerate().take(nr) {
-                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*xa.get_unchecked((r0 + r) * kp + k) as i32));
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                    *xa.get_unchecked((r0 + r) * kp + k) as i32,
+                ));
                 for c in 0..nb {
                     ar[c] = _mm512_dpbf16_ps(ar[c], x, bs[c]);
                 }
@@ -215,9 +229,14 @@ mod tests {
         let y = linear(&x, rows, &p, Some(&b), Activation::Identity);
         for r in 0..rows {
             for j in 0..out {
-                let want: f32 = (0..inp).map(|k| x[r * inp + k] * w[j * inp + k]).sum::<f32>() + b[j];
+                let want: f32 =
+                    (0..inp).map(|k| x[r * inp + k] * w[j * inp + k]).sum::<f32>() + b[j];
                 let scale: f32 = (0..inp).map(|k| (x[r * inp + k] * w[j * inp + k]).abs()).sum();
-                assert!((y[r * out + j] - want).abs() <= 1e-2 * scale + 1e-6, "{r},{j}: {} vs {want}", y[r * out + j]);
+                assert!(
+                    (y[r * out + j] - want).abs() <= 1e-2 * scale + 1e-6,
+                    "{r},{j}: {} vs {want}",
+                    y[r * out + j]
+                );
             }
         }
     }

@@ -43,7 +43,13 @@ impl CustomOp1 for CrossEntropyOp {
             ($v:expr, $t:ty) => {{
                 let x = contiguous_slice($v, l, self.name())?;
                 let lse = rows_lse(x, c);
-                let loss: f64 = lse.iter().zip(self.targets.iter()).enumerate().map(|(i, (&z, &t))| z - x[i * c + t as usize] as f64).sum::<f64>() / n.max(1) as f64;
+                let loss: f64 = lse
+                    .iter()
+                    .zip(self.targets.iter())
+                    .enumerate()
+                    .map(|(i, (&z, &t))| z - x[i * c + t as usize] as f64)
+                    .sum::<f64>()
+                    / n.max(1) as f64;
                 *self.lse.lock().unwrap() = lse;
                 <$t as candle_core::WithDType>::to_cpu_storage_owned(vec![loss as $t])
             }};
@@ -59,7 +65,12 @@ impl CustomOp1 for CrossEntropyOp {
     fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
         let gv = g.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         let lse = self.lse.lock().unwrap().clone();
-        let k = Backward { targets: self.targets.clone(), lse, scale: gv / x.dim(0)?.max(1) as f64, shape: x.dims().to_vec() };
+        let k = Backward {
+            targets: self.targets.clone(),
+            lse,
+            scale: gv / x.dim(0)?.max(1) as f64,
+            shape: x.dims().to_vec(),
+        };
         Ok(Some(with_slices(&[x], "medvlp-cross-entropy-bwd", k)?))
     }
 }
@@ -93,7 +104,11 @@ impl SliceKernel for Backward {
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (n, _) = logits.dims2()?;
     if targets.dims() != [n] {
-        candle_core::bail!("cross_entropy: targets {:?} do not match logits {:?}", targets.dims(), logits.dims());
+        candle_core::bail!(
+            "cross_entropy: targets {:?} do not match logits {:?}",
+            targets.dims(),
+            logits.dims()
+        );
     }
     if !use_kernel(logits) {
         return cross_entropy_composed(logits, targets);
@@ -111,7 +126,8 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// Composed reference: log-softmax, gather, mean.
 pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let lsm = crate::nn::ops::log_softmax_last_dim(logits)?;
-    let picked = lsm.gather(&targets.to_dtype(candle_core::DType::U32)?.unsqueeze(1)?, D::Minus1)?;
+    let picked =
+        lsm.gather(&targets.to_dtype(candle_core::DType::U32)?.unsqueeze(1)?, D::Minus1)?;
     picked.neg()?.mean_all()
 }
 
@@ -140,7 +156,20 @@ impl SliceKernel for LceForward<'_> {
         for r in z.chunks_mut(v) {
             r.copy_from_slice(b);
         }
-        unsafe { super::gemm(n, v, d, z.as_mut_ptr(), v, true, super::Mat::rows(x.as_ptr(), d), super::Mat::rows(w.as_ptr(), d).t(), T::one(), true) };
+        unsafe {
+            super::gemm(
+                n,
+                v,
+                d,
+                z.as_mut_ptr(),
+                v,
+                true,
+                super::Mat::rows(x.as_ptr(), d),
+                super::Mat::rows(w.as_ptr(), d).t(),
+                T::one(),
+                true,
+            )
+        };
         let inv_n = 1.0 / n.max(1) as f64;
         let targets = &self.op.targets;
         let keep = self.op.saved.is_some();
@@ -172,15 +201,31 @@ impl CustomOp3 for LinearCrossEntropyOp {
         "medvlp-linear-cross-entropy"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(w), CpuStorage::F32(b)) => {
-                let data = [contiguous_slice(x, l1, name)?, contiguous_slice(w, l2, name)?, contiguous_slice(b, l3, name)?];
+                let data = [
+                    contiguous_slice(x, l1, name)?,
+                    contiguous_slice(w, l2, name)?,
+                    contiguous_slice(b, l3, name)?,
+                ];
                 CpuStorage::F32(vec![LceForward { op: self }.run(&data)? as f32])
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), CpuStorage::F64(b)) => {
-                let data = [contiguous_slice(x, l1, name)?, contiguous_slice(w, l2, name)?, contiguous_slice(b, l3, name)?];
+                let data = [
+                    contiguous_slice(x, l1, name)?,
+                    contiguous_slice(w, l2, name)?,
+                    contiguous_slice(b, l3, name)?,
+                ];
                 CpuStorage::F64(vec![LceForward { op: self }.run(&data)?])
             }
             _ => candle_core::bail!("{name}: unsupported or mixed dtypes"),
@@ -188,9 +233,18 @@ impl CustomOp3 for LinearCrossEntropyOp {
         Ok((out, Shape::from(())))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let saved = self.saved.as_ref().and_then(|s| s.lock().unwrap().clone());
-        let Some(dl) = saved else { candle_core::bail!("medvlp-linear-cross-entropy: backward without saved probabilities") };
+        let Some(dl) = saved else {
+            candle_core::bail!("medvlp-linear-cross-entropy: backward without saved probabilities")
+        };
         // The saved buffer is the logits' gradient for an incoming gradient of 1: a dense layer's
         // backward with the scalar incoming gradient as scale.
         let (n, d) = x.dims2()?;
@@ -209,15 +263,29 @@ impl CustomOp3 for LinearCrossEntropyOp {
 
 /// Mean cross-entropy of `x W^T + b` (`x` `[n, d]`, `W` `[vocab, d]`, `b` `[vocab]`) against
 /// class indices `targets` `[n]`, without materialising the logits as a graph node.
-pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, b: &Tensor, targets: &Tensor) -> Result<Tensor> {
+pub fn linear_cross_entropy(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    targets: &Tensor,
+) -> Result<Tensor> {
     let (n, d) = x.dims2()?;
     let (v, dw) = w.dims2()?;
     if dw != d || b.dims() != [v] || targets.dims() != [n] {
-        candle_core::bail!("linear_cross_entropy: x {:?}, w {:?}, b {:?}, targets {:?} do not fit", x.dims(), w.dims(), b.dims(), targets.dims());
+        candle_core::bail!(
+            "linear_cross_entropy: x {:?}, w {:?}, b {:?}, targets {:?} do not fit",
+            x.dims(),
+            w.dims(),
+            b.dims(),
+            targets.dims()
+        );
     }
     let same = |t: &Tensor| t.dtype() == x.dtype() && t.device().same_device(x.device());
     if !(use_kernel(x) && same(w) && same(b)) {
-        return cross_entropy(&crate::nn::fused::linear::linear(x, w, Some(b), crate::nn::Activation::Identity)?, targets);
+        return cross_entropy(
+            &crate::nn::fused::linear::linear(x, w, Some(b), crate::nn::Activation::Identity)?,
+            targets,
+        );
     }
     let t = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
     if let Some(&bad) = t.iter().find(|&&t| t as usize >= v) {
@@ -225,7 +293,10 @@ pub fn linear_cross_entropy(x: &Tensor, w: &Tensor, b: &Tensor, targets: &Tensor
     }
     let (x, w, b) = (x.contiguous()?, w.contiguous()?, b.contiguous()?);
     let track = x.track_op() || w.track_op() || b.track_op();
-    let op = LinearCrossEntropyOp { targets: Arc::new(t), saved: track.then(|| Arc::new(Mutex::new(None))) };
+    let op = LinearCrossEntropyOp {
+        targets: Arc::new(t),
+        saved: track.then(|| Arc::new(Mutex::new(None))),
+    };
     if track {
         x.apply_op3(&w, &b, op)
     } else {

@@ -35,20 +35,44 @@ fn dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {
 
 /// `h = x W^T (+ b)`, then the activation; returns (output, pre-activation if kept).
 #[allow(clippy::too_many_arguments)]
-fn forward<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, rows: usize, din: usize, dout: usize, act: Activation, keep_h: bool) -> (Vec<T>, Option<Vec<T>>) {
+fn forward<T: Float>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    rows: usize,
+    din: usize,
+    dout: usize,
+    act: Activation,
+    keep_h: bool,
+) -> (Vec<T>, Option<Vec<T>>) {
     let mut h = vec![T::zero(); rows * dout];
     if let Some(b) = b {
         for r in h.chunks_mut(dout) {
             r.copy_from_slice(b);
         }
     }
-    unsafe { gemm(rows, dout, din, h.as_mut_ptr(), dout, b.is_some(), Mat::rows(x.as_ptr(), din), Mat::rows(w.as_ptr(), din).t(), T::one(), true) };
+    unsafe {
+        gemm(
+            rows,
+            dout,
+            din,
+            h.as_mut_ptr(),
+            dout,
+            b.is_some(),
+            Mat::rows(x.as_ptr(), din),
+            Mat::rows(w.as_ptr(), din).t(),
+            T::one(),
+            true,
+        )
+    };
     match act {
         Activation::Identity => (h, None),
         Activation::Gelu => {
             let mut y = vec![T::zero(); h.len()];
             if h.len() >= PAR_MIN {
-                y.par_chunks_mut(PAR_MIN / 4).zip(h.par_chunks(PAR_MIN / 4)).for_each(|(y, h)| T::gelu_into(h, y));
+                y.par_chunks_mut(PAR_MIN / 4)
+                    .zip(h.par_chunks(PAR_MIN / 4))
+                    .for_each(|(y, h)| T::gelu_into(h, y));
             } else {
                 T::gelu_into(&h, &mut y);
             }
@@ -98,7 +122,9 @@ impl SliceKernel for Backward {
                 let h = data[3];
                 let mut out = vec![T::zero(); g.len()];
                 if g.len() >= PAR_MIN {
-                    out.par_chunks_mut(PAR_MIN / 4).zip(g.par_chunks(PAR_MIN / 4).zip(h.par_chunks(PAR_MIN / 4))).for_each(|(o, (g, h))| T::gelu_backward_into(g, h, o));
+                    out.par_chunks_mut(PAR_MIN / 4)
+                        .zip(g.par_chunks(PAR_MIN / 4).zip(h.par_chunks(PAR_MIN / 4)))
+                        .for_each(|(o, (g, h))| T::gelu_backward_into(g, h, o));
                 } else {
                     T::gelu_backward_into(g, h, &mut out);
                 }
@@ -108,14 +134,40 @@ impl SliceKernel for Backward {
         };
         let dx = if self.need[0] {
             let mut dx = vec![T::zero(); rows * din];
-            unsafe { gemm(rows, din, dout, dx.as_mut_ptr(), din, false, Mat::rows(g.as_ptr(), dout), Mat::rows(w.as_ptr(), din), s, true) };
+            unsafe {
+                gemm(
+                    rows,
+                    din,
+                    dout,
+                    dx.as_mut_ptr(),
+                    din,
+                    false,
+                    Mat::rows(g.as_ptr(), dout),
+                    Mat::rows(w.as_ptr(), din),
+                    s,
+                    true,
+                )
+            };
             Some(tensor_from(dx, &[rows, din])?)
         } else {
             None
         };
         let dw = if self.need[1] {
             let mut dw = vec![T::zero(); dout * din];
-            unsafe { gemm(dout, din, rows, dw.as_mut_ptr(), din, false, Mat::rows(g.as_ptr(), dout).t(), Mat::rows(x.as_ptr(), din), s, true) };
+            unsafe {
+                gemm(
+                    dout,
+                    din,
+                    rows,
+                    dw.as_mut_ptr(),
+                    din,
+                    false,
+                    Mat::rows(g.as_ptr(), dout).t(),
+                    Mat::rows(x.as_ptr(), din),
+                    s,
+                    true,
+                )
+            };
             Some(tensor_from(dw, &[dout, din])?)
         } else {
             None
@@ -134,7 +186,14 @@ impl SliceKernel for Backward {
 }
 
 impl LinearOp {
-    fn fwd(&self, x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout, b: Option<(&CpuStorage, &Layout)>) -> Result<(CpuStorage, Shape)> {
+    fn fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+        b: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
         let (rows, din, dout) = dims(lx, lw)?;
         let name = "medvlp-linear";
         let keep = self.saved.is_some();
@@ -163,7 +222,13 @@ impl LinearOp {
         Ok((out, Shape::from((rows, dout))))
     }
 
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>, g: &Tensor) -> Result<[Option<Tensor>; 3]> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        g: &Tensor,
+    ) -> Result<[Option<Tensor>; 3]> {
         let (rows, din) = x.dims2()?;
         let dout = w.dim(0)?;
         let need = [x.track_op(), w.track_op(), b.is_some_and(|b| b.track_op())];
@@ -172,7 +237,9 @@ impl LinearOp {
             Activation::Identity => with_slices(&[x, w, g], "medvlp-linear-bwd", k),
             Activation::Gelu => {
                 let saved = self.saved.as_ref().and_then(|s| s.lock().unwrap().clone());
-                let Some(h) = saved else { candle_core::bail!("medvlp-linear: backward without a saved pre-activation") };
+                let Some(h) = saved else {
+                    candle_core::bail!("medvlp-linear: backward without a saved pre-activation")
+                };
                 with_slices(&[x, w, g, &h], "medvlp-linear-bwd", k)
             }
         }
@@ -186,10 +253,25 @@ impl CustomOp3 for WithBias {
     fn name(&self) -> &'static str {
         "medvlp-linear"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.0.fwd(s1, l1, s2, l2, Some((s3, l3)))
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, b: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let [dx, dw, db] = self.0.bwd(x, w, Some(b), g)?;
         Ok((dx, dw, db))
     }
@@ -199,10 +281,22 @@ impl CustomOp2 for NoBias {
     fn name(&self) -> &'static str {
         "medvlp-linear"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         self.0.fwd(s1, l1, s2, l2, None)
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _y: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let [dx, dw, _] = self.0.bwd(x, w, None, g)?;
         Ok((dx, dw))
     }
@@ -244,7 +338,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
 }
 
 /// Composed reference: matmul, broadcast bias, GELU.
-pub fn linear_composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+pub fn linear_composed(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    act: Activation,
+) -> Result<Tensor> {
     let d = x.dims();
     let din = *d.last().unwrap_or(&0);
     let rows = x.elem_count() / din.max(1);

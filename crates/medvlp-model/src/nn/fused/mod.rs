@@ -46,7 +46,10 @@ pub(crate) fn with_slices<K: SliceKernel>(ts: &[&Tensor], op: &str, k: K) -> Res
     }
 }
 
-fn typed_slices<'a, T: Float>(guards: &'a [(candle_core::StorageRef<'_>, &Layout)], op: &str) -> Result<Vec<&'a [T]>> {
+fn typed_slices<'a, T: Float>(
+    guards: &'a [(candle_core::StorageRef<'_>, &Layout)],
+    op: &str,
+) -> Result<Vec<&'a [T]>> {
     guards
         .iter()
         .map(|(s, l)| match &**s {
@@ -97,7 +100,18 @@ const GEMM_PAR_MIN: usize = 1 << 18;
 /// # Safety
 /// The views must be valid for their extents and `dst` must not alias `lhs` or `rhs`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm<T: Float>(m: usize, n: usize, k: usize, dst: *mut T, dst_rs: usize, accumulate: bool, lhs: Mat<T>, rhs: Mat<T>, alpha: T, parallel: bool) {
+pub(crate) unsafe fn gemm<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+    alpha: T,
+    parallel: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -117,7 +131,27 @@ pub(crate) unsafe fn gemm<T: Float>(m: usize, n: usize, k: usize, dst: *mut T, d
         gemm::Parallelism::None
     };
     // gemm computes dst = a * dst + b * lhs * rhs (a is read only when read_dst).
-    gemm::gemm(m, n, k, dst, 1, dst_rs as isize, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs, T::one(), alpha, false, false, false, par);
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        T::one(),
+        alpha,
+        false,
+        false,
+        false,
+        par,
+    );
 }
 
 /// The numeric vocabulary the kernels need, for f32 and f64.
@@ -186,22 +220,48 @@ pub mod num {
     const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 
     impl Float for f32 {
-        fn neg_infinity() -> Self { f32::NEG_INFINITY }
-        fn exp(self) -> Self { super::vmath::exp_f32(self) }
-        fn ln(self) -> Self { f32::ln(self) }
-        fn gelu(self) -> Self { super::vmath::gelu_f32(self) }
-        fn gelu_grad(self) -> Self { super::vmath::gelu_grad_f32(self) }
-        fn exp_sum(x: &[Self], shift: Self) -> Self { super::vmath::exp_sum(x, shift) }
-        fn exp_inplace_sum(x: &mut [Self], shift: Self) -> Self { super::vmath::exp_inplace_sum(x, shift) }
-        fn exp_scale_inplace(x: &mut [Self], shift: Self, scale: Self) { super::vmath::exp_scale_inplace(x, shift, scale) }
-        fn gelu_into(x: &[Self], y: &mut [Self]) { super::vmath::gelu_into(x, y) }
-        fn gelu_backward_into(g: &[Self], h: &[Self], y: &mut [Self]) { super::vmath::gelu_backward_into(g, h, y) }
+        fn neg_infinity() -> Self {
+            f32::NEG_INFINITY
+        }
+        fn exp(self) -> Self {
+            super::vmath::exp_f32(self)
+        }
+        fn ln(self) -> Self {
+            f32::ln(self)
+        }
+        fn gelu(self) -> Self {
+            super::vmath::gelu_f32(self)
+        }
+        fn gelu_grad(self) -> Self {
+            super::vmath::gelu_grad_f32(self)
+        }
+        fn exp_sum(x: &[Self], shift: Self) -> Self {
+            super::vmath::exp_sum(x, shift)
+        }
+        fn exp_inplace_sum(x: &mut [Self], shift: Self) -> Self {
+            super::vmath::exp_inplace_sum(x, shift)
+        }
+        fn exp_scale_inplace(x: &mut [Self], shift: Self, scale: Self) {
+            super::vmath::exp_scale_inplace(x, shift, scale)
+        }
+        fn gelu_into(x: &[Self], y: &mut [Self]) {
+            super::vmath::gelu_into(x, y)
+        }
+        fn gelu_backward_into(g: &[Self], h: &[Self], y: &mut [Self]) {
+            super::vmath::gelu_backward_into(g, h, y)
+        }
     }
 
     impl Float for f64 {
-        fn neg_infinity() -> Self { f64::NEG_INFINITY }
-        fn exp(self) -> Self { f64::exp(self) }
-        fn ln(self) -> Self { f64::ln(self) }
+        fn neg_infinity() -> Self {
+            f64::NEG_INFINITY
+        }
+        fn exp(self) -> Self {
+            f64::exp(self)
+        }
+        fn ln(self) -> Self {
+            f64::ln(self)
+        }
         fn gelu(self) -> Self {
             0.5 * self * (1.0 + libm::erf(self * std::f64::consts::FRAC_1_SQRT_2))
         }
