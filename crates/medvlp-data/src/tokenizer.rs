@@ -159,6 +159,36 @@ impl Default for WordPieceOptions {
 /// post-processing, special tokens `[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4`) on text files
 /// (one report per line), and write it as `tokenizer.json`.
 ///
+/// Trains a WordPiece vocabulary (see [`train_wordpiece`]) on the training-split reports of
+/// `manifests` (a study's `text`, else its findings and impression) and writes it to `out`.
+/// Returns the number of reports.
+pub fn train_on_manifests(
+    manifests: &[&Path],
+    opts: &WordPieceOptions,
+    out: &Path,
+) -> Result<usize> {
+    use crate::dataset::{read_manifest, Split};
+    let mut n = 0;
+    let mut text = String::new();
+    for m in manifests {
+        for s in read_manifest(m)?.iter().filter(|s| s.split.is_none_or(|sp| sp == Split::Train)) {
+            if let Some(t) = s.text.clone().or_else(|| s.findings_impression()) {
+                text.push_str(&t.replace('\n', " "));
+                text.push('\n');
+                n += 1;
+            }
+        }
+    }
+    if n == 0 {
+        let names: Vec<String> = manifests.iter().map(|m| m.display().to_string()).collect();
+        bail!("no training-split reports in {} to train a vocabulary on", names.join(", "));
+    }
+    let corpus = tempfile::NamedTempFile::new().context("creating a temporary corpus file")?;
+    std::fs::write(corpus.path(), text).context("writing the tokenizer corpus")?;
+    train_wordpiece(&[corpus.path()], opts, out)?;
+    Ok(n)
+}
+
 /// The vocabulary is learned here rather than with `tokenizers`' `WordPieceTrainer`: that trainer
 /// iterates hash maps with random seeds, so two runs on the same corpus give different
 /// vocabularies (and ids), which breaks run-to-run determinism. This is the same algorithm (BPE

@@ -316,6 +316,21 @@ pub struct DecoderConfig {
     pub cross_attention: bool,
 }
 
+/// Which tokens read the MA-CMF memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryQuery {
+    /// The report's tokens query the memory before they attend to the image; the response is
+    /// added to them (the method spec's text queries; R2GenCMN adds each modality's memory
+    /// response to that modality, since a response per text token cannot be added to the image
+    /// tokens).
+    Text,
+    /// The image tokens query the memory; the response is added to them before the text attends
+    /// to them. The default of model directories written before this choice existed.
+    #[default]
+    Image,
+}
+
 /// MA-CMF memory (R2GenCMN-style cross-modal memory).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MemoryConfig {
@@ -325,6 +340,8 @@ pub struct MemoryConfig {
     /// Fusion layers that read the memory (empty = all).
     #[serde(default)]
     pub layers: Vec<usize>,
+    #[serde(default)]
+    pub query: MemoryQuery,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -3,7 +3,7 @@
 //! `text_projection`, `logit_scale`) plus `fusion.layer.N.*`, `mae_decoder.*` and `mlm_head.*`.
 
 use crate::bert::BertModel;
-use crate::config::{ModelConfig, Pooling, ProjectionKind};
+use crate::config::{MemoryQuery, ModelConfig, Pooling, ProjectionKind};
 use crate::fusion::{FusionLayer, FusionOutput};
 use crate::heads::{l2_normalize, MlmHead, ProjectionHead};
 use crate::mae_decoder::MaeDecoder;
@@ -118,7 +118,13 @@ impl MedVlp {
         let memory = config
             .memory_config
             .as_ref()
-            .map(|m| CrossModalMemory::new(m, vc.hidden_size, tc.hidden_size, vb.pp("memory")))
+            .map(|m| {
+                let query_width = match m.query {
+                    MemoryQuery::Text => tc.hidden_size,
+                    MemoryQuery::Image => vc.hidden_size,
+                };
+                CrossModalMemory::new(m, query_width, tc.hidden_size, vb.pp("memory"))
+            })
             .transpose()?;
         let itm_head = if config.itm_head {
             Some(Linear::new(tc.hidden_size, 2, true, vb.pp("itm_head"))?)
@@ -206,8 +212,14 @@ impl MedVlp {
     }
 
     /// `exp(min(logit_scale, max))`: the clamp keeps the temperature from collapsing (CLIP).
+    /// With `logit_scale.learnable = false` the temperature stays at its initial value.
     pub fn logit_scale_value(&self) -> Result<Tensor> {
-        self.logit_scale.clamp(f64::MIN, self.config.logit_scale.max_value)?.exp()
+        let s = if self.config.logit_scale.learnable {
+            self.logit_scale.clone()
+        } else {
+            self.logit_scale.detach()
+        };
+        s.clamp(f64::MIN, self.config.logit_scale.max_value)?.exp()
     }
 
     /// Text tokens attend to image tokens through the fusion stack. `text_mask`: `[b, l]` 0/1.
@@ -226,11 +238,15 @@ impl MedVlp {
         let mut h = text.clone();
         let mut probs = vec![];
         for (i, layer) in self.fusion.iter().enumerate() {
-            // MA-CMF: image tokens read the memory before the text attends to them.
-            let ctx = match &self.memory {
-                Some(mem) if mem.reads_layer(i) => (image + mem.read(image)?)?,
-                _ => image.clone(),
-            };
+            // MA-CMF: the text (or the image) tokens read the memory before the text attends to
+            // the image.
+            let mut ctx = image.clone();
+            if let Some(mem) = self.memory.as_ref().filter(|m| m.reads_layer(i)) {
+                match mem.config.query {
+                    MemoryQuery::Text => h = (&h + mem.read(&h)?)?,
+                    MemoryQuery::Image => ctx = (image + mem.read(image)?)?,
+                }
+            }
             let FusionOutput { hidden, cross_probs } =
                 layer.forward(&h, Some(&m), Some(&ctx), None, return_probs)?;
             h = hidden;

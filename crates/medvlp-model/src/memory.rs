@@ -1,9 +1,10 @@
 //! MA-CMF memory (MPMA, after R2GenCMN's cross-modal memory): a learnable matrix `M [slots, d]`
 //! (init N(0, 1/d)) read by multi-head attention that keeps only the top-k scores per query.
 //!
-//! In the fusion stack the image tokens (the keys/values of the text->image cross-attention) query
-//! the memory and the response is added to them residually, so the report is reconstructed from
-//! visual features enriched with what the memory stores about similar images.
+//! In the fusion stack either the report's tokens query the memory (the method spec) and the
+//! response is added to them before they attend to the image, or the image tokens (the keys/values
+//! of the text->image cross-attention) query it and the response is added to them; see
+//! [`crate::config::MemoryQuery`].
 
 use crate::config::MemoryConfig;
 use crate::nn::{softmax_last_dim, Linear};

@@ -33,6 +33,44 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The text config of a Hugging Face BERT directory (`config.json`), keeping `current`'s pooling
+/// and its maximum length where the checkpoint allows it.
+pub fn bert_text_config(dir: &Path, current: &TextConfig) -> Result<TextConfig> {
+    let p = dir.join(CONFIG_FILE);
+    let text: TextConfig = serde_json::from_str(
+        &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
+    )
+    .with_context(|| format!("{}: not a BERT config", p.display()))?;
+    Ok(TextConfig {
+        pooling: current.pooling,
+        max_length: current.max_length.min(text.max_position_embeddings),
+        ..text
+    })
+}
+
+/// A tokenizer must not produce ids the text encoder's embedding table lacks.
+pub fn check_vocabulary(
+    tokenizer: &medvlp_data::tokenizer::Tokenizer,
+    text: &TextConfig,
+) -> Result<()> {
+    if tokenizer.vocab_size() > text.vocab_size {
+        bail!(
+            "the tokenizer has {} tokens, the text encoder only {}",
+            tokenizer.vocab_size(),
+            text.vocab_size
+        );
+    }
+    Ok(())
+}
+
+/// Queues a Hugging Face BERT directory's weights as the text encoder's (`text_model.*`).
+pub fn preload_bert(store: &ParamStore, dir: &Path) -> Result<()> {
+    store.preload_safetensors(&dir.join(WEIGHTS_FILE), |n| {
+        hf_bert_name(n).map(|n| format!("text_model.{n}"))
+    })?;
+    Ok(())
+}
+
 /// Write `bytes` to `path` atomically: temporary file in the same folder, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = tmp_path(path);

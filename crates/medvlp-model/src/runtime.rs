@@ -12,6 +12,28 @@
 //! the next step reuse them: the reference training step drops from ~0.51 s to ~0.45 s with the
 //! same peak RSS. Users can still override with glibc's `MALLOC_MMAP_THRESHOLD_` variables.
 
+/// The device a name selects: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+pub fn device(name: &str) -> anyhow::Result<candle_core::Device> {
+    use anyhow::Context;
+    match name {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        n if n == "cuda" || n.starts_with("cuda:") => {
+            let ordinal = n
+                .strip_prefix("cuda:")
+                .map(|o| o.parse::<usize>())
+                .transpose()
+                .with_context(|| format!("bad device '{n}'"))?
+                .unwrap_or(0);
+            candle_core::Device::new_cuda(ordinal).with_context(|| {
+                format!(
+                    "device '{n}': is this a build with --features cuda on a machine with a GPU?"
+                )
+            })
+        }
+        n => anyhow::bail!("unknown device '{n}' (cpu, cuda, cuda:N)"),
+    }
+}
+
 /// Default spin limit of candle's barrier pool workers.
 pub const BARRIER_SPIN_LIMIT: &str = "100";
 

@@ -369,7 +369,13 @@ fn memory_read_gradient_and_top_k() {
     use medvlp_model::config::MemoryConfig;
     use medvlp_model::memory::CrossModalMemory;
     let store = ParamStore::new(9, DType::F64, &Device::Cpu);
-    let cfg = MemoryConfig { slots: 12, top_k: 4, num_heads: 2, layers: vec![] };
+    let cfg = MemoryConfig {
+        slots: 12,
+        top_k: 4,
+        num_heads: 2,
+        layers: vec![],
+        query: Default::default(),
+    };
     let mem = CrossModalMemory::new(&cfg, 6, 8, store.var_builder().pp("memory")).unwrap();
     let x = var(&[2, 3, 6], 50);
     let probe = randn(&[2, 3, 6], 51);

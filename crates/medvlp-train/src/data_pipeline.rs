@@ -11,33 +11,13 @@ use candle_core::{Device, Tensor};
 use medvlp_data::dataset::{read_manifest, Split, Study};
 use medvlp_data::image::preprocess::PreprocessConfig;
 use medvlp_data::loader::{EpochIter, Loader, LoaderConfig};
+use medvlp_data::text::labels::{label_vector, CHEXPERT_14};
+use medvlp_data::text::{disease_prompt, extract_entities, Entity};
 use medvlp_data::tokenizer::Tokenizer;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-/// Finds medical entities in a text: byte spans (start, end).
-pub type EntityFn = dyn Fn(&str) -> Vec<(usize, usize)> + Send + Sync;
-/// Turns a label vector into a report-like prompt, deterministically for a seed.
-pub type PromptFn = dyn Fn(&BTreeMap<String, i8>, u64) -> String + Send + Sync;
-
-/// Label names of the soft-label targets (CheXpert observations without "No Finding").
-pub const SOFT_LABELS: [&str; 13] = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-];
 
 struct Stream {
     loader: Loader,
@@ -67,8 +47,6 @@ pub struct DataPipeline {
     text_only: Vec<Study>,
     n_text_only: usize,
     seed: u64,
-    entities: Box<EntityFn>,
-    prompt: Box<PromptFn>,
     device: Device,
 }
 
@@ -123,8 +101,6 @@ impl DataPipeline {
         c: &PipelineConfig,
         pp: &PreprocessConfig,
         tokenizer: Tokenizer,
-        entities: Box<EntityFn>,
-        prompt: Box<PromptFn>,
         device: &Device,
     ) -> Result<Self> {
         let n_img_only = (c.image_only_rate * c.batch_size as f64).round() as usize;
@@ -154,8 +130,6 @@ impl DataPipeline {
             n_text_only: if text_only.is_empty() { 0 } else { n_text_only },
             text_only,
             seed: c.seed,
-            entities,
-            prompt,
             device: device.clone(),
         })
     }
@@ -180,7 +154,7 @@ impl DataPipeline {
         if let Some(s) = self.image_only.as_mut() {
             let ib = s.batch(k)?;
             for (j, l) in ib.labels.iter().enumerate() {
-                texts.push((self.prompt)(l, self.seed ^ (k << 16) ^ j as u64));
+                texts.push(disease_prompt(l, self.seed ^ (k << 16) ^ j as u64));
                 labels.push(l.clone());
             }
             images.extend_from_slice(&ib.images);
@@ -206,13 +180,10 @@ impl DataPipeline {
         let n_img = n_paired + n_image_only;
         let pixels = Tensor::from_vec(images, (n_img, shape[0], shape[1], shape[2]), &self.device)?;
         let text = self.encode(&texts)?;
-        let lab: Vec<f32> = labels
-            .iter()
-            .flat_map(|l| SOFT_LABELS.iter().map(move |n| (l.get(*n) == Some(&1)) as u8 as f32))
-            .collect();
+        let lab: Vec<f32> = labels.iter().flat_map(label_vector).collect();
         Ok(Batch {
             pixels: Some(pixels),
-            labels: Some(Tensor::from_vec(lab, (texts.len(), SOFT_LABELS.len()), &self.device)?),
+            labels: Some(Tensor::from_vec(lab, (texts.len(), CHEXPERT_14.len()), &self.device)?),
             text,
             n_paired,
             n_image_only,
@@ -228,10 +199,9 @@ impl DataPipeline {
         let mut word_ids = Vec::with_capacity(b.batch);
         for (i, t) in texts.iter().enumerate() {
             let offs = b.row(&b.offsets, i);
-            let spans = (self.entities)(t);
-            let ents: Vec<Vec<usize>> = spans
+            let ents: Vec<Vec<usize>> = extract_entities(t)
                 .iter()
-                .map(|&(s, e)| {
+                .map(|&Entity { start: s, end: e, .. }| {
                     (0..b.len)
                         .filter(|&k| offs[k].1 > offs[k].0 && offs[k].0 < e && offs[k].1 > s)
                         .collect::<Vec<_>>()

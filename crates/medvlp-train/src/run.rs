@@ -2,17 +2,18 @@
 //! -> data pipeline -> trainer, with periodic validation (held-out loss, quick zero-shot AUROC,
 //! image->report Recall@K).
 
-use crate::data_pipeline::{DataPipeline, EntityFn, PipelineConfig, PromptFn};
-use crate::recipe::{method, Method, ObjectiveConfig};
-use crate::run_config::{device, RunConfig};
-use crate::trainer::{LossOutput, Objective, RunSummary, TrainConfig, Trainer};
+use crate::data_pipeline::{DataPipeline, PipelineConfig};
+use crate::recipe::{recipe, Method, ObjectiveConfig};
+use crate::run_config::RunConfig;
+use crate::trainer::{LossOutput, Objective, RunSummary, Trainer};
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
-use medvlp_data::dataset::{read_manifest, Split};
+use medvlp_data::dataset::Split;
 use medvlp_data::image::preprocess::PreprocessConfig;
-use medvlp_data::tokenizer::{train_wordpiece, Tokenizer, WordPieceOptions};
+use medvlp_data::tokenizer::{train_on_manifests, Tokenizer, WordPieceOptions};
 use medvlp_eval::metrics::{auroc, paired_ranks, recall_at_k};
-use medvlp_model::model_dir::hf_bert_name;
+use medvlp_model::model_dir::{bert_text_config, check_vocabulary, preload_bert};
+use medvlp_model::runtime::device;
 use medvlp_model::{MedVlp, ModelConfig, ParamStore};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -22,14 +23,8 @@ use std::sync::Arc;
 pub const COMPETITION: [&str; 5] =
     ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"];
 
-/// Text hooks from the radiology text module (entity spans, disease-kind prompts).
-pub struct TextHooks {
-    pub entities: Box<EntityFn>,
-    pub prompt: Box<PromptFn>,
-}
-
 struct RecipeObjective {
-    method: Box<dyn Method>,
+    method: &'static dyn Method,
     cfg: ObjectiveConfig,
     model: MedVlp,
     data: DataPipeline,
@@ -77,7 +72,8 @@ impl Objective for RecipeObjective {
         // Quick zero-shot: softmax over "{finding}." vs "No {finding}." per class.
         let mut aurocs = vec![];
         for (ci, name) in COMPETITION.iter().enumerate() {
-            let Some(li) = crate::data_pipeline::SOFT_LABELS.iter().position(|n| n == name) else {
+            let Some(li) = medvlp_data::text::labels::CHEXPERT_14.iter().position(|n| n == name)
+            else {
                 continue;
             };
             let prompts = vec![format!("{name}."), format!("No {}.", name.to_lowercase())];
@@ -107,45 +103,20 @@ impl Objective for RecipeObjective {
     }
 }
 
-/// Texts of the manifests' training reports, one per line, for tokenizer training.
-pub fn write_corpus(manifests: &[&Path], out: &Path) -> Result<usize> {
-    let mut n = 0;
-    let mut text = String::new();
-    for m in manifests {
-        for s in read_manifest(m)?.iter().filter(|s| s.split.is_none_or(|sp| sp == Split::Train)) {
-            if let Some(t) = s.text.clone().or_else(|| s.findings_impression()) {
-                text.push_str(&t.replace('\n', " "));
-                text.push('\n');
-                n += 1;
-            }
-        }
-    }
-    std::fs::write(out, text)?;
-    Ok(n)
-}
-
 /// Build the model config of a run: preset, size overrides, tokenizer vocabulary, method heads.
 pub fn model_config(
     rc: &RunConfig,
     tokenizer: &Tokenizer,
     text_init: Option<&Path>,
 ) -> Result<ModelConfig> {
-    let m = method(&rc.method)?;
+    let m = recipe(&rc.method)?;
     let mut mc = ModelConfig::preset(&rc.model.preset)?;
     if let Some(s) = rc.model.image_size {
         mc.vision_config.image_size = s;
     }
     if let Some(dir) = text_init {
-        let p = dir.join("config.json");
-        let tc: medvlp_model::config::TextConfig = serde_json::from_str(
-            &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
-        )
-        .with_context(|| format!("{}: not a BERT config", p.display()))?;
-        mc.text_config = medvlp_model::config::TextConfig {
-            pooling: mc.text_config.pooling,
-            max_length: mc.text_config.max_length.min(tc.max_position_embeddings),
-            ..tc
-        };
+        mc.text_config = bert_text_config(dir, &mc.text_config)?;
+        check_vocabulary(tokenizer, &mc.text_config)?;
     } else {
         mc.text_config.vocab_size = tokenizer.vocab_size();
     }
@@ -160,7 +131,7 @@ pub fn model_config(
         mc.preprocess.augment = a.clone();
     }
     m.adapt_model(&rc.objectives(), &mut mc);
-    mc.method = serde_json::json!({ "name": rc.method, "objectives": rc.objectives() });
+    mc.method = serde_json::json!({ "name": rc.method, "objectives": rc.objectives_table()? });
     Ok(mc)
 }
 
@@ -171,7 +142,6 @@ pub fn run_training(
     out: &Path,
     resume: bool,
     stop: Arc<AtomicBool>,
-    hooks: TextHooks,
 ) -> Result<RunSummary> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::trainer::save_resolved_config(out, resolved_toml)?;
@@ -184,30 +154,24 @@ pub fn run_training(
         (None, None) => {
             let p = out.join("tokenizer.json");
             if !p.exists() {
-                let corpus = out.join("corpus.txt");
-                let n = write_corpus(&[manifest], &corpus)?;
-                tracing::info!(
-                    "training a WordPiece vocabulary of {} on {n} reports",
-                    rc.model.vocab_size
-                );
-                train_wordpiece(
-                    &[&corpus],
+                let n = train_on_manifests(
+                    &[manifest],
                     &WordPieceOptions { vocab_size: rc.model.vocab_size, ..Default::default() },
                     &p,
                 )?;
-                let _ = std::fs::remove_file(&corpus);
+                tracing::info!(
+                    "trained a WordPiece vocabulary of {} on {n} reports",
+                    rc.model.vocab_size
+                );
             }
             p
         }
     };
     let probe = Tokenizer::from_file(&tok_path, 512)?;
     let mc = model_config(rc, &probe, rc.model.text_init.as_deref())?;
-    let tokenizer = Tokenizer::from_file(&tok_path, mc.text_config.max_length)?;
     let store = ParamStore::new(rc.seed, DType::F32, &dev);
     if let Some(d) = &rc.model.text_init {
-        store.preload_safetensors(&d.join("model.safetensors"), |n| {
-            hf_bert_name(n).map(|n| format!("text_model.{n}"))
-        })?;
+        preload_bert(&store, d)?;
     }
     if let Some(p) = &rc.model.image_init {
         if mc.vision_config.model_type != medvlp_model::config::VisionArch::Vit {
@@ -243,31 +207,17 @@ pub fn run_training(
         train,
         seed: rc.seed,
     };
-    let hooks = Arc::new(hooks);
-    let mk_hooks = || -> (Box<EntityFn>, Box<PromptFn>) {
-        let (h1, h2) = (hooks.clone(), hooks.clone());
-        (
-            Box::new(move |t: &str| (h1.entities)(t)),
-            Box::new(move |l: &std::collections::BTreeMap<String, i8>, s: u64| (h2.prompt)(l, s)),
-        )
-    };
-    let (e, p) = mk_hooks();
     let data = DataPipeline::new(
         &pc(Split::Train, true),
         &pp,
         Tokenizer::from_file(&tok_path, mc.text_config.max_length)?,
-        e,
-        p,
         &dev,
     )?;
     let val = if rc.train.validate_every > 0 {
-        let (e, p) = mk_hooks();
         match DataPipeline::new(
             &pc(Split::Validate, false),
             &pp,
             Tokenizer::from_file(&tok_path, mc.text_config.max_length)?,
-            e,
-            p,
             &dev,
         ) {
             Ok(v) => Some(v),
@@ -287,7 +237,7 @@ pub fn run_training(
         })
         .unwrap_or(0);
     let mut objective = RecipeObjective {
-        method: method(&rc.method)?,
+        method: recipe(&rc.method)?,
         cfg: rc.objectives(),
         model,
         data,
@@ -305,6 +255,5 @@ pub fn run_training(
         stop,
         seed: rc.seed,
     };
-    let _ = (tokenizer, TrainConfig::default());
     trainer.run(&mut objective, resume)
 }

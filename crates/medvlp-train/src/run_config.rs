@@ -2,7 +2,7 @@
 //! (`train.steps=100 data.manifest=/data/mimic.jsonl objectives.mim_masking=random`). The resolved
 //! configuration (defaults, file, overrides) is saved in the run folder.
 
-use crate::recipe::{method, ObjectiveConfig};
+use crate::recipe::{recipe, ObjectiveConfig};
 use crate::trainer::TrainConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -89,7 +89,8 @@ pub struct RunConfig {
     pub method: String,
     #[serde(default)]
     pub seed: u64,
-    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`); see
+    /// `medvlp_model::runtime::device`.
     #[serde(default = "default_device")]
     pub device: String,
     #[serde(default)]
@@ -107,27 +108,6 @@ fn default_device() -> String {
     "cpu".into()
 }
 
-/// The candle device a config names.
-pub fn device(name: &str) -> Result<candle_core::Device> {
-    match name {
-        "cpu" => Ok(candle_core::Device::Cpu),
-        n if n == "cuda" || n.starts_with("cuda:") => {
-            let ordinal = n
-                .strip_prefix("cuda:")
-                .map(|o| o.parse::<usize>())
-                .transpose()
-                .with_context(|| format!("bad device '{n}'"))?
-                .unwrap_or(0);
-            candle_core::Device::new_cuda(ordinal).with_context(|| {
-                format!(
-                    "device '{n}': is this a build with --features cuda on a machine with a GPU?"
-                )
-            })
-        }
-        n => bail!("unknown device '{n}' (cpu, cuda, cuda:N)"),
-    }
-}
-
 /// Parse `value` as TOML (number, bool, array, quoted string), or take it as a bare string.
 fn parse_value(raw: &str) -> toml::Value {
     let doc = format!("v = {raw}");
@@ -135,6 +115,24 @@ fn parse_value(raw: &str) -> toml::Value {
         Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
         Err(_) => toml::Value::String(raw.to_string()),
     }
+}
+
+/// A recipe's default objectives with the `objectives.*` entries of `overrides` applied (other
+/// sections' entries, e.g. an ablation's `data.*` rates, are left out).
+pub fn objectives_with(
+    m: &dyn crate::recipe::Method,
+    overrides: &[&str],
+) -> Result<ObjectiveConfig> {
+    let mut t = toml::Table::new();
+    t.insert("objectives".into(), toml::Value::Table(toml::Table::try_from(m.defaults())?));
+    let ov: Vec<String> =
+        overrides.iter().filter(|o| o.starts_with("objectives.")).map(|o| o.to_string()).collect();
+    apply_overrides(&mut t, &ov)?;
+    let cfg: ObjectiveConfig = t["objectives"]
+        .clone()
+        .try_into()
+        .with_context(|| format!("recipe '{}': overrides {}", m.name(), ov.join(" ")))?;
+    Ok(cfg)
 }
 
 /// Apply `a.b.c=value` overrides to a TOML table.
@@ -160,7 +158,10 @@ pub fn apply_overrides(table: &mut toml::Table, overrides: &[String]) -> Result<
 }
 
 impl RunConfig {
-    /// Load a config file, apply overrides, fill the method's objective defaults, validate.
+    /// Load a config file, apply overrides, fill the recipe's objective defaults, validate. An
+    /// `[objectives]` key the recipe does not read is an error naming the recipe, the key and
+    /// where it was set. Returns the config and its resolved TOML, whose `[objectives]` lists the
+    /// recipe's keys only.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<(Self, String)> {
         let mut table: toml::Table = match path {
             Some(p) => std::fs::read_to_string(p)
@@ -170,44 +171,112 @@ impl RunConfig {
             None => toml::Table::new(),
         };
         apply_overrides(&mut table, overrides)?;
+        let file =
+            path.map(|p| p.display().to_string()).unwrap_or_else(|| "the command line".into());
+        // Which source set a key: the last override naming it, else the file.
+        let source = |key: &str| {
+            overrides
+                .iter()
+                .rev()
+                .find(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+                .map(|o| format!("the override '{o}'"))
+                .unwrap_or_else(|| file.clone())
+        };
         let name = table
             .get("method")
             .and_then(|m| m.as_str())
-            .context("the config names no method (method = \"xlip\" | \"mcr\" | ...)")?
+            .with_context(|| {
+                format!("{file}: the config names no method (method = \"xlip\" | \"mcr\" | ...)")
+            })?
             .to_string();
-        // Objectives: the method's defaults, overlaid with what the file and flags set.
-        let mut obj = toml::Table::try_from(method(&name)?.defaults())?;
-        if let Some(user) = table.get("objectives").and_then(|v| v.as_table()) {
-            for (k, v) in user {
-                obj.insert(k.clone(), v.clone());
+        let m = recipe(&name).with_context(|| format!("method in {}", source("method")))?;
+        // Objectives: the recipe's defaults, overlaid with what the file and flags set.
+        let mut obj = toml::Table::try_from(m.defaults())?;
+        match table.get("objectives") {
+            None => {}
+            Some(toml::Value::Table(user)) => {
+                for (k, v) in user {
+                    if !m.keys().contains(&k.as_str()) {
+                        bail!(
+                            "{}: recipe '{name}' does not use objectives.{k} (its keys: {})",
+                            source(&format!("objectives.{k}")),
+                            m.keys().join(", ")
+                        );
+                    }
+                    obj.insert(k.clone(), v.clone());
+                }
             }
+            Some(_) => bail!("{}: objectives must be a table", source("objectives")),
         }
         table.insert("objectives".into(), toml::Value::Table(obj));
-        let where_ =
-            path.map(|p| p.display().to_string()).unwrap_or_else(|| "the command line".into());
-        let cfg: RunConfig = table
-            .clone()
-            .try_into()
-            .with_context(|| format!("invalid configuration in {where_}"))?;
+        let cfg: RunConfig = table.clone().try_into().with_context(|| {
+            let set: Vec<String> = overrides.iter().map(|o| format!("'{o}'")).collect();
+            if set.is_empty() {
+                format!("invalid configuration in {file}")
+            } else {
+                format!("invalid configuration in {file} with the overrides {}", set.join(" "))
+            }
+        })?;
         cfg.validate()?;
-        let resolved = toml::to_string_pretty(&cfg)?;
-        Ok((cfg, resolved))
+        let mut resolved = toml::Table::try_from(&cfg)?;
+        resolved.insert("objectives".into(), toml::Value::Table(cfg.objectives_table()?));
+        Ok((cfg, toml::to_string_pretty(&resolved)?))
     }
 
     pub fn objectives(&self) -> ObjectiveConfig {
-        self.objectives.clone().unwrap_or_default()
+        self.objectives
+            .clone()
+            .unwrap_or_else(|| recipe(&self.method).map(|m| m.defaults()).unwrap_or_default())
+    }
+
+    /// The objective settings the recipe reads, by key (what the run folder and model record).
+    pub fn objectives_table(&self) -> Result<toml::Table> {
+        let m = recipe(&self.method)?;
+        let mut t = toml::Table::try_from(self.objectives())?;
+        t.retain(|k, _| {
+            let k: &str = k;
+            m.keys().contains(&k)
+        });
+        Ok(t)
     }
 
     pub fn validate(&self) -> Result<()> {
         let o = self.objectives();
+        let finite_nonneg = [
+            ("itc", o.itc),
+            ("unpaired", o.unpaired),
+            ("mim", o.mim),
+            ("mlm", o.mlm),
+            ("local", o.local),
+            ("itm", o.itm),
+        ];
+        for (n, v) in finite_nonneg {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("objectives.{n} = {v} must be a finite weight >= 0");
+            }
+        }
         for (n, v) in [
-            ("objectives.mask_ratio", o.mask_ratio),
-            ("objectives.att_ratio", o.att_ratio),
-            ("objectives.text_mask_ratio", o.text_mask_ratio),
+            ("mask_ratio", o.mask_ratio),
+            ("att_ratio", o.att_ratio),
+            ("text_mask_ratio", o.text_mask_ratio),
+            ("entity_min_ratio", o.entity_min_ratio),
         ] {
             if !(0.0..1.0).contains(&v) {
-                bail!("{n} = {v} must be in [0, 1)");
+                bail!("objectives.{n} = {v} must be in [0, 1)");
             }
+        }
+        if !(o.entity_max_ratio > 0.0 && o.entity_max_ratio <= 1.0) {
+            bail!("objectives.entity_max_ratio = {} must be in (0, 1]", o.entity_max_ratio);
+        }
+        if o.entity_min_ratio > o.entity_max_ratio {
+            bail!(
+                "objectives.entity_min_ratio ({}) cannot exceed objectives.entity_max_ratio ({})",
+                o.entity_min_ratio,
+                o.entity_max_ratio
+            );
+        }
+        if !(o.local_tau.is_finite() && o.local_tau > 0.0) {
+            bail!("objectives.local_tau = {} must be > 0", o.local_tau);
         }
         if !(o.aux_fraction > 0.0 && o.aux_fraction <= 1.0) {
             bail!("objectives.aux_fraction = {} must be in (0, 1]", o.aux_fraction);
@@ -219,6 +288,7 @@ impl RunConfig {
                 o.mask_ratio
             );
         }
+        recipe(&self.method)?.validate(&o)?;
         if let Some(a) = &self.data.augment {
             a.validate().context("data.augment")?;
         }
@@ -239,17 +309,19 @@ mod tests {
     fn shipped_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         let mut n = 0;
-        for m in crate::recipe::METHODS {
-            for size in ["tiny", "small", "base"] {
-                let p = dir.join(format!("{m}-{size}.toml"));
+        for m in crate::recipe::recipes() {
+            for (size, text) in m.configs() {
+                let p = dir.join(format!("{}-{size}.toml", m.name()));
+                assert_eq!(&std::fs::read_to_string(&p).unwrap(), text, "{}", p.display());
                 let (c, _) = RunConfig::load(Some(&p), &[])
                     .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
-                assert_eq!(c.method, m);
-                assert_eq!(c.model.preset, size);
+                assert_eq!(c.method, m.name());
+                assert_eq!(&c.model.preset, size);
                 n += 1;
             }
         }
-        assert_eq!(n, 15);
+        // Every file in configs/ belongs to a recipe.
+        assert_eq!(n, std::fs::read_dir(&dir).unwrap().count());
     }
 
     #[test]
@@ -276,9 +348,17 @@ mod tests {
         assert_eq!(o.mim, 0.5);
         assert_eq!(o.mim_masking, crate::recipe::MimMasking::Random);
         assert_eq!(o.mlm_masking, crate::recipe::MlmMasking::Entity, "xlip default kept");
-        // The resolved config round-trips.
-        let again: RunConfig = toml::from_str(&resolved).unwrap();
+        // The resolved config lists the recipe's keys only, and loads back to the same config.
+        let rp = dir.join("resolved.toml");
+        std::fs::write(&rp, &resolved).unwrap();
+        let (again, resolved2) = RunConfig::load(Some(&rp), &[]).unwrap();
         assert_eq!(again, c);
+        assert_eq!(resolved2, resolved);
+        let table: toml::Table = resolved.parse().unwrap();
+        let keys: Vec<&String> = table["objectives"].as_table().unwrap().keys().collect();
+        let xlip = crate::recipe::recipe("xlip").unwrap();
+        assert_eq!(keys.len(), xlip.keys().len());
+        assert!(!resolved.contains("memory_query") && !resolved.contains("local_tau"));
         // Unknown keys and bad values are errors naming the problem.
         let e = RunConfig::load(Some(&p), &["train.stepz=3".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("stepz"), "{e:#}");
@@ -297,5 +377,41 @@ mod tests {
         assert!(format!("{e:#}").contains("rrc_scale"), "{e:#}");
         let e = RunConfig::load(Some(&p), &["method=nope".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("nope"));
+        // Weights are finite and non-negative.
+        let e = RunConfig::load(Some(&p), &["objectives.mim=-1".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("objectives.mim"), "{e:#}");
+    }
+
+    #[test]
+    fn a_key_the_recipe_does_not_read_is_refused_naming_its_source() {
+        let dir = std::env::temp_dir().join(format!("medvlp-rc-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("mcr.toml");
+        std::fs::write(&p, "method = \"mcr\"\n[objectives]\nlocal = 0.5\n").unwrap();
+        RunConfig::load(Some(&p), &[]).unwrap();
+        // From an override: the override is named, with the recipe and the key.
+        let e = RunConfig::load(Some(&p), &["objectives.mim_masking=attention".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'objectives.mim_masking=attention'"), "{e}");
+        assert!(e.contains("recipe 'mcr'") && e.contains("objectives.mim_masking"), "{e}");
+        // From the file: the file is named.
+        std::fs::write(&p, "method = \"xlip\"\n[objectives]\nlocal = 0.5\n").unwrap();
+        let e = RunConfig::load(Some(&p), &[]).unwrap_err().to_string();
+        assert!(e.contains(&p.display().to_string()) && e.contains("objectives.local"), "{e}");
+        assert!(e.contains("recipe 'xlip'"), "{e}");
+        // A combination the recipe cannot train (AttMIM needs a text-conditioned decoder).
+        std::fs::write(&p, "method = \"xlip\"\n").unwrap();
+        let e = RunConfig::load(Some(&p), &["objectives.mim_text_conditioned=false".into()])
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("mim_text_conditioned"), "{e:#}");
+        RunConfig::load(
+            Some(&p),
+            &[
+                "objectives.mim_text_conditioned=false".into(),
+                "objectives.mim_masking=random".into(),
+            ],
+        )
+        .unwrap();
     }
 }

@@ -4,10 +4,17 @@
 #![allow(clippy::approx_constant)]
 
 use candle_core::{DType, Device, Tensor};
+use medvlp_model::config::MemoryQuery;
 use medvlp_model::{MedVlp, ModelConfig, ParamStore};
 use medvlp_train::optim::{AdamW, AdamWConfig};
-use medvlp_train::recipe::{method, Batch, ObjectiveConfig, Stream, TextBatch, METHODS};
+use medvlp_train::recipe::steps::{itc, mask_text, mlm, mlm_targets, rng, Terms};
+use medvlp_train::recipe::{
+    recipe, recipes, register, shipped_config, variants, Ablation, Batch, Method, MethodLoss,
+    MlmMasking, ObjectiveConfig, Stream, TextBatch,
+};
+use medvlp_train::run_config::{objectives_with, RunConfig};
 use rand::{Rng, SeedableRng};
+use std::sync::Once;
 
 fn batch(cfg: &ModelConfig, n_paired: usize, n_image_only: usize, n_text_only: usize) -> Batch {
     let dev = Device::Cpu;
@@ -73,7 +80,7 @@ fn build(name: &str, cfg: &ObjectiveConfig) -> (ParamStore, MedVlp) {
 }
 
 fn build_preset(name: &str, cfg: &ObjectiveConfig, preset: &str) -> (ParamStore, MedVlp) {
-    let m = method(name).unwrap();
+    let m = recipe(name).unwrap();
     let mut mc = ModelConfig::preset(preset).unwrap();
     m.adapt_model(cfg, &mut mc);
     let store = ParamStore::new(1, DType::F32, &Device::Cpu);
@@ -92,8 +99,9 @@ fn every_recipe_reaches_every_parameter_and_learns_with_a_convnet() {
 }
 
 fn reaches_every_parameter_and_learns(preset: &str) {
-    for name in METHODS {
-        let m = method(name).unwrap();
+    with_test_recipe();
+    for m in recipes() {
+        let name = m.name();
         let cfg = m.defaults();
         let (store, model) = build_preset(name, &cfg, preset);
         let b = batch(&model.config, 6, 2, 2);
@@ -133,9 +141,204 @@ fn reaches_every_parameter_and_learns(preset: &str) {
     }
 }
 
+/// Every parameter of the model `m` builds for `cfg` receives a non-zero gradient.
+fn assert_every_parameter_gets_a_gradient(m: &dyn Method, cfg: &ObjectiveConfig, what: &str) {
+    let (store, model) = build_preset(m.name(), cfg, "tiny");
+    let b = batch(&model.config, 6, 2, 2);
+    let out = m.loss(&model, &b, cfg, 0).unwrap();
+    assert!(out.loss.to_scalar::<f32>().unwrap().is_finite(), "{what}");
+    let grads = out.loss.backward().unwrap();
+    let missing: Vec<String> = store
+        .vars()
+        .into_iter()
+        .filter(|(_, v)| {
+            grads
+                .get(v.as_tensor())
+                .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0)
+                .unwrap_or(true)
+        })
+        .map(|(n, _)| n)
+        .collect();
+    assert!(missing.is_empty(), "{what}: parameters without gradient: {missing:?}");
+}
+
+#[test]
+fn every_ablation_the_registry_declares_reaches_every_parameter() {
+    with_test_recipe();
+    let mut n = 0;
+    for v in variants(&[], true).unwrap() {
+        let m = recipe(v.recipe).unwrap();
+        let ov: Vec<&str> = v.overrides.iter().map(|s| s.as_str()).collect();
+        let cfg = objectives_with(m, &ov).unwrap();
+        m.validate(&cfg).unwrap();
+        assert_every_parameter_gets_a_gradient(m, &cfg, &v.label);
+        n += 1;
+    }
+    // 6 recipes (5 built in + the test's) and 3 + 2 + 3 + 1 ablations.
+    assert_eq!(n, 15);
+}
+
+#[test]
+fn mpma_memory_is_read_by_the_text_or_the_image() {
+    let m = recipe("mpma").unwrap();
+    assert_eq!(m.defaults().memory_query, MemoryQuery::Text, "the method spec's default");
+    for q in [MemoryQuery::Text, MemoryQuery::Image] {
+        let cfg = ObjectiveConfig { memory_query: q, ..m.defaults() };
+        let (_, model) = build("mpma", &cfg);
+        let mem = model.memory.as_ref().expect("mpma builds the memory");
+        assert_eq!(mem.config.query, q);
+        let width = match q {
+            MemoryQuery::Text => model.config.text_config.hidden_size,
+            MemoryQuery::Image => model.config.vision_config.hidden_size,
+        };
+        assert_eq!(mem.query.weight.dim(1).unwrap(), width);
+        assert_every_parameter_gets_a_gradient(m, &cfg, &format!("memory read by {q:?}"));
+    }
+}
+
+#[test]
+fn mlm_replaces_selected_tokens_the_bert_way() {
+    let m = recipe("mae-mlm").unwrap();
+    let (_, model) = build("mae-mlm", &m.defaults());
+    let b = batch(&model.config, 6, 0, 0);
+    let orig: Vec<u32> = b.text.ids.flatten_all().unwrap().to_vec1().unwrap();
+    let (mut masked, mut random, mut kept) = (0, 0, 0);
+    for seed in 0..200 {
+        for (how, expect_all_mask) in [
+            (medvlp_train::recipe::MlmReplace::Bert, false),
+            (medvlp_train::recipe::MlmReplace::Mask, true),
+        ] {
+            let cfg = ObjectiveConfig { mlm_replace: how, ..m.defaults() };
+            let mt =
+                mask_text(&model, &b.text, MlmMasking::WholeWord, &cfg, &mut rng(seed, 2)).unwrap();
+            let ids: Vec<u32> = mt.ids.flatten_all().unwrap().to_vec1().unwrap();
+            let len = b.text.ids.dim(1).unwrap();
+            for (r, pos) in mt.masked.iter().enumerate() {
+                assert!(!pos.is_empty());
+                for &t in pos {
+                    let (o, x) = (orig[r * len + t], ids[r * len + t]);
+                    if expect_all_mask {
+                        assert_eq!(x, b.text.mask_id);
+                    } else if x == b.text.mask_id {
+                        masked += 1;
+                    } else if x == o {
+                        kept += 1;
+                    } else {
+                        random += 1;
+                    }
+                }
+            }
+        }
+    }
+    let total = (masked + random + kept) as f64;
+    let share = |k: usize| k as f64 / total;
+    assert!((share(masked) - 0.8).abs() < 0.03, "{masked} {random} {kept}");
+    assert!((share(random) - 0.1).abs() < 0.03, "{masked} {random} {kept}");
+    assert!((share(kept) - 0.1).abs() < 0.03, "{masked} {random} {kept}");
+}
+
+/// A recipe defined outside the crate: ITC plus MLM with visual support. Registering it is all it
+/// takes for the registry, configs, comparisons and the gradient tests above to pick it up.
+struct ItcMlm;
+
+impl Method for ItcMlm {
+    fn name(&self) -> &'static str {
+        "itc-mlm-test"
+    }
+    fn paper(&self) -> &'static str {
+        "a test recipe"
+    }
+    fn keys(&self) -> &'static [&'static str] {
+        &["itc", "mlm", "mlm_replace", "text_mask_ratio"]
+    }
+    fn ablations(&self) -> &'static [Ablation] {
+        &[Ablation { label: "no MLM", overrides: &["objectives.mlm=0.0"] }]
+    }
+    fn configs(&self) -> &'static [(&'static str, &'static str)] {
+        &[(
+            "tiny",
+            "method = \"itc-mlm-test\"\n[model]\npreset = \"tiny\"\n[objectives]\nmlm = 0.5\n",
+        )]
+    }
+    fn defaults(&self) -> ObjectiveConfig {
+        ObjectiveConfig {
+            unpaired: 0.0,
+            mim: 0.0,
+            mlm_masking: MlmMasking::WholeWord,
+            ..Default::default()
+        }
+    }
+    fn adapt_model(&self, cfg: &ObjectiveConfig, m: &mut ModelConfig) {
+        m.decoder_config = None;
+        m.local_projection = false;
+        m.memory_config = None;
+        m.itm_head = false;
+        if cfg.mlm == 0.0 {
+            m.fusion_config = None;
+            m.mlm_head = false;
+        }
+    }
+    fn loss(
+        &self,
+        model: &MedVlp,
+        b: &Batch,
+        cfg: &ObjectiveConfig,
+        seed: u64,
+    ) -> anyhow::Result<MethodLoss> {
+        let n = b.n_images();
+        let (ids, mask) = (b.text.ids.narrow(0, 0, n)?, b.text.mask.narrow(0, 0, n)?);
+        let img = model.image_features(b.pixels.as_ref().unwrap())?;
+        let txt = model.text_features(&ids, &mask)?;
+        let mut t = Terms::default();
+        t.add("itc", cfg.itc, itc(model, &img, &txt, &b.text.mask, b.n_paired)?)?;
+        if cfg.mlm > 0.0 {
+            let mt = mask_text(model, &b.text, MlmMasking::WholeWord, cfg, &mut rng(seed, 2))?;
+            let (pos, lab) = mlm_targets(&b.text, &mt, 0..n)?;
+            let txt_m = model.text_features(&mt.ids.narrow(0, 0, n)?, &mask)?;
+            t.add("mlm", cfg.mlm, mlm(model, &txt_m, &mask, Some(&img), pos, lab)?)?;
+        }
+        t.finish()
+    }
+}
+
+fn with_test_recipe() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| register(&ItcMlm).unwrap());
+}
+
+#[test]
+fn a_recipe_defined_outside_is_picked_up_everywhere() {
+    with_test_recipe();
+    assert!(register(&ItcMlm).is_err(), "names are unique");
+    assert_eq!(recipe("itc-mlm-test").unwrap().name(), "itc-mlm-test");
+    let v = variants(&["itc-mlm-test".into()], true).unwrap();
+    assert_eq!(
+        v.iter().map(|x| x.label.as_str()).collect::<Vec<_>>(),
+        ["itc-mlm-test", "itc-mlm-test, no MLM"]
+    );
+    assert!(variants(&[], false).unwrap().iter().any(|x| x.recipe == "itc-mlm-test"));
+    // Its shipped config loads; its keys are accepted, others refused with the recipe named.
+    let dir = std::env::temp_dir().join(format!("medvlp-recipe-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("itc-mlm-test-tiny.toml");
+    std::fs::write(&p, shipped_config("itc-mlm-test", "tiny").unwrap()).unwrap();
+    let (rc, resolved) =
+        RunConfig::load(Some(&p), &["objectives.text_mask_ratio=0.3".into()]).unwrap();
+    assert_eq!((rc.objectives().mlm, rc.objectives().text_mask_ratio), (0.5, 0.3));
+    assert!(
+        resolved.contains("text_mask_ratio") && !resolved.contains("mim_masking"),
+        "{resolved}"
+    );
+    let e = RunConfig::load(Some(&p), &["objectives.local=1".into()]).unwrap_err().to_string();
+    assert!(e.contains("recipe 'itc-mlm-test'") && e.contains("objectives.local"), "{e}");
+    // Unknown recipes are listed with it.
+    let e = RunConfig::load(Some(&p), &["method=nope".into()]).unwrap_err();
+    assert!(format!("{e:#}").contains("itc-mlm-test"), "{e:#}");
+}
+
 #[test]
 fn mcr_single_stream_runs_one_encoder_pass_per_modality() {
-    let m = method("mcr").unwrap();
+    let m = recipe("mcr").unwrap();
     for (stream, expect) in [(Stream::Single, (1, 1)), (Stream::Dual, (2, 2))] {
         let cfg = ObjectiveConfig { stream, ..m.defaults() };
         let (_, model) = build("mcr", &cfg);
@@ -150,7 +353,7 @@ fn mcr_single_stream_runs_one_encoder_pass_per_modality() {
 #[test]
 fn xlip_ablations_are_one_flag() {
     use medvlp_train::recipe::{MimMasking, MlmMasking};
-    let m = method("xlip").unwrap();
+    let m = recipe("xlip").unwrap();
     let base = m.defaults();
     for cfg in [
         ObjectiveConfig { mim_masking: MimMasking::Random, ..base.clone() },
@@ -168,7 +371,7 @@ fn xlip_ablations_are_one_flag() {
 
 #[test]
 fn xlip_aux_fraction_reconstructs_a_subset_of_the_rows() {
-    let m = method("xlip").unwrap();
+    let m = recipe("xlip").unwrap();
     let part = |parts: &[(String, f64)], k: &str| {
         parts
             .iter()

@@ -7,46 +7,18 @@ use crate::cmd::eval::{evaluate_model, Common};
 use crate::evaluate::TextField;
 use anyhow::{bail, Context, Result};
 use medvlp_data::synth::{Difficulty, SynthConfig};
-use medvlp_data::tokenizer::{train_wordpiece, WordPieceOptions};
+use medvlp_data::tokenizer::{train_on_manifests, WordPieceOptions};
 use medvlp_eval::results::{ResultRecord, Task};
-use medvlp_train::run::{run_training, TextHooks};
+use medvlp_train::run::run_training;
 use medvlp_train::run_config::RunConfig;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The shipped recipe configs, embedded so that the binary works from any directory.
-pub const CONFIGS: [(&str, &str); 15] = [
-    ("clip-tiny", include_str!("../../../configs/clip-tiny.toml")),
-    ("clip-small", include_str!("../../../configs/clip-small.toml")),
-    ("clip-base", include_str!("../../../configs/clip-base.toml")),
-    ("mae-mlm-tiny", include_str!("../../../configs/mae-mlm-tiny.toml")),
-    ("mae-mlm-small", include_str!("../../../configs/mae-mlm-small.toml")),
-    ("mae-mlm-base", include_str!("../../../configs/mae-mlm-base.toml")),
-    ("xlip-tiny", include_str!("../../../configs/xlip-tiny.toml")),
-    ("xlip-small", include_str!("../../../configs/xlip-small.toml")),
-    ("xlip-base", include_str!("../../../configs/xlip-base.toml")),
-    ("mcr-tiny", include_str!("../../../configs/mcr-tiny.toml")),
-    ("mcr-small", include_str!("../../../configs/mcr-small.toml")),
-    ("mcr-base", include_str!("../../../configs/mcr-base.toml")),
-    ("mpma-tiny", include_str!("../../../configs/mpma-tiny.toml")),
-    ("mpma-small", include_str!("../../../configs/mpma-small.toml")),
-    ("mpma-base", include_str!("../../../configs/mpma-base.toml")),
-];
-
+/// The TOML text of a recipe's shipped config for a preset.
 pub fn config_text(recipe: &str, preset: &str) -> Result<&'static str> {
-    let name = format!("{recipe}-{preset}");
-    CONFIGS.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).with_context(|| format!("no shipped config {name} (recipes clip, mae-mlm, xlip, mcr, mpma; presets tiny, small, base)"))
-}
-
-pub fn hooks() -> TextHooks {
-    TextHooks {
-        entities: Box::new(|t: &str| {
-            medvlp_data::text::extract_entities(t).into_iter().map(|e| (e.start, e.end)).collect()
-        }),
-        prompt: Box::new(medvlp_data::text::disease_prompt),
-    }
+    medvlp_train::recipe::shipped_config(recipe, preset)
 }
 
 /// Generates the synthetic benchmark into `dir` unless the same parameters made it already.
@@ -106,17 +78,15 @@ pub fn shared_tokenizer(data: &Path, out: &Path, vocab_size: usize) -> Result<Pa
     if tok.exists() {
         return Ok(tok);
     }
-    let corpus = out.join("corpus.txt");
     let manifests: Vec<PathBuf> = [data.join("manifest.jsonl"), data.join("text_only.jsonl")]
         .into_iter()
         .filter(|m| m.exists())
         .collect();
-    medvlp_train::run::write_corpus(
+    train_on_manifests(
         &manifests.iter().map(|m| m.as_path()).collect::<Vec<_>>(),
-        &corpus,
+        &WordPieceOptions { vocab_size, ..Default::default() },
+        &tok,
     )?;
-    train_wordpiece(&[&corpus], &WordPieceOptions { vocab_size, ..Default::default() }, &tok)?;
-    let _ = std::fs::remove_file(&corpus);
     Ok(tok)
 }
 
@@ -192,7 +162,7 @@ impl Setup {
         ov.extend(extra.iter().cloned());
         ov.push("train.checkpoint_every=0".into());
         let (rc, resolved) = self.config(run_dir, recipe, &ov)?;
-        run_training(&rc, &resolved, &calib, false, Arc::new(AtomicBool::new(false)), hooks())?;
+        run_training(&rc, &resolved, &calib, false, Arc::new(AtomicBool::new(false)))?;
         let per_step = step_seconds(&calib.join("metrics.jsonl"), 2)?;
         let _ = std::fs::remove_dir_all(&calib);
         // 5% headroom for checkpoints and the slower steps the calibration did not see.
@@ -207,14 +177,7 @@ impl Setup {
         ov.push(format!("train.max_minutes={}", self.budget_minutes * 1.05));
         let (rc, resolved) = self.config(run_dir, recipe, &ov)?;
         let t = Instant::now();
-        let s = run_training(
-            &rc,
-            &resolved,
-            run_dir,
-            false,
-            Arc::new(AtomicBool::new(false)),
-            hooks(),
-        )?;
+        let s = run_training(&rc, &resolved, run_dir, false, Arc::new(AtomicBool::new(false)))?;
         eprintln!(
             "  {} steps in {:.1} minutes, last loss {:.4}",
             s.state.step,
@@ -230,14 +193,7 @@ impl Setup {
         let final_dir = run_dir.join("final");
         if !final_dir.join("model.safetensors").exists() {
             let (rc, resolved) = self.config(run_dir, "clip", &self.overrides(seed, 0))?;
-            run_training(
-                &rc,
-                &resolved,
-                run_dir,
-                false,
-                Arc::new(AtomicBool::new(false)),
-                hooks(),
-            )?;
+            run_training(&rc, &resolved, run_dir, false, Arc::new(AtomicBool::new(false)))?;
         }
         Ok(final_dir)
     }

@@ -58,6 +58,23 @@ pub const EXTRA_LABELS: [&str; 11] = [
     "Pulmonary Vascular Congestion",
 ];
 
+/// A study's CheXpert observations as a 0/1 vector in [`CHEXPERT_14`] order, for label-similarity
+/// targets (MedCLIP's semantic matching): 1 where the label is positive, and "No Finding" set when
+/// no pathology is positive (support devices are not one), whatever the file said, so that every
+/// vector is non-zero and normal studies match each other instead of being each other's negatives.
+pub fn label_vector(labels: &BTreeMap<String, i8>) -> Vec<f32> {
+    let positive = |n: &str| labels.get(n) == Some(&1);
+    let pathology =
+        CHEXPERT_14.iter().any(|n| *n != "No Finding" && *n != "Support Devices" && positive(n));
+    CHEXPERT_14
+        .iter()
+        .map(|n| match *n {
+            "No Finding" => !pathology as u8 as f32,
+            n => positive(n) as u8 as f32,
+        })
+        .collect()
+}
+
 /// Every label the labeler can emit: CheXpert 14 then the extras.
 pub fn all_labels() -> Vec<&'static str> {
     CHEXPERT_14.iter().chain(EXTRA_LABELS.iter()).copied().collect()
@@ -132,6 +149,14 @@ mod tests {
         assert_eq!(l("Pneumonia cannot be excluded.")["Pneumonia"], -1);
         assert_eq!(l("Atelectasis versus consolidation.")["Consolidation"], -1);
         assert_eq!(l("Atelectasis versus consolidation.")["Atelectasis"], -1);
+        let nf = CHEXPERT_14.iter().position(|n| *n == "No Finding").unwrap();
+        let sd = CHEXPERT_14.iter().position(|n| *n == "Support Devices").unwrap();
+        let v = label_vector(&l("Normal chest. ET tube in place."));
+        assert_eq!((v[nf], v[sd]), (1.0, 1.0), "{v:?}");
+        let v = label_vector(&l("Small left pleural effusion."));
+        assert_eq!(v[nf], 0.0);
+        assert_eq!(v.iter().sum::<f32>(), 1.0);
+        assert_eq!(label_vector(&BTreeMap::new())[nf], 1.0);
         let r = l("No pneumothorax, but there is a small right effusion.");
         assert_eq!((r["Pneumothorax"], r["Pleural Effusion"]), (0, 1));
     }

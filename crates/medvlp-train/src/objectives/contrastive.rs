@@ -14,23 +14,29 @@ pub fn itc_loss(image: &Tensor, text: &Tensor, scale: &Tensor) -> Result<Tensor>
     (l_i2t + l_t2i)? * 0.5
 }
 
-/// Soft-label contrastive loss (MedCLIP): targets `Y = rownorm(l_img l_txt^T)` from label vectors
-/// `[b, classes]` (0/1) instead of the identity.
+/// Soft-label contrastive loss after MedCLIP's semantic matching: row `i` of `image` (`[b, d]`)
+/// and of `text` belong to one study with label vector `labels[i]` (`[b, classes]`, 0/1, never
+/// all zero: see `medvlp_data::text::labels::label_vector`). Label similarity is the cosine of the
+/// label vectors; each query's target over the `b` candidates is its row of similarities,
+/// normalised to sum to 1. Only the rows in `queries` are queries, in both directions (their image
+/// against every text, their text against every image); the loss is the mean over them.
 pub fn soft_itc_loss(
     image: &Tensor,
     text: &Tensor,
     scale: &Tensor,
-    img_labels: &Tensor,
-    txt_labels: &Tensor,
+    labels: &Tensor,
+    queries: std::ops::Range<usize>,
 ) -> Result<Tensor> {
     let logits = image.matmul(&text.t()?)?.broadcast_mul(scale)?;
-    let sim = img_labels.matmul(&txt_labels.t()?)?;
-    // Rows without any shared label fall back to the identity (the pair itself).
-    let eye = Tensor::eye(sim.dim(0)?, sim.dtype(), sim.device())?;
-    let sim = (sim + eye)?;
+    let norm = labels.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let unit = labels.broadcast_div(&norm)?;
+    let (q0, nq) = (queries.start, queries.len());
+    // Symmetric: the same label vector stands for a study's image and its text.
+    let sim = unit.narrow(0, q0, nq)?.matmul(&unit.t()?)?;
     let y = sim.broadcast_div(&sim.sum_keepdim(1)?)?;
-    let yt = sim.t()?.broadcast_div(&sim.t()?.sum_keepdim(1)?)?;
-    (soft_cross_entropy(&logits, &y)? + soft_cross_entropy(&logits.t()?, &yt)?)? * 0.5
+    let i2t = logits.narrow(0, q0, nq)?;
+    let t2i = logits.t()?.narrow(0, q0, nq)?;
+    (soft_cross_entropy(&i2t, &y)? + soft_cross_entropy(&t2i, &y)?)? * 0.5
 }
 
 #[cfg(test)]
@@ -61,14 +67,36 @@ mod tests {
         let s = Tensor::new(3.0f64, &dev).unwrap();
         let lab =
             Tensor::new(&[[1.0f64, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], &dev).unwrap();
-        // identity labels: Y = rownorm(2I) = I
-        let a = soft_itc_loss(&v, &t, &s, &lab, &lab).unwrap().to_scalar::<f64>().unwrap();
+        // disjoint labels: cosine similarity is the identity, so is the target
+        let a = soft_itc_loss(&v, &t, &s, &lab, 0..3).unwrap().to_scalar::<f64>().unwrap();
         let b = itc_loss(&v, &t, &s).unwrap().to_scalar::<f64>().unwrap();
         assert!((a - b).abs() < 1e-12);
         // shared labels change the target and the loss
         let lab2 = Tensor::new(&[[1.0f64, 0.0], [1.0, 0.0], [0.0, 1.0]], &dev).unwrap();
-        let c = soft_itc_loss(&v, &t, &s, &lab2, &lab2).unwrap().to_scalar::<f64>().unwrap();
+        let c = soft_itc_loss(&v, &t, &s, &lab2, 0..3).unwrap().to_scalar::<f64>().unwrap();
         assert!((c - b).abs() > 1e-3);
         let _ = DType::F64;
+    }
+
+    #[test]
+    fn soft_itc_targets_are_label_cosines_over_the_query_rows() {
+        let dev = Device::Cpu;
+        let v = Tensor::new(&[[1.0f64, 0.0], [0.6, 0.8], [0.0, 1.0]], &dev).unwrap();
+        let t = Tensor::new(&[[0.8f64, 0.6], [0.0, 1.0], [1.0, 0.0]], &dev).unwrap();
+        let s = Tensor::new(2.0f64, &dev).unwrap();
+        // row 2 shares one of row 1's two labels: cosine 1/sqrt(2)
+        let lab =
+            Tensor::new(&[[1.0f64, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 1.0, 0.0]], &dev).unwrap();
+        let got = soft_itc_loss(&v, &t, &s, &lab, 2..3).unwrap().to_scalar::<f64>().unwrap();
+        let c = 0.5f64.sqrt();
+        let y = [0.0, c / (1.0 + c), 1.0 / (1.0 + c)];
+        let logits: Vec<Vec<f64>> = v.matmul(&t.t().unwrap()).unwrap().to_vec2().unwrap();
+        let xent = |row: [f64; 3]| {
+            let lse = row.iter().map(|x| (2.0 * x).exp()).sum::<f64>().ln();
+            -(0..3).map(|j| y[j] * (2.0 * row[j] - lse)).sum::<f64>()
+        };
+        let i2t = xent([logits[2][0], logits[2][1], logits[2][2]]);
+        let t2i = xent([logits[0][2], logits[1][2], logits[2][2]]);
+        assert!((got - (i2t + t2i) / 2.0).abs() < 1e-12, "{got}");
     }
 }

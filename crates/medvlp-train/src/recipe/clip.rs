@@ -1,4 +1,7 @@
-//! CLIP / ConVIRT baseline: the global contrastive loss only.
+//! CLIP / ConVIRT baseline: the global contrastive loss only. CLIP: Radford et al., "Learning
+//! Transferable Visual Models From Natural Language Supervision", arXiv 2103.00020; ConVIRT: Zhang
+//! et al., arXiv 2010.00747. With `unpaired > 0`, image-only rows join through the soft-label
+//! loss (MedCLIP, arXiv 2210.10163).
 
 use super::steps::{itc, unpaired_soft_itc, Terms};
 use super::{Batch, Method, MethodLoss, ObjectiveConfig};
@@ -10,6 +13,22 @@ pub struct Clip;
 impl Method for Clip {
     fn name(&self) -> &'static str {
         "clip"
+    }
+
+    fn paper(&self) -> &'static str {
+        "baseline: CLIP (arXiv 2103.00020) / ConVIRT (arXiv 2010.00747)"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &["itc", "unpaired"]
+    }
+
+    fn configs(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("tiny", include_str!("../../../../configs/clip-tiny.toml")),
+            ("small", include_str!("../../../../configs/clip-small.toml")),
+            ("base", include_str!("../../../../configs/clip-base.toml")),
+        ]
     }
 
     fn defaults(&self) -> ObjectiveConfig {

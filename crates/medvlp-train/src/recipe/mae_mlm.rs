@@ -1,8 +1,10 @@
-//! Dual-stream baseline (M3AE-like): contrastive loss on unmasked inputs, plus random-mask MIM and
-//! random whole-word MLM (with visual support) on separate masked passes.
+//! Dual-stream baseline after M3AE (Chen et al., "Multi-Modal Masked Autoencoders for Medical
+//! Vision-and-Language Pre-Training", arXiv 2209.07098): contrastive loss on unmasked inputs, plus
+//! random-mask MIM and random whole-word MLM (with visual support) on separate masked passes, and
+//! optionally the local word<->patch alignment.
 
 use super::steps::{itc, local, mask_text, mim, mlm, mlm_targets, patch_mask, rng, Terms};
-use super::{Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig, Stream};
+use super::{Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig};
 use anyhow::{Context, Result};
 use medvlp_model::{MedVlp, ModelConfig};
 
@@ -13,13 +15,40 @@ impl Method for MaeMlm {
         "mae-mlm"
     }
 
+    fn paper(&self) -> &'static str {
+        "baseline: M3AE-style dual stream (arXiv 2209.07098)"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &[
+            "itc",
+            "mim",
+            "mask_ratio",
+            "mim_text_conditioned",
+            "norm_pix",
+            "mlm",
+            "mlm_replace",
+            "text_mask_ratio",
+            "local",
+            "aggregation",
+            "local_tau",
+        ]
+    }
+
+    fn configs(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("tiny", include_str!("../../../../configs/mae-mlm-tiny.toml")),
+            ("small", include_str!("../../../../configs/mae-mlm-small.toml")),
+            ("base", include_str!("../../../../configs/mae-mlm-base.toml")),
+        ]
+    }
+
     fn defaults(&self) -> ObjectiveConfig {
         ObjectiveConfig {
             unpaired: 0.0,
             mim_masking: MimMasking::Random,
             mim_text_conditioned: false,
             mlm_masking: MlmMasking::WholeWord,
-            stream: Stream::Dual,
             ..Default::default()
         }
     }
@@ -30,7 +59,7 @@ impl Method for MaeMlm {
         }
         m.local_projection = cfg.local > 0.0;
         m.memory_config = None;
-        m.itm_head = cfg.itm > 0.0;
+        m.itm_head = false;
     }
 
     fn loss(
@@ -60,7 +89,7 @@ impl Method for MaeMlm {
             t.add("mim", cfg.mim, Some(mim(model, cfg, px, &pm, &latent, Some((&txt, &mask)))?))?;
         }
         if cfg.mlm > 0.0 {
-            let m = mask_text(&batch.text, MlmMasking::WholeWord, cfg, &mut rng(seed, 2))?;
+            let m = mask_text(model, &batch.text, MlmMasking::WholeWord, cfg, &mut rng(seed, 2))?;
             let rows = 0..n;
             let (pos, lab) = mlm_targets(&batch.text, &m, rows)?;
             let txt_m = model.text_features(&m.ids.narrow(0, 0, n)?, &mask)?;

@@ -1,4 +1,5 @@
-//! MCR: masked inputs are the only stream. One pass over the masked image (visible patches) and one
+//! MCR (Wei, Jin, Zhou, "Masked Contrastive Reconstruction for Cross-modal Medical Image-Report
+//! Retrieval", arXiv 2312.15840): masked inputs are the only stream. One pass over the masked image (visible patches) and one
 //! over the masked report serve the contrastive loss, the local alignment (mapping before
 //! aggregation) and both reconstructions. `stream = "dual"` adds unmasked passes for the
 //! contrastive and local terms (the usual design), for the memory/time/retrieval comparison.
@@ -6,7 +7,7 @@
 use super::steps::{
     itc, local, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, Terms,
 };
-use super::{Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig, Stream};
+use super::{Ablation, Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig, Stream};
 use crate::objectives::local::Aggregation;
 use anyhow::{Context, Result};
 use medvlp_model::{MedVlp, ModelConfig};
@@ -16,6 +17,45 @@ pub struct Mcr;
 impl Method for Mcr {
     fn name(&self) -> &'static str {
         "mcr"
+    }
+
+    fn paper(&self) -> &'static str {
+        "MCR, arXiv 2312.15840"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &[
+            "itc",
+            "mim",
+            "mask_ratio",
+            "mim_text_conditioned",
+            "norm_pix",
+            "mlm",
+            "mlm_replace",
+            "text_mask_ratio",
+            "local",
+            "aggregation",
+            "local_tau",
+            "stream",
+        ]
+    }
+
+    fn ablations(&self) -> &'static [Ablation] {
+        &[
+            Ablation { label: "dual stream", overrides: &["objectives.stream=dual"] },
+            Ablation {
+                label: "aggregate-then-map",
+                overrides: &["objectives.aggregation=aggregate_then_map"],
+            },
+        ]
+    }
+
+    fn configs(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("tiny", include_str!("../../../../configs/mcr-tiny.toml")),
+            ("small", include_str!("../../../../configs/mcr-small.toml")),
+            ("base", include_str!("../../../../configs/mcr-base.toml")),
+        ]
     }
 
     fn defaults(&self) -> ObjectiveConfig {
@@ -42,7 +82,7 @@ impl Method for Mcr {
         }
         m.local_projection = cfg.local > 0.0;
         m.memory_config = None;
-        m.itm_head = cfg.itm > 0.0;
+        m.itm_head = false;
     }
 
     fn loss(
@@ -57,7 +97,7 @@ impl Method for Mcr {
         let rows = 0..n;
         let text_mask = narrow_rows(&batch.text.mask, &rows)?;
         let pm = patch_mask(model, cfg, MimMasking::Random, None, None, n, &mut rng(seed, 1))?;
-        let mt = mask_text(&batch.text, cfg.mlm_masking, cfg, &mut rng(seed, 2))?;
+        let mt = mask_text(model, &batch.text, MlmMasking::WholeWord, cfg, &mut rng(seed, 2))?;
         // The masked pass: the only pass in single-stream mode.
         let latent = model.image_features_masked(px, &pm)?;
         let need_cls = cfg.local > 0.0;

@@ -1,23 +1,30 @@
 //! Pre-training methods as recipes composed from the shared objectives.
 //!
-//! A recipe is one file implementing [`Method`] (which objectives run on which stream) plus a
-//! config preset. Every objective and weight is a key of [`ObjectiveConfig`], so each paper's
-//! ablation is one flag (`objectives.mim_masking = "random"`, `objectives.stream = "dual"`, ...).
+//! A recipe is one file implementing [`Method`] plus its configs (`configs/<name>-<preset>.toml`,
+//! embedded by the recipe itself). The recipe declares everything the rest of the program needs:
+//! the paper it implements, the objective keys it reads (a config setting any other key is
+//! refused), their defaults, its ablations and its shipped configs. The [`registry`] holds every
+//! recipe; the CLI's errors, `medvlp compare`'s defaults and ablations, the quickstart's configs
+//! and the tests all read it, so adding a method is one file here (plus one line in
+//! [`registry::BUILT_IN`]) and its configs; `register` adds one at run time.
 
 pub mod batch;
 pub mod clip;
 pub mod mae_mlm;
 pub mod mcr;
 pub mod mpma;
+pub mod registry;
 pub mod steps;
 pub mod xlip;
 
 pub use batch::{Batch, TextBatch};
+pub use registry::{recipe, recipes, register, shipped_config, variants, Variant};
 
 use crate::objectives::attmim::PatchScore;
 use crate::objectives::local::Aggregation;
 use anyhow::Result;
 use candle_core::Tensor;
+use medvlp_model::config::MemoryQuery;
 use medvlp_model::MedVlp;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +42,17 @@ pub enum MlmMasking {
     Entity,
 }
 
+/// What a token selected for MLM becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlmReplace {
+    /// BERT's 80/10/10: [MASK] 80% of the time, a random vocabulary token 10%, unchanged 10% (the
+    /// convention the seeds' text encoders were pre-trained with).
+    Bert,
+    /// Always [MASK].
+    Mask,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
@@ -44,7 +62,9 @@ pub enum Stream {
     Dual,
 }
 
-/// Objective weights and settings. Defaults are XLIP's; each method's preset overrides them.
+/// Objective weights and settings: the union of every recipe's keys. Each recipe declares the keys
+/// it reads ([`Method::keys`]) and its defaults ([`Method::defaults`]); a config that sets a key the
+/// chosen recipe does not read is refused. The `Default` values are XLIP's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ObjectiveConfig {
@@ -64,6 +84,8 @@ pub struct ObjectiveConfig {
     pub norm_pix: bool,
     pub mlm: f64,
     pub mlm_masking: MlmMasking,
+    /// What a selected token becomes (BERT's 80/10/10 or always [MASK]).
+    pub mlm_replace: MlmReplace,
     /// Whole-word masking ratio (random MLM, MCR, MPMA).
     pub text_mask_ratio: f64,
     pub entity_max_ratio: f64,
@@ -78,6 +100,8 @@ pub struct ObjectiveConfig {
     pub paired_masking: bool,
     /// MPMA: memory-augmented cross-modal fusion (MA-CMF) on/off.
     pub memory: bool,
+    /// MPMA: which tokens read the MA-CMF memory (text, the method spec; image, the earlier design).
+    pub memory_query: MemoryQuery,
     /// XLIP: share of the batch's paired, image-only and text-only rows that the reconstruction
     /// terms (AttMIM, EntMLM) run on; the contrastive terms always see every row. 1.0 is the
     /// paper's recipe; less buys step time on a small compute budget.
@@ -98,6 +122,7 @@ impl Default for ObjectiveConfig {
             norm_pix: true,
             mlm: 1.0,
             mlm_masking: MlmMasking::Entity,
+            mlm_replace: MlmReplace::Bert,
             text_mask_ratio: 0.15,
             entity_max_ratio: 0.5,
             entity_min_ratio: 0.15,
@@ -108,6 +133,7 @@ impl Default for ObjectiveConfig {
             stream: Stream::Dual,
             paired_masking: true,
             memory: true,
+            memory_query: MemoryQuery::Text,
             aux_fraction: 1.0,
         }
     }
@@ -119,11 +145,34 @@ pub struct MethodLoss {
     pub parts: Vec<(String, f64)>,
 }
 
-/// A pre-training method: which objectives run on which stream.
+/// A named variant of a recipe: config overrides (`objectives.*`, `data.*`) that switch one of the
+/// paper's components off or to its baseline.
+#[derive(Clone, Copy, Debug)]
+pub struct Ablation {
+    /// Short label, e.g. "random MIM"; tables show it as "<recipe>, <label>".
+    pub label: &'static str,
+    pub overrides: &'static [&'static str],
+}
+
+/// A pre-training method: which objectives run on which stream, and what it declares about itself.
 pub trait Method: Send + Sync {
     fn name(&self) -> &'static str;
+    /// The paper the recipe implements ("arXiv 2407.19546", ...), or what it is a baseline of.
+    fn paper(&self) -> &'static str;
+    /// The `[objectives]` keys the recipe reads; a config setting any other key is refused.
+    fn keys(&self) -> &'static [&'static str];
     /// Objective settings of the method's published recipe.
     fn defaults(&self) -> ObjectiveConfig;
+    /// The paper's ablations, each a set of config overrides.
+    fn ablations(&self) -> &'static [Ablation] {
+        &[]
+    }
+    /// The shipped configs: (preset, TOML text), e.g. `("tiny", include_str!(...))`.
+    fn configs(&self) -> &'static [(&'static str, &'static str)];
+    /// Checks of combinations of the recipe's keys (ranges are checked for every recipe).
+    fn validate(&self, _cfg: &ObjectiveConfig) -> Result<()> {
+        Ok(())
+    }
     /// What the model must carry (fusion, decoder, local heads, memory, ITM head).
     fn adapt_model(&self, cfg: &ObjectiveConfig, model: &mut medvlp_model::ModelConfig);
     /// `seed` drives every random choice (masks, negatives) of this batch.
@@ -135,17 +184,3 @@ pub trait Method: Send + Sync {
         seed: u64,
     ) -> Result<MethodLoss>;
 }
-
-/// All methods by name.
-pub fn method(name: &str) -> Result<Box<dyn Method>> {
-    Ok(match name {
-        "clip" => Box::new(clip::Clip),
-        "mae-mlm" => Box::new(mae_mlm::MaeMlm),
-        "xlip" => Box::new(xlip::Xlip),
-        "mcr" => Box::new(mcr::Mcr),
-        "mpma" => Box::new(mpma::Mpma),
-        _ => anyhow::bail!("unknown method '{name}' (clip, mae-mlm, xlip, mcr, mpma)"),
-    })
-}
-
-pub const METHODS: [&str; 5] = ["clip", "mae-mlm", "xlip", "mcr", "mpma"];

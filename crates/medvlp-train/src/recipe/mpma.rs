@@ -1,4 +1,5 @@
-//! MPMA: paired masking (image patches and report tokens masked in the same pass, reconstructed
+//! MPMA (Zhang et al., "Multi-task Paired Masking with Alignment Modeling for Medical
+//! Vision-Language Pre-training", IEEE TMM 2024, arXiv 2305.07920): paired masking (image patches and report tokens masked in the same pass, reconstructed
 //! jointly through the fusion module), global and local alignment (GLA) on the uni-modal features,
 //! and memory-augmented cross-modal fusion (MA-CMF) feeding the report reconstruction; optional ITM.
 //! `paired_masking = false` masks one modality per pass (M3AE), for the ablation.
@@ -6,10 +7,10 @@
 use super::steps::{
     itc, local, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, Terms,
 };
-use super::{Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig, Stream};
+use super::{Ablation, Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig};
 use crate::objectives::itm::itm_loss;
 use anyhow::{Context, Result};
-use medvlp_model::config::MemoryConfig;
+use medvlp_model::config::{MemoryConfig, MemoryQuery};
 use medvlp_model::{MedVlp, ModelConfig};
 
 pub struct Mpma;
@@ -17,6 +18,46 @@ pub struct Mpma;
 impl Method for Mpma {
     fn name(&self) -> &'static str {
         "mpma"
+    }
+
+    fn paper(&self) -> &'static str {
+        "MPMA, arXiv 2305.07920"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &[
+            "itc",
+            "mim",
+            "mask_ratio",
+            "mim_text_conditioned",
+            "norm_pix",
+            "mlm",
+            "mlm_replace",
+            "text_mask_ratio",
+            "local",
+            "aggregation",
+            "local_tau",
+            "itm",
+            "paired_masking",
+            "memory",
+            "memory_query",
+        ]
+    }
+
+    fn ablations(&self) -> &'static [Ablation] {
+        &[
+            Ablation { label: "separate masking", overrides: &["objectives.paired_masking=false"] },
+            Ablation { label: "no local alignment", overrides: &["objectives.local=0.0"] },
+            Ablation { label: "no memory", overrides: &["objectives.memory=false"] },
+        ]
+    }
+
+    fn configs(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("tiny", include_str!("../../../../configs/mpma-tiny.toml")),
+            ("small", include_str!("../../../../configs/mpma-small.toml")),
+            ("base", include_str!("../../../../configs/mpma-base.toml")),
+        ]
     }
 
     fn defaults(&self) -> ObjectiveConfig {
@@ -32,9 +73,9 @@ impl Method for Mpma {
             text_mask_ratio: 0.15,
             local: 1.0,
             itm: 0.0,
-            // GLA aligns the uni-modal features of unmasked inputs; reconstruction uses the masked pass.
-            stream: Stream::Dual,
             paired_masking: true,
+            memory: true,
+            memory_query: MemoryQuery::Text,
             ..Default::default()
         }
     }
@@ -57,6 +98,7 @@ impl Method for Mpma {
                 top_k: 32.min(slots),
                 num_heads: heads,
                 layers: vec![],
+                query: cfg.memory_query,
             });
         }
     }
@@ -73,7 +115,7 @@ impl Method for Mpma {
         let rows = 0..n;
         let text_mask = narrow_rows(&batch.text.mask, &rows)?;
         let pm = patch_mask(model, cfg, MimMasking::Random, None, None, n, &mut rng(seed, 1))?;
-        let mt = mask_text(&batch.text, MlmMasking::WholeWord, cfg, &mut rng(seed, 2))?;
+        let mt = mask_text(model, &batch.text, MlmMasking::WholeWord, cfg, &mut rng(seed, 2))?;
         let latent = model.image_features_masked(px, &pm)?;
         let mut t = Terms::default();
         // Uni-modal features for GLA: from the unmasked inputs.

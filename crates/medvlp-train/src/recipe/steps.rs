@@ -1,6 +1,6 @@
 //! Steps shared by the methods: masking, and each objective applied to a batch's streams.
 
-use super::{Batch, MimMasking, MlmMasking, ObjectiveConfig, TextBatch};
+use super::{Batch, MimMasking, MlmMasking, MlmReplace, ObjectiveConfig, TextBatch};
 use crate::objectives::attmim::{patch_scores, select_visible};
 use crate::objectives::contrastive::{itc_loss, soft_itc_loss};
 use crate::objectives::local::{local_alignment_loss, LocalText};
@@ -13,7 +13,7 @@ use medvlp_model::masking::PatchMask;
 use medvlp_model::nn::additive_mask;
 use medvlp_model::MedVlp;
 use rand::rngs::StdRng;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use std::ops::Range;
 
 /// Independent RNG streams per purpose within one batch.
@@ -28,12 +28,16 @@ pub struct MaskedText {
     pub masked: Vec<Vec<usize>>,
 }
 
+/// Chooses the tokens to predict (`how`) and replaces them as `cfg.mlm_replace` says: always
+/// [MASK], or BERT's 80% [MASK], 10% a random token of the model's vocabulary, 10% unchanged.
 pub fn mask_text(
+    model: &MedVlp,
     text: &TextBatch,
     how: MlmMasking,
     cfg: &ObjectiveConfig,
     rng: &mut StdRng,
 ) -> Result<MaskedText> {
+    let vocab = model.config.text_config.vocab_size as u32;
     let (rows, len) = text.ids.dims2()?;
     let mut ids: Vec<u32> = text.ids.flatten_all()?.to_vec1()?;
     let mut masked = Vec::with_capacity(rows);
@@ -49,7 +53,15 @@ pub fn mask_text(
             ),
         };
         for &t in &m {
-            ids[r * len + t] = text.mask_id;
+            let u: f64 = match cfg.mlm_replace {
+                MlmReplace::Mask => 0.0,
+                MlmReplace::Bert => rng.random(),
+            };
+            if u < 0.8 {
+                ids[r * len + t] = text.mask_id;
+            } else if u < 0.9 {
+                ids[r * len + t] = rng.random_range(0..vocab);
+            }
         }
         masked.push(m);
     }
@@ -115,8 +127,9 @@ pub fn itc(
     Ok(Some(itc_loss(&v, &t, &model.logit_scale_value()?)?))
 }
 
-/// Soft-label contrastive loss over all image rows (paired + image-only with their prompts), with
-/// targets from label-vector similarity. `None` without labels or image-only samples.
+/// Soft-label contrastive loss of the image-only rows (their images and prompts as queries, every
+/// image row as a candidate), targets from label similarity. `None` without labels or image-only
+/// samples.
 pub fn unpaired_soft_itc(
     model: &MedVlp,
     batch: &Batch,
@@ -128,7 +141,7 @@ pub fn unpaired_soft_itc(
     let lab = labels.narrow(0, 0, n)?;
     let v = model.project_image(&image.narrow(0, 0, n)?)?;
     let t = model.project_text(&text.narrow(0, 0, n)?, &batch.text.mask.narrow(0, 0, n)?)?;
-    Ok(Some(soft_itc_loss(&v, &t, &model.logit_scale_value()?, &lab, &lab)?))
+    Ok(Some(soft_itc_loss(&v, &t, &model.logit_scale_value()?, &lab, batch.n_paired..n)?))
 }
 
 /// Patch mask for the image rows: random (MAE) or attention-guided (AttMIM, scores from the

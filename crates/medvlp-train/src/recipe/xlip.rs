@@ -1,13 +1,21 @@
-//! XLIP: contrastive learning + AttMIM (mask the patches the report attends to, reconstruct them
-//! conditioned on the report) + EntMLM (mask medical entities, reconstruct them with visual
-//! support) + unpaired data: image-only samples with disease-kind prompts (soft-label contrastive
-//! and AttMIM) and text-only reports (EntMLM only).
+//! XLIP (arXiv 2407.19546): contrastive learning + AttMIM (mask the patches the report attends
+//! to, reconstruct them conditioned on the report) + EntMLM (mask medical entities, reconstruct
+//! them with visual support) + unpaired data: image-only samples with disease-kind prompts
+//! (soft-label contrastive and AttMIM) and text-only reports (EntMLM only).
+//!
+//! The unpaired term follows MedCLIP's semantic matching loss (arXiv 2210.10163): label vectors
+//! over the CheXpert observations with "No Finding" set when no pathology is positive, label
+//! similarity as the cosine of those vectors, targets the row-normalised similarities (MedCLIP
+//! takes a softmax of them; row normalisation keeps unrelated pairs at target 0, as the method
+//! spec's `Y = rownorm(l_img l_txt^T)`). Only the image-only rows are its queries (their images
+//! against every text, their prompts against every image): paired rows are trained by the hard
+//! ITC target alone and serve as candidates.
 
 use super::steps::{
     itc, leading_rows, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, select_rows,
     unpaired_soft_itc, Terms,
 };
-use super::{Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig, Stream};
+use super::{Ablation, Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig};
 use anyhow::Result;
 use candle_core::Tensor;
 use medvlp_model::{MedVlp, ModelConfig};
@@ -17,6 +25,68 @@ pub struct Xlip;
 impl Method for Xlip {
     fn name(&self) -> &'static str {
         "xlip"
+    }
+
+    fn paper(&self) -> &'static str {
+        "XLIP, arXiv 2407.19546"
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        &[
+            "itc",
+            "unpaired",
+            "mim",
+            "mim_masking",
+            "mask_ratio",
+            "att_ratio",
+            "patch_score",
+            "mim_text_conditioned",
+            "norm_pix",
+            "mlm",
+            "mlm_masking",
+            "mlm_replace",
+            "text_mask_ratio",
+            "entity_max_ratio",
+            "entity_min_ratio",
+            "aux_fraction",
+        ]
+    }
+
+    fn ablations(&self) -> &'static [Ablation] {
+        &[
+            Ablation { label: "random MIM", overrides: &["objectives.mim_masking=random"] },
+            Ablation { label: "whole-word MLM", overrides: &["objectives.mlm_masking=whole_word"] },
+            Ablation {
+                label: "no unpaired data",
+                overrides: &[
+                    "objectives.unpaired=0.0",
+                    "data.image_only_rate=0.0",
+                    "data.text_only_rate=0.0",
+                ],
+            },
+        ]
+    }
+
+    fn configs(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("tiny", include_str!("../../../../configs/xlip-tiny.toml")),
+            ("small", include_str!("../../../../configs/xlip-small.toml")),
+            ("base", include_str!("../../../../configs/xlip-base.toml")),
+        ]
+    }
+
+    fn validate(&self, cfg: &ObjectiveConfig) -> Result<()> {
+        // AttMIM scores patches with the MAE decoder's cross-attention to the report; without text
+        // conditioning that attention never receives a gradient, so the masks would come from
+        // frozen random projections.
+        if cfg.mim > 0.0 && cfg.mim_masking == MimMasking::Attention && !cfg.mim_text_conditioned {
+            anyhow::bail!(
+                "objectives.mim_masking = \"attention\" needs objectives.mim_text_conditioned = \
+                 true: the patch scorer is the decoder's cross-attention, trained only when the \
+                 decoder reads the report (use mim_masking = \"random\" for an unconditioned decoder)"
+            );
+        }
+        Ok(())
     }
 
     fn defaults(&self) -> ObjectiveConfig {
@@ -30,9 +100,6 @@ impl Method for Xlip {
             mim_text_conditioned: true,
             mlm: 1.0,
             mlm_masking: MlmMasking::Entity,
-            local: 0.0,
-            itm: 0.0,
-            stream: Stream::Dual,
             ..Default::default()
         }
     }
@@ -40,12 +107,11 @@ impl Method for Xlip {
     fn adapt_model(&self, cfg: &ObjectiveConfig, m: &mut ModelConfig) {
         if let Some(d) = m.decoder_config.as_mut() {
             // AttMIM scores come from the decoder's cross-attention to the report.
-            d.cross_attention =
-                cfg.mim_text_conditioned || cfg.mim_masking == MimMasking::Attention;
+            d.cross_attention = cfg.mim_text_conditioned;
         }
-        m.local_projection = cfg.local > 0.0;
+        m.local_projection = false;
         m.memory_config = None;
-        m.itm_head = cfg.itm > 0.0;
+        m.itm_head = false;
     }
 
     fn loss(
@@ -58,7 +124,7 @@ impl Method for Xlip {
         let mut t = Terms::default();
         let n = batch.n_images();
         let masked_text = if cfg.mlm > 0.0 {
-            Some(mask_text(&batch.text, cfg.mlm_masking, cfg, &mut rng(seed, 2))?)
+            Some(mask_text(model, &batch.text, cfg.mlm_masking, cfg, &mut rng(seed, 2))?)
         } else {
             None
         };

@@ -180,9 +180,9 @@ fn train_step(
     steps: usize,
 ) -> Result<()> {
     use medvlp_train::optim::{AdamW, AdamWConfig};
-    use medvlp_train::recipe::{batch::synthetic_batch, method, Stream};
+    use medvlp_train::recipe::{batch::synthetic_batch, Stream};
     let dev = Device::Cpu;
-    let m = method(recipe)?;
+    let m = medvlp_train::recipe::recipe(recipe)?;
     let mut cfg = m.defaults();
     if let Some(s) = stream {
         cfg.stream = match s {

@@ -1,4 +1,4 @@
-//! `medvlp compare --recipes clip,mae-mlm,xlip,mcr,mpma --budget-minutes N --seeds 3`: every recipe
+//! `medvlp compare [--recipes clip,xlip,...] --budget-minutes N --seeds 3`: every registered recipe
 //! (and, with `--ablations`, each paper's ablations) pre-trained on the same synthetic data and
 //! budget, evaluated with the same protocol, tabulated with 95% intervals over seeds (a t interval
 //! of the seed means; with one seed, the bootstrap interval of that run).
@@ -12,10 +12,12 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long, value_delimiter = ',', default_value = "clip,mae-mlm,xlip,mcr,mpma")]
+    /// Recipes to compare (default: every registered recipe).
+    #[arg(long, value_delimiter = ',')]
     pub recipes: Vec<String>,
-    /// Add the paper ablations: AttMIM vs random MIM, EntMLM vs random MLM, unpaired data off
-    /// (XLIP); single vs dual stream, MbA vs aggregate-then-map (MCR); memory off (MPMA).
+    /// Add each recipe's paper ablations (as the recipe declares them): AttMIM vs random MIM,
+    /// EntMLM vs random MLM, unpaired data off (XLIP); dual stream, aggregate-then-map (MCR);
+    /// separate masking, no local alignment, no memory (MPMA).
     #[arg(long)]
     pub ablations: bool,
     #[arg(long, default_value_t = 10.0)]
@@ -40,41 +42,6 @@ pub struct Args {
     pub device: String,
 }
 
-/// (label, recipe, overrides) of every variant.
-fn variants(recipes: &[String], ablations: bool) -> Vec<(String, String, Vec<String>)> {
-    let mut v = vec![];
-    for r in recipes {
-        v.push((r.clone(), r.clone(), vec![]));
-        if !ablations {
-            continue;
-        }
-        let abl: Vec<(&str, Vec<&str>)> = match r.as_str() {
-            "xlip" => vec![
-                ("xlip, random MIM", vec!["objectives.mim_masking=random"]),
-                ("xlip, whole-word MLM", vec!["objectives.mlm_masking=whole_word"]),
-                (
-                    "xlip, no unpaired data",
-                    vec![
-                        "objectives.unpaired=0.0",
-                        "data.image_only_rate=0.0",
-                        "data.text_only_rate=0.0",
-                    ],
-                ),
-            ],
-            "mcr" => vec![
-                ("mcr, dual stream", vec!["objectives.stream=dual"]),
-                ("mcr, aggregate-then-map", vec!["objectives.aggregation=aggregate_then_map"]),
-            ],
-            "mpma" => vec![("mpma, no memory", vec!["objectives.memory=false"])],
-            _ => vec![],
-        };
-        for (label, ov) in abl {
-            v.push((label.to_string(), r.clone(), ov.into_iter().map(String::from).collect()));
-        }
-    }
-    v
-}
-
 /// Two-sided 95% Student t quantiles for 1..=9 degrees of freedom.
 const T95: [f64; 9] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262];
 
@@ -95,10 +62,10 @@ pub fn run(args: Args) -> Result<()> {
         device: args.device.clone(),
         budget_minutes: args.budget_minutes,
     };
-    let vars = variants(&args.recipes, args.ablations);
+    let vars = medvlp_train::recipe::variants(&args.recipes, args.ablations)?;
     // results[variant][seed]
     let mut results: Vec<(String, Vec<Vec<ResultRecord>>)> = vec![];
-    for (label, recipe, ov) in &vars {
+    for medvlp_train::recipe::Variant { label, recipe, overrides: ov } in &vars {
         let mut per_seed = vec![];
         for seed in 0..args.seeds {
             let slug = format!("{}-seed{seed}", label.replace([',', ' '], "_").replace("__", "_"));

@@ -32,7 +32,7 @@ pub fn run(args: Args) -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let s = run_training(&rc, &resolved, &out, args.resume, stop, crate::pipeline::hooks())?;
+    let s = run_training(&rc, &resolved, &out, args.resume, stop)?;
     if s.stopped_early {
         eprintln!("stopped at step {} (checkpoint written); continue with --resume", s.state.step);
     } else {
