@@ -103,7 +103,7 @@ fn every_parameter_receives_a_gradient() {
             .get(v.as_tensor())
             .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
             .unwrap_or(0.0);
-        if !(g > 0.0) || !g.is_finite() {
+        if !(g.is_finite() && g > 0.0) {
             missing.push(name.clone());
         }
     }

@@ -109,8 +109,9 @@ struct Record<'a> {
 }
 
 enum Encoder {
-    MedVlp(medvlp_model::model_dir::LoadedModel),
-    Bert(medvlp_model::model_dir::LoadedBert),
+    // Boxed: the two loaded models differ in size by kilobytes.
+    MedVlp(Box<medvlp_model::model_dir::LoadedModel>),
+    Bert(Box<medvlp_model::model_dir::LoadedBert>),
 }
 
 /// Image items from a path list or a manifest, with the ids written to the output.
@@ -247,14 +248,14 @@ pub fn run(args: Args) -> Result<()> {
             maybe_bf16(&args, &m.store)?;
             let t = m.tokenizer.clone();
             let l = m.config.text_config.max_length;
-            (Encoder::MedVlp(m), t, l)
+            (Encoder::MedVlp(Box::new(m)), t, l)
         }
         DirKind::HfBert => {
             let m = model_dir::load_hf_bert(&args.model, DType::F32, &dev, false)?;
             maybe_bf16(&args, &m.store)?;
             let t = m.tokenizer.clone();
             let l = m.config.max_position_embeddings.min(256);
-            (Encoder::Bert(m), t, l)
+            (Encoder::Bert(Box::new(m)), t, l)
         }
     };
     let tok_path =

@@ -1,11 +1,10 @@
 //! `medvlp init`: a freshly initialised model directory from a preset, optionally with the text
 //! encoder taken from a Hugging Face BERT directory (with a report of loaded / new tensors).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use medvlp_data::tokenizer::Tokenizer;
-use medvlp_model::config::TextConfig;
-use medvlp_model::model_dir::{self, hf_bert_name};
+use medvlp_model::model_dir::{self, bert_text_config, check_vocabulary, preload_bert};
 use medvlp_model::{MedVlp, ModelConfig, ParamStore};
 use std::path::PathBuf;
 
@@ -32,34 +31,18 @@ pub fn run(args: Args) -> Result<()> {
     let store = ParamStore::new(args.seed, DType::F32, &dev);
     let mut tokenizer = args.tokenizer.clone();
     if let Some(dir) = &args.text_init {
-        let p = dir.join("config.json");
-        let text: TextConfig = serde_json::from_str(
-            &std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?,
-        )
-        .with_context(|| format!("{}: not a BERT config", p.display()))?;
-        cfg.text_config = TextConfig {
-            pooling: cfg.text_config.pooling,
-            max_length: cfg.text_config.max_length.min(text.max_position_embeddings),
-            ..text
-        };
-        store.preload_safetensors(&dir.join("model.safetensors"), |n| {
-            hf_bert_name(n).map(|n| format!("text_model.{n}"))
-        })?;
+        cfg.text_config = bert_text_config(dir, &cfg.text_config)?;
+        preload_bert(&store, dir)?;
         if tokenizer.is_none() {
             tokenizer = Some(dir.join("tokenizer.json"));
         }
     }
     if let Some(t) = &tokenizer {
         let tok = Tokenizer::from_file(t, cfg.text_config.max_length)?;
-        if args.text_init.is_some() && tok.vocab_size() > cfg.text_config.vocab_size {
-            bail!(
-                "tokenizer {} has {} tokens, the text encoder only {}",
-                t.display(),
-                tok.vocab_size(),
-                cfg.text_config.vocab_size
-            );
-        }
-        if args.text_init.is_none() {
+        if args.text_init.is_some() {
+            check_vocabulary(&tok, &cfg.text_config)
+                .with_context(|| format!("tokenizer {}", t.display()))?;
+        } else {
             cfg.text_config.vocab_size = tok.vocab_size();
         }
     }
