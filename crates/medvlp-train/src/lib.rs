@@ -1,4 +1,5 @@
-//! medvlp-train: pre-training objectives, method recipes, the trainer and distributed training.
+//! medvlp-train: pre-training objectives, method recipes (and their registry), the run
+//! configuration, the data pipeline, the trainer and fine-tuning.
 
 pub mod data_pipeline;
 pub mod finetune;

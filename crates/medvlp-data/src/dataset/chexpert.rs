@@ -7,24 +7,9 @@ use std::path::Path;
 
 use anyhow::{bail, Result};
 
-use super::{at, col, csv_reader, find_file_by, parse_label, ImageRef, Sink, Split, Study};
+use crate::text::labels::CHEXPERT_14;
 
-pub const OBSERVATIONS: [&str; 14] = [
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-];
+use super::{at, col, csv_reader, find_file_by, parse_label, ImageRef, Sink, Split, Study};
 
 /// Path relative to the dataset root from a CSV `Path` value and the CSV's folder.
 fn rel_image_path(root: &Path, csv_dir: &Path, p: &str) -> String {
@@ -58,10 +43,8 @@ pub fn read_csv(sink: &mut Sink, root: &Path, p: &Path, split: Split) -> Result<
     let cp = col(&h, p, &["Path"])?;
     let cfl = col(&h, p, &["Frontal/Lateral"])?;
     let capa = col(&h, p, &["AP/PA"])?;
-    let obs: Vec<(usize, &str)> = OBSERVATIONS
-        .iter()
-        .filter_map(|o| h.iter().position(|x| x == o).map(|i| (i, *o)))
-        .collect();
+    let obs: Vec<(usize, &str)> =
+        CHEXPERT_14.iter().filter_map(|o| h.iter().position(|x| x == o).map(|i| (i, *o))).collect();
     if obs.is_empty() {
         bail!("{}: none of the 14 CheXpert observation columns found", p.display());
     }
