@@ -11,7 +11,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::Difficulty;
+use crate::Difficulty;
 
 /// Labels every study carries (1/0), in manifest order. CheXpert names as the text crate uses them.
 pub const SYNTH_LABELS: [&str; 15] = [

@@ -11,8 +11,8 @@ use anyhow::{Context as _, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::findings::*;
-use super::phantom::render;
+use crate::findings::*;
+use crate::phantom::render;
 
 /// 5x7 glyphs, one byte per row, bit 4 = leftmost column. Hand-entered (classic LCD shapes).
 fn glyph(c: char) -> [u8; 7] {

@@ -14,15 +14,15 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use medvlp_data::synth::findings::{AtelectasisKind, Severity};
-use medvlp_data::synth::{
+use medvlp_synth::findings::{AtelectasisKind, Severity};
+use medvlp_synth::{
     generate, plan, report_study, write_preview_grid, Difficulty, Mention, StudyPlan, SynthConfig,
 };
 use sha2::{Digest, Sha256};
 
-/// Recorded from the pre-move code (`medvlp_data::synth` at commit 4397517 + `cargo fmt`).
-/// It must only change deliberately: when the generator's output for a seed is meant to change
-/// (and `SYNTH_VERSION` is bumped with it), never as a side effect of a refactor.
+/// Recorded from the pre-move code (`medvlp_data::synth` at commit 4397517 + `cargo fmt`, i.e.
+/// 82701c4). It must only change deliberately: when the generator's output for a seed is meant to
+/// change (and `SYNTH_VERSION` is bumped with it), never as a side effect of a refactor.
 const GOLDEN_SHA256: &str = "b8ebde1860c03cd9a47e93ad94fc6993bb43377f355db7708b1b502d2c72e871";
 
 /// Preview grid tile size.
@@ -259,7 +259,7 @@ fn golden_configs_cover_every_finding() {
     // Every way of stating every finding (devices are never hedged or left out, granulomas
     // never hedged as subtle).
     required_report.push("mention/devices/Stated".to_string());
-    for k in medvlp_data::synth::report::KINDS.iter().filter(|k| **k != "devices") {
+    for k in medvlp_synth::report::KINDS.iter().filter(|k| **k != "devices") {
         for m in ["Stated", "Hedged", "NoiseHedged", "NoiseOmitted"] {
             if !(*k == "granuloma" && m == "Hedged") {
                 required_report.push(format!("mention/{k}/{m}"));

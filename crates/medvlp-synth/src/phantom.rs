@@ -13,7 +13,7 @@
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::findings::{
+use crate::findings::{
     Acquisition, Anatomy, AtelectasisKind, Findings, LineSite, Lobe, Severity, Side, View,
 };
 
@@ -586,7 +586,7 @@ pub fn render(
         }
     }
     // Nodule, mass (lobulated), calcified granuloma.
-    let lesion_at = |l: &super::findings::Lesion| {
+    let lesion_at = |l: &crate::findings::Lesion| {
         let k = image_side(l.lobe.side());
         g.lung_point(k, l.pos.0, l.pos.1)
     };

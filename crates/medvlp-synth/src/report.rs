@@ -15,7 +15,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::findings::{
+use crate::findings::{
     Acquisition, AtelectasisKind, Context, Findings, Lesion, LineSite, Lobe, Severity, Side, View,
     SUBTLE_BELOW,
 };
