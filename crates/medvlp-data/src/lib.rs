@@ -8,13 +8,11 @@
 //! - [`loader`]: parallel, deterministic, prefetching batch loader with an optional mmap cache.
 //! - [`bench`]: helpers of `medvlp bench data` (synthetic JPEG, MIMIC-sized tree generator).
 //! - [`text`]: radiology lexicon, entity extraction with assertion, report labels, prompt files.
-//! - [`synth`]: the synthetic paired chest X-ray benchmark (`medvlp synth`).
 
 pub mod assets;
 pub mod bench;
 pub mod dataset;
 pub mod image;
 pub mod loader;
-pub mod synth;
 pub mod text;
 pub mod tokenizer;

@@ -6,9 +6,9 @@
 use crate::cmd::eval::{evaluate_model, Common};
 use crate::evaluate::TextField;
 use anyhow::{bail, Context, Result};
-use medvlp_data::synth::{Difficulty, SynthConfig};
 use medvlp_data::tokenizer::{train_on_manifests, WordPieceOptions};
 use medvlp_eval::results::{ResultRecord, Task};
+use medvlp_synth::{Difficulty, SynthConfig};
 use medvlp_train::run::run_training;
 use medvlp_train::run_config::RunConfig;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ pub fn synth_data(dir: &Path, sc: &SynthConfig) -> Result<()> {
         sc.n, sc.image_only, sc.text_only, sc.size
     );
     let _ = std::fs::remove_dir_all(dir);
-    medvlp_data::synth::generate(sc, dir)?;
+    medvlp_synth::generate(sc, dir)?;
     std::fs::write(&stamp_path, &stamp)?;
     eprintln!("  done in {:.1}s", t.elapsed().as_secs_f64());
     Ok(())

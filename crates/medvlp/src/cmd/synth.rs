@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use medvlp_data::synth::{generate, write_preview_grid, Difficulty, SynthConfig};
+use medvlp_synth::{generate, write_preview_grid, Difficulty, SynthConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

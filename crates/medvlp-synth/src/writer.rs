@@ -24,12 +24,12 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
-use super::findings::SYNTH_LABELS;
-use super::phantom::Geometry;
-use super::{
+use crate::findings::SYNTH_LABELS;
+use crate::phantom::Geometry;
+use crate::{
     plan, render_study, report_study, Part, Report, StudyPlan, SynthConfig, SYNTH_VERSION,
 };
-use crate::dataset::manifest::{ImageRef, ManifestWriter, Study};
+use medvlp_data::dataset::manifest::{ImageRef, ManifestWriter, Study};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SynthSummary {

@@ -11,7 +11,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::Difficulty;
+use crate::Difficulty;
 
 /// Labels every study carries (1/0), in manifest order. CheXpert names as the text crate uses them.
 pub const SYNTH_LABELS: [&str; 15] = [
@@ -532,9 +532,32 @@ pub fn sample_findings(
         trauma: rng.random_bool(0.035),
     };
     let mut f = Findings::default();
-    let keep = |rng: &mut ChaCha8Rng| rng.random_bool(0.85);
+    // Drawn in this order (later findings depend on earlier ones).
+    sample_heart(rng, d, &ctx, prior, &mut f);
+    sample_edema(rng, d, &ctx, &mut f);
+    sample_consolidation(rng, d, &ctx, &mut f);
+    sample_effusion(rng, d, &ctx, &mut f);
+    sample_atelectasis(rng, d, &ctx, &mut f);
+    sample_devices(rng, &ctx, prior, &mut f);
+    sample_pneumothorax(rng, d, &ctx, &mut f);
+    sample_fracture(rng, d, &ctx, prior, &mut f);
+    sample_lesions(rng, d, prior, &mut f);
+    (f, ctx)
+}
 
-    // Heart.
+/// Whether a chronic finding of the prior study persists.
+fn keep(rng: &mut ChaCha8Rng) -> bool {
+    rng.random_bool(0.85)
+}
+
+/// Cardiomegaly (usually kept from the prior study; heart failure makes it likely).
+fn sample_heart(
+    rng: &mut ChaCha8Rng,
+    d: Difficulty,
+    ctx: &Context,
+    prior: Option<&Findings>,
+    f: &mut Findings,
+) {
     let p_cardio = if ctx.heart_failure { 0.8 } else { 0.11 };
     let prior_cardio = prior.and_then(|p| p.cardiomegaly.clone());
     if let Some(c) = prior_cardio.filter(|_| keep(rng)) {
@@ -558,8 +581,10 @@ pub fn sample_findings(
             conspicuity: ((ctr - 0.5) / 0.12).clamp(0.2, 1.0),
         });
     }
+}
 
-    // Edema: heart failure, ICU fluid overload.
+/// Edema: heart failure, ICU fluid overload.
+fn sample_edema(rng: &mut ChaCha8Rng, d: Difficulty, ctx: &Context, f: &mut Findings) {
     let p_edema = if ctx.heart_failure {
         0.85
     } else if ctx.icu {
@@ -576,8 +601,10 @@ pub fn sample_findings(
             conspicuity: conspicuity(rng, d),
         });
     }
+}
 
-    // Consolidation / pneumonia.
+/// Consolidation / pneumonia.
+fn sample_consolidation(rng: &mut ChaCha8Rng, d: Difficulty, ctx: &Context, f: &mut Findings) {
     let p_cons = if ctx.icu { 0.3 } else { 0.11 };
     if rng.random_bool(p_cons) {
         f.consolidation = Some(Consolidation {
@@ -589,8 +616,10 @@ pub fn sample_findings(
             shape_seed: rng.random(),
         });
     }
+}
 
-    // Effusion: heart failure (often bilateral), parapneumonic (same side), trauma, ICU.
+/// Effusion: heart failure (often bilateral), parapneumonic (same side), trauma, ICU.
+fn sample_effusion(rng: &mut ChaCha8Rng, d: Difficulty, ctx: &Context, f: &mut Findings) {
     let mut p_eff: f64 = 0.07;
     if ctx.heart_failure {
         p_eff = 0.7;
@@ -620,8 +649,10 @@ pub fn sample_findings(
         let c = conspicuity(rng, d);
         f.effusion = Some(Effusion { side, size, level, conspicuity: c });
     }
+}
 
-    // Atelectasis: compressive with effusion, ICU, post-op; else sporadic.
+/// Atelectasis: compressive with effusion, ICU, post-op; else sporadic.
+fn sample_atelectasis(rng: &mut ChaCha8Rng, d: Difficulty, ctx: &Context, f: &mut Findings) {
     let mut p_atel: f64 = 0.1;
     if f.effusion.is_some() {
         p_atel = 0.35;
@@ -669,8 +700,10 @@ pub fn sample_findings(
             });
         }
     }
+}
 
-    // Devices.
+/// Devices: ICU tubes and lines, pacemakers (kept from the prior study).
+fn sample_devices(rng: &mut ChaCha8Rng, ctx: &Context, prior: Option<&Findings>, f: &mut Findings) {
     if ctx.icu {
         if rng.random_bool(0.75) {
             f.devices.et_tube = Some(EtTube { tip_cm: one_decimal(rng.random_range(2.5..6.5)) });
@@ -698,8 +731,10 @@ pub fn sample_findings(
             leads: if rng.random_bool(0.6) { 2 } else { 1 },
         });
     }
+}
 
-    // Pneumothorax: trauma, lines (iatrogenic), spontaneous.
+/// Pneumothorax: trauma, lines (iatrogenic), spontaneous.
+fn sample_pneumothorax(rng: &mut ChaCha8Rng, d: Difficulty, ctx: &Context, f: &mut Findings) {
     let p_ptx = if ctx.trauma {
         0.45
     } else if f.devices.central_line.is_some() {
@@ -721,8 +756,16 @@ pub fn sample_findings(
             conspicuity: conspicuity(rng, d),
         });
     }
+}
 
-    // Fracture: trauma, or an old healed one.
+/// Fracture: trauma, or an old healed one (kept from the prior study).
+fn sample_fracture(
+    rng: &mut ChaCha8Rng,
+    d: Difficulty,
+    ctx: &Context,
+    prior: Option<&Findings>,
+    f: &mut Findings,
+) {
     let prior_fx = prior.and_then(|p| p.fracture.clone()).filter(|_| keep(rng)).map(|mut fx| {
         fx.healing = true;
         fx
@@ -741,8 +784,10 @@ pub fn sample_findings(
             conspicuity: conspicuity(rng, d),
         });
     }
+}
 
-    // Lesions.
+/// Nodule, mass and granuloma (usually kept from the prior study).
+fn sample_lesions(rng: &mut ChaCha8Rng, d: Difficulty, prior: Option<&Findings>, f: &mut Findings) {
     let prior_nod = prior.and_then(|p| p.nodule.clone()).filter(|_| keep(rng));
     if prior_nod.is_some() {
         f.nodule = prior_nod;
@@ -772,7 +817,6 @@ pub fn sample_findings(
         g.conspicuity = g.conspicuity.max(0.5);
         f.granuloma = Some(g);
     }
-    (f, ctx)
 }
 
 /// Acquisition for a study: ICU patients are mostly AP portable films.

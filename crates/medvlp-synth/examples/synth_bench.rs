@@ -1,10 +1,10 @@
 //! Phantom speed: images/s per core at a given size (render only, and render + PNG encode).
 //!
-//! `cargo run --release -p medvlp-data --example synth_bench -- [SIZE] [N]`
+//! `cargo run --release -p medvlp-synth --example synth_bench -- [SIZE] [N]`
 
 use std::time::Instant;
 
-use medvlp_data::synth::{plan, render_study, writer::encode_png, SynthConfig};
+use medvlp_synth::{plan, render_study, writer::encode_png, SynthConfig};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -1,4 +1,4 @@
-//! Evidence that the synthetic benchmark (`medvlp_data::synth`) is a real benchmark:
+//! Evidence that the synthetic benchmark (`medvlp_synth`) is a real benchmark:
 //! determinism, consistency between image parameters, labels and report text, reports that never
 //! contradict their image, a linear image baseline above chance on every finding, and the text
 //! labeler recovering the generated labels from the reports.
@@ -8,14 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use medvlp_data::synth::findings::{close_hierarchy, Findings, Side, SYNTH_LABELS};
-use medvlp_data::synth::phantom::{image_side, region_mean};
-use medvlp_data::synth::report::Mention;
-use medvlp_data::synth::{
+use medvlp_data::text::labels::label_report;
+use medvlp_synth::findings::{close_hierarchy, Findings, Side, SYNTH_LABELS};
+use medvlp_synth::phantom::{image_side, region_mean};
+use medvlp_synth::report::Mention;
+use medvlp_synth::{
     generate, phantom, plan, render_study, report_study, study_rng, Difficulty, Part, StudyPlan,
     SynthConfig,
 };
-use medvlp_data::text::labels::label_report;
 use rayon::prelude::*;
 
 fn cfg(n: usize, size: u32) -> SynthConfig {
@@ -443,7 +443,7 @@ fn reports_never_contradict_their_image() {
             check("pacemaker", x.side, &|f| f.devices.pacemaker = None);
         }
         if let Some(x) = &f.atelectasis {
-            if x.kind == medvlp_data::synth::findings::AtelectasisKind::PlateLike {
+            if x.kind == medvlp_synth::findings::AtelectasisKind::PlateLike {
                 check("atelectasis", x.side, &|f| f.atelectasis = None);
             }
         }
@@ -459,14 +459,14 @@ fn reports_never_contradict_their_image() {
     let mut f = Findings::default();
     let acq = plans
         .iter()
-        .find(|p| p.acquisition.view == medvlp_data::synth::findings::View::Pa)
+        .find(|p| p.acquisition.view == medvlp_synth::findings::View::Pa)
         .unwrap()
         .acquisition
         .clone();
     let g0 = phantom::Geometry::new(an, &acq, &f);
-    f.cardiomegaly = Some(medvlp_data::synth::findings::Cardiomegaly {
+    f.cardiomegaly = Some(medvlp_synth::findings::Cardiomegaly {
         ctr: 0.62,
-        severity: medvlp_data::synth::findings::Severity::Moderate,
+        severity: medvlp_synth::findings::Severity::Moderate,
         conspicuity: 1.0,
     });
     let g1 = phantom::Geometry::new(an, &acq, &f);

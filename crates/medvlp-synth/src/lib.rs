@@ -1,4 +1,7 @@
-//! The synthetic paired chest X-ray benchmark (`medvlp synth`).
+//! medvlp-synth: the synthetic paired chest X-ray benchmark (`medvlp synth`), without a tensor
+//! engine. It writes a dataset directory in the standard manifest format of `medvlp-data` (its
+//! only use of that crate), so every dataset adapter, the loader and the evaluation read it like
+//! real data.
 //!
 //! A parametric frontal chest radiograph phantom ([`phantom`]) with findings sampled under
 //! clinical co-occurrence priors ([`findings`]), radiology reports written from the same finding
@@ -9,7 +12,7 @@
 //! streams, so the files are byte-identical whatever the thread count.
 //!
 //! ```no_run
-//! use medvlp_data::synth::{generate, SynthConfig};
+//! use medvlp_synth::{generate, SynthConfig};
 //! let cfg = SynthConfig { n: 100, image_only: 0, text_only: 0, ..SynthConfig::default() };
 //! let summary = generate(&cfg, std::path::Path::new("/tmp/synth")).unwrap();
 //! println!("{} studies", summary.paired);
@@ -31,7 +34,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::manifest::Split;
+use medvlp_data::dataset::manifest::Split;
 
 pub use findings::{Acquisition, Anatomy, Context, Findings, SYNTH_LABELS};
 pub use preview::write_preview_grid;

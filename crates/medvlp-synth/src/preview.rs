@@ -11,8 +11,8 @@ use anyhow::{Context as _, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::findings::*;
-use super::phantom::render;
+use crate::findings::*;
+use crate::phantom::render;
 
 /// 5x7 glyphs, one byte per row, bit 4 = leftmost column. Hand-entered (classic LCD shapes).
 fn glyph(c: char) -> [u8; 7] {
@@ -133,21 +133,41 @@ fn lesion(lobe: Lobe, size_cm: f32) -> Lesion {
     Lesion { lobe, pos: (a, b), size_cm, conspicuity: 1.0, shape_seed: 3 }
 }
 
-/// The grid's rows: (row label, [(caption, view, findings); 3]).
-#[allow(clippy::type_complexity)]
-pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
-    let sev = Severity::ALL;
+/// One row of the grid: (row label, [(caption, view, findings); 3]).
+pub type GridRow = (&'static str, Vec<(String, View, Findings)>);
+
+/// The grid's rows, top to bottom.
+pub fn grid_cases() -> Vec<GridRow> {
+    vec![
+        normal_row(),
+        cardiomegaly_row(),
+        effusion_row(),
+        pneumothorax_row(),
+        consolidation_row(),
+        atelectasis_row(),
+        edema_row(),
+        lesions_row(),
+        devices_row(),
+        fracture_granuloma_row(),
+    ]
+}
+
+fn normal_row() -> GridRow {
     let none = Findings::default;
-    let mut rows: Vec<(&'static str, Vec<(String, View, Findings)>)> = Vec::new();
-    rows.push((
+    (
         "NORMAL",
         vec![
             ("PA".into(), View::Pa, none()),
             ("AP".into(), View::Ap, none()),
             ("PA (CTR 0.43)".into(), View::Pa, none()),
         ],
-    ));
-    rows.push((
+    )
+}
+
+fn cardiomegaly_row() -> GridRow {
+    let none = Findings::default;
+    let sev = Severity::ALL;
+    (
         "CARDIOMEGALY",
         [0.56f32, 0.61, 0.68]
             .iter()
@@ -160,8 +180,13 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                 (format!("CTR {ctr:.2} {}", ["MILD", "MOD.", "SEVERE"][s.index()]), View::Pa, f)
             })
             .collect(),
-    ));
-    rows.push((
+    )
+}
+
+fn effusion_row() -> GridRow {
+    let none = Findings::default;
+    let sev = Severity::ALL;
+    (
         "EFFUSION",
         [0.14f32, 0.35, 0.7]
             .iter()
@@ -174,8 +199,13 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                 (format!("{} LEFT", s.size_word().to_uppercase()), View::Pa, f)
             })
             .collect(),
-    ));
-    rows.push((
+    )
+}
+
+fn pneumothorax_row() -> GridRow {
+    let none = Findings::default;
+    let sev = Severity::ALL;
+    (
         "PNEUMOTHORAX",
         [0.16f32, 0.3, 0.5]
             .iter()
@@ -193,8 +223,13 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                 (format!("{} RIGHT", s.size_word().to_uppercase()), View::Pa, f)
             })
             .collect(),
-    ));
-    rows.push((
+    )
+}
+
+fn consolidation_row() -> GridRow {
+    let none = Findings::default;
+    let sev = Severity::ALL;
+    (
         "CONSOLIDATION",
         sev.iter()
             .map(|&s| {
@@ -212,7 +247,11 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                 (format!("{} RLL", s.word().to_uppercase()), View::Pa, f)
             })
             .collect(),
-    ));
+    )
+}
+
+fn atelectasis_row() -> GridRow {
+    let none = Findings::default;
     let atel = |kind, side, lobe| Atelectasis {
         kind,
         side,
@@ -221,7 +260,7 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
         conspicuity: 1.0,
         shape_seed: 5,
     };
-    rows.push((
+    (
         "ATELECTASIS",
         vec![
             (
@@ -253,8 +292,13 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                 },
             ),
         ],
-    ));
-    rows.push((
+    )
+}
+
+fn edema_row() -> GridRow {
+    let none = Findings::default;
+    let sev = Severity::ALL;
+    (
         "EDEMA",
         sev.iter()
             .map(|&s| {
@@ -270,8 +314,12 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                 (s.word().to_uppercase(), View::Pa, f)
             })
             .collect(),
-    ));
-    rows.push((
+    )
+}
+
+fn lesions_row() -> GridRow {
+    let none = Findings::default;
+    (
         "NODULE / MASS",
         vec![
             (
@@ -290,8 +338,12 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                 Findings { mass: Some(lesion(Lobe::RightLower, 5.5)), ..none() },
             ),
         ],
-    ));
-    rows.push((
+    )
+}
+
+fn devices_row() -> GridRow {
+    let none = Findings::default;
+    (
         "DEVICES",
         vec![
             (
@@ -331,7 +383,11 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                 },
             ),
         ],
-    ));
+    )
+}
+
+fn fracture_granuloma_row() -> GridRow {
+    let none = Findings::default;
     let fx = |displaced, healing| Fracture {
         side: Side::Left,
         rib: 7,
@@ -340,7 +396,7 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
         healing,
         conspicuity: 1.0,
     };
-    rows.push((
+    (
         "FRACTURE/GRAN.",
         vec![
             (
@@ -359,8 +415,7 @@ pub fn grid_cases() -> Vec<(&'static str, Vec<(String, View, Findings)>)> {
                 Findings { granuloma: Some(lesion(Lobe::LeftUpper, 0.5)), ..none() },
             ),
         ],
-    ));
-    rows
+    )
 }
 
 /// Renders the grid to an 8-bit grayscale PNG with `tile`-pixel tiles.

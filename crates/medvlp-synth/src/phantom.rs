@@ -13,8 +13,8 @@
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::findings::{
-    Acquisition, Anatomy, AtelectasisKind, Findings, LineSite, Lobe, Severity, Side, View,
+use crate::findings::{
+    Acquisition, Anatomy, AtelectasisKind, Findings, Fracture, LineSite, Lobe, Severity, Side, View,
 };
 
 /// Image side (0 = image left = patient right, 1 = image right = patient left) of a patient side.
@@ -277,6 +277,10 @@ impl Geometry {
 
 /// Renders one study as display intensities in 0..1, row-major, `size` x `size`.
 /// `rng` drives only the stochastic texture (vessel tree jitter comes from the anatomy seed).
+///
+/// Stages: the pixel pass (body, lungs, analytic findings: `base_pass`), the vessel tree, the
+/// drawn layers (opacities, lesions, bones, metal), their composition, then the acquisition
+/// (`acquire`: warp, blur, display mapping, noise).
 pub fn render(
     an: &Anatomy,
     acq: &Acquisition,
@@ -285,53 +289,162 @@ pub fn render(
     rng: &mut ChaCha8Rng,
 ) -> Vec<f32> {
     let s = size;
-    let sf = s as f32;
     let g = Geometry::new(an, acq, f);
+    let mut base = base_pass(&g, PixelFindings::new(&g, f), s);
+    let ves = vessels(&g, an, f, s);
+
+    // Opacities (masked by lung air), lesions (masked by the lung outline only), bones, metal.
+    let mut opa = Layer::new(s);
+    let mut les = Layer::new(s);
+    let mut bone = Layer::new(s);
+    let mut bone2 = Layer::new(s);
+    let mut metal = Layer::new(s);
+    consolidation(&mut opa, &g, f);
+    plate_atelectasis(&mut opa, &g, f);
+    edema_lines(&mut opa, &g, an, f);
+    lesions(&mut les, &mut metal, &g, f);
+    skeleton(&mut bone, &mut bone2, &g, an, acq, f);
+    devices(&mut metal, &g, f);
+
+    // ---- compose
+    let BaseMaps { att, air, vmask, lung } = &mut base;
+    for i in 0..s * s {
+        let a_air = air[i];
+        let o = opa.d[i].min(0.37) * a_air.min(1.0) + les.d[i] * lung[i];
+        att[i] += ves.d[i] * vmask[i] + o + bone.d[i] + bone2.d[i] + metal.d[i];
+    }
+    acquire(&base.att, s, acq, rng)
+}
+
+/// What the findings change in the pixel pass, per image side.
+struct PixelFindings {
+    /// Pleural effusion: fluid level (NaN without fluid) and amplitude.
+    fluid_lvl: [f32; 2],
+    fluid_amp: [f32; 2],
+    /// Pneumothorax: rim width and amplitude.
+    ptx_rim: [f32; 2],
+    ptx_amp: [f32; 2],
+    /// Lobar collapse: (upper lobe, amplitude).
+    wedge: [Option<(bool, f32)>; 2],
+    /// Pulmonary oedema haze amplitude (both sides).
+    edema_amp: f32,
+}
+
+impl PixelFindings {
+    fn new(g: &Geometry, f: &Findings) -> PixelFindings {
+        let mut fluid_lvl = [f32::NAN; 2];
+        let mut fluid_amp = [0.0f32; 2];
+        if let Some(e) = &f.effusion {
+            for &k in sides_of(e.side) {
+                fluid_lvl[k] = g.cp[k] - e.level * (g.cp[k] - g.apex);
+                fluid_amp[k] = amp(e.conspicuity).max(0.55);
+            }
+        }
+        let mut ptx_rim = [0.0f32; 2];
+        let mut ptx_amp = [0.0f32; 2];
+        if let Some(p) = &f.pneumothorax {
+            let k = image_side(p.side);
+            ptx_rim[k] = p.rim;
+            ptx_amp[k] = amp(p.conspicuity);
+        }
+        let mut wedge = [None::<(bool, f32)>; 2];
+        if let Some(a) = &f.atelectasis {
+            if let (AtelectasisKind::Lobar, Some(lobe)) = (a.kind, a.lobe) {
+                let upper = matches!(lobe, Lobe::RightUpper | Lobe::LeftUpper);
+                wedge[image_side(lobe.side())] = Some((upper, amp(a.conspicuity)));
+            }
+        }
+        let edema_amp = f
+            .edema
+            .as_ref()
+            .map(|e| [0.1, 0.16, 0.24][e.severity.index()] * amp(e.conspicuity))
+            .unwrap_or(0.0);
+
+        PixelFindings { fluid_lvl, fluid_amp, ptx_rim, ptx_amp, wedge, edema_amp }
+    }
+}
+
+/// The pixel pass's maps.
+struct BaseMaps {
+    /// Attenuation (air 0, soft tissue ~0.5, bone and metal above).
+    att: Vec<f32>,
+    /// Effective lung-air fraction (for masking layers).
+    air: Vec<f32>,
+    /// Vessel visibility.
+    vmask: Vec<f32>,
+    /// Geometric lung mask (lesions show through fluid).
+    lung: Vec<f32>,
+}
+
+/// What the pixel pass knows of one row (v).
+struct Row {
+    v: f32,
+    /// Body half-width.
+    bw: f32,
+    /// Lateral and medial lung edges and vertical lung fraction, per image side.
+    lat: [f32; 2],
+    med: [f32; 2],
+    tt: [f32; 2],
+}
+
+/// The pixel pass: constants shared by every pixel.
+struct BasePass<'a> {
+    g: &'a Geometry,
+    pf: PixelFindings,
+    sf: f32,
+    /// Edge softness (normalised).
+    e: f32,
+    /// Soft tissue ~ chord length through an elliptic body, as a function of (d / half-width)^2.
+    body_lut: Lut,
+    spine_hw: f32,
+    /// Vertebra height.
+    vert: f32,
+}
+
+/// The pixel pass: body, lungs (air), mediastinum, spine, trachea, analytic findings (effusion,
+/// lobar collapse, oedema haze, pneumothorax).
+fn base_pass(g: &Geometry, pf: PixelFindings, s: usize) -> BaseMaps {
+    let sf = s as f32;
     let px = 1.0 / sf;
-
-    // ---- per-finding constants used in the pixel pass
-    let mut fluid_lvl = [f32::NAN; 2];
-    let mut fluid_amp = [0.0f32; 2];
-    if let Some(e) = &f.effusion {
-        for &k in sides_of(e.side) {
-            fluid_lvl[k] = g.cp[k] - e.level * (g.cp[k] - g.apex);
-            fluid_amp[k] = amp(e.conspicuity).max(0.55);
-        }
-    }
-    let mut ptx_rim = [0.0f32; 2];
-    let mut ptx_amp = [0.0f32; 2];
-    if let Some(p) = &f.pneumothorax {
-        let k = image_side(p.side);
-        ptx_rim[k] = p.rim;
-        ptx_amp[k] = amp(p.conspicuity);
-    }
-    let mut wedge = [None::<(bool, f32)>; 2];
-    if let Some(a) = &f.atelectasis {
-        if let (AtelectasisKind::Lobar, Some(lobe)) = (a.kind, a.lobe) {
-            let upper = matches!(lobe, Lobe::RightUpper | Lobe::LeftUpper);
-            wedge[image_side(lobe.side())] = Some((upper, amp(a.conspicuity)));
-        }
-    }
-    let edema_amp = f
-        .edema
-        .as_ref()
-        .map(|e| [0.1, 0.16, 0.24][e.severity.index()] * amp(e.conspicuity))
-        .unwrap_or(0.0);
-
-    // ---- pass 1: body, lungs (air), mediastinum, spine, trachea, analytic findings
-    // Soft tissue ~ chord length through an elliptic body, as a function of (d / half-width)^2.
-    let body_lut = Lut::new(|q2| 0.5 * (1.0 - q2).powf(0.3));
-    let mut att = vec![0.0f32; s * s];
-    // Effective lung-air fraction (for masking layers) and vessel visibility.
-    let mut air = vec![0.0f32; s * s];
-    let mut vmask = vec![0.0f32; s * s];
-    // Geometric lung mask (lesions show through fluid).
-    let mut lung = vec![0.0f32; s * s];
-    let e = 1.2 * px;
-    let spine_hw = 0.028 + 0.1 * (g.tw - 0.34);
-    let vert = (g.cp[0] - g.apex) / 9.0;
+    let bp = BasePass {
+        g,
+        pf,
+        sf,
+        e: 1.2 * px,
+        body_lut: Lut::new(|q2| 0.5 * (1.0 - q2).powf(0.3)),
+        spine_hw: 0.028 + 0.1 * (g.tw - 0.34),
+        vert: (g.cp[0] - g.apex) / 9.0,
+    };
+    let mut m = BaseMaps {
+        att: vec![0.0f32; s * s],
+        air: vec![0.0f32; s * s],
+        vmask: vec![0.0f32; s * s],
+        lung: vec![0.0f32; s * s],
+    };
     for y in 0..s {
-        let v = (y as f32 + 0.5) * px;
+        let r = bp.row((y as f32 + 0.5) * px);
+        let row = y * s;
+        for x in 0..s {
+            let u = (x as f32 + 0.5) * px;
+            let dx = u - g.cx;
+            let d = dx.abs();
+            let k = (dx > 0.0) as usize;
+            let mut a = bp.body(&r, u, d);
+            if let Some((air_f, lung_m, vis)) = bp.lung(&r, k, d, &mut a) {
+                m.air[row + x] = air_f;
+                m.lung[row + x] = lung_m;
+                m.vmask[row + x] = vis;
+            }
+            m.att[row + x] = a;
+        }
+    }
+    m
+}
+
+impl BasePass<'_> {
+    #[inline]
+    fn row(&self, v: f32) -> Row {
+        let g = self.g;
         // Body half-width: neck, shoulders, chest, slightly narrower abdomen.
         let bw = {
             let shoulders =
@@ -343,106 +456,119 @@ pub fn render(
         let lat = [g.lat(0, v), g.lat(1, v)];
         let med = [g.med(0, v), g.med(1, v)];
         let tt = [g.t(0, v), g.t(1, v)];
-        let row = y * s;
-        for x in 0..s {
-            let u = (x as f32 + 0.5) * px;
-            let dx = u - g.cx;
-            let d = dx.abs();
-            let k = (dx > 0.0) as usize;
-            // Soft tissue ~ chord length through an elliptic body.
-            let q = d / bw;
-            let mut a = if q < 1.0 { body_lut.get(q * q) } else { 0.0 };
-            // Spine (through the mediastinum), with faint vertebral end plates.
-            if d < spine_hw * 1.4 && v > 0.05 {
-                let sp = smooth01((spine_hw * 1.4 - d) / (0.4 * spine_hw));
-                let plate =
-                    1.0 - 0.35 * (((v - g.apex) / vert * std::f32::consts::PI).sin().powi(8));
-                a += 0.1 * sp * plate;
-            }
-            // Trachea (air column) down to the carina.
-            let carina = g.apex + 0.25;
-            if v < carina && v > 0.02 && d < 0.03 {
-                a -= 0.1 * smooth01((0.03 - d) / 0.01) * smooth01((carina - v) / 0.02);
-            }
-            // Gastric bubble under the left hemidiaphragm (image right).
-            {
-                let (gu, gv) = (g.cx + 0.16, g.dome[1] + 0.05);
-                let r2 = ((u - gu) / 0.05).powi(2) + ((v - gv) / 0.025).powi(2);
-                if r2 < 1.0 && fluid_lvl[1].is_nan() {
-                    a -= 0.18 * (1.0 - r2);
-                }
-            }
-            let t = tt[k];
-            if t > 0.0 && t < 1.1 && d > med[k] - e && d < lat[k] + e {
-                let dia = g.diaphragm(k, d);
-                let m = smooth01((d - med[k]) / e + 0.5)
-                    * smooth01((lat[k] - d) / e + 0.5)
-                    * smooth01((dia - v) / e + 0.5);
-                if m > 0.0 {
-                    let span = (lat[k] - med[k]).max(1e-3);
-                    let la = ((d - med[k]) / span).clamp(0.0, 1.0);
-                    let mut air_f = m;
-                    let mut vis = m;
-                    // Lungs are a little denser at the bases and apices (overlying soft tissue).
-                    let lung_air = 0.37 * (1.0 - 0.15 * (2.0 * t.min(1.0) - 1.0).powi(4));
-                    // Pleural effusion: fluid from the base up, meniscus climbing the chest wall.
-                    if !fluid_lvl[k].is_nan() {
-                        let surf = fluid_lvl[k]
-                            - (0.03 + 0.05 * (g.cp[k] - fluid_lvl[k]) / (g.cp[k] - g.apex))
-                                * la
-                                * la;
-                        let fl = smooth01((v - surf) / 0.015 + 0.3);
-                        air_f *= 1.0 - fl * fluid_amp[k];
-                        vis *= 1.0 - fl;
-                    }
-                    // Lobar collapse: dense wedge.
-                    if let Some((upper, wa)) = wedge[k] {
-                        let inside = if upper {
-                            let bb = t / 0.42;
-                            bb < 1.0 && la < 0.75 * (1.0 - bb)
-                        } else {
-                            let bb = (t - 0.45) / 0.55;
-                            bb > 0.0 && la < 0.55 * bb
-                        };
-                        if inside {
-                            air_f *= 1.0 - 0.8 * wa;
-                            vis *= 0.4;
-                        }
-                    }
-                    // Pulmonary oedema: bilateral perihilar haze.
-                    if edema_amp > 0.0 {
-                        let h = (-((la - 0.05) * (la - 0.05) / 0.2 + (t - 0.5) * (t - 0.5) / 0.09))
-                            .exp();
-                        a += edema_amp * h * m;
-                    }
-                    // Pneumothorax: a rim of air without markings, a fine visceral pleural line.
-                    if ptx_rim[k] > 0.0 {
-                        let w = ptx_rim[k] * span * (1.0 + 0.6 * (1.0 - t.min(1.0)));
-                        let edge = lat[k] - w;
-                        let top = g.apex + ptx_rim[k] * 0.45 * (g.cp[k] - g.apex);
-                        let inside_lung = d < edge && v > top;
-                        if !inside_lung {
-                            vis = 0.0;
-                            air_f *= 1.0 + 0.12 * ptx_amp[k];
-                        } else {
-                            air_f *= 1.0 - 0.08 * ptx_rim[k];
-                        }
-                        let dist =
-                            (d - edge).abs().min(if d < edge { (v - top).abs() } else { f32::MAX });
-                        let line = (-(dist * sf / 0.9).powi(2)).exp();
-                        a += 0.12 * ptx_amp[k] * line * m;
-                    }
-                    a -= lung_air * air_f;
-                    air[row + x] = air_f.max(0.0);
-                    lung[row + x] = m;
-                    vmask[row + x] = vis.max(0.0) * (1.0 - 0.6 * smooth01((la - 0.6) / 0.4));
-                }
-            }
-            att[row + x] = a;
-        }
+        Row { v, bw, lat, med, tt }
     }
 
-    // ---- vessels: a branching tree from each hilum, tapering to the periphery
+    /// Body, spine, trachea and gastric bubble at (u, v), `d` from the midline.
+    #[inline]
+    fn body(&self, r: &Row, u: f32, d: f32) -> f32 {
+        let (g, v, bw) = (self.g, r.v, r.bw);
+        let (spine_hw, vert) = (self.spine_hw, self.vert);
+        let fluid_lvl = &self.pf.fluid_lvl;
+        // Soft tissue ~ chord length through an elliptic body.
+        let q = d / bw;
+        let mut a = if q < 1.0 { self.body_lut.get(q * q) } else { 0.0 };
+        // Spine (through the mediastinum), with faint vertebral end plates.
+        if d < spine_hw * 1.4 && v > 0.05 {
+            let sp = smooth01((spine_hw * 1.4 - d) / (0.4 * spine_hw));
+            let plate = 1.0 - 0.35 * (((v - g.apex) / vert * std::f32::consts::PI).sin().powi(8));
+            a += 0.1 * sp * plate;
+        }
+        // Trachea (air column) down to the carina.
+        let carina = g.apex + 0.25;
+        if v < carina && v > 0.02 && d < 0.03 {
+            a -= 0.1 * smooth01((0.03 - d) / 0.01) * smooth01((carina - v) / 0.02);
+        }
+        // Gastric bubble under the left hemidiaphragm (image right).
+        {
+            let (gu, gv) = (g.cx + 0.16, g.dome[1] + 0.05);
+            let r2 = ((u - gu) / 0.05).powi(2) + ((v - gv) / 0.025).powi(2);
+            if r2 < 1.0 && fluid_lvl[1].is_nan() {
+                a -= 0.18 * (1.0 - r2);
+            }
+        }
+        a
+    }
+
+    /// The lung at `d` from the midline on image side `k`: adds the analytic findings to the
+    /// attenuation `a` and returns (air fraction, lung mask, vessel visibility) inside the lung.
+    #[inline]
+    fn lung(&self, r: &Row, k: usize, d: f32, a: &mut f32) -> Option<(f32, f32, f32)> {
+        let (g, v, e, sf) = (self.g, r.v, self.e, self.sf);
+        let (lat, med) = (&r.lat, &r.med);
+        let PixelFindings { fluid_lvl, fluid_amp, ptx_rim, ptx_amp, wedge, edema_amp } = &self.pf;
+        let edema_amp = *edema_amp;
+        let t = r.tt[k];
+        if t > 0.0 && t < 1.1 && d > med[k] - e && d < lat[k] + e {
+            let dia = g.diaphragm(k, d);
+            let m = smooth01((d - med[k]) / e + 0.5)
+                * smooth01((lat[k] - d) / e + 0.5)
+                * smooth01((dia - v) / e + 0.5);
+            if m > 0.0 {
+                let span = (lat[k] - med[k]).max(1e-3);
+                let la = ((d - med[k]) / span).clamp(0.0, 1.0);
+                let mut air_f = m;
+                let mut vis = m;
+                // Lungs are a little denser at the bases and apices (overlying soft tissue).
+                let lung_air = 0.37 * (1.0 - 0.15 * (2.0 * t.min(1.0) - 1.0).powi(4));
+                // Pleural effusion: fluid from the base up, meniscus climbing the chest wall.
+                if !fluid_lvl[k].is_nan() {
+                    let surf = fluid_lvl[k]
+                        - (0.03 + 0.05 * (g.cp[k] - fluid_lvl[k]) / (g.cp[k] - g.apex)) * la * la;
+                    let fl = smooth01((v - surf) / 0.015 + 0.3);
+                    air_f *= 1.0 - fl * fluid_amp[k];
+                    vis *= 1.0 - fl;
+                }
+                // Lobar collapse: dense wedge.
+                if let Some((upper, wa)) = wedge[k] {
+                    let inside = if upper {
+                        let bb = t / 0.42;
+                        bb < 1.0 && la < 0.75 * (1.0 - bb)
+                    } else {
+                        let bb = (t - 0.45) / 0.55;
+                        bb > 0.0 && la < 0.55 * bb
+                    };
+                    if inside {
+                        air_f *= 1.0 - 0.8 * wa;
+                        vis *= 0.4;
+                    }
+                }
+                // Pulmonary oedema: bilateral perihilar haze.
+                if edema_amp > 0.0 {
+                    let h =
+                        (-((la - 0.05) * (la - 0.05) / 0.2 + (t - 0.5) * (t - 0.5) / 0.09)).exp();
+                    *a += edema_amp * h * m;
+                }
+                // Pneumothorax: a rim of air without markings, a fine visceral pleural line.
+                if ptx_rim[k] > 0.0 {
+                    let w = ptx_rim[k] * span * (1.0 + 0.6 * (1.0 - t.min(1.0)));
+                    let edge = lat[k] - w;
+                    let top = g.apex + ptx_rim[k] * 0.45 * (g.cp[k] - g.apex);
+                    let inside_lung = d < edge && v > top;
+                    if !inside_lung {
+                        vis = 0.0;
+                        air_f *= 1.0 + 0.12 * ptx_amp[k];
+                    } else {
+                        air_f *= 1.0 - 0.08 * ptx_rim[k];
+                    }
+                    let dist =
+                        (d - edge).abs().min(if d < edge { (v - top).abs() } else { f32::MAX });
+                    let line = (-(dist * sf / 0.9).powi(2)).exp();
+                    *a += 0.12 * ptx_amp[k] * line * m;
+                }
+                *a -= lung_air * air_f;
+                let vis = vis.max(0.0) * (1.0 - 0.6 * smooth01((la - 0.6) / 0.4));
+                return Some((air_f.max(0.0), m, vis));
+            }
+        }
+        None
+    }
+}
+
+/// Vessels: a branching tree from each hilum, tapering to the periphery (drawn from the
+/// anatomy's vessel seed).
+fn vessels(g: &Geometry, an: &Anatomy, f: &Findings, s: usize) -> Layer {
+    let sf = s as f32;
     let mut ves = Layer::new(s);
     let mut vrng = ChaCha8Rng::seed_from_u64(an.vessel_seed);
     let (cong_w, cong_a) = match &f.edema {
@@ -476,16 +602,12 @@ pub fn render(
             );
         }
     }
+    ves
+}
 
-    // ---- opacities (masked by lung air), bones, metal
-    let mut opa = Layer::new(s);
-    // Lesions: masked by the lung outline only.
-    let mut les = Layer::new(s);
-    let mut bone = Layer::new(s);
-    let mut bone2 = Layer::new(s);
-    let mut metal = Layer::new(s);
-
-    // Consolidation: clustered blobs in the lobe, optional air bronchograms.
+/// Consolidation: clustered blobs in the lobe, optional air bronchograms.
+fn consolidation(opa: &mut Layer, g: &Geometry, f: &Findings) {
+    let s = opa.s;
     if let Some(c) = &f.consolidation {
         let mut r2 = ChaCha8Rng::seed_from_u64(c.shape_seed);
         let k = image_side(c.lobe.side());
@@ -526,7 +648,10 @@ pub fn render(
             opa.d[i] += blob.d[i].min(am);
         }
     }
-    // Plate-like atelectasis: thin bands at the base(s).
+}
+
+/// Plate-like atelectasis: thin bands at the base(s).
+fn plate_atelectasis(opa: &mut Layer, g: &Geometry, f: &Findings) {
     if let Some(a) = &f.atelectasis {
         if a.kind == AtelectasisKind::PlateLike {
             let mut r2 = ChaCha8Rng::seed_from_u64(a.shape_seed);
@@ -555,7 +680,10 @@ pub fn render(
             }
         }
     }
-    // Edema: Kerley B lines at the lateral bases.
+}
+
+/// Edema: Kerley B lines at the lateral bases; patchy airspace opacity when severe.
+fn edema_lines(opa: &mut Layer, g: &Geometry, an: &Anatomy, f: &Findings) {
     if let Some(ed) = &f.edema {
         if ed.kerley_lines {
             for k in 0..2 {
@@ -585,8 +713,12 @@ pub fn render(
             }
         }
     }
-    // Nodule, mass (lobulated), calcified granuloma.
-    let lesion_at = |l: &super::findings::Lesion| {
+}
+
+/// Nodule, mass (lobulated), calcified granuloma (drawn as metal: as dense as calcium).
+fn lesions(les: &mut Layer, metal: &mut Layer, g: &Geometry, f: &Findings) {
+    let px = 1.0 / les.s as f32;
+    let lesion_at = |l: &crate::findings::Lesion| {
         let k = image_side(l.lobe.side());
         g.lung_point(k, l.pos.0, l.pos.1)
     };
@@ -620,90 +752,121 @@ pub fn render(
             false,
         );
     }
+}
 
-    // Ribs: posterior arcs from the spine, fainter anterior arcs running down and medially.
+/// Ribs (posterior arcs from the spine, fainter anterior arcs running down and medially, with
+/// the fracture), clavicles and, on AP films, the scapulae.
+fn skeleton(
+    bone: &mut Layer,
+    bone2: &mut Layer,
+    g: &Geometry,
+    an: &Anatomy,
+    acq: &Acquisition,
+    f: &Findings,
+) {
     let sp = (g.dome[0] - g.apex + 0.05) / 8.0 * (1.0 + an.rib_spacing_jitter);
     let fx = f.fracture.as_ref();
     for k in 0..2 {
-        let sign = if k == 0 { -1.0 } else { 1.0 };
         for i in 0..10 {
-            let v0 = g.apex - 0.05 + i as f32 * sp;
-            let rw = 0.2 * sp;
-            let mut pts = Vec::with_capacity(14);
-            for j in 0..=12 {
-                let qq = j as f32 / 12.0;
-                let d = 0.02 + qq * (g.tw + 0.015);
-                pts.push((g.cx + sign * d, v0 + sp * (-0.45 * qq + 2.5 * qq * qq)));
-            }
-            let broken = fx.filter(|f| {
-                image_side(f.side) == k
-                    && (f.rib as usize..(f.rib + f.count) as usize).contains(&(i + 1))
-            });
-            match broken {
-                None => bone.polyline(&pts, rw, 0.07),
-                Some(fr) => {
-                    // Break at ~70 % of the arc; a gap, an optional step, an optional callus.
-                    let c = amp(fr.conspicuity);
-                    let cut = 8;
-                    let step = if fr.displaced { rw * 2.5 * c } else { 0.0 };
-                    let gap = (0.02 * c).max(2.0 * px);
-                    let (bu, bv) = pts[cut];
-                    let mut a: Vec<(f32, f32)> = pts[..=cut].to_vec();
-                    a.last_mut().unwrap().0 -= sign * gap * 0.5;
-                    let mut b: Vec<(f32, f32)> =
-                        pts[cut..].iter().map(|p| (p.0, p.1 + step)).collect();
-                    b[0].0 += sign * gap * 0.5;
-                    bone.polyline(&a, rw, 0.07);
-                    bone.polyline(&b, rw, 0.07);
-                    if !fr.healing {
-                        // Acute: extrapleural haematoma, a lenticular density along the chest wall.
-                        let (hu, hv) = pts[10];
-                        bone2.disc(hu - sign * 0.014, hv, 0.035, 0.15 * c, false);
-                        bone2.disc(hu - sign * 0.012, hv + 0.035, 0.03, 0.13 * c, false);
-                    }
-                    if fr.healing {
-                        bone2.disc(bu, bv + step * 0.5, rw * 3.2, 0.2 * c, false);
-                    }
-                }
-            }
-            if (1..8).contains(&i) {
-                let yl = v0 + 1.3 * sp;
-                let mut ap = Vec::with_capacity(8);
-                for j in 0..=7 {
-                    let qq = 1.0 - 0.62 * j as f32 / 7.0;
-                    ap.push((g.cx + sign * qq * (g.tw + 0.01), yl + (1.0 - qq) * 2.2 * sp));
-                }
-                bone2.polyline(&ap, 0.16 * sp, 0.05);
-            }
+            rib(bone, bone2, g, k, i, sp, fx);
         }
-        // Clavicle (flatter and higher on AP films).
-        let (med_v, lat_v) = if acq.view == View::Ap {
-            (g.apex + 0.04, g.apex - 0.02)
-        } else {
-            (g.apex + 0.06, g.apex - 0.04)
-        };
-        let mut cl = Vec::with_capacity(10);
-        for j in 0..=9 {
-            let qq = j as f32 / 9.0;
-            let d = 0.035 + qq * (g.tw * 0.78);
-            cl.push((
-                g.cx + sign * d,
-                med_v + (lat_v - med_v) * qq + 0.012 * (qq * std::f32::consts::TAU).sin(),
-            ));
-        }
-        bone2.polyline(&cl, 0.011, 0.14);
-        // Scapula overlapping the upper lung on AP films.
-        if acq.view == View::Ap {
-            let (u, v) = (g.cx + sign * (g.tw * 0.95), g.apex + 0.16);
-            let mut sc = Layer::new(s);
-            sc.disc(u, v, 0.09, 0.045, false);
-            for i in 0..s * s {
-                bone2.d[i] += sc.d[i];
+        shoulder(bone2, g, acq, k);
+    }
+}
+
+/// Rib `i` (0 = highest) on image side `k`, `sp` apart; broken if `fx` says so.
+fn rib(
+    bone: &mut Layer,
+    bone2: &mut Layer,
+    g: &Geometry,
+    k: usize,
+    i: usize,
+    sp: f32,
+    fx: Option<&Fracture>,
+) {
+    let px = 1.0 / bone.s as f32;
+    let sign = if k == 0 { -1.0 } else { 1.0 };
+    let v0 = g.apex - 0.05 + i as f32 * sp;
+    let rw = 0.2 * sp;
+    let mut pts = Vec::with_capacity(14);
+    for j in 0..=12 {
+        let qq = j as f32 / 12.0;
+        let d = 0.02 + qq * (g.tw + 0.015);
+        pts.push((g.cx + sign * d, v0 + sp * (-0.45 * qq + 2.5 * qq * qq)));
+    }
+    let broken = fx.filter(|f| {
+        image_side(f.side) == k && (f.rib as usize..(f.rib + f.count) as usize).contains(&(i + 1))
+    });
+    match broken {
+        None => bone.polyline(&pts, rw, 0.07),
+        Some(fr) => {
+            // Break at ~70 % of the arc; a gap, an optional step, an optional callus.
+            let c = amp(fr.conspicuity);
+            let cut = 8;
+            let step = if fr.displaced { rw * 2.5 * c } else { 0.0 };
+            let gap = (0.02 * c).max(2.0 * px);
+            let (bu, bv) = pts[cut];
+            let mut a: Vec<(f32, f32)> = pts[..=cut].to_vec();
+            a.last_mut().unwrap().0 -= sign * gap * 0.5;
+            let mut b: Vec<(f32, f32)> = pts[cut..].iter().map(|p| (p.0, p.1 + step)).collect();
+            b[0].0 += sign * gap * 0.5;
+            bone.polyline(&a, rw, 0.07);
+            bone.polyline(&b, rw, 0.07);
+            if !fr.healing {
+                // Acute: extrapleural haematoma, a lenticular density along the chest wall.
+                let (hu, hv) = pts[10];
+                bone2.disc(hu - sign * 0.014, hv, 0.035, 0.15 * c, false);
+                bone2.disc(hu - sign * 0.012, hv + 0.035, 0.03, 0.13 * c, false);
+            }
+            if fr.healing {
+                bone2.disc(bu, bv + step * 0.5, rw * 3.2, 0.2 * c, false);
             }
         }
     }
+    if (1..8).contains(&i) {
+        let yl = v0 + 1.3 * sp;
+        let mut ap = Vec::with_capacity(8);
+        for j in 0..=7 {
+            let qq = 1.0 - 0.62 * j as f32 / 7.0;
+            ap.push((g.cx + sign * qq * (g.tw + 0.01), yl + (1.0 - qq) * 2.2 * sp));
+        }
+        bone2.polyline(&ap, 0.16 * sp, 0.05);
+    }
+}
 
-    // Support devices (metal).
+/// Clavicle (flatter and higher on AP films) and, on AP films, the scapula on image side `k`.
+fn shoulder(bone2: &mut Layer, g: &Geometry, acq: &Acquisition, k: usize) {
+    let s = bone2.s;
+    let sign = if k == 0 { -1.0 } else { 1.0 };
+    // Clavicle (flatter and higher on AP films).
+    let (med_v, lat_v) = if acq.view == View::Ap {
+        (g.apex + 0.04, g.apex - 0.02)
+    } else {
+        (g.apex + 0.06, g.apex - 0.04)
+    };
+    let mut cl = Vec::with_capacity(10);
+    for j in 0..=9 {
+        let qq = j as f32 / 9.0;
+        let d = 0.035 + qq * (g.tw * 0.78);
+        cl.push((
+            g.cx + sign * d,
+            med_v + (lat_v - med_v) * qq + 0.012 * (qq * std::f32::consts::TAU).sin(),
+        ));
+    }
+    bone2.polyline(&cl, 0.011, 0.14);
+    // Scapula overlapping the upper lung on AP films.
+    if acq.view == View::Ap {
+        let (u, v) = (g.cx + sign * (g.tw * 0.95), g.apex + 0.16);
+        let mut sc = Layer::new(s);
+        sc.disc(u, v, 0.09, 0.045, false);
+        for i in 0..s * s {
+            bone2.d[i] += sc.d[i];
+        }
+    }
+}
+
+/// Support devices (metal): ET tube, central line, pacemaker with its leads.
+fn devices(metal: &mut Layer, g: &Geometry, f: &Findings) {
     let carina_v = g.apex + 0.25;
     if let Some(et) = &f.devices.et_tube {
         let tip = carina_v - et.tip_cm * g.cm();
@@ -747,16 +910,13 @@ pub fn render(
             metal.polyline(&[(gu, gv), mid, (g.cx - 0.01, carina_v + 0.05), rv], 0.003, 0.75);
         }
     }
+}
 
-    // ---- compose
-    for i in 0..s * s {
-        let a_air = air[i];
-        let o = opa.d[i].min(0.37) * a_air.min(1.0) + les.d[i] * lung[i];
-        att[i] += ves.d[i] * vmask[i] + o + bone.d[i] + bone2.d[i] + metal.d[i];
-    }
-
-    // ---- warp (rotation, zoom, shift), blur, display mapping, noise
-    let out = warp(&att, s, acq.rotation_deg.to_radians(), acq.zoom, acq.shift);
+/// The acquisition: warp (rotation, zoom, shift), blur, display mapping (exposure, contrast,
+/// gamma) and detector noise (drawn from `rng`).
+fn acquire(att: &[f32], s: usize, acq: &Acquisition, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let sf = s as f32;
+    let out = warp(att, s, acq.rotation_deg.to_radians(), acq.zoom, acq.shift);
     let out = blur(out, s, acq.blur * sf / 224.0);
     let mut img = out;
     let noise = acq.noise;
