@@ -488,4 +488,44 @@ mod tests {
         assert!(step_seconds(&m, 2).is_err(), "one timed step is too few");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    fn rec(task: Task, metric: &str, value: f64, ci: Option<(f64, f64)>) -> ResultRecord {
+        ResultRecord {
+            task,
+            metric: metric.into(),
+            class: None,
+            value,
+            ci_low: ci.map(|c| c.0),
+            ci_high: ci.map(|c| c.1),
+            split: "test".into(),
+            label_fraction: None,
+            direction: None,
+            protocol: Default::default(),
+        }
+    }
+
+    #[test]
+    fn comparison_table_layout() {
+        let mut zs = rec(Task::ZeroShot, "auroc_macro", 0.81234, Some((0.75, 0.8649)));
+        zs.protocol.extra.insert("prompt_mode".into(), serde_json::json!("pos_neg"));
+        let mut mr = rec(Task::Retrieval, "median_rank", 12.5, None);
+        mr.direction = Some(medvlp_eval::retrieval::Direction::ImageToText);
+        let mut lp = rec(Task::LinearProbe, "auroc_macro", 0.6, Some((0.5, 10.25)));
+        lp.label_fraction = Some(0.1);
+        let t = comparison_table(&[("a".into(), vec![zs, mr, lp]), ("b".into(), vec![])]);
+        let want = "| metric | a | b |\n|---|---|---|\n\
+            | zero-shot AUROC, CheXpert-5 macro (pos/neg prompts) | 0.812 (0.750-0.865) | - |\n\
+            | zero-shot AUROC, CheXpert-5 macro (ensemble prompts) | - | - |\n\
+            | zero-shot 5-way accuracy | - | - |\n\
+            | linear probe AUROC, 1% labels | - | - |\n\
+            | linear probe AUROC, 10% labels | 0.600 (0.500-10.2) | - |\n\
+            | linear probe AUROC, 100% labels | - | - |\n\
+            | image->report R@1 | - | - |\n\
+            | image->report R@5 | - | - |\n\
+            | image->report R@10 | - | - |\n\
+            | report->image R@10 | - | - |\n\
+            | image->report median rank | 12.5 | - |\n";
+        assert_eq!(t, want);
+        assert_eq!(comparison_table(&[]).lines().next(), Some("| metric |"));
+    }
 }

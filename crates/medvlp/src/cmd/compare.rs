@@ -159,3 +159,57 @@ fn table(results: &[(String, Vec<Vec<ResultRecord>>)]) -> String {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medvlp_eval::results::Task;
+
+    fn r1(value: f64, ci: Option<(f64, f64)>) -> ResultRecord {
+        let mut protocol = medvlp_eval::results::Protocol::default();
+        protocol.extra.insert("prompt_mode".into(), serde_json::json!("pos_neg"));
+        ResultRecord {
+            task: Task::ZeroShot,
+            metric: "auroc_macro".into(),
+            class: None,
+            value,
+            ci_low: ci.map(|c| c.0),
+            ci_high: ci.map(|c| c.1),
+            split: "test".into(),
+            label_fraction: None,
+            direction: None,
+            protocol,
+        }
+    }
+
+    #[test]
+    fn table_cells_bootstrap_with_one_seed_t_interval_with_more() {
+        let results = vec![
+            ("one".to_string(), vec![vec![r1(0.8, Some((0.7, 0.9)))]]),
+            ("one, no ci".to_string(), vec![vec![r1(0.8, None)]]),
+            (
+                "three".to_string(),
+                vec![vec![r1(0.70, None)], vec![r1(0.72, None)], vec![r1(0.75, None)]],
+            ),
+            (
+                "twelve".to_string(),
+                (0..12).map(|i| vec![r1(0.7 + 0.01 * i as f64, None)]).collect(),
+            ),
+            ("none".to_string(), vec![vec![]]),
+        ];
+        let t = table(&results);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 7);
+        assert!(lines[0].starts_with("| variant | zero-shot AUROC, CheXpert-5 macro (pos/neg prompts) | zero-shot AUROC, CheXpert-5 macro (ensemble prompts) |"), "{t}");
+        assert_eq!(lines[1], format!("|---|{}", "---|".repeat(HEADLINES.len())));
+        let dashes = " - |".repeat(HEADLINES.len() - 1);
+        assert_eq!(lines[2], format!("| one | 0.800 (0.700-0.900) |{dashes}"));
+        assert_eq!(lines[3], format!("| one, no ci | 0.800 |{dashes}"));
+        // mean 0.72333, sd 0.025166, 4.303 * sd / sqrt(3) = 0.062518
+        assert_eq!(lines[4], format!("| three | 0.723 (0.661-0.786) |{dashes}"));
+        // 12 seeds use the 9-degrees-of-freedom quantile (2.262): mean 0.755, sd 0.036056
+        assert_eq!(lines[5], format!("| twelve | 0.755 (0.731-0.779) |{dashes}"));
+        assert_eq!(lines[6], format!("| none |{}", " - |".repeat(HEADLINES.len())));
+        assert!(t.ends_with('\n'));
+    }
+}
