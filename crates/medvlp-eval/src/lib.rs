@@ -9,4 +9,5 @@ pub mod plots;
 pub mod probe;
 pub mod results;
 pub mod retrieval;
+pub mod stats;
 pub mod zeroshot;

@@ -1,8 +1,8 @@
 //! Results records: `results.jsonl` (one JSON object per metric per line) and a markdown summary
 //! with one table per task.
 
-use crate::metrics::Estimate;
 use crate::retrieval::Direction;
+use crate::stats::Estimate;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -214,7 +214,7 @@ pub fn write_markdown(path: &Path, title: &str, records: &[ResultRecord]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Ci;
+    use crate::stats::Ci;
 
     fn protocol() -> Protocol {
         let mut p = Protocol {

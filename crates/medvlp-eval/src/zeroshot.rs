@@ -11,7 +11,8 @@
 //!   ensemble of prompts.
 
 use crate::linalg::{dot, normalized, normalized_rows};
-use crate::metrics::{self, BootstrapConfig, ClassEstimates, Estimate};
+use crate::metrics::{self, ClassEstimates};
+use crate::stats::{BootstrapConfig, Estimate};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -8,6 +8,7 @@ use crate::pipeline::{
 };
 use anyhow::{bail, Context, Result};
 use medvlp_eval::results::ResultRecord;
+use medvlp_eval::stats::t_interval_95;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -75,9 +76,6 @@ fn variants(recipes: &[String], ablations: bool) -> Vec<(String, String, Vec<Str
     v
 }
 
-/// Two-sided 95% Student t quantiles for 1..=9 degrees of freedom.
-const T95: [f64; 9] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262];
-
 pub fn run(args: Args) -> Result<()> {
     if args.seeds == 0 {
         bail!("--seeds must be at least 1");
@@ -143,14 +141,10 @@ fn table(results: &[(String, Vec<Vec<ResultRecord>>)]) -> String {
                     (Some(l), Some(hi)) => format!("{:.3} ({:.3}-{:.3})", recs[0].value, l, hi),
                     _ => format!("{:.3}", recs[0].value),
                 },
-                n => {
+                _ => {
                     let vals: Vec<f64> = recs.iter().map(|r| r.value).collect();
-                    let mean = vals.iter().sum::<f64>() / n as f64;
-                    let sd = (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>()
-                        / (n - 1) as f64)
-                        .sqrt();
-                    let half = T95[(n - 2).min(8)] * sd / (n as f64).sqrt();
-                    format!("{mean:.3} ({:.3}-{:.3})", mean - half, mean + half)
+                    let t = t_interval_95(&vals).expect("two or more seeds");
+                    format!("{:.3} ({:.3}-{:.3})", t.mean, t.low, t.high)
                 }
             };
             t.push_str(&format!(" {cell} |"));

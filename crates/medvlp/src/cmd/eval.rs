@@ -6,8 +6,9 @@ use crate::evaluate::{self, Evaluator, SplitEmbeddings, TaskOutput, TextField};
 use anyhow::{bail, Result};
 use medvlp_data::dataset::{read_manifest, Split};
 use medvlp_data::loader::Loader;
-use medvlp_eval::metrics::{self, BootstrapConfig};
+use medvlp_eval::metrics;
 use medvlp_eval::results::{append_jsonl, write_markdown, ResultRecord, Task};
+use medvlp_eval::stats::BootstrapConfig;
 use medvlp_eval::zeroshot::PromptMode;
 use std::path::{Path, PathBuf};
 
