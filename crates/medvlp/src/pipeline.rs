@@ -420,29 +420,22 @@ fn fmt(v: f64) -> String {
 /// Markdown table: one row per headline metric, one column per model; each cell is the value and,
 /// when available, its 95% bootstrap interval.
 pub fn comparison_table(results: &[(String, Vec<ResultRecord>)]) -> String {
-    let mut t = String::from("| metric |");
-    for (n, _) in results {
-        t.push_str(&format!(" {n} |"));
-    }
-    t.push_str("\n|---|");
-    t.push_str(&"---|".repeat(results.len()));
-    t.push('\n');
-    for h in &HEADLINES {
-        t.push_str(&format!("| {} |", h.name));
-        for (_, recs) in results {
-            match find(recs, h) {
+    let header: Vec<&str> =
+        std::iter::once("metric").chain(results.iter().map(|(n, _)| n.as_str())).collect();
+    let rows: Vec<Vec<String>> = HEADLINES
+        .iter()
+        .map(|h| {
+            let cells = results.iter().map(|(_, recs)| match find(recs, h) {
                 Some(r) => match (r.ci_low, r.ci_high) {
-                    (Some(l), Some(hi)) => {
-                        t.push_str(&format!(" {} ({}-{}) |", fmt(r.value), fmt(l), fmt(hi)))
-                    }
-                    _ => t.push_str(&format!(" {} |", fmt(r.value))),
+                    (Some(l), Some(hi)) => format!("{} ({}-{})", fmt(r.value), fmt(l), fmt(hi)),
+                    _ => fmt(r.value),
                 },
-                None => t.push_str(" - |"),
-            }
-        }
-        t.push('\n');
-    }
-    t
+                None => "-".to_string(),
+            });
+            std::iter::once(h.name.to_string()).chain(cells).collect()
+        })
+        .collect();
+    medvlp_eval::results::markdown_table(&header, &rows)
 }
 
 pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {

@@ -7,7 +7,7 @@ use crate::pipeline::{
     find, shared_tokenizer, synth_config, synth_data, vocab_size, Setup, HEADLINES,
 };
 use anyhow::{bail, Context, Result};
-use medvlp_eval::results::ResultRecord;
+use medvlp_eval::results::{markdown_table, ResultRecord};
 use medvlp_eval::stats::t_interval_95;
 use std::path::PathBuf;
 
@@ -124,34 +124,30 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn table(results: &[(String, Vec<Vec<ResultRecord>>)]) -> String {
-    let mut t = String::from("| variant |");
-    for h in &HEADLINES {
-        t.push_str(&format!(" {} |", h.name));
-    }
-    t.push_str("\n|---|");
-    t.push_str(&"---|".repeat(HEADLINES.len()));
-    t.push('\n');
-    for (label, seeds) in results {
-        t.push_str(&format!("| {label} |"));
-        for h in &HEADLINES {
-            let recs: Vec<&ResultRecord> = seeds.iter().filter_map(|r| find(r, h)).collect();
-            let cell = match recs.len() {
-                0 => "-".to_string(),
-                1 => match (recs[0].ci_low, recs[0].ci_high) {
-                    (Some(l), Some(hi)) => format!("{:.3} ({:.3}-{:.3})", recs[0].value, l, hi),
-                    _ => format!("{:.3}", recs[0].value),
-                },
-                _ => {
-                    let vals: Vec<f64> = recs.iter().map(|r| r.value).collect();
-                    let t = t_interval_95(&vals).expect("two or more seeds");
-                    format!("{:.3} ({:.3}-{:.3})", t.mean, t.low, t.high)
+    let header: Vec<&str> =
+        std::iter::once("variant").chain(HEADLINES.iter().map(|h| h.name)).collect();
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|(label, seeds)| {
+            let cells = HEADLINES.iter().map(|h| {
+                let recs: Vec<&ResultRecord> = seeds.iter().filter_map(|r| find(r, h)).collect();
+                match recs.as_slice() {
+                    [] => "-".to_string(),
+                    [r] => match (r.ci_low, r.ci_high) {
+                        (Some(l), Some(hi)) => format!("{:.3} ({:.3}-{:.3})", r.value, l, hi),
+                        _ => format!("{:.3}", r.value),
+                    },
+                    _ => {
+                        let vals: Vec<f64> = recs.iter().map(|r| r.value).collect();
+                        let t = t_interval_95(&vals).expect("two or more seeds");
+                        format!("{:.3} ({:.3}-{:.3})", t.mean, t.low, t.high)
+                    }
                 }
-            };
-            t.push_str(&format!(" {cell} |"));
-        }
-        t.push('\n');
-    }
-    t
+            });
+            std::iter::once(label.clone()).chain(cells).collect()
+        })
+        .collect();
+    markdown_table(&header, &rows)
 }
 
 #[cfg(test)]
