@@ -1,6 +1,8 @@
-//! medvlp-train: pre-training objectives, method recipes, the trainer and distributed training.
+//! medvlp-train: pre-training objectives, method recipes, the trainer and distributed training,
+//! and the evaluation of a model directory (`evaluate`, which fine-tuning needs here).
 
 pub mod data_pipeline;
+pub mod evaluate;
 pub mod finetune;
 pub mod objectives;
 pub mod optim;

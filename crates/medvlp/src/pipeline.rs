@@ -3,8 +3,6 @@
 //! that the schedule fits the budget), the random-init baseline, evaluation and the comparison
 //! table.
 
-use crate::cmd::eval::{evaluate_model, Common};
-use crate::evaluate::TextField;
 use anyhow::{bail, Context, Result};
 use medvlp_data::synth::{Difficulty, SynthConfig};
 use medvlp_data::tokenizer::{train_wordpiece, WordPieceOptions};
@@ -251,26 +249,26 @@ impl Setup {
         bootstrap: usize,
         seed: u64,
     ) -> Result<Vec<ResultRecord>> {
-        let c = Common {
-            model: model.to_path_buf(),
+        use medvlp_eval::zeroshot::PromptMode;
+        let opts = medvlp_eval::EvalOptions {
             data: self.data.join("manifest.jsonl"),
             root: None,
-            split: "test".into(),
+            split: medvlp_data::dataset::Split::Test,
             prompts: "chexpert5".into(),
-            modes: vec!["pos_neg".into(), "ensemble".into()],
+            modes: vec![PromptMode::PosNeg, PromptMode::Ensemble],
             nway_per_class: 200,
             fractions: vec![0.01, 0.1, 1.0],
             classes: vec![],
             pool: Some(pool),
-            text_field: TextField::Report,
+            text_field: medvlp_eval::TextField::Report,
             bootstrap,
             seed,
             batch_size: 64,
             epochs: 0,
-            with_finetune: false,
             out: out.to_path_buf(),
         };
-        evaluate_model(&c, &[Task::ZeroShot, Task::LinearProbe, Task::Retrieval])
+        let tasks = [Task::ZeroShot, Task::LinearProbe, Task::Retrieval];
+        medvlp_train::evaluate::evaluate_model(model, &opts, &tasks)
     }
 }
 
