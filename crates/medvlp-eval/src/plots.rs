@@ -70,7 +70,9 @@ pub fn roc_plot(title: &str, curves: &[(String, RocCurve)]) -> Plot {
 
 /// Recall@K for K = 1..=k_max from 0-based ranks.
 pub fn recall_curve(ranks: &[usize], k_max: usize) -> Vec<(usize, f64)> {
-    (1..=k_max).filter_map(|k| crate::metrics::recall_at_k_opt(ranks, k).map(|r| (k, r))).collect()
+    (1..=k_max)
+        .filter_map(|k| crate::retrieval::recall_at_k_opt(ranks, k).map(|r| (k, r)))
+        .collect()
 }
 
 /// Recall@K curves (one per direction / model).

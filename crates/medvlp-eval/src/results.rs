@@ -1,8 +1,9 @@
-//! Results records: `results.jsonl` (one JSON object per metric per line) and a markdown summary
-//! with one table per task.
+//! Results records: `results.jsonl` (one JSON object per metric per line), a markdown summary
+//! with one table per task, and [`markdown_table`], the workspace's one markdown table writer
+//! (the summary here, `medvlp quickstart`'s and `medvlp compare`'s comparison tables).
 
-use crate::metrics::Estimate;
 use crate::retrieval::Direction;
+use crate::stats::Estimate;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -170,36 +171,70 @@ fn fmt(v: f64) -> String {
     }
 }
 
+/// A markdown table: the header row, the `|---|` rule and one line per row, each line
+/// `| a | b |` and newline-terminated. Cells are written as given (escape `|` in free text with
+/// [`escape_cell`]); every row has the header's number of cells.
+pub fn markdown_table<S: AsRef<str>>(header: &[S], rows: &[Vec<String>]) -> String {
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::from("|");
+        for c in cells {
+            l.push(' ');
+            l.push_str(c);
+            l.push_str(" |");
+        }
+        l.push('\n');
+        l
+    };
+    let mut out = line(&mut header.iter().map(|h| h.as_ref()));
+    out.push('|');
+    out.push_str(&"---|".repeat(header.len()));
+    out.push('\n');
+    for r in rows {
+        debug_assert_eq!(r.len(), header.len(), "markdown_table: ragged row {r:?}");
+        out.push_str(&line(&mut r.iter().map(String::as_str)));
+    }
+    out
+}
+
+/// A table cell from free text: `|` escaped.
+pub fn escape_cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
 /// A markdown summary: one table per task (in task order), rows in record order.
 pub fn markdown_summary(records: &[ResultRecord]) -> String {
     let mut tasks: Vec<Task> = records.iter().map(|r| r.task).collect();
     tasks.sort();
     tasks.dedup();
+    let header = ["metric", "class", "direction", "labels", "split", "value", "95% CI"];
     let mut out = String::new();
     for t in tasks {
-        let rows: Vec<&ResultRecord> = records.iter().filter(|r| r.task == t).collect();
+        let rows: Vec<Vec<String>> = records
+            .iter()
+            .filter(|r| r.task == t)
+            .map(|r| {
+                let ci = match (r.ci_low, r.ci_high) {
+                    (Some(l), Some(h)) => format!("{} - {}", fmt(l), fmt(h)),
+                    _ => String::new(),
+                };
+                vec![
+                    escape_cell(
+                        &match r.protocol.extra.get("prompt_mode").and_then(|m| m.as_str()) {
+                            Some(m) => format!("{} ({m})", r.metric),
+                            None => r.metric.clone(),
+                        },
+                    ),
+                    escape_cell(r.class.as_deref().unwrap_or("")),
+                    r.direction.map_or("", |d| d.as_str()).to_string(),
+                    r.label_fraction.map_or(String::new(), |f| format!("{}%", f * 100.0)),
+                    escape_cell(&r.split),
+                    fmt(r.value),
+                    ci,
+                ]
+            })
+            .collect();
         out.push_str(&format!("## {}\n\n", t.as_str()));
-        out.push_str("| metric | class | direction | labels | split | value | 95% CI |\n|---|---|---|---|---|---|---|\n");
-        for r in rows {
-            let ci = match (r.ci_low, r.ci_high) {
-                (Some(l), Some(h)) => format!("{} - {}", fmt(l), fmt(h)),
-                _ => String::new(),
-            };
-            let esc = |s: &str| s.replace('|', "\\|");
-            out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
-                esc(&match r.protocol.extra.get("prompt_mode").and_then(|m| m.as_str()) {
-                    Some(m) => format!("{} ({m})", r.metric),
-                    None => r.metric.clone(),
-                }),
-                esc(r.class.as_deref().unwrap_or("")),
-                r.direction.map_or("", |d| d.as_str()),
-                r.label_fraction.map_or(String::new(), |f| format!("{}%", f * 100.0)),
-                esc(&r.split),
-                fmt(r.value),
-                ci
-            ));
-        }
+        out.push_str(&markdown_table(&header, &rows));
         out.push('\n');
     }
     out
@@ -214,7 +249,7 @@ pub fn write_markdown(path: &Path, title: &str, records: &[ResultRecord]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Ci;
+    use crate::stats::Ci;
 
     fn protocol() -> Protocol {
         let mut p = Protocol {
@@ -280,6 +315,29 @@ mod tests {
             md.contains("| recall@10 (ensemble) |  | image_to_text |  | test | 0.3000 |  |"),
             "{md}"
         );
+        let head = "| metric | class | direction | labels | split | value | 95% CI |\n\
+                    |---|---|---|---|---|---|---|\n";
+        assert_eq!(
+            md,
+            format!(
+                "## zero-shot\n\n{head}\
+                 | auroc (ensemble) | Edema |  | 1% | test | 0.8125 | 0.7500 - 0.8750 |\n\n\
+                 ## retrieval\n\n{head}\
+                 | recall@10 (ensemble) |  | image_to_text |  | test | 0.3000 |  |\n\n"
+            )
+        );
+        let odd = r.clone().class("a|b");
+        assert!(markdown_summary(&[odd]).contains("| a\\|b |"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn markdown_table_layout() {
+        let rows = vec![vec!["x".to_string(), String::new()], vec!["1".into(), "2".into()]];
+        assert_eq!(
+            markdown_table(&["a", "b"], &rows),
+            "| a | b |\n|---|---|\n| x |  |\n| 1 | 2 |\n"
+        );
+        assert_eq!(markdown_table::<&str>(&["only"], &[]), "| only |\n|---|\n");
     }
 }

@@ -1,4 +1,9 @@
-//! Image<->report retrieval from embeddings.
+//! Image<->report retrieval from embeddings, and every ranking metric of the crate.
+//!
+//! Ranks: [`paired_ranks`] and [`rank_of`] are 0-based (0 = retrieved first) and count ties
+//! against the query; [`mean_rank`] / [`median_rank`] report 1-based ranks, as papers do. The
+//! evaluation protocol ([`evaluate_retrieval`]) and the quick validation during training
+//! (`medvlp-train`) rank with the same functions.
 //!
 //! `images[i]` and `texts[i]` are a pair (one frontal image per study, as in MCR's setting).
 //! Similarity is the cosine (both sides are L2-normalised here). Two relevance definitions:
@@ -18,12 +23,123 @@
 //! every query sees exactly `size` candidates (or all of them when there are fewer).
 
 use crate::linalg::{dot, normalized_rows};
-use crate::metrics::{self, BootstrapConfig, Estimate, LabelRelevance};
+use crate::stats::{self, BootstrapConfig, Estimate};
 use anyhow::{ensure, Result};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+
+// ---------------------------------------------------------------- ranking metrics
+
+/// Rank (0-based) of the correct item for each query in a similarity matrix where query `i`'s
+/// correct candidate is candidate `i`. Ties count against the query (pessimistic).
+pub fn paired_ranks(sim: &[Vec<f32>]) -> Vec<usize> {
+    sim.iter().enumerate().map(|(i, row)| rank_of(row, i)).collect()
+}
+
+/// 0-based rank of candidate `target` in one row of similarities: the number of other candidates
+/// scoring >= it (ties count against the target; a NaN target ranks last).
+pub fn rank_of(row: &[f32], target: usize) -> usize {
+    let s = row[target];
+    if s.is_nan() {
+        return row.len() - 1;
+    }
+    row.iter().enumerate().filter(|&(j, &x)| j != target && x >= s).count()
+}
+
+/// Share of queries whose correct item ranks in the top `k` (0-based ranks). Kept with its
+/// original signature for `medvlp-train`: NaN for no queries; prefer [`recall_at_k_opt`].
+pub fn recall_at_k(ranks: &[usize], k: usize) -> f64 {
+    recall_at_k_opt(ranks, k).unwrap_or(f64::NAN)
+}
+
+/// Share of queries whose correct item ranks in the top `k`; `None` for no queries.
+/// With one relevant item per query this is also Hit@K.
+pub fn recall_at_k_opt(ranks: &[usize], k: usize) -> Option<f64> {
+    (!ranks.is_empty())
+        .then(|| ranks.iter().filter(|&&r| r < k).count() as f64 / ranks.len() as f64)
+}
+
+/// Mean 1-based rank of 0-based ranks; `None` for no queries.
+pub fn mean_rank(ranks: &[usize]) -> Option<f64> {
+    (!ranks.is_empty())
+        .then(|| ranks.iter().map(|&r| (r + 1) as f64).sum::<f64>() / ranks.len() as f64)
+}
+
+/// Median 1-based rank (numpy's median: mean of the two middle values for even counts).
+pub fn median_rank(ranks: &[usize]) -> Option<f64> {
+    let v: Vec<f64> = ranks.iter().map(|&r| (r + 1) as f64).collect();
+    stats::median(&v)
+}
+
+/// When a retrieved candidate counts as relevant to a query under label-based relevance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelRelevance {
+    /// Identical positive-label sets (for single-label data: the same class; this is the
+    /// "5x200" hit definition). Two samples with no positive label are relevant to each other.
+    #[default]
+    SameLabels,
+    /// At least one shared positive label (samples with no positive label are never relevant).
+    AnySharedLabel,
+}
+
+impl LabelRelevance {
+    pub fn relevant(self, a: &[bool], b: &[bool]) -> bool {
+        match self {
+            LabelRelevance::SameLabels => a == b,
+            LabelRelevance::AnySharedLabel => a.iter().zip(b).any(|(&x, &y)| x && y),
+        }
+    }
+}
+
+/// Indices of the `k` highest entries of `row`, best first; equal scores keep index order.
+pub fn top_k(row: &[f32], k: usize) -> Vec<usize> {
+    let cmp = |a: &usize, b: &usize| {
+        let (x, y) = (row[*a], row[*b]);
+        match (x.is_nan(), y.is_nan()) {
+            (true, true) => a.cmp(b),
+            (true, false) => Ordering::Greater,
+            (false, true) => Ordering::Less,
+            _ => y.partial_cmp(&x).unwrap().then(a.cmp(b)),
+        }
+    };
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    let k = k.min(row.len());
+    if k == 0 {
+        return vec![];
+    }
+    if k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, cmp);
+        idx.truncate(k);
+    }
+    idx.sort_by(cmp);
+    idx
+}
+
+/// Hit@K by label: share of queries with at least one relevant item among their top `k`.
+/// `relevant_in_top[q][j]` says whether the query's j-th retrieved item is relevant.
+pub fn hit_at_k(relevant_in_top: &[Vec<bool>], k: usize) -> Option<f64> {
+    (!relevant_in_top.is_empty()).then(|| {
+        relevant_in_top.iter().filter(|r| r.iter().take(k).any(|&x| x)).count() as f64
+            / relevant_in_top.len() as f64
+    })
+}
+
+/// Precision@K by label: mean over queries of (relevant items among the top `k`) / `k`.
+pub fn precision_at_k(relevant_in_top: &[Vec<bool>], k: usize) -> Option<f64> {
+    (!relevant_in_top.is_empty() && k > 0).then(|| {
+        relevant_in_top
+            .iter()
+            .map(|r| r.iter().take(k).filter(|&&x| x).count() as f64 / k as f64)
+            .sum::<f64>()
+            / relevant_in_top.len() as f64
+    })
+}
+
+// ---------------------------------------------------------------- the retrieval protocol
 
 /// Retrieval direction as written into results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,34 +221,25 @@ impl DirectionResult {
         for &k in ks {
             push(
                 format!("recall@{k}"),
-                metrics::estimate(n, boot, |idx| {
-                    metrics::recall_at_k_opt(&metrics::gather(r, idx), k)
-                }),
+                stats::estimate(n, boot, |idx| recall_at_k_opt(&stats::gather(r, idx), k)),
             );
         }
-        push(
-            "mean_rank".into(),
-            metrics::estimate(n, boot, |idx| metrics::mean_rank(&metrics::gather(r, idx))),
-        );
+        push("mean_rank".into(), stats::estimate(n, boot, |idx| mean_rank(&stats::gather(r, idx))));
         push(
             "median_rank".into(),
-            metrics::estimate(n, boot, |idx| metrics::median_rank(&metrics::gather(r, idx))),
+            stats::estimate(n, boot, |idx| median_rank(&stats::gather(r, idx))),
         );
         if let Some(rel) = &self.relevant_in_top {
             for &k in ks {
                 push(
                     format!("hit@{k}"),
-                    metrics::estimate(n, boot, |idx| {
-                        metrics::hit_at_k(&metrics::gather(rel, idx), k)
-                    }),
+                    stats::estimate(n, boot, |idx| hit_at_k(&stats::gather(rel, idx), k)),
                 );
             }
             for &k in ks {
                 push(
                     format!("precision@{k}"),
-                    metrics::estimate(n, boot, |idx| {
-                        metrics::precision_at_k(&metrics::gather(rel, idx), k)
-                    }),
+                    stats::estimate(n, boot, |idx| precision_at_k(&stats::gather(rel, idx), k)),
                 );
             }
         }
@@ -224,9 +331,9 @@ pub fn evaluate_retrieval(
                         .iter()
                         .position(|&j| j == qi)
                         .expect("a query's pair is in its chunk");
-                    let rank = metrics::rank_of(&row, local);
+                    let rank = rank_of(&row, local);
                     let r = match labels {
-                        Some(l) => metrics::top_k(&row, kmax)
+                        Some(l) => top_k(&row, kmax)
                             .iter()
                             .map(|&t| cfg.relevance.relevant(&l[qi], &l[cands[t]]))
                             .collect(),
@@ -251,6 +358,32 @@ pub fn evaluate_retrieval(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recall_from_paired_similarities() {
+        let sim = vec![vec![0.9, 0.1, 0.2], vec![0.8, 0.5, 0.1], vec![0.1, 0.2, 0.3]];
+        let r = paired_ranks(&sim);
+        assert_eq!(r, vec![0, 1, 0]);
+        assert!((recall_at_k(&r, 1) - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(recall_at_k(&r, 2), 1.0);
+        assert_eq!(recall_at_k_opt(&[], 2), None);
+        // ties count against the query
+        assert_eq!(rank_of(&[0.5, 0.5, 0.1], 0), 1);
+    }
+    #[test]
+    fn ranks_and_label_precision() {
+        assert_eq!(mean_rank(&[0, 1, 5]), Some(3.0));
+        assert_eq!(median_rank(&[0, 1, 5, 9]), Some(4.0));
+        assert_eq!(median_rank(&[]), None);
+        assert_eq!(top_k(&[0.1, 0.9, 0.5, 0.9], 3), vec![1, 3, 2]);
+        let rel = vec![vec![false, true, true], vec![false, false, false]];
+        assert_eq!(hit_at_k(&rel, 1), Some(0.0));
+        assert_eq!(hit_at_k(&rel, 2), Some(0.5));
+        assert!((precision_at_k(&rel, 3).unwrap() - (2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert!(LabelRelevance::SameLabels.relevant(&[false, false], &[false, false]));
+        assert!(!LabelRelevance::AnySharedLabel.relevant(&[false, false], &[false, false]));
+        assert!(LabelRelevance::AnySharedLabel.relevant(&[true, true], &[false, true]));
+    }
 
     fn get<'a>(m: &'a [NamedEstimate], name: &str) -> &'a Estimate {
         &m.iter().find(|e| e.metric == name).unwrap_or_else(|| panic!("no {name}")).estimate

@@ -7,11 +7,13 @@
 //! - `ensemble`: cosine similarity to the mean of the normalised prompt embeddings, renormalised
 //!   (GLoRIA / MedCLIP / BenchX);
 //! - `pos_neg`: CheXzero: softmax over [sim(pos), sim(neg)] / temperature, the probability of the
-//!   positive prompt = sigmoid((sim_pos - sim_neg) / temperature). Each side may itself be an
-//!   ensemble of prompts.
+//!   positive prompt = sigmoid((sim_pos - sim_neg) / temperature) ([`pos_neg_probability`], also
+//!   used by the quick validation during training). Each side may itself be an ensemble of
+//!   prompts.
 
 use crate::linalg::{dot, normalized, normalized_rows};
-use crate::metrics::{self, BootstrapConfig, ClassEstimates, Estimate};
+use crate::metrics::{self, ClassEstimates};
+use crate::stats::{BootstrapConfig, Estimate};
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -140,13 +142,20 @@ pub fn zero_shot_scores(
                 .map(|p| match p {
                     Prepared::Cos(v) => dot(x, v) as f64,
                     Prepared::PosNeg(pos, neg) => {
-                        let z = (dot(x, pos) as f64 - dot(x, neg) as f64) / temperature;
-                        1.0 / (1.0 + (-z).exp())
+                        pos_neg_probability(dot(x, pos) as f64 - dot(x, neg) as f64, temperature)
                     }
                 })
                 .collect()
         })
         .collect())
+}
+
+/// CheXzero's positive/negative prompt score: the softmax probability of the positive prompt over
+/// `[sim_pos, sim_neg] / temperature`, i.e. `sigmoid(margin / temperature)` with
+/// `margin = sim_pos - sim_neg`. The one implementation of pos/neg scoring: [`zero_shot_scores`]
+/// and `medvlp-train`'s quick validation call it.
+pub fn pos_neg_probability(margin: f64, temperature: f64) -> f64 {
+    1.0 / (1.0 + (-(margin / temperature)).exp())
 }
 
 /// Row-wise softmax of `scores / temperature` (class probabilities for N-way zero-shot).
@@ -238,6 +247,14 @@ mod tests {
         .unwrap();
         let want = 6f64.exp() / (6f64.exp() + 8f64.exp());
         assert!((s[0][0] - want).abs() < 1e-5, "{} vs {want}", s[0][0]);
+        assert!((pos_neg_probability(0.6 - 0.8, 0.1) - want).abs() < 1e-12);
+        assert_eq!(pos_neg_probability(0.0, 0.5), 0.5);
+        // A temperature of 0.1 scales the margin by exactly 10 for f32 similarities (training's
+        // quick validation relies on it to keep its values).
+        for m in [0.123_456_79f32, -0.987_654_3, 3.0e-8, 1.0] {
+            let m = m as f64;
+            assert_eq!(pos_neg_probability(m, 0.1), 1.0 / (1.0 + (-m * 10.0).exp()));
+        }
         assert!(zero_shot_scores(
             &[vec![1.0, 0.0]],
             &[ClassPrompts::PosNeg { positive: vec![e(0, 2)], negative: vec![e(1, 2)] }],

@@ -1,14 +1,19 @@
 //! Inference helpers shared by `embed`, the evaluation commands, the quickstart and the server:
 //! batched joint-space embeddings of texts and of images (decoded and eval-preprocessed in
-//! parallel by the data crate's loader, in dataset order). No autograd: inputs are plain tensors
-//! and the outputs are detached.
+//! parallel by the data crate's loader, in dataset order), and [`Evaluator`], a model directory
+//! loaded for the evaluation protocols (`medvlp_eval` scores the embeddings it returns). No
+//! autograd: inputs are plain tensors and the outputs are detached.
 
+use crate::model_dir::{self, LoadedModel};
 use crate::MedVlp;
-use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use medvlp_data::dataset::Study;
 use medvlp_data::image::preprocess::PreprocessConfig;
 use medvlp_data::loader::{Item, Loader, LoaderConfig};
 use medvlp_data::tokenizer::Tokenizer;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
 
 /// L2-normalised text embeddings, one row per text, in input order.
 pub fn encode_texts(
@@ -75,4 +80,63 @@ pub fn encode_images(
     }
     res.bad = loader.stats.bad_samples.lock().map(|v| v.clone()).unwrap_or_default();
     Ok(res)
+}
+
+/// A model directory loaded for evaluation: its model (frozen, f32), tokenizer and weights' hash,
+/// embedding in batches of `batch_size` on `device`.
+pub struct Evaluator {
+    pub model: LoadedModel,
+    pub tokenizer: Tokenizer,
+    pub dir: PathBuf,
+    /// sha256 of `model.safetensors` (lowercase hex), when readable.
+    pub model_hash: Option<String>,
+    pub batch_size: usize,
+    pub device: Device,
+}
+
+impl Evaluator {
+    /// Loads `dir`; it needs a `tokenizer.json` (prompts and reports are embedded).
+    pub fn load(dir: &Path, batch_size: usize, device: &Device) -> Result<Self> {
+        let model = model_dir::load(dir, DType::F32, device, false)?;
+        let tok = model
+            .tokenizer
+            .clone()
+            .with_context(|| format!("{} has no tokenizer.json", dir.display()))?;
+        let tokenizer = Tokenizer::from_file(&tok, model.config.text_config.max_length)?;
+        let model_hash = std::fs::read(dir.join(model_dir::WEIGHTS_FILE))
+            .ok()
+            .map(|bytes| model_dir::hex(&Sha256::digest(bytes)));
+        Ok(Self {
+            model,
+            tokenizer,
+            dir: dir.to_path_buf(),
+            model_hash,
+            batch_size,
+            device: device.clone(),
+        })
+    }
+
+    /// L2-normalised text embeddings, in input order.
+    pub fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+        encode_texts(&self.model.model, &self.tokenizer, &refs, self.batch_size, &self.device)
+    }
+
+    /// Image embeddings of the studies' first images (paths relative to `root`), eval
+    /// preprocessing; studies whose image fails to load are left out (up to 5%).
+    pub fn embed_studies(&self, studies: &[Study], root: &Path) -> Result<ImageEmbeddings> {
+        encode_images(
+            &self.model.model,
+            &self.model.config.preprocess,
+            Loader::items_from_studies(studies, root, None),
+            self.batch_size,
+            0.05,
+            &self.device,
+        )
+    }
+
+    /// `1 / exp(logit_scale)`: the temperature of the positive/negative prompt softmax.
+    pub fn temperature(&self) -> Result<f64> {
+        Ok(1.0 / self.model.model.logit_scale_value()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+    }
 }

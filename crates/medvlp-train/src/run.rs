@@ -11,17 +11,14 @@ use candle_core::{DType, Tensor};
 use medvlp_data::dataset::Split;
 use medvlp_data::image::preprocess::PreprocessConfig;
 use medvlp_data::tokenizer::{train_on_manifests, Tokenizer, WordPieceOptions};
-use medvlp_eval::metrics::{auroc, paired_ranks, recall_at_k};
+use medvlp_eval::retrieval::{paired_ranks, recall_at_k};
+use medvlp_eval::zeroshot::{evaluate_multilabel, pos_neg_probability};
 use medvlp_model::model_dir::{bert_text_config, check_vocabulary, preload_bert};
 use medvlp_model::runtime::device;
 use medvlp_model::{MedVlp, ModelConfig, ParamStore};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-
-/// The five CheXpert competition findings used by the quick zero-shot validation.
-pub const COMPETITION: [&str; 5] =
-    ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"];
 
 struct RecipeObjective {
     method: &'static dyn Method,
@@ -69,30 +66,25 @@ impl Objective for RecipeObjective {
         let sim: Vec<Vec<f32>> = img.matmul(&txt.t()?)?.to_vec2()?;
         let ranks = paired_ranks(&sim);
         let labels: Vec<Vec<f32>> = labels.into_iter().flatten().collect();
-        // Quick zero-shot: softmax over "{finding}." vs "No {finding}." per class.
-        let mut aurocs = vec![];
-        for (ci, name) in COMPETITION.iter().enumerate() {
-            let Some(li) = medvlp_data::text::labels::CHEXPERT_14.iter().position(|n| n == name)
+        // Quick zero-shot on the CheXpert competition findings: the eval protocol's pos/neg
+        // scoring of "{finding}." vs "No {finding}." at temperature 0.1, macro AUROC.
+        let (mut scores, mut y) = (vec![vec![]; labels.len()], vec![vec![]; labels.len()]);
+        for name in medvlp_data::text::labels::CHEXPERT_5 {
+            let Some(li) = medvlp_data::text::labels::CHEXPERT_14.iter().position(|n| *n == name)
             else {
                 continue;
             };
             let prompts = vec![format!("{name}."), format!("No {}.", name.to_lowercase())];
             let tb = val.encode(&prompts)?;
             let pe = self.model.text_embeds(&tb.ids, &tb.mask)?;
-            let logits: Vec<Vec<f32>> = img.matmul(&pe.t()?)?.to_vec2()?;
-            let scores: Vec<f64> =
-                logits.iter().map(|r| 1.0 / (1.0 + ((r[1] - r[0]) as f64 * 10.0).exp())).collect();
-            let y: Vec<bool> = labels.iter().map(|l| l[li] > 0.5).collect();
-            if let Some(a) = auroc(&scores, &y) {
-                aurocs.push(a);
+            let sims: Vec<Vec<f32>> = img.matmul(&pe.t()?)?.to_vec2()?;
+            for (i, r) in sims.iter().enumerate() {
+                scores[i].push(pos_neg_probability((r[0] - r[1]) as f64, 0.1));
+                y[i].push(labels[i][li] > 0.5);
             }
-            let _ = ci;
         }
-        let mean_auroc = if aurocs.is_empty() {
-            f64::NAN
-        } else {
-            aurocs.iter().sum::<f64>() / aurocs.len() as f64
-        };
+        let mean_auroc =
+            evaluate_multilabel(&scores, &y, None).macro_.map_or(f64::NAN, |e| e.value);
         Ok(vec![
             ("val_loss".into(), losses.iter().sum::<f64>() / losses.len().max(1) as f64),
             ("val_zero_shot_auroc".into(), mean_auroc),

@@ -3,7 +3,6 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
-mod evaluate;
 mod pipeline;
 
 #[derive(Parser)]

@@ -3,8 +3,6 @@
 //! that the schedule fits the budget), the random-init baseline, evaluation and the comparison
 //! table.
 
-use crate::cmd::eval::{evaluate_model, Common};
-use crate::evaluate::TextField;
 use anyhow::{bail, Context, Result};
 use medvlp_data::tokenizer::{train_on_manifests, WordPieceOptions};
 use medvlp_eval::results::{ResultRecord, Task};
@@ -207,26 +205,26 @@ impl Setup {
         bootstrap: usize,
         seed: u64,
     ) -> Result<Vec<ResultRecord>> {
-        let c = Common {
-            model: model.to_path_buf(),
+        use medvlp_eval::zeroshot::PromptMode;
+        let opts = medvlp_eval::EvalOptions {
             data: self.data.join("manifest.jsonl"),
             root: None,
-            split: "test".into(),
+            split: medvlp_data::dataset::Split::Test,
             prompts: "chexpert5".into(),
-            modes: vec!["pos_neg".into(), "ensemble".into()],
+            modes: vec![PromptMode::PosNeg, PromptMode::Ensemble],
             nway_per_class: 200,
             fractions: vec![0.01, 0.1, 1.0],
             classes: vec![],
             pool: Some(pool),
-            text_field: TextField::Report,
+            text_field: medvlp_eval::TextField::Report,
             bootstrap,
             seed,
             batch_size: 64,
             epochs: 0,
-            with_finetune: false,
             out: out.to_path_buf(),
         };
-        evaluate_model(&c, &[Task::ZeroShot, Task::LinearProbe, Task::Retrieval])
+        let tasks = [Task::ZeroShot, Task::LinearProbe, Task::Retrieval];
+        medvlp_train::evaluate::evaluate_model(model, &opts, &tasks)
     }
 }
 
@@ -376,29 +374,22 @@ fn fmt(v: f64) -> String {
 /// Markdown table: one row per headline metric, one column per model; each cell is the value and,
 /// when available, its 95% bootstrap interval.
 pub fn comparison_table(results: &[(String, Vec<ResultRecord>)]) -> String {
-    let mut t = String::from("| metric |");
-    for (n, _) in results {
-        t.push_str(&format!(" {n} |"));
-    }
-    t.push_str("\n|---|");
-    t.push_str(&"---|".repeat(results.len()));
-    t.push('\n');
-    for h in &HEADLINES {
-        t.push_str(&format!("| {} |", h.name));
-        for (_, recs) in results {
-            match find(recs, h) {
+    let header: Vec<&str> =
+        std::iter::once("metric").chain(results.iter().map(|(n, _)| n.as_str())).collect();
+    let rows: Vec<Vec<String>> = HEADLINES
+        .iter()
+        .map(|h| {
+            let cells = results.iter().map(|(_, recs)| match find(recs, h) {
                 Some(r) => match (r.ci_low, r.ci_high) {
-                    (Some(l), Some(hi)) => {
-                        t.push_str(&format!(" {} ({}-{}) |", fmt(r.value), fmt(l), fmt(hi)))
-                    }
-                    _ => t.push_str(&format!(" {} |", fmt(r.value))),
+                    (Some(l), Some(hi)) => format!("{} ({}-{})", fmt(r.value), fmt(l), fmt(hi)),
+                    _ => fmt(r.value),
                 },
-                None => t.push_str(" - |"),
-            }
-        }
-        t.push('\n');
-    }
-    t
+                None => "-".to_string(),
+            });
+            std::iter::once(h.name.to_string()).chain(cells).collect()
+        })
+        .collect();
+    medvlp_eval::results::markdown_table(&header, &rows)
 }
 
 pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
@@ -443,5 +434,45 @@ mod tests {
         std::fs::write(&m, lines[..2].join("\n")).unwrap();
         assert!(step_seconds(&m, 2).is_err(), "one timed step is too few");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn rec(task: Task, metric: &str, value: f64, ci: Option<(f64, f64)>) -> ResultRecord {
+        ResultRecord {
+            task,
+            metric: metric.into(),
+            class: None,
+            value,
+            ci_low: ci.map(|c| c.0),
+            ci_high: ci.map(|c| c.1),
+            split: "test".into(),
+            label_fraction: None,
+            direction: None,
+            protocol: Default::default(),
+        }
+    }
+
+    #[test]
+    fn comparison_table_layout() {
+        let mut zs = rec(Task::ZeroShot, "auroc_macro", 0.81234, Some((0.75, 0.8649)));
+        zs.protocol.extra.insert("prompt_mode".into(), serde_json::json!("pos_neg"));
+        let mut mr = rec(Task::Retrieval, "median_rank", 12.5, None);
+        mr.direction = Some(medvlp_eval::retrieval::Direction::ImageToText);
+        let mut lp = rec(Task::LinearProbe, "auroc_macro", 0.6, Some((0.5, 10.25)));
+        lp.label_fraction = Some(0.1);
+        let t = comparison_table(&[("a".into(), vec![zs, mr, lp]), ("b".into(), vec![])]);
+        let want = "| metric | a | b |\n|---|---|---|\n\
+            | zero-shot AUROC, CheXpert-5 macro (pos/neg prompts) | 0.812 (0.750-0.865) | - |\n\
+            | zero-shot AUROC, CheXpert-5 macro (ensemble prompts) | - | - |\n\
+            | zero-shot 5-way accuracy | - | - |\n\
+            | linear probe AUROC, 1% labels | - | - |\n\
+            | linear probe AUROC, 10% labels | 0.600 (0.500-10.2) | - |\n\
+            | linear probe AUROC, 100% labels | - | - |\n\
+            | image->report R@1 | - | - |\n\
+            | image->report R@5 | - | - |\n\
+            | image->report R@10 | - | - |\n\
+            | report->image R@10 | - | - |\n\
+            | image->report median rank | 12.5 | - |\n";
+        assert_eq!(t, want);
+        assert_eq!(comparison_table(&[]).lines().next(), Some("| metric |"));
     }
 }

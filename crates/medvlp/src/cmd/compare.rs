@@ -7,7 +7,8 @@ use crate::pipeline::{
     find, shared_tokenizer, synth_config, synth_data, vocab_size, Setup, HEADLINES,
 };
 use anyhow::{bail, Context, Result};
-use medvlp_eval::results::ResultRecord;
+use medvlp_eval::results::{markdown_table, ResultRecord};
+use medvlp_eval::stats::t_interval_95;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -41,9 +42,6 @@ pub struct Args {
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
-
-/// Two-sided 95% Student t quantiles for 1..=9 degrees of freedom.
-const T95: [f64; 9] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262];
 
 pub fn run(args: Args) -> Result<()> {
     if args.seeds == 0 {
@@ -93,36 +91,82 @@ pub fn run(args: Args) -> Result<()> {
 }
 
 fn table(results: &[(String, Vec<Vec<ResultRecord>>)]) -> String {
-    let mut t = String::from("| variant |");
-    for h in &HEADLINES {
-        t.push_str(&format!(" {} |", h.name));
-    }
-    t.push_str("\n|---|");
-    t.push_str(&"---|".repeat(HEADLINES.len()));
-    t.push('\n');
-    for (label, seeds) in results {
-        t.push_str(&format!("| {label} |"));
-        for h in &HEADLINES {
-            let recs: Vec<&ResultRecord> = seeds.iter().filter_map(|r| find(r, h)).collect();
-            let cell = match recs.len() {
-                0 => "-".to_string(),
-                1 => match (recs[0].ci_low, recs[0].ci_high) {
-                    (Some(l), Some(hi)) => format!("{:.3} ({:.3}-{:.3})", recs[0].value, l, hi),
-                    _ => format!("{:.3}", recs[0].value),
-                },
-                n => {
-                    let vals: Vec<f64> = recs.iter().map(|r| r.value).collect();
-                    let mean = vals.iter().sum::<f64>() / n as f64;
-                    let sd = (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>()
-                        / (n - 1) as f64)
-                        .sqrt();
-                    let half = T95[(n - 2).min(8)] * sd / (n as f64).sqrt();
-                    format!("{mean:.3} ({:.3}-{:.3})", mean - half, mean + half)
+    let header: Vec<&str> =
+        std::iter::once("variant").chain(HEADLINES.iter().map(|h| h.name)).collect();
+    let rows: Vec<Vec<String>> = results
+        .iter()
+        .map(|(label, seeds)| {
+            let cells = HEADLINES.iter().map(|h| {
+                let recs: Vec<&ResultRecord> = seeds.iter().filter_map(|r| find(r, h)).collect();
+                match recs.as_slice() {
+                    [] => "-".to_string(),
+                    [r] => match (r.ci_low, r.ci_high) {
+                        (Some(l), Some(hi)) => format!("{:.3} ({:.3}-{:.3})", r.value, l, hi),
+                        _ => format!("{:.3}", r.value),
+                    },
+                    _ => {
+                        let vals: Vec<f64> = recs.iter().map(|r| r.value).collect();
+                        let t = t_interval_95(&vals).expect("two or more seeds");
+                        format!("{:.3} ({:.3}-{:.3})", t.mean, t.low, t.high)
+                    }
                 }
-            };
-            t.push_str(&format!(" {cell} |"));
+            });
+            std::iter::once(label.clone()).chain(cells).collect()
+        })
+        .collect();
+    markdown_table(&header, &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medvlp_eval::results::Task;
+
+    fn r1(value: f64, ci: Option<(f64, f64)>) -> ResultRecord {
+        let mut protocol = medvlp_eval::results::Protocol::default();
+        protocol.extra.insert("prompt_mode".into(), serde_json::json!("pos_neg"));
+        ResultRecord {
+            task: Task::ZeroShot,
+            metric: "auroc_macro".into(),
+            class: None,
+            value,
+            ci_low: ci.map(|c| c.0),
+            ci_high: ci.map(|c| c.1),
+            split: "test".into(),
+            label_fraction: None,
+            direction: None,
+            protocol,
         }
-        t.push('\n');
     }
-    t
+
+    #[test]
+    fn table_cells_bootstrap_with_one_seed_t_interval_with_more() {
+        let results = vec![
+            ("one".to_string(), vec![vec![r1(0.8, Some((0.7, 0.9)))]]),
+            ("one, no ci".to_string(), vec![vec![r1(0.8, None)]]),
+            (
+                "three".to_string(),
+                vec![vec![r1(0.70, None)], vec![r1(0.72, None)], vec![r1(0.75, None)]],
+            ),
+            (
+                "twelve".to_string(),
+                (0..12).map(|i| vec![r1(0.7 + 0.01 * i as f64, None)]).collect(),
+            ),
+            ("none".to_string(), vec![vec![]]),
+        ];
+        let t = table(&results);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 7);
+        assert!(lines[0].starts_with("| variant | zero-shot AUROC, CheXpert-5 macro (pos/neg prompts) | zero-shot AUROC, CheXpert-5 macro (ensemble prompts) |"), "{t}");
+        assert_eq!(lines[1], format!("|---|{}", "---|".repeat(HEADLINES.len())));
+        let dashes = " - |".repeat(HEADLINES.len() - 1);
+        assert_eq!(lines[2], format!("| one | 0.800 (0.700-0.900) |{dashes}"));
+        assert_eq!(lines[3], format!("| one, no ci | 0.800 |{dashes}"));
+        // mean 0.72333, sd 0.025166, 4.303 * sd / sqrt(3) = 0.062518
+        assert_eq!(lines[4], format!("| three | 0.723 (0.661-0.786) |{dashes}"));
+        // 12 seeds use the 9-degrees-of-freedom quantile (2.262): mean 0.755, sd 0.036056
+        assert_eq!(lines[5], format!("| twelve | 0.755 (0.731-0.779) |{dashes}"));
+        assert_eq!(lines[6], format!("| none |{}", " - |".repeat(HEADLINES.len())));
+        assert!(t.ends_with('\n'));
+    }
 }

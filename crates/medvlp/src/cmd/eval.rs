@@ -1,15 +1,17 @@
 //! `medvlp eval zero-shot|linear-probe|finetune|retrieval|all --model DIR --data MANIFEST`:
 //! the field's evaluation protocols. Writes `results.jsonl` (one JSON object per metric),
 //! `summary.md` and ROC / Recall@K plots (SVG and PNG) into `--out`.
+//!
+//! Only the flags live here: they become a [`medvlp_eval::EvalOptions`], and
+//! [`medvlp_train::evaluate::evaluate_model`] runs the protocols (`medvlp_eval::protocols`).
 
-use crate::evaluate::{self, Evaluator, SplitEmbeddings, TaskOutput, TextField};
-use anyhow::{bail, Result};
-use medvlp_data::dataset::{read_manifest, Split};
-use medvlp_data::loader::Loader;
-use medvlp_eval::metrics::{self, BootstrapConfig};
-use medvlp_eval::results::{append_jsonl, write_markdown, ResultRecord, Task};
+use anyhow::Result;
+use medvlp_eval::options::parse_split;
+use medvlp_eval::results::Task;
 use medvlp_eval::zeroshot::PromptMode;
-use std::path::{Path, PathBuf};
+use medvlp_eval::EvalOptions;
+use medvlp_train::evaluate::evaluate_model;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -65,7 +67,7 @@ pub struct Common {
     pub pool: Option<usize>,
     /// Report text used for retrieval.
     #[arg(long, value_enum, default_value = "report")]
-    pub text_field: TextField,
+    pub text_field: TextFieldArg,
     /// Bootstrap resamples for the 95% confidence intervals (0 = none).
     #[arg(long, default_value_t = 1000)]
     pub bootstrap: usize,
@@ -84,6 +86,48 @@ pub struct Common {
     pub out: PathBuf,
 }
 
+/// Which report text stands for a study ([`medvlp_eval::TextField`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TextFieldArg {
+    /// `text`, else findings + impression.
+    Report,
+    Impression,
+    Findings,
+}
+
+impl From<TextFieldArg> for medvlp_eval::TextField {
+    fn from(t: TextFieldArg) -> Self {
+        match t {
+            TextFieldArg::Report => medvlp_eval::TextField::Report,
+            TextFieldArg::Impression => medvlp_eval::TextField::Impression,
+            TextFieldArg::Findings => medvlp_eval::TextField::Findings,
+        }
+    }
+}
+
+impl Common {
+    /// The evaluation options of these flags (all but `--model` and `--with-finetune`).
+    pub fn options(&self) -> Result<EvalOptions> {
+        Ok(EvalOptions {
+            data: self.data.clone(),
+            root: self.root.clone(),
+            split: parse_split(&self.split)?,
+            prompts: self.prompts.clone(),
+            modes: self.modes.iter().map(|m| PromptMode::parse(m)).collect::<Result<_>>()?,
+            nway_per_class: self.nway_per_class,
+            fractions: self.fractions.clone(),
+            classes: self.classes.clone(),
+            pool: self.pool,
+            text_field: self.text_field.into(),
+            bootstrap: self.bootstrap,
+            seed: self.seed,
+            batch_size: self.batch_size,
+            epochs: self.epochs,
+            out: self.out.clone(),
+        })
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let (which, c) = match args.task {
         EvalTask::ZeroShot(c) => (vec![Task::ZeroShot], c),
@@ -98,187 +142,83 @@ pub fn run(args: Args) -> Result<()> {
             (t, c)
         }
     };
-    let records = evaluate_model(&c, &which)?;
+    let opts = c.options()?;
+    let records = evaluate_model(&c.model, &opts, &which)?;
     print!("{}", medvlp_eval::results::markdown_summary(&records));
-    eprintln!("results in {}", c.out.join("results.jsonl").display());
+    eprintln!("results in {}", opts.out.join("results.jsonl").display());
     Ok(())
 }
 
-fn parse_split(s: &str) -> Result<Split> {
-    Split::parse(s).ok_or_else(|| anyhow::anyhow!("unknown split {s:?} (train, validate, test)"))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use medvlp_data::dataset::Split;
 
-/// Runs `tasks` for one model; writes results.jsonl, summary.md and plots into `c.out`.
-pub fn evaluate_model(c: &Common, tasks: &[Task]) -> Result<Vec<ResultRecord>> {
-    let split = parse_split(&c.split)?;
-    std::fs::create_dir_all(&c.out)?;
-    let ev = Evaluator::load(&c.model, c.batch_size)?;
-    let boot = (c.bootstrap > 0).then(|| BootstrapConfig {
-        resamples: c.bootstrap,
-        seed: c.seed,
-        ..Default::default()
-    });
-    let (prompts, prompt_hash) = evaluate::load_zero_shot_prompts(&c.prompts)?;
-    let classes: Vec<String> = if c.classes.is_empty() {
-        prompts.class.iter().map(|k| k.name.clone()).collect()
-    } else {
-        c.classes.clone()
-    };
-    let need_text = tasks.contains(&Task::Retrieval);
-    let t0 = std::time::Instant::now();
-    let test =
-        ev.embed_split(&c.data, c.root.as_deref(), split, need_text.then_some(c.text_field))?;
-    tracing::info!(
-        "embedded {} {} studies in {:.1}s",
-        test.ids.len(),
-        split.as_str(),
-        t0.elapsed().as_secs_f64()
-    );
-    let base = ev.protocol(&c.data, &test, need_text.then_some(c.text_field));
-    let mut all = TaskOutput::default();
-    let mut probe_splits: Option<(SplitEmbeddings, SplitEmbeddings)> = None;
-    for &t in tasks {
-        let out = match t {
-            Task::ZeroShot => {
-                let modes: Vec<PromptMode> =
-                    c.modes.iter().map(|m| PromptMode::parse(m)).collect::<Result<_>>()?;
-                evaluate::zero_shot(
-                    &ev,
-                    &test,
-                    &prompts,
-                    &prompt_hash,
-                    &modes,
-                    c.nway_per_class,
-                    boot.as_ref(),
-                    &base,
-                )?
-            }
-            Task::LinearProbe => {
-                if probe_splits.is_none() {
-                    let tr = ev.embed_split(&c.data, c.root.as_deref(), Split::Train, None)?;
-                    let va = ev.embed_split(&c.data, c.root.as_deref(), Split::Validate, None)?;
-                    probe_splits = Some((tr, va));
-                }
-                let (tr, va) = probe_splits.as_ref().unwrap();
-                evaluate::linear_probe(
-                    &c.data,
-                    tr,
-                    va,
-                    &test,
-                    &classes,
-                    &c.fractions,
-                    c.seed,
-                    boot.as_ref(),
-                    &base,
-                )?
-            }
-            Task::Retrieval => {
-                evaluate::retrieval(&test, &classes, c.pool, c.seed, boot.as_ref(), &base)?
-            }
-            Task::Finetune => finetune(c, &ev, &test, &classes, boot.as_ref(), &base)?,
-        };
-        all.records.extend(out.records);
-        all.plots.extend(out.plots);
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        task: EvalTask,
     }
-    let results = c.out.join("results.jsonl");
-    let _ = std::fs::remove_file(&results);
-    append_jsonl(&results, &all.records)?;
-    write_markdown(
-        &c.out.join("summary.md"),
-        &format!("Evaluation of {}", c.model.display()),
-        &all.records,
-    )?;
-    evaluate::write_plots(&c.out, &all.plots)?;
-    Ok(all.records)
-}
 
-/// Fine-tuning at each label fraction: train on the fraction, select the epoch on validation
-/// (macro AUROC), report test AUROC.
-fn finetune(
-    c: &Common,
-    ev: &Evaluator,
-    test: &SplitEmbeddings,
-    classes: &[String],
-    boot: Option<&BootstrapConfig>,
-    base: &medvlp_eval::results::Protocol,
-) -> Result<TaskOutput> {
-    let studies = read_manifest(&c.data)?;
-    let root = c
-        .root
-        .clone()
-        .unwrap_or_else(|| c.data.parent().map(Path::to_path_buf).unwrap_or_default());
-    let items = |s: Split| Loader::items_from_studies(&studies, &root, Some(s));
-    let train_all = items(Split::Train);
-    let classes = test.defined_classes(classes);
-    if classes.is_empty() {
-        bail!("fine-tuning: no class has positives and negatives in the test split");
+    fn common(args: &[&str]) -> Common {
+        let cli = Cli::try_parse_from([&["eval"], args].concat()).unwrap();
+        match cli.task {
+            EvalTask::ZeroShot(c) | EvalTask::All(c) => c,
+            _ => unreachable!(),
+        }
     }
-    // Test items in the order of `test` (the embedded split), so labels line up.
-    let test_items: Vec<_> = {
-        let all = items(test.split);
-        let by_id: std::collections::HashMap<&str, &medvlp_data::loader::Item> =
-            all.iter().map(|i| (i.id.as_str(), i)).collect();
-        test.ids.iter().map(|id| (*by_id[id.as_str()]).clone()).collect()
-    };
-    let val_items = items(Split::Validate);
-    let yv: Vec<Vec<bool>> = val_items
-        .iter()
-        .map(|i| classes.iter().map(|k| i.labels.get(k) == Some(&1)).collect())
-        .collect();
-    let yt = test.indicators(&classes);
-    let train_ids: Vec<String> = train_all.iter().map(|i| i.id.clone()).collect();
-    let ytrain: Vec<Vec<bool>> = train_all
-        .iter()
-        .map(|i| classes.iter().map(|k| i.labels.get(k) == Some(&1)).collect())
-        .collect();
-    let mut out = TaskOutput::default();
-    for &f in &c.fractions {
-        let (idx, source) = evaluate::fraction_ids(&c.data, &train_ids, &ytrain, f, c.seed)?;
-        let train: Vec<_> = idx.iter().map(|&i| train_all[i].clone()).collect();
-        let cfg = medvlp_train::finetune::FinetuneConfig {
-            epochs: c.epochs,
-            batch_size: 32,
-            seed: c.seed,
-            ..Default::default()
-        };
-        let score = |s: &[Vec<f64>]| metrics::auroc_per_class(s, &yv).macro_;
-        let t0 = std::time::Instant::now();
-        let r = medvlp_train::finetune::finetune(
-            &c.model,
-            train,
-            val_items.clone(),
-            test_items.clone(),
-            &classes,
-            &cfg,
-            &score,
-            &ev.device,
-        )?;
-        tracing::info!(
-            "fine-tuning at {}%: {} steps in {:.1}s, best epoch {}",
-            f * 100.0,
-            r.steps,
-            t0.elapsed().as_secs_f64(),
-            r.best_epoch
+
+    #[test]
+    fn flags_become_options() {
+        let o = common(&["zero-shot", "--model", "m", "--data", "d/m.jsonl"]).options().unwrap();
+        assert_eq!(
+            o,
+            EvalOptions {
+                data: "d/m.jsonl".into(),
+                root: None,
+                split: Split::Test,
+                prompts: "chexpert5".into(),
+                modes: vec![PromptMode::PosNeg, PromptMode::Ensemble, PromptMode::Single],
+                nway_per_class: 200,
+                fractions: vec![0.01, 0.1, 1.0],
+                classes: vec![],
+                pool: None,
+                text_field: medvlp_eval::TextField::Report,
+                bootstrap: 1000,
+                seed: 0,
+                batch_size: 64,
+                epochs: 5,
+                out: "eval".into(),
+            }
         );
-        let est = metrics::auroc_with_ci(&r.test_scores, &yt, boot);
-        let mut p = base.clone();
-        p.extra.insert("train_studies".into(), serde_json::json!(idx.len()));
-        p.extra.insert("fraction_ids".into(), serde_json::json!(source));
-        p.extra.insert("epochs".into(), serde_json::json!(c.epochs));
-        p.extra.insert("best_epoch".into(), serde_json::json!(r.best_epoch));
-        if let Some(m) = &est.macro_ {
-            out.records
-                .push(ResultRecord::new(Task::Finetune, "auroc_macro", m, &p).label_fraction(f));
-        }
-        for (ci, e) in est.per_class.iter().enumerate() {
-            if let Some(e) = e {
-                out.records.push(
-                    ResultRecord::new(Task::Finetune, "auroc", e, &p)
-                        .class(&classes[ci])
-                        .label_fraction(f),
-                );
-            }
-        }
+        assert_eq!(o.image_root(), PathBuf::from("d"));
+        let o = common(&[
+            "all",
+            "--model",
+            "m",
+            "--data",
+            "m.jsonl",
+            "--split",
+            "val",
+            "--modes",
+            "single",
+            "--text-field",
+            "impression",
+            "--classes",
+            "Edema,Mass",
+            "--pool",
+            "10",
+        ])
+        .options()
+        .unwrap();
+        assert_eq!(o.split, Split::Validate);
+        assert_eq!(o.modes, [PromptMode::Single]);
+        assert_eq!(o.text_field, medvlp_eval::TextField::Impression);
+        assert_eq!((o.classes.len(), o.pool), (2, Some(10)));
+        let bad = common(&["zero-shot", "--model", "m", "--data", "d", "--split", "nope"]);
+        assert!(format!("{:#}", bad.options().unwrap_err()).contains("nope"));
+        let bad = common(&["zero-shot", "--model", "m", "--data", "d", "--modes", "best"]);
+        assert!(format!("{:#}", bad.options().unwrap_err()).contains("best"));
     }
-    Ok(out)
 }

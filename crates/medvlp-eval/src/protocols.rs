@@ -1,0 +1,656 @@
+//! The evaluation protocols on embeddings of a manifest split: zero-shot classification from a
+//! prompt file, linear probes per label fraction, image<->report retrieval and the fine-tuning
+//! protocol (label fractions, epoch selection on validation, test AUROC). Each returns result
+//! records with their protocol and plots ([`TaskOutput`]).
+//!
+//! The model side stays outside: it embeds the splits ([`SplitEmbeddings`]), embeds prompt texts
+//! through the `embed_texts` callback of [`zero_shot`] and trains through the callback of
+//! [`finetune`]. `medvlp_train::evaluate::evaluate_model` wires a model directory to these.
+
+use crate::metrics;
+use crate::options::{EvalOptions, TextField};
+use crate::plots::{self, Plot};
+use crate::probe::{self, ProbeConfig, Targets};
+use crate::results::{append_jsonl, sha256_hex, write_markdown, Protocol, ResultRecord, Task};
+use crate::retrieval::{evaluate_retrieval, Pool, RetrievalConfig};
+use crate::splits::{fraction_ids, FinetuneSplits, SplitEmbeddings};
+use crate::stats::Estimate;
+use crate::zeroshot::{self, ClassPrompts, PromptMode};
+use anyhow::{bail, Context, Result};
+use medvlp_data::loader::Item;
+use medvlp_data::text::prompts::{ExpandedClass, ZeroShotPrompts};
+use medvlp_data::text::PromptFile;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Records and plots of one or more tasks.
+#[derive(Default)]
+pub struct TaskOutput {
+    pub records: Vec<ResultRecord>,
+    pub plots: Vec<(String, Plot)>,
+}
+
+impl TaskOutput {
+    pub fn extend(&mut self, other: TaskOutput) {
+        self.records.extend(other.records);
+        self.plots.extend(other.plots);
+    }
+
+    /// Writes `results.jsonl` (replacing an old one), `summary.md` (titled `title`) and the plots
+    /// into `dir`.
+    pub fn write(&self, dir: &Path, title: &str) -> Result<()> {
+        let results = dir.join("results.jsonl");
+        let _ = std::fs::remove_file(&results);
+        append_jsonl(&results, &self.records)?;
+        write_markdown(&dir.join("summary.md"), title, &self.records)?;
+        write_plots(dir, &self.plots)?;
+        Ok(())
+    }
+}
+
+/// The model side's text embedding: L2-normalised embeddings of the texts, in input order.
+pub type EmbedTexts<'a> = dyn Fn(&[String]) -> Result<Vec<Vec<f32>>> + 'a;
+
+fn record(task: Task, metric: &str, est: &Estimate, p: &Protocol) -> ResultRecord {
+    ResultRecord::new(task, metric, est, p)
+}
+
+/// The protocol every record of one evaluation starts from: the model and its weights' hash, the
+/// manifest, the evaluated split, the text field, the image preprocessing and the skipped images.
+pub fn base_protocol(
+    model: &Path,
+    model_hash: Option<String>,
+    manifest: &Path,
+    data: &SplitEmbeddings,
+    text_field: Option<TextField>,
+    preprocessing: serde_json::Value,
+) -> Protocol {
+    Protocol {
+        model: model.display().to_string(),
+        model_hash,
+        manifest: manifest.display().to_string(),
+        split_hash: Some(data.split_hash.clone()),
+        split: data.split.as_str().to_string(),
+        prompt_hashes: BTreeMap::new(),
+        text_field: text_field.map(|t| t.as_str().to_string()),
+        preprocessing,
+        extra: BTreeMap::from([("skipped_images".to_string(), serde_json::json!(data.skipped))]),
+    }
+}
+
+/// Zero-shot classification with a prompt file: per prompt mode (`opts.modes`), per-class AUROC
+/// and macro AUROC (multi-label), and N-way accuracy on the studies positive for exactly one class
+/// (5x200 style, up to `opts.nway_per_class` per class). The exact prompts go into the protocol.
+/// `embed_texts` embeds prompts with the model; `temperature` is the model's (pos/neg mode).
+pub fn zero_shot(
+    data: &SplitEmbeddings,
+    prompts: &ZeroShotPrompts,
+    prompt_file_hash: &str,
+    embed_texts: &EmbedTexts,
+    temperature: f64,
+    opts: &EvalOptions,
+    base: &Protocol,
+) -> Result<TaskOutput> {
+    let modes = &opts.modes;
+    let nway_per_class = opts.nway_per_class;
+    let boot = opts.bootstrap_config();
+    let boot = boot.as_ref();
+    let expanded: Vec<ExpandedClass> = prompts.expand()?;
+    let names: Vec<String> = expanded.iter().map(|c| c.name.clone()).collect();
+    let classes = data.defined_classes(&names);
+    if classes.is_empty() {
+        bail!("zero-shot: none of the prompt file's classes ({}) has both positives and negatives in the {} split", names.join(", "), data.split.as_str());
+    }
+    let skipped: Vec<&String> = names.iter().filter(|n| !classes.contains(n)).collect();
+    if !skipped.is_empty() {
+        tracing::info!("zero-shot: classes without positives and negatives in this split are left out: {skipped:?}");
+    }
+    let ec: Vec<&ExpandedClass> =
+        classes.iter().map(|c| expanded.iter().find(|e| &e.name == c).unwrap()).collect();
+    let labels = data.indicators(&classes);
+    let mut out = TaskOutput::default();
+    for &mode in modes {
+        let mut used: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        let mut cps = vec![];
+        for c in &ec {
+            let (cp, shown) = match mode {
+                PromptMode::Single => {
+                    let t = c
+                        .templates
+                        .first()
+                        .or(c.positive.as_ref())
+                        .with_context(|| format!("class {:?} has no single template", c.name))?
+                        .clone();
+                    (
+                        ClassPrompts::Single(embed_texts(std::slice::from_ref(&t))?.remove(0)),
+                        serde_json::json!(t),
+                    )
+                }
+                PromptMode::Ensemble => {
+                    let mut ts: Vec<String> = c.ensemble.clone();
+                    if ts.is_empty() {
+                        ts = c.templates.clone();
+                    }
+                    if ts.is_empty() {
+                        bail!("class {:?} has no ensemble or templates", c.name);
+                    }
+                    (ClassPrompts::Ensemble(embed_texts(&ts)?), serde_json::json!(ts))
+                }
+                PromptMode::PosNeg => {
+                    let pos =
+                        c.positive.clone().or_else(|| c.templates.first().cloned()).with_context(
+                            || format!("class {:?} has no positive prompt", c.name),
+                        )?;
+                    let neg = c.negative.clone().unwrap_or_else(|| format!("no {pos}"));
+                    let e = embed_texts(&[pos.clone(), neg.clone()])?;
+                    (
+                        ClassPrompts::PosNeg {
+                            positive: vec![e[0].clone()],
+                            negative: vec![e[1].clone()],
+                        },
+                        serde_json::json!({"positive": pos, "negative": neg}),
+                    )
+                }
+            };
+            used.insert(c.name.clone(), shown);
+            cps.push(cp);
+        }
+        let scores = zeroshot::zero_shot_scores(&data.images, &cps, temperature)?;
+        let mut p = base.clone();
+        p.prompt_hashes
+            .insert(format!("{}@{}", prompts.name, prompts.version), prompt_file_hash.to_string());
+        p.extra.insert("prompt_mode".into(), serde_json::json!(mode.as_str()));
+        p.extra.insert("prompts".into(), serde_json::json!(used));
+        let est = zeroshot::evaluate_multilabel(&scores, &labels, boot);
+        if let Some(m) = &est.macro_ {
+            out.records.push(record(Task::ZeroShot, "auroc_macro", m, &p));
+        }
+        for (ci, e) in est.per_class.iter().enumerate() {
+            if let Some(e) = e {
+                out.records.push(record(Task::ZeroShot, "auroc", e, &p).class(&classes[ci]));
+            }
+        }
+        let auprc = metrics::auprc_with_ci(&scores, &labels, boot);
+        if let Some(m) = &auprc.macro_ {
+            out.records.push(record(Task::ZeroShot, "auprc_macro", m, &p));
+        }
+        if mode == PromptMode::PosNeg || modes.len() == 1 {
+            let curves: Vec<(String, metrics::RocCurve)> = (0..classes.len())
+                .filter_map(|c| {
+                    let s: Vec<f64> = scores.iter().map(|r| r[c]).collect();
+                    let y: Vec<bool> = labels.iter().map(|r| r[c]).collect();
+                    metrics::roc_curve(&s, &y).map(|rc| (classes[c].clone(), rc))
+                })
+                .collect();
+            out.plots.push((
+                format!("zero_shot_roc_{}", mode.as_str()),
+                plots::roc_plot(
+                    &format!("Zero-shot ROC ({}, {})", prompts.name, mode.as_str()),
+                    &curves,
+                ),
+            ));
+        }
+        // N-way: studies positive for exactly one class, at most `nway_per_class` each.
+        let mut rows = vec![];
+        let mut per = vec![0usize; classes.len()];
+        for (i, l) in labels.iter().enumerate() {
+            let pos: Vec<usize> = (0..classes.len()).filter(|&c| l[c]).collect();
+            if pos.len() == 1 && per[pos[0]] < nway_per_class {
+                per[pos[0]] += 1;
+                rows.push((i, pos[0]));
+            }
+        }
+        if classes.len() >= 2 && per.iter().filter(|&&n| n > 0).count() >= 2 {
+            let s: Vec<Vec<f64>> = rows.iter().map(|&(i, _)| scores[i].clone()).collect();
+            let truth: Vec<usize> = rows.iter().map(|&(_, c)| c).collect();
+            if let Some(e) = zeroshot::evaluate_nway(&s, &truth, boot) {
+                let mut p = p.clone();
+                p.extra.insert("nway".into(), serde_json::json!({"classes": classes, "per_class": per, "max_per_class": nway_per_class}));
+                out.records.push(record(Task::ZeroShot, "accuracy", &e, &p));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Linear probe on frozen image embeddings: multi-label logistic regression per label fraction
+/// (`opts.fractions`), regularisation chosen on the validation split, AUROC on the test split,
+/// F1 with per-class thresholds chosen on validation.
+pub fn linear_probe(
+    train: &SplitEmbeddings,
+    val: &SplitEmbeddings,
+    test: &SplitEmbeddings,
+    classes: &[String],
+    opts: &EvalOptions,
+    base: &Protocol,
+) -> Result<TaskOutput> {
+    let boot = opts.bootstrap_config();
+    let boot = boot.as_ref();
+    let classes =
+        test.defined_classes(val.defined_classes(train.defined_classes(classes).iter()).iter());
+    if classes.is_empty() {
+        bail!("linear probe: no class has positives and negatives in train, validate and test");
+    }
+    let (ytr, yv, yt) =
+        (train.indicators(&classes), val.indicators(&classes), test.indicators(&classes));
+    let mut out = TaskOutput::default();
+    for &f in &opts.fractions {
+        let (idx, source) = fraction_ids(&opts.data, &train.ids, &ytr, f, opts.seed)?;
+        let x: Vec<Vec<f32>> = idx.iter().map(|&i| train.images[i].clone()).collect();
+        let y: Vec<Vec<bool>> = idx.iter().map(|&i| ytr[i].clone()).collect();
+        // Classes without a positive (or negative) in a tiny subset get a constant prediction.
+        let (probe, sel) = probe::fit_with_validation(
+            &x,
+            &Targets::MultiLabel(y),
+            &val.images,
+            &Targets::MultiLabel(yv.clone()),
+            &ProbeConfig::default(),
+        )?;
+        let scores = probe.predict(&test.images)?;
+        let est = metrics::auroc_with_ci(&scores, &yt, boot);
+        let mut p = base.clone();
+        p.extra.insert("train_studies".into(), serde_json::json!(idx.len()));
+        p.extra.insert("fraction_ids".into(), serde_json::json!(source));
+        p.extra.insert("lambda".into(), serde_json::json!(sel.lambda));
+        if let Some(m) = &est.macro_ {
+            out.records.push(record(Task::LinearProbe, "auroc_macro", m, &p).label_fraction(f));
+        }
+        for (ci, e) in est.per_class.iter().enumerate() {
+            if let Some(e) = e {
+                out.records.push(
+                    record(Task::LinearProbe, "auroc", e, &p).class(&classes[ci]).label_fraction(f),
+                );
+            }
+        }
+        // F1 with per-class thresholds chosen on validation.
+        let vs = probe.predict(&val.images)?;
+        let thr = metrics::select_f1_thresholds(&vs, &yv);
+        let pred = metrics::apply_thresholds(&scores, &thr, 0.5);
+        let f1 = metrics::f1_multilabel(&pred, &yt);
+        if let Some(m) = f1.macro_ {
+            out.records.push(
+                record(Task::LinearProbe, "f1_macro", &Estimate { value: m, ci: None }, &p)
+                    .label_fraction(f),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Image->report and report->image retrieval on the studies with both, exact-pair relevance
+/// (R@K, mean/median rank) and, with `classes`, label-based Precision@K; candidate pools of
+/// `opts.pool` (seeded with `opts.seed`) or the whole split.
+pub fn retrieval(
+    data: &SplitEmbeddings,
+    classes: &[String],
+    opts: &EvalOptions,
+    base: &Protocol,
+) -> Result<TaskOutput> {
+    let boot = opts.bootstrap_config();
+    let boot = boot.as_ref();
+    let texts = data.texts.as_ref().context("retrieval needs report embeddings")?;
+    let keep: Vec<usize> = (0..data.ids.len()).filter(|&i| texts[i].is_some()).collect();
+    if keep.len() < 2 {
+        bail!(
+            "retrieval: fewer than 2 studies with both an image and a report in the {} split",
+            data.split.as_str()
+        );
+    }
+    let imgs: Vec<Vec<f32>> = keep.iter().map(|&i| data.images[i].clone()).collect();
+    let txts: Vec<Vec<f32>> = keep.iter().map(|&i| texts[i].clone().unwrap()).collect();
+    let all_labels = data.indicators(classes);
+    let labels: Vec<Vec<bool>> = keep.iter().map(|&i| all_labels[i].clone()).collect();
+    let pool = match opts.pool {
+        Some(n) if n < keep.len() => Pool::Chunks { size: n, seed: opts.seed },
+        _ => Pool::Full,
+    };
+    let cfg = RetrievalConfig { pool, ..Default::default() };
+    let res = evaluate_retrieval(
+        &imgs,
+        &txts,
+        if classes.is_empty() { None } else { Some(&labels) },
+        &cfg,
+    )?;
+    let mut p = base.clone();
+    p.extra.insert("pool".into(), serde_json::json!(res.image_to_text.pool_size));
+    p.extra.insert("pairs".into(), serde_json::json!(keep.len()));
+    let mut out = TaskOutput::default();
+    let mut curves = vec![];
+    for d in [&res.image_to_text, &res.text_to_image] {
+        for m in d.metrics(&cfg.ks, boot) {
+            out.records
+                .push(record(Task::Retrieval, &m.metric, &m.estimate, &p).direction(d.direction));
+        }
+        curves.push((
+            d.direction.as_str().to_string(),
+            plots::recall_curve(&d.ranks, 50.min(d.pool_size)),
+        ));
+    }
+    out.plots.push((
+        "retrieval_recall".into(),
+        plots::recall_plot(
+            &format!("Retrieval Recall@K (pool {})", res.image_to_text.pool_size),
+            &curves,
+        ),
+    ));
+    Ok(out)
+}
+
+/// One fine-tuning run the protocol asks the model side for: train on `train`, select the epoch
+/// with the best `val_score` of the validation items' scores, return the test items' scores.
+pub struct FinetuneJob<'a> {
+    pub train: Vec<Item>,
+    pub val: Vec<Item>,
+    pub test: Vec<Item>,
+    pub classes: &'a [String],
+    /// Macro AUROC of validation scores (epoch selection).
+    pub val_score: &'a dyn Fn(&[Vec<f64>]) -> Option<f64>,
+}
+
+/// What a fine-tuning run returns.
+pub struct FinetuneRun {
+    /// Per test item (in [`FinetuneJob::test`] order), per class.
+    pub test_scores: Vec<Vec<f64>>,
+    pub best_epoch: usize,
+    /// Optimiser steps taken (logged).
+    pub steps: usize,
+}
+
+/// The fine-tuning protocol: at each label fraction (`opts.fractions`), `train` fine-tunes on the
+/// fraction's training studies with the epoch chosen on validation (macro AUROC); the records
+/// are test AUROC per class and macro (classes defined on the test split).
+pub fn finetune(
+    test: &SplitEmbeddings,
+    classes: &[String],
+    opts: &EvalOptions,
+    base: &Protocol,
+    train: &mut dyn FnMut(FinetuneJob) -> Result<FinetuneRun>,
+) -> Result<TaskOutput> {
+    let boot = opts.bootstrap_config();
+    let boot = boot.as_ref();
+    let s = FinetuneSplits::new(&opts.data, &opts.image_root(), test, classes)?;
+    let mut out = TaskOutput::default();
+    for &f in &opts.fractions {
+        let (idx, source) = fraction_ids(&opts.data, &s.train_ids, &s.train_labels, f, opts.seed)?;
+        let score = |v: &[Vec<f64>]| metrics::auroc_per_class(v, &s.val_labels).macro_;
+        let t0 = std::time::Instant::now();
+        let r = train(FinetuneJob {
+            train: idx.iter().map(|&i| s.train[i].clone()).collect(),
+            val: s.val.clone(),
+            test: s.test.clone(),
+            classes: &s.classes,
+            val_score: &score,
+        })?;
+        tracing::info!(
+            "fine-tuning at {}%: {} steps in {:.1}s, best epoch {}",
+            f * 100.0,
+            r.steps,
+            t0.elapsed().as_secs_f64(),
+            r.best_epoch
+        );
+        let est = metrics::auroc_with_ci(&r.test_scores, &s.test_labels, boot);
+        let mut p = base.clone();
+        p.extra.insert("train_studies".into(), serde_json::json!(idx.len()));
+        p.extra.insert("fraction_ids".into(), serde_json::json!(source));
+        p.extra.insert("epochs".into(), serde_json::json!(opts.epochs));
+        p.extra.insert("best_epoch".into(), serde_json::json!(r.best_epoch));
+        if let Some(m) = &est.macro_ {
+            out.records.push(record(Task::Finetune, "auroc_macro", m, &p).label_fraction(f));
+        }
+        for (ci, e) in est.per_class.iter().enumerate() {
+            if let Some(e) = e {
+                out.records.push(
+                    record(Task::Finetune, "auroc", e, &p).class(&s.classes[ci]).label_fraction(f),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A zero-shot prompt file (path or shipped name) and its content hash.
+pub fn load_zero_shot_prompts(name_or_path: &str) -> Result<(ZeroShotPrompts, String)> {
+    let p = Path::new(name_or_path);
+    let text = if p.exists() {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+    } else {
+        medvlp_data::text::prompts::BUILTIN_PROMPTS
+            .iter()
+            .find(|(n, _)| *n == name_or_path)
+            .map(|(_, t)| t.to_string())
+            .with_context(|| format!("{name_or_path} is neither a file nor a shipped prompt file (see `medvlp prompts list`)"))?
+    };
+    match PromptFile::from_toml_str(&text, name_or_path)? {
+        PromptFile::ZeroShot(z) => Ok((z, sha256_hex(text.as_bytes()))),
+        PromptFile::Disease(_) => {
+            bail!("{name_or_path} is a disease-kind prompt file, not a zero-shot one")
+        }
+    }
+}
+
+/// Writes every plot as SVG (with text) and PNG (lines only) into `dir`.
+pub fn write_plots(dir: &Path, plots: &[(String, Plot)]) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut files = vec![];
+    for (name, p) in plots {
+        let svg = dir.join(format!("{name}.svg"));
+        p.write_svg(&svg)?;
+        p.write_png(&dir.join(format!("{name}.png")))?;
+        files.push(svg);
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medvlp_data::dataset::{Split, Study};
+
+    const CLASSES: [&str; 2] = ["Edema", "Mass"];
+
+    fn study(id: usize, split: Split, edema: bool, mass: bool) -> Study {
+        serde_json::from_value(serde_json::json!({
+            "id": format!("s{id}"),
+            "images": [{"path": format!("s{id}.png")}],
+            "split": split.as_str(),
+            "labels": {"Edema": edema as i8, "Mass": mass as i8},
+        }))
+        .unwrap()
+    }
+
+    /// Studies of a split: positives by `i % 3` (0 Edema, 1 Mass, 2 none) and an image embedding
+    /// along the positive class's axis, with a little of a third axis so that none is zero.
+    fn split(split: Split, n: usize, offset: usize) -> (Vec<Study>, SplitEmbeddings) {
+        let studies: Vec<Study> =
+            (0..n).map(|i| study(offset + i, split, i % 3 == 0, i % 3 == 1)).collect();
+        let images: Vec<Vec<f32>> = (0..n)
+            .map(|i| {
+                let w = 1.0 + (i % 5) as f32 * 0.1;
+                match i % 3 {
+                    0 => vec![w, 0.0, 0.2],
+                    1 => vec![0.0, w, 0.2],
+                    _ => vec![0.1, 0.1, w],
+                }
+            })
+            .collect();
+        let refs: Vec<&Study> = studies.iter().collect();
+        let texts =
+            Some(images.iter().enumerate().map(|(i, e)| (i != 2).then(|| e.clone())).collect());
+        let e = SplitEmbeddings::new(split, &refs, images, texts, 0);
+        (studies, e)
+    }
+
+    fn options(dir: &Path) -> EvalOptions {
+        EvalOptions {
+            data: dir.join("manifest.jsonl"),
+            root: None,
+            split: Split::Test,
+            prompts: "toy".into(),
+            modes: vec![PromptMode::PosNeg, PromptMode::Ensemble, PromptMode::Single],
+            nway_per_class: 200,
+            fractions: vec![0.5, 1.0],
+            classes: CLASSES.map(String::from).to_vec(),
+            pool: Some(4),
+            text_field: TextField::Report,
+            bootstrap: 20,
+            seed: 1,
+            batch_size: 8,
+            epochs: 2,
+            out: dir.join("out"),
+        }
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("medvlp-eval-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn base(data: &SplitEmbeddings) -> Protocol {
+        base_protocol(
+            Path::new("model"),
+            Some("abc".into()),
+            Path::new("m.jsonl"),
+            data,
+            Some(TextField::Report),
+            serde_json::Value::Null,
+        )
+    }
+
+    #[test]
+    fn zero_shot_records_per_mode_from_a_prompt_file() {
+        let dir = tmp("zs");
+        let file = dir.join("toy.toml");
+        let toml = "kind = \"zero-shot\"\nname = \"toy\"\nversion = \"0.1\"\n\
+            [[class]]\nname = \"Edema\"\ntemplates = [\"edema\", \"there is edema\"]\n\
+            positive = \"edema\"\nnegative = \"no edema\"\n\
+            [[class]]\nname = \"Mass\"\ntemplates = [\"mass\"]\n\
+            [[class]]\nname = \"Nodule\"\ntemplates = [\"nodule\"]\n";
+        std::fs::write(&file, toml).unwrap();
+        let (prompts, hash) = load_zero_shot_prompts(file.to_str().unwrap()).unwrap();
+        assert_eq!(hash, sha256_hex(toml.as_bytes()));
+        assert!(load_zero_shot_prompts("no-such-prompts").is_err());
+        // Prompt embeddings: the class's axis, negated by "no ".
+        let embed = |texts: &[String]| -> Result<Vec<Vec<f32>>> {
+            Ok(texts
+                .iter()
+                .map(|t| {
+                    let sign = if t.starts_with("no ") { -1.0 } else { 1.0 };
+                    let axis = if t.contains("edema") { 0 } else { 1 };
+                    let mut v = vec![0.0, 0.0, 0.01];
+                    v[axis] = sign;
+                    v
+                })
+                .collect())
+        };
+        let (_, test) = split(Split::Test, 30, 0);
+        let opts = options(&dir);
+        let out = zero_shot(&test, &prompts, &hash, &embed, 0.1, &opts, &base(&test)).unwrap();
+        for mode in ["pos_neg", "ensemble", "single"] {
+            let recs: Vec<&ResultRecord> =
+                out.records.iter().filter(|r| r.protocol.extra["prompt_mode"] == mode).collect();
+            let metrics: Vec<(&str, Option<&str>)> =
+                recs.iter().map(|r| (r.metric.as_str(), r.class.as_deref())).collect();
+            // Nodule has no positive in the split: left out.
+            assert_eq!(
+                metrics,
+                [
+                    ("auroc_macro", None),
+                    ("auroc", Some("Edema")),
+                    ("auroc", Some("Mass")),
+                    ("auprc_macro", None),
+                    ("accuracy", None)
+                ],
+                "{mode}"
+            );
+            assert!(recs.iter().all(|r| r.value == 1.0 && r.ci_low.is_some()), "{mode}");
+            assert_eq!(recs[0].protocol.prompt_hashes["toy@0.1"], hash);
+            assert_eq!(recs[0].protocol.model_hash.as_deref(), Some("abc"));
+        }
+        let pn = out.records.iter().find(|r| r.protocol.extra["prompt_mode"] == "pos_neg").unwrap();
+        assert_eq!(
+            pn.protocol.extra["prompts"]["Mass"],
+            serde_json::json!({"positive": "mass", "negative": "no mass"})
+        );
+        assert_eq!(pn.protocol.extra["skipped_images"], 0);
+        // One ROC plot: the pos/neg mode's (several modes).
+        assert_eq!(out.plots.len(), 1);
+        assert_eq!(out.plots[0].0, "zero_shot_roc_pos_neg");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn retrieval_on_the_studies_with_reports() {
+        let dir = tmp("ret");
+        let (_, test) = split(Split::Test, 12, 0);
+        let out =
+            retrieval(&test, &CLASSES.map(String::from), &options(&dir), &base(&test)).unwrap();
+        let r1: Vec<&ResultRecord> =
+            out.records.iter().filter(|r| r.metric == "recall@1").collect();
+        assert_eq!(r1.len(), 2, "both directions");
+        assert_eq!(r1[0].protocol.extra["pairs"], 11, "study 2 has no report");
+        assert_eq!(r1[0].protocol.extra["pool"], 4);
+        assert!(out.records.iter().any(|r| r.metric == "precision@5"));
+        assert_eq!(out.plots[0].0, "retrieval_recall");
+        // Without labels: no label-based metrics; without reports: an error.
+        let out = retrieval(&test, &[], &options(&dir), &base(&test)).unwrap();
+        assert!(!out.records.iter().any(|r| r.metric.starts_with("precision")));
+        let (_, mut bare) = split(Split::Test, 4, 0);
+        bare.texts = None;
+        assert!(retrieval(&bare, &[], &options(&dir), &base(&bare)).is_err());
+    }
+
+    #[test]
+    fn linear_probe_and_finetune_per_label_fraction() {
+        let dir = tmp("lp");
+        let (tr_s, train) = split(Split::Train, 40, 0);
+        let (va_s, val) = split(Split::Validate, 15, 100);
+        let (te_s, test) = split(Split::Test, 15, 200);
+        let opts = options(&dir);
+        let out = linear_probe(&train, &val, &test, &opts.classes, &opts, &base(&test)).unwrap();
+        let macros: Vec<(f64, f64, &serde_json::Value)> = out
+            .records
+            .iter()
+            .filter(|r| r.metric == "auroc_macro")
+            .map(|r| (r.label_fraction.unwrap(), r.value, &r.protocol.extra["train_studies"]))
+            .collect();
+        assert_eq!(
+            macros,
+            [(0.5, 1.0, &serde_json::json!(20)), (1.0, 1.0, &serde_json::json!(40))]
+        );
+        assert!(out.records.iter().any(|r| r.metric == "f1_macro"));
+
+        // Fine-tuning reads the manifest; the trainer here scores test items by their labels.
+        let all: String = tr_s
+            .iter()
+            .chain(&va_s)
+            .chain(&te_s)
+            .map(|s| serde_json::to_string(s).unwrap() + "\n")
+            .collect();
+        std::fs::write(&opts.data, all).unwrap();
+        let mut jobs = vec![];
+        let out = finetune(&test, &opts.classes, &opts, &base(&test), &mut |job| {
+            jobs.push((job.train.len(), job.val.len(), job.classes.to_vec()));
+            let truth = |it: &Item| -> Vec<f64> {
+                job.classes.iter().map(|c| (it.labels.get(c) == Some(&1)) as u8 as f64).collect()
+            };
+            let val: Vec<Vec<f64>> = job.val.iter().map(truth).collect();
+            assert_eq!((job.val_score)(&val), Some(1.0));
+            Ok(FinetuneRun {
+                test_scores: job.test.iter().map(truth).collect(),
+                best_epoch: 1,
+                steps: 3,
+            })
+        })
+        .unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!((jobs[0].0, jobs[1].0, jobs[1].1), (20, 40, 15));
+        assert_eq!(jobs[0].2, CLASSES.map(String::from));
+        let m: Vec<&ResultRecord> =
+            out.records.iter().filter(|r| r.metric == "auroc_macro").collect();
+        assert_eq!(m.len(), 2);
+        assert!(m.iter().all(|r| r.value == 1.0 && r.protocol.extra["epochs"] == 2));
+        assert_eq!(m[0].protocol.extra["best_epoch"], 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
