@@ -12,6 +12,7 @@
 pub mod assets;
 pub mod bench;
 pub mod dataset;
+pub mod hash;
 pub mod image;
 pub mod loader;
 pub mod text;

@@ -6,7 +6,6 @@ use crate::retrieval::Direction;
 use crate::stats::Estimate;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -151,18 +150,6 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<ResultRecord>> {
         .collect()
 }
 
-/// sha256 of bytes as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// sha256 of a file (for prompt files, ID lists, manifests).
-pub fn sha256_file(path: &Path) -> Result<String> {
-    Ok(sha256_hex(
-        &std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?,
-    ))
-}
-
 fn fmt(v: f64) -> String {
     if v.abs() >= 100.0 || v.fract() == 0.0 && v.abs() >= 1.0 {
         format!("{v:.1}")
@@ -250,6 +237,7 @@ pub fn write_markdown(path: &Path, title: &str, records: &[ResultRecord]) -> Res
 mod tests {
     use super::*;
     use crate::stats::Ci;
+    use medvlp_data::hash::sha256_hex;
 
     fn protocol() -> Protocol {
         let mut p = Protocol {

@@ -4,9 +4,9 @@
 //! Plain data: manifests in, indices and indicator rows out.
 
 use crate::probe;
-use crate::results::sha256_hex;
 use anyhow::{bail, Context, Result};
 use medvlp_data::dataset::{read_manifest, sibling, Split, Study};
+use medvlp_data::hash::sha256_hex;
 use medvlp_data::loader::{Item, Loader};
 use std::collections::BTreeMap;
 use std::path::Path;

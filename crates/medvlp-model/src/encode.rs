@@ -1,4 +1,4 @@
-//! Inference helpers shared by `embed`, the evaluation commands, the quickstart and the server:
+//! Inference helpers shared by `embed`, the evaluation commands and the quickstart:
 //! batched joint-space embeddings of texts and of images (decoded and eval-preprocessed in
 //! parallel by the data crate's loader, in dataset order), and [`Evaluator`], a model directory
 //! loaded for the evaluation protocols (`medvlp_eval` scores the embeddings it returns). No
@@ -12,7 +12,6 @@ use medvlp_data::dataset::Study;
 use medvlp_data::image::preprocess::PreprocessConfig;
 use medvlp_data::loader::{Item, Loader, LoaderConfig};
 use medvlp_data::tokenizer::Tokenizer;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// L2-normalised text embeddings, one row per text, in input order.
@@ -105,7 +104,7 @@ impl Evaluator {
         let tokenizer = Tokenizer::from_file(&tok, model.config.text_config.max_length)?;
         let model_hash = std::fs::read(dir.join(model_dir::WEIGHTS_FILE))
             .ok()
-            .map(|bytes| model_dir::hex(&Sha256::digest(bytes)));
+            .map(|bytes| medvlp_data::hash::sha256_hex(&bytes));
         Ok(Self {
             model,
             tokenizer,

@@ -7,7 +7,6 @@ use crate::medvlp::MedVlp;
 use crate::params::{LoadReport, ParamStore};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,11 +25,7 @@ pub enum DirKind {
 /// sha256 of the canonical JSON of the config (hex); stored in the weights' metadata.
 pub fn config_hash(config: &ModelConfig) -> String {
     let bytes = serde_json::to_vec(config).expect("config serialises");
-    hex(&Sha256::digest(&bytes))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    medvlp_data::hash::sha256_hex(&bytes)
 }
 
 /// The text config of a Hugging Face BERT directory (`config.json`), keeping `current`'s pooling

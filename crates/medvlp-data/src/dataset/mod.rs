@@ -22,9 +22,9 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+pub use crate::hash::{hash64, unit_hash};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 pub use manifest::{read_manifest, ImageRef, ManifestReader, ManifestWriter, Split, Study};
 
@@ -326,20 +326,6 @@ pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "manifest".into());
     out.with_file_name(format!("{stem}.{suffix}"))
-}
-
-/// Stable 64-bit hash of (seed, key): SHA-256, so it never changes with the Rust version.
-pub fn hash64(seed: u64, key: &str) -> u64 {
-    let mut h = Sha256::new();
-    h.update(seed.to_le_bytes());
-    h.update(key.as_bytes());
-    let d = h.finalize();
-    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
-}
-
-/// Hash of (seed, key) mapped to [0, 1).
-pub fn unit_hash(seed: u64, key: &str) -> f64 {
-    (hash64(seed, key) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Run the adapter named in `opts.dataset`.
