@@ -24,11 +24,7 @@ impl Method for Clip {
     }
 
     fn configs(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("tiny", include_str!("../../../../configs/clip-tiny.toml")),
-            ("small", include_str!("../../../../configs/clip-small.toml")),
-            ("base", include_str!("../../../../configs/clip-base.toml")),
-        ]
+        shipped_configs!("clip")
     }
 
     fn defaults(&self) -> ObjectiveConfig {

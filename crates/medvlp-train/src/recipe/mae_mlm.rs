@@ -36,11 +36,7 @@ impl Method for MaeMlm {
     }
 
     fn configs(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("tiny", include_str!("../../../../configs/mae-mlm-tiny.toml")),
-            ("small", include_str!("../../../../configs/mae-mlm-small.toml")),
-            ("base", include_str!("../../../../configs/mae-mlm-base.toml")),
-        ]
+        shipped_configs!("mae-mlm")
     }
 
     fn defaults(&self) -> ObjectiveConfig {

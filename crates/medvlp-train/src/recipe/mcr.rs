@@ -51,11 +51,7 @@ impl Method for Mcr {
     }
 
     fn configs(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("tiny", include_str!("../../../../configs/mcr-tiny.toml")),
-            ("small", include_str!("../../../../configs/mcr-small.toml")),
-            ("base", include_str!("../../../../configs/mcr-base.toml")),
-        ]
+        shipped_configs!("mcr")
     }
 
     fn defaults(&self) -> ObjectiveConfig {

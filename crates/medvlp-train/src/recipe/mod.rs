@@ -8,6 +8,18 @@
 //! and the tests all read it, so adding a method is one file here (plus one line in
 //! [`registry::BUILT_IN`]) and its configs; `register` adds one at run time.
 
+/// The `tiny`, `small` and `base` configs of a recipe, `configs/<name>-<preset>.toml`, embedded so
+/// that the binary works from any directory.
+macro_rules! shipped_configs {
+    ($name:literal) => {
+        &[
+            ("tiny", include_str!(concat!("../../../../configs/", $name, "-tiny.toml"))),
+            ("small", include_str!(concat!("../../../../configs/", $name, "-small.toml"))),
+            ("base", include_str!(concat!("../../../../configs/", $name, "-base.toml"))),
+        ]
+    };
+}
+
 pub mod batch;
 pub mod clip;
 pub mod mae_mlm;

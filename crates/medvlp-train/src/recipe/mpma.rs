@@ -53,11 +53,7 @@ impl Method for Mpma {
     }
 
     fn configs(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("tiny", include_str!("../../../../configs/mpma-tiny.toml")),
-            ("small", include_str!("../../../../configs/mpma-small.toml")),
-            ("base", include_str!("../../../../configs/mpma-base.toml")),
-        ]
+        shipped_configs!("mpma")
     }
 
     fn defaults(&self) -> ObjectiveConfig {

@@ -68,11 +68,7 @@ impl Method for Xlip {
     }
 
     fn configs(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("tiny", include_str!("../../../../configs/xlip-tiny.toml")),
-            ("small", include_str!("../../../../configs/xlip-small.toml")),
-            ("base", include_str!("../../../../configs/xlip-base.toml")),
-        ]
+        shipped_configs!("xlip")
     }
 
     fn validate(&self, cfg: &ObjectiveConfig) -> Result<()> {
