@@ -302,6 +302,24 @@ fn train_rejects_bad_config_keys_and_missing_manifest() {
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("/nonexistent/m.jsonl") && !e.contains("panicked"), "{e}");
+    // A key the recipe does not read is refused before any work, naming recipe, key and source.
+    let out = medvlp()
+        .arg("train")
+        .arg("--config")
+        .arg(config_path())
+        .arg("--out")
+        .arg(tmp.join("refused"))
+        .arg("objectives.memory_query=text")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("recipe 'xlip' does not use objectives.memory_query")
+            && e.contains("'objectives.memory_query=text'"),
+        "{e}"
+    );
+    assert!(!tmp.join("refused").exists(), "nothing written for a refused config");
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
