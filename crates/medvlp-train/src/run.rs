@@ -127,7 +127,35 @@ pub fn model_config(
     Ok(mc)
 }
 
-/// Run (or resume) training as configured; writes into `out`.
+/// What in `out` shows a previous run (its metrics, checkpoints or models), if anything.
+pub fn previous_run(out: &Path) -> Option<String> {
+    let found: Vec<&str> = ["metrics.jsonl", "checkpoints", "final", "best"]
+        .into_iter()
+        .filter(|m| out.join(m).exists())
+        .collect();
+    (!found.is_empty()).then(|| found.join(", "))
+}
+
+/// Moves a run folder aside (`DIR.replaced-UNIXTIME`, never deleted); returns where it went.
+pub fn move_aside(out: &Path) -> Result<PathBuf> {
+    let name = out.file_name().context("the run folder has no name")?.to_string_lossy().to_string();
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut to = out.with_file_name(format!("{name}.replaced-{secs}"));
+    let mut k = 1;
+    while to.exists() {
+        to = out.with_file_name(format!("{name}.replaced-{secs}-{k}"));
+        k += 1;
+    }
+    std::fs::rename(out, &to)
+        .with_context(|| format!("moving {} to {}", out.display(), to.display()))?;
+    Ok(to)
+}
+
+/// Run (or resume) training as configured; writes into `out`. A fresh run (`resume` false) refuses
+/// a folder that holds a previous run, so that two runs never mix their metrics and checkpoints.
 pub fn run_training(
     rc: &RunConfig,
     resolved_toml: &str,
@@ -135,6 +163,14 @@ pub fn run_training(
     resume: bool,
     stop: Arc<AtomicBool>,
 ) -> Result<RunSummary> {
+    if !resume {
+        if let Some(what) = previous_run(out) {
+            anyhow::bail!(
+                "{} holds a previous run ({what}): --resume continues it, --overwrite moves it aside",
+                out.display()
+            );
+        }
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::trainer::save_resolved_config(out, resolved_toml)?;
     let dev = device(&rc.device)?;

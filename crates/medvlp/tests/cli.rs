@@ -237,6 +237,24 @@ fn label_writes_labels_and_entities_and_reports_bad_lines() {
     assert_eq!(&text[s..t], e["text"].as_str().unwrap());
     assert_eq!(lines[1]["id"], 7);
     assert_eq!(lines[1]["labels"]["Support Devices"], 1);
+    // An output that names the input (here through a different spelling) is refused, the input
+    // left as it was.
+    let before = std::fs::read(&input).unwrap();
+    let same = tmp.join(".").join("reports.jsonl");
+    for cmd in [
+        medvlp().args(["label", "--input"]).arg(&input).arg("--output").arg(&same).output(),
+        medvlp()
+            .args(["embed", "--model", "/nonexistent", "--texts"])
+            .arg(&input)
+            .arg("--output")
+            .arg(&same)
+            .output(),
+    ] {
+        let o = cmd.unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains("is the input file"), "{e}");
+    }
+    assert_eq!(std::fs::read(&input).unwrap(), before);
 }
 
 #[test]

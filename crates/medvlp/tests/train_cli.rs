@@ -93,6 +93,18 @@ fn train_cmd(data: &Path, out: &Path, steps: u32) -> Command {
     c
 }
 
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
+
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).to_string();
@@ -175,13 +187,67 @@ fn train_writes_a_run_folder_and_resumes_exactly_after_sigkill() {
     Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SIGTERM must end the run cleanly:\n{err}");
-    assert!(err.contains("stopped at step") || err.contains("done:"), "{err}");
+    // Interrupted: after the checkpoint, exit 143 (128 + SIGTERM) so that a scheduler can tell
+    // it from a finished run; a run that finished before the signal exits 0.
+    if err.contains("stopped at step") {
+        assert_eq!(out.status.code(), Some(143), "SIGTERM exit code:\n{err}");
+    } else {
+        assert!(out.status.success() && err.contains("done:"), "{err}");
+    }
     run_ok(train_cmd(&data, &c, steps).arg("--resume"));
     assert!(
         std::fs::read(c.join("final/model.safetensors")).unwrap() == wa,
         "run resumed after SIGTERM differs"
     );
+
+    // A damaged newest checkpoint: --resume warns, falls back to the previous one and still
+    // reaches the uninterrupted run's weights; metrics keep one record per step (the re-run
+    // steps' old records move to metrics.replaced.jsonl); temporaries of a killed run go.
+    let d = tmp.join("d");
+    copy_dir(&a, &d);
+    let _ = std::fs::remove_dir_all(d.join("final"));
+    let newest = d.join("checkpoints/step-00000024/model.safetensors");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::create_dir_all(d.join(".best.partial-4242")).unwrap();
+    let mut cmd = train_cmd(&data, &d, steps);
+    cmd.env("RUST_LOG", "warn").arg("--resume");
+    let err = run_ok(&mut cmd);
+    assert!(err.contains("step-00000024") && err.contains("damaged"), "{err}");
+    assert!(
+        std::fs::read(d.join("final/model.safetensors")).unwrap() == wa,
+        "fallback resume differs"
+    );
+    assert!(!d.join(".best.partial-4242").exists(), "temporary folder left behind");
+    let steps_logged: Vec<u64> = std::fs::read_to_string(d.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "train")
+        .filter_map(|v| v["step"].as_u64())
+        .collect();
+    let mut unique = steps_logged.clone();
+    unique.dedup();
+    assert_eq!(steps_logged, unique, "a step logged twice after resume");
+    assert_eq!(steps_logged.len(), 24);
+    assert!(std::fs::read_to_string(d.join("metrics.replaced.jsonl"))
+        .unwrap()
+        .contains("\"step\":24"));
+
+    // A fresh run into a folder that holds a run is refused; --overwrite moves the old one aside.
+    let out = train_cmd(&data, &d, steps).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("holds a previous run"), "{err}");
+    let metrics_before = std::fs::read(d.join("metrics.jsonl")).unwrap();
+    run_ok(train_cmd(&data, &d, 8).arg("--overwrite"));
+    let aside: Vec<PathBuf> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("d.replaced-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(aside[0].join("metrics.jsonl")).unwrap(), metrics_before);
 
     // final/ is a model directory the other commands accept.
     let texts = tmp.join("texts.txt");

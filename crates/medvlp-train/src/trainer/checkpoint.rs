@@ -3,12 +3,17 @@
 //! `trainer_state.json`. A checkpoint is written into a temporary folder and renamed into place, so
 //! a crash (even SIGKILL) leaves either the previous or the new checkpoint, never a partial one.
 //!
+//! A checkpoint's `manifest.json` (sizes and SHA-256 of its files) is written last; a resumed run
+//! takes the newest checkpoint that matches its manifest, so a checkpoint damaged after it was
+//! written (a truncated file, a disk error) costs the steps since the previous one, not the run.
+//!
 //! Randomness in training is a pure function of (seed, step, micro-batch), so the step counter is
 //! the whole RNG and data-position state.
 
 use super::TrainState;
 use crate::optim::AdamW;
 use anyhow::{Context, Result};
+use medvlp_data::hash::sha256_hex;
 use medvlp_model::model_dir::{self, write_atomic};
 use medvlp_model::{ModelConfig, ParamStore};
 use std::collections::HashMap;
@@ -16,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
+pub const MANIFEST_FILE: &str = "manifest.json";
 
 pub fn checkpoint_name(step: u64) -> String {
     format!("step-{step:08}")
@@ -44,6 +50,7 @@ pub fn write_dir(
     }
     if let Some(state) = state {
         write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?.as_bytes())?;
+        write_manifest(&tmp)?;
     }
     // Replace an existing folder of the same name (e.g. `final/`, `best/`).
     if dir.exists() {
@@ -57,6 +64,75 @@ pub fn write_dir(
     }
     sync_dir(parent);
     Ok(())
+}
+
+/// Size and SHA-256 of each file of a checkpoint.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Manifest {
+    files: std::collections::BTreeMap<String, FileEntry>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FileEntry {
+    size: u64,
+    sha256: String,
+}
+
+fn write_manifest(dir: &Path) -> Result<()> {
+    let mut files = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name == MANIFEST_FILE || !e.path().is_file() {
+            continue;
+        }
+        let bytes =
+            std::fs::read(e.path()).with_context(|| format!("reading {}", e.path().display()))?;
+        files.insert(name, FileEntry { size: bytes.len() as u64, sha256: sha256_hex(&bytes) });
+    }
+    write_atomic(&dir.join(MANIFEST_FILE), &serde_json::to_vec_pretty(&Manifest { files })?)
+}
+
+/// Checks a checkpoint against its manifest: every listed file present, with its size and hash.
+/// Checkpoints written before manifests existed have none and are only checked for their
+/// trainer state.
+pub fn verify(dir: &Path) -> Result<()> {
+    let p = dir.join(MANIFEST_FILE);
+    if !p.exists() {
+        let s = dir.join(STATE_FILE);
+        serde_json::from_str::<TrainState>(&std::fs::read_to_string(&s)?)
+            .with_context(|| format!("parsing {}", s.display()))?;
+        return Ok(());
+    }
+    let m: Manifest = serde_json::from_slice(&std::fs::read(&p)?)
+        .with_context(|| format!("parsing {}", p.display()))?;
+    for (name, want) in &m.files {
+        let f = dir.join(name);
+        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        if bytes.len() as u64 != want.size {
+            anyhow::bail!(
+                "{}: {} bytes, the manifest says {}",
+                f.display(),
+                bytes.len(),
+                want.size
+            );
+        }
+        if sha256_hex(&bytes) != want.sha256 {
+            anyhow::bail!("{}: contents differ from the manifest", f.display());
+        }
+    }
+    Ok(())
+}
+
+/// Removes the temporary folders (`.NAME.partial-PID`, `.NAME.old-PID`) a killed run left in `dir`.
+pub fn clean_temporaries(dir: &Path) {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('.') && (name.contains(".partial-") || name.contains(".old-")) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 fn sync_dir(dir: &Path) {
@@ -89,14 +165,7 @@ pub fn prune(root: &Path, keep: usize) -> Result<()> {
         std::fs::remove_dir_all(p)
             .with_context(|| format!("removing old checkpoint {}", p.display()))?;
     }
-    if let Ok(rd) = std::fs::read_dir(root) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') && (name.contains(".partial-") || name.contains(".old-")) {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
+    clean_temporaries(root);
     Ok(())
 }
 

@@ -135,8 +135,57 @@ impl<'a> Trainer<'a> {
             Some(opt),
             Some(state),
         )?;
+        // Older checkpoints go only once the new one reads back as written.
+        checkpoint::verify(&dir)
+            .with_context(|| format!("checkpoint {} did not read back intact", dir.display()))?;
         checkpoint::prune(&self.checkpoints_dir(), self.config.keep_last)?;
         Ok(dir)
+    }
+
+    /// Restores the newest checkpoint that matches its manifest, warning about each newer one that
+    /// does not. `None` when there is no checkpoint at all; an error when every one is damaged.
+    fn restore_newest_valid(&self, opt: &mut AdamW) -> Result<Option<(PathBuf, TrainState)>> {
+        let all = checkpoint::list(&self.checkpoints_dir());
+        if all.is_empty() {
+            return Ok(None);
+        }
+        let mut damaged = vec![];
+        for (_, dir) in all.iter().rev() {
+            match checkpoint::verify(dir).and_then(|_| checkpoint::restore(dir, self.store, opt)) {
+                Ok(state) => return Ok(Some((dir.clone(), state))),
+                Err(e) => {
+                    tracing::warn!(
+                        "checkpoint {} is damaged ({e:#}); trying an older one",
+                        dir.display()
+                    );
+                    damaged.push(dir.display().to_string());
+                }
+            }
+        }
+        bail!("--resume: every checkpoint is damaged: {}", damaged.join(", "))
+    }
+
+    /// On resume from `step`: metrics.jsonl keeps the records up to that step; the records of the
+    /// steps that will run again move to metrics.replaced.jsonl.
+    fn truncate_metrics(&self, step: u64) -> Result<()> {
+        let p = self.out_dir.join("metrics.jsonl");
+        let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
+        let (mut keep, mut drop) = (String::new(), String::new());
+        for line in text.lines() {
+            let s = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["step"].as_u64());
+            let out = if s.is_some_and(|s| s > step) { &mut drop } else { &mut keep };
+            out.push_str(line);
+            out.push('\n');
+        }
+        if !drop.is_empty() {
+            let side = self.out_dir.join("metrics.replaced.jsonl");
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&side)?;
+            f.write_all(drop.as_bytes())?;
+            medvlp_model::model_dir::write_atomic(&p, keep.as_bytes())?;
+        }
+        Ok(())
     }
 
     /// Train to `config.steps`, resuming from the newest checkpoint when `resume` is set.
@@ -146,10 +195,12 @@ impl<'a> Trainer<'a> {
         let c = &self.config;
         let mut opt = AdamW::new(self.store.vars(), c.optimizer.clone())?;
         let mut state = TrainState { seed: self.seed, ..Default::default() };
+        checkpoint::clean_temporaries(&self.out_dir);
+        checkpoint::clean_temporaries(&self.checkpoints_dir());
         if resume {
-            match checkpoint::list(&self.checkpoints_dir()).pop() {
-                Some((_, dir)) => {
-                    state = checkpoint::restore(&dir, self.store, &mut opt)?;
+            match self.restore_newest_valid(&mut opt)? {
+                Some((dir, restored)) => {
+                    state = restored;
                     if state.seed != self.seed {
                         bail!(
                             "checkpoint {} was trained with seed {}, this run has seed {}",
@@ -159,6 +210,7 @@ impl<'a> Trainer<'a> {
                         );
                     }
                     tracing::info!("resumed from {} at step {}", dir.display(), state.step);
+                    self.truncate_metrics(state.step)?;
                 }
                 None => tracing::warn!(
                     "--resume: no checkpoint under {}, starting from scratch",
