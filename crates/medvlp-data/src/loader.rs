@@ -91,13 +91,38 @@ impl Batch {
     }
 }
 
-/// Bad samples seen so far (shared between the producer and the caller).
+/// Bad samples seen so far (shared between the producer and the caller). Each distinct sample
+/// counts once, however many epochs (or validation passes) meet it again.
 #[derive(Debug, Default)]
 pub struct LoaderStats {
     pub loaded: AtomicUsize,
+    /// Distinct bad samples.
     pub bad: AtomicUsize,
-    /// (path or id, reason)
+    /// (path or id, reason) of each distinct bad sample, in the order they were first met.
     pub bad_samples: Mutex<Vec<(String, String)>>,
+    seen: Mutex<std::collections::HashSet<usize>>,
+}
+
+/// More distinct bad samples than `max_bad_fraction` of a loader's samples allows.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{count} distinct bad samples exceed max_bad_fraction {fraction} of {total} samples: {}",
+    list(samples)
+)]
+pub struct BadSampleBudget {
+    pub count: usize,
+    pub total: usize,
+    pub fraction: f64,
+    /// (path or id, reason), first met first.
+    pub samples: Vec<(String, String)>,
+}
+
+fn list(samples: &[(String, String)]) -> String {
+    let mut s: Vec<String> = samples.iter().take(5).map(|(p, r)| format!("{p} ({r})")).collect();
+    if samples.len() > 5 {
+        s.push(format!("and {} more", samples.len() - 5));
+    }
+    s.join("; ")
 }
 
 pub struct Loader {
@@ -227,6 +252,10 @@ impl Loader {
                             stats.loaded.fetch_add(1, Ordering::Relaxed);
                         }
                         Err((path, reason)) => {
+                            let first = stats.seen.lock().map(|mut s| s.insert(i)).unwrap_or(true);
+                            if !first {
+                                continue;
+                            }
                             tracing::warn!("skipping bad sample {path}: {reason}");
                             let n = stats.bad.fetch_add(1, Ordering::Relaxed) + 1;
                             stats
@@ -235,11 +264,15 @@ impl Loader {
                                 .map(|mut v| v.push((path.clone(), reason.clone())))
                                 .ok();
                             if n > max_bad {
-                                let _ = tx.send(Err(anyhow::anyhow!(
-                                    "aborting: {n} bad samples exceed max_bad_fraction {} of {} samples (last: {path}: {reason})",
-                                    cfg.max_bad_fraction,
-                                    items.len()
-                                )));
+                                let samples =
+                                    stats.bad_samples.lock().map(|v| v.clone()).unwrap_or_default();
+                                let _ = tx.send(Err(BadSampleBudget {
+                                    count: n,
+                                    total: items.len(),
+                                    fraction: cfg.max_bad_fraction,
+                                    samples,
+                                }
+                                .into()));
                                 return;
                             }
                         }
@@ -590,11 +623,20 @@ mod tests {
         let bad = l.stats.bad_samples.lock().unwrap().clone();
         assert!(bad.iter().any(|(p, _)| p.ends_with("img3.png")));
         assert!(bad.iter().any(|(p, _)| p.ends_with("missing.png")));
-        // 2 bad of 20 > 1%: abort with a clear message
+        // Every epoch meets them again; they still count once.
+        for epoch in 1..4 {
+            assert_eq!(collect(&l, epoch, 0).iter().map(|b| b.len()).sum::<usize>(), 18);
+        }
+        assert_eq!(l.stats.bad.load(Ordering::Relaxed), 2);
+        assert_eq!(l.stats.bad_samples.lock().unwrap().len(), 2);
+        // 2 bad of 20 > 1%: abort with an error naming them
         let l = Loader::new(items, pp(), LoaderConfig { max_bad_fraction: 0.01, ..cfg }).unwrap();
         let res: Vec<Result<Batch>> = l.epoch(0, 0).collect();
-        let err = res.into_iter().find_map(|r| r.err()).expect("aborts").to_string();
-        assert!(err.contains("max_bad_fraction"), "{err}");
+        let err = res.into_iter().find_map(|r| r.err()).expect("aborts");
+        let budget = err.downcast_ref::<BadSampleBudget>().expect("a BadSampleBudget error");
+        assert_eq!((budget.count, budget.total), (1, 20));
+        let err = err.to_string();
+        assert!(err.contains("max_bad_fraction") && err.contains("img3.png"), "{err}");
     }
 
     #[test]

@@ -134,6 +134,15 @@ impl DataPipeline {
         })
     }
 
+    /// Distinct bad samples of the paired and image-only streams, first met first.
+    pub fn bad_samples(&self) -> Vec<(String, String)> {
+        let mut out = vec![];
+        for s in std::iter::once(&self.paired).chain(self.image_only.as_ref()) {
+            out.extend(s.loader.stats.bad_samples.lock().map(|v| v.clone()).unwrap_or_default());
+        }
+        out
+    }
+
     pub fn paired_len(&self) -> usize {
         self.paired.loader.len()
     }

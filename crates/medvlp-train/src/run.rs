@@ -32,6 +32,12 @@ struct RecipeObjective {
 }
 
 impl Objective for RecipeObjective {
+    fn bad_samples(&self) -> Vec<(String, String)> {
+        let mut b = self.data.bad_samples();
+        b.extend(self.val.iter().flat_map(|v| v.bad_samples()));
+        b
+    }
+
     fn loss(&mut self, step: u64, micro: usize) -> Result<LossOutput> {
         let k = step * self.accum as u64 + micro as u64;
         let b = self.data.batch(k)?;

@@ -342,6 +342,41 @@ fn train_writes_a_run_folder_and_resumes_exactly_after_sigkill() {
 }
 
 #[test]
+fn a_bad_sample_counts_once_and_a_budget_stop_writes_a_checkpoint_first() {
+    let tmp = tempdir("badsample");
+    let data = tmp.join("data");
+    dataset(&data);
+    // One training image of 32 goes missing; 24 steps of 8 pass over it six times.
+    std::fs::remove_file(data.join("img/0.png")).unwrap();
+    let a = tmp.join("a");
+    let err = run_ok(train_cmd(&data, &a, 24).arg("data.max_bad_fraction=0.05"));
+    assert!(err.contains("1 bad samples skipped") && err.contains("0.png"), "{err}");
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(a.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "bad_samples")
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["count"], 1);
+    assert!(records[0]["new"][0]["sample"].as_str().unwrap().ends_with("0.png"));
+    // Past the budget: a checkpoint, then an error naming the file.
+    let b = tmp.join("b");
+    let out = train_cmd(&data, &b, 24).arg("data.max_bad_fraction=0").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("0.png") && err.contains("max_bad_fraction") && err.contains("--resume"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(b.join("checkpoints")).unwrap().count() >= 1,
+        "no checkpoint written"
+    );
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+#[test]
 fn train_rejects_bad_config_keys_and_missing_manifest() {
     let tmp = tempdir("bad");
     let out = medvlp()

@@ -7,6 +7,7 @@ pub mod checkpoint;
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Schedule};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
+use medvlp_data::loader::BadSampleBudget;
 use medvlp_model::{ModelConfig, ParamStore};
 use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
@@ -82,6 +83,11 @@ pub trait Objective {
 
     /// Validation metrics (the first is the one `best/` tracks; lower is better unless its name
     /// ends with `auroc` or starts with `recall`).
+    /// Distinct bad samples met so far (path or id, reason), first met first.
+    fn bad_samples(&self) -> Vec<(String, String)> {
+        vec![]
+    }
+
     fn validate(&mut self, _step: u64) -> Result<Vec<(String, f64)>> {
         Ok(vec![])
     }
@@ -103,6 +109,8 @@ pub struct RunSummary {
     pub state: TrainState,
     pub stopped_early: bool,
     pub last_loss: f64,
+    /// Distinct bad samples the run skipped (path or id, reason).
+    pub bad_samples: Vec<(String, String)>,
 }
 
 fn higher_is_better(name: &str) -> bool {
@@ -140,6 +148,23 @@ impl<'a> Trainer<'a> {
             .with_context(|| format!("checkpoint {} did not read back intact", dir.display()))?;
         checkpoint::prune(&self.checkpoints_dir(), self.config.keep_last)?;
         Ok(dir)
+    }
+
+    /// A bad-sample budget error: write a checkpoint first, so that the run continues from here
+    /// with `--resume` once the files are fixed or dropped (or the budget raised).
+    fn stop_on_bad_data(&self, e: anyhow::Error, opt: &AdamW, state: &TrainState) -> anyhow::Error {
+        if e.downcast_ref::<BadSampleBudget>().is_none() {
+            return e;
+        }
+        match self.save_checkpoint(opt, state) {
+            Ok(dir) => e.context(format!(
+                "stopped at step {} with a checkpoint in {}: fix or drop those files (or raise \
+                 data.max_bad_fraction), then --resume",
+                state.step,
+                dir.display()
+            )),
+            Err(c) => e.context(format!("the checkpoint at step {} failed too: {c:#}", state.step)),
+        }
     }
 
     /// Restores the newest checkpoint that matches its manifest, warning about each newer one that
@@ -241,6 +266,7 @@ impl<'a> Trainer<'a> {
         let mut t_since = Instant::now();
         let mut last_loss = f64::NAN;
         let mut stopped = false;
+        let mut reported_bad = 0;
         while state.step < c.steps {
             if self.stop.load(Ordering::SeqCst) {
                 stopped = true;
@@ -252,7 +278,10 @@ impl<'a> Trainer<'a> {
             let mut parts_sum: Vec<(String, f64)> = vec![];
             let mut finite = true;
             for micro in 0..c.grad_accum.max(1) {
-                let out = objective.loss(state.step, micro)?;
+                let out = match objective.loss(state.step, micro) {
+                    Ok(out) => out,
+                    Err(e) => return Err(self.stop_on_bad_data(e, &opt, &state)),
+                };
                 let l = out.loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                 samples_since += out.samples;
                 if !l.is_finite() {
@@ -324,7 +353,10 @@ impl<'a> Trainer<'a> {
                 pb.set_position(state.step);
             }
             if c.validate_every > 0 && state.step.is_multiple_of(c.validate_every) {
-                let metrics = objective.validate(state.step)?;
+                let metrics = match objective.validate(state.step) {
+                    Ok(m) => m,
+                    Err(e) => return Err(self.stop_on_bad_data(e, &opt, &state)),
+                };
                 if let Some((name, value)) = metrics.first().cloned() {
                     let mut line = serde_json::json!({"kind": "validation", "step": state.step});
                     for (n, v) in &metrics {
@@ -353,6 +385,15 @@ impl<'a> Trainer<'a> {
                         )?;
                     }
                 }
+            }
+            let bad = objective.bad_samples();
+            if bad.len() > reported_bad {
+                let new: Vec<serde_json::Value> = bad[reported_bad..]
+                    .iter()
+                    .map(|(p, r)| serde_json::json!({"sample": p, "reason": r}))
+                    .collect();
+                self.log(serde_json::json!({"kind": "bad_samples", "step": state.step, "count": bad.len(), "new": new}))?;
+                reported_bad = bad.len();
             }
             // No periodic checkpoint inside a non-finite streak: keep_last must not prune the good ones.
             if c.checkpoint_every > 0
@@ -391,7 +432,12 @@ impl<'a> Trainer<'a> {
                 None,
             )?;
         }
-        Ok(RunSummary { state, stopped_early: stopped, last_loss })
+        Ok(RunSummary {
+            state,
+            stopped_early: stopped,
+            last_loss,
+            bad_samples: objective.bad_samples(),
+        })
     }
 }
 

@@ -219,8 +219,16 @@ fn run_images(args: &Args, list: &Path) -> Result<()> {
         1.0,
         &dev,
     )?;
-    for (p, why) in &res.bad {
-        tracing::warn!("{p}: {why}; skipped");
+    // The loader has warned about each bad image once.
+    if res.indices.is_empty() {
+        let first: Vec<String> =
+            res.bad.iter().take(5).map(|(p, why)| format!("{p} ({why})")).collect();
+        bail!(
+            "{}: none of the {} images could be read: {}",
+            list.display(),
+            entries.len(),
+            first.join("; ")
+        );
     }
     let n = write_records(
         &args.output,

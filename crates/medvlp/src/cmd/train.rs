@@ -55,6 +55,15 @@ pub fn run(args: Args) -> Result<()> {
             out.join("final").display()
         );
     }
+    if !s.bad_samples.is_empty() {
+        let first: Vec<String> =
+            s.bad_samples.iter().take(5).map(|(p, r)| format!("{p} ({r})")).collect();
+        eprintln!(
+            "{} bad samples skipped (listed in metrics.jsonl): {}",
+            s.bad_samples.len(),
+            first.join("; ")
+        );
+    }
     if s.state.nonfinite_skips > 0 {
         eprintln!("{} steps skipped for non-finite loss or gradients", s.state.nonfinite_skips);
     }
