@@ -217,7 +217,13 @@ impl RunConfig {
                 format!("invalid configuration in {file} with the overrides {}", set.join(" "))
             }
         })?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| match e.downcast_ref::<BadValue>() {
+            Some(b) => {
+                let from = source(&b.key);
+                e.context(format!("in {from}"))
+            }
+            None => e,
+        })?;
         let mut resolved = toml::Table::try_from(&cfg)?;
         resolved.insert("objectives".into(), toml::Value::Table(cfg.objectives_table()?));
         Ok((cfg, toml::to_string_pretty(&resolved)?))
@@ -240,33 +246,55 @@ impl RunConfig {
         Ok(t)
     }
 
+    /// Every numeric key's valid range, checked in one place ([`RANGES`] documents them); then the
+    /// combinations of keys. An out-of-range value is a [`BadValue`] naming the key.
     pub fn validate(&self) -> Result<()> {
         let o = self.objectives();
-        let finite_nonneg = [
-            ("itc", o.itc),
-            ("unpaired", o.unpaired),
-            ("mim", o.mim),
-            ("mlm", o.mlm),
-            ("local", o.local),
-            ("itm", o.itm),
+        let (t, d, opt) = (&self.train, &self.data, &self.train.optimizer);
+        let values: [(&str, f64); 27] = [
+            ("objectives.itc", o.itc),
+            ("objectives.unpaired", o.unpaired),
+            ("objectives.mim", o.mim),
+            ("objectives.mlm", o.mlm),
+            ("objectives.local", o.local),
+            ("objectives.itm", o.itm),
+            ("objectives.mask_ratio", o.mask_ratio),
+            ("objectives.att_ratio", o.att_ratio),
+            ("objectives.text_mask_ratio", o.text_mask_ratio),
+            ("objectives.entity_min_ratio", o.entity_min_ratio),
+            ("objectives.entity_max_ratio", o.entity_max_ratio),
+            ("objectives.local_tau", o.local_tau),
+            ("objectives.aux_fraction", o.aux_fraction),
+            ("train.optimizer.lr", opt.lr),
+            ("train.optimizer.beta1", opt.beta1),
+            ("train.optimizer.beta2", opt.beta2),
+            ("train.optimizer.eps", opt.eps),
+            ("train.optimizer.weight_decay", opt.weight_decay),
+            ("train.optimizer.grad_clip", opt.grad_clip),
+            ("train.min_lr_ratio", t.min_lr_ratio),
+            ("train.max_minutes", t.max_minutes),
+            ("train.grad_accum", t.grad_accum as f64),
+            ("data.batch_size", d.batch_size as f64),
+            ("data.image_only_rate", d.image_only_rate),
+            ("data.text_only_rate", d.text_only_rate),
+            ("data.max_bad_fraction", d.max_bad_fraction),
+            ("data.val_samples", d.val_samples as f64),
         ];
-        for (n, v) in finite_nonneg {
-            if !(v.is_finite() && v >= 0.0) {
-                bail!("objectives.{n} = {v} must be a finite weight >= 0");
+        for (key, v) in values {
+            let (_, range) = RANGES.iter().find(|(k, _)| *k == key).expect("every key has a range");
+            if !range.contains(v) {
+                return Err(BadValue { key: key.into(), value: v, range: range.describe() }.into());
             }
         }
-        for (n, v) in [
-            ("mask_ratio", o.mask_ratio),
-            ("att_ratio", o.att_ratio),
-            ("text_mask_ratio", o.text_mask_ratio),
-            ("entity_min_ratio", o.entity_min_ratio),
-        ] {
-            if !(0.0..1.0).contains(&v) {
-                bail!("objectives.{n} = {v} must be in [0, 1)");
+        for (k, m) in &opt.lr_multipliers {
+            if !(m.is_finite() && *m >= 0.0) {
+                return Err(BadValue {
+                    key: format!("train.optimizer.lr_multipliers.{k}"),
+                    value: *m,
+                    range: "a finite number >= 0".into(),
+                }
+                .into());
             }
-        }
-        if !(o.entity_max_ratio > 0.0 && o.entity_max_ratio <= 1.0) {
-            bail!("objectives.entity_max_ratio = {} must be in (0, 1]", o.entity_max_ratio);
         }
         if o.entity_min_ratio > o.entity_max_ratio {
             bail!(
@@ -274,12 +302,6 @@ impl RunConfig {
                 o.entity_min_ratio,
                 o.entity_max_ratio
             );
-        }
-        if !(o.local_tau.is_finite() && o.local_tau > 0.0) {
-            bail!("objectives.local_tau = {} must be > 0", o.local_tau);
-        }
-        if !(o.aux_fraction > 0.0 && o.aux_fraction <= 1.0) {
-            bail!("objectives.aux_fraction = {} must be in (0, 1]", o.aux_fraction);
         }
         if o.att_ratio > o.mask_ratio {
             bail!(
@@ -292,13 +314,90 @@ impl RunConfig {
         if let Some(a) = &self.data.augment {
             a.validate().context("data.augment")?;
         }
-        if self.data.batch_size < 2 {
-            bail!("data.batch_size must be at least 2 (contrastive learning needs negatives)");
-        }
         // train.steps = 0 is allowed: the run writes the initialised model (e.g. after importing
         // Hugging Face weights) as `final/`, a random-init baseline.
         Ok(())
     }
+}
+
+/// A valid range of a numeric key.
+#[derive(Clone, Copy, Debug)]
+pub enum Range {
+    /// `[lo, hi]`.
+    Closed(f64, f64),
+    /// `[lo, hi)`.
+    ClosedOpen(f64, f64),
+    /// `(lo, hi]`.
+    OpenClosed(f64, f64),
+    /// Finite and `> lo`.
+    Above(f64),
+    /// Finite and `>= lo`.
+    AtLeast(f64),
+}
+
+impl Range {
+    pub fn contains(&self, v: f64) -> bool {
+        v.is_finite()
+            && match *self {
+                Range::Closed(lo, hi) => v >= lo && v <= hi,
+                Range::ClosedOpen(lo, hi) => v >= lo && v < hi,
+                Range::OpenClosed(lo, hi) => v > lo && v <= hi,
+                Range::Above(lo) => v > lo,
+                Range::AtLeast(lo) => v >= lo,
+            }
+    }
+
+    pub fn describe(&self) -> String {
+        match *self {
+            Range::Closed(lo, hi) => format!("in [{lo}, {hi}]"),
+            Range::ClosedOpen(lo, hi) => format!("in [{lo}, {hi})"),
+            Range::OpenClosed(lo, hi) => format!("in ({lo}, {hi}]"),
+            Range::Above(lo) => format!("a finite number > {lo}"),
+            Range::AtLeast(lo) => format!("a finite number >= {lo}"),
+        }
+    }
+}
+
+/// The valid range of every numeric key of a run config (integer keys whose type already bounds
+/// them, such as `train.steps`, are not listed).
+pub const RANGES: [(&str, Range); 27] = [
+    ("objectives.itc", Range::AtLeast(0.0)),
+    ("objectives.unpaired", Range::AtLeast(0.0)),
+    ("objectives.mim", Range::AtLeast(0.0)),
+    ("objectives.mlm", Range::AtLeast(0.0)),
+    ("objectives.local", Range::AtLeast(0.0)),
+    ("objectives.itm", Range::AtLeast(0.0)),
+    ("objectives.mask_ratio", Range::ClosedOpen(0.0, 1.0)),
+    ("objectives.att_ratio", Range::ClosedOpen(0.0, 1.0)),
+    ("objectives.text_mask_ratio", Range::ClosedOpen(0.0, 1.0)),
+    ("objectives.entity_min_ratio", Range::ClosedOpen(0.0, 1.0)),
+    ("objectives.entity_max_ratio", Range::OpenClosed(0.0, 1.0)),
+    ("objectives.local_tau", Range::Above(0.0)),
+    ("objectives.aux_fraction", Range::OpenClosed(0.0, 1.0)),
+    ("train.optimizer.lr", Range::Above(0.0)),
+    ("train.optimizer.beta1", Range::ClosedOpen(0.0, 1.0)),
+    ("train.optimizer.beta2", Range::ClosedOpen(0.0, 1.0)),
+    ("train.optimizer.eps", Range::Above(0.0)),
+    ("train.optimizer.weight_decay", Range::AtLeast(0.0)),
+    ("train.optimizer.grad_clip", Range::AtLeast(0.0)),
+    ("train.min_lr_ratio", Range::Closed(0.0, 1.0)),
+    ("train.max_minutes", Range::AtLeast(0.0)),
+    ("train.grad_accum", Range::AtLeast(1.0)),
+    // Contrastive learning needs negatives.
+    ("data.batch_size", Range::AtLeast(2.0)),
+    ("data.image_only_rate", Range::Closed(0.0, 1.0)),
+    ("data.text_only_rate", Range::Closed(0.0, 1.0)),
+    ("data.max_bad_fraction", Range::Closed(0.0, 1.0)),
+    ("data.val_samples", Range::AtLeast(1.0)),
+];
+
+/// A config value outside its key's range.
+#[derive(Debug, thiserror::Error)]
+#[error("{key} = {value} must be {range}")]
+pub struct BadValue {
+    pub key: String,
+    pub value: f64,
+    pub range: String,
 }
 
 #[cfg(test)]
@@ -380,6 +479,23 @@ mod tests {
         // Weights are finite and non-negative.
         let e = RunConfig::load(Some(&p), &["objectives.mim=-1".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("objectives.mim"), "{e:#}");
+        // Out-of-range values name the key, its range and the override that set them.
+        for (ov, key) in [
+            ("train.optimizer.lr=-1", "train.optimizer.lr"),
+            ("train.optimizer.lr=nan", "train.optimizer.lr"),
+            ("data.image_only_rate=-0.5", "data.image_only_rate"),
+            ("data.max_bad_fraction=2", "data.max_bad_fraction"),
+            ("train.optimizer.beta2=1", "train.optimizer.beta2"),
+        ] {
+            let e = format!("{:#}", RunConfig::load(Some(&p), &[ov.into()]).unwrap_err());
+            assert!(e.contains(&format!("the override '{ov}'")) && e.contains(key), "{e}");
+            assert!(e.contains("must be"), "{e}");
+        }
+        // ... or the file.
+        let q = dir.join("lr.toml");
+        std::fs::write(&q, "method = \"clip\"\n[train.optimizer]\nlr = -0.1\n").unwrap();
+        let e = format!("{:#}", RunConfig::load(Some(&q), &[]).unwrap_err());
+        assert!(e.contains(&q.display().to_string()) && e.contains("train.optimizer.lr"), "{e}");
     }
 
     #[test]
