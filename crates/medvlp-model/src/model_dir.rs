@@ -191,6 +191,16 @@ pub fn read_header(path: &Path) -> Result<(usize, safetensors::tensor::Metadata)
         .with_context(|| format!("{}: truncated safetensors header", path.display()))?;
     let meta: safetensors::tensor::Metadata = serde_json::from_slice(&buf)
         .with_context(|| format!("{}: bad safetensors header", path.display()))?;
+    // The header promises the tensors' bytes: a shorter (or longer) file is damaged.
+    let data = meta.tensors().values().map(|t| t.data_offsets.1).max().unwrap_or(0);
+    let len = f.metadata().with_context(|| format!("reading {}", path.display()))?.len() as usize;
+    if len != 8 + n + data {
+        bail!(
+            "{}: {len} bytes, but its header describes {} (a truncated or damaged file)",
+            path.display(),
+            8 + n + data
+        );
+    }
     Ok((n, meta))
 }
 
@@ -222,7 +232,17 @@ pub fn load(dir: &Path, dtype: DType, device: &Device, trainable: bool) -> Resul
     }
     let store = ParamStore::new(0, dtype, device);
     let store = if trainable { store } else { store.frozen() };
-    store.preload_safetensors(&weights, |n| Some(n.to_string()))?;
+    read_header(&weights)?;
+    let tensors = candle_core::safetensors::load(&weights, device)
+        .map_err(|e| anyhow::anyhow!("reading weights {}: {e}", weights.display()))?;
+    // NaN or infinite weights would give NaN embeddings downstream: refuse them here.
+    for (name, t) in &tensors {
+        let total = t.to_dtype(DType::F32)?.abs()?.sum_all()?.to_scalar::<f32>()?;
+        if !total.is_finite() {
+            bail!("{}: tensor {name} holds NaN or infinite values", weights.display());
+        }
+    }
+    store.preload(tensors, |n| Some(n.to_string()))?;
     let model = MedVlp::new(&config, &store)
         .with_context(|| format!("building the model of {}", dir.display()))?;
     let report = store.load_report();

@@ -88,6 +88,19 @@ fn damaged_directories_are_errors_naming_the_file() {
     std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
     let e = format!("{:#}", model_dir::load(&dir, DType::F32, &dev, true).err().unwrap());
     assert!(e.contains("model.safetensors"), "{e}");
+    // the header alone (what `inspect` reads) tells the truncation too
+    let e = format!("{:#}", model_dir::read_header(&w).err().unwrap());
+    assert!(e.contains("truncated or damaged"), "{e}");
+    // NaN weights are refused, naming the tensor
+    let mut tensors = std::collections::HashMap::new();
+    for (name, var) in store.vars() {
+        tensors.insert(name, var.as_tensor().clone());
+    }
+    let nan = Tensor::new(&[f32::NAN, 1.0], &dev).unwrap();
+    tensors.insert("logit_scale".to_string(), nan.narrow(0, 0, 1).unwrap().squeeze(0).unwrap());
+    candle_core::safetensors::save(&tensors, &w).unwrap();
+    let e = format!("{:#}", model_dir::load(&dir, DType::F32, &dev, false).err().unwrap());
+    assert!(e.contains("logit_scale") && e.contains("NaN"), "{e}");
     // broken config
     std::fs::write(dir.join("config.json"), "{\"model_type\": \"medvlp\", \"vision_config\": 3}")
         .unwrap();
