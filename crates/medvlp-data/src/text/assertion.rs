@@ -92,6 +92,34 @@ impl Scope {
     pub fn clause(&self, pos: usize) -> usize {
         self.clause_of(pos)
     }
+
+    /// The smallest `x` with `words_between(x, s) <= w` and `x` in the clause of `s`: a trigger
+    /// before `s` can apply only if it ends at or after this.
+    fn reach_before(&self, s: usize, w: usize) -> usize {
+        let k = self.word_starts.partition_point(|&x| x < s);
+        let by_words = if k > w { self.word_starts[k - w - 1] + 1 } else { 0 };
+        let c = self.clause_of(s);
+        let clause_start = if c > 0 { self.breaks[c - 1] } else { 0 };
+        by_words.max(clause_start)
+    }
+
+    /// The largest `x` with `words_between(e, x) <= w` and `x` in the clause of `e`: a trigger
+    /// after `e` can apply only if it starts at or before this.
+    fn reach_after(&self, e: usize, w: usize) -> usize {
+        let m = self.word_starts.partition_point(|&x| x < e);
+        let by_words = self.word_starts.get(m + w).copied().unwrap_or(usize::MAX);
+        let clause_end = self.breaks.get(self.clause_of(e)).map_or(usize::MAX, |&b| b - 1);
+        by_words.min(clause_end)
+    }
+}
+
+/// The triggers (sorted by start, non-overlapping, as the extractor finds them) that lie in
+/// `[a, b)` or overlap it: a binary search instead of a scan, so that labelling stays linear in
+/// the report's length.
+fn between(triggers: &[TriggerHit], a: usize, b: usize) -> &[TriggerHit] {
+    let lo = triggers.partition_point(|t| t.end <= a);
+    let hi = lo + triggers[lo..].partition_point(|t| t.start < b);
+    &triggers[lo..hi]
 }
 
 fn abbreviation_before(text: &[u8], dot: usize) -> bool {
@@ -152,7 +180,9 @@ fn newline_breaks(text: &[u8], nl: usize) -> bool {
 
 /// Whether a termination term lies in `[a, b)`.
 pub fn terminated(triggers: &[TriggerHit], a: usize, b: usize) -> bool {
-    triggers.iter().any(|t| t.kind == TriggerKind::Termination && t.start >= a && t.end <= b)
+    between(triggers, a, b)
+        .iter()
+        .any(|t| t.kind == TriggerKind::Termination && t.start >= a && t.end <= b)
 }
 
 fn value(kind: TriggerKind) -> Option<Assertion> {
@@ -167,13 +197,20 @@ fn value(kind: TriggerKind) -> Option<Assertion> {
 /// The assertion of a non-termination trigger lying inside `[s, e)` (for composite findings such
 /// as "heart size is not significantly enlarged"), the first one found.
 pub fn inside(triggers: &[TriggerHit], s: usize, e: usize) -> Option<Assertion> {
-    triggers.iter().filter(|t| t.start >= s && t.end <= e).find_map(|t| value(t.kind))
+    between(triggers, s, e)
+        .iter()
+        .filter(|t| t.start >= s && t.end <= e)
+        .find_map(|t| value(t.kind))
 }
 
 /// Assertion of the mention `[s, e)` given the report's triggers.
 pub fn resolve(scope: &Scope, triggers: &[TriggerHit], s: usize, e: usize) -> Assertion {
     let mut best: Option<(usize, Assertion)> = None;
-    for t in triggers {
+    // Only triggers within the largest window of the mention's clause can apply.
+    let pre = PRE_NEG_WINDOW.max(PRE_UNC_WINDOW).max(PSEUDO_WINDOW);
+    let (lo, hi) = (scope.reach_before(s, pre), scope.reach_after(e, POST_WINDOW));
+    // `between` keeps triggers ending after its start and starting before its end.
+    for t in between(triggers, lo.saturating_sub(1), hi.saturating_add(1)) {
         let Some(v) = value(t.kind) else { continue };
         let dist = if t.end <= s {
             let window = match t.kind {
@@ -229,5 +266,96 @@ mod tests {
         assert!(!s.same_sentence(pos("IMPRESSION"), pos("ok")));
         assert!(!s.same_sentence(pos("ok"), pos("item")));
         assert_eq!(s.words_between(0, pos("Small")), 2);
+    }
+
+    /// The definition `resolve` had before it looked only at the mention's window: every trigger
+    /// of the report, each checked in full.
+    fn resolve_by_scan(scope: &Scope, triggers: &[TriggerHit], s: usize, e: usize) -> Assertion {
+        let terminated = |a: usize, b: usize| {
+            triggers
+                .iter()
+                .any(|t| t.kind == TriggerKind::Termination && t.start >= a && t.end <= b)
+        };
+        let mut best: Option<(usize, Assertion)> = None;
+        for t in triggers {
+            let Some(v) = value(t.kind) else { continue };
+            let dist = if t.end <= s {
+                let window = match t.kind {
+                    TriggerKind::NegPre => PRE_NEG_WINDOW,
+                    TriggerKind::UncPre => PRE_UNC_WINDOW,
+                    TriggerKind::Pseudo => PSEUDO_WINDOW,
+                    _ => continue,
+                };
+                if !scope.same_sentence(t.end, s)
+                    || scope.words_between(t.end, s) > window
+                    || terminated(t.end, s)
+                {
+                    continue;
+                }
+                s - t.end
+            } else if t.start >= e {
+                if !matches!(t.kind, TriggerKind::NegPost | TriggerKind::UncPost)
+                    || !scope.same_sentence(e, t.start)
+                    || scope.words_between(e, t.start) > POST_WINDOW
+                    || terminated(e, t.start)
+                {
+                    continue;
+                }
+                t.start - e
+            } else {
+                continue;
+            };
+            if best.is_none_or(|(d, _)| dist < d) {
+                best = Some((dist, v));
+            }
+        }
+        best.map_or(Assertion::Present, |(_, a)| a)
+    }
+
+    #[test]
+    fn windowed_resolution_equals_the_full_scan() {
+        use rand::{Rng, SeedableRng};
+        let kinds = [
+            TriggerKind::NegPre,
+            TriggerKind::NegPost,
+            TriggerKind::UncPre,
+            TriggerKind::UncPost,
+            TriggerKind::Pseudo,
+            TriggerKind::Termination,
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..50 {
+            // Words of 1-3 letters, with sentence and clause breaks and line breaks.
+            let mut text = Vec::new();
+            let mut words = vec![];
+            for _ in 0..400 {
+                let start = text.len();
+                for _ in 0..rng.random_range(1..4) {
+                    text.push(b'a' + rng.random_range(0..26u8));
+                }
+                words.push((start, text.len()));
+                text.extend_from_slice(match rng.random_range(0..12) {
+                    0 => &b". "[..],
+                    1 => b"; ",
+                    2 => b"\n\n",
+                    _ => b" ",
+                });
+            }
+            let scope = Scope::new(&text);
+            // Triggers on a third of the words, sorted and non-overlapping as the extractor's.
+            let mut triggers: Vec<TriggerHit> = vec![];
+            for &(start, end) in &words {
+                if rng.random_range(0..3) == 0 {
+                    triggers.push(TriggerHit { start, end, kind: kinds[rng.random_range(0..6)] });
+                }
+            }
+            for &(s, e) in &words {
+                assert_eq!(
+                    resolve(&scope, &triggers, s, e),
+                    resolve_by_scan(&scope, &triggers, s, e),
+                    "mention at {s}..{e}"
+                );
+            }
+        }
     }
 }
