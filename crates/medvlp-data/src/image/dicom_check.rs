@@ -48,6 +48,21 @@ fn header(b: &[u8], p: usize, explicit: bool) -> Result<Header, String> {
         return Ok(Header { tag, vr: *b"  ", len: u32_at(b, p + 4).ok_or_else(short)?, size: 8 });
     }
     let vr: [u8; 2] = b.get(p + 4..p + 6).ok_or_else(short)?.try_into().map_err(|_| short())?;
+    const VRS: [&[u8; 2]; 34] = [
+        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB",
+        b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+        b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+    ];
+    // An unknown VR leaves the length's size unknown (dicom-rs then reads a 4-byte length from
+    // whatever follows).
+    if !VRS.contains(&&vr) {
+        return Err(format!(
+            "element ({:04X},{:04X}) at byte {p} has no valid VR ({:?})",
+            tag.0,
+            tag.1,
+            String::from_utf8_lossy(&vr)
+        ));
+    }
     let long = matches!(
         &vr,
         b"OB"
