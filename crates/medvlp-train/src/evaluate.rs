@@ -5,7 +5,7 @@
 //! because fine-tuning needs the training crate.
 
 use crate::finetune::{finetune, FinetuneConfig};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::Device;
 use medvlp_data::dataset::{Split, Study};
 use medvlp_eval::protocols::{self, FinetuneRun, TaskOutput};
@@ -22,7 +22,8 @@ pub fn evaluate_model(
     opts: &EvalOptions,
     tasks: &[Task],
 ) -> Result<Vec<ResultRecord>> {
-    std::fs::create_dir_all(&opts.out)?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating the output folder {}", opts.out.display()))?;
     let ev = Evaluator::load(model, opts.batch_size, &Device::Cpu)?;
     let (prompts, prompt_hash) = protocols::load_zero_shot_prompts(&opts.prompts)?;
     let classes = opts.classes_or_prompts(&prompts);

@@ -100,6 +100,27 @@ fn embed_reproduces_minilm_reference_sentence_embeddings() {
     assert_eq!(got[3].0, serde_json::json!(4));
     let cos: f32 = got[3].1.iter().zip(&expect[3]).map(|(a, b)| a * b).sum();
     assert!(cos >= 0.99999);
+    // A line that is not UTF-8 is reported with its line number and skipped, as `label` does.
+    let mut bytes = sentences[0].as_bytes().to_vec();
+    bytes.extend_from_slice(b"\n\xff\xfe broken\n");
+    bytes.extend_from_slice(sentences[1].as_bytes());
+    std::fs::write(&plain, bytes).unwrap();
+    let o = medvlp()
+        .args(["embed", "--model"])
+        .arg(&dir)
+        .arg("--texts")
+        .arg(&plain)
+        .arg("--output")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && e.contains("texts.txt:2: not valid UTF-8"), "{e}");
+    let got = read_embeddings(&out);
+    assert_eq!(
+        got.iter().map(|g| g.0.clone()).collect::<Vec<_>>(),
+        [serde_json::json!(1), serde_json::json!(3)]
+    );
 }
 
 #[test]

@@ -60,10 +60,22 @@ pub fn read_texts(path: &Path) -> Result<(Vec<Item>, usize)> {
     let mut items = vec![];
     let mut bad = 0;
     let mut jsonl: Option<bool> = None;
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+    for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
         let lineno = i + 1;
-        let line =
-            line.with_context(|| format!("{}:{lineno}: not valid UTF-8 text", path.display()))?;
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        // A line that is not UTF-8 is a bad line, reported and skipped as `label` does.
+        let line = match String::from_utf8(line) {
+            Ok(l) => l.strip_suffix('\r').map(str::to_string).unwrap_or(l),
+            Err(e) => {
+                tracing::warn!(
+                    "{}:{lineno}: not valid UTF-8 ({}); line skipped",
+                    path.display(),
+                    e.utf8_error()
+                );
+                bad += 1;
+                continue;
+            }
+        };
         let trimmed = line.trim();
         if trimmed.is_empty() {
             if jsonl != Some(true) {
