@@ -14,11 +14,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The TOML text of a recipe's shipped config for a preset.
-pub fn config_text(recipe: &str, preset: &str) -> Result<&'static str> {
-    medvlp_train::recipe::shipped_config(recipe, preset)
-}
-
 /// Generates the synthetic benchmark into `dir` unless the same parameters made it already.
 pub fn synth_data(dir: &Path, sc: &SynthConfig) -> Result<()> {
     let stamp = serde_json::to_string(sc)?;
@@ -122,7 +117,7 @@ impl Setup {
     ) -> Result<(RunConfig, String)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("base-config.toml");
-        std::fs::write(&path, config_text(recipe, &self.preset)?)
+        std::fs::write(&path, medvlp_train::recipe::shipped_config(recipe, &self.preset)?)
             .with_context(|| format!("writing {}", path.display()))?;
         RunConfig::load(Some(&path), overrides)
     }
