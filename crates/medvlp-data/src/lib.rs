@@ -7,11 +7,13 @@
 //! - [`dataset`]: the JSONL manifest, dataset adapters and `prepare`.
 //! - [`loader`]: parallel, deterministic, prefetching batch loader with an optional mmap cache.
 //! - [`bench`]: helpers of `medvlp bench data` (synthetic JPEG, MIMIC-sized tree generator).
+//! - [`guard`]: third-party decoder panics caught quietly, reported as errors.
 //! - [`text`]: radiology lexicon, entity extraction with assertion, report labels, prompt files.
 
 pub mod assets;
 pub mod bench;
 pub mod dataset;
+pub mod guard;
 pub mod hash;
 pub mod image;
 pub mod loader;

@@ -318,14 +318,14 @@ fn load_one(
             d.image
         }
     };
-    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let out = crate::guard::catch_quiet(|| {
         if cfg.train {
             preprocess::preprocess(&img, pp, Some(&mut rng))
         } else {
             preprocess::preprocess_eval(&img, pp)
         }
-    }))
-    .map_err(|_| (path.display().to_string(), "preprocessing panicked".to_string()))?;
+    })
+    .map_err(|msg| (path.display().to_string(), format!("preprocessing panicked: {msg}")))?;
     Ok(out)
 }
 

@@ -429,3 +429,56 @@ fn eval_rejects_bad_inputs_with_clear_errors() {
         "not a zero-shot one",
     );
 }
+
+/// Patch the value of the first explicit-VR element with `tag` (little endian group, element).
+fn patch_element(bytes: &mut [u8], tag: [u8; 4], value_offset: usize, value: &[u8]) {
+    let at = bytes.windows(4).position(|w| w == tag).expect("tag present") + value_offset;
+    bytes[at..at + value.len()].copy_from_slice(value);
+}
+
+#[test]
+fn broken_images_fail_with_one_error_line_naming_the_file() {
+    let Some(uncr) = asset_path("dicom/RG1_UNCR.dcm") else { return };
+    let dcm = std::fs::read(uncr).unwrap();
+    let tmp = tempdir("broken");
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![("half.dcm", dcm[..dcm.len() / 2].to_vec())];
+    let mut patched = |name, tag: [u8; 4], off, v: &[u8]| {
+        let mut b = dcm.clone();
+        patch_element(&mut b, tag, off, v);
+        cases.push((name, b));
+    };
+    // PixelData (7FE0,0010) OW: the 4-byte length after VR and 2 reserved bytes.
+    patched("huge_length.dcm", [0xE0, 0x7F, 0x10, 0x00], 8, &0xFFFF_FFF0u32.to_le_bytes());
+    // US values after tag, VR and 2-byte length: fields dicom-rs panics on when zero.
+    patched("rows0.dcm", [0x28, 0x00, 0x10, 0x00], 8, &[0, 0]);
+    patched("bits_stored0.dcm", [0x28, 0x00, 0x01, 0x01], 8, &[0, 0]);
+    patched("spp0.dcm", [0x28, 0x00, 0x02, 0x00], 8, &[0, 0]);
+    patched("columns_huge.dcm", [0x28, 0x00, 0x11, 0x00], 8, &[0xFF, 0xFF]);
+    let img = image::GrayImage::from_fn(96, 80, |x, y| image::Luma([(x + y) as u8]));
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90).encode_image(&img).unwrap();
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let png = png.into_inner();
+    cases.push(("cut.jpg", jpeg[..jpeg.len() / 2].to_vec()));
+    cases.push(("cut.png", png[..png.len() / 2].to_vec()));
+    cases.push(("empty.dcm", Vec::new()));
+    cases.push(("text.png", b"not an image\n".to_vec()));
+    for (name, bytes) in cases {
+        let path = tmp.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = medvlp()
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
+            .arg("preview")
+            .arg(&path)
+            .arg("--out")
+            .arg(tmp.join("out.png"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name} must fail with exit 1: {err}");
+        assert!(err.contains(name) && !err.contains("panick"), "{name}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: one error line expected:\n{err}");
+    }
+}

@@ -240,6 +240,17 @@ pub fn decode_bytes_scaled(
     path: &Path,
     min_shorter: Option<u32>,
 ) -> Result<Decoded, DecodeError> {
+    // The decoders are third-party code fed hostile bytes: a panic is a malformed file.
+    crate::guard::catch_quiet(|| decode_sniffed(bytes, path, min_shorter)).unwrap_or_else(|msg| {
+        Err(DecodeError::new(path, format!("decoder panicked (malformed file): {msg}")))
+    })
+}
+
+fn decode_sniffed(
+    bytes: &[u8],
+    path: &Path,
+    min_shorter: Option<u32>,
+) -> Result<Decoded, DecodeError> {
     match sniff_format(bytes, path) {
         SourceFormat::Dicom => decode_dicom(bytes, path),
         SourceFormat::Jpeg if min_shorter.is_some() => {
@@ -278,7 +289,7 @@ fn decode_jpeg_scaled(bytes: &[u8], min_shorter: u32) -> Option<Decoded> {
     let f = min_shorter as f64 / shorter as f64;
     let (rw, rh) = ((w as f64 * f).ceil() as u16, (h as f64 * f).ceil() as u16);
     let (ow, oh) = dec.scale(rw.max(1), rh.max(1)).ok()?;
-    let px = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dec.decode())).ok()?.ok()?;
+    let px = crate::guard::catch_quiet(|| dec.decode()).ok()?.ok()?;
     let info = dec.info()?;
     let n = ow as usize * oh as usize;
     let (bits, samples, data): (u16, u16, Vec<f32>) = match info.pixel_format {
@@ -451,7 +462,7 @@ fn decode_dicom(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
         }
     }
     // dicom-pixeldata can panic on some malformed inputs; keep "never panic" as a contract.
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<_, String> {
+    let result = crate::guard::catch_quiet(|| -> Result<_, String> {
         let px = obj.decode_pixel_data_frame(0).map_err(|e| format!("pixel data: {e}"))?;
         let values: Vec<f32> = px.to_vec_frame::<f32>(0).map_err(|e| format!("pixel data: {e}"))?;
         let rescale = px.rescale().ok().and_then(|r| r.first().map(|r| (r.slope, r.intercept)));
@@ -477,14 +488,14 @@ fn decode_dicom(bytes: &[u8], path: &Path) -> Result<Decoded, DecodeError> {
             window,
             func,
         ))
-    }));
+    });
     let (rows, cols, bits, spp, photometric, values, rescale, window, func) = match result {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return Err(DecodeError::new(path, e)),
-        Err(_) => {
+        Err(msg) => {
             return Err(DecodeError::new(
                 path,
-                "DICOM pixel decoder panicked (malformed pixel data)",
+                format!("DICOM pixel decoder panicked (malformed pixel data): {msg}"),
             ))
         }
     };
