@@ -1,12 +1,12 @@
 //! Checks of a DICOM file's bytes before dicom-rs reads them: dicom-rs reserves each element's
 //! declared length before reading it, so a 1.7 KB file whose PixelData claims 0xFFFFFFF0 bytes
 //! costs 4 GB of memory before it fails. This walk reads only tags and lengths (explicit and
-//! implicit VR little endian, nested sequences, encapsulated pixel data) and refuses any length
-//! beyond the bytes that follow it. dicom-rs has no option for this (it trusts lengths by design),
+//! implicit VR little endian, explicit VR big endian, deflated data sets after a bounded inflate,
+//! nested sequences, encapsulated pixel data) and refuses any length beyond the bytes that follow
+//! it. dicom-rs has no option for this (it trusts lengths by design),
 //! hence the hand-written walk.
 
-/// The transfer syntaxes whose data set this walk understands; others (big endian, deflated) are
-/// left to dicom-rs unchecked.
+/// The transfer syntaxes whose data set is not explicit VR little endian.
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
 const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
@@ -19,17 +19,28 @@ const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 /// Deeper nesting than any real file has; a hostile one would otherwise recurse without bound.
 const MAX_DEPTH: usize = 32;
 
+/// A deflated data set may inflate to at most this many bytes (a 20 M pixel 16-bit image is
+/// 40 MB); a deflate bomb is refused rather than handed to dicom-rs.
+const MAX_INFLATED: u64 = 256 << 20;
+
 struct Walk<'a> {
     b: &'a [u8],
     explicit: bool,
+    big_endian: bool,
 }
 
 fn u16_at(b: &[u8], p: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(p..p + 2)?.try_into().ok()?))
+    u16_e(b, p, false)
 }
 
-fn u32_at(b: &[u8], p: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(p..p + 4)?.try_into().ok()?))
+fn u16_e(b: &[u8], p: usize, big: bool) -> Option<u16> {
+    let a: [u8; 2] = b.get(p..p + 2)?.try_into().ok()?;
+    Some(if big { u16::from_be_bytes(a) } else { u16::from_le_bytes(a) })
+}
+
+fn u32_e(b: &[u8], p: usize, big: bool) -> Option<u32> {
+    let a: [u8; 4] = b.get(p..p + 4)?.try_into().ok()?;
+    Some(if big { u32::from_be_bytes(a) } else { u32::from_le_bytes(a) })
 }
 
 /// One element header: tag, VR (explicit only), value length, header size.
@@ -40,12 +51,13 @@ struct Header {
     size: usize,
 }
 
-fn header(b: &[u8], p: usize, explicit: bool) -> Result<Header, String> {
+fn header(b: &[u8], p: usize, explicit: bool, big: bool) -> Result<Header, String> {
     let short = || format!("element header cut short at byte {p}");
-    let tag = (u16_at(b, p).ok_or_else(short)?, u16_at(b, p + 2).ok_or_else(short)?);
+    let tag = (u16_e(b, p, big).ok_or_else(short)?, u16_e(b, p + 2, big).ok_or_else(short)?);
     if tag.0 == 0xFFFE || !explicit {
         // Items and delimiters always have a 4-byte length, as every implicit-VR element does.
-        return Ok(Header { tag, vr: *b"  ", len: u32_at(b, p + 4).ok_or_else(short)?, size: 8 });
+        let len = u32_e(b, p + 4, big).ok_or_else(short)?;
+        return Ok(Header { tag, vr: *b"  ", len, size: 8 });
     }
     let vr: [u8; 2] = b.get(p + 4..p + 6).ok_or_else(short)?.try_into().map_err(|_| short())?;
     const VRS: [&[u8; 2]; 34] = [
@@ -80,9 +92,9 @@ fn header(b: &[u8], p: usize, explicit: bool) -> Result<Header, String> {
             | b"UV"
     );
     if long {
-        Ok(Header { tag, vr, len: u32_at(b, p + 8).ok_or_else(short)?, size: 12 })
+        Ok(Header { tag, vr, len: u32_e(b, p + 8, big).ok_or_else(short)?, size: 12 })
     } else {
-        Ok(Header { tag, vr, len: u16_at(b, p + 6).ok_or_else(short)? as u32, size: 8 })
+        Ok(Header { tag, vr, len: u16_e(b, p + 6, big).ok_or_else(short)? as u32, size: 8 })
     }
 }
 
@@ -99,7 +111,7 @@ impl Walk<'_> {
             return Err(format!("sequences nested deeper than {MAX_DEPTH} levels"));
         }
         while p < end {
-            let h = header(self.b, p, self.explicit)?;
+            let h = header(self.b, p, self.explicit, self.big_endian)?;
             let value = p + h.size;
             if Some(h.tag) == until {
                 return Ok(value);
@@ -108,7 +120,7 @@ impl Walk<'_> {
                 let fragments = h.tag == PIXEL_DATA;
                 if self.explicit && &h.vr == b"UN" && !fragments {
                     // A sequence of unknown VR: its contents are implicit VR (PS3.5 6.2.2).
-                    let inner = Walk { b: self.b, explicit: false };
+                    let inner = Walk { b: self.b, explicit: false, big_endian: self.big_endian };
                     p = inner.items(value, end, false, depth + 1)?;
                     continue;
                 }
@@ -154,7 +166,7 @@ impl Walk<'_> {
         depth: usize,
     ) -> Result<usize, String> {
         while p < end {
-            let h = header(self.b, p, false)?;
+            let h = header(self.b, p, false, self.big_endian)?;
             let value = p + 8;
             match h.tag {
                 SEQUENCE_END => return Ok(value),
@@ -195,7 +207,7 @@ pub fn check_lengths(bytes: &[u8]) -> Result<(), String> {
     let mut p = start;
     let mut ts = String::new();
     while u16_at(bytes, p) == Some(0x0002) {
-        let h = header(bytes, p, true)?;
+        let h = header(bytes, p, true, false)?;
         let value = p + h.size;
         let len = h.len as usize;
         if h.len == UNDEFINED || len > bytes.len().saturating_sub(value) {
@@ -208,10 +220,23 @@ pub fn check_lengths(bytes: &[u8]) -> Result<(), String> {
         }
         p = value + len;
     }
-    // No meta (dicom-rs refuses such files anyway), big endian or deflated: not walked.
-    if ts.is_empty() || ts == EXPLICIT_VR_BE || ts == DEFLATED {
+    // No meta: dicom-rs refuses such files anyway.
+    if ts.is_empty() {
         return Ok(());
     }
-    let walk = Walk { b: bytes, explicit: ts != IMPLICIT_VR_LE };
+    if ts == DEFLATED {
+        use std::io::Read;
+        let mut inflated = Vec::new();
+        flate2::read::DeflateDecoder::new(&bytes[p..])
+            .take(MAX_INFLATED + 1)
+            .read_to_end(&mut inflated)
+            .map_err(|e| format!("deflated data set does not inflate: {e}"))?;
+        if inflated.len() as u64 > MAX_INFLATED {
+            return Err(format!("deflated data set inflates beyond {MAX_INFLATED} bytes"));
+        }
+        let walk = Walk { b: &inflated, explicit: true, big_endian: false };
+        return walk.elements(0, inflated.len(), None, 0).map(|_| ());
+    }
+    let walk = Walk { b: bytes, explicit: ts != IMPLICIT_VR_LE, big_endian: ts == EXPLICIT_VR_BE };
     walk.elements(p, bytes.len(), None, 0).map(|_| ())
 }

@@ -902,6 +902,70 @@ mod tests {
         }
     }
 
+    /// The real radiograph with its transfer syntax UID replaced and its data set re-encoded by
+    /// `data_set`.
+    fn with_transfer_syntax(ts: &str, data_set: impl Fn(&[u8]) -> Vec<u8>) -> Option<Vec<u8>> {
+        let src = std::fs::read(asset_path("dicom/RG1_UNCR.dcm")?).unwrap();
+        // The file meta group: its length (0002,0000) first, then explicit VR LE elements.
+        assert_eq!(&src[132..138], b"\x02\x00\x00\x00UL");
+        let meta_end = 144 + u32::from_le_bytes(src[140..144].try_into().unwrap()) as usize;
+        let mut meta = Vec::new();
+        let mut p = 144;
+        while p < meta_end {
+            let len = u16::from_le_bytes([src[p + 6], src[p + 7]]) as usize;
+            let long = matches!(&src[p + 4..p + 6], b"OB" | b"OW" | b"UN" | b"SQ" | b"UT");
+            let (head, len) = if long {
+                (12, u32::from_le_bytes(src[p + 8..p + 12].try_into().unwrap()) as usize)
+            } else {
+                (8, len)
+            };
+            if src[p..p + 4] == [2, 0, 0x10, 0] {
+                let mut uid = ts.as_bytes().to_vec();
+                uid.resize(uid.len().next_multiple_of(2), 0);
+                meta.extend_from_slice(&src[p..p + 6]);
+                meta.extend_from_slice(&(uid.len() as u16).to_le_bytes());
+                meta.extend(uid);
+            } else {
+                meta.extend_from_slice(&src[p..p + head + len]);
+            }
+            p += head + len;
+        }
+        let mut out = src[..140].to_vec();
+        out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        out.extend(meta);
+        out.extend(data_set(&src[meta_end..]));
+        Some(out)
+    }
+
+    #[test]
+    fn big_endian_and_deflated_data_sets_are_length_checked() {
+        // Found by `fuzz/run.sh dicom`: a little-endian file whose meta says big endian makes
+        // every length byte-swapped, and dicom-rs reserved 1 GB for one of them.
+        let Some(be) = with_transfer_syntax("1.2.840.10008.1.2.2", |d| d.to_vec()) else { return };
+        let e = decode_bytes(&be, Path::new("be.dcm")).unwrap_err().to_string();
+        assert!(e.contains("be.dcm") && e.contains("malformed DICOM"), "{e}");
+        // Deflated explicit VR little endian: a real data set inflates and decodes; one whose
+        // PixelData length is 0xFFFFFFF0 is refused after inflating, before dicom-rs reads it.
+        let deflate = |d: &[u8]| {
+            use std::io::Write;
+            let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+            z.write_all(d).unwrap();
+            z.finish().unwrap()
+        };
+        let ok = with_transfer_syntax("1.2.840.10008.1.2.1.99", deflate).unwrap();
+        let d = decode_bytes(&ok, Path::new("deflated.dcm")).unwrap();
+        assert_eq!((d.info.width, d.info.height), (1841, 1955));
+        let bomb = with_transfer_syntax("1.2.840.10008.1.2.1.99", |d| {
+            let mut d = d.to_vec();
+            let at = d.windows(6).position(|w| w == b"\xe0\x7f\x10\x00OW").unwrap();
+            d[at + 8..at + 12].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+            deflate(&d)
+        })
+        .unwrap();
+        let e = decode_bytes(&bomb, Path::new("bomb.dcm")).unwrap_err().to_string();
+        assert!(e.contains("bomb.dcm") && e.contains("declares"), "{e}");
+    }
+
     #[test]
     fn seeded_mutations_of_real_dicoms_never_panic() {
         use rand::{Rng, SeedableRng};
