@@ -46,6 +46,8 @@ enum Command {
     Compare(cmd::compare::Args),
     /// Generate the synthetic paired chest X-ray benchmark (images, reports, labels) or its picture grid.
     Synth(cmd::synth::Args),
+    /// Build, extend and query an embedding index of images and reports.
+    Index(cmd::index::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,5 +75,6 @@ fn main() -> anyhow::Result<()> {
         Command::Quickstart(a) => cmd::quickstart::run(a),
         Command::Compare(a) => cmd::compare::run(a),
         Command::Synth(a) => cmd::synth::run(a),
+        Command::Index(a) => cmd::index::run(a),
     }
 }
