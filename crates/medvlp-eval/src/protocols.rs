@@ -79,6 +79,54 @@ pub fn base_protocol(
     }
 }
 
+/// One class's prompt embeddings for `mode`, and the prompts used (as recorded in results):
+/// `single` takes the first template (or the positive prompt), `ensemble` the expanded ensemble
+/// (or all templates), `pos_neg` the positive and negative prompts (`no {positive}` when the
+/// file has no negative). The evaluation protocol and the server both build prompts here.
+pub fn class_prompts(
+    c: &ExpandedClass,
+    mode: PromptMode,
+    embed_texts: &EmbedTexts,
+) -> Result<(ClassPrompts, serde_json::Value)> {
+    Ok(match mode {
+        PromptMode::Single => {
+            let t = c
+                .templates
+                .first()
+                .or(c.positive.as_ref())
+                .with_context(|| format!("class {:?} has no single template", c.name))?
+                .clone();
+            (
+                ClassPrompts::Single(embed_texts(std::slice::from_ref(&t))?.remove(0)),
+                serde_json::json!(t),
+            )
+        }
+        PromptMode::Ensemble => {
+            let mut ts: Vec<String> = c.ensemble.clone();
+            if ts.is_empty() {
+                ts = c.templates.clone();
+            }
+            if ts.is_empty() {
+                bail!("class {:?} has no ensemble or templates", c.name);
+            }
+            (ClassPrompts::Ensemble(embed_texts(&ts)?), serde_json::json!(ts))
+        }
+        PromptMode::PosNeg => {
+            let pos = c
+                .positive
+                .clone()
+                .or_else(|| c.templates.first().cloned())
+                .with_context(|| format!("class {:?} has no positive prompt", c.name))?;
+            let neg = c.negative.clone().unwrap_or_else(|| format!("no {pos}"));
+            let e = embed_texts(&[pos.clone(), neg.clone()])?;
+            (
+                ClassPrompts::PosNeg { positive: vec![e[0].clone()], negative: vec![e[1].clone()] },
+                serde_json::json!({"positive": pos, "negative": neg}),
+            )
+        }
+    })
+}
+
 /// Zero-shot classification with a prompt file: per prompt mode (`opts.modes`), per-class AUROC
 /// and macro AUROC (multi-label), and N-way accuracy on the studies positive for exactly one class
 /// (5x200 style, up to `opts.nway_per_class` per class). The exact prompts go into the protocol.
@@ -114,45 +162,7 @@ pub fn zero_shot(
         let mut used: BTreeMap<String, serde_json::Value> = BTreeMap::new();
         let mut cps = vec![];
         for c in &ec {
-            let (cp, shown) = match mode {
-                PromptMode::Single => {
-                    let t = c
-                        .templates
-                        .first()
-                        .or(c.positive.as_ref())
-                        .with_context(|| format!("class {:?} has no single template", c.name))?
-                        .clone();
-                    (
-                        ClassPrompts::Single(embed_texts(std::slice::from_ref(&t))?.remove(0)),
-                        serde_json::json!(t),
-                    )
-                }
-                PromptMode::Ensemble => {
-                    let mut ts: Vec<String> = c.ensemble.clone();
-                    if ts.is_empty() {
-                        ts = c.templates.clone();
-                    }
-                    if ts.is_empty() {
-                        bail!("class {:?} has no ensemble or templates", c.name);
-                    }
-                    (ClassPrompts::Ensemble(embed_texts(&ts)?), serde_json::json!(ts))
-                }
-                PromptMode::PosNeg => {
-                    let pos =
-                        c.positive.clone().or_else(|| c.templates.first().cloned()).with_context(
-                            || format!("class {:?} has no positive prompt", c.name),
-                        )?;
-                    let neg = c.negative.clone().unwrap_or_else(|| format!("no {pos}"));
-                    let e = embed_texts(&[pos.clone(), neg.clone()])?;
-                    (
-                        ClassPrompts::PosNeg {
-                            positive: vec![e[0].clone()],
-                            negative: vec![e[1].clone()],
-                        },
-                        serde_json::json!({"positive": pos, "negative": neg}),
-                    )
-                }
-            };
+            let (cp, shown) = class_prompts(c, mode, embed_texts)?;
             used.insert(c.name.clone(), shown);
             cps.push(cp);
         }

@@ -46,6 +46,8 @@ enum Command {
     Compare(cmd::compare::Args),
     /// Generate the synthetic paired chest X-ray benchmark (images, reports, labels) or its picture grid.
     Synth(cmd::synth::Args),
+    /// Serve embeddings, zero-shot scores and report retrieval over HTTP, with a page to try them.
+    Serve(cmd::serve::Args),
     /// Build, extend and query an embedding index of images and reports.
     Index(cmd::index::Args),
 }
@@ -75,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         Command::Quickstart(a) => cmd::quickstart::run(a),
         Command::Compare(a) => cmd::compare::run(a),
         Command::Synth(a) => cmd::synth::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Index(a) => cmd::index::run(a),
     }
 }

@@ -14,6 +14,7 @@ pub mod prepare;
 pub mod preview;
 pub mod prompts;
 pub mod quickstart;
+pub mod serve;
 pub mod synth;
 pub mod tokenizer;
 pub mod train;
