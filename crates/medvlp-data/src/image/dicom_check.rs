@@ -203,10 +203,26 @@ impl Walk<'_> {
 /// without the 128-byte preamble) against the bytes that follow it.
 pub fn check_lengths(bytes: &[u8]) -> Result<(), String> {
     let start = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" { 132 } else { 0 };
-    // File meta information: group 0002, always explicit VR little endian.
+    // File meta information: explicit VR little endian, read as dicom-rs reads it: the group
+    // length (0002,0000) first, then elements (of any tag) until that many bytes are consumed.
     let mut p = start;
     let mut ts = String::new();
-    while u16_at(bytes, p) == Some(0x0002) {
+    if u16_at(bytes, p) != Some(0x0002) {
+        return Ok(()); // no meta: dicom-rs refuses such files anyway
+    }
+    let gl = header(bytes, p, true, false)?;
+    if gl.tag != (0x0002, 0x0000) || gl.len != 4 {
+        return Err(format!(
+            "file meta starts with ({:04X},{:04X}), not its group length",
+            gl.tag.0, gl.tag.1
+        ));
+    }
+    let group_length = u32_e(bytes, p + gl.size, false)
+        .ok_or_else(|| "file meta group length cut short".to_string())?
+        as usize;
+    p += gl.size + 4;
+    let meta_start = p;
+    while p - meta_start < group_length {
         let h = header(bytes, p, true, false)?;
         let value = p + h.size;
         let len = h.len as usize;
@@ -220,9 +236,8 @@ pub fn check_lengths(bytes: &[u8]) -> Result<(), String> {
         }
         p = value + len;
     }
-    // No meta: dicom-rs refuses such files anyway.
     if ts.is_empty() {
-        return Ok(());
+        return Err("file meta has no TransferSyntaxUID (0002,0010)".into());
     }
     if ts == DEFLATED {
         use std::io::Read;

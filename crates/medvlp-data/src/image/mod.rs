@@ -967,6 +967,21 @@ mod tests {
     }
 
     #[test]
+    fn meta_elements_of_another_group_do_not_hide_the_data_set() {
+        // Found by `fuzz/run.sh dicom`: a meta element whose group is not 0002 ended our walk of
+        // the meta early (no transfer syntax seen, nothing checked), while dicom-rs reads the
+        // meta by its group length and went on to reserve 2.3 GB for a PixelData length.
+        let Some(p) = asset_path("dicom/RG1_UNCR.dcm") else { return };
+        let mut b = std::fs::read(p).unwrap();
+        let at = b[132..400].windows(4).position(|w| w == [2, 0, 3, 0]).unwrap() + 132;
+        b[at] = 0x22;
+        let px = b.windows(6).position(|w| w == b"\xe0\x7f\x10\x00OW").unwrap();
+        b[px + 8..px + 12].copy_from_slice(&0x8000_0000u32.to_le_bytes());
+        let e = decode_bytes(&b, Path::new("meta.dcm")).unwrap_err().to_string();
+        assert!(e.contains("meta.dcm") && e.contains("declares"), "{e}");
+    }
+
+    #[test]
     fn seeded_mutations_of_real_dicoms_never_panic() {
         use rand::{Rng, SeedableRng};
         let files: Vec<Vec<u8>> = [

@@ -257,7 +257,7 @@ fn run_images(args: &Args, list: &Path) -> Result<()> {
 
 pub fn run(args: Args) -> Result<()> {
     for input in [&args.texts, &args.images].into_iter().flatten() {
-        super::refuse_overwriting_input(input, &args.output)?;
+        super::refuse_overwriting_input(input, &args.output, "--output")?;
     }
     if let Some(list) = args.images.clone() {
         return run_images(&args, &list);

@@ -270,7 +270,7 @@ fn file_len(path: &Path) -> u64 {
 }
 
 fn build(a: BuildArgs) -> Result<()> {
-    super::refuse_overwriting_input(&a.source.data, &a.out)?;
+    super::refuse_overwriting_input(&a.source.data, &a.out, "--out")?;
     if a.out.is_dir() {
         bail!("--out {} is a folder; give the index file's path", a.out.display());
     }
@@ -312,7 +312,7 @@ fn build(a: BuildArgs) -> Result<()> {
 }
 
 fn add(a: AddArgs) -> Result<()> {
-    super::refuse_overwriting_input(&a.source.data, &a.index)?;
+    super::refuse_overwriting_input(&a.source.data, &a.index, "--index")?;
     let t0 = Instant::now();
     let index = Index::open(&a.index)?;
     let (ev, hash) = load(&a.source)?;

@@ -39,7 +39,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         None => Extractor::builtin(),
     };
-    super::refuse_overwriting_input(&args.input, &args.output)?;
+    super::refuse_overwriting_input(&args.input, &args.output, "--output")?;
     let t0 = std::time::Instant::now();
     let stats = label_file(extractor, &args.input, &args.output, format, !args.no_entities)?;
     for e in stats.errors.iter().take(20) {

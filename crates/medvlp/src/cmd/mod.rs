@@ -22,7 +22,7 @@ pub mod train;
 use std::path::Path;
 
 /// An output path that names an input file would replace the input: refused.
-pub fn refuse_overwriting_input(input: &Path, output: &Path) -> anyhow::Result<()> {
+pub fn refuse_overwriting_input(input: &Path, output: &Path, flag: &str) -> anyhow::Result<()> {
     let canon = |p: &Path| -> Option<std::path::PathBuf> {
         p.canonicalize().ok().or_else(|| {
             let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -32,7 +32,7 @@ pub fn refuse_overwriting_input(input: &Path, output: &Path) -> anyhow::Result<(
     if let (Some(i), Some(o)) = (canon(input), canon(output)) {
         if i == o {
             anyhow::bail!(
-                "--output {} is the input file: choose another path (the input would be replaced)",
+                "{flag} {} is the input file: choose another path (the input would be replaced)",
                 output.display()
             );
         }
