@@ -21,8 +21,9 @@ command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"
 bin=target/release/medvlp
 [ -x $bin ] || cargo build --release -p medvlp
 work=$(mktemp -d)
-trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
-$bin synth --n 8 --size 256 --seed 1 --out "$work/data" >/dev/null
+pid=
+trap '[ -n "$pid" ] && kill $pid 2>/dev/null; rm -rf "$work"' EXIT
+$bin synth --n 8 --image-only 0 --text-only 0 --size 256 --seed 1 --out "$work/data" >/dev/null 2>&1
 printf 'no pleural effusion\nmild cardiomegaly\nsmall left pneumothorax\n%.0s' {1..50} >"$work/corpus.txt"
 $bin tokenizer train --vocab-size 200 --input "$work/corpus.txt" --out "$work/tok.json" >/dev/null 2>&1
 $bin init --preset "$preset" --tokenizer "$work/tok.json" --out "$work/model" >/dev/null 2>&1
@@ -35,12 +36,16 @@ pid=$!
 for _ in $(seq 100); do grep -q listening "$work/serve.out" 2>/dev/null && break; sleep 0.1; done
 url=$(sed -n 's/^listening on //p' "$work/serve.out")
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores); model preset $preset; image $(basename "$image")"
-run() { # $1 mix, $2 requests
-    LOAD_IMAGE=$image LOAD_REQUESTS=$2 LOAD_MIX=$1 LOAD_THREADS=$threads \
-        wrk -t$threads -c"$conc" -d600s --timeout 30s -s bench/serve_load.lua "$url" | tail -1
+run() { # $1 mix, $2 seconds
+    LOAD_IMAGE=$image LOAD_MIX=$1 wrk -t$threads -c"$conc" -d"$2"s --timeout 30s \
+        -s bench/serve_load.lua "$url" | tail -1
 }
-echo "mixed (1/3 invalid): $(run mixed "$requests")"
-echo "valid images only:   $(run images 2000)"
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])['$1'])" "$2"; }
+# wrk runs for a time, not a count: a 5 s run sizes the run that makes at least $requests.
+rate=$(field requests_per_s "$(run mixed 5)")
+secs=$(python3 -c "import math; print(math.ceil($requests / $rate * 1.1) + 1)")
+echo "mixed (1/3 invalid), ${secs} s: $(run mixed "$secs")"
+echo "valid images only, 20 s:  $(run images 20)"
 offline=$($bin bench encode --preset "$preset" --steps 5)
 echo "offline encode:      $offline"
 kill -0 $pid && echo "server alive after the load; peak RSS $(awk '/VmHWM/ {printf "%.0f MB", $2/1024}' /proc/$pid/status)"

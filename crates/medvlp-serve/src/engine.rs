@@ -73,10 +73,7 @@ impl Engine {
     }
 
     /// Queues `inputs` (all or none) and returns their replies in order.
-    pub fn submit(
-        &self,
-        inputs: Vec<Input>,
-    ) -> Result<Vec<oneshot::Receiver<Reply>>, Overloaded> {
+    pub fn submit(&self, inputs: Vec<Input>) -> Result<Vec<oneshot::Receiver<Reply>>, Overloaded> {
         if self.tx.len() + inputs.len() > self.capacity {
             return Err(Overloaded);
         }
