@@ -68,6 +68,11 @@ impl Engine {
         engine
     }
 
+    /// Inputs the queue holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::SeqCst)
     }

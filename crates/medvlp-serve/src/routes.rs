@@ -483,19 +483,21 @@ async fn prompt_embeddings(
     }
     let s2 = s.clone();
     let built = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        // A class's ensemble can hold hundreds of prompts: queue them in chunks that fit.
+        let chunk = s2.engine.capacity().clamp(1, 32);
         let embed = |texts: &[String]| -> anyhow::Result<Vec<Vec<f32>>> {
-            let replies = s2
-                .engine
-                .submit(texts.iter().cloned().map(Input::Text).collect())
-                .map_err(|_| anyhow::anyhow!("overloaded"))?;
-            replies
-                .into_iter()
-                .map(|r| {
-                    r.blocking_recv()
-                        .map_err(|_| anyhow::anyhow!("the model thread stopped"))?
-                        .map_err(anyhow::Error::msg)
-                })
-                .collect()
+            let mut out = Vec::with_capacity(texts.len());
+            for part in texts.chunks(chunk) {
+                let replies = s2
+                    .engine
+                    .submit(part.iter().cloned().map(Input::Text).collect())
+                    .map_err(|_| anyhow::anyhow!("overloaded"))?;
+                for r in replies {
+                    let e = r.blocking_recv().map_err(|_| anyhow::anyhow!("the model thread stopped"))?;
+                    out.push(e.map_err(anyhow::Error::msg)?);
+                }
+            }
+            Ok(out)
         };
         classes
             .iter()

@@ -403,6 +403,11 @@ fn a_full_queue_answers_503_with_retry_after() {
     for h in handles {
         assert!(matches!(h.join().unwrap(), 200 | 503));
     }
+    // A prompt ensemble far larger than the queue goes through it in chunks.
+    let png = std::fs::read(&fixture().images[0]).unwrap();
+    let z = post(&s.url("/v1/zero-shot?prompts=chexpert5&mode=ensemble"), "image/png", &png, None);
+    assert_eq!(z.status, 200, "{}", String::from_utf8_lossy(&z.body));
+    assert_eq!(z.json()["scores"].as_array().unwrap().len(), 5);
 }
 
 #[test]
