@@ -79,10 +79,24 @@ pub fn base_protocol(
     }
 }
 
+/// A class's negative prompt: its `negative`, else `no {positive or first template}`.
+fn negative_prompt(c: &ExpandedClass) -> Result<String> {
+    if let Some(n) = &c.negative {
+        return Ok(n.clone());
+    }
+    let pos = c
+        .positive
+        .as_ref()
+        .or(c.templates.first())
+        .with_context(|| format!("class {:?} has no positive prompt or template", c.name))?;
+    Ok(format!("no {pos}"))
+}
+
 /// One class's prompt embeddings for `mode`, and the prompts used (as recorded in results):
-/// `single` takes the first template (or the positive prompt), `ensemble` the expanded ensemble
-/// (or all templates), `pos_neg` the positive and negative prompts (`no {positive}` when the
-/// file has no negative). The evaluation protocol and the server both build prompts here.
+/// `single` takes the first template (or the positive prompt) and scores by cosine; `pos_neg`
+/// the positive and negative prompts (`no {positive}` when the file has no negative); `ensemble`
+/// the expanded ensemble (or all templates) as the positive side against the negative prompt,
+/// scored as `pos_neg`. The evaluation protocol and the server both build prompts here.
 pub fn class_prompts(
     c: &ExpandedClass,
     mode: PromptMode,
@@ -109,7 +123,17 @@ pub fn class_prompts(
             if ts.is_empty() {
                 bail!("class {:?} has no ensemble or templates", c.name);
             }
-            (ClassPrompts::Ensemble(embed_texts(&ts)?), serde_json::json!(ts))
+            // Scored against the class's negative prompt, as pos_neg is: a one-sided cosine to
+            // finding phrases ranks normal studies first, because normal reports name every
+            // finding ("no effusion, no pneumothorax") and the prompts embed close to them
+            // (docs/zero-shot-ensemble.md has the measurements).
+            let neg = negative_prompt(c)?;
+            let e = embed_texts(&ts)?;
+            let neg_e = embed_texts(std::slice::from_ref(&neg))?.remove(0);
+            (
+                ClassPrompts::PosNeg { positive: e, negative: vec![neg_e] },
+                serde_json::json!({"positive": ts, "negative": neg}),
+            )
         }
         PromptMode::PosNeg => {
             let pos = c
@@ -117,7 +141,7 @@ pub fn class_prompts(
                 .clone()
                 .or_else(|| c.templates.first().cloned())
                 .with_context(|| format!("class {:?} has no positive prompt", c.name))?;
-            let neg = c.negative.clone().unwrap_or_else(|| format!("no {pos}"));
+            let neg = negative_prompt(c)?;
             let e = embed_texts(&[pos.clone(), neg.clone()])?;
             (
                 ClassPrompts::PosNeg { positive: vec![e[0].clone()], negative: vec![e[1].clone()] },
@@ -587,6 +611,62 @@ mod tests {
         // One ROC plot: the pos/neg mode's (several modes).
         assert_eq!(out.plots.len(), 1);
         assert_eq!(out.plots[0].0, "zero_shot_roc_pos_neg");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ensemble_mode_contrasts_with_the_negative_prompt() {
+        // The quickstart's failure in miniature: prompts and their negations share one dominant
+        // "normal report" direction (axis 2), as do normal images. A one-sided cosine ranks the
+        // normal images first; the ensemble scored against the negative prompt does not.
+        let dir = tmp("zs-ens");
+        let file = dir.join("toy.toml");
+        let toml = "kind = \"zero-shot\"\nname = \"toy\"\nversion = \"0.1\"\n\
+            [[class]]\nname = \"Edema\"\ntemplates = [\"edema\"]\n\
+            negative = \"no edema\"\n\
+            [class.ensemble]\norder = [\"severity\", \"finding\"]\n\
+            severity = [\"\", \"mild\"]\nfinding = [\"edema\", \"interstitial edema\"]\n";
+        std::fs::write(&file, toml).unwrap();
+        let (prompts, hash) = load_zero_shot_prompts(file.to_str().unwrap()).unwrap();
+        let embed =
+            |texts: &[String]| -> Result<Vec<Vec<f32>>> {
+                Ok(texts
+                    .iter()
+                    .map(|t| {
+                        if t.starts_with("no ") {
+                            vec![-0.3, 0.0, 0.9]
+                        } else {
+                            vec![0.3, 0.0, 0.9]
+                        }
+                    })
+                    .collect())
+            };
+        let (_, mut test) = split(Split::Test, 30, 0);
+        // Edema positives (i % 3 == 0) carry the finding axis; the others are "normal".
+        test.images = (0..30)
+            .map(|i| if i % 3 == 0 { vec![0.6, 0.0, 0.5] } else { vec![0.1, 0.1, 1.0] })
+            .collect();
+        let mut opts = options(&dir);
+        opts.modes = vec![PromptMode::Ensemble, PromptMode::Single];
+        let out = zero_shot(&test, &prompts, &hash, &embed, 0.1, &opts, &base(&test)).unwrap();
+        let auroc = |mode: &str| {
+            out.records
+                .iter()
+                .find(|r| r.protocol.extra["prompt_mode"] == mode && r.metric == "auroc")
+                .unwrap()
+                .value
+        };
+        assert_eq!(auroc("ensemble"), 1.0);
+        assert_eq!(auroc("single"), 0.0, "the one-sided cosine is inverted on such data");
+        let ens =
+            out.records.iter().find(|r| r.protocol.extra["prompt_mode"] == "ensemble").unwrap();
+        assert_eq!(
+            ens.protocol.extra["prompts"]["Edema"],
+            serde_json::json!({
+                "positive": ["edema", "interstitial edema", "mild edema", "mild interstitial edema"],
+                "negative": "no edema"
+            })
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

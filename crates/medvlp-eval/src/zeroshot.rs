@@ -4,8 +4,10 @@
 //! All embeddings are L2-normalised here, whether or not the caller did. Scores are sample-major
 //! (`scores[i][c]`). Prompt modes:
 //! - `single`: cosine similarity to one prompt per class;
-//! - `ensemble`: cosine similarity to the mean of the normalised prompt embeddings, renormalised
-//!   (GLoRIA / MedCLIP / BenchX);
+//! - `ensemble`: the mean of the normalised prompt embeddings, renormalised (GLoRIA / MedCLIP /
+//!   BenchX). [`ClassPrompts::Ensemble`] scores it by cosine; the evaluation protocol uses it as
+//!   the positive side of a `PosNeg` pair instead, since a one-sided cosine ranks normal studies
+//!   first (`docs/zero-shot-ensemble.md`);
 //! - `pos_neg`: CheXzero: softmax over [sim(pos), sim(neg)] / temperature, the probability of the
 //!   positive prompt = sigmoid((sim_pos - sim_neg) / temperature) ([`pos_neg_probability`], also
 //!   used by the quick validation during training). Each side may itself be an ensemble of

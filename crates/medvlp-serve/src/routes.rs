@@ -116,6 +116,14 @@ async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
     let resp = if s.draining.load(Ordering::SeqCst) && route != "/healthz" {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is stopping")
             .into_response()
+    } else if declared_length(req.headers()).is_some_and(|n| n > s.max_body_bytes as u64) {
+        // Refused from the header, before a byte of the body is read.
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body exceeds {} bytes (--max-body-mib)", s.max_body_bytes),
+        )
+        .into_response()
     } else if needs_auth(&route) && !authorized(&s, req.headers()) {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -138,6 +146,10 @@ async fn guard(State(s): State<Shared>, req: Request, next: Next) -> Response {
     s.metrics.latency.with_label_values(&[&route]).observe(start.elapsed().as_secs_f64());
     s.metrics.requests.with_label_values(&[&route, resp.status().as_str()]).inc();
     resp
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 fn needs_auth(route: &str) -> bool {
@@ -493,7 +505,9 @@ async fn prompt_embeddings(
                     .submit(part.iter().cloned().map(Input::Text).collect())
                     .map_err(|_| anyhow::anyhow!("overloaded"))?;
                 for r in replies {
-                    let e = r.blocking_recv().map_err(|_| anyhow::anyhow!("the model thread stopped"))?;
+                    let e = r
+                        .blocking_recv()
+                        .map_err(|_| anyhow::anyhow!("the model thread stopped"))?;
                     out.push(e.map_err(anyhow::Error::msg)?);
                 }
             }
