@@ -146,10 +146,14 @@ macro_rules! adamw_kernel {
     }};
 }
 
+fn composed() -> bool {
+    medvlp_model::nn::fused::kernels() == medvlp_model::nn::fused::Kernels::Composed
+}
+
 /// Sum of squares of a CPU gradient, read in place (no f64 copy of the tensor).
 fn sum_squares(g: &Tensor) -> Result<f64> {
     use candle_core::Storage;
-    if !g.device().is_cpu() {
+    if !g.device().is_cpu() || composed() {
         return g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>();
     }
     let g = g.contiguous()?;
@@ -208,7 +212,9 @@ impl AdamW {
             .map(|(name, var)| {
                 let n = var.elem_count();
                 let moments = match var.dtype() {
-                    _ if !var.device().is_cpu() => Moments::Device {
+                    // The tensor path is the one a GPU takes; `MEDVLP_KERNELS=composed` runs it
+                    // on the CPU too.
+                    _ if !var.device().is_cpu() || composed() => Moments::Device {
                         m: var.as_tensor().zeros_like()?,
                         v: var.as_tensor().zeros_like()?,
                     },

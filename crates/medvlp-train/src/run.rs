@@ -264,11 +264,21 @@ pub fn run_training(
     } else {
         None
     };
+    // Whole batches only: a last batch of one study has no contrastive pair, and the recipe
+    // then has no loss for it (a 33-study validation split with batch 16 stopped runs at the
+    // first validation). A split smaller than a batch is one batch; one study is none.
+    let val = val.filter(|v| {
+        let ok = v.paired_len() >= 2;
+        if !ok {
+            tracing::warn!("no validation: the validation split has fewer than 2 paired studies");
+        }
+        ok
+    });
     let val_batches = val
         .as_ref()
         .map(|v| {
             (rc.data.val_samples / rc.data.batch_size)
-                .clamp(1, v.paired_len().div_ceil(rc.data.batch_size))
+                .clamp(1, (v.paired_len() / rc.data.batch_size).max(1))
         })
         .unwrap_or(0);
     let mut objective = RecipeObjective {

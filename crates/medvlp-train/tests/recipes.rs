@@ -417,3 +417,100 @@ fn xlip_aux_fraction_reconstructs_a_subset_of_the_rows() {
         assert!(missing.is_empty(), "aux_fraction {fraction}: {missing:?}");
     }
 }
+
+/// The composed path (what a CUDA device runs) equals the fused CPU kernels on one training
+/// step of every recipe, ViT and ConvNet: the loss and every parameter's gradient within 1e-4
+/// relative (max abs difference over the larger max abs value, floored at 1e-3 of the largest
+/// gradient of the model: attention's key bias has an exactly-zero gradient, and two roundings
+/// of zero are not comparable relative to each other).
+#[test]
+fn composed_path_equals_the_fused_kernels_for_every_recipe() {
+    use medvlp_model::nn::fused::{with_kernels, Kernels};
+    with_test_recipe();
+    for preset in ["tiny", "tiny-convnet"] {
+        for m in recipes() {
+            let name = m.name();
+            let cfg = m.defaults();
+            let (store, model) = build_preset(name, &cfg, preset);
+            let b = batch(&model.config, 6, 2, 2);
+            let step = |k: Kernels| {
+                with_kernels(k, || {
+                    let out = m.loss(&model, &b, &cfg, 0).unwrap();
+                    let grads = out.loss.backward().unwrap();
+                    let g: Vec<(String, Vec<f32>)> = store
+                        .vars()
+                        .into_iter()
+                        .map(|(n, v)| {
+                            let g = grads.get(v.as_tensor()).unwrap_or_else(|| {
+                                panic!("{name} ({preset}, {k:?}): no gradient for {n}")
+                            });
+                            (n, g.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                        })
+                        .collect();
+                    (out.loss.to_scalar::<f32>().unwrap(), g)
+                })
+            };
+            let (lf, gf) = step(Kernels::Fused);
+            let (lc, gc) = step(Kernels::Composed);
+            let amax = |a: &[f32]| a.iter().map(|x| x.abs()).fold(0f32, f32::max);
+            let floor = 1e-3 * gf.iter().map(|(_, g)| amax(g)).fold(0f32, f32::max);
+            let rel_floor = |a: &[f32], b: &[f32], floor: f32| {
+                let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+                d / amax(a).max(amax(b)).max(floor).max(1e-30)
+            };
+            let rel = |a: &[f32], b: &[f32]| rel_floor(a, b, floor);
+            let loss_rel = rel_floor(&[lf], &[lc], 0.0);
+            assert!(loss_rel <= 1e-4, "{name} ({preset}): loss {lf} fused, {lc} composed");
+            let worst = gf
+                .iter()
+                .zip(&gc)
+                .map(|((n, a), (_, b))| (rel(a, b), n))
+                .max_by(|x, y| x.0.total_cmp(&y.0))
+                .unwrap();
+            println!(
+                "{name} ({preset}): loss {lf} vs {lc}; worst gradient {} rel {:.2e}",
+                worst.1, worst.0
+            );
+            assert!(
+                worst.0 <= 1e-4,
+                "{name} ({preset}): gradient of {} differs by {:.2e}",
+                worst.1,
+                worst.0
+            );
+        }
+    }
+}
+
+/// AdamW's tensor path (the one a GPU takes) equals its in-place CPU path over a few steps.
+#[test]
+fn adamw_tensor_path_equals_the_cpu_path() {
+    use medvlp_model::nn::fused::{with_kernels, Kernels};
+    let m = recipe("clip").unwrap();
+    let cfg = m.defaults();
+    let run = |k: Kernels| {
+        with_kernels(k, || {
+            let (store, model) = build("clip", &cfg);
+            let b = batch(&model.config, 6, 0, 0);
+            let mut opt = AdamW::new(
+                store.vars(),
+                AdamWConfig { lr: 1e-3, weight_decay: 0.05, grad_clip: 1.0, ..Default::default() },
+            )
+            .unwrap();
+            for step in 0..3 {
+                let l = m.loss(&model, &b, &cfg, step).unwrap().loss;
+                let g = opt.collect_grads(&l.backward().unwrap()).unwrap();
+                opt.step(&g, 1e-3, 1.0).unwrap();
+            }
+            store
+                .vars()
+                .into_iter()
+                .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+                .collect::<Vec<_>>()
+        })
+    };
+    let (fused, composed) = (run(Kernels::Fused), run(Kernels::Composed));
+    for ((n, a), (_, b)) in fused.iter().zip(&composed) {
+        let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(d <= 1e-5, "{n}: parameters differ by {d} after 3 AdamW steps");
+    }
+}

@@ -558,3 +558,20 @@ fn quickstart_smoke_run_writes_report_table_and_model() {
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+#[test]
+fn validation_never_ends_on_a_batch_of_one_study() {
+    // 4 validation studies in batches of 3 used to end on a batch of 1: no contrastive pair, no
+    // loss, and the run stopped at its first validation.
+    let tmp = tempdir("val-one");
+    let data = tmp.join("data");
+    dataset(&data);
+    let out = tmp.join("run");
+    let o = train_cmd(&data, &out, 8)
+        .args(["data.batch_size=3", "data.val_samples=6"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"kind\":\"validation\""), "{metrics}");
+}

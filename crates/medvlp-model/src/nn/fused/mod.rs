@@ -17,9 +17,54 @@ use candle_core::{DType, Layout, Result, Storage, Tensor};
 
 pub use num::Float;
 
+/// Which implementation the ops take on the CPU: the fused kernels, or the composed candle
+/// expressions that every other device (CUDA) runs. `MEDVLP_KERNELS=composed` selects the
+/// latter for a whole process; [`with_kernels`] for one closure on one thread (tests compare the
+/// two paths this way, so the CPU suite exercises exactly the code a GPU takes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    Fused,
+    Composed,
+}
+
+thread_local! {
+    static KERNELS: std::cell::Cell<Option<Kernels>> = const { std::cell::Cell::new(None) };
+}
+
+fn process_kernels() -> Kernels {
+    static K: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
+    *K.get_or_init(|| match std::env::var("MEDVLP_KERNELS").as_deref() {
+        Ok("composed") => Kernels::Composed,
+        Ok("fused") | Err(_) => Kernels::Fused,
+        Ok(other) => {
+            tracing::warn!("MEDVLP_KERNELS={other:?} is not `fused` or `composed`; using fused");
+            Kernels::Fused
+        }
+    })
+}
+
+/// The implementation in effect on this thread.
+pub fn kernels() -> Kernels {
+    KERNELS.with(|k| k.get()).unwrap_or_else(process_kernels)
+}
+
+/// Runs `f` with `k` on this thread (restored afterwards, also on panic).
+pub fn with_kernels<T>(k: Kernels, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Kernels>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            KERNELS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(KERNELS.with(|c| c.replace(Some(k))));
+    f()
+}
+
 /// Whether the fused CPU kernels apply to `x`.
 pub fn use_kernel(x: &Tensor) -> bool {
-    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+    x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && kernels() == Kernels::Fused
 }
 
 /// The contiguous slice of a CPU buffer that `layout` covers.
@@ -269,5 +314,23 @@ pub mod num {
             let cdf = 0.5 * (1.0 + libm::erf(self * std::f64::consts::FRAC_1_SQRT_2));
             cdf + self * (-0.5 * self * self).exp() * FRAC_1_SQRT_2PI
         }
+    }
+}
+
+#[cfg(test)]
+mod kernel_switch_tests {
+    use super::*;
+
+    #[test]
+    fn with_kernels_selects_the_composed_path_on_this_thread_only() {
+        let x = Tensor::zeros(4, DType::F32, &candle_core::Device::Cpu).unwrap();
+        let before = use_kernel(&x);
+        with_kernels(Kernels::Composed, || {
+            assert!(!use_kernel(&x));
+            let other = std::thread::spawn(kernels).join().unwrap();
+            assert_eq!(other, process_kernels());
+        });
+        assert_eq!(use_kernel(&x), before);
+        assert!(!use_kernel(&x.to_dtype(DType::BF16).unwrap()));
     }
 }
