@@ -8,7 +8,7 @@
 
 use crate::config::MemoryConfig;
 use crate::nn::{softmax_last_dim, Linear};
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 #[derive(Clone, Debug)]
@@ -61,31 +61,23 @@ impl CrossModalMemory {
         let vals =
             self.value.forward(&self.memory)?.reshape((m, h, dh))?.transpose(0, 1)?.contiguous()?; // [h, m, dh]
         let scores = (q.broadcast_matmul(&keys.t()?)? / (dh as f64).sqrt())?; // [b, h, l, m]
-                                                                              // Top-k per query row, chosen on detached scores; gather keeps the gradient of the chosen.
-        let flat: Vec<f32> = scores.detach().to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-        let rows = b * h * l;
-        let mut idx = Vec::with_capacity(rows * k_top);
-        let mut val_idx = Vec::with_capacity(rows * k_top);
-        let mut order: Vec<u32> = (0..m as u32).collect();
-        for r in 0..rows {
-            let row = &flat[r * m..(r + 1) * m];
-            order.sort_unstable_by(|&a, &c| {
-                row[c as usize].partial_cmp(&row[a as usize]).unwrap_or(std::cmp::Ordering::Equal)
-            });
-            let head = ((r / l) % h) as u32;
-            for &j in &order[..k_top] {
-                idx.push(j);
-                val_idx.push(head * m as u32 + j);
-            }
-        }
+                                                                              // Top-k per query row, chosen on detached scores on the scores' device (no copy to the
+                                                                              // host inside a step); gather keeps the gradient of the chosen.
         let dev = x.device();
-        let idx = Tensor::from_vec(idx, (b, h, l, k_top), dev)?;
+        let idx = scores
+            .detach()
+            .contiguous()?
+            .arg_sort_last_dim(false)?
+            .narrow(D::Minus1, 0, k_top)?
+            .contiguous()?; // [b, h, l, k] u32
+                            // Row of head `hd`'s slot `j` in the `[h * m, dh]` values: hd * m + j.
+        let head_base =
+            Tensor::arange(0u32, h as u32, dev)?.affine(m as f64, 0.0)?.reshape((1, h, 1, 1))?;
+        let val_idx = idx.broadcast_add(&head_base)?.flatten_all()?;
         let top = scores.contiguous()?.gather(&idx, D::Minus1)?; // [b, h, l, k]
         let w = softmax_last_dim(&top)?;
-        let picked = vals
-            .reshape((h * m, dh))?
-            .index_select(&Tensor::from_vec(val_idx, rows * k_top, dev)?, 0)?
-            .reshape((b, h, l, k_top, dh))?;
+        let picked =
+            vals.reshape((h * m, dh))?.index_select(&val_idx, 0)?.reshape((b, h, l, k_top, dh))?;
         let y = w.unsqueeze(D::Minus1)?.broadcast_mul(&picked)?.sum(3)?; // [b, h, l, dh]
         let y = y.transpose(1, 2)?.reshape((b, l, self.dim))?;
         self.output.forward(&y)
