@@ -69,6 +69,9 @@ pub struct EvalOptions {
     /// Fine-tuning epochs.
     pub epochs: usize,
     /// Output folder: `results.jsonl`, `summary.md`, plots.
+    /// Device the model runs on: `cpu`, `cuda` or `cuda:N` (parsed by
+    /// `medvlp_model::runtime::device`).
+    pub device: String,
     pub out: PathBuf,
 }
 

@@ -531,6 +531,7 @@ mod tests {
             seed: 1,
             batch_size: 8,
             epochs: 2,
+            device: "cpu".into(),
             out: dir.join("out"),
         }
     }

@@ -6,7 +6,6 @@
 
 use crate::finetune::{finetune, FinetuneConfig};
 use anyhow::{Context, Result};
-use candle_core::Device;
 use medvlp_data::dataset::{Split, Study};
 use medvlp_eval::protocols::{self, FinetuneRun, TaskOutput};
 use medvlp_eval::results::{ResultRecord, Task};
@@ -24,7 +23,8 @@ pub fn evaluate_model(
 ) -> Result<Vec<ResultRecord>> {
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating the output folder {}", opts.out.display()))?;
-    let ev = Evaluator::load(model, opts.batch_size, &Device::Cpu)?;
+    let dev = medvlp_model::runtime::device(&opts.device)?;
+    let ev = Evaluator::load(model, opts.batch_size, &dev)?;
     let (prompts, prompt_hash) = protocols::load_zero_shot_prompts(&opts.prompts)?;
     let classes = opts.classes_or_prompts(&prompts);
     let text_field = tasks.contains(&Task::Retrieval).then_some(opts.text_field);

@@ -216,6 +216,7 @@ impl Setup {
             seed,
             batch_size: 64,
             epochs: 0,
+            device: self.device.clone(),
             out: out.to_path_buf(),
         };
         let tasks = [Task::ZeroShot, Task::LinearProbe, Task::Retrieval];

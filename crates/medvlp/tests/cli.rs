@@ -482,3 +482,28 @@ fn broken_images_fail_with_one_error_line_naming_the_file() {
         assert_eq!(err.trim_end().lines().count(), 1, "{name}: one error line expected:\n{err}");
     }
 }
+
+#[test]
+fn device_flags_go_through_one_parser() {
+    let tmp = tempdir("device");
+    let texts = tmp.join("t.txt");
+    std::fs::write(&texts, "no effusion\n").unwrap();
+    let fails = |args: &[&str], want: &str| {
+        let o = medvlp().args(args).output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && e.contains(want), "{args:?}: {e}");
+    };
+    let t = texts.to_str().unwrap();
+    let out = tmp.join("o.jsonl");
+    let o = out.to_str().unwrap();
+    fails(
+        &["embed", "--model", "m", "--texts", t, "--output", o, "--device", "gpu0"],
+        "unknown device",
+    );
+    run_ok(medvlp().args(["init", "--preset", "tiny", "--out"]).arg(tmp.join("m")));
+    let m = tmp.join("m");
+    let m = m.to_str().unwrap();
+    // A CPU build names the feature a CUDA device needs (or, built with it, the missing GPU).
+    fails(&["embed", "--model", m, "--texts", t, "--output", o, "--device", "cuda:0"], "cuda");
+    fails(&["eval", "zero-shot", "--model", m, "--data", t, "--device", "tpu"], "unknown device");
+}

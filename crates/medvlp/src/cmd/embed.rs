@@ -4,7 +4,7 @@
 //! manifest; PNG, JPEG and DICOM, preprocessed as the model's `preprocess` block says).
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use medvlp_data::tokenizer::Tokenizer;
 use medvlp_model::bert::masked_mean_pool;
 use medvlp_model::model_dir::{self, DirKind};
@@ -36,6 +36,9 @@ pub struct Args {
     /// of fp32, see `medvlp bench encode --bf16`).
     #[arg(long)]
     pub bf16: bool,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 fn maybe_bf16(args: &Args, store: &medvlp_model::ParamStore) -> Result<()> {
@@ -208,7 +211,7 @@ fn write_records(
 }
 
 fn run_images(args: &Args, list: &Path) -> Result<()> {
-    let dev = Device::Cpu;
+    let dev = medvlp_model::runtime::device(&args.device)?;
     if model_dir::detect(&args.model)? != DirKind::MedVlp {
         bail!(
             "{}: image embeddings need a medvlp model directory (this is a text-only BERT)",
@@ -263,7 +266,7 @@ pub fn run(args: Args) -> Result<()> {
         return run_images(&args, &list);
     }
     let texts_path = args.texts.clone().context("--texts or --images is required")?;
-    let dev = Device::Cpu;
+    let dev = medvlp_model::runtime::device(&args.device)?;
     let kind = model_dir::detect(&args.model)?;
     let (encoder, tok_path, default_len) = match kind {
         DirKind::MedVlp => {

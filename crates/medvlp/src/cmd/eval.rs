@@ -38,6 +38,9 @@ pub struct Common {
     /// medvlp model directory.
     #[arg(long)]
     pub model: PathBuf,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// JSONL manifest (`medvlp prepare` or `medvlp synth`).
     #[arg(long)]
     pub data: PathBuf,
@@ -123,6 +126,7 @@ impl Common {
             seed: self.seed,
             batch_size: self.batch_size,
             epochs: self.epochs,
+            device: self.device.clone(),
             out: self.out.clone(),
         })
     }
@@ -189,6 +193,7 @@ mod tests {
                 seed: 0,
                 batch_size: 64,
                 epochs: 5,
+                device: "cpu".into(),
                 out: "eval".into(),
             }
         );
