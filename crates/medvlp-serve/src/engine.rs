@@ -34,6 +34,14 @@ struct Job {
 #[derive(Debug)]
 pub struct Overloaded;
 
+impl std::fmt::Display for Overloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the model queue is full")
+    }
+}
+
+impl std::error::Error for Overloaded {}
+
 /// Handle to the worker; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {

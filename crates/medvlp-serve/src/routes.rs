@@ -15,14 +15,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use medvlp_data::image::preprocess::{preprocess_eval, preprocess_gray};
+use medvlp_data::image::preprocess::{preprocess_eval, preprocess_gray, PreprocessConfig};
+use medvlp_data::image::GrayImage;
 use medvlp_data::text::prompts::{ExpandedClass, PromptFile, BUILTIN_PROMPTS};
 use medvlp_eval::protocols::class_prompts;
 use medvlp_eval::zeroshot::{zero_shot_scores, ClassPrompts, PromptMode};
+use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::engine::{EmbedError, Input};
+use crate::engine::{EmbedError, Input, Overloaded};
 use crate::AppState;
 
 type Shared = Arc<AppState>;
@@ -287,21 +289,21 @@ async fn image_uploads(s: &AppState, req: Request) -> Result<Vec<(String, Bytes)
     Ok(vec![(name.to_string(), data)])
 }
 
-/// A decoded image: its eval-preprocessed pixels and decoding facts.
-struct Prepared {
+/// A decoded image: what `prepare`'s step made of it, and its decoding facts.
+struct Prepared<T> {
     name: String,
-    pixels: Vec<f32>,
+    value: T,
     info: serde_json::Value,
-    gray: Option<medvlp_data::image::GrayImage>,
 }
 
-/// Decodes and preprocesses on the blocking pool, `decode_threads` at a time.
-async fn prepare(
+/// Decodes, then runs `step` (eval preprocessing, or the preview picture) on the blocking
+/// pool, `decode_threads` images at a time.
+async fn prepare<T: Send + 'static>(
     s: &Shared,
     name: String,
     data: Bytes,
-    want_gray: bool,
-) -> Result<Prepared, ApiError> {
+    step: fn(&GrayImage, &PreprocessConfig) -> T,
+) -> Result<Prepared<T>, ApiError> {
     let _slot = s.decode_slots.acquire().await.map_err(|_| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is stopping")
     })?;
@@ -321,9 +323,7 @@ async fn prepare(
                 "photometric": d.info.photometric,
                 "description": d.info.to_string(),
             });
-            let gray =
-                want_gray.then(|| preprocess_gray::<rand_chacha::ChaCha8Rng>(&d.image, &pp, None));
-            Ok(Prepared { pixels: preprocess_eval(&d.image, &pp), info, gray, name })
+            Ok(Prepared { value: step(&d.image, &pp), info, name })
         })
         .unwrap_or_else(|p| Err(ApiError::bad("invalid_image", format!("decoder failed: {p}"))))
     })
@@ -331,16 +331,24 @@ async fn prepare(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
 }
 
-async fn embed_one_image(s: &Shared, req: Request) -> Result<(Prepared, Vec<f32>), ApiError> {
+/// The one image of a request that takes exactly one.
+async fn one_upload(s: &AppState, req: Request) -> Result<(String, Bytes), ApiError> {
     let mut files = image_uploads(s, req).await?;
     if files.len() != 1 {
         return Err(ApiError::bad("one_image", format!("expected one image, got {}", files.len())));
     }
-    let (name, data) = files.remove(0);
-    let mut p = prepare(s, name, data, false).await?;
-    let pixels = std::mem::take(&mut p.pixels);
-    let e = s.engine.embed(vec![Input::Image(pixels)]).await?.remove(0);
-    Ok((p, e))
+    Ok(files.remove(0))
+}
+
+/// The request's one image, embedded; also returns its decoding facts.
+async fn embed_one_image(
+    s: &Shared,
+    req: Request,
+) -> Result<(serde_json::Value, Vec<f32>), ApiError> {
+    let (name, data) = one_upload(s, req).await?;
+    let p = prepare(s, name, data, preprocess_eval).await?;
+    let e = s.engine.embed(vec![Input::Image(p.value)]).await?.remove(0);
+    Ok((p.info, e))
 }
 
 // ---------------------------------------------------------------- routes
@@ -350,17 +358,18 @@ async fn embed_image(
     req: Request,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let files = image_uploads(&s, req).await?;
-    let mut prepared = Vec::with_capacity(files.len());
+    let (mut facts, mut inputs) = (Vec::new(), Vec::new());
     for (name, data) in files {
-        prepared.push(prepare(&s, name, data, false).await?);
+        let p = prepare(&s, name, data, preprocess_eval).await?;
+        facts.push((p.name, p.info));
+        inputs.push(Input::Image(p.value));
     }
-    let inputs = prepared.iter_mut().map(|p| Input::Image(std::mem::take(&mut p.pixels))).collect();
     let embeddings = s.engine.embed(inputs).await?;
     let dim = embeddings.first().map_or(0, Vec::len);
-    let items: Vec<_> = prepared
+    let items: Vec<_> = facts
         .into_iter()
         .zip(embeddings)
-        .map(|(p, e)| json!({"name": p.name, "image": p.info, "embedding": e}))
+        .map(|((name, info), e)| json!({"name": name, "image": info, "embedding": e}))
         .collect();
     Ok(Json(json!({"dim": dim, "items": items})))
 }
@@ -503,7 +512,7 @@ async fn prompt_embeddings(
                 let replies = s2
                     .engine
                     .submit(part.iter().cloned().map(Input::Text).collect())
-                    .map_err(|_| anyhow::anyhow!("overloaded"))?;
+                    .map_err(anyhow::Error::new)?;
                 for r in replies {
                     let e = r
                         .blocking_recv()
@@ -517,7 +526,7 @@ async fn prompt_embeddings(
             .iter()
             .map(|c| {
                 let (cp, shown) = class_prompts(c, mode, &embed).map_err(|e| {
-                    if e.to_string() == "overloaded" {
+                    if e.downcast_ref::<Overloaded>().is_some() {
                         ApiError::from(EmbedError::Overloaded)
                     } else {
                         ApiError::bad("bad_prompts", format!("{e:#}"))
@@ -549,7 +558,7 @@ async fn zero_shot(
         .map_err(|e| ApiError::bad("bad_mode", e.to_string()))?;
     let (set, classes) = requested_classes(&q)?;
     let key = format!("{set}|{}|{}", mode.as_str(), q.labels.as_deref().unwrap_or(""));
-    let (prepared, image) = embed_one_image(&s, req).await?;
+    let (info, image) = embed_one_image(&s, req).await?;
     let prompts = prompt_embeddings(&s, key, classes, mode).await?;
     let cps: Vec<ClassPrompts> = prompts.iter().map(|(_, c, _)| c.clone()).collect();
     let scores = zero_shot_scores(&[image], &cps, s.temperature).map_err(|e| {
@@ -565,7 +574,7 @@ async fn zero_shot(
         "mode": mode.as_str(),
         "score": if mode == PromptMode::PosNeg { "probability of the positive prompt" } else { "cosine similarity" },
         "temperature": s.temperature,
-        "image": prepared.info,
+        "image": info,
         "scores": rows,
     })))
 }
@@ -629,13 +638,9 @@ async fn retrieve(
 }
 
 async fn preview(State(s): State<Shared>, req: Request) -> Result<Response, ApiError> {
-    let mut files = image_uploads(&s, req).await?;
-    if files.len() != 1 {
-        return Err(ApiError::bad("one_image", format!("expected one image, got {}", files.len())));
-    }
-    let (name, data) = files.remove(0);
-    let p = prepare(&s, name, data, true).await?;
-    let g = p.gray.expect("asked for the grey image");
+    let (name, data) = one_upload(&s, req).await?;
+    let p = prepare(&s, name, data, |img, pp| preprocess_gray::<ChaCha8Rng>(img, pp, None)).await?;
+    let g = p.value;
     let mut png = std::io::Cursor::new(Vec::new());
     image::GrayImage::from_raw(g.width, g.height, g.to_u8())
         .ok_or_else(|| {

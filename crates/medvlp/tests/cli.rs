@@ -2,28 +2,12 @@
 
 use medvlp_data::assets::asset_path;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn medvlp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_medvlp"))
-}
+mod common;
+use common::{medvlp, run_ok};
 
 fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("medvlp-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::tempdir(&format!("cli-{tag}"))
 }
 
 fn read_embeddings(path: &Path) -> Vec<(serde_json::Value, Vec<f32>)> {

@@ -7,28 +7,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::run_ok;
+
 fn medvlp() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_medvlp"));
+    let mut c = common::medvlp();
     c.env("RUST_LOG", "warn");
     c
 }
 
 fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("medvlp-index-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::tempdir(&format!("index-{tag}"))
 }
 
 /// Runs a command that must fail with one error mentioning each of `want`, and no panic.

@@ -4,15 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn medvlp() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_medvlp"))
-}
+mod common;
+use common::medvlp;
 
 fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("medvlp-train-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tempdir(&format!("train-{tag}"))
 }
 
 /// 40 studies (train/validate/test), 48x48 PNGs with a bright disc whose size follows
