@@ -7,6 +7,8 @@
 pub mod bert;
 pub mod config;
 pub mod convnet;
+#[cfg(feature = "cuda")]
+pub mod cuda_driver;
 pub mod encode;
 pub mod fusion;
 pub mod gradcheck;

@@ -193,7 +193,7 @@ impl ParamStore {
         let inner = self.inner.lock().unwrap();
         for (name, v) in src {
             if let Some(dst) = inner.vars.get(&name) {
-                dst.set(&v.as_tensor().to_dtype(self.dtype)?)?;
+                dst.set(&v.as_tensor().to_device(&self.device)?.to_dtype(self.dtype)?)?;
             }
         }
         Ok(())

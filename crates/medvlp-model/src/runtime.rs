@@ -12,26 +12,44 @@
 //! the next step reuse them: the reference training step drops from ~0.51 s to ~0.45 s with the
 //! same peak RSS. Users can still override with glibc's `MALLOC_MMAP_THRESHOLD_` variables.
 
-/// The device a name selects: `cpu`, `cuda` or `cuda:N` (CUDA needs a build with `--features cuda`).
+/// The device a name selects: `cpu`, `cuda` or `cuda:N`. `cuda` on a CPU-only build, on a machine
+/// without a driver, or past the last GPU fails here with one sentence saying which.
 pub fn device(name: &str) -> anyhow::Result<candle_core::Device> {
-    use anyhow::Context;
     match name {
         "cpu" => Ok(candle_core::Device::Cpu),
         n if n == "cuda" || n.starts_with("cuda:") => {
-            let ordinal = n
-                .strip_prefix("cuda:")
-                .map(|o| o.parse::<usize>())
-                .transpose()
-                .with_context(|| format!("bad device '{n}'"))?
-                .unwrap_or(0);
-            candle_core::Device::new_cuda(ordinal).with_context(|| {
-                format!(
-                    "device '{n}': is this a build with --features cuda on a machine with a GPU?"
-                )
-            })
+            let ordinal = match n.strip_prefix("cuda:") {
+                None => 0,
+                Some(o) => o.parse::<usize>().map_err(|_| {
+                    anyhow::anyhow!("bad device '{n}': the GPU number must be cuda:0, cuda:1, ...")
+                })?,
+            };
+            cuda_device(n, ordinal)
         }
         n => anyhow::bail!("unknown device '{n}' (cpu, cuda, cuda:N)"),
     }
+}
+
+/// The device that tests which take one run on: `MEDVLP_TEST_DEVICE` (`cpu`, `cuda`, `cuda:N`),
+/// default `cpu`. `bench/gpu-check.sh` sets it to run those tests on the GPU.
+pub fn test_device() -> candle_core::Device {
+    let name = std::env::var("MEDVLP_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    device(&name).unwrap_or_else(|e| panic!("MEDVLP_TEST_DEVICE={name}: {e:#}"))
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(name: &str, ordinal: usize) -> anyhow::Result<candle_core::Device> {
+    crate::cuda_driver::check_ordinal(ordinal)
+        .map_err(|e| anyhow::anyhow!("device '{name}': {e}"))?;
+    candle_core::Device::new_cuda(ordinal)
+        .map_err(|e| anyhow::anyhow!("device '{name}': the CUDA device could not be opened: {e}"))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(name: &str, _ordinal: usize) -> anyhow::Result<candle_core::Device> {
+    anyhow::bail!(
+        "device '{name}': this medvlp was built without CUDA (build it with `--features cuda`, see the README's GPU section)"
+    )
 }
 
 /// Default spin limit of candle's barrier pool workers.

@@ -233,3 +233,86 @@ impl DataPipeline {
         })
     }
 }
+
+/// Assembles micro-batch `k + 1` (texts, tokenisation, entity spans, tensors on the device) on its
+/// own thread while step `k` runs, so the device does not wait for the host between steps; the
+/// loader's worker threads already decode and augment ahead of it. Batches are a pure function of
+/// `k`, so asking for them in any order gives what [`DataPipeline::batch`] gives: an out-of-order
+/// request (a resume) is assembled on the spot, and the guess for the next one is dropped.
+pub struct Prefetcher {
+    data: std::sync::Arc<std::sync::Mutex<DataPipeline>>,
+    requests: Option<std::sync::mpsc::Sender<u64>>,
+    results: std::sync::mpsc::Receiver<(u64, Result<Batch>)>,
+    /// The batch the worker is assembling (or has assembled) for us.
+    pending: Option<u64>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Prefetcher {
+    pub fn new(data: DataPipeline) -> Self {
+        let data = std::sync::Arc::new(std::sync::Mutex::new(data));
+        let (req_tx, req_rx) = std::sync::mpsc::channel::<u64>();
+        let (res_tx, res_rx) = std::sync::mpsc::sync_channel(1);
+        let shared = data.clone();
+        let worker = std::thread::Builder::new()
+            .name("medvlp-batches".into())
+            .spawn(move || {
+                for k in req_rx {
+                    let b = match shared.lock() {
+                        Ok(mut d) => d.batch(k),
+                        Err(_) => {
+                            Err(anyhow::anyhow!("the data pipeline failed on another thread"))
+                        }
+                    };
+                    if res_tx.send((k, b)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the batch thread");
+        Self { data, requests: Some(req_tx), results: res_rx, pending: None, worker: Some(worker) }
+    }
+
+    /// Micro-batch `k`; starts assembling `k + 1`.
+    pub fn batch(&mut self, k: u64) -> Result<Batch> {
+        let mut got = None;
+        if let Some(p) = self.pending.take() {
+            let (done, b) = self.results.recv().context("the batch thread stopped")?;
+            debug_assert_eq!(done, p);
+            if done == k {
+                got = Some(b);
+            }
+        }
+        let b = match got {
+            Some(b) => b,
+            None => self.lock()?.batch(k),
+        };
+        if let Some(tx) = &self.requests {
+            if tx.send(k + 1).is_ok() {
+                self.pending = Some(k + 1);
+            }
+        }
+        b
+    }
+
+    /// Runs `f` on the pipeline (e.g. to read its bad-sample list).
+    pub fn with<T>(&self, f: impl FnOnce(&DataPipeline) -> T) -> Result<T> {
+        Ok(f(&*self.lock()?))
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, DataPipeline>> {
+        self.data.lock().map_err(|_| anyhow::anyhow!("the data pipeline failed on another thread"))
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        self.requests = None; // ends the worker's loop
+        if self.pending.take().is_some() {
+            let _ = self.results.recv();
+        }
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}

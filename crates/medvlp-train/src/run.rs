@@ -2,7 +2,7 @@
 //! -> data pipeline -> trainer, with periodic validation (held-out loss, quick zero-shot AUROC,
 //! image->report Recall@K).
 
-use crate::data_pipeline::{DataPipeline, PipelineConfig};
+use crate::data_pipeline::{DataPipeline, PipelineConfig, Prefetcher};
 use crate::recipe::{recipe, Method, ObjectiveConfig};
 use crate::run_config::RunConfig;
 use crate::trainer::{LossOutput, Objective, RunSummary, Trainer};
@@ -24,7 +24,7 @@ struct RecipeObjective {
     method: &'static dyn Method,
     cfg: ObjectiveConfig,
     model: MedVlp,
-    data: DataPipeline,
+    data: Prefetcher,
     val: Option<DataPipeline>,
     accum: usize,
     seed: u64,
@@ -33,7 +33,7 @@ struct RecipeObjective {
 
 impl Objective for RecipeObjective {
     fn bad_samples(&self) -> Vec<(String, String)> {
-        let mut b = self.data.bad_samples();
+        let mut b = self.data.with(|d| d.bad_samples()).unwrap_or_default();
         b.extend(self.val.iter().flat_map(|v| v.bad_samples()));
         b
     }
@@ -169,6 +169,8 @@ pub fn run_training(
     resume: bool,
     stop: Arc<AtomicBool>,
 ) -> Result<RunSummary> {
+    // First: a device that cannot be used fails before anything is written.
+    let dev = device(&rc.device)?;
     if !resume {
         if let Some(what) = previous_run(out) {
             anyhow::bail!(
@@ -179,7 +181,6 @@ pub fn run_training(
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     crate::trainer::save_resolved_config(out, resolved_toml)?;
-    let dev = device(&rc.device)?;
     medvlp_data::image::set_max_pixels(rc.data.max_pixels);
     let manifest = rc.data.manifest.as_deref().context("data.manifest is not set")?;
     // Tokenizer: given, from the BERT directory, reused from the run folder, or trained here.
@@ -285,7 +286,7 @@ pub fn run_training(
         method: recipe(&rc.method)?,
         cfg: rc.objectives(),
         model,
-        data,
+        data: Prefetcher::new(data),
         val,
         accum: rc.train.grad_accum.max(1),
         seed: rc.seed,

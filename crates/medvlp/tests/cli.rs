@@ -487,7 +487,35 @@ fn device_flags_go_through_one_parser() {
     run_ok(medvlp().args(["init", "--preset", "tiny", "--out"]).arg(tmp.join("m")));
     let m = tmp.join("m");
     let m = m.to_str().unwrap();
-    // A CPU build names the feature a CUDA device needs (or, built with it, the missing GPU).
-    fails(&["embed", "--model", m, "--texts", t, "--output", o, "--device", "cuda:0"], "cuda");
     fails(&["eval", "zero-shot", "--model", m, "--data", t, "--device", "tpu"], "unknown device");
+    // A CUDA device on a CPU-only build, or (built with `cuda`) past the GPUs this machine has or
+    // without a driver, stops at start with one sentence saying which, in every command.
+    let want = if cfg!(feature = "cuda") {
+        vec!["has no NVIDIA driver", "does not exist: this machine has", "sees no GPU"]
+    } else {
+        vec!["this medvlp was built without CUDA (build it with `--features cuda`"]
+    };
+    let run = tmp.join("run");
+    for args in [
+        vec!["embed", "--model", m, "--texts", t, "--output", o, "--device", "cuda:63"],
+        vec!["eval", "zero-shot", "--model", m, "--data", t, "--device", "cuda:63"],
+        vec!["bench", "train-step", "--preset", "tiny", "--device", "cuda:63"],
+        vec!["train", "--config", "../../configs/clip-tiny.toml", "--device", "cuda:63"],
+        vec!["quickstart", "--preset", "tiny", "--device", "cuda:63"],
+        vec!["serve", "--model", m, "--device", "cuda:63"],
+    ] {
+        let mut c = medvlp();
+        c.args(&args).env_remove("RUST_BACKTRACE").env_remove("RUST_LIB_BACKTRACE");
+        if args[0] == "train" || args[0] == "quickstart" {
+            c.arg("--out").arg(&run);
+        }
+        let out = c.output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {e}");
+        assert_eq!(lines.len(), 1, "{args:?}: one line, got {e}");
+        assert!(want.iter().any(|w| lines[0].contains(w)), "{args:?}: {e}");
+        assert!(!e.contains("panicked"), "{args:?}: {e}");
+    }
+    assert!(!run.exists(), "a run that cannot start on its device writes nothing");
 }

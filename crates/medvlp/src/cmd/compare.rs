@@ -47,6 +47,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
+    medvlp_model::runtime::device(&args.device)?;
     let out = args.out.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let sc = synth_config(&args.preset, args.n, args.image_only, args.text_only, 0)?;

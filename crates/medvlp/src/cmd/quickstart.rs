@@ -44,6 +44,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let t_all = Instant::now();
+    // A device that cannot be used fails before any work.
+    medvlp_model::runtime::device(&args.device)?;
     let out = args.out.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let sc = synth_config(&args.preset, args.n, args.image_only, args.text_only, args.seed)?;

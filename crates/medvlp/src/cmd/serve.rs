@@ -49,6 +49,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    medvlp_model::runtime::device(&a.device)?;
     let mut o = ServeOptions::new(a.model);
     o.index = a.index;
     o.bind = a.bind;
