@@ -156,10 +156,9 @@ impl VisionTransformer {
         self.config.check_pixels(pixel_values)?;
         let patches = patchify(pixel_values, self.config.patch_size)?;
         let (b, n, pd) = patches.dims3()?;
-        let x = patches
-            .reshape((b * n, pd))?
-            .matmul(&self.patch_weight.t()?)?
-            .broadcast_add(&self.patch_bias)?;
+        let x =
+            crate::nn::precision::matmul(&patches.reshape((b * n, pd))?, &self.patch_weight.t()?)?
+                .broadcast_add(&self.patch_bias)?;
         let d = self.config.hidden_size;
         x.reshape((b, n, d))?.broadcast_add(&self.position_embeddings.narrow(0, 1, n)?)
     }

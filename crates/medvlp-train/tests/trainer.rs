@@ -339,3 +339,90 @@ fn stop_flag_checkpoints_and_exits_cleanly() {
     assert_eq!(checkpoint::list(&out.join("checkpoints")).pop().unwrap().0, 3);
     assert!(!out.join("final").exists());
 }
+
+fn logged_losses(out: &std::path::Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+fn toy(model: MedVlp, fail_at: Option<u64>) -> Toy {
+    Toy { model, batch: 4, accum: 1, use_itc: true, fail_at, nan_from: None, stop_at: None }
+}
+
+/// bf16 mixed precision (train.precision = "bf16") follows the fp32 loss curve, keeps fp32
+/// weights and optimiser state in its checkpoints, and resumes bit-identically.
+#[test]
+fn bf16_training_tracks_fp32_and_resumes_exactly() {
+    use medvlp_model::nn::Precision;
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = |steps, precision| TrainConfig {
+        log_every: 5,
+        checkpoint_every: 10,
+        precision,
+        ..train_cfg(steps, 1)
+    };
+    let run = |tag: &str, precision, steps, fail_at: Option<u64>, resume: bool, seed: u64| {
+        let out = std::env::temp_dir().join(format!("medvlp-trainer-{tag}-{}", std::process::id()));
+        if !resume {
+            let _ = std::fs::remove_dir_all(&out);
+            std::fs::create_dir_all(&out).unwrap();
+        }
+        let (store, model) = setup(seed);
+        let r = trainer(&store, &out, cfg(steps, precision), stop.clone())
+            .run(&mut toy(model, fail_at), resume);
+        (out, params(&store), r.map(|_| ()))
+    };
+    let (out32, _, r) = run("fp32", Precision::Fp32, 50, None, false, 8);
+    r.unwrap();
+    let (out16, p16, r) = run("bf16", Precision::Bf16, 50, None, false, 8);
+    r.unwrap();
+    let (l32, l16) = (logged_losses(&out32), logged_losses(&out16));
+    assert_eq!(l32.len(), 10);
+    assert_eq!(
+        l32.iter().map(|x| x.0).collect::<Vec<_>>(),
+        l16.iter().map(|x| x.0).collect::<Vec<_>>()
+    );
+    let mut worst = 0f64;
+    for ((step, a), (_, b)) in l32.iter().zip(&l16) {
+        let rel = (a - b).abs() / a.abs();
+        worst = worst.max(rel);
+        assert!(
+            rel < 0.02,
+            "step {step}: fp32 loss {a}, bf16 loss {b} ({:.2}% apart)",
+            100.0 * rel
+        );
+    }
+    eprintln!("bf16 vs fp32 over 50 steps: worst logged loss difference {:.3}%", 100.0 * worst);
+    assert!(l32.first().unwrap().1 > l32.last().unwrap().1 + 0.2, "the run learns: {l32:?}");
+    assert_ne!(l32, l16, "bf16 products change the numbers (it is not the fp32 path)");
+
+    // Checkpoints hold fp32 weights and moments only.
+    let mut files = 0;
+    for (_, dir) in checkpoint::list(&out16.join("checkpoints")) {
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let f = f.unwrap().path();
+            if f.extension().is_some_and(|e| e == "safetensors") {
+                let bytes = std::fs::read(&f).unwrap();
+                let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+                for (name, t) in st.tensors() {
+                    assert_eq!(t.dtype(), safetensors::Dtype::F32, "{}: {name}", f.display());
+                }
+                files += 1;
+            }
+        }
+    }
+    assert!(files >= 2, "model and optimiser state in each checkpoint");
+
+    // A bf16 run that crashes at step 35 (after the step-30 checkpoint) and resumes from a
+    // different initialisation ends with the same bits as the uninterrupted one.
+    let (_, _, r) = run("bf16-crash", Precision::Bf16, 50, Some(35), false, 8);
+    assert!(r.unwrap_err().to_string().contains("simulated crash"));
+    let (_, resumed, r) = run("bf16-crash", Precision::Bf16, 50, None, true, 99);
+    r.unwrap();
+    assert_eq!(p16, resumed, "resumed bf16 run differs from the uninterrupted one");
+}

@@ -15,7 +15,8 @@ use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
 use super::fused::{
-    contiguous_slice, gemm, tensor_from, use_kernel, with_slices, Float, Mat, SendPtr, SliceKernel,
+    contiguous_slice, gemm, tensor_from, use_gemm_kernel, use_kernel, with_slices, Float, Mat,
+    SendPtr, SliceKernel,
 };
 use super::{linear, Activation};
 
@@ -533,7 +534,7 @@ impl CustomOp3 for Conv2dOp {
 pub fn conv2d(x: &Tensor, wm: &Tensor, bias: &Tensor, win: Window) -> Result<Tensor> {
     let (_, h, w, _) = x.dims4()?;
     win.check_fits(h, w, "conv2d")?;
-    if use_kernel(x) && wm.dtype() == x.dtype() && bias.dtype() == x.dtype() {
+    if use_gemm_kernel(x) && wm.dtype() == x.dtype() && bias.dtype() == x.dtype() {
         x.contiguous()?.apply_op3(&wm.contiguous()?, &bias.contiguous()?, Conv2dOp { win })
     } else {
         conv2d_composed(x, wm, bias, win)

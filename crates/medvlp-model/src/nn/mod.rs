@@ -5,12 +5,14 @@ pub mod attention;
 pub mod conv;
 pub mod fused;
 pub mod ops;
+pub mod precision;
 
 pub use attention::{additive_mask, Attention, TokenPacking};
 pub use conv::{Conv2d, Window};
 pub use fused::cross_entropy::cross_entropy;
 pub use fused::linear::{linear, Activation};
 pub use ops::{gelu_erf, layer_norm, layer_norm_gelu, log_softmax_last_dim, softmax_last_dim};
+pub use precision::{with_precision, Precision};
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};

@@ -8,6 +8,7 @@ use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Schedule};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use medvlp_data::loader::BadSampleBudget;
+use medvlp_model::nn::{with_precision, Precision};
 use medvlp_model::{ModelConfig, ParamStore};
 use serde::{Deserialize, Serialize};
 use std::io::{IsTerminal, Write};
@@ -35,6 +36,9 @@ pub struct TrainConfig {
     /// `steps` were reached (`final/` written). The schedule still spans `steps`, so set `steps`
     /// to what fits (the quickstart measures it).
     pub max_minutes: f64,
+    /// `fp32`, or `bf16` mixed precision (fp32 weights and optimiser state, bf16 products; see
+    /// `medvlp_model::nn::precision`).
+    pub precision: Precision,
     pub optimizer: AdamWConfig,
 }
 
@@ -51,6 +55,7 @@ impl Default for TrainConfig {
             validate_every: 0,
             max_nonfinite_steps: 5,
             max_minutes: 0.0,
+            precision: Precision::Fp32,
             optimizer: AdamWConfig::default(),
         }
     }
@@ -278,7 +283,7 @@ impl<'a> Trainer<'a> {
             let mut parts_sum: Vec<(String, f64)> = vec![];
             let mut finite = true;
             for micro in 0..c.grad_accum.max(1) {
-                let out = match objective.loss(state.step, micro) {
+                let out = match with_precision(c.precision, || objective.loss(state.step, micro)) {
                     Ok(out) => out,
                     Err(e) => return Err(self.stop_on_bad_data(e, &opt, &state)),
                 };

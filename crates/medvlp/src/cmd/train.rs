@@ -24,12 +24,25 @@ pub struct Args {
     /// `DIR.replaced-UNIXTIME` (nothing is deleted).
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// cpu, cuda or cuda:N (sets the config's `device`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// fp32, or bf16 mixed precision (sets `train.precision`).
+    #[arg(long)]
+    pub precision: Option<medvlp_model::nn::Precision>,
     /// Overrides of the config's dotted keys: `train.steps=100 data.manifest=m.jsonl seed=1`.
     pub overrides: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (rc, resolved) = RunConfig::load(args.config.as_deref(), &args.overrides)?;
+    let mut overrides = args.overrides.clone();
+    if let Some(d) = &args.device {
+        overrides.push(format!("device={d}"));
+    }
+    if let Some(p) = args.precision {
+        overrides.push(format!("train.precision={p}"));
+    }
+    let (rc, resolved) = RunConfig::load(args.config.as_deref(), &overrides)?;
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", rc.method, rc.model.preset)));

@@ -7,7 +7,8 @@
 //! Backward per (sample, head): `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - rowsum(dP * P))`,
 //! `dQ = s dS K`, `dK = s dS^T Q` with `s = 1 / sqrt(head_dim)`.
 
-use super::{gemm, tensor_from, use_kernel, with_slices, Float, Mat, SendPtr, SliceKernel};
+use super::{gemm, tensor_from, use_gemm_kernel, with_slices, Float, Mat, SendPtr, SliceKernel};
+use crate::nn::precision::matmul;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -338,7 +339,7 @@ pub fn attention(
         None => None,
     };
     let same = |t: &Tensor| t.dtype() == q.dtype() && t.device().same_device(q.device());
-    if !(use_kernel(q) && same(k) && same(v)) {
+    if !(use_gemm_kernel(q) && same(k) && same(v)) {
         return attention_composed(
             q,
             k,
@@ -385,11 +386,11 @@ pub fn attention_composed(
         x.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()
     };
     let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
-    let mut scores = (qh.matmul(&kh.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+    let mut scores = (matmul(&qh, &kh.t()?)? * (1.0 / (hd as f64).sqrt()))?;
     if let Some(m) = mask {
         scores = scores.broadcast_add(m)?;
     }
     let probs = crate::nn::ops::softmax_last_dim(&scores)?;
-    let y = probs.matmul(&vh)?.transpose(1, 2)?.reshape((b, lq, d))?;
+    let y = matmul(&probs, &vh)?.transpose(1, 2)?.reshape((b, lq, d))?;
     Ok((y, probs))
 }

@@ -3,7 +3,9 @@
 //! backward pass writes `g / n * (softmax(x) - onehot(t))` directly from the saved log-sum-exp.
 //! Used for MLM over the vocabulary, the contrastive logits and ITM.
 
-use super::{contiguous_slice, tensor_from, use_kernel, with_slices, Float, SliceKernel};
+use super::{
+    contiguous_slice, tensor_from, use_gemm_kernel, use_kernel, with_slices, Float, SliceKernel,
+};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -281,7 +283,7 @@ pub fn linear_cross_entropy(
         );
     }
     let same = |t: &Tensor| t.dtype() == x.dtype() && t.device().same_device(x.device());
-    if !(use_kernel(x) && same(w) && same(b)) {
+    if !(use_gemm_kernel(x) && same(w) && same(b)) {
         return cross_entropy(
             &crate::nn::fused::linear::linear(x, w, Some(b), crate::nn::Activation::Identity)?,
             targets,

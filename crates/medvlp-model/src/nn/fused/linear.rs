@@ -3,7 +3,7 @@
 //! pass computes `dx = g' W`, `dW = g'^T x`, `db = colsum(g')` (with `g' = g * gelu'(h)`) only for
 //! the inputs that need a gradient.
 
-use super::{gemm, tensor_from, use_kernel, with_slices, Float, Mat, SliceKernel};
+use super::{gemm, tensor_from, use_gemm_kernel, with_slices, Float, Mat, SliceKernel};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -311,7 +311,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
     let mut out_dims = d.to_vec();
     *out_dims.last_mut().unwrap() = dout;
     let same = |t: &Tensor| t.dtype() == x.dtype() && t.device().same_device(x.device());
-    if !(use_kernel(x) && same(w) && b.is_none_or(same)) {
+    if !(use_gemm_kernel(x) && same(w) && b.is_none_or(same)) {
         return linear_composed(x, w, b, act);
     }
     let x2 = x.reshape((rows, din))?.contiguous()?;
@@ -347,7 +347,7 @@ pub fn linear_composed(
     let d = x.dims();
     let din = *d.last().unwrap_or(&0);
     let rows = x.elem_count() / din.max(1);
-    let mut y = x.reshape((rows, din))?.matmul(&w.t()?)?;
+    let mut y = crate::nn::precision::matmul(&x.reshape((rows, din))?, &w.t()?)?;
     if let Some(b) = b {
         y = y.broadcast_add(b)?;
     }

@@ -67,6 +67,13 @@ pub fn use_kernel(x: &Tensor) -> bool {
         && kernels() == Kernels::Fused
 }
 
+/// Whether the fused GEMM kernels (dense, attention, convolution, linear cross-entropy) apply to
+/// `x`: as [`use_kernel`], except under bf16 autocast, where the products run in bf16 through the
+/// composed path (see [`crate::nn::precision`]).
+pub fn use_gemm_kernel(x: &Tensor) -> bool {
+    use_kernel(x) && !crate::nn::precision::autocast(x)
+}
+
 /// The contiguous slice of a CPU buffer that `layout` covers.
 pub(crate) fn contiguous_slice<'a, T>(v: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
