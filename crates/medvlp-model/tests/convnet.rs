@@ -264,3 +264,14 @@ fn convnet_config_is_validated() {
     let vit = serde_json::to_string(&VisionConfig::preset("small-vit").unwrap()).unwrap();
     assert!(!vit.contains("conv_channels"), "{vit}");
 }
+
+/// The convolution's finite-difference checks with the composed ops a CUDA device runs
+/// (im2col + dense layer, candle's backward).
+#[test]
+fn gradient_checks_pass_on_the_composed_path() {
+    use medvlp_model::nn::fused::{with_kernels, Kernels};
+    with_kernels(Kernels::Composed, || {
+        conv2d_gradient_and_pytorch_layout();
+        convnet_masked_encoding_gradient_and_no_leak();
+    });
+}

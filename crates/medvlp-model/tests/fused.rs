@@ -304,3 +304,15 @@ fn bf16_inference_embeddings_match_fp32() {
     println!("bf16 vs fp32 image embeddings: min cosine {cos}");
     assert!(cos >= 0.999, "cosine {cos}");
 }
+
+/// The finite-difference checks again with the composed ops a CUDA device runs.
+#[test]
+fn gradient_checks_pass_on_the_composed_path() {
+    use medvlp_model::nn::fused::{with_kernels, Kernels};
+    with_kernels(Kernels::Composed, || {
+        linear_gradients_match_finite_differences();
+        attention_gradients_match_finite_differences();
+        cross_entropy_gradient_and_equality();
+        linear_cross_entropy_gradient_and_equality();
+    });
+}

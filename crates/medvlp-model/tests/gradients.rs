@@ -499,3 +499,22 @@ fn bert_packed_tokens_match_padded_computation() {
     .unwrap();
     r.assert_passed("bert (packed tokens)");
 }
+
+/// The same finite-difference checks through the composed candle ops that a CUDA device runs
+/// (`MEDVLP_KERNELS=composed`), so the GPU path's backward passes are verified on the CPU too.
+#[test]
+fn gradient_checks_pass_on_the_composed_path() {
+    use medvlp_model::nn::fused::{with_kernels, Kernels};
+    with_kernels(Kernels::Composed, || {
+        layer_norm_gradient();
+        layer_norm_gelu_gradient();
+        softmax_gradient();
+        gelu_gradient();
+        attention_with_padding_mask_gradient();
+        cross_attention_block_gradient();
+        vit_with_patch_subset_gradient();
+        mae_decoder_restores_order_and_has_gradients();
+        mlm_head_gradient();
+        memory_read_gradient_and_top_k();
+    });
+}

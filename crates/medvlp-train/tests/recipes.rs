@@ -75,6 +75,17 @@ fn batch(cfg: &ModelConfig, n_paired: usize, n_image_only: usize, n_text_only: u
     }
 }
 
+/// The batch with its tensors on `dev`.
+fn batch_to(b: &Batch, dev: &Device) -> Batch {
+    let to = |t: &Tensor| t.to_device(dev).unwrap();
+    Batch {
+        pixels: b.pixels.as_ref().map(to),
+        text: TextBatch { ids: to(&b.text.ids), mask: to(&b.text.mask), ..b.text.clone() },
+        labels: b.labels.as_ref().map(to),
+        ..b.clone()
+    }
+}
+
 fn build(name: &str, cfg: &ObjectiveConfig) -> (ParamStore, MedVlp) {
     build_preset(name, cfg, "tiny")
 }
@@ -427,15 +438,30 @@ fn xlip_aux_fraction_reconstructs_a_subset_of_the_rows() {
 fn composed_path_equals_the_fused_kernels_for_every_recipe() {
     use medvlp_model::nn::fused::{with_kernels, Kernels};
     with_test_recipe();
+    // On `MEDVLP_TEST_DEVICE=cuda` the composed side runs on the GPU (the same code).
+    let dev = medvlp_model::runtime::test_device();
     for preset in ["tiny", "tiny-convnet"] {
         for m in recipes() {
             let name = m.name();
             let cfg = m.defaults();
             let (store, model) = build_preset(name, &cfg, preset);
             let b = batch(&model.config, 6, 2, 2);
+            let (store_d, model_d, b_d) = if dev.is_cpu() {
+                (store.clone(), model.clone(), b.clone())
+            } else {
+                let store_d = ParamStore::new(1, DType::F32, &dev);
+                let model_d = MedVlp::new(&model.config, &store_d).unwrap();
+                store_d.copy_from(&store).unwrap();
+                (store_d, model_d, batch_to(&b, &dev))
+            };
             let step = |k: Kernels| {
+                let (store, model, b) = if k == Kernels::Fused {
+                    (&store, &model, &b)
+                } else {
+                    (&store_d, &model_d, &b_d)
+                };
                 with_kernels(k, || {
-                    let out = m.loss(&model, &b, &cfg, 0).unwrap();
+                    let out = m.loss(model, b, &cfg, 0).unwrap();
                     let grads = out.loss.backward().unwrap();
                     let g: Vec<(String, Vec<f32>)> = store
                         .vars()
