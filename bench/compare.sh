@@ -4,6 +4,13 @@
 # load; prints each round and the median ratios.
 #
 #   bench/compare.sh [--python PY] [--rounds N] [--reference PATH]
+#   bench/compare.sh --gpu [--device cuda:N] [--steps N] [--python PY] [--rounds N]
+#
+# --gpu compares the base size (ViT-B/16 224 px + BERT-base-sized text, batch 64, 7.39 TFLOP per
+# step) on the GPU: `medvlp bench train-step --preset base --device cuda --precision bf16` against
+# `torch_reference.py train --size base --device cuda --amp`, and reports the step-time ratio,
+# the peak GPU memory of each (nvidia-smi, sampled every 100 ms) and MFU against the card's bf16
+# peak. Build with `--features cuda` first (README, GPU section).
 #
 # PyTorch lives in a virtual environment outside the repository, e.g.
 #   python3 -m venv ~/.venvs/medvlp-torch && ~/.venvs/medvlp-torch/bin/pip install torch
@@ -14,12 +21,18 @@ cd "$(dirname "$0")/.."
 PY="${TORCH_PYTHON:-$HOME/.venvs/medvlp-torch/bin/python}"
 ROUNDS=3
 REF="../shared/bench/torch_reference.py"
+GPU=0
+DEVICE=cuda
+STEPS=10
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) PY="$2"; shift 2 ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
     --reference) REF="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --gpu) GPU=1; shift ;;
+    --device) DEVICE="$2"; shift 2 ;;
+    --steps) STEPS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -31,6 +44,39 @@ fi
 [ -x target/release/medvlp ] || cargo build --release
 MV=target/release/medvlp
 field() { sed -n "s/.*\"$1\":\([0-9.e+-]*\).*/\1/p"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+if [ "$GPU" = 1 ]; then
+  idx="${DEVICE#cuda}"; idx="${idx#:}"; idx="${idx:-0}"
+  # Peak memory.used of GPU $idx while "$@" runs, in bytes, into $WORK_PEAK.
+  with_peak() {
+    local log; log=$(mktemp)
+    nvidia-smi --id="$idx" --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$log" 2>/dev/null &
+    local smi=$!
+    "$@"; local rc=$?
+    kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
+    WORK_PEAK=$(( $(sort -n "$log" | tail -1) * 1024 * 1024 )); rm -f "$log"
+    return $rc
+  }
+  step_r=(); mem_r=(); mfu_r=(); tmfu_r=()
+  for r in $(seq 1 "$ROUNDS"); do
+    m_json=$(with_peak "$MV" bench train-step --preset base --device "$DEVICE" --precision bf16 --steps "$STEPS" 2>/dev/null) || { echo "medvlp bench failed" >&2; exit 1; }
+    m_peak=$WORK_PEAK
+    with_peak "$PY" "$REF" train --size base --device "$DEVICE" --amp --steps "$STEPS" >/tmp/medvlp-torch-gpu.log 2>&1 || { cat /tmp/medvlp-torch-gpu.log >&2; exit 1; }
+    t_peak=$WORK_PEAK
+    m_step=$(echo "$m_json" | field median_step_s)
+    m_mfu=$(echo "$m_json" | field mfu)
+    peak=$(echo "$m_json" | field peak_gflops)
+    t_step=$(sed -n 's/^torch train: median step \([0-9.]*\) s.*/\1/p' /tmp/medvlp-torch-gpu.log)
+    s=$(python3 -c "print(f'{$t_step/$m_step:.3f}')")
+    mm=$(python3 -c "print(f'{$m_peak/$t_peak:.3f}')")
+    t_mfu=$(python3 -c "print(f'{7.39e12/1e9/$t_step/${peak:-0}:.3f}' if '${peak}' else 'n/a')")
+    step_r+=("$s"); mem_r+=("$mm"); mfu_r+=("${m_mfu:-0}"); tmfu_r+=("$t_mfu")
+    echo "round $r ($(echo "$m_json" | sed -n 's/.*"device":"\([^"]*\)".*/\1/p')): step medvlp ${m_step}s torch ${t_step}s (torch/medvlp $s); peak GPU memory medvlp $((m_peak >> 20)) MiB torch $((t_peak >> 20)) MiB (ratio $mm); MFU medvlp $m_mfu torch $t_mfu"
+  done
+  echo "median over $ROUNDS rounds (base, bf16, $DEVICE): step speed-up (torch AMP time / medvlp time) $(median "${step_r[@]}") [target >= 1.0]; peak GPU memory medvlp/torch $(median "${mem_r[@]}"); MFU medvlp $(median "${mfu_r[@]}") [target >= 0.40], torch $(median "${tmfu_r[@]}")"
+  exit 0
+fi
 step_r=(); enc_r=(); rss_r=(); mfu_r=()
 for r in $(seq 1 "$ROUNDS"); do
   m_json=$("$MV" bench train-step --preset reference 2>/dev/null)
@@ -46,5 +92,4 @@ for r in $(seq 1 "$ROUNDS"); do
   step_r+=("$s"); enc_r+=("$e"); rss_r+=("$m"); mfu_r+=("$m_mfu")
   echo "round $r: train step medvlp ${m_step}s torch ${t_step}s (torch/medvlp $s, medvlp MFU $m_mfu); encode medvlp ${m_enc} torch ${t_enc} images/s (ratio $e); peak RSS medvlp/torch $m"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 echo "median over $ROUNDS rounds: train-step speed-up (torch time / medvlp time) $(median "${step_r[@]}") [target >= 1.25]; encode ratio $(median "${enc_r[@]}") [target >= 1.3]; peak RSS medvlp/torch $(median "${rss_r[@]}") [target <= 0.5]; MFU $(median "${mfu_r[@]}") [target >= 0.6 of a 320 GFLOP/s peak]"

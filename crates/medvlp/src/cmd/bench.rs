@@ -25,17 +25,28 @@ pub enum Sub {
         /// Measured repetitions after one warm-up.
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// One pre-training step of a recipe (forward, backward, AdamW) on synthetic data.
     TrainStep {
-        /// clip, mae-mlm, xlip, mcr or mpma.
-        #[arg(long, default_value = "mcr")]
-        recipe: String,
+        /// clip, mae-mlm, xlip, mcr or mpma (default mcr). Without it, `--preset reference` and
+        /// `--preset base` run torch_reference.py's model at that `--size` instead of a recipe.
+        #[arg(long)]
+        recipe: Option<String>,
         /// Override the recipe's stream (single or dual).
         #[arg(long)]
         stream: Option<String>,
+        /// Model size: a model preset, or `reference` / `base` (see --recipe).
         #[arg(long, default_value = "small")]
         preset: String,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// fp32, or bf16 mixed precision (fp32 weights, bf16 products), as train.precision.
+        #[arg(long, default_value = "fp32")]
+        precision: medvlp_model::nn::Precision,
         #[arg(long, default_value_t = 32)]
         batch: usize,
         #[arg(long, default_value_t = 64)]
@@ -48,10 +59,12 @@ pub enum Sub {
         compare_streams: bool,
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// The machine's fp32 peak in GFLOP/s for the `mfu` field (benchmarks.md: ~320 for the
-        /// 2-core AVX-512 reference machine, 2 FMA units x 16 lanes x 2 flops x ~2.5 GHz x 2).
-        #[arg(long, default_value_t = 320.0)]
-        peak_gflops: f64,
+        /// The device's peak in GFLOP/s for the `mfu` field. Default on the CPU: 320, the fp32
+        /// peak of the 2-core AVX-512 reference machine (benchmarks.md: 2 FMA units x 16 lanes x
+        /// 2 flops x ~2.5 GHz x 2); on a GPU: its dense bf16 tensor-core peak when the card is
+        /// known (H100, H200, A100, L40S), else no `mfu`.
+        #[arg(long)]
+        peak_gflops: Option<f64>,
     },
     /// Decode + preprocess throughput of a large JPEG and a DICOM, per core and on all cores.
     Data(super::bench_data::Args),
@@ -66,6 +79,9 @@ pub enum Sub {
         /// smallest cosine between bf16 and fp32 outputs.
         #[arg(long)]
         bf16: bool,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -95,13 +111,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(args: Args) -> Result<()> {
     match args.command {
-        Sub::Forward { preset, batch, steps } => forward(&preset, batch, steps),
-        Sub::Encode { preset, steps, bf16 } => encode(&preset, steps, bf16),
+        Sub::Forward { preset, batch, steps, device } => forward(&preset, batch, steps, &device),
+        Sub::Encode { preset, steps, bf16, device } => encode(&preset, steps, bf16, &device),
         Sub::Data(a) => super::bench_data::run(a),
         Sub::TrainStep {
             recipe,
             stream,
             preset,
+            device,
+            precision,
             batch,
             text_length,
             steps,
@@ -109,19 +127,27 @@ pub fn run(args: Args) -> Result<()> {
             rounds,
             peak_gflops,
         } => {
-            if preset == "reference" {
-                reference_train_step(steps, peak_gflops)
-            } else if compare_streams {
-                compare(&recipe, &preset, batch, text_length, steps, rounds)
-            } else {
-                train_step(&recipe, stream.as_deref(), &preset, batch, text_length, steps)
+            let dev = medvlp_model::runtime::device(&device)?;
+            match (recipe, super::bench_reference::Size::named(&preset)) {
+                (None, Some(size)) => {
+                    reference_train_step(size, &dev, precision, steps, peak_gflops)
+                }
+                (recipe, _) => {
+                    let recipe = recipe.unwrap_or_else(|| "mcr".into());
+                    if compare_streams {
+                        compare(&recipe, &preset, batch, text_length, steps, rounds)
+                    } else {
+                        let shape = (batch, text_length, steps);
+                        train_step(&recipe, stream.as_deref(), &preset, &dev, precision, shape)
+                    }
+                }
             }
         }
     }
 }
 
-fn forward(preset: &str, batch: usize, steps: usize) -> Result<()> {
-    let dev = Device::Cpu;
+fn forward(preset: &str, batch: usize, steps: usize, device: &str) -> Result<()> {
+    let dev = medvlp_model::runtime::device(device)?;
     let mut cfg = ModelConfig::preset(preset)?;
     // The dual encoder only: no fusion, decoder or MLM head in this measurement.
     cfg.fusion_config = None;
@@ -134,7 +160,7 @@ fn forward(preset: &str, batch: usize, steps: usize) -> Result<()> {
     let px = Tensor::randn(0f32, 1f32, (batch, v.num_channels, v.image_size, v.image_size), &dev)?;
     let len = t.max_length;
     let ids: Vec<u32> =
-        (0..batch * len).map(|i| (1000 + (i * 7919) % (t.vocab_size - 1000)) as u32).collect();
+        (0..batch * len).map(|i| (5 + (i * 7919) % (t.vocab_size - 5)) as u32).collect();
     let ids = Tensor::from_vec(ids, (batch, len), &dev)?;
     let mask = Tensor::ones((batch, len), DType::F32, &dev)?;
     let (mut fwd, mut bwd) = (vec![], vec![]);
@@ -148,6 +174,7 @@ fn forward(preset: &str, batch: usize, steps: usize) -> Result<()> {
         let _ = loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
+        dev.synchronize()?;
         let t2 = Instant::now();
         drop(grads);
         if i > 0 {
@@ -175,13 +202,12 @@ fn train_step(
     recipe: &str,
     stream: Option<&str>,
     preset: &str,
-    batch: usize,
-    text_length: usize,
-    steps: usize,
+    dev: &Device,
+    precision: medvlp_model::nn::Precision,
+    (batch, text_length, steps): (usize, usize, usize),
 ) -> Result<()> {
     use medvlp_train::optim::{AdamW, AdamWConfig};
     use medvlp_train::recipe::{batch::synthetic_batch, Stream};
-    let dev = Device::Cpu;
     let m = medvlp_train::recipe::recipe(recipe)?;
     let mut cfg = m.defaults();
     if let Some(s) = stream {
@@ -193,7 +219,7 @@ fn train_step(
     }
     let mut mc = ModelConfig::preset(preset)?;
     m.adapt_model(&cfg, &mut mc);
-    let store = ParamStore::new(0, DType::F32, &dev);
+    let store = ParamStore::new(0, DType::F32, dev);
     let model = MedVlp::new(&mc, &store)?;
     let b = synthetic_batch(
         &mc,
@@ -202,18 +228,21 @@ fn train_step(
         0,
         text_length.min(mc.text_config.max_position_embeddings),
         0,
-        &dev,
+        dev,
     )?;
     let mut opt = AdamW::new(store.vars(), AdamWConfig::default())?;
     let (mut fwd, mut bwd, mut upd) = (vec![], vec![], vec![]);
     for i in 0..steps + 1 {
         let t0 = Instant::now();
-        let out = m.loss(&model, &b, &cfg, i as u64)?;
+        let out =
+            medvlp_model::nn::with_precision(precision, || m.loss(&model, &b, &cfg, i as u64))?;
         let _ = out.loss.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = opt.collect_grads(&out.loss.backward()?)?;
+        dev.synchronize()?;
         let t2 = Instant::now();
         opt.step(&grads, 1e-4, 1.0)?;
+        dev.synchronize()?;
         let t3 = Instant::now();
         if i > 0 {
             fwd.push((t1 - t0).as_secs_f64());
@@ -226,6 +255,8 @@ fn train_step(
         "recipe": recipe,
         "stream": format!("{:?}", cfg.stream).to_lowercase(),
         "preset": preset,
+        "device": format!("{dev:?}"),
+        "precision": precision.to_string(),
         "batch": batch,
         "params": store.num_params(),
         "median_step_s": median(step),
@@ -294,30 +325,47 @@ fn compare(
 }
 
 /// The reference model's training step: forward, backward, AdamW (as torch_reference.py).
-fn reference_train_step(steps: usize, peak_gflops: f64) -> Result<()> {
-    use super::bench_reference::{seeded_rng, Reference, PARAMS};
+fn reference_train_step(
+    size: super::bench_reference::Size,
+    dev: &Device,
+    precision: medvlp_model::nn::Precision,
+    steps: usize,
+    peak_gflops: Option<f64>,
+) -> Result<()> {
+    use super::bench_reference::{seeded_rng, Reference};
     use medvlp_train::optim::{AdamW, AdamWConfig};
-    let m = Reference::new(true)?;
+    let m = Reference::new(size, true, dev)?;
     let params = m.store.num_params();
-    if params != PARAMS {
-        anyhow::bail!("reference model has {params} parameters, torch_reference.py has {PARAMS}");
-    }
     let mut opt = AdamW::new(
         m.store.vars(),
         AdamWConfig { lr: 1e-4, weight_decay: 0.05, grad_clip: 0.0, ..Default::default() },
     )?;
+    let gpu = super::gpu_info::GpuInfo::of(dev);
+    let peak = peak_gflops.or_else(|| match &gpu {
+        None => Some(320.0),
+        Some(g) => g.bf16_peak_gflops(),
+    });
     let mut rng = seeded_rng();
     let (mut fwd, mut bwd, mut upd, mut step) = (vec![], vec![], vec![], vec![]);
+    let mut peak_mem = 0u64;
     for i in 0..steps + 2 {
-        let bt = Reference::batch(&mut rng)?;
+        let bt = m.batch(&mut rng)?;
+        dev.synchronize()?;
         let t0 = Instant::now();
-        let loss = m.loss(&bt)?;
+        let loss = medvlp_model::nn::with_precision(precision, || m.loss(&bt))?;
+        dev.synchronize()?;
         let t1 = Instant::now();
         let grads = opt.collect_grads(&loss.backward()?)?;
+        dev.synchronize()?;
         let t2 = Instant::now();
+        if let Some(g) = &gpu {
+            peak_mem = peak_mem.max(g.memory_used());
+        }
         opt.step(&grads, 1e-4, 1.0)?;
         let lv = loss.to_scalar::<f32>()?;
+        dev.synchronize()?;
         let t3 = Instant::now();
+        drop(grads);
         eprintln!("step {i}: loss {lv:.4} {:.3} s", (t3 - t0).as_secs_f64());
         if i >= 2 {
             fwd.push((t1 - t0).as_secs_f64());
@@ -327,27 +375,37 @@ fn reference_train_step(steps: usize, peak_gflops: f64) -> Result<()> {
         }
     }
     let med = median(step);
-    let out = serde_json::json!({
-        "preset": "reference",
+    let gflops = size.flops_per_step / 1e9 / med;
+    let mut out = serde_json::json!({
+        "preset": size.name,
+        "device": gpu.as_ref().map(|g| g.name.clone()).unwrap_or_else(|| "cpu".into()),
+        "precision": precision.to_string(),
+        "batch": size.batch,
         "params": params,
         "median_step_s": med,
         "forward_s": median(fwd),
         "backward_s": median(bwd),
         "optimizer_s": median(upd),
         "peak_rss_bytes": peak_rss_bytes(),
-        "gflops_per_s": Reference::flops_per_step() / 1e9 / med,
-        "mfu": Reference::flops_per_step() / 1e9 / med / peak_gflops,
+        "gflops_per_s": gflops,
+        "mfu": peak.map(|p| gflops / p),
+        "peak_gflops": peak,
     });
+    if gpu.is_some() {
+        // Device-wide (cuMemGetInfo): includes the CUDA context, as nvidia-smi shows it.
+        out["peak_gpu_memory_bytes"] = peak_mem.into();
+    }
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
 }
 
-fn encode(preset: &str, steps: usize, bf16: bool) -> Result<()> {
-    use super::bench_reference::{Reference, B, IMG};
-    let dev = Device::Cpu;
+fn encode(preset: &str, steps: usize, bf16: bool, device: &str) -> Result<()> {
+    use super::bench_reference::{Reference, Size};
+    let dev = medvlp_model::runtime::device(device)?;
+    let reference = Size::named(preset);
     type Encoder = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
-    let (params, store, run): (usize, ParamStore, Encoder) = if preset == "reference" {
-        let m = Reference::new(false)?;
+    let (params, store, run): (usize, ParamStore, Encoder) = if let Some(size) = reference {
+        let m = Reference::new(size, false, &dev)?;
         let p = m.store.num_params();
         let store = m.store.clone();
         // pooled output: the [CLS] token
@@ -358,13 +416,14 @@ fn encode(preset: &str, steps: usize, bf16: bool) -> Result<()> {
         let m = MedVlp::new(&cfg, &store)?;
         (store.num_params(), store, Box::new(move |x: &Tensor| m.image_embeds(x)))
     };
-    let (size, ch) = if preset == "reference" {
-        (IMG, 1)
-    } else {
-        let c = ModelConfig::preset(preset)?;
-        (c.vision_config.image_size, c.vision_config.num_channels)
+    let (b, size, ch) = match reference {
+        Some(z) => (z.batch, z.image, 1),
+        None => {
+            let c = ModelConfig::preset(preset)?;
+            (32, c.vision_config.image_size, c.vision_config.num_channels)
+        }
     };
-    let px = Tensor::randn(0f32, 1f32, (B, ch, size, size), &dev)?;
+    let px = Tensor::randn(0f32, 1f32, (b, ch, size, size), &dev)?;
     let time = || -> Result<(f64, Tensor)> {
         let mut times = vec![];
         let mut last = None;
@@ -380,7 +439,7 @@ fn encode(preset: &str, steps: usize, bf16: bool) -> Result<()> {
         Ok((median(times), last.expect("at least one run")))
     };
     let (med, y32) = time()?;
-    let mut out = serde_json::json!({ "preset": preset, "params": params, "batch": B, "images_per_s": B as f64 / med, "median_batch_s": med, "peak_rss_bytes": peak_rss_bytes() });
+    let mut out = serde_json::json!({ "preset": preset, "params": params, "batch": b, "images_per_s": b as f64 / med, "median_batch_s": med, "peak_rss_bytes": peak_rss_bytes() });
     if bf16 {
         let vars = store.vars();
         medvlp_model::nn::fused::bf16::enable(vars.iter().map(|(_, v)| v.as_tensor()))?;
@@ -391,7 +450,7 @@ fn encode(preset: &str, steps: usize, bf16: bool) -> Result<()> {
             .sum(1)?
             .min(0)?
             .to_scalar::<f32>()?;
-        out["bf16_images_per_s"] = (B as f64 / med16).into();
+        out["bf16_images_per_s"] = (b as f64 / med16).into();
         out["bf16_min_cosine"] = (cos as f64).into();
     }
     println!("{}", serde_json::to_string(&out)?);
