@@ -41,8 +41,10 @@ if ! "$PY" -c 'import torch' 2>/dev/null; then
   exit 2
 fi
 [ -f "$REF" ] || { echo "PyTorch reference $REF not found (--reference PATH)" >&2; exit 2; }
-[ -x target/release/medvlp ] || cargo build --release
-MV=target/release/medvlp
+MV="${CARGO_TARGET_DIR:-target}/release/medvlp"
+if [ ! -x "$MV" ]; then
+  if [ "$GPU" = 1 ]; then cargo build --release --features cuda; else cargo build --release; fi
+fi
 field() { sed -n "s/.*\"$1\":\([0-9.e+-]*\).*/\1/p"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 

@@ -55,7 +55,7 @@ GPU="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,nohe
 note "machine: ${GPU:-no GPU visible (nvidia-smi)}; CPU $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
 
 stage build cargo build --release --features cuda || { printf '%s\n' "${SUMMARY[@]}"; exit 1; }
-MV=target/release/medvlp
+MV="${CARGO_TARGET_DIR:-target}/release/medvlp"
 HAVE_GPU=0
 if "$MV" bench forward --preset tiny --batch 2 --steps 1 --device "$DEVICE" >"$WORK/probe.log" 2>&1; then
   HAVE_GPU=1

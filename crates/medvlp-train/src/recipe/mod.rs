@@ -151,10 +151,31 @@ impl Default for ObjectiveConfig {
     }
 }
 
-/// The loss of one batch and its named parts.
+/// The loss of one batch and its named parts (detached scalars, still on the device: reading them
+/// inside the forward pass would make a GPU wait before the backward pass is queued).
 pub struct MethodLoss {
     pub loss: Tensor,
-    pub parts: Vec<(String, f64)>,
+    pub parts: Vec<(String, Tensor)>,
+}
+
+impl MethodLoss {
+    /// The parts' values, read from the device in one transfer.
+    pub fn part_values(&self) -> candle_core::Result<Vec<(String, f64)>> {
+        part_values(&self.parts)
+    }
+}
+
+/// Values of named scalar tensors, read in one transfer.
+pub fn part_values(parts: &[(String, Tensor)]) -> candle_core::Result<Vec<(String, f64)>> {
+    if parts.is_empty() {
+        return Ok(vec![]);
+    }
+    let all: Vec<Tensor> = parts
+        .iter()
+        .map(|(_, t)| t.to_dtype(candle_core::DType::F64)?.reshape(1))
+        .collect::<candle_core::Result<_>>()?;
+    let v = Tensor::cat(&all, 0)?.to_vec1::<f64>()?;
+    Ok(parts.iter().map(|(n, _)| n.clone()).zip(v).collect())
 }
 
 /// A named variant of a recipe: config overrides (`objectives.*`, `data.*`) that switch one of the

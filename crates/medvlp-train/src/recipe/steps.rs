@@ -269,7 +269,7 @@ pub fn local(
 #[derive(Default)]
 pub struct Terms {
     total: Option<Tensor>,
-    pub parts: Vec<(String, f64)>,
+    pub parts: Vec<(String, Tensor)>,
 }
 
 impl Terms {
@@ -278,7 +278,7 @@ impl Terms {
         if weight == 0.0 {
             return Ok(());
         }
-        self.parts.push((name.to_string(), l.to_dtype(DType::F64)?.to_scalar::<f64>()?));
+        self.parts.push((name.to_string(), l.detach()));
         let w = (l * weight)?;
         self.total = Some(match self.total.take() {
             Some(t) => (t + w)?,

@@ -77,7 +77,8 @@ pub struct TrainState {
 /// One micro-batch's loss and its named parts (for logging).
 pub struct LossOutput {
     pub loss: Tensor,
-    pub parts: Vec<(String, f64)>,
+    /// Named parts for the log: detached scalar tensors, read after the backward pass is queued.
+    pub parts: Vec<(String, Tensor)>,
     pub samples: usize,
 }
 
@@ -287,20 +288,27 @@ impl<'a> Trainer<'a> {
                     Ok(out) => out,
                     Err(e) => return Err(self.stop_on_bad_data(e, &opt, &state)),
                 };
-                let l = out.loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                 samples_since += out.samples;
+                // The backward pass is queued before any value is read back, so a GPU runs
+                // forward and backward without waiting for the host in between; the loss and
+                // its parts then come back in one transfer.
+                let grads = out.loss.backward()?;
+                let mut named = vec![(String::new(), out.loss.detach())];
+                named.extend(out.parts);
+                let values = crate::recipe::part_values(&named)?;
+                let l = values[0].1;
                 if !l.is_finite() {
                     finite = false;
                     break;
                 }
                 loss_sum += l;
-                for (k, v) in out.parts {
+                for (k, v) in values.into_iter().skip(1) {
                     match parts_sum.iter_mut().find(|(n, _)| *n == k) {
                         Some(e) => e.1 += v,
                         None => parts_sum.push((k, v)),
                     }
                 }
-                acc.add(opt.collect_grads(&out.loss.backward()?)?)?;
+                acc.add(opt.collect_grads(&grads)?)?;
             }
             let k = c.grad_accum.max(1) as f64;
             let stats = if finite { Some(opt.step(&acc.sums, lr, 1.0 / k)?) } else { None };
