@@ -57,10 +57,10 @@ note "machine: ${GPU:-no GPU visible (nvidia-smi)}; CPU $(lscpu | sed -n 's/^Mod
 stage build cargo build --release --features cuda || { printf '%s\n' "${SUMMARY[@]}"; exit 1; }
 MV="${CARGO_TARGET_DIR:-target}/release/medvlp"
 HAVE_GPU=0
-if "$MV" bench forward --preset tiny --batch 2 --steps 1 --device "$DEVICE" >"$WORK/probe.log" 2>&1; then
+if env -u RUST_BACKTRACE "$MV" bench forward --preset tiny --batch 2 --steps 1 --device "$DEVICE" >"$WORK/probe.log" 2>&1; then
   HAVE_GPU=1
 else
-  note "no usable GPU: $(tail -1 "$WORK/probe.log")"
+  note "no usable GPU: $(grep -m1 '^Error' "$WORK/probe.log")"
 fi
 TEST_DEVICE=cpu
 [ "$HAVE_GPU" = 1 ] && TEST_DEVICE="$DEVICE"

@@ -1,7 +1,9 @@
 //! With `--features cuda`: generates the CUDA driver trampolines of `src/cuda_driver.rs` and a
 //! link stub for `-lcuda`. See that module for why; nothing happens in a CPU build.
 
+#[cfg(feature = "cuda")]
 use std::fmt::Write as _;
+#[cfg(feature = "cuda")]
 use std::path::PathBuf;
 
 fn main() {
@@ -10,35 +12,68 @@ fn main() {
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets the target arch");
-    let names: Vec<String> = std::fs::read_to_string("src/cuda_driver_symbols.txt")
-        .expect("src/cuda_driver_symbols.txt")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect();
-    std::fs::write(out.join("cuda_driver.rs"), generate(&names, &arch)).expect("write OUT_DIR");
-
-    // cudarc (through candle's `dynamic-linking`) asks the linker for `-lcuda`, which only a
-    // driver install provides. Every symbol it references is defined by the trampolines, so the
-    // library adds nothing: an empty linker script named libcuda.so satisfies `-lcuda` on
-    // machines without one, and `--as-needed` keeps libcuda out of the binary's DT_NEEDED either way.
-    let stub = out.join("link-stub");
-    std::fs::create_dir_all(&stub).expect("create link-stub");
-    std::fs::write(
-        stub.join("libcuda.so"),
-        "/* medvlp: libcuda.so.1 is opened at run time, see src/cuda_driver.rs */\n",
-    )
-    .expect("write link stub");
-    println!("cargo:rustc-link-search=native={}", stub.display());
+    cuda::build();
 }
 
-/// A Rust file with the symbol names and one `global_asm!` block: a slot table (one pointer per
-/// name, initially `medvlp_cuda_unloaded`) and a hidden function per name that jumps through its
-/// slot. A tail jump leaves every argument register and the stack as the caller set them, so no
-/// signature is needed.
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    pub fn build() {}
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::*;
+
+    pub fn build() {
+        let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+        let arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets the target arch");
+        let names: Vec<String> = std::fs::read_to_string("src/cuda_driver_symbols.txt")
+            .expect("src/cuda_driver_symbols.txt")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        let mut rs = String::new();
+        let _ = writeln!(rs, "pub(crate) const NAMES: [&str; {}] = [", names.len());
+        for name in &names {
+            let _ = writeln!(rs, "    \"{name}\",");
+        }
+        rs.push_str("];\n");
+        std::fs::write(out.join("cuda_driver.rs"), rs).expect("write OUT_DIR");
+
+        // One object with the slot table and every trampoline, in a static library that this
+        // crate links (its own references pull the object, which then defines every name).
+        let asm = out.join("cuda_driver.S");
+        std::fs::write(&asm, generate(&names, &arch)).expect("write OUT_DIR");
+        cc::Build::new().file(&asm).cargo_metadata(false).compile("medvlp_cuda_driver");
+        let lib = out.join("libmedvlp_cuda_driver.a");
+        println!("cargo:rustc-link-search=native={}", out.display());
+        println!("cargo:rustc-link-lib=static=medvlp_cuda_driver");
+
+        // cudarc (through candle's `dynamic-linking`) asks the linker for `-lcuda`, which only a
+        // driver install provides. Here `libcuda.so` is a linker script naming the trampolines'
+        // library, so `-lcuda` resolves to them in every binary that links cudarc, also ones that
+        // do not link this crate (e.g. a test that uses candle alone); `--as-needed` leaves
+        // libcuda out of the binary either way.
+        let stub = out.join("link-stub");
+        std::fs::create_dir_all(&stub).expect("create link-stub");
+        std::fs::write(
+            stub.join("libcuda.so"),
+            format!(
+                "/* medvlp: libcuda.so.1 is opened at run time, see src/cuda_driver.rs */\nINPUT({})\n",
+                lib.display()
+            ),
+        )
+        .expect("write link stub");
+        println!("cargo:rustc-link-search=native={}", stub.display());
+    }
+}
+
+/// Assembly of a slot table (one pointer per name, initially `medvlp_cuda_unloaded`) and a
+/// hidden function per name that jumps through its slot. A tail jump leaves every argument
+/// register and the stack as the caller set them, so no signature is needed.
+#[cfg(feature = "cuda")]
 fn generate(names: &[String], arch: &str) -> String {
     let mut asm = String::new();
     let n = names.len();
@@ -93,13 +128,5 @@ fn generate(names: &[String], arch: &str) -> String {
         }
         other => panic!("--features cuda: no driver trampolines for target arch {other}"),
     }
-    let mut rs = String::new();
-    let _ = writeln!(rs, "pub(crate) const NAMES: [&str; {n}] = [");
-    for name in names {
-        let _ = writeln!(rs, "    \"{name}\",");
-    }
-    rs.push_str("];\n");
-    let options = if arch == "x86_64" { ", options(att_syntax)" } else { "" };
-    let _ = writeln!(rs, "core::arch::global_asm!(r#\"\n{asm}\"#{options});");
-    rs
+    asm
 }

@@ -91,10 +91,14 @@ fn build(name: &str, cfg: &ObjectiveConfig) -> (ParamStore, MedVlp) {
 }
 
 fn build_preset(name: &str, cfg: &ObjectiveConfig, preset: &str) -> (ParamStore, MedVlp) {
+    build_on(name, cfg, preset, &Device::Cpu)
+}
+
+fn build_on(name: &str, cfg: &ObjectiveConfig, preset: &str, dev: &Device) -> (ParamStore, MedVlp) {
     let m = recipe(name).unwrap();
     let mut mc = ModelConfig::preset(preset).unwrap();
     m.adapt_model(cfg, &mut mc);
-    let store = ParamStore::new(1, DType::F32, &Device::Cpu);
+    let store = ParamStore::new(1, DType::F32, dev);
     let model = MedVlp::new(&mc, &store).unwrap();
     (store, model)
 }
@@ -109,13 +113,15 @@ fn every_recipe_reaches_every_parameter_and_learns_with_a_convnet() {
     reaches_every_parameter_and_learns("tiny-convnet");
 }
 
+/// On `MEDVLP_TEST_DEVICE` (the CPU unless bench/gpu-check.sh sets a GPU).
 fn reaches_every_parameter_and_learns(preset: &str) {
     with_test_recipe();
+    let dev = medvlp_model::runtime::test_device();
     for m in recipes() {
         let name = m.name();
         let cfg = m.defaults();
-        let (store, model) = build_preset(name, &cfg, preset);
-        let b = batch(&model.config, 6, 2, 2);
+        let (store, model) = build_on(name, &cfg, preset, &dev);
+        let b = batch_to(&batch(&model.config, 6, 2, 2), &dev);
         let out = m.loss(&model, &b, &cfg, 0).unwrap();
         let first = out.loss.to_scalar::<f32>().unwrap();
         assert!(first.is_finite(), "{name}: loss {first}");
@@ -511,16 +517,19 @@ fn composed_path_equals_the_fused_kernels_for_every_recipe() {
     }
 }
 
-/// AdamW's tensor path (the one a GPU takes) equals its in-place CPU path over a few steps.
+/// AdamW's tensor path (the one a GPU takes, on `MEDVLP_TEST_DEVICE`) equals its in-place CPU
+/// path over a few steps.
 #[test]
 fn adamw_tensor_path_equals_the_cpu_path() {
     use medvlp_model::nn::fused::{with_kernels, Kernels};
     let m = recipe("clip").unwrap();
     let cfg = m.defaults();
+    let test_dev = medvlp_model::runtime::test_device();
     let run = |k: Kernels| {
+        let dev = if k == Kernels::Fused { Device::Cpu } else { test_dev.clone() };
         with_kernels(k, || {
-            let (store, model) = build("clip", &cfg);
-            let b = batch(&model.config, 6, 0, 0);
+            let (store, model) = build_on("clip", &cfg, "tiny", &dev);
+            let b = batch_to(&batch(&model.config, 6, 0, 0), &dev);
             let mut opt = AdamW::new(
                 store.vars(),
                 AdamWConfig { lr: 1e-3, weight_decay: 0.05, grad_clip: 1.0, ..Default::default() },

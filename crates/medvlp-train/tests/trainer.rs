@@ -1,6 +1,7 @@
-//! Trainer: exact resume after a crash, gradient accumulation, non-finite guard, clean stop.
+//! Trainer: exact resume after a crash, gradient accumulation, non-finite guard, clean stop, bf16
+//! mixed precision; on `MEDVLP_TEST_DEVICE` (the CPU by default).
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use medvlp_model::masking::PatchMask;
 use medvlp_model::{MedVlp, ModelConfig, ParamStore};
 use medvlp_train::objectives::{
@@ -60,7 +61,7 @@ impl Toy {
             }
             keep.push(perm[..np / 4].to_vec());
         }
-        let dev = Device::Cpu;
+        let dev = medvlp_model::runtime::test_device();
         (
             Tensor::from_vec(px, (n, 1, s, s), &dev).unwrap(),
             Tensor::from_vec(ids, (n, l), &dev).unwrap(),
@@ -124,7 +125,8 @@ fn tiny_cfg() -> ModelConfig {
 }
 
 fn setup(seed: u64) -> (ParamStore, MedVlp) {
-    let store = ParamStore::new(seed, DType::F32, &Device::Cpu);
+    // On MEDVLP_TEST_DEVICE (a GPU under bench/gpu-check.sh): resume and bf16 are checked there.
+    let store = ParamStore::new(seed, DType::F32, &medvlp_model::runtime::test_device());
     let model = MedVlp::new(&tiny_cfg(), &store).unwrap();
     (store, model)
 }
