@@ -3,6 +3,7 @@
 //! directory (`evaluate`, which fine-tuning needs here).
 
 pub mod data_pipeline;
+pub mod dist;
 pub mod evaluate;
 pub mod finetune;
 pub mod objectives;
