@@ -300,6 +300,8 @@ pub fn run_training(
         tokenizer: Some(tok_path),
         stop,
         seed: rc.seed,
+        // Multi-process runs (torchrun, Slurm) need the NCCL communicator: not wired yet.
+        comm: std::sync::Arc::new(crate::dist::SingleProcess),
     };
     trainer.run(&mut objective, resume)
 }

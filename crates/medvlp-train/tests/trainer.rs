@@ -4,6 +4,7 @@
 use candle_core::{DType, Tensor};
 use medvlp_model::masking::PatchMask;
 use medvlp_model::{MedVlp, ModelConfig, ParamStore};
+use medvlp_train::dist::{gather_with_grad, Communicator, LocalGroup, SingleProcess};
 use medvlp_train::objectives::{
     contrastive::itc_loss,
     mim::mim_loss,
@@ -25,8 +26,13 @@ fn tempdir(tag: &str) -> std::path::PathBuf {
 /// Synthetic data whose sample `i` is a pure function of `i`; batches of `batch` samples.
 struct Toy {
     model: MedVlp,
+    /// Samples per optimizer step on this rank.
     batch: usize,
     accum: usize,
+    /// Data parallel: this rank's shard of each global micro-batch, and the contrastive loss over
+    /// the global batch (None: one process).
+    comm: Option<Arc<dyn Communicator>>,
+    dtype: DType,
     use_itc: bool,
     fail_at: Option<u64>,
     nan_from: Option<u64>,
@@ -62,10 +68,11 @@ impl Toy {
             keep.push(perm[..np / 4].to_vec());
         }
         let dev = medvlp_model::runtime::test_device();
+        let dt = self.dtype;
         (
-            Tensor::from_vec(px, (n, 1, s, s), &dev).unwrap(),
+            Tensor::from_vec(px, (n, 1, s, s), &dev).unwrap().to_dtype(dt).unwrap(),
             Tensor::from_vec(ids, (n, l), &dev).unwrap(),
-            Tensor::ones((n, l), DType::F32, &dev).unwrap(),
+            Tensor::ones((n, l), dt, &dev).unwrap(),
             pos,
             lab,
             PatchMask::from_keep(keep, np, &dev).unwrap(),
@@ -84,7 +91,9 @@ impl Objective for Toy {
             }
         }
         let per = self.batch / self.accum;
-        let first = (step as usize * self.accum + micro) * per;
+        let (rank, world) =
+            self.comm.as_ref().map(|c| (c.rank(), c.world_size())).unwrap_or((0, 1));
+        let first = ((step as usize * self.accum + micro) * world + rank) * per;
         let (px, ids, mask, pos, lab, pm) = self.samples(first, per);
         let m = &self.model;
         let latent = m.vision_model.forward_masked(&px, &pm)?;
@@ -100,12 +109,12 @@ impl Objective for Toy {
         let mlm = mlm_loss(&logits, &Tensor::new(lab, px.device())?)?;
         let mut loss = (mim.clone() + mlm.clone())?;
         if self.use_itc {
-            loss = (loss
-                + itc_loss(
-                    &m.project_image(&latent)?,
-                    &m.project_text(&text, &mask)?,
-                    &m.logit_scale_value()?,
-                )?)?;
+            let (mut img, mut txt) = (m.project_image(&latent)?, m.project_text(&text, &mask)?);
+            if let Some(c) = &self.comm {
+                img = gather_with_grad(c, &img)?;
+                txt = gather_with_grad(c, &txt)?;
+            }
+            loss = (loss + itc_loss(&img, &txt, &m.logit_scale_value()?)?)?;
         }
         if self.nan_from.map(|n| step >= n).unwrap_or(false) {
             loss = (loss * f64::NAN)?;
@@ -178,6 +187,7 @@ fn trainer<'a>(
         tokenizer: None,
         stop,
         seed: 5,
+        comm: Arc::new(SingleProcess),
     }
 }
 
@@ -195,6 +205,8 @@ fn resume_after_a_crash_is_bit_identical() {
         fail_at: None,
         nan_from: None,
         stop_at: None,
+        comm: None,
+        dtype: DType::F32,
     };
     let sa = trainer(&store_a, &out_a, train_cfg(7, 1), stop.clone()).run(&mut obj, false).unwrap();
     assert_eq!(sa.state.step, 7);
@@ -211,6 +223,8 @@ fn resume_after_a_crash_is_bit_identical() {
         fail_at: Some(5),
         nan_from: None,
         stop_at: None,
+        comm: None,
+        dtype: DType::F32,
     };
     let err =
         trainer(&store_b, &out_b, train_cfg(7, 1), stop.clone()).run(&mut obj, false).unwrap_err();
@@ -227,6 +241,8 @@ fn resume_after_a_crash_is_bit_identical() {
         fail_at: None,
         nan_from: None,
         stop_at: None,
+        comm: None,
+        dtype: DType::F32,
     };
     let sc = trainer(&store_c, &out_b, train_cfg(7, 1), stop.clone()).run(&mut obj, true).unwrap();
     assert_eq!(sc.state.step, 7);
@@ -252,6 +268,8 @@ fn gradient_accumulation_equals_the_full_batch() {
         fail_at: None,
         nan_from: None,
         stop_at: None,
+        comm: None,
+        dtype: DType::F32,
     };
     trainer(
         &s1,
@@ -270,6 +288,8 @@ fn gradient_accumulation_equals_the_full_batch() {
         fail_at: None,
         nan_from: None,
         stop_at: None,
+        comm: None,
+        dtype: DType::F32,
     };
     trainer(&s4, &tempdir("acc4"), TrainConfig { checkpoint_every: 0, ..train_cfg(1, 4) }, stop)
         .run(&mut o4, false)
@@ -307,6 +327,8 @@ fn non_finite_steps_are_skipped_then_stop_the_run() {
         fail_at: None,
         nan_from: Some(2),
         stop_at: None,
+        comm: None,
+        dtype: DType::F32,
     };
     let err = trainer(&s, &out, train_cfg(20, 1), stop).run(&mut o, false).unwrap_err();
     assert!(err.to_string().contains("consecutive non-finite"), "{err}");
@@ -329,6 +351,8 @@ fn stop_flag_checkpoints_and_exits_cleanly() {
         fail_at: None,
         nan_from: None,
         stop_at: Some((2, stop.clone())),
+        comm: None,
+        dtype: DType::F32,
     };
     let r = trainer(&s, &out, TrainConfig { checkpoint_every: 100, ..train_cfg(10, 1) }, stop)
         .run(&mut o, false)
@@ -350,7 +374,17 @@ fn logged_losses(out: &std::path::Path) -> Vec<(u64, f64)> {
 }
 
 fn toy(model: MedVlp, fail_at: Option<u64>) -> Toy {
-    Toy { model, batch: 4, accum: 1, use_itc: true, fail_at, nan_from: None, stop_at: None }
+    Toy {
+        model,
+        batch: 4,
+        accum: 1,
+        use_itc: true,
+        fail_at,
+        nan_from: None,
+        stop_at: None,
+        comm: None,
+        dtype: DType::F32,
+    }
 }
 
 /// bf16 mixed precision (train.precision = "bf16") follows the fp32 loss curve, keeps fp32
@@ -424,4 +458,140 @@ fn bf16_training_tracks_fp32_and_resumes_exactly() {
     let (_, resumed, r) = run("bf16-crash", Precision::Bf16, 50, None, true, 99);
     r.unwrap();
     assert_eq!(p16, resumed, "resumed bf16 run differs from the uninterrupted one");
+}
+
+/// Data parallel: 2 and 4 ranks (threads of one process, each with its own replica, started from
+/// different initialisations that rank 0's broadcast replaces) with `b` samples each train like
+/// one rank with `2b` / `4b` samples: per-rank MIM/MLM means, the contrastive loss over the
+/// global batch through `gather_with_grad`, gradients summed over ranks and averaged. f64.
+#[test]
+fn data_parallel_ranks_train_like_one_rank_with_the_whole_batch() {
+    let (steps, b) = (20u64, 2usize);
+    let params64 = |store: &ParamStore| -> Vec<(String, Vec<f64>)> {
+        store
+            .vars()
+            .into_iter()
+            .map(|(n, v)| (n, v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap()))
+            .collect()
+    };
+    let run = move |world: usize, single: bool| -> Vec<Vec<(String, Vec<f64>)>> {
+        let comms: Vec<Arc<dyn Communicator>> = if single {
+            vec![Arc::new(SingleProcess)]
+        } else {
+            LocalGroup::ranks(world, std::time::Duration::from_secs(300))
+                .into_iter()
+                .map(|c| Arc::new(c) as Arc<dyn Communicator>)
+                .collect()
+        };
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|comm| {
+                std::thread::spawn(move || {
+                    let rank = comm.rank();
+                    let store = ParamStore::new(
+                        8 + rank as u64,
+                        DType::F64,
+                        &medvlp_model::runtime::test_device(),
+                    );
+                    let model = MedVlp::new(&tiny_cfg(), &store).unwrap();
+                    let out = std::env::temp_dir().join(format!(
+                        "medvlp-trainer-ddp-{world}-{single}-{}",
+                        std::process::id()
+                    ));
+                    let mut toy = Toy {
+                        model,
+                        batch: if single { b * world } else { b },
+                        accum: 1,
+                        use_itc: true,
+                        fail_at: None,
+                        nan_from: None,
+                        stop_at: None,
+                        comm: (!single).then(|| comm.clone()),
+                        dtype: DType::F64,
+                    };
+                    let t = Trainer {
+                        config: TrainConfig { checkpoint_every: 0, ..train_cfg(steps, 1) },
+                        model_config: tiny_cfg(),
+                        store: &store,
+                        out_dir: out,
+                        tokenizer: None,
+                        stop: Arc::new(AtomicBool::new(false)),
+                        seed: 5,
+                        comm,
+                    };
+                    let s = t.run(&mut toy, false).unwrap();
+                    assert_eq!(s.state.step, steps);
+                    params64(&store)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    };
+    for world in [2usize, 4] {
+        let one = run(world, true).remove(0);
+        let ranks = run(world, false);
+        for r in &ranks[1..] {
+            assert!(r == &ranks[0], "world {world}: replicas diverged");
+        }
+        let mut worst = (0f64, String::new());
+        for ((n, a), (_, b)) in ranks[0].iter().zip(&one) {
+            let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max);
+            if d > worst.0 {
+                worst = (d, n.clone());
+            }
+        }
+        eprintln!(
+            "{world} ranks vs one rank, {steps} steps: worst parameter difference {:.2e} ({})",
+            worst.0, worst.1
+        );
+        assert!(worst.0 <= 1e-9, "world {world}: {} differs by {:.2e}", worst.1, worst.0);
+    }
+}
+
+/// A stop (SIGTERM) on one rank stops every rank at the same step, and rank 0 writes the
+/// checkpoint of that step.
+#[test]
+fn a_stop_on_one_rank_stops_every_rank_at_the_same_step() {
+    let out = tempdir("ddp-stop");
+    let handles: Vec<_> = LocalGroup::ranks(2, std::time::Duration::from_secs(300))
+        .into_iter()
+        .map(|c| {
+            let out = out.clone();
+            std::thread::spawn(move || {
+                let comm: Arc<dyn Communicator> = Arc::new(c);
+                let rank = comm.rank();
+                let (store, model) = setup(6);
+                let stop = Arc::new(AtomicBool::new(false));
+                let mut toy = Toy {
+                    model,
+                    batch: 2,
+                    accum: 1,
+                    use_itc: true,
+                    fail_at: None,
+                    nan_from: None,
+                    // Only rank 1 receives the signal, before step 3.
+                    stop_at: (rank == 1).then(|| (3, stop.clone())),
+                    comm: Some(comm.clone()),
+                    dtype: DType::F32,
+                };
+                let t = Trainer {
+                    config: TrainConfig { checkpoint_every: 100, ..train_cfg(10, 1) },
+                    model_config: tiny_cfg(),
+                    store: &store,
+                    out_dir: out,
+                    tokenizer: None,
+                    stop,
+                    seed: 5,
+                    comm,
+                };
+                let s = t.run(&mut toy, false).unwrap();
+                (s.stopped_early, s.state.step)
+            })
+        })
+        .collect();
+    let ends: Vec<(bool, u64)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(ends, vec![(true, 4), (true, 4)], "both ranks stop after the step that saw it");
+    let ckpts: Vec<u64> =
+        checkpoint::list(&out.join("checkpoints")).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(ckpts, vec![4]);
 }

@@ -1,9 +1,16 @@
 //! The training loop: gradient accumulation, fused AdamW with a warmup + cosine schedule,
 //! non-finite guard, JSON-lines metrics, periodic atomic checkpoints (keep last K and best), exact
 //! resume, and a clean stop (checkpoint, then exit) when the stop flag is raised (SIGINT/SIGTERM).
+//!
+//! Data parallel (a [`Communicator`] of several ranks): every rank starts from rank 0's
+//! parameters, gradients are summed over ranks in buckets and averaged, every rank takes the same
+//! optimiser step (clipping on the global norm), a stop, a time budget or a non-finite loss on any
+//! rank stops or skips on all of them at the same step, and rank 0 alone writes checkpoints,
+//! metrics and the final model.
 
 pub mod checkpoint;
 
+use crate::dist::Communicator;
 use crate::optim::{AdamW, AdamWConfig, GradAccumulator, Schedule};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
@@ -107,6 +114,36 @@ pub struct Trainer<'a> {
     pub tokenizer: Option<PathBuf>,
     pub stop: Arc<AtomicBool>,
     pub seed: u64,
+    /// The data-parallel group (`dist::SingleProcess` for one process).
+    pub comm: Arc<dyn Communicator>,
+}
+
+/// Elements per all-reduce bucket (16 MB of f32).
+const BUCKET: usize = 1 << 22;
+
+/// Applies the collective `f` to `ts` flattened and concatenated in buckets of about [`BUCKET`]
+/// elements (one call per bucket instead of one per tensor) and splits the results back.
+fn bucketed(ts: &[Tensor], f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Vec<Tensor>> {
+    let mut out = Vec::with_capacity(ts.len());
+    let mut start = 0;
+    while start < ts.len() {
+        let mut end = start;
+        let mut n = 0;
+        while end < ts.len() && (end == start || n + ts[end].elem_count() <= BUCKET) {
+            n += ts[end].elem_count();
+            end += 1;
+        }
+        let flat: Vec<Tensor> =
+            ts[start..end].iter().map(|t| t.flatten_all()).collect::<candle_core::Result<_>>()?;
+        let reduced = f(&Tensor::cat(&flat, 0)?)?;
+        let mut off = 0;
+        for t in &ts[start..end] {
+            out.push(reduced.narrow(0, off, t.elem_count())?.reshape(t.shape())?);
+            off += t.elem_count();
+        }
+        start = end;
+    }
+    Ok(out)
 }
 
 /// How a run ended.
@@ -128,7 +165,63 @@ impl<'a> Trainer<'a> {
         self.out_dir.join("checkpoints")
     }
 
+    /// Rank 0 writes the run folder; the other ranks only read it (resume).
+    fn writer(&self) -> bool {
+        self.comm.rank() == 0
+    }
+
+    fn distributed(&self) -> bool {
+        self.comm.world_size() > 1
+    }
+
+    /// Sums of `values` over ranks (the values themselves for one process).
+    fn sum_over_ranks(&self, values: &[f64]) -> Result<Vec<f64>> {
+        if !self.distributed() {
+            return Ok(values.to_vec());
+        }
+        let t = Tensor::new(values, &candle_core::Device::Cpu)?;
+        Ok(self.comm.all_reduce_sum(&t)?.to_vec1::<f64>()?)
+    }
+
+    /// Every rank takes rank 0's parameters (and, on resume, they all read the same checkpoint).
+    fn broadcast_parameters(&self) -> Result<()> {
+        if !self.distributed() {
+            return Ok(());
+        }
+        let vars: Vec<candle_core::Var> = self.store.vars().into_iter().map(|(_, v)| v).collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let got = bucketed(&ts, |t| self.comm.broadcast(t, 0))?;
+        for (v, t) in vars.iter().zip(got) {
+            v.set(&t)?;
+        }
+        Ok(())
+    }
+
+    /// Gradients summed over ranks (missing ones count as zeros so that every rank reduces the
+    /// same buckets).
+    fn reduce_gradients(
+        &self,
+        opt: &AdamW,
+        sums: Vec<Option<Tensor>>,
+    ) -> Result<Vec<Option<Tensor>>> {
+        if !self.distributed() {
+            return Ok(sums);
+        }
+        let ts: Vec<Tensor> = sums
+            .into_iter()
+            .zip(&opt.params)
+            .map(|(g, p)| match g {
+                Some(g) => Ok(g),
+                None => p.var.as_tensor().zeros_like(),
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(bucketed(&ts, |t| self.comm.all_reduce_sum(t))?.into_iter().map(Some).collect())
+    }
+
     fn log(&self, line: serde_json::Value) -> Result<()> {
+        if !self.writer() {
+            return Ok(());
+        }
         let p = self.out_dir.join("metrics.jsonl");
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -141,6 +234,9 @@ impl<'a> Trainer<'a> {
 
     fn save_checkpoint(&self, opt: &AdamW, state: &TrainState) -> Result<PathBuf> {
         let dir = self.checkpoints_dir().join(checkpoint::checkpoint_name(state.step));
+        if !self.writer() {
+            return Ok(dir);
+        }
         checkpoint::write_dir(
             &dir,
             &self.model_config,
@@ -199,6 +295,9 @@ impl<'a> Trainer<'a> {
     /// On resume from `step`: metrics.jsonl keeps the records up to that step; the records of the
     /// steps that will run again move to metrics.replaced.jsonl.
     fn truncate_metrics(&self, step: u64) -> Result<()> {
+        if !self.writer() {
+            return Ok(());
+        }
         let p = self.out_dir.join("metrics.jsonl");
         let Ok(text) = std::fs::read_to_string(&p) else { return Ok(()) };
         let (mut keep, mut drop) = (String::new(), String::new());
@@ -226,8 +325,13 @@ impl<'a> Trainer<'a> {
         let c = &self.config;
         let mut opt = AdamW::new(self.store.vars(), c.optimizer.clone())?;
         let mut state = TrainState { seed: self.seed, ..Default::default() };
-        checkpoint::clean_temporaries(&self.out_dir);
-        checkpoint::clean_temporaries(&self.checkpoints_dir());
+        if self.writer() {
+            checkpoint::clean_temporaries(&self.out_dir);
+            checkpoint::clean_temporaries(&self.checkpoints_dir());
+        }
+        if self.distributed() {
+            self.comm.barrier()?;
+        }
         if resume {
             match self.restore_newest_valid(&mut opt)? {
                 Some((dir, restored)) => {
@@ -249,12 +353,14 @@ impl<'a> Trainer<'a> {
                 ),
             }
         }
+        // Identical replicas (also when a rank was initialised or restored differently).
+        self.broadcast_parameters()?;
         let schedule = Schedule {
             warmup_steps: c.warmup_steps,
             total_steps: c.steps,
             min_lr_ratio: c.min_lr_ratio,
         };
-        let bar = if std::io::stderr().is_terminal() {
+        let bar = if std::io::stderr().is_terminal() && self.writer() {
             let pb = indicatif::ProgressBar::new(c.steps);
             pb.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -274,8 +380,24 @@ impl<'a> Trainer<'a> {
         let mut stopped = false;
         let mut reported_bad = 0;
         while state.step < c.steps {
-            if self.stop.load(Ordering::SeqCst) {
+            // A stop or the time budget on any rank ends the run on all of them, at this step.
+            let over_budget =
+                c.max_minutes > 0.0 && t_start.elapsed().as_secs_f64() > c.max_minutes * 60.0;
+            let flags = self.sum_over_ranks(&[
+                self.stop.load(Ordering::SeqCst) as u8 as f64,
+                over_budget as u8 as f64,
+            ])?;
+            if flags[0] > 0.0 {
                 stopped = true;
+                break;
+            }
+            if flags[1] > 0.0 {
+                tracing::info!(
+                    "time budget of {} minutes reached at step {}",
+                    c.max_minutes,
+                    state.step
+                );
+                self.log(serde_json::json!({"kind": "budget", "step": state.step, "elapsed_s": t_start.elapsed().as_secs_f64()}))?;
                 break;
             }
             let lr = schedule.lr(c.optimizer.lr, state.step);
@@ -297,9 +419,11 @@ impl<'a> Trainer<'a> {
                 named.extend(out.parts);
                 let values = crate::recipe::part_values(&named)?;
                 let l = values[0].1;
+                // No early exit on a non-finite loss: every rank runs the same micro-batches
+                // (their losses may hold collectives).
                 if !l.is_finite() {
                     finite = false;
-                    break;
+                    continue;
                 }
                 loss_sum += l;
                 for (k, v) in values.into_iter().skip(1) {
@@ -311,7 +435,18 @@ impl<'a> Trainer<'a> {
                 acc.add(opt.collect_grads(&grads)?)?;
             }
             let k = c.grad_accum.max(1) as f64;
-            let stats = if finite { Some(opt.step(&acc.sums, lr, 1.0 / k)?) } else { None };
+            // The step is taken only where every rank's loss was finite; the logged loss is the
+            // mean over ranks.
+            let world = self.comm.world_size() as f64;
+            let agreed = self.sum_over_ranks(&[finite as u8 as f64, loss_sum])?;
+            let finite = agreed[0] == world;
+            let loss_sum = agreed[1] / world;
+            let stats = if finite {
+                let sums = self.reduce_gradients(&opt, std::mem::take(&mut acc.sums))?;
+                Some(opt.step(&sums, lr, 1.0 / (k * world))?)
+            } else {
+                None
+            };
             let applied = stats.map(|s| s.applied).unwrap_or(false);
             state.step += 1;
             if applied {
@@ -365,7 +500,9 @@ impl<'a> Trainer<'a> {
             if let Some(pb) = &bar {
                 pb.set_position(state.step);
             }
-            if c.validate_every > 0 && state.step.is_multiple_of(c.validate_every) {
+            // Validation on rank 0 (the others go on to the next step's collectives and wait).
+            if c.validate_every > 0 && state.step.is_multiple_of(c.validate_every) && self.writer()
+            {
                 let metrics = match objective.validate(state.step) {
                     Ok(m) => m,
                     Err(e) => return Err(self.stop_on_bad_data(e, &opt, &state)),
@@ -388,6 +525,7 @@ impl<'a> Trainer<'a> {
                     };
                     if better && value.is_finite() {
                         state.best_metric = Some(value);
+                        // `self.writer()` holds here (validation runs on rank 0).
                         checkpoint::write_dir(
                             &self.out_dir.join("best"),
                             &self.model_config,
@@ -400,7 +538,7 @@ impl<'a> Trainer<'a> {
                 }
             }
             let bad = objective.bad_samples();
-            if bad.len() > reported_bad {
+            if bad.len() > reported_bad && self.writer() {
                 let new: Vec<serde_json::Value> = bad[reported_bad..]
                     .iter()
                     .map(|(p, r)| serde_json::json!({"sample": p, "reason": r}))
@@ -415,15 +553,6 @@ impl<'a> Trainer<'a> {
             {
                 self.save_checkpoint(&opt, &state)?;
             }
-            if c.max_minutes > 0.0 && t_start.elapsed().as_secs_f64() > c.max_minutes * 60.0 {
-                tracing::info!(
-                    "time budget of {} minutes reached at step {}",
-                    c.max_minutes,
-                    state.step
-                );
-                self.log(serde_json::json!({"kind": "budget", "step": state.step, "elapsed_s": t_start.elapsed().as_secs_f64()}))?;
-                break;
-            }
         }
         if let Some(pb) = &bar {
             pb.finish_and_clear();
@@ -435,7 +564,7 @@ impl<'a> Trainer<'a> {
                 state.step,
                 dir.display()
             );
-        } else {
+        } else if self.writer() {
             checkpoint::write_dir(
                 &self.out_dir.join("final"),
                 &self.model_config,
