@@ -169,6 +169,18 @@ pub fn run_training(
     resume: bool,
     stop: Arc<AtomicBool>,
 ) -> Result<RunSummary> {
+    // A launcher (torchrun, Slurm) that starts several copies must not get several independent
+    // runs writing one folder: the multi-process communicator (NCCL) is not wired in yet.
+    let env = crate::dist::DistEnv::from_env()?;
+    if env.world_size > 1 {
+        anyhow::bail!(
+            "this process is rank {} of {} ({:?} environment), but multi-process training is not \
+             available yet: run one process (unset WORLD_SIZE / SLURM_NTASKS)",
+            env.rank,
+            env.world_size,
+            env.launcher
+        );
+    }
     // First: a device that cannot be used fails before anything is written.
     let dev = device(&rc.device)?;
     if !resume {

@@ -518,4 +518,29 @@ fn device_flags_go_through_one_parser() {
         assert!(!e.contains("panicked"), "{args:?}: {e}");
     }
     assert!(!run.exists(), "a run that cannot start on its device writes nothing");
+    // Started by a multi-process launcher: refused (not N independent runs in one folder), and a
+    // malformed launcher variable is named.
+    for (vars, want) in [
+        (
+            vec![
+                ("WORLD_SIZE", "2"),
+                ("RANK", "1"),
+                ("MASTER_ADDR", "h"),
+                ("MASTER_PORT", "29500"),
+            ],
+            "rank 1 of 2",
+        ),
+        (vec![("SLURM_NTASKS", "4"), ("SLURM_PROCID", "x")], "SLURM_PROCID=\"x\""),
+    ] {
+        let out = medvlp()
+            .args(["train", "--config", "../../configs/clip-tiny.toml", "--out"])
+            .arg(&run)
+            .envs(vars.iter().copied())
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains(want), "{vars:?}: {e}");
+    }
+    assert!(!run.exists());
 }
