@@ -50,6 +50,8 @@ enum Command {
     Serve(cmd::serve::Args),
     /// Build, extend and query an embedding index of images and reports.
     Index(cmd::index::Args),
+    /// Start N processes of a command on this node with torchrun's variables (data parallel).
+    Launch(cmd::launch::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,5 +81,6 @@ fn main() -> anyhow::Result<()> {
         Command::Synth(a) => cmd::synth::run(a),
         Command::Serve(a) => cmd::serve::run(a),
         Command::Index(a) => cmd::index::run(a),
+        Command::Launch(a) => cmd::launch::run(a),
     }
 }

@@ -544,3 +544,24 @@ fn device_flags_go_through_one_parser() {
     }
     assert!(!run.exists());
 }
+
+/// `medvlp launch` starts N copies with torchrun's variables and exits with the code of a rank
+/// that failed (here every rank refuses multi-process training, naming its rank).
+#[test]
+fn launch_starts_ranks_with_torchrun_variables() {
+    let tmp = tempdir("launch");
+    let out = medvlp()
+        .args(["launch", "--nproc-per-node", "2", "--", "train", "--config"])
+        .arg("../../configs/clip-tiny.toml")
+        .arg("--out")
+        .arg(tmp.join("run"))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("rank 0 of 2") || e.contains("rank 1 of 2"), "{e}");
+    assert!(e.contains("medvlp launch: rank"), "{e}");
+    let bad = medvlp().args(["launch", "--nproc-per-node", "0", "--", "train"]).output().unwrap();
+    assert!(!bad.status.success());
+}

@@ -11,6 +11,7 @@ pub mod index;
 pub mod init;
 pub mod inspect;
 pub mod label;
+pub mod launch;
 pub mod prepare;
 pub mod preview;
 pub mod prompts;
