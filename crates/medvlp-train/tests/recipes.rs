@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use medvlp_model::config::MemoryQuery;
 use medvlp_model::{MedVlp, ModelConfig, ParamStore};
 use medvlp_train::optim::{AdamW, AdamWConfig};
-use medvlp_train::recipe::steps::{itc, mask_text, mlm, mlm_targets, rng, Terms};
+use medvlp_train::recipe::steps::{itc, mask_text, mlm, mlm_targets, rng, select_rows, Terms};
 use medvlp_train::recipe::{
     recipe, recipes, register, shipped_config, variants, Ablation, Batch, Method, MethodLoss,
     MlmMasking, ObjectiveConfig, Stream, TextBatch,
@@ -551,5 +551,129 @@ fn adamw_tensor_path_equals_the_cpu_path() {
     for ((n, a), (_, b)) in fused.iter().zip(&composed) {
         let d = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
         assert!(d <= 1e-5, "{n}: parameters differ by {d} after 3 AdamW steps");
+    }
+}
+
+/// The batch's rows `[paired | image-only | text-only]` of rank `r` of `w`: each section split
+/// into `w` contiguous shards.
+fn shard(b: &Batch, r: usize, w: usize) -> Batch {
+    let (p, i, t) = (b.n_paired / w, b.n_image_only / w, b.n_text_only / w);
+    let rows: Vec<usize> = (r * p..(r + 1) * p)
+        .chain(b.n_paired + r * i..b.n_paired + (r + 1) * i)
+        .chain(b.n_images() + r * t..b.n_images() + (r + 1) * t)
+        .collect();
+    let n_img = p + i;
+    let sel = |x: &Tensor| select_rows(x, &rows).unwrap();
+    Batch {
+        pixels: b.pixels.as_ref().map(|px| select_rows(px, &rows[..n_img]).unwrap()),
+        text: TextBatch {
+            ids: sel(&b.text.ids),
+            mask: sel(&b.text.mask),
+            word_ids: rows.iter().map(|&k| b.text.word_ids[k].clone()).collect(),
+            entities: rows.iter().map(|&k| b.text.entities[k].clone()).collect(),
+            mask_id: b.text.mask_id,
+        },
+        labels: b.labels.as_ref().map(sel),
+        n_paired: p,
+        n_image_only: i,
+        n_text_only: t,
+    }
+}
+
+/// CLIP on 2 and 4 data-parallel ranks (threads, each with a shard of the batch and its own
+/// replica): the global-batch contrastive and soft-label losses through gather_with_grad give,
+/// after averaging over ranks, the gradients of one rank with the whole batch (f64).
+#[test]
+fn clip_on_several_ranks_has_the_gradients_of_one_rank() {
+    use medvlp_train::dist::{with_group, Communicator, LocalGroup};
+    use std::sync::Arc;
+    let m = recipe("clip").unwrap();
+    let cfg = m.defaults();
+    let grads = |store: &ParamStore, model: &MedVlp, b: &Batch| -> (f64, Vec<(String, Vec<f64>)>) {
+        let out = m.loss(model, b, &cfg, 7).unwrap();
+        let g = out.loss.backward().unwrap();
+        let v = store
+            .vars()
+            .into_iter()
+            .map(|(n, v)| {
+                let x = g
+                    .get(v.as_tensor())
+                    .map(|t| t.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+                (n, x.unwrap_or_default())
+            })
+            .collect();
+        (out.loss.to_scalar::<f64>().unwrap(), v)
+    };
+    let build64 = || {
+        let mut mc = ModelConfig::preset("tiny").unwrap();
+        m.adapt_model(&cfg, &mut mc);
+        let store = ParamStore::new(1, DType::F64, &Device::Cpu);
+        let model = MedVlp::new(&mc, &store).unwrap();
+        (store, model)
+    };
+    let to64 = |b: &Batch| Batch {
+        pixels: b.pixels.as_ref().map(|x| x.to_dtype(DType::F64).unwrap()),
+        text: TextBatch { mask: b.text.mask.to_dtype(DType::F64).unwrap(), ..b.text.clone() },
+        labels: b.labels.as_ref().map(|x| x.to_dtype(DType::F64).unwrap()),
+        ..b.clone()
+    };
+    for w in [2usize, 4] {
+        let (store, model) = build64();
+        let full = to64(&batch(&model.config, 2 * w, w, 0));
+        let (loss, want) = grads(&store, &model, &full);
+        let handles: Vec<_> = LocalGroup::ranks(w, std::time::Duration::from_secs(120))
+            .into_iter()
+            .map(|c| {
+                let b = shard(&full, c.rank(), w);
+                std::thread::spawn(move || {
+                    let m = recipe("clip").unwrap();
+                    let cfg = m.defaults();
+                    let comm: Arc<dyn Communicator> = Arc::new(c);
+                    let mut mc = ModelConfig::preset("tiny").unwrap();
+                    m.adapt_model(&cfg, &mut mc);
+                    let store = ParamStore::new(1, DType::F64, &Device::Cpu);
+                    let model = MedVlp::new(&mc, &store).unwrap();
+                    let out = with_group(comm.clone(), || m.loss(&model, &b, &cfg, 7)).unwrap();
+                    let g = out.loss.backward().unwrap();
+                    // The trainer's step: gradients summed over ranks, then averaged.
+                    let mut v = vec![];
+                    for (n, var) in store.vars() {
+                        let x = g
+                            .get(var.as_tensor())
+                            .cloned()
+                            .unwrap_or(var.as_tensor().zeros_like().unwrap());
+                        let s = comm.all_reduce_sum(&x).unwrap();
+                        v.push((
+                            n,
+                            (s / w as f64)
+                                .unwrap()
+                                .flatten_all()
+                                .unwrap()
+                                .to_vec1::<f64>()
+                                .unwrap(),
+                        ));
+                    }
+                    (out.loss.to_scalar::<f64>().unwrap(), v)
+                })
+            })
+            .collect();
+        for (r, h) in handles.into_iter().enumerate() {
+            let (l, got) = h.join().unwrap();
+            assert!((l - loss).abs() < 1e-12, "{w} ranks, rank {r}: loss {l} vs {loss}");
+            let mut worst = (0f64, String::new());
+            for ((n, a), (_, b)) in got.iter().zip(&want) {
+                let b = if b.is_empty() { vec![0.0; a.len()] } else { b.clone() };
+                let d = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max);
+                if d > worst.0 {
+                    worst = (d, n.clone());
+                }
+            }
+            assert!(
+                worst.0 < 1e-12,
+                "{w} ranks, rank {r}: gradient of {} off by {:.2e}",
+                worst.1,
+                worst.0
+            );
+        }
     }
 }

@@ -9,5 +9,30 @@ pub mod gather;
 pub mod rendezvous;
 
 pub use comm::{Communicator, LocalComm, LocalGroup, SingleProcess};
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+thread_local! {
+    static GROUP: RefCell<Option<Arc<dyn Communicator>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a forward pass) with `group` as this thread's data-parallel group: the contrastive
+/// losses then gather their embeddings over it (restored afterwards, also on panic).
+pub fn with_group<T>(group: Arc<dyn Communicator>, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Arc<dyn Communicator>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GROUP.with(|g| *g.borrow_mut() = self.0.take());
+        }
+    }
+    let _restore = Restore(GROUP.with(|g| g.borrow_mut().replace(group)));
+    f()
+}
+
+/// This thread's group when it has more than one rank.
+pub fn group() -> Option<Arc<dyn Communicator>> {
+    GROUP.with(|g| g.borrow().clone()).filter(|g| g.world_size() > 1)
+}
 pub use env::{DistEnv, Launcher};
 pub use gather::gather_with_grad;

@@ -27,15 +27,28 @@ pub fn soft_itc_loss(
     labels: &Tensor,
     queries: std::ops::Range<usize>,
 ) -> Result<Tensor> {
+    soft_itc_loss_rows(image, text, scale, labels, &queries.collect::<Vec<_>>())
+}
+
+/// [`soft_itc_loss`] with any set of query rows (a gathered global batch holds each rank's
+/// image-only rows after its paired ones).
+pub fn soft_itc_loss_rows(
+    image: &Tensor,
+    text: &Tensor,
+    scale: &Tensor,
+    labels: &Tensor,
+    queries: &[usize],
+) -> Result<Tensor> {
     let logits = image.matmul(&text.t()?)?.broadcast_mul(scale)?;
     let norm = labels.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
     let unit = labels.broadcast_div(&norm)?;
-    let (q0, nq) = (queries.start, queries.len());
+    let q: Vec<u32> = queries.iter().map(|&i| i as u32).collect();
+    let q = Tensor::new(q, logits.device())?;
     // Symmetric: the same label vector stands for a study's image and its text.
-    let sim = unit.narrow(0, q0, nq)?.matmul(&unit.t()?)?;
+    let sim = unit.index_select(&q, 0)?.matmul(&unit.t()?)?;
     let y = sim.broadcast_div(&sim.sum_keepdim(1)?)?;
-    let i2t = logits.narrow(0, q0, nq)?;
-    let t2i = logits.t()?.narrow(0, q0, nq)?;
+    let i2t = logits.index_select(&q, 0)?;
+    let t2i = logits.index_select(&q, 1)?.t()?;
     (soft_cross_entropy(&i2t, &y)? + soft_cross_entropy(&t2i, &y)?)? * 0.5
 }
 

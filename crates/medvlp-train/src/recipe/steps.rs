@@ -1,8 +1,9 @@
 //! Steps shared by the methods: masking, and each objective applied to a batch's streams.
 
 use super::{Batch, MimMasking, MlmMasking, MlmReplace, ObjectiveConfig, TextBatch};
+use crate::dist::gather_with_grad;
 use crate::objectives::attmim::{patch_scores, select_visible};
-use crate::objectives::contrastive::{itc_loss, soft_itc_loss};
+use crate::objectives::contrastive::{itc_loss, soft_itc_loss, soft_itc_loss_rows};
 use crate::objectives::local::{local_alignment_loss, LocalText};
 use crate::objectives::mim::mim_loss;
 use crate::objectives::mlm::gather_positions;
@@ -124,6 +125,11 @@ pub fn itc(
     let v = model.project_image(&image.narrow(0, 0, n_paired)?)?;
     let t =
         model.project_text(&text.narrow(0, 0, n_paired)?, &text_mask.narrow(0, 0, n_paired)?)?;
+    // Data parallel: negatives from the whole global batch (open_clip's gather_with_grad).
+    let (v, t) = match crate::dist::group() {
+        Some(g) => (gather_with_grad(&g, &v)?, gather_with_grad(&g, &t)?),
+        None => (v, t),
+    };
     Ok(Some(itc_loss(&v, &t, &model.logit_scale_value()?)?))
 }
 
@@ -141,7 +147,19 @@ pub fn unpaired_soft_itc(
     let lab = labels.narrow(0, 0, n)?;
     let v = model.project_image(&image.narrow(0, 0, n)?)?;
     let t = model.project_text(&text.narrow(0, 0, n)?, &batch.text.mask.narrow(0, 0, n)?)?;
-    Ok(Some(soft_itc_loss(&v, &t, &model.logit_scale_value()?, &lab, batch.n_paired..n)?))
+    let scale = model.logit_scale_value()?;
+    match crate::dist::group() {
+        // Every rank's image rows (its paired, then its image-only ones) are candidates; every
+        // rank's image-only rows are queries.
+        Some(g) => {
+            let (v, t) = (gather_with_grad(&g, &v)?, gather_with_grad(&g, &t)?);
+            let lab = g.all_gather(&lab)?;
+            let queries: Vec<usize> =
+                (0..g.world_size()).flat_map(|r| r * n + batch.n_paired..(r + 1) * n).collect();
+            Ok(Some(soft_itc_loss_rows(&v, &t, &scale, &lab, &queries)?))
+        }
+        None => Ok(Some(soft_itc_loss(&v, &t, &scale, &lab, batch.n_paired..n)?)),
+    }
 }
 
 /// Patch mask for the image rows: random (MAE) or attention-guided (AttMIM, scores from the

@@ -406,7 +406,10 @@ impl<'a> Trainer<'a> {
             let mut parts_sum: Vec<(String, f64)> = vec![];
             let mut finite = true;
             for micro in 0..c.grad_accum.max(1) {
-                let out = match with_precision(c.precision, || objective.loss(state.step, micro)) {
+                let group = self.comm.clone();
+                let out = match crate::dist::with_group(group, || {
+                    with_precision(c.precision, || objective.loss(state.step, micro))
+                }) {
                     Ok(out) => out,
                     Err(e) => return Err(self.stop_on_bad_data(e, &opt, &state)),
                 };
