@@ -197,6 +197,7 @@ impl DataPipeline {
             n_paired,
             n_image_only,
             n_text_only,
+            first_rows: [0; 3],
         })
     }
 

@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use medvlp_model::config::MemoryQuery;
 use medvlp_model::{MedVlp, ModelConfig, ParamStore};
 use medvlp_train::optim::{AdamW, AdamWConfig};
-use medvlp_train::recipe::steps::{itc, mask_text, mlm, mlm_targets, rng, select_rows, Terms};
+use medvlp_train::recipe::steps::{itc, mask_text, mlm, mlm_targets, row_rngs, select_rows, Terms};
 use medvlp_train::recipe::{
     recipe, recipes, register, shipped_config, variants, Ablation, Batch, Method, MethodLoss,
     MlmMasking, ObjectiveConfig, Stream, TextBatch,
@@ -72,6 +72,7 @@ fn batch(cfg: &ModelConfig, n_paired: usize, n_image_only: usize, n_text_only: u
         n_paired,
         n_image_only,
         n_text_only,
+        first_rows: [0; 3],
     }
 }
 
@@ -230,7 +231,8 @@ fn mlm_replaces_selected_tokens_the_bert_way() {
         ] {
             let cfg = ObjectiveConfig { mlm_replace: how, ..m.defaults() };
             let mt =
-                mask_text(&model, &b.text, MlmMasking::WholeWord, &cfg, &mut rng(seed, 2)).unwrap();
+                mask_text(&model, &b.text, MlmMasking::WholeWord, &cfg, &mut row_rngs(seed, 2, &b))
+                    .unwrap();
             let ids: Vec<u32> = mt.ids.flatten_all().unwrap().to_vec1().unwrap();
             let len = b.text.ids.dim(1).unwrap();
             for (r, pos) in mt.masked.iter().enumerate() {
@@ -312,7 +314,8 @@ impl Method for ItcMlm {
         let mut t = Terms::default();
         t.add("itc", cfg.itc, itc(model, &img, &txt, &b.text.mask, b.n_paired)?)?;
         if cfg.mlm > 0.0 {
-            let mt = mask_text(model, &b.text, MlmMasking::WholeWord, cfg, &mut rng(seed, 2))?;
+            let mt =
+                mask_text(model, &b.text, MlmMasking::WholeWord, cfg, &mut row_rngs(seed, 2, b))?;
             let (pos, lab) = mlm_targets(&b.text, &mt, 0..n)?;
             let txt_m = model.text_features(&mt.ids.narrow(0, 0, n)?, &mask)?;
             t.add("mlm", cfg.mlm, mlm(model, &txt_m, &mask, Some(&img), pos, lab)?)?;
@@ -577,17 +580,25 @@ fn shard(b: &Batch, r: usize, w: usize) -> Batch {
         n_paired: p,
         n_image_only: i,
         n_text_only: t,
+        first_rows: [r * p, r * i, r * t],
     }
 }
 
-/// CLIP on 2 and 4 data-parallel ranks (threads, each with a shard of the batch and its own
-/// replica): the global-batch contrastive and soft-label losses through gather_with_grad give,
-/// after averaging over ranks, the gradients of one rank with the whole batch (f64).
+/// CLIP, XLIP and MCR on 2 and 4 data-parallel ranks (threads, each with a shard of the batch
+/// and its own replica): contrastive and soft-label losses over the global batch through
+/// gather_with_grad, masks keyed by the global row, MLM means weighted by the global token count;
+/// averaged over ranks, the gradients are those of one rank with the whole batch (f64).
 #[test]
-fn clip_on_several_ranks_has_the_gradients_of_one_rank() {
+fn recipes_on_several_ranks_have_the_gradients_of_one_rank() {
+    for name in ["clip", "xlip", "mcr"] {
+        on_several_ranks(name);
+    }
+}
+
+fn on_several_ranks(name: &'static str) {
     use medvlp_train::dist::{with_group, Communicator, LocalGroup};
     use std::sync::Arc;
-    let m = recipe("clip").unwrap();
+    let m = recipe(name).unwrap();
     let cfg = m.defaults();
     let grads = |store: &ParamStore, model: &MedVlp, b: &Batch| -> (f64, Vec<(String, Vec<f64>)>) {
         let out = m.loss(model, b, &cfg, 7).unwrap();
@@ -619,14 +630,14 @@ fn clip_on_several_ranks_has_the_gradients_of_one_rank() {
     };
     for w in [2usize, 4] {
         let (store, model) = build64();
-        let full = to64(&batch(&model.config, 2 * w, w, 0));
+        let full = to64(&batch(&model.config, 2 * w, w, w));
         let (loss, want) = grads(&store, &model, &full);
         let handles: Vec<_> = LocalGroup::ranks(w, std::time::Duration::from_secs(120))
             .into_iter()
             .map(|c| {
                 let b = shard(&full, c.rank(), w);
                 std::thread::spawn(move || {
-                    let m = recipe("clip").unwrap();
+                    let m = recipe(name).unwrap();
                     let cfg = m.defaults();
                     let comm: Arc<dyn Communicator> = Arc::new(c);
                     let mut mc = ModelConfig::preset("tiny").unwrap();
@@ -657,9 +668,10 @@ fn clip_on_several_ranks_has_the_gradients_of_one_rank() {
                 })
             })
             .collect();
+        let mut losses = vec![];
         for (r, h) in handles.into_iter().enumerate() {
             let (l, got) = h.join().unwrap();
-            assert!((l - loss).abs() < 1e-12, "{w} ranks, rank {r}: loss {l} vs {loss}");
+            losses.push(l);
             let mut worst = (0f64, String::new());
             for ((n, a), (_, b)) in got.iter().zip(&want) {
                 let b = if b.is_empty() { vec![0.0; a.len()] } else { b.clone() };
@@ -668,12 +680,16 @@ fn clip_on_several_ranks_has_the_gradients_of_one_rank() {
                     worst = (d, n.clone());
                 }
             }
+            println!("{name}, {w} ranks, rank {r}: worst gradient difference {:.1e}", worst.0);
             assert!(
                 worst.0 < 1e-12,
-                "{w} ranks, rank {r}: gradient of {} off by {:.2e}",
+                "{name}, {w} ranks, rank {r}: gradient of {} off by {:.2e}",
                 worst.1,
                 worst.0
             );
         }
+        // The logged loss (the mean over ranks) is the one-rank loss.
+        let mean = losses.iter().sum::<f64>() / w as f64;
+        assert!((mean - loss).abs() < 1e-12, "{name}, {w} ranks: loss {mean} vs {loss}");
     }
 }

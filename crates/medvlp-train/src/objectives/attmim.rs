@@ -65,9 +65,22 @@ pub fn select_visible(
     att_ratio: f64,
     rng: &mut impl Rng,
 ) -> Vec<Vec<usize>> {
-    scores
-        .iter()
-        .map(|s| {
+    scores.iter().map(|s| visible_of(s, mask_ratio, att_ratio, rng)).collect()
+}
+
+/// [`select_visible`] with one random stream per row (`rngs[i]` for row `i`).
+pub fn select_visible_rows(
+    scores: &[Vec<f32>],
+    mask_ratio: f64,
+    att_ratio: f64,
+    rngs: &mut [impl Rng],
+) -> Vec<Vec<usize>> {
+    scores.iter().zip(rngs).map(|(s, rng)| visible_of(s, mask_ratio, att_ratio, rng)).collect()
+}
+
+fn visible_of(s: &[f32], mask_ratio: f64, att_ratio: f64, rng: &mut impl Rng) -> Vec<usize> {
+    {
+        {
             let n = s.len();
             let n_mask = ((mask_ratio * n as f64).round() as usize).min(n - 1);
             let n_att = ((att_ratio * n as f64).round() as usize).min(n_mask);
@@ -81,8 +94,8 @@ pub fn select_visible(
             let mut visible: Vec<usize> = rest[n_mask - n_att..].to_vec();
             visible.sort_unstable();
             visible
-        })
-        .collect()
+        }
+    }
 }
 
 #[cfg(test)]

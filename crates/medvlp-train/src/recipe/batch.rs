@@ -28,9 +28,24 @@ pub struct Batch {
     pub n_paired: usize,
     pub n_image_only: usize,
     pub n_text_only: usize,
+    /// Place of this batch's first paired, image-only and text-only row in the global batch
+    /// (zeros for a whole batch; a data-parallel rank holds a shard of each section). Random
+    /// choices per row are keyed by it, so a row is treated alike whichever rank holds it.
+    pub first_rows: [usize; 3],
 }
 
 impl Batch {
+    /// `(section, index in the global batch)` of row `i`: section 0 paired, 1 image-only,
+    /// 2 text-only.
+    pub fn global_row(&self, i: usize) -> (usize, usize) {
+        if i < self.n_paired {
+            (0, self.first_rows[0] + i)
+        } else if i < self.n_images() {
+            (1, self.first_rows[1] + i - self.n_paired)
+        } else {
+            (2, self.first_rows[2] + i - self.n_images())
+        }
+    }
     pub fn n_images(&self) -> usize {
         self.n_paired + self.n_image_only
     }
@@ -118,5 +133,6 @@ pub fn synthetic_batch(
         n_paired,
         n_image_only,
         n_text_only,
+        first_rows: [0; 3],
     })
 }

@@ -3,7 +3,7 @@
 //! random-mask MIM and random whole-word MLM (with visual support) on separate masked passes, and
 //! optionally the local word<->patch alignment.
 
-use super::steps::{itc, local, mask_text, mim, mlm, mlm_targets, patch_mask, rng, Terms};
+use super::steps::{itc, local, mask_text, mim, mlm, mlm_targets, patch_mask, row_rngs, Terms};
 use super::{Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig};
 use anyhow::{Context, Result};
 use medvlp_model::{MedVlp, ModelConfig};
@@ -80,12 +80,26 @@ impl Method for MaeMlm {
             )?;
         }
         if cfg.mim > 0.0 {
-            let pm = patch_mask(model, cfg, MimMasking::Random, None, None, n, &mut rng(seed, 1))?;
+            let pm = patch_mask(
+                model,
+                cfg,
+                MimMasking::Random,
+                None,
+                None,
+                n,
+                &mut row_rngs(seed, 1, batch),
+            )?;
             let latent = model.image_features_masked(px, &pm)?;
             t.add("mim", cfg.mim, Some(mim(model, cfg, px, &pm, &latent, Some((&txt, &mask)))?))?;
         }
         if cfg.mlm > 0.0 {
-            let m = mask_text(model, &batch.text, MlmMasking::WholeWord, cfg, &mut rng(seed, 2))?;
+            let m = mask_text(
+                model,
+                &batch.text,
+                MlmMasking::WholeWord,
+                cfg,
+                &mut row_rngs(seed, 2, batch),
+            )?;
             let rows = 0..n;
             let (pos, lab) = mlm_targets(&batch.text, &m, rows)?;
             let txt_m = model.text_features(&m.ids.narrow(0, 0, n)?, &mask)?;

@@ -5,7 +5,7 @@
 //! contrastive and local terms (the usual design), for the memory/time/retrieval comparison.
 
 use super::steps::{
-    itc, local, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, Terms,
+    itc, local, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, row_rngs, Terms,
 };
 use super::{Ablation, Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig, Stream};
 use crate::objectives::local::Aggregation;
@@ -92,8 +92,22 @@ impl Method for Mcr {
         let n = batch.n_images();
         let rows = 0..n;
         let text_mask = narrow_rows(&batch.text.mask, &rows)?;
-        let pm = patch_mask(model, cfg, MimMasking::Random, None, None, n, &mut rng(seed, 1))?;
-        let mt = mask_text(model, &batch.text, MlmMasking::WholeWord, cfg, &mut rng(seed, 2))?;
+        let pm = patch_mask(
+            model,
+            cfg,
+            MimMasking::Random,
+            None,
+            None,
+            n,
+            &mut row_rngs(seed, 1, batch),
+        )?;
+        let mt = mask_text(
+            model,
+            &batch.text,
+            MlmMasking::WholeWord,
+            cfg,
+            &mut row_rngs(seed, 2, batch),
+        )?;
         // The masked pass: the only pass in single-stream mode.
         let latent = model.image_features_masked(px, &pm)?;
         let need_cls = cfg.local > 0.0;

@@ -5,7 +5,7 @@
 //! `paired_masking = false` masks one modality per pass (M3AE), for the ablation.
 
 use super::steps::{
-    itc, local, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, Terms,
+    itc, local, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, row_rngs, Terms,
 };
 use super::{Ablation, Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig};
 use crate::objectives::itm::itm_loss;
@@ -110,8 +110,22 @@ impl Method for Mpma {
         let n = batch.n_images();
         let rows = 0..n;
         let text_mask = narrow_rows(&batch.text.mask, &rows)?;
-        let pm = patch_mask(model, cfg, MimMasking::Random, None, None, n, &mut rng(seed, 1))?;
-        let mt = mask_text(model, &batch.text, MlmMasking::WholeWord, cfg, &mut rng(seed, 2))?;
+        let pm = patch_mask(
+            model,
+            cfg,
+            MimMasking::Random,
+            None,
+            None,
+            n,
+            &mut row_rngs(seed, 1, batch),
+        )?;
+        let mt = mask_text(
+            model,
+            &batch.text,
+            MlmMasking::WholeWord,
+            cfg,
+            &mut row_rngs(seed, 2, batch),
+        )?;
         let latent = model.image_features_masked(px, &pm)?;
         let mut t = Terms::default();
         // Uni-modal features for GLA: from the unmasked inputs.

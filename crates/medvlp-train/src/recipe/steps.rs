@@ -2,7 +2,7 @@
 
 use super::{Batch, MimMasking, MlmMasking, MlmReplace, ObjectiveConfig, TextBatch};
 use crate::dist::gather_with_grad;
-use crate::objectives::attmim::{patch_scores, select_visible};
+use crate::objectives::attmim::{patch_scores, select_visible_rows};
 use crate::objectives::contrastive::{itc_loss, soft_itc_loss, soft_itc_loss_rows};
 use crate::objectives::local::{local_alignment_loss, LocalText};
 use crate::objectives::mim::mim_loss;
@@ -14,12 +14,33 @@ use medvlp_model::masking::PatchMask;
 use medvlp_model::nn::additive_mask;
 use medvlp_model::MedVlp;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use std::ops::Range;
 
 /// Independent RNG streams per purpose within one batch.
 pub fn rng(seed: u64, purpose: u64) -> StdRng {
     StdRng::seed_from_u64(seed ^ purpose.wrapping_mul(0x9E3779B97F4A7C15))
+}
+
+/// One stream per row of `batch` for `purpose`, keyed by the row's place in the global batch, so
+/// that masks do not depend on how the global batch is split over data-parallel ranks.
+pub fn row_rngs(seed: u64, purpose: u64, batch: &Batch) -> Vec<StdRng> {
+    (0..batch.rows())
+        .map(|i| {
+            let (section, row) = batch.global_row(i);
+            let key = ((section as u64) << 56) ^ row as u64;
+            StdRng::seed_from_u64(
+                seed ^ purpose.wrapping_mul(0x9E3779B97F4A7C15)
+                    ^ key.wrapping_add(1).wrapping_mul(0xD1B54A32D192ED03),
+            )
+        })
+        .collect()
+}
+
+/// The elements of `v` at `idx`, in that order.
+pub fn select<T: Clone>(v: Vec<T>, idx: &[usize]) -> Vec<T> {
+    idx.iter().map(|&i| v[i].clone()).collect()
 }
 
 /// Masked copy of the text batch: ids with [MASK] at the chosen positions.
@@ -36,13 +57,17 @@ pub fn mask_text(
     text: &TextBatch,
     how: MlmMasking,
     cfg: &ObjectiveConfig,
-    rng: &mut StdRng,
+    rngs: &mut [StdRng],
 ) -> Result<MaskedText> {
     let vocab = model.config.text_config.vocab_size as u32;
     let (rows, len) = text.ids.dims2()?;
     let mut ids: Vec<u32> = text.ids.flatten_all()?.to_vec1()?;
     let mut masked = Vec::with_capacity(rows);
+    if rngs.len() < rows {
+        anyhow::bail!("mask_text: {} random streams for {rows} rows", rngs.len());
+    }
     for r in 0..rows {
+        let rng = &mut rngs[r];
         let m = match how {
             MlmMasking::WholeWord => whole_word_mask(&text.word_ids[r], cfg.text_mask_ratio, rng),
             MlmMasking::Entity => entity_mask(
@@ -171,7 +196,7 @@ pub fn patch_mask(
     full_image: Option<&Tensor>,
     text: Option<(&Tensor, &Tensor)>,
     n: usize,
-    rng: &mut StdRng,
+    rngs: &mut [StdRng],
 ) -> Result<PatchMask> {
     let np = model.config.vision_config.num_patches();
     let dev = model.logit_scale.device();
@@ -179,12 +204,25 @@ pub fn patch_mask(
         (MimMasking::Attention, Some(img), Some((txt, txt_mask))) if cfg.att_ratio > 0.0 => {
             let scores = patch_scores(model, img, txt, txt_mask, cfg.patch_score)?;
             PatchMask::from_keep(
-                select_visible(&scores, cfg.mask_ratio, cfg.att_ratio, rng),
+                select_visible_rows(&scores, cfg.mask_ratio, cfg.att_ratio, rngs),
                 np,
                 dev,
             )?
         }
-        _ => PatchMask::random(n, np, cfg.mask_ratio, rng, dev)?,
+        _ => {
+            // As PatchMask::random, one stream per image.
+            let keep_n = np - ((cfg.mask_ratio * np as f64).round() as usize).min(np - 1);
+            let keep = rngs[..n]
+                .iter_mut()
+                .map(|rng| {
+                    let mut perm: Vec<usize> = (0..np).collect();
+                    perm.shuffle(rng);
+                    perm.truncate(keep_n);
+                    perm
+                })
+                .collect();
+            PatchMask::from_keep(keep, np, dev)?
+        }
     })
 }
 
@@ -221,6 +259,17 @@ pub fn mlm(
     positions: Vec<u32>,
     labels: Vec<u32>,
 ) -> Result<Option<Tensor>> {
+    // Data parallel: ranks mask different numbers of tokens, so each rank's mean is reweighted
+    // to its share of the global count (times the world size, which the gradient average divides
+    // out): the average over ranks is then the mean over every masked token of the global batch.
+    let share = match crate::dist::group() {
+        Some(g) => {
+            let n = Tensor::new(&[positions.len() as f64], &candle_core::Device::Cpu)?;
+            let total = g.all_reduce_sum(&n)?.to_vec1::<f64>()?[0];
+            Some(positions.len() as f64 * g.world_size() as f64 / total.max(1.0))
+        }
+        None => None,
+    };
     if positions.is_empty() {
         return Ok(None);
     }
@@ -232,11 +281,15 @@ pub fn mlm(
     };
     let dev = text_feats.device();
     let sel = gather_positions(&h, &Tensor::new(positions, dev)?)?;
-    Ok(Some(head.loss(
+    let loss = head.loss(
         &sel,
         &model.text_model.embeddings.word_embeddings.weight,
         &Tensor::new(labels, dev)?,
-    )?))
+    )?;
+    Ok(Some(match share {
+        Some(s) => (loss * s)?,
+        None => loss,
+    }))
 }
 
 /// Local alignment between the rows' token features and their images' patch features (CLS

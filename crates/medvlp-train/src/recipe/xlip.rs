@@ -12,8 +12,8 @@
 //! ITC target alone and serve as candidates.
 
 use super::steps::{
-    itc, leading_rows, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, rng, select_rows,
-    unpaired_soft_itc, Terms,
+    itc, leading_rows, mask_text, mim, mlm, mlm_targets, narrow_rows, patch_mask, row_rngs, select,
+    select_rows, unpaired_soft_itc, Terms,
 };
 use super::{Ablation, Batch, Method, MethodLoss, MimMasking, MlmMasking, ObjectiveConfig};
 use anyhow::Result;
@@ -120,7 +120,13 @@ impl Method for Xlip {
         let mut t = Terms::default();
         let n = batch.n_images();
         let masked_text = if cfg.mlm > 0.0 {
-            Some(mask_text(model, &batch.text, cfg.mlm_masking, cfg, &mut rng(seed, 2))?)
+            Some(mask_text(
+                model,
+                &batch.text,
+                cfg.mlm_masking,
+                cfg,
+                &mut row_rngs(seed, 2, batch),
+            )?)
         } else {
             None
         };
@@ -149,7 +155,7 @@ impl Method for Xlip {
                     Some(&img_a),
                     Some((&txt_a, &mask_a)),
                     aux.len(),
-                    &mut rng(seed, 1),
+                    &mut select(row_rngs(seed, 1, batch), &aux),
                 )?;
                 let latent = model.image_features_masked(&px_a, &pm)?;
                 t.add(
