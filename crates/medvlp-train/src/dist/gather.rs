@@ -7,23 +7,40 @@ use super::comm::Communicator;
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use std::sync::Arc;
 
-/// `[rows * world, ..]`: every rank's `x` `[rows, ..]` in rank order; differentiable in `x`.
-/// Every rank must pass the same number of rows.
+/// Every rank's `x` `[rows_r, ..]` concatenated in rank order; differentiable in `x`. Ranks may
+/// pass different row counts (a batch that lost a bad sample): the counts are exchanged first and
+/// the rows padded to the largest for the collective.
 pub fn gather_with_grad(comm: &Arc<dyn Communicator>, x: &Tensor) -> Result<Tensor> {
     if comm.world_size() == 1 {
         return Ok(x.clone());
     }
     let msg = |e: anyhow::Error| candle_core::Error::Msg(format!("gather_with_grad: {e:#}"));
-    let global = comm.all_gather(&x.detach()).map_err(msg)?.contiguous()?;
     let rows = x.dim(0)?;
-    if global.dim(0)? != rows * comm.world_size() {
-        candle_core::bail!(
-            "gather_with_grad: ranks passed different row counts ({} rows in all, {rows} here, {} ranks)",
-            global.dim(0)?,
-            comm.world_size()
-        );
-    }
-    x.apply_op2(&global, GatherOp { comm: comm.clone(), offset: comm.rank() * rows, rows })
+    let counts = comm
+        .all_gather(&Tensor::new(&[rows as u32], &candle_core::Device::Cpu)?)
+        .map_err(msg)?
+        .to_vec1::<u32>()?;
+    let counts: Vec<usize> = counts.into_iter().map(|c| c as usize).collect();
+    let most = counts.iter().copied().max().unwrap_or(0);
+    let offset: usize = counts[..comm.rank()].iter().sum();
+    let global = if counts.iter().all(|&c| c == most) {
+        comm.all_gather(&x.detach()).map_err(msg)?.contiguous()?
+    } else {
+        let mut padded = x.detach();
+        if rows < most {
+            let mut shape = x.dims().to_vec();
+            shape[0] = most - rows;
+            padded = Tensor::cat(&[&padded, &Tensor::zeros(shape, x.dtype(), x.device())?], 0)?;
+        }
+        let all = comm.all_gather(&padded).map_err(msg)?;
+        let parts: Vec<Tensor> = counts
+            .iter()
+            .enumerate()
+            .map(|(r, &c)| all.narrow(0, r * most, c))
+            .collect::<Result<_>>()?;
+        Tensor::cat(&parts, 0)?.contiguous()?
+    };
+    x.apply_op2(&global, GatherOp { comm: comm.clone(), offset, rows })
 }
 
 struct GatherOp {
@@ -68,6 +85,7 @@ impl CustomOp2 for GatherOp {
         _: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // The gathered tensor has the same row layout on every rank, so the gradients add up.
         let total = self
             .comm
             .all_reduce_sum(grad)
@@ -93,6 +111,48 @@ mod tests {
     /// The global-batch contrastive loss on W ranks gives each rank's embeddings W times the
     /// gradient of the same loss computed on one rank (every rank computes the whole loss; the
     /// trainer's gradient all-reduce averages it back), and the per-rank losses agree.
+    #[test]
+    fn uneven_row_counts_gather_in_rank_order_with_gradients() {
+        let comms = LocalGroup::ranks(3, Duration::from_secs(30));
+        let hs: Vec<_> = comms
+            .into_iter()
+            .map(|c| {
+                std::thread::spawn(move || {
+                    let r = c.rank();
+                    let comm: Arc<dyn Communicator> = Arc::new(c);
+                    let rows = [2usize, 1, 3][r];
+                    let x =
+                        Var::from_tensor(&Tensor::full(r as f64, (rows, 2), &Device::Cpu).unwrap())
+                            .unwrap();
+                    let g = gather_with_grad(&comm, x.as_tensor()).unwrap();
+                    let col: Vec<f64> =
+                        g.narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                    // d/dx of sum(global * row index) on every rank: each rank adds its copy.
+                    let w =
+                        Tensor::arange(0f64, 6.0, &Device::Cpu).unwrap().reshape((6, 1)).unwrap();
+                    let grad = g.broadcast_mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+                    let gx: Vec<f64> = grad
+                        .get(x.as_tensor())
+                        .unwrap()
+                        .narrow(1, 0, 1)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    (col, gx)
+                })
+            })
+            .collect();
+        let out: Vec<_> = hs.into_iter().map(|h| h.join().unwrap()).collect();
+        for (col, _) in &out {
+            assert_eq!(col, &vec![0.0, 0.0, 1.0, 2.0, 2.0, 2.0]);
+        }
+        assert_eq!(out[0].1, vec![0.0, 3.0]);
+        assert_eq!(out[1].1, vec![6.0]);
+        assert_eq!(out[2].1, vec![9.0, 12.0, 15.0]);
+    }
+
     #[test]
     fn gathered_contrastive_loss_matches_one_rank_with_the_whole_batch() {
         for world in [2usize, 4] {

@@ -178,9 +178,21 @@ pub fn unpaired_soft_itc(
         // rank's image-only rows are queries.
         Some(g) => {
             let (v, t) = (gather_with_grad(&g, &v)?, gather_with_grad(&g, &t)?);
-            let lab = g.all_gather(&lab)?;
-            let queries: Vec<usize> =
-                (0..g.world_size()).flat_map(|r| r * n + batch.n_paired..(r + 1) * n).collect();
+            let lab = gather_with_grad(&g, &lab)?;
+            // Each rank's (paired, image rows), which may differ after bad samples.
+            let counts = g
+                .all_gather(&Tensor::new(
+                    &[batch.n_paired as u32, n as u32],
+                    &candle_core::Device::Cpu,
+                )?)?
+                .to_vec1::<u32>()?;
+            let mut queries = vec![];
+            let mut offset = 0;
+            for c in counts.chunks(2) {
+                let (p, rows) = (c[0] as usize, c[1] as usize);
+                queries.extend(offset + p..offset + rows);
+                offset += rows;
+            }
             Ok(Some(soft_itc_loss_rows(&v, &t, &scale, &lab, &queries)?))
         }
         None => Ok(Some(soft_itc_loss(&v, &t, &scale, &lab, batch.n_paired..n)?)),
