@@ -41,6 +41,11 @@ pub struct LoaderConfig {
     pub require_text: bool,
     /// rayon threads for decoding; 0 = all cores.
     pub threads: usize,
+    /// Data parallel `(rank, world size)`: each global batch is `batch_size * world` samples of
+    /// the epoch's order and this loader yields the rank's contiguous `batch_size` of them, so
+    /// the ranks see disjoint samples that cover the epoch (a last global batch too short to give
+    /// every rank a full share is dropped). `(0, 1)`: the whole batch.
+    pub shard: (usize, usize),
 }
 
 impl Default for LoaderConfig {
@@ -54,6 +59,7 @@ impl Default for LoaderConfig {
             max_bad_fraction: 0.01,
             require_text: false,
             threads: 0,
+            shard: (0, 1),
         }
     }
 }
@@ -183,8 +189,29 @@ impl Loader {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+    pub fn config(&self) -> &LoaderConfig {
+        &self.cfg
+    }
+
     pub fn batches_per_epoch(&self) -> usize {
-        self.items.len().div_ceil(self.cfg.batch_size)
+        match self.cfg.shard {
+            (_, w) if w > 1 => self.items.len() / (self.cfg.batch_size * w),
+            _ => self.items.len().div_ceil(self.cfg.batch_size),
+        }
+    }
+
+    /// The dataset indices of batch `bi` of an epoch whose order is `order` (this rank's share).
+    fn batch_indices(cfg: &LoaderConfig, order: &[usize], bi: usize) -> Option<Vec<usize>> {
+        let (rank, world) = cfg.shard;
+        let world = world.max(1);
+        let global = cfg.batch_size * world;
+        let start = bi * global;
+        if world == 1 {
+            return (start < order.len())
+                .then(|| order[start..(start + global).min(order.len())].to_vec());
+        }
+        let mine = start + rank * cfg.batch_size;
+        (start + global <= order.len()).then(|| order[mine..mine + cfg.batch_size].to_vec())
     }
 
     /// Dataset indices in the order of `epoch`.
@@ -217,10 +244,13 @@ impl Loader {
             self.stats.clone(),
         );
         let stop2 = stop.clone();
-        let max_bad = (cfg.max_bad_fraction * items.len() as f64).floor() as usize;
+        // Each rank meets its share of the bad samples.
+        let max_bad = (cfg.max_bad_fraction * items.len() as f64 / cfg.shard.1.max(1) as f64)
+            .floor() as usize;
         let handle = std::thread::spawn(move || {
             let shape = [pp.channels as usize, pp.image_size as usize, pp.image_size as usize];
-            for (bi, chunk) in order.chunks(cfg.batch_size).enumerate().skip(start_batch) {
+            for bi in start_batch.. {
+                let Some(chunk) = Loader::batch_indices(&cfg, &order, bi) else { return };
                 if stop2.load(Ordering::Relaxed) {
                     return;
                 }
@@ -602,6 +632,57 @@ mod tests {
         let mut all: Vec<usize> = e1.iter().flat_map(|b| b.indices.clone()).collect();
         all.sort();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
+    }
+
+    /// Data-parallel shards: for each world size, the ranks' batches are disjoint, each rank's
+    /// share of a global batch is the matching slice of the one-process global batch, and together
+    /// they cover the epoch up to the last incomplete global batch.
+    #[test]
+    fn shards_are_disjoint_and_cover_the_epoch() {
+        let dir = std::env::temp_dir().join(format!("medvlp-loader-shard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let items = make_items(&dir, 23, &[]);
+        for world in [2usize, 3, 4] {
+            let whole = Loader::new(
+                items.clone(),
+                pp(),
+                LoaderConfig { batch_size: 2 * world, seed: 5, threads: 1, ..Default::default() },
+            )
+            .unwrap();
+            let mut seen = std::collections::BTreeSet::new();
+            let mut per_rank = vec![];
+            for rank in 0..world {
+                let l = Loader::new(
+                    items.clone(),
+                    pp(),
+                    LoaderConfig {
+                        batch_size: 2,
+                        seed: 5,
+                        threads: 1,
+                        shard: (rank, world),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                assert_eq!(l.batches_per_epoch(), 23 / (2 * world));
+                let bs = collect(&l, 1, 0);
+                assert_eq!(bs.len(), l.batches_per_epoch());
+                for b in &bs {
+                    assert_eq!(b.len(), 2);
+                    for &i in &b.indices {
+                        assert!(seen.insert(i), "world {world}: sample {i} on two ranks");
+                    }
+                }
+                per_rank.push(bs);
+            }
+            assert_eq!(seen.len(), (23 / (2 * world)) * 2 * world, "world {world}: coverage");
+            // Rank r's batch k is the r-th slice of the one-process batch k of size 2 * world.
+            for (k, g) in collect(&whole, 1, 0).iter().enumerate().take(per_rank[0].len()) {
+                for (rank, bs) in per_rank.iter().enumerate() {
+                    assert_eq!(bs[k].indices, g.indices[rank * 2..rank * 2 + 2].to_vec());
+                }
+            }
+        }
     }
 
     #[test]

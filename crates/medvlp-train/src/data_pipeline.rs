@@ -48,6 +48,7 @@ pub struct DataPipeline {
     n_text_only: usize,
     seed: u64,
     device: Device,
+    shard: (usize, usize),
 }
 
 pub struct PipelineConfig<'a> {
@@ -63,6 +64,9 @@ pub struct PipelineConfig<'a> {
     pub threads: usize,
     pub train: bool,
     pub seed: u64,
+    /// Data parallel `(rank, world size)`: `batch_size` is per rank and each rank gets its share
+    /// of every global batch (`(0, 1)`: one process).
+    pub shard: (usize, usize),
 }
 
 fn root_of(manifest: &Path, root: Option<&Path>) -> PathBuf {
@@ -91,9 +95,19 @@ fn stream(
         train: c.train,
         max_bad_fraction: c.max_bad_fraction,
         threads: c.threads,
+        shard: c.shard,
         ..Default::default()
     };
-    Ok(Stream { loader: Loader::new(items, pp.clone(), cfg)?, iter: None })
+    let loader = Loader::new(items, pp.clone(), cfg)?;
+    if loader.batches_per_epoch() == 0 {
+        anyhow::bail!(
+            "{}: {} studies are fewer than one global batch ({batch} x {} ranks)",
+            manifest.display(),
+            loader.len(),
+            c.shard.1
+        );
+    }
+    Ok(Stream { loader, iter: None })
 }
 
 impl DataPipeline {
@@ -131,6 +145,7 @@ impl DataPipeline {
             text_only,
             seed: c.seed,
             device: device.clone(),
+            shard: (c.shard.0, c.shard.1.max(1)),
         })
     }
 
@@ -172,13 +187,16 @@ impl DataPipeline {
         let mut n_text_only = 0;
         let n = self.text_only.len();
         // Batches per pass over the text-only pool; None when the batch takes no text-only rows.
-        if let Some(per_epoch) = n.checked_div(self.n_text_only) {
+        // Data parallel: the global batch takes `n_text_only * world`, this rank its share.
+        let (rank, world) = self.shard;
+        if let Some(per_epoch) = n.checked_div(self.n_text_only * world) {
             let per_epoch = per_epoch.max(1) as u64;
             let mut order: Vec<usize> = (0..n).collect();
             order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
                 self.seed ^ 0x2222 ^ (k / per_epoch),
             ));
-            let start = ((k % per_epoch) as usize) * self.n_text_only;
+            let start =
+                ((k % per_epoch) as usize) * self.n_text_only * world + rank * self.n_text_only;
             for &i in order.iter().cycle().skip(start).take(self.n_text_only) {
                 let s = &self.text_only[i];
                 texts.push(s.text.clone().or_else(|| s.findings_impression()).unwrap_or_default());
@@ -197,7 +215,11 @@ impl DataPipeline {
             n_paired,
             n_image_only,
             n_text_only,
-            first_rows: [0; 3],
+            first_rows: [
+                rank * self.paired.loader.config().batch_size,
+                rank * self.image_only.as_ref().map_or(0, |s| s.loader.config().batch_size),
+                rank * self.n_text_only,
+            ],
         })
     }
 

@@ -254,6 +254,7 @@ pub fn run_training(
         threads: rc.data.threads,
         train,
         seed: rc.seed,
+        shard: (0, 1),
     };
     let data = DataPipeline::new(
         &pc(Split::Train, true),

@@ -68,6 +68,7 @@ fn prefetched_batches_equal_the_pipeline_in_any_order() {
             threads: 2,
             train: true,
             seed: 3,
+            shard: (0, 1),
         };
         let tk = Tokenizer::from_file(&tok, 32).unwrap();
         DataPipeline::new(&pc, &PreprocessConfig::default(), tk, &Device::Cpu).unwrap()
