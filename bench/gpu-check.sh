@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check: on a machine with an NVIDIA GPU, in a few minutes,
-#   1. builds medvlp with --features cuda,
+#   1. builds medvlp with --features nccl (CUDA and NCCL),
 #   2. runs the test suite with the GPU as the test device (MEDVLP_TEST_DEVICE),
 #   3. trains xlip-base (bf16) briefly on synthetic data, stops it with SIGTERM after its first
-#      checkpoint and resumes it to the end,
+#      checkpoint and resumes it to the end, then the same on every GPU through medvlp launch
+#      (NCCL data parallel),
 #   4. runs `medvlp bench train-step --preset base --device cuda --precision bf16` (and PyTorch's
 #      `torch_reference.py train --size base --device cuda --amp` beside it when TORCH_PYTHON
 #      points at a Python with a CUDA torch),
@@ -54,7 +55,7 @@ export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
 GPU="$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -1)"
 note "machine: ${GPU:-no GPU visible (nvidia-smi)}; CPU $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
 
-stage build cargo build --release --features cuda || { printf '%s\n' "${SUMMARY[@]}"; exit 1; }
+stage build cargo build --release --features nccl || { printf '%s\n' "${SUMMARY[@]}"; exit 1; }
 MV="${CARGO_TARGET_DIR:-target}/release/medvlp"
 HAVE_GPU=0
 if env -u RUST_BACKTRACE "$MV" bench forward --preset tiny --batch 2 --steps 1 --device "$DEVICE" >"$WORK/probe.log" 2>&1; then
@@ -65,7 +66,7 @@ fi
 TEST_DEVICE=cpu
 [ "$HAVE_GPU" = 1 ] && TEST_DEVICE="$DEVICE"
 MEDVLP_TEST_DEVICE="$TEST_DEVICE" stage "tests-on-$TEST_DEVICE" \
-  cargo test --release --features cuda --workspace
+  cargo test --release --features nccl --workspace
 
 if [ "$HAVE_GPU" = 1 ]; then
   # 3. xlip-base, bf16: SIGTERM after the first checkpoint, then --resume to the end.
@@ -85,6 +86,23 @@ if [ "$HAVE_GPU" = 1 ]; then
     "$MV" train "${args[@]}" --resume
   }
   stage xlip-base-train-resume train
+
+  # 3b. Data parallel over NCCL: one rank per GPU through `medvlp launch` (world size 1 on a
+  # single GPU: a real NCCL communicator of one rank), scaling against the run above.
+  NGPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
+  ddp() {
+    "$MV" launch --nproc-per-node "$NGPU" -- train --config configs/xlip-base.toml --out "$WORK/xlip-ddp" \
+      --device cuda --precision bf16 data.manifest="$WORK/synth/manifest.jsonl" \
+      data.image_only="$WORK/synth/image_only.jsonl" data.text_only="$WORK/synth/text_only.jsonl" \
+      data.batch_size=32 train.steps=20 train.warmup_steps=5 train.checkpoint_every=0 train.log_every=5 \
+      train.validate_every=0
+  }
+  if stage "ddp-nccl-${NGPU}gpu" ddp; then
+    one=$(grep '"kind":"train"' "$WORK/xlip-base/metrics.jsonl" | tail -1 | sed -n 's/.*"samples_per_s":\([0-9.e+-]*\).*/\1/p')
+    many=$(grep '"kind":"train"' "$WORK/xlip-ddp/metrics.jsonl" | tail -1 | sed -n 's/.*"samples_per_s":\([0-9.e+-]*\).*/\1/p')
+    note "data parallel: $NGPU GPU(s) $many samples/s (rank 0), one GPU $one samples/s; scaling efficiency $(python3 -c "print(f'{$many/$one:.2f}')" 2>/dev/null) (same batch per GPU)"
+    [ "$NGPU" = 1 ] && note "multi-GPU scaling not measurable on one GPU"
+  fi
 
   # 4. The base-size training step against PyTorch AMP on the same card.
   STEPS=10; [ "$QUICK" = 1 ] && STEPS=3

@@ -162,6 +162,47 @@ pub fn move_aside(out: &Path) -> Result<PathBuf> {
 
 /// Run (or resume) training as configured; writes into `out`. A fresh run (`resume` false) refuses
 /// a folder that holds a previous run, so that two runs never mix their metrics and checkpoints.
+/// The data-parallel group of this process: NCCL across the ranks the launcher started (a build
+/// with `--features nccl`, one GPU per rank), or a single process.
+fn communicator(
+    env: &crate::dist::DistEnv,
+    dev: &candle_core::Device,
+) -> Result<Arc<dyn crate::dist::Communicator>> {
+    // One process, unless a launcher started it on a GPU of an NCCL build (a real communicator of
+    // one rank, as `bench/gpu-check.sh` runs it on a single GPU).
+    if env.world_size == 1
+        && (env.launcher == crate::dist::Launcher::Single
+            || !dev.is_cuda()
+            || !cfg!(feature = "nccl"))
+    {
+        return Ok(Arc::new(crate::dist::SingleProcess));
+    }
+    #[cfg(feature = "nccl")]
+    {
+        if !dev.is_cuda() {
+            anyhow::bail!(
+                "rank {} of {}: multi-process training runs on GPUs (device = \"cuda\"), not {dev:?}",
+                env.rank,
+                env.world_size
+            );
+        }
+        let timeout = std::time::Duration::from_secs(600);
+        Ok(Arc::new(crate::dist::nccl::NcclComm::connect(env, dev, timeout)?))
+    }
+    #[cfg(not(feature = "nccl"))]
+    {
+        let _ = dev;
+        anyhow::bail!(
+            "this process is rank {} of {} ({:?} environment), but this medvlp was built without \
+             NCCL: build it with --features nccl for multi-GPU training, or run one process \
+             (unset WORLD_SIZE / SLURM_NTASKS)",
+            env.rank,
+            env.world_size,
+            env.launcher
+        )
+    }
+}
+
 pub fn run_training(
     rc: &RunConfig,
     resolved_toml: &str,
@@ -169,20 +210,14 @@ pub fn run_training(
     resume: bool,
     stop: Arc<AtomicBool>,
 ) -> Result<RunSummary> {
-    // A launcher (torchrun, Slurm) that starts several copies must not get several independent
-    // runs writing one folder: the multi-process communicator (NCCL) is not wired in yet.
+    // Started by torchrun, Slurm or `medvlp launch`: one rank of a data-parallel job.
     let env = crate::dist::DistEnv::from_env()?;
-    if env.world_size > 1 {
-        anyhow::bail!(
-            "this process is rank {} of {} ({:?} environment), but multi-process training is not \
-             available yet: run one process (unset WORLD_SIZE / SLURM_NTASKS)",
-            env.rank,
-            env.world_size,
-            env.launcher
-        );
-    }
+    let device_name = env.device_name(&rc.device);
     // First: a device that cannot be used fails before anything is written.
-    let dev = device(&rc.device)?;
+    let dev = device(&device_name)?;
+    let comm = communicator(&env, &dev)?;
+    let writer = env.rank == 0;
+    // Every rank checks (read-only), so that all of them stop, not rank 0 alone.
     if !resume {
         if let Some(what) = previous_run(out) {
             anyhow::bail!(
@@ -192,7 +227,9 @@ pub fn run_training(
         }
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    crate::trainer::save_resolved_config(out, resolved_toml)?;
+    if writer {
+        crate::trainer::save_resolved_config(out, resolved_toml)?;
+    }
     medvlp_data::image::set_max_pixels(rc.data.max_pixels);
     let manifest = rc.data.manifest.as_deref().context("data.manifest is not set")?;
     // Tokenizer: given, from the BERT directory, reused from the run folder, or trained here.
@@ -201,7 +238,8 @@ pub fn run_training(
         (None, Some(d)) => d.join("tokenizer.json"),
         (None, None) => {
             let p = out.join("tokenizer.json");
-            if !p.exists() {
+            // Rank 0 trains it; the others read it after the barrier below.
+            if !p.exists() && writer {
                 let n = train_on_manifests(
                     &[manifest],
                     &WordPieceOptions { vocab_size: rc.model.vocab_size, ..Default::default() },
@@ -215,6 +253,7 @@ pub fn run_training(
             p
         }
     };
+    comm.barrier()?;
     let probe = Tokenizer::from_file(&tok_path, 512)?;
     let mc = model_config(rc, &probe, rc.model.text_init.as_deref())?;
     let store = ParamStore::new(rc.seed, DType::F32, &dev);
@@ -235,7 +274,7 @@ pub fn run_training(
     }
     let model = MedVlp::new(&mc, &store)?;
     let report = store.load_report();
-    if rc.model.text_init.is_some() || rc.model.image_init.is_some() {
+    if (rc.model.text_init.is_some() || rc.model.image_init.is_some()) && writer {
         tracing::info!("initialisation: {report}");
         std::fs::write(out.join("init_report.json"), serde_json::to_string_pretty(&report)?)?;
     }
@@ -254,7 +293,8 @@ pub fn run_training(
         threads: rc.data.threads,
         train,
         seed: rc.seed,
-        shard: (0, 1),
+        // Validation runs on rank 0 over the whole split.
+        shard: if train { (env.rank, env.world_size) } else { (0, 1) },
     };
     let data = DataPipeline::new(
         &pc(Split::Train, true),
@@ -313,8 +353,7 @@ pub fn run_training(
         tokenizer: Some(tok_path),
         stop,
         seed: rc.seed,
-        // Multi-process runs (torchrun, Slurm) need the NCCL communicator: not wired yet.
-        comm: std::sync::Arc::new(crate::dist::SingleProcess),
+        comm,
     };
     trainer.run(&mut objective, resume)
 }

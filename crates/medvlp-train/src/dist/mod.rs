@@ -6,6 +6,8 @@
 pub mod comm;
 pub mod env;
 pub mod gather;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod rendezvous;
 
 pub use comm::{Communicator, LocalComm, LocalGroup, SingleProcess};
