@@ -595,3 +595,58 @@ fn a_stop_on_one_rank_stops_every_rank_at_the_same_step() {
         checkpoint::list(&out.join("checkpoints")).into_iter().map(|(s, _)| s).collect();
     assert_eq!(ckpts, vec![4]);
 }
+
+/// Two ranks killed after a checkpoint and resumed reach the bits of the uninterrupted two-rank
+/// run (rank 0 wrote the checkpoint; both restore from it).
+#[test]
+fn two_ranks_resume_exactly_after_a_crash() {
+    let run = |out: std::path::PathBuf, fail_at: Option<u64>, resume: bool, seed: u64| {
+        let handles: Vec<_> = LocalGroup::ranks(2, std::time::Duration::from_secs(300))
+            .into_iter()
+            .map(|c| {
+                let out = out.clone();
+                std::thread::spawn(move || {
+                    let comm: Arc<dyn Communicator> = Arc::new(c);
+                    let (store, model) = setup(seed);
+                    let mut toy = Toy {
+                        model,
+                        batch: 2,
+                        accum: 1,
+                        use_itc: true,
+                        fail_at,
+                        nan_from: None,
+                        stop_at: None,
+                        comm: Some(comm.clone()),
+                        dtype: DType::F32,
+                    };
+                    let t = Trainer {
+                        config: train_cfg(7, 1),
+                        model_config: tiny_cfg(),
+                        store: &store,
+                        out_dir: out,
+                        tokenizer: None,
+                        stop: Arc::new(AtomicBool::new(false)),
+                        seed: 5,
+                        comm,
+                    };
+                    let r = t.run(&mut toy, resume).map(|_| ());
+                    (r, params(&store))
+                })
+            })
+            .collect::<Vec<_>>();
+        handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+    };
+    let whole = run(tempdir("ddp-whole"), None, false, 5);
+    assert!(whole.iter().all(|(r, _)| r.is_ok()));
+    let out = tempdir("ddp-crash");
+    let crashed = run(out.clone(), Some(5), false, 5);
+    assert!(crashed.iter().all(|(r, _)| r.is_err()));
+    let ckpts: Vec<u64> =
+        checkpoint::list(&out.join("checkpoints")).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(ckpts, vec![2, 4]);
+    let resumed = run(out, None, true, 99);
+    for (r, p) in &resumed {
+        assert!(r.is_ok());
+        assert_eq!(p, &whole[0].1, "resumed two-rank run differs from the uninterrupted one");
+    }
+}
