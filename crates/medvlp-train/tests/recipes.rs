@@ -591,12 +591,14 @@ fn shard(b: &Batch, r: usize, w: usize) -> Batch {
 #[test]
 fn recipes_on_several_ranks_have_the_gradients_of_one_rank() {
     for name in ["clip", "xlip", "mcr"] {
-        on_several_ranks(name);
+        for local_loss in [false, true] {
+            on_several_ranks(name, local_loss);
+        }
     }
 }
 
-fn on_several_ranks(name: &'static str) {
-    use medvlp_train::dist::{with_group, Communicator, LocalGroup};
+fn on_several_ranks(name: &'static str, local_loss: bool) {
+    use medvlp_train::dist::{with_group, Communicator, Group, LocalGroup};
     use std::sync::Arc;
     let m = recipe(name).unwrap();
     let cfg = m.defaults();
@@ -644,7 +646,8 @@ fn on_several_ranks(name: &'static str) {
                     m.adapt_model(&cfg, &mut mc);
                     let store = ParamStore::new(1, DType::F64, &Device::Cpu);
                     let model = MedVlp::new(&mc, &store).unwrap();
-                    let out = with_group(comm.clone(), || m.loss(&model, &b, &cfg, 7)).unwrap();
+                    let group = Group { comm: comm.clone(), local_loss };
+                    let out = with_group(group, || m.loss(&model, &b, &cfg, 7)).unwrap();
                     let g = out.loss.backward().unwrap();
                     // The trainer's step: gradients summed over ranks, then averaged.
                     let mut v = vec![];
@@ -680,7 +683,10 @@ fn on_several_ranks(name: &'static str) {
                     worst = (d, n.clone());
                 }
             }
-            println!("{name}, {w} ranks, rank {r}: worst gradient difference {:.1e}", worst.0);
+            println!(
+                "{name}, {w} ranks (local_loss {local_loss}), rank {r}: worst gradient difference {:.1e}",
+                worst.0
+            );
             assert!(
                 worst.0 < 1e-12,
                 "{name}, {w} ranks, rank {r}: gradient of {} off by {:.2e}",
@@ -691,5 +697,88 @@ fn on_several_ranks(name: &'static str) {
         // The logged loss (the mean over ranks) is the one-rank loss.
         let mean = losses.iter().sum::<f64>() / w as f64;
         assert!((mean - loss).abs() < 1e-12, "{name}, {w} ranks: loss {mean} vs {loss}");
+    }
+}
+
+/// 20 AdamW steps (clipping on the global norm) of CLIP, XLIP and MCR on 2 and 4 ranks with
+/// shards of the batch reach the parameters of one rank with the whole batch (f64).
+#[test]
+fn recipes_on_several_ranks_reach_the_parameters_of_one_rank() {
+    use medvlp_train::dist::{with_group, Communicator, Group, LocalGroup, SingleProcess};
+    use std::sync::Arc;
+    for name in ["clip", "xlip", "mcr"] {
+        for w in [2usize, 4] {
+            let train = move |comm: Arc<dyn Communicator>, b: Batch| -> Vec<(String, Vec<f64>)> {
+                let m = recipe(name).unwrap();
+                let cfg = m.defaults();
+                let mut mc = ModelConfig::preset("tiny").unwrap();
+                m.adapt_model(&cfg, &mut mc);
+                let store = ParamStore::new(1, DType::F64, &Device::Cpu);
+                let model = MedVlp::new(&mc, &store).unwrap();
+                let mut opt = AdamW::new(
+                    store.vars(),
+                    AdamWConfig {
+                        lr: 1e-3,
+                        weight_decay: 0.05,
+                        grad_clip: 1.0,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                let world = comm.world_size() as f64;
+                for step in 0..20 {
+                    let group = Group { comm: comm.clone(), local_loss: false };
+                    let l = with_group(group, || m.loss(&model, &b, &cfg, step)).unwrap().loss;
+                    let g = opt.collect_grads(&l.backward().unwrap()).unwrap();
+                    let g: Vec<Option<Tensor>> = g
+                        .into_iter()
+                        .zip(store.vars())
+                        .map(|(g, (_, v))| {
+                            let g = g.unwrap_or(v.as_tensor().zeros_like().unwrap());
+                            Some(comm.all_reduce_sum(&g).unwrap())
+                        })
+                        .collect();
+                    opt.step(&g, 1e-3, 1.0 / world).unwrap();
+                }
+                store
+                    .vars()
+                    .into_iter()
+                    .map(|(n, v)| {
+                        (n, v.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap())
+                    })
+                    .collect()
+            };
+            let (_, model) = build_preset(name, &recipe(name).unwrap().defaults(), "tiny");
+            let b = batch(&model.config, 2 * w, w, w);
+            let full = Batch {
+                pixels: b.pixels.as_ref().map(|x| x.to_dtype(DType::F64).unwrap()),
+                text: TextBatch {
+                    mask: b.text.mask.to_dtype(DType::F64).unwrap(),
+                    ..b.text.clone()
+                },
+                labels: b.labels.as_ref().map(|x| x.to_dtype(DType::F64).unwrap()),
+                ..b.clone()
+            };
+            let one = train(Arc::new(SingleProcess), full.clone());
+            let handles: Vec<_> = LocalGroup::ranks(w, std::time::Duration::from_secs(300))
+                .into_iter()
+                .map(|c| {
+                    let b = shard(&full, c.rank(), w);
+                    std::thread::spawn(move || train(Arc::new(c), b))
+                })
+                .collect();
+            for h in handles {
+                let got = h.join().unwrap();
+                let worst = got
+                    .iter()
+                    .zip(&one)
+                    .map(|((_, a), (_, b))| {
+                        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max)
+                    })
+                    .fold(0f64, f64::max);
+                println!("{name}, {w} ranks, 20 steps: worst parameter difference {worst:.1e}");
+                assert!(worst < 1e-10, "{name}, {w} ranks: parameters differ by {worst:.2e}");
+            }
+        }
     }
 }

@@ -14,6 +14,39 @@ use std::time::Duration;
 pub struct NcclComm {
     comm: Arc<SharedComm>,
     device: Device,
+    watch: Arc<Watch>,
+}
+
+/// NCCL collectives block without a timeout: a rank that died leaves the others waiting inside
+/// one. A watchdog thread ends the process with an error when a collective has not completed
+/// within the timeout (`MEDVLP_NCCL_TIMEOUT_MINUTES`, default 30), as torch's NCCL watchdog does.
+struct Watch {
+    /// Collectives entered and completed.
+    entered: std::sync::atomic::AtomicU64,
+    completed: std::sync::atomic::AtomicU64,
+    /// When the oldest collective still in flight was entered.
+    since: std::sync::Mutex<std::time::Instant>,
+}
+
+fn watchdog(watch: Arc<Watch>, rank: usize, timeout: Duration) {
+    use std::sync::atomic::Ordering;
+    std::thread::Builder::new()
+        .name("medvlp-nccl-watchdog".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(5));
+            let busy =
+                watch.entered.load(Ordering::SeqCst) > watch.completed.load(Ordering::SeqCst);
+            let waited = watch.since.lock().map(|t| t.elapsed()).unwrap_or_default();
+            if busy && waited > timeout {
+                eprintln!(
+                    "Error: rank {rank}: an NCCL collective has not completed in {:.0} minutes; \
+                     another rank has probably stopped (MEDVLP_NCCL_TIMEOUT_MINUTES sets the limit)",
+                    timeout.as_secs_f64() / 60.0
+                );
+                std::process::exit(1);
+            }
+        })
+        .expect("spawning the NCCL watchdog");
 }
 
 /// cudarc's `Comm` holds a raw NCCL handle and is neither `Send` nor `Sync`.
@@ -63,14 +96,38 @@ impl NcclComm {
             Comm::from_rank(cuda.cuda_stream(), env.rank, env.world_size, id).map_err(|e| {
                 anyhow::anyhow!("NCCL: joining as rank {} of {}: {e:?}", env.rank, env.world_size)
             })?;
-        Ok(Self { comm: Arc::new(SharedComm(comm)), device: device.clone() })
+        let watch = Arc::new(Watch {
+            entered: Default::default(),
+            completed: Default::default(),
+            since: std::sync::Mutex::new(std::time::Instant::now()),
+        });
+        let minutes = std::env::var("MEDVLP_NCCL_TIMEOUT_MINUTES")
+            .ok()
+            .and_then(|m| m.parse::<f64>().ok())
+            .filter(|m| *m > 0.0)
+            .unwrap_or(30.0);
+        watchdog(watch.clone(), env.rank, Duration::from_secs_f64(minutes * 60.0));
+        Ok(Self { comm: Arc::new(SharedComm(comm)), device: device.clone(), watch })
     }
 
     fn run(&self, t: &Tensor, op: Op) -> Result<Tensor> {
+        use std::sync::atomic::Ordering;
+        let w = &self.watch;
+        if w.entered.load(Ordering::SeqCst) == w.completed.load(Ordering::SeqCst) {
+            if let Ok(mut s) = w.since.lock() {
+                *s = std::time::Instant::now();
+            }
+        }
+        w.entered.fetch_add(1, Ordering::SeqCst);
         let back = t.device().clone();
         let t = t.to_device(&self.device)?.contiguous()?;
         let out = t.apply_op1_no_bwd(&NcclOp { comm: self.comm.clone(), op })?;
-        Ok(out.to_device(&back)?)
+        // A result read back to the host has waited for the collective (and the ones before it
+        // on the stream); one left on the GPU completes asynchronously, and a hang there shows in
+        // the next collective that reads back (the trainer reads two per step).
+        let out = out.to_device(&back)?;
+        w.completed.fetch_add(1, Ordering::SeqCst);
+        Ok(out)
     }
 }
 

@@ -14,6 +14,25 @@ pub fn itc_loss(image: &Tensor, text: &Tensor, scale: &Tensor) -> Result<Tensor>
     (l_i2t + l_t2i)? * 0.5
 }
 
+/// [`itc_loss`] of a data-parallel rank with open_clip's `local_loss`: its `image` / `text` rows
+/// (`[b, d]`) are the queries, the gathered global `all_image` / `all_text` the candidates, and
+/// the matching pairs sit at `offset + i`. The mean over ranks equals [`itc_loss`] of the global
+/// batch when every rank holds the same number of rows.
+pub fn local_itc_loss(
+    image: &Tensor,
+    text: &Tensor,
+    all_image: &Tensor,
+    all_text: &Tensor,
+    scale: &Tensor,
+    offset: u32,
+) -> Result<Tensor> {
+    let b = image.dim(0)? as u32;
+    let targets = Tensor::arange(offset, offset + b, image.device())?;
+    let i2t = image.matmul(&all_text.t()?)?.broadcast_mul(scale)?;
+    let t2i = text.matmul(&all_image.t()?)?.broadcast_mul(scale)?;
+    (cross_entropy(&i2t, &targets)? + cross_entropy(&t2i, &targets)?)? * 0.5
+}
+
 /// Soft-label contrastive loss after MedCLIP's semantic matching: row `i` of `image` (`[b, d]`)
 /// and of `text` belong to one study with label vector `labels[i]` (`[b, classes]`, 0/1, never
 /// all zero: see `medvlp_data::text::labels::label_vector`). Label similarity is the cosine of the

@@ -3,7 +3,7 @@
 use super::{Batch, MimMasking, MlmMasking, MlmReplace, ObjectiveConfig, TextBatch};
 use crate::dist::gather_with_grad;
 use crate::objectives::attmim::{patch_scores, select_visible_rows};
-use crate::objectives::contrastive::{itc_loss, soft_itc_loss, soft_itc_loss_rows};
+use crate::objectives::contrastive::{itc_loss, local_itc_loss, soft_itc_loss, soft_itc_loss_rows};
 use crate::objectives::local::{local_alignment_loss, LocalText};
 use crate::objectives::mim::mim_loss;
 use crate::objectives::mlm::gather_positions;
@@ -151,11 +151,24 @@ pub fn itc(
     let t =
         model.project_text(&text.narrow(0, 0, n_paired)?, &text_mask.narrow(0, 0, n_paired)?)?;
     // Data parallel: negatives from the whole global batch (open_clip's gather_with_grad).
-    let (v, t) = match crate::dist::group() {
-        Some(g) => (gather_with_grad(&g, &v)?, gather_with_grad(&g, &t)?),
-        None => (v, t),
-    };
-    Ok(Some(itc_loss(&v, &t, &model.logit_scale_value()?)?))
+    let scale = model.logit_scale_value()?;
+    match crate::dist::group() {
+        Some(g) if g.local_loss => {
+            // This rank's rows against every rank's: targets sit at this rank's offset.
+            let (gv, gt) = (gather_with_grad(&g.comm, &v)?, gather_with_grad(&g.comm, &t)?);
+            let counts = g
+                .comm
+                .all_gather(&Tensor::new(&[n_paired as u32], &candle_core::Device::Cpu)?)?
+                .to_vec1::<u32>()?;
+            let offset: u32 = counts[..g.comm.rank()].iter().sum();
+            Ok(Some(local_itc_loss(&v, &t, &gv, &gt, &scale, offset)?))
+        }
+        Some(g) => {
+            let (v, t) = (gather_with_grad(&g.comm, &v)?, gather_with_grad(&g.comm, &t)?);
+            Ok(Some(itc_loss(&v, &t, &scale)?))
+        }
+        None => Ok(Some(itc_loss(&v, &t, &scale)?)),
+    }
 }
 
 /// Soft-label contrastive loss of the image-only rows (their images and prompts as queries, every
@@ -177,10 +190,11 @@ pub fn unpaired_soft_itc(
         // Every rank's image rows (its paired, then its image-only ones) are candidates; every
         // rank's image-only rows are queries.
         Some(g) => {
-            let (v, t) = (gather_with_grad(&g, &v)?, gather_with_grad(&g, &t)?);
-            let lab = gather_with_grad(&g, &lab)?;
+            let (v, t) = (gather_with_grad(&g.comm, &v)?, gather_with_grad(&g.comm, &t)?);
+            let lab = gather_with_grad(&g.comm, &lab)?;
             // Each rank's (paired, image rows), which may differ after bad samples.
             let counts = g
+                .comm
                 .all_gather(&Tensor::new(
                     &[batch.n_paired as u32, n as u32],
                     &candle_core::Device::Cpu,
@@ -277,8 +291,8 @@ pub fn mlm(
     let share = match crate::dist::group() {
         Some(g) => {
             let n = Tensor::new(&[positions.len() as f64], &candle_core::Device::Cpu)?;
-            let total = g.all_reduce_sum(&n)?.to_vec1::<f64>()?[0];
-            Some(positions.len() as f64 * g.world_size() as f64 / total.max(1.0))
+            let total = g.comm.all_reduce_sum(&n)?.to_vec1::<f64>()?[0];
+            Some(positions.len() as f64 * g.comm.world_size() as f64 / total.max(1.0))
         }
         None => None,
     };

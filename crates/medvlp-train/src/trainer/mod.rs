@@ -46,6 +46,10 @@ pub struct TrainConfig {
     /// `fp32`, or `bf16` mixed precision (fp32 weights and optimiser state, bf16 products; see
     /// `medvlp_model::nn::precision`).
     pub precision: Precision,
+    /// Data parallel, as open_clip's `--local-loss`: each rank's contrastive loss takes its own
+    /// rows as queries against the global batch (less compute and memory per rank, the same
+    /// gradients); false: every rank computes the whole global loss.
+    pub local_loss: bool,
     pub optimizer: AdamWConfig,
 }
 
@@ -63,6 +67,7 @@ impl Default for TrainConfig {
             max_nonfinite_steps: 5,
             max_minutes: 0.0,
             precision: Precision::Fp32,
+            local_loss: false,
             optimizer: AdamWConfig::default(),
         }
     }
@@ -406,7 +411,8 @@ impl<'a> Trainer<'a> {
             let mut parts_sum: Vec<(String, f64)> = vec![];
             let mut finite = true;
             for micro in 0..c.grad_accum.max(1) {
-                let group = self.comm.clone();
+                let group =
+                    crate::dist::Group { comm: self.comm.clone(), local_loss: c.local_loss };
                 let out = match crate::dist::with_group(group, || {
                     with_precision(c.precision, || objective.loss(state.step, micro))
                 }) {
