@@ -44,6 +44,23 @@ struct OutLine<'a> {
 
 const CHUNK: usize = 16_384;
 
+/// One input line: only `id` and `text` are read (a manifest line's other fields are skipped
+/// without being built).
+#[derive(serde::Deserialize)]
+struct InLine {
+    #[serde(default, deserialize_with = "keep_null")]
+    id: Option<serde_json::Value>,
+    #[serde(default)]
+    text: Option<serde_json::Value>,
+}
+
+/// `"id": null` is an id (null), not a missing one.
+fn keep_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    <serde_json::Value as serde::Deserialize>::deserialize(d).map(Some)
+}
+
 fn parse_line(
     bytes: &[u8],
     lineno: usize,
@@ -57,15 +74,18 @@ fn parse_line(
     if !jsonl {
         return Ok(Some((serde_json::Value::from(lineno), s.to_string())));
     }
-    let v: serde_json::Value = serde_json::from_str(s).map_err(|e| format!("invalid JSON: {e}"))?;
-    let obj = v.as_object().ok_or("expected a JSON object with \"text\"")?;
-    let text = match obj.get("text") {
-        Some(serde_json::Value::String(t)) => t.clone(),
+    if !s.trim_start().starts_with('{') {
+        // Not an object: say why, as JSON or as a value of the wrong kind.
+        serde_json::from_str::<serde_json::Value>(s).map_err(|e| format!("invalid JSON: {e}"))?;
+        return Err("expected a JSON object with \"text\"".into());
+    }
+    let line: InLine = serde_json::from_str(s).map_err(|e| format!("invalid JSON: {e}"))?;
+    let text = match line.text {
+        Some(serde_json::Value::String(t)) => t,
         Some(_) => return Err("\"text\" is not a string".into()),
         None => return Err("missing \"text\"".into()),
     };
-    let id = obj.get("id").cloned().unwrap_or_else(|| serde_json::Value::from(lineno));
-    Ok(Some((id, text)))
+    Ok(Some((line.id.unwrap_or_else(|| serde_json::Value::from(lineno)), text)))
 }
 
 /// Labels every report of `input` into `output`; see the module docs.
@@ -92,23 +112,29 @@ pub fn label_file(
     let mut stats = LabelStats::default();
     let mut lineno = 0usize;
     let mut eof = false;
+    // One buffer holds a chunk's lines (no allocation per line); `lines` has their ranges.
+    let mut block: Vec<u8> = Vec::new();
+    let mut lines: Vec<(usize, usize, usize)> = Vec::with_capacity(CHUNK);
     while !eof {
-        let mut chunk: Vec<(usize, Vec<u8>)> = Vec::with_capacity(CHUNK);
-        while chunk.len() < CHUNK {
-            let mut buf = Vec::new();
+        block.clear();
+        lines.clear();
+        while lines.len() < CHUNK {
+            let start = block.len();
             let n =
-                reader.read_until(b'\n', &mut buf).with_context(|| format!("reading {name}"))?;
+                reader.read_until(b'\n', &mut block).with_context(|| format!("reading {name}"))?;
             if n == 0 {
                 eof = true;
                 break;
             }
             lineno += 1;
-            chunk.push((lineno, buf));
+            lines.push((lineno, start, block.len()));
         }
-        let results: Vec<Result<Option<String>, String>> = chunk
+        let results: Vec<Result<Option<Vec<u8>>, String>> = lines
             .par_iter()
-            .map(|(ln, bytes)| {
-                let Some((id, text)) = parse_line(bytes, *ln, jsonl)? else { return Ok(None) };
+            .map(|&(ln, start, end)| {
+                let Some((id, text)) = parse_line(&block[start..end], ln, jsonl)? else {
+                    return Ok(None);
+                };
                 let ents = extractor.extract(&text);
                 let labels = if text.trim().is_empty() {
                     BTreeMap::new()
@@ -120,15 +146,18 @@ pub fn label_file(
                     labels: &labels,
                     entities: with_entities.then_some(&ents[..]),
                 };
-                serde_json::to_string(&line)
-                    .map(Some)
+                // Sized for the line so that serialising does not grow the buffer step by step.
+                let mut buf =
+                    Vec::with_capacity(64 + text.len() * if with_entities { 6 } else { 1 });
+                serde_json::to_writer(&mut buf, &line)
+                    .map(|()| Some(buf))
                     .map_err(|e| format!("serialising output: {e}"))
             })
             .collect();
-        for ((ln, _), r) in chunk.iter().zip(results) {
+        for (&(ln, _, _), r) in lines.iter().zip(results) {
             match r {
                 Ok(Some(s)) => {
-                    w.write_all(s.as_bytes())?;
+                    w.write_all(&s)?;
                     w.write_all(b"\n")?;
                     stats.labelled += 1;
                 }
@@ -147,6 +176,7 @@ pub fn label_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::text::Convention;
 
     fn tmp(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("medvlp-labelfile-{}", std::process::id()));
@@ -192,6 +222,32 @@ mod tests {
         assert_eq!(e["assertion"], "absent");
         assert_eq!(lines[1]["id"], 6, "missing id falls back to the line number");
         assert_eq!(lines[1]["labels"]["Cardiomegaly"], 1);
+    }
+
+    #[test]
+    fn ids_kinds_of_bad_lines_and_conventions() {
+        let input = tmp("kinds.jsonl");
+        std::fs::write(
+            &input,
+            "{\"id\": null, \"text\": \"Mild vascular congestion.\", \"labels\": {\"x\": [1, 2]}}\n[1]\n{\"text\": 3}\n",
+        )
+        .unwrap();
+        for (convention, edema) in [(Convention::Chexpert, Some(1)), (Convention::Strict, None)] {
+            let output = tmp(&format!("kinds-{convention}.jsonl"));
+            let x = Extractor::builtin_for(convention);
+            let st = label_file(x, &input, &output, InputFormat::Auto, false).unwrap();
+            assert_eq!((st.labelled, st.skipped), (1, 2), "{:?}", st.errors);
+            assert!(
+                st.errors[0].ends_with(":2: expected a JSON object with \"text\""),
+                "{:?}",
+                st.errors
+            );
+            assert!(st.errors[1].ends_with(":3: \"text\" is not a string"), "{:?}", st.errors);
+            let out = std::fs::read_to_string(&output).unwrap();
+            let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            assert!(line["id"].is_null(), "an explicit null id stays null: {line}");
+            assert_eq!(line["labels"].get("Edema").and_then(|v| v.as_i64()), edema);
+        }
     }
 
     #[test]

@@ -4,23 +4,29 @@
 //! Mentions of one observation are aggregated as CheXpert does: any positive mention makes it 1,
 //! otherwise any uncertain mention makes it -1, otherwise 0.
 //!
+//! Mentions that the extractor excluded (in an INDICATION or HISTORY section, history such as
+//! "history of pneumonia", or dropped by a context rule) feed no label.
+//!
 //! "No Finding" is 1 when none of the 12 CheXpert pathologies (all of [`CHEXPERT_14`] except
 //! "No Finding" and "Support Devices") is 1 or -1, and 0 otherwise; it is set for every non-empty
 //! report. The extra labels ([`EXTRA_LABELS`]) do not affect it on their own (as in CheXpert),
-//! but nodules and masses also feed "Lung Lesion", infiltration "Lung Opacity", and vascular
-//! congestion "Edema", so those do.
+//! but nodules and masses also feed "Lung Lesion" and infiltration "Lung Opacity", so those do
+//! (and, under the CheXpert convention, vascular congestion feeds "Edema").
 //!
 //! Full label list ([`all_labels`]): the CheXpert 14 plus
-//! Nodule, Mass, Granuloma, Emphysema (also COPD, hyperinflation), Fibrosis, Scarring, Hernia
-//! (hiatal and diaphragmatic), Scoliosis, Calcification (incl. aortic/vascular), Infiltration,
-//! Pulmonary Vascular Congestion.
+//! Nodule, Mass, Granuloma, Emphysema (named only: hyperinflation and COPD are not emphysema),
+//! Fibrosis, Scarring, Hernia (hiatal and diaphragmatic), Scoliosis, Calcification (incl.
+//! aortic/vascular), Infiltration, Pulmonary Vascular Congestion.
+//!
+//! Which descriptors and syndromes feed which label depends on the [`Convention`]
+//! (docs/labeler-conventions.md).
 
 use std::collections::BTreeMap;
 
 use rayon::prelude::*;
 
 use super::extract::Extractor;
-use super::{Assertion, Entity, EntityType};
+use super::{Assertion, Convention, Entity, EntityType};
 
 pub const CHEXPERT_14: [&str; 14] = [
     "Atelectasis",
@@ -90,20 +96,20 @@ fn rank(a: Assertion) -> u8 {
 
 /// Study labels from entities extracted by `extractor`.
 pub fn label_entities(extractor: &Extractor, entities: &[Entity]) -> BTreeMap<String, i8> {
-    let mut best: BTreeMap<String, Assertion> = BTreeMap::new();
+    let mut best: BTreeMap<&str, Assertion> = BTreeMap::new();
     for e in entities {
-        if !matches!(e.kind, EntityType::Finding | EntityType::Device) {
+        if !matches!(e.kind, EntityType::Finding | EntityType::Device) || e.excluded.is_some() {
             continue;
         }
         for l in extractor.labels_of(&e.concept) {
-            let slot = best.entry(l.clone()).or_insert(e.assertion);
+            let slot = best.entry(l.as_str()).or_insert(e.assertion);
             if rank(e.assertion) > rank(*slot) {
                 *slot = e.assertion;
             }
         }
     }
     let mut out: BTreeMap<String, i8> =
-        best.into_iter().map(|(k, v)| (k, v.label_value())).collect();
+        best.into_iter().map(|(k, v)| (k.to_string(), v.label_value())).collect();
     let sick = CHEXPERT_14
         .iter()
         .filter(|l| **l != "No Finding" && **l != "Support Devices")
@@ -112,10 +118,15 @@ pub fn label_entities(extractor: &Extractor, entities: &[Entity]) -> BTreeMap<St
     out
 }
 
-/// Labels of one report with the embedded lexicon. An empty (or whitespace-only) report gets no
-/// labels at all.
+/// Labels of one report with the embedded lexicon under the CheXpert convention. An empty (or
+/// whitespace-only) report gets no labels at all.
 pub fn label_report(text: &str) -> BTreeMap<String, i8> {
     label_with(Extractor::builtin(), text)
+}
+
+/// Labels of one report with the embedded lexicon under `convention`.
+pub fn label_report_as(text: &str, convention: Convention) -> BTreeMap<String, i8> {
+    label_with(Extractor::builtin_for(convention), text)
 }
 
 /// Labels of one report with a given extractor.
@@ -126,9 +137,17 @@ pub fn label_with(extractor: &Extractor, text: &str) -> BTreeMap<String, i8> {
     label_entities(extractor, &extractor.extract(text))
 }
 
-/// Labels of many reports in parallel (rayon), in input order.
+/// Labels of many reports in parallel (rayon), in input order, under the CheXpert convention.
 pub fn label_reports<S: AsRef<str> + Sync>(texts: &[S]) -> Vec<BTreeMap<String, i8>> {
-    let x = Extractor::builtin();
+    label_reports_as(texts, Convention::Chexpert)
+}
+
+/// Labels of many reports in parallel (rayon), in input order, under `convention`.
+pub fn label_reports_as<S: AsRef<str> + Sync>(
+    texts: &[S],
+    convention: Convention,
+) -> Vec<BTreeMap<String, i8>> {
+    let x = Extractor::builtin_for(convention);
     texts.par_iter().map(|t| label_with(x, t.as_ref())).collect()
 }
 

@@ -5,6 +5,8 @@
 //! - [`extract`]: the compiled matcher and [`extract_entities`].
 //! - [`assertion`]: NegEx-style assertion resolution.
 //! - [`labels`]: [`label_report`], [`CHEXPERT_14`], [`EXTRA_LABELS`].
+//! - [`Convention`]: CheXpert's labelling rules or naming-only ("strict") labels
+//!   (docs/labeler-conventions.md lists every difference).
 //! - [`prompts`]: zero-shot prompt files and [`disease_prompt`].
 //!
 //! Offsets are byte offsets into the input text. Matching is done on an ASCII-lowercased copy,
@@ -22,8 +24,8 @@ use serde::{Deserialize, Serialize};
 pub use extract::{extract_entities, Extractor};
 pub use labelfile::{label_file, InputFormat, LabelStats};
 pub use labels::{
-    all_labels, label_entities, label_report, label_reports, label_with, CHEXPERT_14, CHEXPERT_5,
-    EXTRA_LABELS,
+    all_labels, label_entities, label_report, label_report_as, label_reports, label_reports_as,
+    label_with, CHEXPERT_14, CHEXPERT_5, EXTRA_LABELS,
 };
 pub use lexicon::Lexicon;
 pub use prompts::{disease_prompt, DiseasePrompts, PromptFile};
@@ -45,6 +47,72 @@ impl Assertion {
             Assertion::Uncertain => -1,
         }
     }
+}
+
+/// How study labels are read from a report (docs/labeler-conventions.md).
+///
+/// - `Chexpert` (the default): CheXpert's labeler rules. Clinical syndromes and descriptors that
+///   CheXpert counts feed the finding (vascular congestion and heart failure are edema, infection
+///   is pneumonia) and a finding at the limit of normal ("borderline cardiomegaly", "heart size at
+///   the upper limits of normal") is uncertain.
+/// - `Strict`: naming-only labels. A finding is labelled only where the report names it, and a
+///   borderline finding is present.
+///
+/// Both share everything else: negation and hedging, history, sections and context rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Convention {
+    #[default]
+    Chexpert,
+    Strict,
+}
+
+impl Convention {
+    pub const ALL: [Convention; 2] = [Convention::Chexpert, Convention::Strict];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Convention::Chexpert => "chexpert",
+            Convention::Strict => "strict",
+        }
+    }
+
+    /// The assertion of a finding stated at the limit of normal.
+    pub fn borderline(self) -> Assertion {
+        match self {
+            Convention::Chexpert => Assertion::Uncertain,
+            Convention::Strict => Assertion::Present,
+        }
+    }
+}
+
+impl std::fmt::Display for Convention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Convention {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Convention> {
+        Convention::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| anyhow::anyhow!("unknown convention {s:?} (chexpert or strict)"))
+    }
+}
+
+/// Why a mention feeds no study label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Exclusion {
+    /// It lies in a section about the request, not the image (INDICATION, HISTORY, COMPARISON).
+    Section,
+    /// History or etiology, not active disease ("history of pneumonia", "scarring from old
+    /// infection").
+    History,
+    /// A context rule of the lexicon dropped it ("fractured sternal wire" is no bone fracture).
+    Rule,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -74,6 +142,9 @@ pub struct Entity {
     /// For findings and devices, whether the report asserts them. Anatomy and modifiers carry the
     /// assertion of their context (so "no left effusion" gives `laterality:left` absent too).
     pub assertion: Assertion,
+    /// Set when the mention feeds no study label, saying why (absent from the JSON otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub excluded: Option<Exclusion>,
 }
 
 /// For each entity, the indices of the word pieces that overlap it.
