@@ -82,6 +82,28 @@ impl Tokenizer {
         Ok(Self { inner, max_length, pad_id, mask_id, cls_id, sep_id })
     }
 
+    /// For embedding only (no masked-language modelling): padding is `[PAD]`, `<pad>` or CLIP's
+    /// `<|endoftext|>`, else id 0 (the text encoders read the attention mask, never the pad id);
+    /// the mask id is unused and set to the pad id.
+    pub fn for_inference(mut inner: tokenizers::Tokenizer, max_length: usize) -> Result<Self> {
+        let pad_id = find_id(&inner, &["[PAD]", "<pad>", "<|endoftext|>"]).unwrap_or(0);
+        let pad_token = inner.id_to_token(pad_id).unwrap_or_default();
+        let cls_id = find_id(&inner, &["[CLS]", "<s>", "<|startoftext|>"]);
+        let sep_id = find_id(&inner, &["[SEP]", "</s>", "<|endoftext|>"]);
+        inner
+            .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
+            .map_err(|e| anyhow!("setting truncation: {e}"))?;
+        inner.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id,
+            pad_type_id: 0,
+            pad_token,
+        }));
+        Ok(Self { inner, max_length, pad_id, mask_id: pad_id, cls_id, sep_id })
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -4,6 +4,7 @@
 //! loaded for the evaluation protocols (`medvlp_eval` scores the embeddings it returns). No
 //! autograd: inputs are plain tensors and the outputs are detached.
 
+use crate::interop::{self, Family, ForeignModel};
 use crate::model_dir::{self, LoadedModel};
 use crate::MedVlp;
 use anyhow::{bail, Context, Result};
@@ -14,9 +15,40 @@ use medvlp_data::loader::{Item, Loader, LoaderConfig};
 use medvlp_data::tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
+/// A model that maps images and texts into one normalised embedding space: medvlp's own models
+/// and every imported family ([`crate::interop`]).
+pub trait JointEncoder: Send + Sync {
+    /// L2-normalised image embeddings `[b, dim]`.
+    fn image_embeds(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor>;
+    /// L2-normalised text embeddings `[b, dim]`; `attention_mask` `[b, l]` 0/1.
+    fn text_embeds(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> candle_core::Result<Tensor>;
+    /// `exp(logit_scale)`: the inverse softmax temperature.
+    fn logit_scale(&self) -> candle_core::Result<f64>;
+}
+
+impl JointEncoder for MedVlp {
+    fn image_embeds(&self, pixel_values: &Tensor) -> candle_core::Result<Tensor> {
+        MedVlp::image_embeds(self, pixel_values)
+    }
+    fn text_embeds(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        MedVlp::text_embeds(self, input_ids, attention_mask)
+    }
+    fn logit_scale(&self) -> candle_core::Result<f64> {
+        self.logit_scale_value()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+    }
+}
+
 /// L2-normalised text embeddings, one row per text, in input order.
 pub fn encode_texts(
-    model: &MedVlp,
+    model: &dyn JointEncoder,
     tok: &Tokenizer,
     texts: &[&str],
     batch_size: usize,
@@ -48,7 +80,7 @@ pub struct ImageEmbeddings {
 /// Embeds the images of `items` in order; bad images are skipped and counted, and the call fails
 /// past `max_bad_fraction` of the items.
 pub fn encode_images(
-    model: &MedVlp,
+    model: &dyn JointEncoder,
     pp: &PreprocessConfig,
     items: Vec<Item>,
     batch_size: usize,
@@ -81,32 +113,53 @@ pub fn encode_images(
     Ok(res)
 }
 
-/// A model directory loaded for evaluation: its model (frozen, f32), tokenizer and weights' hash,
-/// embedding in batches of `batch_size` on `device`.
+/// The model behind an [`Evaluator`]: a medvlp directory or an imported checkpoint.
+pub enum Loaded {
+    MedVlp(Box<LoadedModel>),
+    Foreign(Box<ForeignModel>),
+}
+
+/// A model (any family, see [`crate::interop::detect`]) loaded for evaluation: its encoder
+/// (frozen, f32), eval preprocessing, tokenizer and weights' hash, embedding in batches of
+/// `batch_size` on `device`.
 pub struct Evaluator {
-    pub model: LoadedModel,
+    pub model: Loaded,
+    pub family: Family,
+    pub preprocess: PreprocessConfig,
     pub tokenizer: Tokenizer,
     pub dir: PathBuf,
-    /// sha256 of `model.safetensors` (lowercase hex), when readable.
+    /// sha256 of the weights file (lowercase hex), when readable.
     pub model_hash: Option<String>,
     pub batch_size: usize,
     pub device: Device,
 }
 
 impl Evaluator {
-    /// Loads `dir`; it needs a `tokenizer.json` (prompts and reports are embedded).
+    /// Loads `dir` (a medvlp directory needs a `tokenizer.json`: prompts and reports are embedded).
     pub fn load(dir: &Path, batch_size: usize, device: &Device) -> Result<Self> {
-        let model = model_dir::load(dir, DType::F32, device, false)?;
-        let tok = model
-            .tokenizer
-            .clone()
-            .with_context(|| format!("{} has no tokenizer.json", dir.display()))?;
-        let tokenizer = Tokenizer::from_file(&tok, model.config.text_config.max_length)?;
-        let model_hash = std::fs::read(dir.join(model_dir::WEIGHTS_FILE))
-            .ok()
-            .map(|bytes| medvlp_data::hash::sha256_hex(&bytes));
+        let family = interop::detect(dir)?;
+        let (model, preprocess, tokenizer, weights) = if family == Family::MedVlp {
+            let model = model_dir::load(dir, DType::F32, device, false)?;
+            let tok = model
+                .tokenizer
+                .clone()
+                .with_context(|| format!("{} has no tokenizer.json", dir.display()))?;
+            let tokenizer = Tokenizer::from_file(&tok, model.config.text_config.max_length)?;
+            let pp = model.config.preprocess.clone();
+            (Loaded::MedVlp(Box::new(model)), pp, tokenizer, dir.join(model_dir::WEIGHTS_FILE))
+        } else {
+            let m = interop::load(dir, device)?;
+            let tokenizer = m.medvlp_tokenizer()?;
+            let pp = m.preprocess.clone();
+            let w = m.weights.clone();
+            (Loaded::Foreign(Box::new(m)), pp, tokenizer, w)
+        };
+        let model_hash =
+            std::fs::read(&weights).ok().map(|bytes| medvlp_data::hash::sha256_hex(&bytes));
         Ok(Self {
             model,
+            family,
+            preprocess,
             tokenizer,
             dir: dir.to_path_buf(),
             model_hash,
@@ -115,18 +168,26 @@ impl Evaluator {
         })
     }
 
+    /// The joint-space encoder.
+    pub fn encoder(&self) -> &dyn JointEncoder {
+        match &self.model {
+            Loaded::MedVlp(m) => &m.model,
+            Loaded::Foreign(m) => m.as_ref(),
+        }
+    }
+
     /// L2-normalised text embeddings, in input order.
     pub fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-        encode_texts(&self.model.model, &self.tokenizer, &refs, self.batch_size, &self.device)
+        encode_texts(self.encoder(), &self.tokenizer, &refs, self.batch_size, &self.device)
     }
 
     /// Image embeddings of the studies' first images (paths relative to `root`), eval
     /// preprocessing; studies whose image fails to load are left out (up to 5%).
     pub fn embed_studies(&self, studies: &[Study], root: &Path) -> Result<ImageEmbeddings> {
         encode_images(
-            &self.model.model,
-            &self.model.config.preprocess,
+            self.encoder(),
+            &self.preprocess,
             Loader::items_from_studies(studies, root, None),
             self.batch_size,
             0.05,
@@ -136,6 +197,6 @@ impl Evaluator {
 
     /// `1 / exp(logit_scale)`: the temperature of the positive/negative prompt softmax.
     pub fn temperature(&self) -> Result<f64> {
-        Ok(1.0 / self.model.model.logit_scale_value()?.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+        Ok(1.0 / self.encoder().logit_scale()?)
     }
 }

@@ -13,6 +13,7 @@ pub mod encode;
 pub mod fusion;
 pub mod gradcheck;
 pub mod heads;
+pub mod interop;
 pub mod mae_decoder;
 pub mod masking;
 pub mod medvlp;

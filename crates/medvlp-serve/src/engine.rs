@@ -126,7 +126,7 @@ pub enum EmbedError {
 }
 
 fn worker(ev: Evaluator, rx: Receiver<Job>, cfg: BatchConfig, metrics: &Metrics) {
-    let pp = &ev.model.config.preprocess;
+    let pp = &ev.preprocess;
     let (c, s) = (pp.channels as usize, pp.image_size as usize);
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -151,7 +151,7 @@ fn worker(ev: Evaluator, rx: Receiver<Job>, cfg: BatchConfig, metrics: &Metrics)
             }
             let out = medvlp_data::guard::catch_quiet(|| -> Result<Vec<Vec<f32>>> {
                 let t = Tensor::from_vec(px, (n, c, s, s), &ev.device)?;
-                Ok(ev.model.model.image_embeds(&t)?.detach().to_vec2::<f32>()?)
+                Ok(ev.encoder().image_embeds(&t)?.detach().to_vec2::<f32>()?)
             });
             reply_all(images, out);
         }
@@ -164,7 +164,7 @@ fn worker(ev: Evaluator, rx: Receiver<Job>, cfg: BatchConfig, metrics: &Metrics)
                 })
                 .collect();
             let out = medvlp_data::guard::catch_quiet(|| {
-                encode_texts(&ev.model.model, &ev.tokenizer, &strs, cfg.max_batch, &ev.device)
+                encode_texts(ev.encoder(), &ev.tokenizer, &strs, cfg.max_batch, &ev.device)
             });
             reply_all(texts, out);
         }

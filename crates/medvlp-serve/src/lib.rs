@@ -122,7 +122,7 @@ pub fn build_state(opts: &ServeOptions) -> Result<Arc<AppState>> {
     };
     let token = opts.token_file.as_deref().map(read_token).transpose()?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let preprocess = ev.model.config.preprocess.clone();
+    let preprocess = ev.preprocess.clone();
     let batch = engine::BatchConfig {
         max_batch: opts.max_batch,
         max_wait: opts.max_wait,

@@ -42,7 +42,7 @@ pub fn evaluate_model(
         &opts.data,
         &test,
         text_field,
-        serde_json::to_value(&ev.model.config.preprocess).unwrap_or_default(),
+        serde_json::to_value(&ev.preprocess).unwrap_or_default(),
     );
     let mut all = TaskOutput::default();
     let mut probe_splits: Option<(SplitEmbeddings, SplitEmbeddings)> = None;

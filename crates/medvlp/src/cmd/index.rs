@@ -360,8 +360,8 @@ fn query(a: QueryArgs) -> Result<()> {
                 text: None,
                 labels: Default::default(),
             };
-            let pp = &ev.model.config.preprocess;
-            let res = encode_images(&ev.model.model, pp, vec![item], 1, 1.0, &ev.device)?;
+            let pp = &ev.preprocess;
+            let res = encode_images(ev.encoder(), pp, vec![item], 1, 1.0, &ev.device)?;
             let Some(e) = res.embeddings.into_iter().next() else {
                 let why = res.bad.first().map(|(_, w)| w.as_str()).unwrap_or("unreadable");
                 bail!("{}: {why}", image.display());
