@@ -113,6 +113,15 @@ pub fn encode_images(
     Ok(res)
 }
 
+/// The eval preprocessing of a model of any family (imported checkpoints are loaded on the CPU
+/// to read it, since some families state it only through their architecture).
+pub fn preprocess_of(path: &Path) -> Result<PreprocessConfig> {
+    if interop::detect(path)? == Family::MedVlp {
+        return Ok(model_dir::load_config(path)?.preprocess);
+    }
+    Ok(interop::load(path, &Device::Cpu)?.preprocess)
+}
+
 /// The model behind an [`Evaluator`]: a medvlp directory or an imported checkpoint.
 pub enum Loaded {
     MedVlp(Box<LoadedModel>),

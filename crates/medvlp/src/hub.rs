@@ -50,7 +50,6 @@ pub struct HubSettings {
 
 impl HubSettings {
     /// The settings from the process environment.
-    #[allow(dead_code)] // Until a subcommand takes `--model hf:…`.
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -95,7 +94,6 @@ impl HubSettings {
 
 /// `spec` itself, or for `hf:ORG/NAME[@REV]` the snapshot directory of that repository in the
 /// Hugging Face cache, downloading what is missing (settings from the environment).
-#[allow(dead_code)] // Until a subcommand takes `--model hf:…`.
 pub fn resolve_model(spec: &Path) -> Result<PathBuf> {
     if hub_spec(spec).is_none() {
         return Ok(spec.to_path_buf());

@@ -66,8 +66,14 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Inspect(a) => cmd::inspect::run(a),
-        Command::Embed(a) => cmd::embed::run(a),
+        Command::Inspect(mut a) => {
+            a.dir = hub::resolve_model(&a.dir)?;
+            cmd::inspect::run(a)
+        }
+        Command::Embed(mut a) => {
+            a.model = hub::resolve_model(&a.model)?;
+            cmd::embed::run(a)
+        }
         Command::Init(a) => cmd::init::run(a),
         Command::Tokenizer(a) => cmd::tokenizer::run(a),
         Command::Bench(a) => cmd::bench::run(a),
@@ -76,11 +82,18 @@ fn main() -> anyhow::Result<()> {
         Command::Label(a) => cmd::label::run(a),
         Command::Prompts(a) => cmd::prompts::run(a),
         Command::Train(a) => cmd::train::run(a),
-        Command::Eval(a) => cmd::eval::run(a),
+        Command::Eval(mut a) => {
+            let c = a.task.common_mut();
+            c.model = hub::resolve_model(&c.model)?;
+            cmd::eval::run(a)
+        }
         Command::Quickstart(a) => cmd::quickstart::run(a),
         Command::Compare(a) => cmd::compare::run(a),
         Command::Synth(a) => cmd::synth::run(a),
-        Command::Serve(a) => cmd::serve::run(a),
+        Command::Serve(mut a) => {
+            a.model = hub::resolve_model(&a.model)?;
+            cmd::serve::run(a)
+        }
         Command::Index(a) => cmd::index::run(a),
         Command::Launch(a) => cmd::launch::run(a),
     }

@@ -2,17 +2,31 @@
 //! (and, with `--ablations`, each paper's ablations) pre-trained on the same synthetic data and
 //! budget, evaluated with the same protocol, tabulated with 95% intervals over seeds (a t interval
 //! of the seed means; with one seed, the bootstrap interval of that run).
+//! `medvlp compare --models A,B,C --data MANIFEST`: existing checkpoints of any family evaluated
+//! under that same protocol, in the same table.
 
 use crate::pipeline::{
     find, shared_tokenizer, synth_config, synth_data, vocab_size, Setup, HEADLINES,
 };
 use anyhow::{bail, Context, Result};
-use medvlp_eval::results::{markdown_table, ResultRecord};
+use medvlp_eval::results::{markdown_table, ResultRecord, Task};
 use medvlp_eval::stats::t_interval_95;
+use medvlp_eval::zeroshot::PromptMode;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Evaluate these models instead of training recipes: medvlp directories, imported checkpoints
+    /// (OpenAI CLIP `.pt`, HF CLIP / dual encoder, open_clip, MGCA with its import file) or
+    /// `hf:ORG/NAME[@REV]`, all under one protocol on `--data` (BenchX-style comparison).
+    #[arg(long, value_delimiter = ',', requires = "data", conflicts_with_all = ["recipes", "ablations"])]
+    pub models: Vec<String>,
+    /// The manifest the `--models` are evaluated on (its test split; the train split for the probe).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Folder the manifest's image paths are relative to (default: the manifest's folder).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
     /// Recipes to compare (default: every registered recipe).
     #[arg(long, value_delimiter = ',')]
     pub recipes: Vec<String>,
@@ -43,11 +57,69 @@ pub struct Args {
     pub device: String,
 }
 
+/// `--models`: each model evaluated on the same data, prompts, pool and bootstrap.
+fn run_models(args: &Args) -> Result<()> {
+    let data = args.data.clone().context("--models needs --data MANIFEST")?;
+    let out = args.out.clone();
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut results = vec![];
+    for spec in &args.models {
+        let path = crate::hub::resolve_model(std::path::Path::new(spec))?;
+        let slug: String = spec
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+            .collect();
+        let opts = medvlp_eval::EvalOptions {
+            data: data.clone(),
+            root: args.root.clone(),
+            split: medvlp_data::dataset::Split::Test,
+            prompts: "chexpert5".into(),
+            modes: vec![PromptMode::PosNeg, PromptMode::Ensemble],
+            nway_per_class: 200,
+            fractions: vec![0.01, 0.1, 1.0],
+            classes: vec![],
+            pool: Some(args.pool),
+            text_field: medvlp_eval::TextField::Report,
+            bootstrap: args.bootstrap,
+            seed: 0,
+            batch_size: 64,
+            epochs: 0,
+            device: args.device.clone(),
+            out: out.join("eval").join(&slug),
+        };
+        let tasks = [Task::ZeroShot, Task::LinearProbe, Task::Retrieval];
+        let recs = medvlp_train::evaluate::evaluate_model(&path, &opts, &tasks)
+            .with_context(|| format!("evaluating {spec}"))?;
+        results.push((spec.clone(), vec![recs]));
+    }
+    let table = table(&results);
+    println!("{table}");
+    let text = format!(
+        "# medvlp compare --models
+
+{} model(s) on `{}` (test split; probes fit on its train split), CheXpert-5 prompts,          retrieval pool {}, {} bootstrap resamples.
+Cells: value (95% bootstrap interval).
+
+{table}
+",
+        args.models.len(),
+        data.display(),
+        args.pool,
+        args.bootstrap
+    );
+    std::fs::write(out.join("compare.md"), text)?;
+    eprintln!("table: {}", out.join("compare.md").display());
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
     if args.seeds == 0 {
         bail!("--seeds must be at least 1");
     }
     medvlp_model::runtime::device(&args.device)?;
+    if !args.models.is_empty() {
+        return run_models(&args);
+    }
     let out = args.out.clone();
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let sc = synth_config(&args.preset, args.n, args.image_only, args.text_only, 0)?;
@@ -121,7 +193,6 @@ fn table(results: &[(String, Vec<Vec<ResultRecord>>)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use medvlp_eval::results::Task;
 
     fn r1(value: f64, ci: Option<(f64, f64)>) -> ResultRecord {
         let mut protocol = medvlp_eval::results::Protocol::default();

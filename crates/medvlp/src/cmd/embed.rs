@@ -1,12 +1,15 @@
 //! `medvlp embed`: text embeddings from a medvlp model directory (normalised joint-space embedding)
 //! or a Hugging Face BERT directory (attention-masked mean of the last hidden state, L2-normalised),
-//! and image embeddings from a medvlp model directory (`--images`: a list of image files or a
+//! and image embeddings from a medvlp model directory or any imported checkpoint family
+//! (`medvlp_model::interop`) (`--images`: a list of image files or a
 //! manifest; PNG, JPEG and DICOM, preprocessed as the model's `preprocess` block says).
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use medvlp_data::tokenizer::Tokenizer;
 use medvlp_model::bert::masked_mean_pool;
+use medvlp_model::encode::JointEncoder;
+use medvlp_model::interop::{self, Family, ForeignModel};
 use medvlp_model::model_dir::{self, DirKind};
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -127,6 +130,8 @@ enum Encoder {
     // Boxed: the two loaded models differ in size by kilobytes.
     MedVlp(Box<medvlp_model::model_dir::LoadedModel>),
     Bert(Box<medvlp_model::model_dir::LoadedBert>),
+    /// An imported checkpoint (CLIP, open_clip, MGCA, ...): its normalised joint embedding.
+    Foreign(Box<ForeignModel>),
 }
 
 /// Image items from a path list or a manifest, with the ids written to the output.
@@ -210,8 +215,24 @@ fn write_records(
     Ok(n)
 }
 
+/// The family of an imported checkpoint (None for medvlp and BERT directories).
+fn foreign_family(path: &Path) -> Option<Family> {
+    interop::detect(path).ok().filter(|f| *f != Family::MedVlp)
+}
+
+fn load_foreign(args: &Args, dev: &candle_core::Device) -> Result<Box<ForeignModel>> {
+    if args.bf16 {
+        bail!("--bf16 runs medvlp models only; {} is an imported checkpoint", args.model.display());
+    }
+    Ok(Box::new(interop::load(&args.model, dev)?))
+}
+
 fn run_images(args: &Args, list: &Path) -> Result<()> {
     let dev = medvlp_model::runtime::device(&args.device)?;
+    if foreign_family(&args.model).is_some() {
+        let m = load_foreign(args, &dev)?;
+        return embed_images(args, list, m.as_ref(), &m.preprocess, &dev);
+    }
     if model_dir::detect(&args.model)? != DirKind::MedVlp {
         bail!(
             "{}: image embeddings need a medvlp model directory (this is a text-only BERT)",
@@ -220,20 +241,23 @@ fn run_images(args: &Args, list: &Path) -> Result<()> {
     }
     let m = model_dir::load(&args.model, DType::F32, &dev, false)?;
     maybe_bf16(args, &m.store)?;
+    embed_images(args, list, &m.model, &m.config.preprocess, &dev)
+}
+
+fn embed_images(
+    args: &Args,
+    list: &Path,
+    model: &dyn JointEncoder,
+    pp: &medvlp_data::image::preprocess::PreprocessConfig,
+    dev: &candle_core::Device,
+) -> Result<()> {
     let entries = read_images(list)?;
     if entries.is_empty() {
         bail!("{}: no images listed", list.display());
     }
     let t0 = std::time::Instant::now();
     let items = entries.iter().map(|(_, it)| it.clone()).collect();
-    let res = medvlp_model::encode::encode_images(
-        &m.model,
-        &m.config.preprocess,
-        items,
-        args.batch_size,
-        1.0,
-        &dev,
-    )?;
+    let res = medvlp_model::encode::encode_images(model, pp, items, args.batch_size, 1.0, dev)?;
     // The loader has warned about each bad image once.
     if res.indices.is_empty() {
         let first: Vec<String> =
@@ -267,18 +291,31 @@ pub fn run(args: Args) -> Result<()> {
     }
     let texts_path = args.texts.clone().context("--texts or --images is required")?;
     let dev = medvlp_model::runtime::device(&args.device)?;
+    let (encoder, tok) = if foreign_family(&args.model).is_some() {
+        let m = load_foreign(&args, &dev)?;
+        let len = args.max_length.unwrap_or(m.context_length).min(m.context_length);
+        let tok = Tokenizer::for_inference(m.tokenizer.clone(), len)?;
+        (Encoder::Foreign(m), tok)
+    } else {
+        medvlp_or_bert(&args, &dev)?
+    };
+    embed_texts(&args, &texts_path, &encoder, &tok, &dev)
+}
+
+fn medvlp_or_bert(args: &Args, dev: &candle_core::Device) -> Result<(Encoder, Tokenizer)> {
+    let dev = dev.clone();
     let kind = model_dir::detect(&args.model)?;
     let (encoder, tok_path, default_len) = match kind {
         DirKind::MedVlp => {
             let m = model_dir::load(&args.model, DType::F32, &dev, false)?;
-            maybe_bf16(&args, &m.store)?;
+            maybe_bf16(args, &m.store)?;
             let t = m.tokenizer.clone();
             let l = m.config.text_config.max_length;
             (Encoder::MedVlp(Box::new(m)), t, l)
         }
         DirKind::HfBert => {
             let m = model_dir::load_hf_bert(&args.model, DType::F32, &dev, false)?;
-            maybe_bf16(&args, &m.store)?;
+            maybe_bf16(args, &m.store)?;
             let t = m.tokenizer.clone();
             let l = m.config.max_position_embeddings.min(256);
             (Encoder::Bert(Box::new(m)), t, l)
@@ -287,7 +324,18 @@ pub fn run(args: Args) -> Result<()> {
     let tok_path =
         tok_path.with_context(|| format!("{} has no tokenizer.json", args.model.display()))?;
     let tok = Tokenizer::from_file(&tok_path, args.max_length.unwrap_or(default_len))?;
-    let (items, bad) = read_texts(&texts_path)?;
+    Ok((encoder, tok))
+}
+
+fn embed_texts(
+    args: &Args,
+    texts_path: &Path,
+    encoder: &Encoder,
+    tok: &Tokenizer,
+    dev: &candle_core::Device,
+) -> Result<()> {
+    let dev = dev.clone();
+    let (items, bad) = read_texts(texts_path)?;
     if items.is_empty() {
         bail!("{}: no texts to embed ({bad} bad lines)", texts_path.display());
     }
@@ -305,8 +353,9 @@ pub fn run(args: Args) -> Result<()> {
             (b.batch, b.len),
             &dev,
         )?;
-        let emb = match &encoder {
+        let emb = match encoder {
             Encoder::MedVlp(m) => m.model.text_embeds(&ids, &mask)?,
+            Encoder::Foreign(m) => JointEncoder::text_embeds(m.as_ref(), &ids, &mask)?,
             Encoder::Bert(m) => {
                 let types = Tensor::from_vec(b.token_type_ids.clone(), (b.batch, b.len), &dev)?;
                 masked_mean_pool(&m.model.forward(&ids, Some(&types), Some(&mask))?, &mask)?

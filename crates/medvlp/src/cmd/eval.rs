@@ -33,6 +33,18 @@ pub enum EvalTask {
     All(Common),
 }
 
+impl EvalTask {
+    pub fn common_mut(&mut self) -> &mut Common {
+        match self {
+            EvalTask::ZeroShot(c)
+            | EvalTask::LinearProbe(c)
+            | EvalTask::Finetune(c)
+            | EvalTask::Retrieval(c)
+            | EvalTask::All(c) => c,
+        }
+    }
+}
+
 #[derive(clap::Args, Clone)]
 pub struct Common {
     /// medvlp model directory.

@@ -16,14 +16,18 @@ pub struct Args {
     pub out: PathBuf,
     /// A model config.json (its `preprocess` block is used), or a TOML/JSON file holding the
     /// preprocess block itself. Default: the built-in PreprocessConfig.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     pub config: Option<PathBuf>,
+    /// A model (medvlp directory or any imported checkpoint family): its own preprocessing.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let cfg = match &args.config {
-        Some(p) => PreprocessConfig::from_file(p)?,
-        None => PreprocessConfig::default(),
+    let cfg = match (&args.config, &args.model) {
+        (Some(p), _) => PreprocessConfig::from_file(p)?,
+        (None, Some(m)) => medvlp_model::encode::preprocess_of(&crate::hub::resolve_model(m)?)?,
+        (None, None) => PreprocessConfig::default(),
     };
     let d = decode_file(&args.image)?;
     println!("{}: {}", args.image.display(), d.info);
