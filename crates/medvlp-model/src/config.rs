@@ -62,6 +62,9 @@ pub enum Pooling {
     #[default]
     Cls,
     Mean,
+    /// Text only: BERT's pooler, `tanh(pooler.dense(h[CLS]))` (Hugging Face `pooler_output`),
+    /// which is how `VisionTextDualEncoderModel` pools; such models export to transformers.
+    Pooler,
 }
 
 fn default_ln_eps_vit() -> f64 {
@@ -121,6 +124,9 @@ impl VisionConfig {
                 self.image_size,
                 self.patch_size
             );
+        }
+        if self.pooling == Pooling::Pooler {
+            anyhow::bail!("vision pooling 'pooler' does not exist (cls or mean)");
         }
         match self.model_type {
             VisionArch::Vit => {

@@ -58,7 +58,7 @@ impl MedVlp {
         let vc = &config.vision_config;
         let tc = &config.text_config;
         let vision_model = VisionEncoder::new(vc, vb.pp("vision_model"))?;
-        let text_model = BertModel::new(tc, false, vb.pp("text_model"))?;
+        let text_model = BertModel::new(tc, tc.pooling == Pooling::Pooler, vb.pp("text_model"))?;
         let visual_projection = ProjectionHead::new(
             config.projection,
             vc.hidden_size,
@@ -192,6 +192,7 @@ impl MedVlp {
     pub fn project_text(&self, features: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let pooled = match self.config.text_config.pooling {
             Pooling::Cls => features.narrow(1, 0, 1)?.squeeze(1)?,
+            Pooling::Pooler => self.text_model.pool(features)?.expect("built with the pooler"),
             Pooling::Mean => {
                 let m = attention_mask.to_dtype(features.dtype())?.unsqueeze(2)?;
                 let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;

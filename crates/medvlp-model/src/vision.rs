@@ -51,6 +51,7 @@ impl VisionEncoder {
         match self.config().pooling {
             Pooling::Cls => features.narrow(1, 0, 1)?.squeeze(1),
             Pooling::Mean => features.narrow(1, 1, features.dim(1)? - 1)?.mean(1),
+            Pooling::Pooler => candle_core::bail!("vision pooling 'pooler' does not exist"),
         }
     }
 }

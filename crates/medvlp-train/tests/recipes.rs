@@ -782,3 +782,30 @@ fn recipes_on_several_ranks_reach_the_parameters_of_one_rank() {
         }
     }
 }
+
+#[test]
+fn bert_pooler_text_pooling_reaches_every_parameter() {
+    // `text_config.pooling = "pooler"` (tanh of pooler.dense on [CLS]): the pooler is trained.
+    let m = recipe("clip").unwrap();
+    let cfg = m.defaults();
+    let mut mc = ModelConfig::preset("tiny").unwrap();
+    m.adapt_model(&cfg, &mut mc);
+    mc.text_config.pooling = medvlp_model::config::Pooling::Pooler;
+    let store = ParamStore::new(1, DType::F32, &Device::Cpu);
+    let model = MedVlp::new(&mc, &store).unwrap();
+    assert!(store.get("text_model.pooler.dense.weight").is_some());
+    let b = batch(&model.config, 6, 2, 2);
+    let grads = m.loss(&model, &b, &cfg, 0).unwrap().loss.backward().unwrap();
+    let missing: Vec<String> = store
+        .vars()
+        .into_iter()
+        .filter(|(_, v)| {
+            grads
+                .get(v.as_tensor())
+                .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0)
+                .unwrap_or(true)
+        })
+        .map(|(n, _)| n)
+        .collect();
+    assert!(missing.is_empty(), "parameters without gradient: {missing:?}");
+}

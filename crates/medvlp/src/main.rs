@@ -19,9 +19,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show a model directory's config, parameter counts per component and tensors.
+    /// Show a model's family, config, parameter counts per component and tensors.
     Inspect(cmd::inspect::Args),
-    /// Embed texts with a medvlp model or a Hugging Face BERT directory.
+    /// Write a medvlp model as an open_clip or transformers (VisionTextDualEncoder) directory.
+    Export(cmd::export::Args),
+    /// Embed texts or images with any model (medvlp, imported checkpoints, BERT for texts).
     Embed(cmd::embed::Args),
     /// Create a freshly initialised model directory from a preset.
     Init(cmd::init::Args),
@@ -70,6 +72,7 @@ fn main() -> anyhow::Result<()> {
             a.dir = hub::resolve_model(&a.dir)?;
             cmd::inspect::run(a)
         }
+        Command::Export(a) => cmd::export::run(a),
         Command::Embed(mut a) => {
             a.model = hub::resolve_model(&a.model)?;
             cmd::embed::run(a)

@@ -17,6 +17,8 @@ pub enum Act {
     QuickGelu,
     Relu,
     Tanh,
+    /// Hugging Face's `linear` activation.
+    Identity,
 }
 
 impl Act {
@@ -26,6 +28,7 @@ impl Act {
             "quick_gelu" => Act::QuickGelu,
             "relu" => Act::Relu,
             "tanh" => Act::Tanh,
+            "linear" => Act::Identity,
             other => anyhow::bail!("activation '{other}' is not supported (gelu, quick_gelu)"),
         })
     }
@@ -36,6 +39,7 @@ impl Act {
             Act::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
             Act::Relu => x.relu(),
             Act::Tanh => x.tanh(),
+            Act::Identity => Ok(x.clone()),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod bert_tower;
 pub mod causal_text;
 pub mod clip;
 pub mod clip_bpe;
+pub mod export;
 pub mod hf_dual;
 pub mod import_toml;
 pub mod layers;

@@ -23,11 +23,30 @@ pub struct Args {
     pub text_init: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Image pooling instead of the preset's: cls or mean.
+    #[arg(long)]
+    pub vision_pooling: Option<String>,
+    /// Text pooling instead of the preset's: cls, mean or pooler (BERT's tanh pooler, which
+    /// `medvlp export --format hf` needs).
+    #[arg(long)]
+    pub text_pooling: Option<String>,
+}
+
+fn pooling(s: &str) -> Result<medvlp_model::config::Pooling> {
+    serde_json::from_value(serde_json::json!(s))
+        .map_err(|_| anyhow::anyhow!("pooling '{s}' is not one of cls, mean, pooler"))
 }
 
 pub fn run(args: Args) -> Result<()> {
     let dev = Device::Cpu;
     let mut cfg = ModelConfig::preset(&args.preset)?;
+    if let Some(p) = &args.vision_pooling {
+        cfg.vision_config.pooling = pooling(p)?;
+    }
+    if let Some(p) = &args.text_pooling {
+        cfg.text_config.pooling = pooling(p)?;
+    }
+    cfg.validate()?;
     let store = ParamStore::new(args.seed, DType::F32, &dev);
     let mut tokenizer = args.tokenizer.clone();
     if let Some(dir) = &args.text_init {

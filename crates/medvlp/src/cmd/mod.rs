@@ -6,6 +6,7 @@ pub mod bench_reference;
 pub mod compare;
 pub mod embed;
 pub mod eval;
+pub mod export;
 pub mod gpu_info;
 pub mod index;
 pub mod init;
