@@ -119,3 +119,121 @@ fn a_pickle_with_objects_is_refused_without_running_them() {
     let e = load_err(&bad.join("torchscript.pt"));
     assert!(e.contains("TorchScript"), "{e}");
 }
+
+/// A copy of fixture `name` in a fresh folder, with `edit` applied to its safetensors weights.
+fn edited_copy(
+    name: &str,
+    tag: &str,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, Tensor>),
+) -> PathBuf {
+    let src = fixtures().join(name);
+    let dst = std::env::temp_dir().join(format!("medvlp-interop-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dst);
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_file() {
+            std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let w = dst.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&w, &Device::Cpu).unwrap();
+    edit(&mut t);
+    candle_core::safetensors::save(&t, &w).unwrap();
+    dst
+}
+
+#[test]
+fn missing_extra_and_misshapen_tensors_are_named() {
+    let dir = edited_copy("clip_hf", "missing", |t| {
+        t.remove("text_projection.weight");
+    });
+    let e = load_err(&dir);
+    assert!(
+        e.contains("model.safetensors")
+            && e.contains("missing tensor text_projection.weight (expected shape [?, 64])"),
+        "{e}"
+    );
+
+    let dir = edited_copy("clip_hf", "extra", |t| {
+        t.insert(
+            "vision_model.extra_adapter.weight".into(),
+            Tensor::zeros((4, 4), DType::F32, &Device::Cpu).unwrap(),
+        );
+        t.insert("text_model.bonus".into(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap());
+    });
+    let e = load_err(&dir);
+    assert!(
+        e.contains("2 tensors this architecture does not use")
+            && e.contains("text_model.bonus [3]")
+            && e.contains("vision_model.extra_adapter.weight [4, 4]"),
+        "{e}"
+    );
+
+    let dir = edited_copy("clip_hf", "shape", |t| {
+        t.insert(
+            "text_model.final_layer_norm.weight".into(),
+            Tensor::zeros(63, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let e = load_err(&dir);
+    assert!(
+        e.contains(
+            "text_model.final_layer_norm.weight has shape [63], the architecture expects [64]"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_families_and_missing_pieces_are_one_sentence() {
+    let dir = std::env::temp_dir().join(format!("medvlp-interop-unknown-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+    let e = load_err(&dir);
+    assert!(
+        e.contains("config.json") && e.contains("model_type 'llama' is not a family medvlp reads"),
+        "{e}"
+    );
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("not a model this version reads"), "{e}");
+    // A Lightning checkpoint alone: which tensors are which needs a key map.
+    let ckpt = dir.join("last.ckpt");
+    std::fs::copy(fixtures().join("resnet_bert_mgca/last.ckpt"), &ckpt).unwrap();
+    let e = load_err(&ckpt);
+    assert!(e.contains("needs a key map"), "{e}");
+    // An OpenAI CLIP checkpoint without its BPE vocabulary.
+    let pt = dir.join("model.pt");
+    std::fs::remove_file(&ckpt).unwrap();
+    std::fs::copy(fixtures().join("clip_openai/model.pt"), &pt).unwrap();
+    let e = load_err(&pt);
+    assert!(e.contains("bpe_simple_vocab_16e6.txt.gz"), "{e}");
+    // A MGCA checkpoint read as OpenAI CLIP (no key map) is recognised as not CLIP.
+    std::fs::remove_file(&pt).unwrap();
+    std::fs::copy(fixtures().join("resnet_bert_mgca/last.ckpt"), dir.join("mgca.pt")).unwrap();
+    let e = load_err(&dir.join("mgca.pt"));
+    assert!(e.contains("not an OpenAI CLIP state dict"), "{e}");
+}
+
+#[test]
+fn import_files_reject_unknown_keys_and_keymaps() {
+    let dir = std::env::temp_dir().join(format!("medvlp-interop-toml-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("medvlp_import.toml"),
+        "family = \"resnet-bert\"\nkeymap = \"mgca\"\ncheckpont = \"x.ckpt\"\n",
+    )
+    .unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("medvlp_import.toml") && e.contains("checkpont"), "{e}");
+    std::fs::write(
+        dir.join("medvlp_import.toml"),
+        "family = \"resnet-bert\"\nkeymap = \"gloria\"\n",
+    )
+    .unwrap();
+    let e = load_err(&dir);
+    assert!(e.contains("no built-in key map 'gloria'") && e.contains("mgca"), "{e}");
+}

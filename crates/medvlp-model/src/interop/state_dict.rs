@@ -77,7 +77,15 @@ impl StateDict {
     /// The tensor `key` whatever its shape (`hint` only names the expected shape when missing).
     pub fn take_any(&self, key: &str, hint: &[usize]) -> Result<Tensor> {
         let t = self.tensors.get(key).ok_or_else(|| {
-            anyhow!("{}: missing tensor {key} (expected shape {hint:?})", self.path.display())
+            let dims: Vec<String> = hint
+                .iter()
+                .map(|&d| if d == 0 { "?".to_string() } else { d.to_string() })
+                .collect();
+            anyhow!(
+                "{}: missing tensor {key} (expected shape [{}])",
+                self.path.display(),
+                dims.join(", ")
+            )
         })?;
         self.used.lock().unwrap().insert(key.to_string());
         Ok(t.clone())
