@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 
 pub const CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
-pub const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// What the OpenAI layout cannot tell from shapes.
 #[derive(Clone, Debug)]

@@ -65,7 +65,7 @@ pub struct PreprocessOverride {
 #[serde(untagged)]
 pub enum KeyMapRef {
     Builtin(String),
-    Inline(KeyMap),
+    Inline(Box<KeyMap>),
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -136,7 +136,7 @@ impl ImportSpec {
             Some(KeyMapRef::Builtin(n)) => {
                 Some(builtin_keymap(&n).with_context(|| path.display().to_string())?)
             }
-            Some(KeyMapRef::Inline(k)) => Some(k),
+            Some(KeyMapRef::Inline(k)) => Some(*k),
             None => None,
         };
         if let (Some(k), Some(h)) = (keymap.as_mut(), raw.text_heads) {

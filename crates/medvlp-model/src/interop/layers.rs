@@ -110,7 +110,7 @@ impl Block {
         heads: usize,
     ) -> Result<Attention> {
         let d = q.out_dim();
-        if heads == 0 || d % heads != 0 {
+        if heads == 0 || !d.is_multiple_of(heads) {
             anyhow::bail!("attention width {d} is not divisible by {heads} heads");
         }
         Ok(Attention {

@@ -185,7 +185,11 @@ fn field_text(s: &Study, field: &str) -> Option<String> {
 
 fn load(source: &Source) -> Result<(Evaluator, String)> {
     let dev = medvlp_model::runtime::device(&source.device)?;
-    let ev = Evaluator::load(&source.model, source.batch_size.max(1), &dev)?;
+    let ev = Evaluator::load(
+        &crate::hub::resolve_model(&source.model)?,
+        source.batch_size.max(1),
+        &dev,
+    )?;
     let hash = ev.model_hash.clone().with_context(|| {
         format!("{}: cannot read the model's weights to hash them", source.model.display())
     })?;
@@ -344,7 +348,7 @@ fn add(a: AddArgs) -> Result<()> {
 fn query(a: QueryArgs) -> Result<()> {
     let index = Index::open(&a.index)?;
     let dev = medvlp_model::runtime::device(&a.device)?;
-    let ev = Evaluator::load(&a.model, 1, &dev)?;
+    let ev = Evaluator::load(&crate::hub::resolve_model(&a.model)?, 1, &dev)?;
     let hash = ev.model_hash.clone().with_context(|| {
         format!("{}: cannot read the model's weights to hash them", a.model.display())
     })?;
