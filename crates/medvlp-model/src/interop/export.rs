@@ -126,8 +126,8 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     write_atomic(path, serde_json::to_string_pretty(v)?.as_bytes())
 }
 
-/// The text tower's tensors (`text_model.*` without the prefix), a zero pooler when the model has
-/// none (open_clip's BERT always carries one; with CLS or mean pooling it is never used).
+/// The text tower's tensors (`text_model.*` without the prefix). open_clip builds BERT with a
+/// pooler only for `cls_pooler`, the pooling that uses it; that is the only case the model has one.
 fn text_tensors(m: &LoadedModel) -> Result<BTreeMap<String, Tensor>> {
     let mut out = BTreeMap::new();
     for (n, v) in m.store.vars() {
@@ -138,15 +138,11 @@ fn text_tensors(m: &LoadedModel) -> Result<BTreeMap<String, Tensor>> {
             );
         }
     }
-    let h = m.config.text_config.hidden_size;
-    if !out.contains_key("pooler.dense.weight") {
-        out.insert("pooler.dense.weight".into(), Tensor::zeros((h, h), DType::F32, &Device::Cpu)?);
-        out.insert("pooler.dense.bias".into(), Tensor::zeros(h, DType::F32, &Device::Cpu)?);
-    }
     Ok(out)
 }
 
-/// Exports the medvlp model directory `model` to `out` in `format`.
+/// Exports the medvlp model directory `model` to `out` in `format`; returns notes for the user
+/// (what was left out, where the target's preprocessing differs).
 pub fn export(model: &Path, format: ExportFormat, out: &Path) -> Result<Vec<String>> {
     if super::detect(model)? != super::Family::MedVlp {
         bail!(
@@ -198,7 +194,19 @@ pub fn export(model: &Path, format: ExportFormat, out: &Path) -> Result<Vec<Stri
         ExportFormat::OpenClip => export_open_clip(&m, &tok, &tok_path, out)?,
         ExportFormat::Hf => export_hf(&m, &tok, &tok_path, out)?,
     }
-    Ok(left_out)
+    let mut notes: Vec<String> = left_out
+        .iter()
+        .map(|p| format!("left out {p} (a training head, not used for embeddings)"))
+        .collect();
+    let pp = &cfg.preprocess;
+    if pp.resize_shorter != pp.image_size {
+        notes.push(format!(
+            "preprocessing: medvlp resizes the shorter side to {} and centre-crops {}; the target's \
+             image processor resizes to {} directly, so embed through the same crop for identical results",
+            pp.resize_shorter, pp.image_size, pp.image_size
+        ));
+    }
+    Ok(notes)
 }
 
 fn vit_parts(m: &LoadedModel) -> Result<(Tensor, Tensor, Tensor, Tensor)> {

@@ -25,10 +25,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.out.exists() && std::fs::read_dir(&args.out)?.next().is_some() {
         bail!("{} is not empty: export into a new or empty folder", args.out.display());
     }
-    let left_out = export(&args.model, format, &args.out)?;
+    let notes = export(&args.model, format, &args.out)?;
     println!("exported {} -> {}", args.model.display(), args.out.display());
-    if !left_out.is_empty() {
-        println!("left out (training heads, not used for embeddings): {}", left_out.join(", "));
+    for n in notes {
+        println!("note: {n}");
     }
     match format {
         ExportFormat::OpenClip => println!(
