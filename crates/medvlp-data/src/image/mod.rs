@@ -993,6 +993,9 @@ mod tests {
         .filter_map(|f| asset_path(f))
         .map(|p| std::fs::read(p).unwrap())
         .collect();
+        if files.is_empty() {
+            return; // asset_path said which files are missing (and fails when they are required)
+        }
         let mut rng = rand::rngs::StdRng::seed_from_u64(23);
         for k in 0..60 {
             let src = &files[k % files.len().max(1)];
