@@ -68,6 +68,8 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Fine-tuning epochs.
     pub epochs: usize,
+    /// Embed with bf16 products (bf16 operands, f32 accumulation), as `medvlp embed --bf16`.
+    pub bf16: bool,
     /// Output folder: `results.jsonl`, `summary.md`, plots.
     /// Device the model runs on: `cpu`, `cuda` or `cuda:N` (parsed by
     /// `medvlp_model::runtime::device`).

@@ -531,6 +531,7 @@ mod tests {
             seed: 1,
             batch_size: 8,
             epochs: 2,
+            bf16: false,
             device: "cpu".into(),
             out: dir.join("out"),
         }

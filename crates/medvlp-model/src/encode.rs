@@ -141,6 +141,8 @@ pub struct Evaluator {
     pub model_hash: Option<String>,
     pub batch_size: usize,
     pub device: Device,
+    /// fp32, or bf16 products for every embedding (`with_precision` around each call).
+    pub precision: crate::nn::Precision,
 }
 
 impl Evaluator {
@@ -174,6 +176,7 @@ impl Evaluator {
             model_hash,
             batch_size,
             device: device.clone(),
+            precision: crate::nn::Precision::Fp32,
         })
     }
 
@@ -188,20 +191,24 @@ impl Evaluator {
     /// L2-normalised text embeddings, in input order.
     pub fn embed_texts(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-        encode_texts(self.encoder(), &self.tokenizer, &refs, self.batch_size, &self.device)
+        crate::nn::with_precision(self.precision, || {
+            encode_texts(self.encoder(), &self.tokenizer, &refs, self.batch_size, &self.device)
+        })
     }
 
     /// Image embeddings of the studies' first images (paths relative to `root`), eval
     /// preprocessing; studies whose image fails to load are left out (up to 5%).
     pub fn embed_studies(&self, studies: &[Study], root: &Path) -> Result<ImageEmbeddings> {
-        encode_images(
-            self.encoder(),
-            &self.preprocess,
-            Loader::items_from_studies(studies, root, None),
-            self.batch_size,
-            0.05,
-            &self.device,
-        )
+        crate::nn::with_precision(self.precision, || {
+            encode_images(
+                self.encoder(),
+                &self.preprocess,
+                Loader::items_from_studies(studies, root, None),
+                self.batch_size,
+                0.05,
+                &self.device,
+            )
+        })
     }
 
     /// `1 / exp(logit_scale)`: the temperature of the positive/negative prompt softmax.

@@ -156,9 +156,12 @@ impl VisionTransformer {
         self.config.check_pixels(pixel_values)?;
         let patches = patchify(pixel_values, self.config.patch_size)?;
         let (b, n, pd) = patches.dims3()?;
-        let x =
-            crate::nn::precision::matmul(&patches.reshape((b * n, pd))?, &self.patch_weight.t()?)?
-                .broadcast_add(&self.patch_bias)?;
+        let x = crate::nn::linear(
+            &patches.reshape((b * n, pd))?,
+            &self.patch_weight,
+            Some(&self.patch_bias),
+            crate::nn::Activation::Identity,
+        )?;
         let d = self.config.hidden_size;
         x.reshape((b, n, d))?.broadcast_add(&self.position_embeddings.narrow(0, 1, n)?)
     }

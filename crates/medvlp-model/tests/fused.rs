@@ -283,25 +283,20 @@ fn linear_cross_entropy_gradient_and_equality() {
 /// of fp32.
 #[test]
 fn bf16_inference_embeddings_match_fp32() {
-    use medvlp_model::nn::fused::bf16;
-    if !bf16::available() {
-        println!("skipped: this CPU has no AVX-512 BF16");
-        return;
-    }
+    use medvlp_model::nn::{with_precision, Precision};
     let cfg = medvlp_model::ModelConfig::preset("tiny").unwrap();
     let store = medvlp_model::ParamStore::new(3, DType::F32, &Device::Cpu).frozen();
     let model = medvlp_model::MedVlp::new(&cfg, &store).unwrap();
     let s = cfg.vision_config.image_size;
     let px = randn(&[4, cfg.vision_config.num_channels, s, s], 30, DType::F32);
     let e32 = model.image_embeds(&px).unwrap();
-    let vars = store.vars();
-    let n = bf16::enable(vars.iter().map(|(_, v)| v.as_tensor())).unwrap();
-    let e16 = model.image_embeds(&px).unwrap();
-    bf16::disable();
-    assert!(n > 10, "{n} weights packed");
+    let e16 = with_precision(Precision::Bf16, || model.image_embeds(&px)).unwrap();
     assert!(max_diff(&e32, &e16) > 0.0, "the bf16 path was not taken");
     let cos = (e32 * e16).unwrap().sum(1).unwrap().min(0).unwrap().to_scalar::<f32>().unwrap();
-    println!("bf16 vs fp32 image embeddings: min cosine {cos}");
+    println!(
+        "bf16 ({}) vs fp32 image embeddings: min cosine {cos}",
+        medvlp_model::nn::fused::bf16_gemm::path().name()
+    );
     assert!(cos >= 0.999, "cosine {cos}");
 }
 

@@ -36,14 +36,12 @@ fn dense_layers_multiply_in_bf16_and_return_fp32() {
     let (y16, gw16, gb16) = run(Precision::Bf16);
     assert_eq!(y16.dtype(), DType::F32);
     assert_eq!((gw16.dtype(), gb16.dtype()), (DType::F32, DType::F32));
-    // The bf16 result is exactly what bf16 operands with an fp32 epilogue give.
+    // The bf16 result is what bf16-rounded operands multiplied and summed in f32 give (the
+    // products of two bf16 values are exact in f32), with an fp32 epilogue.
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
     let expect = medvlp_model::nn::ops::gelu_erf_composed(
-        &x.as_tensor()
-            .to_dtype(DType::BF16)
-            .unwrap()
-            .matmul(&w.as_tensor().to_dtype(DType::BF16).unwrap().t().unwrap())
-            .unwrap()
-            .to_dtype(DType::F32)
+        &round(x.as_tensor())
+            .matmul(&round(w.as_tensor()).t().unwrap())
             .unwrap()
             .broadcast_add(b.as_tensor())
             .unwrap(),

@@ -126,6 +126,11 @@ pub enum EmbedError {
 }
 
 fn worker(ev: Evaluator, rx: Receiver<Job>, cfg: BatchConfig, metrics: &Metrics) {
+    // The model thread runs every product in the evaluator's precision.
+    medvlp_model::nn::with_precision(ev.precision, || work(&ev, rx, cfg, metrics))
+}
+
+fn work(ev: &Evaluator, rx: Receiver<Job>, cfg: BatchConfig, metrics: &Metrics) {
     let pp = &ev.preprocess;
     let (c, s) = (pp.channels as usize, pp.image_size as usize);
     while let Ok(first) = rx.recv() {

@@ -49,6 +49,8 @@ pub struct ServeOptions {
     pub timeout: Duration,
     /// Images decoded at once (default: the number of CPUs).
     pub decode_threads: usize,
+    /// bf16 products for the embeddings (bf16 operands, f32 accumulation).
+    pub bf16: bool,
     /// How long SIGTERM waits for in-flight requests before stopping anyway.
     pub drain_timeout: Duration,
 }
@@ -68,6 +70,7 @@ impl ServeOptions {
             max_pixels: medvlp_data::image::DEFAULT_MAX_PIXELS,
             timeout: Duration::from_secs(30),
             decode_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            bf16: false,
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -107,7 +110,10 @@ pub fn build_state(opts: &ServeOptions) -> Result<Arc<AppState>> {
     }
     medvlp_data::image::set_max_pixels(opts.max_pixels);
     let device = medvlp_model::runtime::device(&opts.device)?;
-    let ev = Evaluator::load(&opts.model, opts.max_batch, &device)?;
+    let mut ev = Evaluator::load(&opts.model, opts.max_batch, &device)?;
+    if opts.bf16 {
+        ev.precision = medvlp_model::nn::Precision::Bf16;
+    }
     let temperature = ev.temperature()?;
     let model_hash = ev.model_hash.clone();
     let index = match &opts.index {

@@ -24,7 +24,10 @@ pub fn evaluate_model(
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating the output folder {}", opts.out.display()))?;
     let dev = medvlp_model::runtime::device(&opts.device)?;
-    let ev = Evaluator::load(model, opts.batch_size, &dev)?;
+    let mut ev = Evaluator::load(model, opts.batch_size, &dev)?;
+    if opts.bf16 {
+        ev.precision = medvlp_model::nn::Precision::Bf16;
+    }
     let (prompts, prompt_hash) = protocols::load_zero_shot_prompts(&opts.prompts)?;
     let classes = opts.classes_or_prompts(&prompts);
     let text_field = tasks.contains(&Task::Retrieval).then_some(opts.text_field);

@@ -216,6 +216,7 @@ impl Setup {
             seed,
             batch_size: 64,
             epochs: 0,
+            bf16: false,
             device: self.device.clone(),
             out: out.to_path_buf(),
         };

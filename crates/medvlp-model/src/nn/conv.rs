@@ -287,6 +287,8 @@ pub fn im2col_composed(x: &Tensor, win: Window) -> Result<Tensor> {
 /// buffer and an add in the backward pass).
 struct Conv2dOp {
     win: Window,
+    /// bf16 or fp32 products, fixed when the op is recorded.
+    products: super::fused::Products,
 }
 
 /// Images per task: enough output rows for an efficient GEMM, while leaving every thread work.
@@ -296,6 +298,7 @@ fn images_per_task(b: usize, positions: usize) -> usize {
 }
 
 struct ConvGeometry {
+    products: super::fused::Products,
     b: usize,
     h: usize,
     w: usize,
@@ -351,6 +354,7 @@ fn conv_forward<T: Float>(x: &[T], wm: &[T], bias: &[T], g: &ConvGeometry) -> Ve
                 Mat::rows(wm.as_ptr(), row).t(),
                 T::one(),
                 false,
+                g.products,
             )
         };
     });
@@ -397,6 +401,7 @@ impl SliceKernel for ConvBackward {
                                 Mat::rows(cols.as_ptr(), row),
                                 T::one(),
                                 false,
+                                g.products,
                             )
                         };
                     }
@@ -425,6 +430,7 @@ impl SliceKernel for ConvBackward {
                                 Mat::rows(wm.as_ptr(), row),
                                 T::one(),
                                 false,
+                                g.products,
                             )
                         };
                         for i in 0..n {
@@ -471,7 +477,7 @@ impl Conv2dOp {
                 self.win.kernel
             );
         }
-        Ok(ConvGeometry { b, h, w, c, o, win: self.win })
+        Ok(ConvGeometry { products: self.products, b, h, w, c, o, win: self.win })
     }
 }
 
@@ -535,7 +541,11 @@ pub fn conv2d(x: &Tensor, wm: &Tensor, bias: &Tensor, win: Window) -> Result<Ten
     let (_, h, w, _) = x.dims4()?;
     win.check_fits(h, w, "conv2d")?;
     if use_gemm_kernel(x) && wm.dtype() == x.dtype() && bias.dtype() == x.dtype() {
-        x.contiguous()?.apply_op3(&wm.contiguous()?, &bias.contiguous()?, Conv2dOp { win })
+        x.contiguous()?.apply_op3(
+            &wm.contiguous()?,
+            &bias.contiguous()?,
+            Conv2dOp { win, products: super::fused::Products::of(x) },
+        )
     } else {
         conv2d_composed(x, wm, bias, win)
     }

@@ -5,7 +5,10 @@
 //! so gradients reach the fp32 weights through them as fp32.
 //!
 //! Like [`super::fused::with_kernels`] this is a per-thread setting: the trainer wraps each
-//! forward pass; evaluation and inference run in fp32 unless they ask.
+//! forward pass; evaluation and inference run in fp32 unless they ask. On the CPU the fused
+//! kernels record the setting with each op ([`super::fused::Products`]) and run their forward and
+//! backward GEMMs through [`super::fused::bf16_gemm`] (AVX-512 BF16 where the CPU has it); other
+//! devices and the composed path cast the operands to bf16 around candle's matmul.
 
 use candle_core::{DType, Result, Tensor};
 use serde::{Deserialize, Serialize};

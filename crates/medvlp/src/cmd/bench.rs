@@ -257,6 +257,7 @@ fn train_step(
         "preset": preset,
         "device": format!("{dev:?}"),
         "precision": precision.to_string(),
+        "kernel_path": kernel_path(precision, dev),
         "batch": batch,
         "params": store.num_params(),
         "median_step_s": median(step),
@@ -380,6 +381,7 @@ fn reference_train_step(
         "preset": size.name,
         "device": gpu.as_ref().map(|g| g.name.clone()).unwrap_or_else(|| "cpu".into()),
         "precision": precision.to_string(),
+        "kernel_path": kernel_path(precision, dev),
         "batch": size.batch,
         "params": params,
         "median_step_s": med,
@@ -399,22 +401,34 @@ fn reference_train_step(
     Ok(())
 }
 
+/// Which GEMM a CPU step runs: the `gemm` crate in fp32, or the bf16 GEMM's path on this CPU.
+fn kernel_path(precision: medvlp_model::nn::Precision, dev: &candle_core::Device) -> String {
+    if !dev.is_cpu() {
+        return format!("{dev:?}");
+    }
+    match precision {
+        medvlp_model::nn::Precision::Fp32 => "fp32-gemm".into(),
+        medvlp_model::nn::Precision::Bf16 => {
+            format!("bf16-{}", medvlp_model::nn::fused::bf16_gemm::path().name())
+        }
+    }
+}
+
 fn encode(preset: &str, steps: usize, bf16: bool, device: &str) -> Result<()> {
     use super::bench_reference::{Reference, Size};
     let dev = medvlp_model::runtime::device(device)?;
     let reference = Size::named(preset);
     type Encoder = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
-    let (params, store, run): (usize, ParamStore, Encoder) = if let Some(size) = reference {
+    let (params, run): (usize, Encoder) = if let Some(size) = reference {
         let m = Reference::new(size, false, &dev)?;
         let p = m.store.num_params();
-        let store = m.store.clone();
         // pooled output: the [CLS] token
-        (p, store, Box::new(move |x: &Tensor| m.encode(x)?.narrow(1, 0, 1)?.squeeze(1)))
+        (p, Box::new(move |x: &Tensor| m.encode(x)?.narrow(1, 0, 1)?.squeeze(1)))
     } else {
         let cfg = ModelConfig::preset(preset)?;
         let store = ParamStore::new(0, DType::F32, &dev).frozen();
         let m = MedVlp::new(&cfg, &store)?;
-        (store.num_params(), store, Box::new(move |x: &Tensor| m.image_embeds(x)))
+        (store.num_params(), Box::new(move |x: &Tensor| m.image_embeds(x)))
     };
     let (b, size, ch) = match reference {
         Some(z) => (z.batch, z.image, 1),
@@ -441,10 +455,9 @@ fn encode(preset: &str, steps: usize, bf16: bool, device: &str) -> Result<()> {
     let (med, y32) = time()?;
     let mut out = serde_json::json!({ "preset": preset, "params": params, "batch": b, "images_per_s": b as f64 / med, "median_batch_s": med, "peak_rss_bytes": peak_rss_bytes() });
     if bf16 {
-        let vars = store.vars();
-        medvlp_model::nn::fused::bf16::enable(vars.iter().map(|(_, v)| v.as_tensor()))?;
-        let (med16, y16) = time()?;
-        medvlp_model::nn::fused::bf16::disable();
+        // bf16 products (the training kernels' autocast): bf16 operands, f32 accumulation.
+        let (med16, y16) =
+            medvlp_model::nn::with_precision(medvlp_model::nn::Precision::Bf16, time)?;
         let cos = medvlp_model::heads::l2_normalize(&y32)?
             .mul(&medvlp_model::heads::l2_normalize(&y16)?)?
             .sum(1)?
@@ -452,6 +465,7 @@ fn encode(preset: &str, steps: usize, bf16: bool, device: &str) -> Result<()> {
             .to_scalar::<f32>()?;
         out["bf16_images_per_s"] = (b as f64 / med16).into();
         out["bf16_min_cosine"] = (cos as f64).into();
+        out["bf16_kernel_path"] = medvlp_model::nn::fused::bf16_gemm::path().name().into();
     }
     println!("{}", serde_json::to_string(&out)?);
     Ok(())

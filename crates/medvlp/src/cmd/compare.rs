@@ -84,6 +84,7 @@ fn run_models(args: &Args) -> Result<()> {
             seed: 0,
             batch_size: 64,
             epochs: 0,
+            bf16: false,
             device: args.device.clone(),
             out: out.join("eval").join(&slug),
         };

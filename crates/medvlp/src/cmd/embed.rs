@@ -35,22 +35,13 @@ pub struct Args {
     /// Tokens per text (default: the model's max_length; 256 for BERT directories).
     #[arg(long)]
     pub max_length: Option<usize>,
-    /// Run the dense layers in bf16 (CPUs with AVX-512 BF16; embeddings stay within cosine 0.999
-    /// of fp32, see `medvlp bench encode --bf16`).
+    /// bf16 products (bf16 operands, f32 accumulation; AVX-512 BF16 where the CPU has it):
+    /// embeddings within cosine 0.9999 of fp32, see `medvlp bench encode --bf16`.
     #[arg(long)]
     pub bf16: bool,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-}
-
-fn maybe_bf16(args: &Args, store: &medvlp_model::ParamStore) -> Result<()> {
-    if args.bf16 {
-        let vars = store.vars();
-        let n = medvlp_model::nn::fused::bf16::enable(vars.iter().map(|(_, v)| v.as_tensor()))?;
-        tracing::info!("bf16 dense layers: {n} weights packed");
-    }
-    Ok(())
 }
 
 /// One text to embed with its id (the JSONL `id`, or the 1-based line number).
@@ -221,9 +212,6 @@ fn foreign_family(path: &Path) -> Option<Family> {
 }
 
 fn load_foreign(args: &Args, dev: &candle_core::Device) -> Result<Box<ForeignModel>> {
-    if args.bf16 {
-        bail!("--bf16 runs medvlp models only; {} is an imported checkpoint", args.model.display());
-    }
     Ok(Box::new(interop::load(&args.model, dev)?))
 }
 
@@ -240,7 +228,6 @@ fn run_images(args: &Args, list: &Path) -> Result<()> {
         );
     }
     let m = model_dir::load(&args.model, DType::F32, &dev, false)?;
-    maybe_bf16(args, &m.store)?;
     embed_images(args, list, &m.model, &m.config.preprocess, &dev)
 }
 
@@ -283,6 +270,12 @@ fn embed_images(
 }
 
 pub fn run(args: Args) -> Result<()> {
+    use medvlp_model::nn::{with_precision, Precision};
+    let p = if args.bf16 { Precision::Bf16 } else { Precision::Fp32 };
+    with_precision(p, || run_with(args))
+}
+
+fn run_with(args: Args) -> Result<()> {
     for input in [&args.texts, &args.images].into_iter().flatten() {
         super::refuse_overwriting_input(input, &args.output, "--output")?;
     }
@@ -308,14 +301,12 @@ fn medvlp_or_bert(args: &Args, dev: &candle_core::Device) -> Result<(Encoder, To
     let (encoder, tok_path, default_len) = match kind {
         DirKind::MedVlp => {
             let m = model_dir::load(&args.model, DType::F32, &dev, false)?;
-            maybe_bf16(args, &m.store)?;
             let t = m.tokenizer.clone();
             let l = m.config.text_config.max_length;
             (Encoder::MedVlp(Box::new(m)), t, l)
         }
         DirKind::HfBert => {
             let m = model_dir::load_hf_bert(&args.model, DType::F32, &dev, false)?;
-            maybe_bf16(args, &m.store)?;
             let t = m.tokenizer.clone();
             let l = m.config.max_position_embeddings.min(256);
             (Encoder::Bert(Box::new(m)), t, l)

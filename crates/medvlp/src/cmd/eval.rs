@@ -96,6 +96,9 @@ pub struct Common {
     /// Include fine-tuning in `eval all`.
     #[arg(long)]
     pub with_finetune: bool,
+    /// Embed with bf16 products (bf16 operands, f32 accumulation; AVX-512 BF16 where the CPU has it).
+    #[arg(long)]
+    pub bf16: bool,
     /// Output folder.
     #[arg(long, default_value = "eval")]
     pub out: PathBuf,
@@ -138,6 +141,7 @@ impl Common {
             seed: self.seed,
             batch_size: self.batch_size,
             epochs: self.epochs,
+            bf16: self.bf16,
             device: self.device.clone(),
             out: self.out.clone(),
         })
@@ -205,6 +209,7 @@ mod tests {
                 seed: 0,
                 batch_size: 64,
                 epochs: 5,
+                bf16: false,
                 device: "cpu".into(),
                 out: "eval".into(),
             }

@@ -46,6 +46,9 @@ pub struct Args {
     /// Images decoded at once (default: the number of CPUs).
     #[arg(long)]
     pub decode_threads: Option<usize>,
+    /// bf16 products (bf16 operands, f32 accumulation; AVX-512 BF16 where the CPU has it).
+    #[arg(long)]
+    pub bf16: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -61,6 +64,7 @@ pub fn run(a: Args) -> Result<()> {
     o.max_body_bytes = a.max_body_mib << 20;
     o.max_pixels = a.max_pixels;
     o.timeout = Duration::from_secs(a.timeout_s.max(1));
+    o.bf16 = a.bf16;
     if let Some(n) = a.decode_threads {
         o.decode_threads = n;
     }

@@ -7,7 +7,9 @@
 //! Backward per (sample, head): `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - rowsum(dP * P))`,
 //! `dQ = s dS K`, `dK = s dS^T Q` with `s = 1 / sqrt(head_dim)`.
 
-use super::{gemm, tensor_from, use_gemm_kernel, with_slices, Float, Mat, SendPtr, SliceKernel};
+use super::{
+    gemm, tensor_from, use_gemm_kernel, with_slices, Float, Mat, Products, SendPtr, SliceKernel,
+};
 use crate::nn::precision::matmul;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -31,6 +33,8 @@ impl Dims {
 struct AttentionOp {
     dims: Dims,
     scale: f64,
+    /// bf16 or fp32 products of QK^T and PV (and their gradients), fixed when recorded.
+    products: Products,
     /// Additive key mask `[b, lk]` (0 or a large negative value), same dtype as q.
     mask: Option<Tensor>,
     /// `[b, heads, lq, lk]` probabilities written by the forward pass.
@@ -66,6 +70,7 @@ fn forward<T: Float>(
     mask: Option<&[T]>,
     dm: Dims,
     scale: f64,
+    products: Products,
 ) -> (Vec<T>, Vec<T>) {
     let Dims { b: _, lq, lk, heads, hd } = dm;
     let d = dm.d();
@@ -93,6 +98,7 @@ fn forward<T: Float>(
                 Mat::rows(k.as_ptr().add(ko), d).t(),
                 s,
                 false,
+                products,
             );
         }
         softmax_rows(p, lk, mask.map(|m| &m[bi * lk..(bi + 1) * lk]));
@@ -109,6 +115,7 @@ fn forward<T: Float>(
                 Mat::rows(v.as_ptr().add(ko), d),
                 T::one(),
                 false,
+                products,
             );
         }
     });
@@ -118,6 +125,7 @@ fn forward<T: Float>(
 struct Backward {
     dims: Dims,
     scale: f64,
+    products: Products,
 }
 
 impl SliceKernel for Backward {
@@ -157,6 +165,7 @@ impl SliceKernel for Backward {
                         go,
                         T::one(),
                         false,
+                        self.products,
                     );
                     // dP = dO V^T
                     gemm(
@@ -170,6 +179,7 @@ impl SliceKernel for Backward {
                         Mat::rows(v.as_ptr().add(ko), d).t(),
                         T::one(),
                         false,
+                        self.products,
                     );
                 }
                 // dS = P * (dP - rowsum(dP * P))
@@ -195,6 +205,7 @@ impl SliceKernel for Backward {
                         Mat::rows(k.as_ptr().add(ko), d),
                         s,
                         false,
+                        self.products,
                     );
                     gemm(
                         lk,
@@ -207,6 +218,7 @@ impl SliceKernel for Backward {
                         Mat::rows(q.as_ptr().add(qo), d),
                         s,
                         false,
+                        self.products,
                     );
                 }
             },
@@ -228,7 +240,15 @@ impl SliceKernel for Forward<'_> {
     /// data: q, k, v[, mask]
     fn run<T: Float>(self, data: &[&[T]]) -> Result<CpuStorage> {
         let dm = self.op.dims;
-        let (y, p) = forward(data[0], data[1], data[2], data.get(3).copied(), dm, self.op.scale);
+        let (y, p) = forward(
+            data[0],
+            data[1],
+            data[2],
+            data.get(3).copied(),
+            dm,
+            self.op.scale,
+            self.op.products,
+        );
         *self.op.probs.lock().unwrap() = Some(tensor_from(p, &[dm.b, dm.heads, dm.lq, dm.lk])?);
         Ok(T::to_cpu_storage_owned(y))
     }
@@ -287,7 +307,7 @@ impl CustomOp3 for AttentionOp {
         let [dq, dk, dv] = with_slices(
             &[q, k, v, &p, g],
             "medvlp-attention-bwd",
-            Backward { dims: self.dims, scale: self.scale },
+            Backward { dims: self.dims, scale: self.scale, products: self.products },
         )?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
@@ -353,6 +373,7 @@ pub fn attention(
     let op = AttentionOp {
         dims: Dims { b, lq, lk, heads, hd },
         scale: 1.0 / (hd as f64).sqrt(),
+        products: Products::of(q),
         mask,
         probs: probs.clone(),
     };

@@ -139,6 +139,7 @@ pub fn cross_entropy_composed(logits: &Tensor, targets: &Tensor) -> Result<Tenso
 /// graph node, so no separate logits gradient (and its accumulation buffers) is allocated.
 struct LinearCrossEntropyOp {
     targets: Arc<Vec<u32>>,
+    products: super::Products,
     /// `(softmax(logits) - onehot) / n`, kept when gradients are tracked.
     saved: Option<Arc<Mutex<Option<Tensor>>>>,
 }
@@ -170,6 +171,7 @@ impl SliceKernel for LceForward<'_> {
                 super::Mat::rows(w.as_ptr(), d).t(),
                 T::one(),
                 true,
+                self.op.products,
             )
         };
         let inv_n = 1.0 / n.max(1) as f64;
@@ -257,6 +259,7 @@ impl CustomOp3 for LinearCrossEntropyOp {
             act: crate::nn::Activation::Identity,
             need: [x.track_op(), w.track_op(), b.track_op()],
             scale: g.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            products: self.products,
         };
         let [dx, dw, db] = with_slices(&[x, w, &dl], "medvlp-linear-cross-entropy-bwd", k)?;
         Ok((dx, dw, db))
@@ -297,6 +300,7 @@ pub fn linear_cross_entropy(
     let track = x.track_op() || w.track_op() || b.track_op();
     let op = LinearCrossEntropyOp {
         targets: Arc::new(t),
+        products: super::Products::of(&x),
         saved: track.then(|| Arc::new(Mutex::new(None))),
     };
     if track {

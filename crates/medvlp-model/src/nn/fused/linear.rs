@@ -3,7 +3,7 @@
 //! pass computes `dx = g' W`, `dW = g'^T x`, `db = colsum(g')` (with `g' = g * gelu'(h)`) only for
 //! the inputs that need a gradient.
 
-use super::{gemm, tensor_from, use_gemm_kernel, with_slices, Float, Mat, SliceKernel};
+use super::{gemm, tensor_from, use_gemm_kernel, with_slices, Float, Mat, Products, SliceKernel};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -20,6 +20,8 @@ const PAR_MIN: usize = 1 << 15;
 
 struct LinearOp {
     act: Activation,
+    /// bf16 or fp32 products, fixed when the op is recorded (backward runs outside autocast).
+    products: Products,
     /// Pre-activation `h = x W^T + b`, kept for GELU's backward when gradients are tracked.
     saved: Option<Arc<Mutex<Option<Tensor>>>>,
 }
@@ -44,6 +46,7 @@ fn forward<T: Float>(
     dout: usize,
     act: Activation,
     keep_h: bool,
+    products: Products,
 ) -> (Vec<T>, Option<Vec<T>>) {
     let mut h = vec![T::zero(); rows * dout];
     if let Some(b) = b {
@@ -63,6 +66,7 @@ fn forward<T: Float>(
             Mat::rows(w.as_ptr(), din).t(),
             T::one(),
             true,
+            products,
         )
     };
     match act {
@@ -106,6 +110,7 @@ pub(super) struct Backward {
     /// Which of x, W, b need a gradient.
     pub need: [bool; 3],
     pub scale: f64,
+    pub products: Products,
 }
 
 impl SliceKernel for Backward {
@@ -146,6 +151,7 @@ impl SliceKernel for Backward {
                     Mat::rows(w.as_ptr(), din),
                     s,
                     true,
+                    self.products,
                 )
             };
             Some(tensor_from(dx, &[rows, din])?)
@@ -166,6 +172,7 @@ impl SliceKernel for Backward {
                     Mat::rows(x.as_ptr(), din),
                     s,
                     true,
+                    self.products,
                 )
             };
             Some(tensor_from(dw, &[dout, din])?)
@@ -201,7 +208,8 @@ impl LinearOp {
             ($x:expr, $w:expr, $b:expr, $t:ty) => {{
                 let x = super::contiguous_slice($x, lx, name)?;
                 let w = super::contiguous_slice($w, lw, name)?;
-                let (y, h) = forward::<$t>(x, w, $b, rows, din, dout, self.act, keep);
+                let (y, h) =
+                    forward::<$t>(x, w, $b, rows, din, dout, self.act, keep, self.products);
                 if let (Some(h), Some(s)) = (h, &self.saved) {
                     *s.lock().unwrap() = Some(tensor_from(h, &[rows, dout])?);
                 }
@@ -232,7 +240,8 @@ impl LinearOp {
         let (rows, din) = x.dims2()?;
         let dout = w.dim(0)?;
         let need = [x.track_op(), w.track_op(), b.is_some_and(|b| b.track_op())];
-        let k = Backward { rows, din, dout, act: self.act, need, scale: 1.0 };
+        let k =
+            Backward { rows, din, dout, act: self.act, need, scale: 1.0, products: self.products };
         match self.act {
             Activation::Identity => with_slices(&[x, w, g], "medvlp-linear-bwd", k),
             Activation::Gelu => {
@@ -316,18 +325,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
     }
     let x2 = x.reshape((rows, din))?.contiguous()?;
     let track = x2.track_op() || w.track_op() || b.is_some_and(|b| b.track_op());
-    if !track && x.dtype() == candle_core::DType::F32 {
-        if let Some(p) = super::bf16::lookup(w) {
-            // bf16 inference (opt-in, see `bf16::enable`)
-            let xv = x2.flatten_all()?.to_vec1::<f32>()?;
-            let bv = b.map(|b| b.to_vec1::<f32>()).transpose()?;
-            let y = super::bf16::linear(&xv, rows, &p, bv.as_deref(), act);
-            return Tensor::from_vec(y, out_dims, x.device());
-        }
-    }
     let w = w.contiguous()?;
     let saved = (track && act == Activation::Gelu).then(|| Arc::new(Mutex::new(None)));
-    let op = LinearOp { act, saved };
+    let op = LinearOp { act, saved, products: Products::of(x) };
     let y = match (b, track) {
         (Some(b), true) => x2.apply_op3(&w, &b.contiguous()?, WithBias(op))?,
         (Some(b), false) => x2.apply_op3_no_bwd(&w, &b.contiguous()?, &WithBias(op))?,

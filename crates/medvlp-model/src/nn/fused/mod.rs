@@ -9,6 +9,7 @@
 
 pub mod attention;
 pub mod bf16;
+pub mod bf16_gemm;
 pub mod cross_entropy;
 pub mod linear;
 pub mod vmath;
@@ -68,10 +69,30 @@ pub fn use_kernel(x: &Tensor) -> bool {
 }
 
 /// Whether the fused GEMM kernels (dense, attention, convolution, linear cross-entropy) apply to
-/// `x`: as [`use_kernel`], except under bf16 autocast, where the products run in bf16 through the
-/// composed path (see [`crate::nn::precision`]).
+/// `x`: as [`use_kernel`]. Under bf16 autocast their products run in bf16 ([`Products`]).
 pub fn use_gemm_kernel(x: &Tensor) -> bool {
-    use_kernel(x) && !crate::nn::precision::autocast(x)
+    use_kernel(x)
+}
+
+/// The arithmetic of a fused op's GEMMs, fixed when the op is recorded so that its backward pass
+/// (which runs outside [`crate::nn::with_precision`]) multiplies the same way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Products {
+    #[default]
+    Fp32,
+    /// bf16 operands, f32 accumulation ([`bf16_gemm`]).
+    Bf16,
+}
+
+impl Products {
+    /// bf16 under bf16 autocast for an f32 operand, else the operand's own precision.
+    pub fn of(x: &Tensor) -> Self {
+        if crate::nn::precision::autocast(x) {
+            Products::Bf16
+        } else {
+            Products::Fp32
+        }
+    }
 }
 
 /// The contiguous slice of a CPU buffer that `layout` covers.
@@ -147,12 +168,63 @@ const GEMM_PAR_MIN: usize = 1 << 18;
 
 /// `dst[m, n] (+)= alpha * lhs[m, k] * rhs[k, n]`, accumulating into `dst` when `accumulate`.
 /// `parallel` lets gemm use rayon's threads (only for large problems; the attention kernel calls
-/// this from inside its own parallel loop with `parallel = false`).
+/// this from inside its own parallel loop with `parallel = false`). With [`Products::Bf16`] an f32
+/// product takes bf16 operands ([`bf16_gemm`]).
 ///
 /// # Safety
 /// The views must be valid for their extents and `dst` must not alias `lhs` or `rhs`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+    alpha: T,
+    parallel: bool,
+    products: Products,
+) {
+    if products == Products::Bf16 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        let cast = |a: Mat<T>| Mat { ptr: a.ptr as *const f32, rs: a.rs, cs: a.cs };
+        return bf16_gemm::gemm_bf16(
+            m,
+            n,
+            k,
+            dst as *mut f32,
+            dst_rs,
+            accumulate,
+            cast(lhs),
+            cast(rhs),
+            alpha.to_f64() as f32,
+            parallel,
+        );
+    }
+    gemm_crate(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel)
+}
+
+/// The fp32 product of [`bf16_gemm`]'s portable path.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_f32_crate(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<f32>,
+    rhs: Mat<f32>,
+    alpha: f32,
+    parallel: bool,
+) {
+    gemm_crate(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel)
+}
+
+/// [`gemm`] through the `gemm` crate.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_crate<T: Float>(
     m: usize,
     n: usize,
     k: usize,
