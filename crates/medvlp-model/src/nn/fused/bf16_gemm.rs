@@ -61,7 +61,7 @@ pub fn round_bf16(x: f32) -> f32 {
 }
 
 /// Problems at least this large (m * n * k) are split over rayon's threads.
-const PAR_MIN: usize = 1 << 18;
+const PAR_MIN: usize = 1 << 20;
 
 /// `dst[m, n] (+)= alpha * bf16(lhs)[m, k] * bf16(rhs)[k, n]` in f32.
 ///
@@ -179,6 +179,15 @@ mod avx512 {
     }
 
     #[inline]
+    fn mask8(n: usize) -> __mmask8 {
+        if n >= 8 {
+            0xff
+        } else {
+            ((1u32 << n) - 1) as __mmask8
+        }
+    }
+
+    #[inline]
     fn mask16(n: usize) -> __mmask16 {
         if n >= 16 {
             0xffff
@@ -187,44 +196,59 @@ mod avx512 {
         }
     }
 
-    /// `lhs` as `[m, kp]` bf16 pairs (`(a[i, 2p], a[i, 2p + 1])`, low half first) into `out`.
+    /// Rows `i0..` of `lhs` into `panels`: panels of [`MR`] rows, each `[kp][MR]` bf16 pairs
+    /// `(a[i, 2p], a[i, 2p + 1])` (low half first), so that a tile reads its rows' pairs for one
+    /// `p` from one place.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-    unsafe fn pack_lhs_rows(a: Mat<f32>, i0: usize, rows: &mut [u32], k: usize) {
+    unsafe fn pack_lhs_rows(a: Mat<f32>, i0: usize, m: usize, panels: &mut [u32], k: usize) {
         let kp = k.div_ceil(2);
-        for (r, row) in rows.chunks_mut(kp.max(1)).enumerate() {
+        let mut tmp = [0u32; 16];
+        let rows = (panels.len() / kp.max(1)).min(m - i0);
+        for r in 0..rows {
             let i = i0 + r;
+            let dst = panels.as_mut_ptr().add((r / MR) * kp * MR + r % MR);
             if a.cs == 1 {
                 let base = a.ptr.offset(i as isize * a.rs);
                 for q in (0..kp).step_by(16) {
-                    let v = cvt32(base.add(2 * q), k - 2 * q);
-                    _mm512_mask_storeu_epi32(row.as_mut_ptr().add(q) as *mut _, mask16(kp - q), v);
+                    _mm512_storeu_si512(
+                        tmp.as_mut_ptr() as *mut _,
+                        cvt32(base.add(2 * q), k - 2 * q),
+                    );
+                    for (t, &v) in tmp.iter().enumerate().take(kp - q) {
+                        *dst.add((q + t) * MR) = v;
+                    }
                 }
             } else {
                 let at = |kk: usize| *a.ptr.offset(i as isize * a.rs + kk as isize * a.cs);
-                for (q, v) in row.iter_mut().enumerate() {
+                for q in 0..kp {
                     let lo = bf16_bits(at(2 * q));
                     let hi = if 2 * q + 1 < k { bf16_bits(at(2 * q + 1)) } else { 0 };
-                    *v = lo | (hi << 16);
+                    *dst.add(q * MR) = lo | (hi << 16);
                 }
             }
         }
     }
 
-    /// As [`pack_lhs_rows`] for a transposed view (`rs == 1`): 16 rows at a time from two source
-    /// rows, written to their packed rows.
+    /// As [`pack_lhs_rows`] for a transposed view (`rs == 1`): 16 rows (two panels) at a time
+    /// from two source rows, each panel's 8 pairs one contiguous store.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
     unsafe fn pack_lhs_t(a: Mat<f32>, m: usize, k: usize, out: &mut [u32]) {
         let kp = k.div_ceil(2);
-        let mut tmp = [0u32; 16];
         for q in 0..kp {
             let r0 = a.ptr.offset((2 * q) as isize * a.cs);
             let r1 = (2 * q + 1 < k).then(|| a.ptr.offset((2 * q + 1) as isize * a.cs));
             for i0 in (0..m).step_by(16) {
                 let n = (m - i0).min(16);
                 let v = interleave(r0.add(i0), r1.map(|p| p.add(i0)), n);
-                _mm512_storeu_si512(tmp.as_mut_ptr() as *mut _, v);
-                for (l, &t) in tmp.iter().enumerate().take(n) {
-                    *out.get_unchecked_mut((i0 + l) * kp + q) = t;
+                let p0 = i0 / MR;
+                let lo = _mm512_castsi512_si256(v);
+                _mm256_storeu_si256(out.as_mut_ptr().add((p0 * kp + q) * MR) as *mut _, lo);
+                if n > MR {
+                    let hi = _mm512_extracti64x4_epi64::<1>(v);
+                    _mm256_storeu_si256(
+                        out.as_mut_ptr().add(((p0 + 1) * kp + q) * MR) as *mut _,
+                        hi,
+                    );
                 }
             }
         }
@@ -232,21 +256,21 @@ mod avx512 {
 
     unsafe fn pack_lhs(a: Mat<f32>, m: usize, k: usize, parallel: bool, out: &mut Vec<u32>) {
         let kp = k.div_ceil(2);
-        sized(out, m * kp);
+        sized(out, m.div_ceil(MR) * kp * MR);
         if a.rs == 1 && a.cs != 1 {
             pack_lhs_t(a, m, k, out);
             return;
         }
-        let chunk = 64;
+        let chunk = 8 * MR;
         if parallel && m * k >= PAR_MIN / 16 {
             let ap = SendPtr(a.ptr as *mut f32);
-            out.par_chunks_mut((chunk * kp).max(1)).enumerate().for_each(|(c, rows)| {
+            out.par_chunks_mut((chunk * kp).max(1)).enumerate().for_each(|(c, panels)| {
                 let p = ap;
                 let a = Mat { ptr: p.0 as *const f32, rs: a.rs, cs: a.cs };
-                pack_lhs_rows(a, c * chunk, rows, k)
+                pack_lhs_rows(a, c * chunk, m, panels, k)
             });
         } else {
-            pack_lhs_rows(a, 0, out, k);
+            pack_lhs_rows(a, 0, m, out, k);
         }
     }
 
@@ -254,7 +278,6 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
     unsafe fn pack_rhs_blocks(b: Mat<f32>, jb0: usize, blocks: &mut [u32], k: usize, n: usize) {
         let kp = k.div_ceil(2);
-        let mut tmp = [0u32; 16];
         for (bi, blk) in blocks.chunks_mut((kp * 16).max(1)).enumerate() {
             let j0 = (jb0 + bi) * 16;
             let w = (n - j0).min(16);
@@ -269,21 +292,46 @@ mod avx512 {
                         interleave(r0, r1, w),
                     );
                 }
-            } else if b.rs == 1 {
-                // columns of b are contiguous along k (a transposed weight); lanes past n stay 0
-                if w < 16 {
-                    blk.fill(0);
+            } else if b.rs == 1 && b.cs.unsigned_abs() * 16 < i32::MAX as usize / 4 {
+                // columns of b are contiguous along k (a transposed weight): for each p, gather
+                // the 16 columns' (b[2p, j], b[2p + 1, j]) as 64-bit pairs, convert, store
+                let cs = b.cs as i32;
+                let idx = _mm256_setr_epi32(0, cs, 2 * cs, 3 * cs, 4 * cs, 5 * cs, 6 * cs, 7 * cs);
+                let (m_lo, m_hi) = (mask8(w), mask8(w.saturating_sub(8)));
+                let col0 = b.ptr.offset(j0 as isize * b.cs);
+                let col8 = col0.offset(8 * b.cs);
+                for q in 0..k / 2 {
+                    let g0 = _mm512_mask_i32gather_epi64::<4>(
+                        _mm512_setzero_si512(),
+                        m_lo,
+                        idx,
+                        col0.add(2 * q) as *const _,
+                    );
+                    let g1 = if m_hi != 0 {
+                        _mm512_mask_i32gather_epi64::<4>(
+                            _mm512_setzero_si512(),
+                            m_hi,
+                            idx,
+                            col8.add(2 * q) as *const _,
+                        )
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    let v = _mm512_cvtne2ps_pbh(_mm512_castsi512_ps(g1), _mm512_castsi512_ps(g0));
+                    _mm512_storeu_si512(
+                        blk.as_mut_ptr().add(q * 16) as *mut _,
+                        std::mem::transmute::<__m512bh, __m512i>(v),
+                    );
                 }
-                for l in 0..w {
-                    let col = b.ptr.offset((j0 + l) as isize * b.cs);
-                    for q in (0..kp).step_by(16) {
-                        _mm512_storeu_si512(
-                            tmp.as_mut_ptr() as *mut _,
-                            cvt32(col.add(2 * q), k - 2 * q),
-                        );
-                        for (t, &v) in tmp.iter().enumerate().take(kp - q) {
-                            *blk.get_unchecked_mut((q + t) * 16 + l) = v;
-                        }
+                if k % 2 == 1 {
+                    // the last, unpaired row of k (its partner is 0)
+                    let q = k / 2;
+                    for l in 0..16 {
+                        blk[q * 16 + l] = if l < w {
+                            bf16_bits(*b.ptr.offset((j0 + l) as isize * b.cs + 2 * q as isize))
+                        } else {
+                            0
+                        };
                     }
                 }
             } else {
@@ -351,7 +399,7 @@ mod avx512 {
                 *v = _mm512_loadu_si512(b.add((c * kp + q) * 16) as *const _);
             }
             for (r, ar) in acc.iter_mut().enumerate() {
-                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * kp + q) as i32));
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(q * MR + r) as i32));
                 for c in 0..C {
                     ar[c] =
                         _mm512_dpbf16_ps(ar[c], x, std::mem::transmute::<__m512i, __m512bh>(bv[c]));
@@ -442,7 +490,8 @@ mod avx512 {
                 tile_any(
                     rows,
                     nb,
-                    ap.as_ptr().add(r * kp),
+                    // tiles start on panel boundaries (row offsets are multiples of MR)
+                    ap.as_ptr().add((r / MR) * kp * MR),
                     bp.as_ptr().add(jb * kp * 16),
                     kp,
                     dst.add(r * dst_rs + jb * 16),
@@ -656,9 +705,12 @@ mod speed {
             let lhs = if tb { Mat::rows(a.as_ptr(), k) } else { Mat::rows(a.as_ptr(), m).t() };
             let flops = 2.0 * (m * n * k) as f64;
             for (name, f) in [("fp32", 0), ("bf16", 1), ("rounded", 2)] {
-                let reps = 5;
-                let t = std::time::Instant::now();
-                for _ in 0..reps {
+                let reps = if m * n * k < 1 << 20 { 200 } else { 5 };
+                let mut t = std::time::Instant::now();
+                for rep in 0..reps + 1 {
+                    if rep == 1 {
+                        t = std::time::Instant::now(); // the first call warms buffers up
+                    }
                     unsafe {
                         match f {
                             0 => super::super::gemm_f32_crate(
