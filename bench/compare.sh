@@ -79,7 +79,11 @@ if [ "$GPU" = 1 ]; then
   echo "median over $ROUNDS rounds (base, bf16, $DEVICE): step speed-up (torch AMP time / medvlp time) $(median "${step_r[@]}") [target >= 1.0]; peak GPU memory medvlp/torch $(median "${mem_r[@]}"); MFU medvlp $(median "${mfu_r[@]}") [target >= 0.40], torch $(median "${tmfu_r[@]}")"
   exit 0
 fi
-step_r=(); enc_r=(); rss_r=(); mfu_r=()
+cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
+isa="fp32"; case "$flags" in *avx512_bf16*) isa="avx512_bf16";; esac; case "$flags" in *amx_tile*) isa="$isa+amx";; esac
+echo "CPU: $cpu ($(nproc) threads; $isa); PyTorch $("$PY" -c 'import torch; print(torch.__version__)')"
+step_r=(); enc_r=(); rss_r=(); mfu_r=(); bstep_r=(); benc_r=()
 for r in $(seq 1 "$ROUNDS"); do
   m_json=$("$MV" bench train-step --preset reference 2>/dev/null)
   m_step=$(echo "$m_json" | field median_step_s)
@@ -88,10 +92,18 @@ for r in $(seq 1 "$ROUNDS"); do
   t_out=$(/usr/bin/time -f 'RSS %M' "$PY" "$REF" train 2>&1)
   t_step=$(echo "$t_out" | sed -n 's/^torch train: median step \([0-9.]*\) s.*/\1/p')
   t_rss=$(( $(echo "$t_out" | sed -n 's/^RSS \([0-9]*\)$/\1/p') * 1024 ))
-  m_enc=$("$MV" bench encode --preset reference 2>/dev/null | field images_per_s)
+  b_json=$("$MV" bench train-step --preset reference --precision bf16 2>/dev/null)
+  b_step=$(echo "$b_json" | field median_step_s)
+  b_path=$(echo "$b_json" | sed -n 's/.*"kernel_path":"\([^"]*\)".*/\1/p')
+  ta_step=$("$PY" "$REF" train --amp 2>&1 | sed -n 's/^torch train: median step \([0-9.]*\) s.*/\1/p')
+  e_json=$("$MV" bench encode --preset reference --bf16 2>/dev/null)
+  m_enc=$(echo "$e_json" | field images_per_s)
+  m_enc16=$(echo "$e_json" | field bf16_images_per_s)
   t_enc=$("$PY" "$REF" infer 2>&1 | sed -n 's/.*-> \([0-9.]*\) images\/s.*/\1/p')
+  t_enc16=$("$PY" "$REF" infer --bf16 2>&1 | sed -n 's/.*-> \([0-9.]*\) images\/s.*/\1/p')
   s=$(python3 -c "print(f'{$t_step/$m_step:.3f}')"); e=$(python3 -c "print(f'{$m_enc/$t_enc:.3f}')"); m=$(python3 -c "print(f'{$m_rss/$t_rss:.3f}')")
-  step_r+=("$s"); enc_r+=("$e"); rss_r+=("$m"); mfu_r+=("$m_mfu")
-  echo "round $r: train step medvlp ${m_step}s torch ${t_step}s (torch/medvlp $s, medvlp MFU $m_mfu); encode medvlp ${m_enc} torch ${t_enc} images/s (ratio $e); peak RSS medvlp/torch $m"
+  bs=$(python3 -c "print(f'{$ta_step/$b_step:.3f}')"); be=$(python3 -c "print(f'{$m_enc16/$t_enc16:.3f}')")
+  step_r+=("$s"); enc_r+=("$e"); rss_r+=("$m"); mfu_r+=("$m_mfu"); bstep_r+=("$bs"); benc_r+=("$be")
+  echo "round $r: fp32 train step medvlp ${m_step}s torch ${t_step}s (torch/medvlp $s, medvlp MFU $m_mfu); bf16 ($b_path) train step medvlp ${b_step}s torch --amp ${ta_step}s (ratio $bs); encode fp32 medvlp ${m_enc} torch ${t_enc} images/s (ratio $e); encode bf16 medvlp ${m_enc16} torch ${t_enc16} (ratio $be); peak RSS medvlp/torch $m"
 done
-echo "median over $ROUNDS rounds: train-step speed-up (torch time / medvlp time) $(median "${step_r[@]}") [target >= 1.25]; encode ratio $(median "${enc_r[@]}") [target >= 1.3]; peak RSS medvlp/torch $(median "${rss_r[@]}") [target <= 0.5]; MFU $(median "${mfu_r[@]}") [target >= 0.6 of a 320 GFLOP/s peak]"
+echo "median over $ROUNDS rounds on $cpu: train-step speed-up fp32 (torch time / medvlp time) $(median "${step_r[@]}") [target >= 1.25]; bf16 (torch --amp time / medvlp bf16 time) $(median "${bstep_r[@]}") [target >= 1.25]; encode fp32 ratio $(median "${enc_r[@]}") [target >= 1.3]; encode bf16 ratio $(median "${benc_r[@]}") [target >= 1.0]; peak RSS medvlp/torch $(median "${rss_r[@]}") [target <= 0.5]; MFU $(median "${mfu_r[@]}")"
