@@ -542,6 +542,8 @@ fn quickstart_smoke_run_writes_report_table_and_model() {
     }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| metric | random init | clip | xlip |"), "{report}");
+    // The wall time comes with the CPU it was measured on.
+    assert!(report.contains("minutes on ") && report.contains(" threads."), "{report}");
     for f in [
         "model/config.json",
         "model/model.safetensors",

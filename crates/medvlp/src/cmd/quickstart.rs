@@ -87,10 +87,10 @@ pub fn run(args: Args) -> Result<()> {
     copy_dir(&xlip, &model_out)?;
     let mut report = format!(
         "# medvlp quickstart\n\nSynthetic benchmark: {} paired, {} image-only, {} text-only studies at {} px (seed {}, test split {:.0}%). \
-         Preset `{}`, {} minutes of pre-training per recipe on `{}`. Total time {:.1} minutes.\n\n\
+         Preset `{}`, {} minutes of pre-training per recipe on `{}`. Total time {:.1} minutes on {}.\n\n\
          Cells: value (95% bootstrap interval, {} resamples).\n\n{table}\n",
         sc.n, sc.image_only, sc.text_only, sc.size, args.seed, sc.test_frac * 100.0, args.preset, args.budget_minutes, args.device,
-        t_all.elapsed().as_secs_f64() / 60.0, args.bootstrap
+        t_all.elapsed().as_secs_f64() / 60.0, crate::pipeline::cpu_name(), args.bootstrap
     );
     report.push_str(
         "Zero-shot: the `chexpert5` prompt file, positive/negative prompt pairs (CheXzero style) and ensembles; N-way: test studies with exactly one of \
@@ -103,10 +103,11 @@ pub fn run(args: Args) -> Result<()> {
     }
     std::fs::write(out.join("report.md"), report)?;
     eprintln!(
-        "[4/4] report: {}  model: {}  ({:.1} minutes)",
+        "[4/4] report: {}  model: {}  ({:.1} minutes on {})",
         out.join("report.md").display(),
         model_out.display(),
-        t_all.elapsed().as_secs_f64() / 60.0
+        t_all.elapsed().as_secs_f64() / 60.0,
+        crate::pipeline::cpu_name()
     );
     Ok(())
 }
