@@ -400,6 +400,21 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The CPU this runs on, as `/proc/cpuinfo` names it, with its thread count ("AMD EPYC, 2 threads").
+pub fn cpu_name() -> String {
+    let name = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{name}, {threads} threads")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,19 +487,4 @@ mod tests {
         assert_eq!(t, want);
         assert_eq!(comparison_table(&[]).lines().next(), Some("| metric |"));
     }
-}
-
-/// The CPU this runs on, as `/proc/cpuinfo` names it, with its thread count ("AMD EPYC, 2 threads").
-pub fn cpu_name() -> String {
-    let name = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{name}, {threads} threads")
 }
