@@ -50,6 +50,28 @@ fn find_id(t: &tokenizers::Tokenizer, names: &[&str]) -> Option<u32> {
     names.iter().find_map(|n| t.token_to_id(n))
 }
 
+/// Truncation at `max_length` and right padding to the batch's longest sequence, replacing any
+/// baked into the file.
+fn batch_padding(
+    inner: &mut tokenizers::Tokenizer,
+    max_length: usize,
+    pad_id: u32,
+    pad_token: String,
+) -> Result<()> {
+    inner
+        .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
+        .map_err(|e| anyhow!("setting truncation: {e}"))?;
+    inner.with_padding(Some(PaddingParams {
+        strategy: PaddingStrategy::BatchLongest,
+        direction: PaddingDirection::Right,
+        pad_to_multiple_of: None,
+        pad_id,
+        pad_type_id: 0,
+        pad_token,
+    }));
+    Ok(())
+}
+
 impl Tokenizer {
     /// Load `tokenizer.json`. Any truncation or padding baked into the file is replaced: sequences
     /// are truncated to `max_length` and a batch is padded to its longest sequence.
@@ -68,17 +90,7 @@ impl Tokenizer {
             .ok_or_else(|| anyhow!("no [MASK] token in the vocabulary"))?;
         let cls_id = find_id(&inner, &["[CLS]", "<s>"]);
         let sep_id = find_id(&inner, &["[SEP]", "</s>"]);
-        inner
-            .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
-            .map_err(|e| anyhow!("setting truncation: {e}"))?;
-        inner.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            direction: PaddingDirection::Right,
-            pad_to_multiple_of: None,
-            pad_id,
-            pad_type_id: 0,
-            pad_token,
-        }));
+        batch_padding(&mut inner, max_length, pad_id, pad_token)?;
         Ok(Self { inner, max_length, pad_id, mask_id, cls_id, sep_id })
     }
 
@@ -90,17 +102,7 @@ impl Tokenizer {
         let pad_token = inner.id_to_token(pad_id).unwrap_or_default();
         let cls_id = find_id(&inner, &["[CLS]", "<s>", "<|startoftext|>"]);
         let sep_id = find_id(&inner, &["[SEP]", "</s>", "<|endoftext|>"]);
-        inner
-            .with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
-            .map_err(|e| anyhow!("setting truncation: {e}"))?;
-        inner.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            direction: PaddingDirection::Right,
-            pad_to_multiple_of: None,
-            pad_id,
-            pad_type_id: 0,
-            pad_token,
-        }));
+        batch_padding(&mut inner, max_length, pad_id, pad_token)?;
         Ok(Self { inner, max_length, pad_id, mask_id: pad_id, cls_id, sep_id })
     }
 

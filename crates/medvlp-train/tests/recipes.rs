@@ -127,17 +127,7 @@ fn reaches_every_parameter_and_learns(preset: &str) {
         let first = out.loss.to_scalar::<f32>().unwrap();
         assert!(first.is_finite(), "{name}: loss {first}");
         let grads = out.loss.backward().unwrap();
-        let missing: Vec<String> = store
-            .vars()
-            .into_iter()
-            .filter(|(_, v)| {
-                grads
-                    .get(v.as_tensor())
-                    .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0)
-                    .unwrap_or(true)
-            })
-            .map(|(n, _)| n)
-            .collect();
+        let missing = params_without_gradient(&store, &grads);
         assert!(missing.is_empty(), "{name} ({preset}): parameters without gradient: {missing:?}");
         let mut opt = AdamW::new(
             store.vars(),
@@ -162,14 +152,12 @@ fn reaches_every_parameter_and_learns(preset: &str) {
     }
 }
 
-/// Every parameter of the model `m` builds for `cfg` receives a non-zero gradient.
-fn assert_every_parameter_gets_a_gradient(m: &dyn Method, cfg: &ObjectiveConfig, what: &str) {
-    let (store, model) = build_preset(m.name(), cfg, "tiny");
-    let b = batch(&model.config, 6, 2, 2);
-    let out = m.loss(&model, &b, cfg, 0).unwrap();
-    assert!(out.loss.to_scalar::<f32>().unwrap().is_finite(), "{what}");
-    let grads = out.loss.backward().unwrap();
-    let missing: Vec<String> = store
+/// The parameters of `store` whose gradient in `grads` is absent or zero.
+fn params_without_gradient(
+    store: &ParamStore,
+    grads: &candle_core::backprop::GradStore,
+) -> Vec<String> {
+    store
         .vars()
         .into_iter()
         .filter(|(_, v)| {
@@ -179,7 +167,17 @@ fn assert_every_parameter_gets_a_gradient(m: &dyn Method, cfg: &ObjectiveConfig,
                 .unwrap_or(true)
         })
         .map(|(n, _)| n)
-        .collect();
+        .collect()
+}
+
+/// Every parameter of the model `m` builds for `cfg` receives a non-zero gradient.
+fn assert_every_parameter_gets_a_gradient(m: &dyn Method, cfg: &ObjectiveConfig, what: &str) {
+    let (store, model) = build_preset(m.name(), cfg, "tiny");
+    let b = batch(&model.config, 6, 2, 2);
+    let out = m.loss(&model, &b, cfg, 0).unwrap();
+    assert!(out.loss.to_scalar::<f32>().unwrap().is_finite(), "{what}");
+    let grads = out.loss.backward().unwrap();
+    let missing = params_without_gradient(&store, &grads);
     assert!(missing.is_empty(), "{what}: parameters without gradient: {missing:?}");
 }
 
@@ -796,16 +794,6 @@ fn bert_pooler_text_pooling_reaches_every_parameter() {
     assert!(store.get("text_model.pooler.dense.weight").is_some());
     let b = batch(&model.config, 6, 2, 2);
     let grads = m.loss(&model, &b, &cfg, 0).unwrap().loss.backward().unwrap();
-    let missing: Vec<String> = store
-        .vars()
-        .into_iter()
-        .filter(|(_, v)| {
-            grads
-                .get(v.as_tensor())
-                .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0)
-                .unwrap_or(true)
-        })
-        .map(|(n, _)| n)
-        .collect();
+    let missing = params_without_gradient(&store, &grads);
     assert!(missing.is_empty(), "parameters without gradient: {missing:?}");
 }

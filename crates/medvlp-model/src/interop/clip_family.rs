@@ -43,11 +43,7 @@ pub fn joint_dim(path: &Path, image: usize, text: usize) -> Result<usize> {
 }
 
 fn single_checkpoint(dir: &Path) -> Result<PathBuf> {
-    let mut pts: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "pt" || e == "pth"))
-        .collect();
+    let mut pts = super::pt_files(dir)?;
     match pts.len() {
         1 => Ok(pts.remove(0)),
         n => bail!("{}: {n} .pt files, expected one", dir.display()),

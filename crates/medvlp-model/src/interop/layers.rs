@@ -44,19 +44,6 @@ impl Act {
     }
 }
 
-pub fn linear(
-    sd: &StateDict,
-    prefix: &str,
-    out_dim: usize,
-    in_dim: usize,
-    bias: bool,
-) -> Result<Linear> {
-    Ok(Linear {
-        weight: sd.take(&format!("{prefix}weight"), &[out_dim, in_dim])?,
-        bias: if bias { Some(sd.take(&format!("{prefix}bias"), &[out_dim])?) } else { None },
-    })
-}
-
 /// A linear layer whose bias may be absent.
 pub fn linear_opt_bias(
     sd: &StateDict,

@@ -8,6 +8,7 @@ pub mod bert_tower;
 pub mod causal_text;
 pub mod clip;
 pub mod clip_bpe;
+pub mod clip_family;
 pub mod export;
 pub mod hf_dual;
 pub mod import_toml;
@@ -111,12 +112,7 @@ pub fn detect(path: &Path) -> Result<Family> {
             None => bail!("{}: no model_type", cfg.display()),
         };
     }
-    let files: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "pt" || e == "pth"))
-        .collect();
-    match files.len() {
+    match pt_files(path)?.len() {
         1 => Ok(Family::OpenAiClip),
         0 => bail!(
             "{}: no config.json, open_clip_config.json, {IMPORT_FILE} or .pt checkpoint: not a model this \
@@ -127,10 +123,19 @@ pub fn detect(path: &Path) -> Result<Family> {
     }
 }
 
+/// The `.pt` / `.pth` files directly in `dir`.
+pub(crate) fn pt_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "pt" || e == "pth"))
+        .collect())
+}
+
 /// The image encoder of an imported model.
 pub enum ImageTower {
     Vit(vit_tower::VitTower),
-    ResNet { trunk: resnet::ResNet, head: layers::Head, image_size: usize },
+    ResNet { trunk: resnet::ResNet, head: layers::Head },
 }
 
 impl ImageTower {
@@ -299,10 +304,5 @@ pub fn load(path: &Path, device: &Device) -> Result<ForeignModel> {
     if let Some(spec) = &spec {
         spec.apply_preprocess(&mut m.preprocess)?;
     }
-    if m.embed_dim == 0 {
-        bail!("{}: the image and text encoders' output widths differ", path.display());
-    }
     Ok(m)
 }
-
-pub mod clip_family;

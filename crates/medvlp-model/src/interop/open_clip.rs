@@ -175,8 +175,7 @@ fn hf_text(sd: &StateDict, tc: &Value, dir: &Path, device: &Device) -> Result<Be
         "none" => Head::identity(),
         other => bail!("{}: hf_proj_type '{other}' is not supported", sd.path.display()),
     };
-    let t = BertTower::load(sd, p, &config, pool, head, device)?;
-    Ok(t)
+    BertTower::load(sd, p, &config, pool, head, device)
 }
 
 fn weights_file(dir: &Path) -> Result<PathBuf> {

@@ -75,7 +75,7 @@ pub fn load(dir: &Path, spec: &ImportSpec, device: &Device) -> Result<ForeignMod
     Ok(ForeignModel {
         family: Family::ResnetBert,
         weights,
-        image: ImageTower::ResNet { trunk, head: image_head, image_size: 224 },
+        image: ImageTower::ResNet { trunk, head: image_head },
         text: TextTower::Bert(text),
         logit_scale: spec.logit_scale.unwrap_or(1.0 / 0.07),
         // ImageNet statistics at 224 unless the import file says otherwise.

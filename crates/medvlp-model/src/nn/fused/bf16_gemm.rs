@@ -122,7 +122,7 @@ unsafe fn rounded(
 ) {
     let a = rounded_copy(lhs, m, k, parallel);
     let b = rounded_copy(rhs, k, n, parallel);
-    super::gemm_f32_crate(
+    super::gemm_crate(
         m,
         n,
         k,
@@ -713,7 +713,7 @@ mod speed {
                     }
                     unsafe {
                         match f {
-                            0 => super::super::gemm_f32_crate(
+                            0 => super::super::gemm_crate(
                                 m,
                                 n,
                                 k,

@@ -205,26 +205,9 @@ pub(crate) unsafe fn gemm<T: Float>(
     gemm_crate(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel)
 }
 
-/// The fp32 product of [`bf16_gemm`]'s portable path.
+/// [`gemm`] through the `gemm` crate (also the product of [`bf16_gemm`]'s portable path).
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_f32_crate(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat<f32>,
-    rhs: Mat<f32>,
-    alpha: f32,
-    parallel: bool,
-) {
-    gemm_crate(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel)
-}
-
-/// [`gemm`] through the `gemm` crate.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_crate<T: Float>(
+pub(crate) unsafe fn gemm_crate<T: Float>(
     m: usize,
     n: usize,
     k: usize,
