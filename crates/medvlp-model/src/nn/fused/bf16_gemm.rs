@@ -196,51 +196,46 @@ mod avx512 {
         }
     }
 
-    /// Rows `i0..` of `lhs` into `panels`: panels of [`MR`] rows, each `[kp][MR]` bf16 pairs
-    /// `(a[i, 2p], a[i, 2p + 1])` (low half first), so that a tile reads its rows' pairs for one
-    /// `p` from one place.
+    /// Rows `i0..i0 + rows` of `lhs` as row-major pairs: pair `q` of row `r` at `out[r * kp + q]`,
+    /// `(a[i, 2q], a[i, 2q + 1])` with the low half first. For rows contiguous along k this is a
+    /// straight conversion; tiles read the rows at stride `kp`.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-    unsafe fn pack_lhs_rows(a: Mat<f32>, i0: usize, m: usize, panels: &mut [u32], k: usize) {
+    unsafe fn pack_lhs_rows(a: Mat<f32>, i0: usize, rows: usize, k: usize, out: &mut [u32]) {
         let kp = k.div_ceil(2);
-        let mut tmp = [0u32; 16];
-        let rows = (panels.len() / kp.max(1)).min(m - i0);
         for r in 0..rows {
-            let i = i0 + r;
-            let dst = panels.as_mut_ptr().add((r / MR) * kp * MR + r % MR);
+            let i = (i0 + r) as isize;
+            let dst = out.as_mut_ptr().add(r * kp);
             if a.cs == 1 {
-                let base = a.ptr.offset(i as isize * a.rs);
+                let base = a.ptr.offset(i * a.rs);
                 for q in (0..kp).step_by(16) {
-                    _mm512_storeu_si512(
-                        tmp.as_mut_ptr() as *mut _,
-                        cvt32(base.add(2 * q), k - 2 * q),
-                    );
-                    for (t, &v) in tmp.iter().enumerate().take(kp - q) {
-                        *dst.add((q + t) * MR) = v;
-                    }
+                    let v = cvt32(base.add(2 * q), k - 2 * q);
+                    _mm512_mask_storeu_epi32(dst.add(q) as *mut _, mask16(kp - q), v);
                 }
             } else {
-                let at = |kk: usize| *a.ptr.offset(i as isize * a.rs + kk as isize * a.cs);
+                let at = |kk: usize| *a.ptr.offset(i * a.rs + kk as isize * a.cs);
                 for q in 0..kp {
                     let lo = bf16_bits(at(2 * q));
                     let hi = if 2 * q + 1 < k { bf16_bits(at(2 * q + 1)) } else { 0 };
-                    *dst.add(q * MR) = lo | (hi << 16);
+                    *dst.add(q) = lo | (hi << 16);
                 }
             }
         }
     }
 
-    /// As [`pack_lhs_rows`] for a transposed view (`rs == 1`): 16 rows (two panels) at a time
+    /// Rows `i0..i0 + m` of a transposed view (`rs == 1`) as panels of [`MR`] rows: pair `q` of
+    /// row `r` at `out[(r / MR) * kp * MR + q * MR + r % MR]`. 16 rows (two panels) at a time
     /// from two source rows, each panel's 8 pairs one contiguous store.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-    unsafe fn pack_lhs_t(a: Mat<f32>, m: usize, k: usize, out: &mut [u32]) {
+    unsafe fn pack_lhs_t(a: Mat<f32>, i0: usize, m: usize, k: usize, out: &mut [u32]) {
         let kp = k.div_ceil(2);
+        let a0 = a.ptr.add(i0);
         for q in 0..kp {
-            let r0 = a.ptr.offset((2 * q) as isize * a.cs);
-            let r1 = (2 * q + 1 < k).then(|| a.ptr.offset((2 * q + 1) as isize * a.cs));
-            for i0 in (0..m).step_by(16) {
-                let n = (m - i0).min(16);
-                let v = interleave(r0.add(i0), r1.map(|p| p.add(i0)), n);
-                let p0 = i0 / MR;
+            let r0 = a0.offset((2 * q) as isize * a.cs);
+            let r1 = (2 * q + 1 < k).then(|| a0.offset((2 * q + 1) as isize * a.cs));
+            for i in (0..m).step_by(16) {
+                let n = (m - i).min(16);
+                let v = interleave(r0.add(i), r1.map(|p| p.add(i)), n);
+                let p0 = i / MR;
                 let lo = _mm512_castsi512_si256(v);
                 _mm256_storeu_si256(out.as_mut_ptr().add((p0 * kp + q) * MR) as *mut _, lo);
                 if n > MR {
@@ -254,23 +249,23 @@ mod avx512 {
         }
     }
 
-    unsafe fn pack_lhs(a: Mat<f32>, m: usize, k: usize, parallel: bool, out: &mut Vec<u32>) {
+    /// Rows `i0..i0 + rows` of `lhs` packed into `out` (row `r`'s first pair at `out[r * kp]` in
+    /// both layouts, for `r` a multiple of [`MR`]); returns how a tile reads them.
+    unsafe fn pack_lhs_range(
+        a: Mat<f32>,
+        i0: usize,
+        rows: usize,
+        k: usize,
+        out: &mut Vec<u32>,
+    ) -> ALayout {
         let kp = k.div_ceil(2);
-        sized(out, m.div_ceil(MR) * kp * MR);
+        sized(out, rows.div_ceil(MR) * kp * MR);
         if a.rs == 1 && a.cs != 1 {
-            pack_lhs_t(a, m, k, out);
-            return;
-        }
-        let chunk = 8 * MR;
-        if parallel && m * k >= PAR_MIN / 16 {
-            let ap = SendPtr(a.ptr as *mut f32);
-            out.par_chunks_mut((chunk * kp).max(1)).enumerate().for_each(|(c, panels)| {
-                let p = ap;
-                let a = Mat { ptr: p.0 as *const f32, rs: a.rs, cs: a.cs };
-                pack_lhs_rows(a, c * chunk, m, panels, k)
-            });
+            pack_lhs_t(a, i0, rows, k, out);
+            ALayout { qs: MR, rs: 1 }
         } else {
-            pack_lhs_rows(a, 0, m, out, k);
+            pack_lhs_rows(a, i0, rows, k, out);
+            ALayout { qs: 1, rs: kp }
         }
     }
 
@@ -377,6 +372,15 @@ mod avx512 {
     thread_local! {
         /// Packing buffers reused across calls (the attention kernel makes many small products).
         static BUFS: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        /// A row task's packed rows of the left operand (on rayon's worker threads).
+        static TASK_A: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    /// Where a tile finds its rows' pairs: pair `q` of row `r` is `a[q * qs + r * rs]`.
+    #[derive(Clone, Copy)]
+    struct ALayout {
+        qs: usize,
+        rs: usize,
     }
 
     /// One `R x (C * 16)` tile over all of k, written to `dst` (columns clipped at `n`).
@@ -384,6 +388,7 @@ mod avx512 {
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile<const R: usize, const C: usize>(
         a: *const u32,
+        al: ALayout,
         b: *const u32,
         kp: usize,
         dst: *mut f32,
@@ -399,7 +404,8 @@ mod avx512 {
                 *v = _mm512_loadu_si512(b.add((c * kp + q) * 16) as *const _);
             }
             for (r, ar) in acc.iter_mut().enumerate() {
-                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(q * MR + r) as i32));
+                let x: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*a.add(q * al.qs + r * al.rs) as i32));
                 for c in 0..C {
                     ar[c] =
                         _mm512_dpbf16_ps(ar[c], x, std::mem::transmute::<__m512i, __m512bh>(bv[c]));
@@ -431,6 +437,7 @@ mod avx512 {
         rows: usize,
         blocks: usize,
         a: *const u32,
+        al: ALayout,
         b: *const u32,
         kp: usize,
         dst: *mut f32,
@@ -441,7 +448,7 @@ mod avx512 {
     ) {
         macro_rules! go {
             ($r:literal, $c:literal) => {
-                tile::<$r, $c>(a, b, kp, dst, dst_rs, cols, accumulate, alpha)
+                tile::<$r, $c>(a, al, b, kp, dst, dst_rs, cols, accumulate, alpha)
             };
         }
         macro_rules! rows {
@@ -469,6 +476,7 @@ mod avx512 {
     #[allow(clippy::too_many_arguments)]
     unsafe fn rows_task(
         ap: &[u32],
+        al: ALayout,
         bp: &[u32],
         kp: usize,
         n: usize,
@@ -490,8 +498,9 @@ mod avx512 {
                 tile_any(
                     rows,
                     nb,
-                    // tiles start on panel boundaries (row offsets are multiples of MR)
-                    ap.as_ptr().add((r / MR) * kp * MR),
+                    // r is a multiple of MR: a panel boundary in the panel layout
+                    ap.as_ptr().add(r * kp),
+                    al,
                     bp.as_ptr().add(jb * kp * 16),
                     kp,
                     dst.add(r * dst_rs + jb * 16),
@@ -520,62 +529,153 @@ mod avx512 {
         parallel: bool,
     ) {
         let par = parallel && m * n * k >= PAR_MIN && rayon::current_num_threads() > 1;
-        let kp = k.div_ceil(2);
         let (mut ap, mut bp) = BUFS.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        pack_lhs(lhs, m, k, par, &mut ap);
         pack_rhs(rhs, k, n, par, &mut bp);
-        compute(&ap, &bp, m, n, kp, dst, dst_rs, accumulate, alpha, par);
+        compute(lhs, &mut ap, &bp, m, n, k, dst, dst_rs, accumulate, alpha, par);
         BUFS.with(|b| *b.borrow_mut() = (ap, bp));
     }
 
+    /// Packs the rows of `lhs` and multiplies them with the packed `bp`. Split over rows, each
+    /// task packs its own rows just before using them (they stay in cache, and packing runs in
+    /// parallel with no separate pass); with few rows, the columns are split instead.
     #[allow(clippy::too_many_arguments)]
     unsafe fn compute(
-        ap: &[u32],
+        lhs: Mat<f32>,
+        ap: &mut Vec<u32>,
         bp: &[u32],
         m: usize,
         n: usize,
-        kp: usize,
+        k: usize,
         dst: *mut f32,
         dst_rs: usize,
         accumulate: bool,
         alpha: f32,
         par: bool,
     ) {
+        let kp = k.div_ceil(2);
         let d = SendPtr(dst);
         if par && m >= 2 * MR {
             let threads = rayon::current_num_threads();
             let per = m.div_ceil(threads * 2).next_multiple_of(MR).clamp(MR, ROWS_PER_TASK);
+            let a = SendPtr(lhs.ptr as *mut f32);
+            let (rs, cs) = (lhs.rs, lhs.cs);
             (0..m.div_ceil(per)).into_par_iter().for_each(|t| {
-                // Capture the whole wrapper (Send), not its raw-pointer field (edition 2021).
+                // Capture the whole wrappers (Send), not their raw-pointer fields (edition 2021).
                 #[allow(clippy::redundant_locals)]
-                let d = d;
+                let (d, a) = (d, a);
                 let r0 = t * per;
-                rows_task(ap, bp, kp, n, r0, per.min(m - r0), d.0, dst_rs, accumulate, alpha);
-            });
-        } else if par {
-            // Few rows: split the columns (whole 48-column groups) instead.
-            let group = 16 * NB;
-            (0..n.div_ceil(group)).into_par_iter().for_each(|g| {
-                // Capture the whole wrapper (Send), not its raw-pointer field (edition 2021).
-                #[allow(clippy::redundant_locals)]
-                let d = d;
-                let j0 = g * group;
-                let cols = group.min(n - j0);
-                rows_task(
-                    ap,
-                    &bp[j0 * kp..],
-                    kp,
-                    cols,
-                    0,
-                    m,
-                    d.0.add(j0),
-                    dst_rs,
-                    accumulate,
-                    alpha,
-                );
+                let rows = per.min(m - r0);
+                TASK_A.with(|buf| {
+                    let mut buf = buf.borrow_mut();
+                    let lhs = Mat { ptr: a.0 as *const f32, rs, cs };
+                    let al = pack_lhs_range(lhs, r0, rows, k, &mut buf);
+                    let out = d.0.add(r0 * dst_rs);
+                    rows_task(&buf, al, bp, kp, n, 0, rows, out, dst_rs, accumulate, alpha);
+                });
             });
         } else {
-            rows_task(ap, bp, kp, n, 0, m, dst, dst_rs, accumulate, alpha);
+            let al = pack_lhs_range(lhs, 0, m, k, ap);
+            if par {
+                // Few rows: split the columns (whole 48-column groups) instead.
+                let group = 16 * NB;
+                let ap = &ap[..];
+                (0..n.div_ceil(group)).into_par_iter().for_each(|g| {
+                    // Capture the whole wrapper (Send), not its raw-pointer field (edition 2021).
+                    #[allow(clippy::redundant_locals)]
+                    let d = d;
+                    let j0 = g * group;
+                    let cols = group.min(n - j0);
+                    rows_task(
+                        ap,
+                        al,
+                        &bp[j0 * kp..],
+                        kp,
+                        cols,
+                        0,
+                        m,
+                        d.0.add(j0),
+                        dst_rs,
+                        accumulate,
+                        alpha,
+                    );
+                });
+            } else {
+                rows_task(ap, al, bp, kp, n, 0, m, dst, dst_rs, accumulate, alpha);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    #[test]
+    #[ignore]
+    fn bf16_gemm_parts() {
+        for &(m, n, k) in &[(2080usize, 1024usize, 256usize), (2080, 256, 1024), (2080, 256, 256)] {
+            let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
+            let mut c = vec![0f32; m * n];
+            let lhs = Mat::rows(a.as_ptr(), k);
+            let rhs = Mat::rows(b.as_ptr(), k).t();
+            let (mut ap, mut bp) = (Vec::new(), Vec::new());
+            let reps = 20;
+            let mut t = [0f64; 2];
+            for rep in 0..reps + 1 {
+                let t1 = std::time::Instant::now();
+                unsafe { pack_rhs(rhs, k, n, true, &mut bp) };
+                let t2 = std::time::Instant::now();
+                unsafe { compute(lhs, &mut ap, &bp, m, n, k, c.as_mut_ptr(), n, false, 1.0, true) };
+                let t3 = std::time::Instant::now();
+                if rep > 0 {
+                    t[0] += (t2 - t1).as_secs_f64();
+                    t[1] += (t3 - t2).as_secs_f64();
+                }
+            }
+            let flops = 2.0 * (m * n * k) as f64;
+            println!(
+                "{m}x{n}x{k}: pack rhs {:.3} ms, pack lhs + compute {:.3} ms ({:.1} GFLOP/s)",
+                t[0] / reps as f64 * 1e3,
+                t[1] / reps as f64 * 1e3,
+                flops / (t[1] / reps as f64) / 1e9
+            );
+        }
+    }
+
+    /// Single-thread ceiling of one 8x48 tile on L1-resident packed data:
+    /// `cargo test --release -p medvlp-model --lib bf16_tile_ceiling -- --ignored --nocapture`
+    #[cfg(test)]
+    #[test]
+    #[ignore]
+    fn bf16_tile_ceiling() {
+        if !super::super::bf16::available() {
+            return;
+        }
+        for kp in [32usize, 128, 512] {
+            let a = vec![0x3f80_3f80u32; kp * MR];
+            let b = vec![0x3f80_3f80u32; kp * 16 * NB];
+            let mut c = vec![0f32; MR * 48];
+            let reps = 2_000_000 / kp;
+            for (name, al) in
+                [("panels", ALayout { qs: MR, rs: 1 }), ("rows", ALayout { qs: 1, rs: kp })]
+            {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    unsafe {
+                        tile::<8, 3>(
+                            a.as_ptr(),
+                            al,
+                            b.as_ptr(),
+                            kp,
+                            c.as_mut_ptr(),
+                            48,
+                            48,
+                            true,
+                            1.0,
+                        )
+                    };
+                }
+                let s = t.elapsed().as_secs_f64();
+                let flops = 2.0 * (MR * 48 * 2 * kp) as f64 * reps as f64;
+                println!("tile 8x48 kp {kp} {name}: {:.1} GFLOP/s single thread", flops / s / 1e9);
+            }
         }
     }
 }
@@ -612,7 +712,15 @@ mod tests {
             .collect()
     }
 
-    fn check(p: Bf16Path, m: usize, n: usize, k: usize, transposed: bool, accumulate: bool) {
+    fn check(
+        p: Bf16Path,
+        m: usize,
+        n: usize,
+        k: usize,
+        transposed: bool,
+        accumulate: bool,
+        lhs_t: bool,
+    ) {
         let a = data(m * k, 1);
         let b = data(k * n, 2);
         let init = data(m * n, 3);
@@ -620,8 +728,10 @@ mod tests {
         // b given as [n, k] read through a transposed view when asked (the weight layout).
         let bt: Vec<f32> = (0..n * k).map(|x| b[(x % k) * n + x / k]).collect();
         let rhs = if transposed { Mat::rows(bt.as_ptr(), k).t() } else { Mat::rows(b.as_ptr(), n) };
+        // a given as [k, m] read through a transposed view when asked (dW = g^T x).
+        let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
         unsafe {
-            let lhs = Mat::rows(a.as_ptr(), k);
+            let lhs = if lhs_t { Mat::rows(at.as_ptr(), m).t() } else { Mat::rows(a.as_ptr(), k) };
             match p {
                 #[cfg(target_arch = "x86_64")]
                 Bf16Path::Avx512Bf16 => {
@@ -662,10 +772,15 @@ mod tests {
                 (70, 100, 300),
                 (3, 200, 31),
                 (130, 35, 77),
+                (2080, 64, 40),
+                (150, 700, 90),
+                (9, 900, 200),
             ] {
                 for transposed in [false, true] {
                     for accumulate in [false, true] {
-                        check(p, m, n, k, transposed, accumulate);
+                        for lhs_t in [false, true] {
+                            check(p, m, n, k, transposed, accumulate, lhs_t);
+                        }
                     }
                 }
             }
