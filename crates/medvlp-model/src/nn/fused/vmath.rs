@@ -13,19 +13,22 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * LOG2E + MAGIC) - MAGIC;
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // n as an integer from t's low mantissa bits: `n as i32` is a saturating cast, which LLVM
+    // does not vectorise (it went lane by lane). |n| <= 127, so 2^n is a valid normal float.
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let scale = f32::from_bits((ni.wrapping_add(127) << 23) as u32);
     let y = p * scale;
-    if x < -87.3 {
-        0.0
-    } else if x > 88.7 {
-        f32::INFINITY
-    } else if x.is_nan() {
+    // Selects, not branches, so that the loops stay vectorised.
+    let y = if x < -87.3 { 0.0 } else { y };
+    let y = if x > 88.7 { f32::INFINITY } else { y };
+    if x.is_nan() {
         x
     } else {
         y
@@ -35,12 +38,18 @@ pub fn exp_f32(x: f32) -> f32 {
 /// erf (Abramowitz & Stegun 7.1.26, absolute error <= 1.5e-7).
 #[inline(always)]
 pub fn erf_f32(x: f32) -> f32 {
+    erf_with_exp(x, exp_f32(-x * x))
+}
+
+/// erf given `e = exp(-x^2)` (GELU's gradient shares it with the normal density).
+#[inline(always)]
+fn erf_with_exp(x: f32, e: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t
         * (0.254_829_6
             + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    (1.0 - poly * exp_f32(-a * a)).copysign(x)
+    (1.0 - poly * e).copysign(x)
 }
 
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
@@ -52,8 +61,10 @@ pub fn gelu_f32(x: f32) -> f32 {
 
 #[inline(always)]
 pub fn gelu_grad_f32(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2));
-    cdf + x * exp_f32(-0.5 * x * x) * FRAC_1_SQRT_2PI
+    // exp(-(x / sqrt 2)^2) is the density's exp(-x^2 / 2): computed once.
+    let e = exp_f32(-0.5 * x * x);
+    let cdf = 0.5 * (1.0 + erf_with_exp(x * std::f32::consts::FRAC_1_SQRT_2, e));
+    cdf + x * e * FRAC_1_SQRT_2PI
 }
 
 /// Defines `pub fn $name(args) -> ret` that runs `$body` compiled with AVX-512 when available.
@@ -167,6 +178,21 @@ mod tests {
         let s = exp_sum(&v, 0.5);
         let r: f32 = v.iter().map(|x| (x - 0.5).exp()).sum();
         assert!((s - r).abs() / r < 1e-6);
+    }
+
+    #[test]
+    fn gelu_grad_matches_the_f64_derivative() {
+        let xs: Vec<f32> = (0..2001).map(|i| i as f32 * 0.01 - 10.0).collect();
+        let g = vec![1f32; xs.len()];
+        let mut y = vec![0f32; xs.len()];
+        gelu_backward_into(&g, &xs, &mut y);
+        for (&x, &y) in xs.iter().zip(&y) {
+            let x64 = x as f64;
+            let cdf = 0.5 * (1.0 + libm::erf(x64 / std::f64::consts::SQRT_2));
+            let pdf = (-0.5 * x64 * x64).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            let r = cdf + x64 * pdf;
+            assert!((y as f64 - r).abs() < 2e-6, "gelu'({x}) = {y}, want {r}");
+        }
     }
 
     #[test]
