@@ -103,6 +103,36 @@ fn linear_equals_composed() {
     }
 }
 
+/// Sizes that take the parallel paths (row tasks, GELU epilogue on row chunks): untracked inputs
+/// (GELU in place) equal tracked ones bit for bit, and both equal the composed layer on the same
+/// operands, for fp32 and bf16 products (bf16: the composed layer on bf16-rounded operands).
+#[test]
+fn large_dense_layers_equal_composed_in_both_precisions() {
+    use medvlp_model::nn::{with_precision, Precision};
+    let x = randn(&[2, 300, 64], 21, DType::F32);
+    let w = randn(&[512, 64], 22, DType::F32);
+    let b = randn(&[512], 23, DType::F32);
+    let round = |t: &Tensor| t.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+    for p in [Precision::Fp32, Precision::Bf16] {
+        for bias in [None, Some(&b)] {
+            for act in [Activation::Identity, Activation::Gelu] {
+                let plain = with_precision(p, || linear(&x, &w, bias, act)).unwrap();
+                let xv = Var::from_tensor(&x).unwrap();
+                let tracked = with_precision(p, || linear(xv.as_tensor(), &w, bias, act)).unwrap();
+                assert!(tracked.track_op());
+                assert_eq!(max_diff(&plain, &tracked), 0.0, "{p:?} {act:?} bias {}", bias.is_some());
+                let (xr, wr) = match p {
+                    Precision::Fp32 => (x.clone(), w.clone()),
+                    Precision::Bf16 => (round(&x), round(&w)),
+                };
+                let want = linear_composed(&xr, &wr, bias, act).unwrap();
+                let d = max_diff(&plain, &want);
+                assert!(d < 1e-4, "{p:?} {act:?} bias {}: differs by {d}", bias.is_some());
+            }
+        }
+    }
+}
+
 /// Without tracked inputs the op records nothing (inference path) and gives the same values.
 #[test]
 fn untracked_inputs_record_no_graph() {

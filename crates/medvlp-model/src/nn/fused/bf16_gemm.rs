@@ -11,7 +11,7 @@
 //! Written here because the `gemm` crate has no bf16-input/f32-accumulate kernel and candle's CPU
 //! bf16 matmul widens to f32 after rounding the result too. AMX (`tdpbf16ps`) is not implemented.
 
-use super::{Mat, SendPtr};
+use super::{Epilogue, Mat, SendPtr};
 use rayon::prelude::*;
 
 /// Which bf16 GEMM this CPU runs.
@@ -63,7 +63,8 @@ pub fn round_bf16(x: f32) -> f32 {
 /// Problems at least this large (m * n * k) are split over rayon's threads.
 const PAR_MIN: usize = 1 << 20;
 
-/// `dst[m, n] (+)= alpha * bf16(lhs)[m, k] * bf16(rhs)[k, n]` in f32.
+/// `dst[m, n] (+)= alpha * bf16(lhs)[m, k] * bf16(rhs)[k, n]` in f32, then the epilogue over
+/// every row once (see [`super::gemm_then`]).
 ///
 /// # Safety
 /// As [`super::gemm`]: the views are valid for their extents and `dst` aliases neither operand.
@@ -79,13 +80,19 @@ pub(crate) unsafe fn gemm_bf16(
     rhs: Mat<f32>,
     alpha: f32,
     parallel: bool,
+    epilogue: Option<Epilogue>,
 ) {
     match path() {
         #[cfg(target_arch = "x86_64")]
         Bf16Path::Avx512Bf16 => {
-            avx512::gemm(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel)
+            avx512::gemm(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel, epilogue)
         }
-        _ => rounded(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel),
+        _ => {
+            rounded(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel);
+            if let Some(epi) = epilogue {
+                epi(0, m);
+            }
+        }
     }
 }
 
@@ -138,7 +145,7 @@ unsafe fn rounded(
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{bf16_bits, Mat, SendPtr, PAR_MIN};
+    use super::{bf16_bits, Epilogue, Mat, SendPtr, PAR_MIN};
     use rayon::prelude::*;
     use std::arch::x86_64::*;
 
@@ -548,11 +555,12 @@ mod avx512 {
         rhs: Mat<f32>,
         alpha: f32,
         parallel: bool,
+        epilogue: Option<Epilogue>,
     ) {
         let par = parallel && m * n * k >= PAR_MIN && rayon::current_num_threads() > 1;
         let (mut ap, mut bp) = BUFS.with(|b| std::mem::take(&mut *b.borrow_mut()));
         pack_rhs(rhs, k, n, par, &mut bp);
-        compute(lhs, &mut ap, &bp, m, n, k, dst, dst_rs, accumulate, alpha, par);
+        compute(lhs, &mut ap, &bp, m, n, k, dst, dst_rs, accumulate, alpha, par, epilogue);
         BUFS.with(|b| *b.borrow_mut() = (ap, bp));
     }
 
@@ -572,6 +580,7 @@ mod avx512 {
         accumulate: bool,
         alpha: f32,
         par: bool,
+        epilogue: Option<Epilogue>,
     ) {
         let kp = k.div_ceil(2);
         let d = SendPtr(dst);
@@ -593,6 +602,9 @@ mod avx512 {
                     let out = d.0.add(r0 * dst_rs);
                     rows_task(&buf, al, bp, kp, n, 0, rows, out, dst_rs, accumulate, alpha);
                 });
+                if let Some(epi) = epilogue {
+                    epi(r0, rows);
+                }
             });
         } else {
             let al = pack_lhs_range(lhs, 0, m, k, ap);
@@ -623,6 +635,9 @@ mod avx512 {
             } else {
                 rows_task(ap, al, bp, kp, n, 0, m, dst, dst_rs, accumulate, alpha);
             }
+            if let Some(epi) = epilogue {
+                epi(0, m);
+            }
         }
     }
 
@@ -643,7 +658,9 @@ mod avx512 {
                 let t1 = std::time::Instant::now();
                 unsafe { pack_rhs(rhs, k, n, true, &mut bp) };
                 let t2 = std::time::Instant::now();
-                unsafe { compute(lhs, &mut ap, &bp, m, n, k, c.as_mut_ptr(), n, false, 1.0, true) };
+                unsafe {
+                    compute(lhs, &mut ap, &bp, m, n, k, c.as_mut_ptr(), n, false, 1.0, true, None)
+                };
                 let t3 = std::time::Instant::now();
                 if rep > 0 {
                     t[0] += (t2 - t1).as_secs_f64();
@@ -756,7 +773,7 @@ mod tests {
             match p {
                 #[cfg(target_arch = "x86_64")]
                 Bf16Path::Avx512Bf16 => {
-                    avx512::gemm(m, n, k, dst.as_mut_ptr(), n, accumulate, lhs, rhs, 0.5, true)
+                    avx512::gemm(m, n, k, dst.as_mut_ptr(), n, accumulate, lhs, rhs, 0.5, true, None)
                 }
                 _ => rounded(m, n, k, dst.as_mut_ptr(), n, accumulate, lhs, rhs, 0.5, true),
             }
@@ -862,7 +879,7 @@ mod speed {
                                 1.0,
                                 true,
                             ),
-                            1 => gemm_bf16(m, n, k, c.as_mut_ptr(), n, false, lhs, rhs, 1.0, true),
+                            1 => gemm_bf16(m, n, k, c.as_mut_ptr(), n, false, lhs, rhs, 1.0, true, None),
                             _ => rounded(m, n, k, c.as_mut_ptr(), n, false, lhs, rhs, 1.0, true),
                         }
                     }

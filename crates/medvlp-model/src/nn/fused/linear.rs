@@ -3,7 +3,10 @@
 //! pass computes `dx = g' W`, `dW = g'^T x`, `db = colsum(g')` (with `g' = g * gelu'(h)`) only for
 //! the inputs that need a gradient.
 
-use super::{gemm, tensor_from, use_gemm_kernel, with_slices, Float, Mat, Products, SliceKernel};
+use super::{
+    gemm, gemm_then, tensor_from, use_gemm_kernel, with_slices, Epilogue, Float, Mat, Products,
+    SendPtr, SliceKernel,
+};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -48,40 +51,64 @@ fn forward<T: Float>(
     keep_h: bool,
     products: Products,
 ) -> (Vec<T>, Option<Vec<T>>) {
-    let mut h = vec![T::zero(); rows * dout];
-    if let Some(b) = b {
-        for r in h.chunks_mut(dout) {
-            r.copy_from_slice(b);
+    let len = rows * dout;
+    // With bf16 products the bias joins GELU in the epilogue (rows still in cache: no separate
+    // pass over `h`); the fp32 product instead accumulates onto rows prefilled with the bias.
+    // Either way each element is `product + bias`, rounded once.
+    let bias_late = products == Products::Bf16 && b.is_some();
+    // No zero fill: the bias rows, or the product (which then does not read `h`), write every
+    // element before `set_len`.
+    let mut h: Vec<T> = Vec::with_capacity(len);
+    if let (Some(b), false) = (b, bias_late) {
+        for _ in 0..rows {
+            h.extend_from_slice(b);
         }
     }
+    // GELU runs in the epilogue too: in place when `h` is not kept (inference), else into `y`
+    // (`h` is GELU's backward input).
+    let gelu = act == Activation::Gelu;
+    let mut y: Vec<T> = if gelu && keep_h { vec![T::zero(); len] } else { vec![] };
+    let (hp, yp) = (SendPtr(h.as_mut_ptr()), SendPtr(y.as_mut_ptr()));
+    let epilogue = |r0: usize, nr: usize| {
+        #[allow(clippy::redundant_locals)]
+        let (hp, yp) = (&hp, &yp);
+        // SAFETY: rows r0..r0 + nr are written by the product and handed to one call only.
+        let h = unsafe { std::slice::from_raw_parts_mut(hp.0.add(r0 * dout), nr * dout) };
+        if let (Some(b), true) = (b, bias_late) {
+            for row in h.chunks_exact_mut(dout) {
+                for (v, &c) in row.iter_mut().zip(b) {
+                    *v += c;
+                }
+            }
+        }
+        if gelu && keep_h {
+            let y = unsafe { std::slice::from_raw_parts_mut(yp.0.add(r0 * dout), nr * dout) };
+            T::gelu_into(h, y);
+        } else if gelu {
+            T::gelu_inplace(h);
+        }
+    };
     unsafe {
-        gemm(
+        gemm_then(
             rows,
             dout,
             din,
-            h.as_mut_ptr(),
+            hp.0,
             dout,
-            b.is_some(),
+            b.is_some() && !bias_late,
             Mat::rows(x.as_ptr(), din),
             Mat::rows(w.as_ptr(), din).t(),
             T::one(),
             true,
             products,
-        )
-    };
-    match act {
-        Activation::Identity => (h, None),
-        Activation::Gelu => {
-            let mut y = vec![T::zero(); h.len()];
-            if h.len() >= PAR_MIN {
-                y.par_chunks_mut(PAR_MIN / 4)
-                    .zip(h.par_chunks(PAR_MIN / 4))
-                    .for_each(|(y, h)| T::gelu_into(h, y));
-            } else {
-                T::gelu_into(&h, &mut y);
-            }
-            (y, keep_h.then_some(h))
-        }
+            (gelu || bias_late).then_some(&epilogue as Epilogue),
+        );
+        h.set_len(len);
+    }
+    match (act, keep_h) {
+        (Activation::Identity, _) => (h, None),
+        (Activation::Gelu, false) => (h, None),
+        (Activation::Gelu, true) => (y, Some(h)),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod linear;
 pub mod vmath;
 
 use candle_core::{DType, Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
 
 pub use num::Float;
 
@@ -187,6 +188,33 @@ pub(crate) unsafe fn gemm<T: Float>(
     parallel: bool,
     products: Products,
 ) {
+    gemm_then(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel, products, None)
+}
+
+/// Rows `r0..r0 + rows` of a product are final: an epilogue may read and rewrite them.
+pub(crate) type Epilogue<'a> = &'a (dyn Fn(usize, usize) + Sync);
+
+/// [`gemm`], then `epilogue(r0, rows)` over every row once. The bf16 kernel calls it per row task
+/// right after the task's tiles, while the rows are still in cache; the fp32 path after the
+/// product, over row chunks in parallel.
+///
+/// # Safety
+/// As [`gemm`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_then<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+    alpha: T,
+    parallel: bool,
+    products: Products,
+    epilogue: Option<Epilogue>,
+) {
     if products == Products::Bf16 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
         let cast = |a: Mat<T>| Mat { ptr: a.ptr as *const f32, rs: a.rs, cs: a.cs };
         return bf16_gemm::gemm_bf16(
@@ -200,10 +228,23 @@ pub(crate) unsafe fn gemm<T: Float>(
             cast(rhs),
             alpha.to_f64() as f32,
             parallel,
+            epilogue,
         );
     }
-    gemm_crate(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel)
+    gemm_crate(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel);
+    if let Some(epi) = epilogue {
+        // chunks of ~32k elements
+        let per = (EPILOGUE_CHUNK / n.max(1)).max(1);
+        if parallel && m * n >= 2 * EPILOGUE_CHUNK {
+            (0..m.div_ceil(per)).into_par_iter().for_each(|c| epi(c * per, per.min(m - c * per)));
+        } else {
+            epi(0, m);
+        }
+    }
 }
+
+/// Elements per parallel chunk of an fp32 product's epilogue.
+const EPILOGUE_CHUNK: usize = 1 << 15;
 
 /// [`gemm`] through the `gemm` crate (also the product of [`bf16_gemm`]'s portable path).
 #[allow(clippy::too_many_arguments)]
@@ -316,6 +357,12 @@ pub mod num {
                 *y = x.gelu();
             }
         }
+        /// `x_i <- gelu(x_i)`.
+        fn gelu_inplace(x: &mut [Self]) {
+            for v in x.iter_mut() {
+                *v = v.gelu();
+            }
+        }
         /// `y_i <- g_i gelu'(h_i)`.
         fn gelu_backward_into(g: &[Self], h: &[Self], y: &mut [Self]) {
             for ((y, &g), &h) in y.iter_mut().zip(g).zip(h) {
@@ -353,6 +400,9 @@ pub mod num {
         }
         fn gelu_into(x: &[Self], y: &mut [Self]) {
             super::vmath::gelu_into(x, y)
+        }
+        fn gelu_inplace(x: &mut [Self]) {
+            super::vmath::gelu_inplace(x)
         }
         fn gelu_backward_into(g: &[Self], h: &[Self], y: &mut [Self]) {
             super::vmath::gelu_backward_into(g, h, y)

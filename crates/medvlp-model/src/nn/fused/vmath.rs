@@ -148,6 +148,15 @@ dispatch! {
 }
 
 dispatch! {
+    /// `x_i <- gelu(x_i)`.
+    fn gelu_inplace(x: &mut [f32]) -> () {
+        for v in x.iter_mut() {
+            *v = gelu_f32(*v);
+        }
+    }
+}
+
+dispatch! {
     /// `y_i <- g_i * gelu'(h_i)`.
     fn gelu_backward_into(g: &[f32], h: &[f32], y: &mut [f32]) -> () {
         for ((y, &g), &h) in y.iter_mut().zip(g).zip(h) {
