@@ -120,7 +120,12 @@ fn large_dense_layers_equal_composed_in_both_precisions() {
                 let xv = Var::from_tensor(&x).unwrap();
                 let tracked = with_precision(p, || linear(xv.as_tensor(), &w, bias, act)).unwrap();
                 assert!(tracked.track_op());
-                assert_eq!(max_diff(&plain, &tracked), 0.0, "{p:?} {act:?} bias {}", bias.is_some());
+                assert_eq!(
+                    max_diff(&plain, &tracked),
+                    0.0,
+                    "{p:?} {act:?} bias {}",
+                    bias.is_some()
+                );
                 let (xr, wr) = match p {
                     Precision::Fp32 => (x.clone(), w.clone()),
                     Precision::Bf16 => (round(&x), round(&w)),

@@ -186,15 +186,6 @@ mod avx512 {
     }
 
     #[inline]
-    fn mask8(n: usize) -> __mmask8 {
-        if n >= 8 {
-            0xff
-        } else {
-            ((1u32 << n) - 1) as __mmask8
-        }
-    }
-
-    #[inline]
     fn mask16(n: usize) -> __mmask16 {
         if n >= 16 {
             0xffff
@@ -294,6 +285,35 @@ mod avx512 {
         }
     }
 
+    /// Transposes 16 x 16 32-bit elements: `v[l][t] <- v[t][l]`. Four stages, one per index bit
+    /// `s`: rows `l` and `l + s` (bit `s` of `l` clear) exchange their elements whose column has
+    /// bit `s` set and clear respectively, which swaps bit `s` between row and column.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn transpose16(v: &mut [__m512i; 16]) {
+        for s in [8usize, 4, 2, 1] {
+            let mut lo = [0i32; 16];
+            let mut hi = [0i32; 16];
+            for t in 0..16 {
+                // index 16 + i picks element i of the second operand
+                (lo[t], hi[t]) = if t & s == 0 {
+                    (t as i32, (t + s) as i32)
+                } else {
+                    ((16 + t - s) as i32, (16 + t) as i32)
+                };
+            }
+            let (lo, hi) = (
+                _mm512_loadu_si512(lo.as_ptr() as *const _),
+                _mm512_loadu_si512(hi.as_ptr() as *const _),
+            );
+            for l in (0..16).filter(|l| l & s == 0) {
+                let (a, b) = (v[l], v[l + s]);
+                v[l] = _mm512_permutex2var_epi32(a, lo, b);
+                v[l + s] = _mm512_permutex2var_epi32(a, hi, b);
+            }
+        }
+    }
+
     /// Blocks `jb0..` of `rhs` as `[16-column block][kp][16]` pairs `(b[2p, j], b[2p + 1, j])`.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
     unsafe fn pack_rhs_blocks(b: Mat<f32>, jb0: usize, blocks: &mut [u32], k: usize, n: usize) {
@@ -301,46 +321,26 @@ mod avx512 {
         for (bi, blk) in blocks.chunks_mut((kp * 16).max(1)).enumerate() {
             let j0 = (jb0 + bi) * 16;
             let w = (n - j0).min(16);
-            if b.rs == 1 && b.cs.unsigned_abs() * 16 < i32::MAX as usize / 4 {
-                // columns of b are contiguous along k (a transposed weight): for each p, gather
-                // the 16 columns' (b[2p, j], b[2p + 1, j]) as 64-bit pairs, convert, store
-                let cs = b.cs as i32;
-                let idx = _mm256_setr_epi32(0, cs, 2 * cs, 3 * cs, 4 * cs, 5 * cs, 6 * cs, 7 * cs);
-                let (m_lo, m_hi) = (mask8(w), mask8(w.saturating_sub(8)));
-                let col0 = b.ptr.offset(j0 as isize * b.cs);
-                let col8 = col0.offset(8 * b.cs);
-                for q in 0..k / 2 {
-                    let g0 = _mm512_mask_i32gather_epi64::<4>(
-                        _mm512_setzero_si512(),
-                        m_lo,
-                        idx,
-                        col0.add(2 * q) as *const _,
-                    );
-                    let g1 = if m_hi != 0 {
-                        _mm512_mask_i32gather_epi64::<4>(
-                            _mm512_setzero_si512(),
-                            m_hi,
-                            idx,
-                            col8.add(2 * q) as *const _,
-                        )
-                    } else {
-                        _mm512_setzero_si512()
-                    };
-                    let v = _mm512_cvtne2ps_pbh(_mm512_castsi512_ps(g1), _mm512_castsi512_ps(g0));
-                    _mm512_storeu_si512(
-                        blk.as_mut_ptr().add(q * 16) as *mut _,
-                        std::mem::transmute::<__m512bh, __m512i>(v),
-                    );
-                }
-                if k % 2 == 1 {
-                    // the last, unpaired row of k (its partner is 0)
-                    let q = k / 2;
-                    for l in 0..16 {
-                        blk[q * 16 + l] = if l < w {
-                            bf16_bits(*b.ptr.offset((j0 + l) as isize * b.cs + 2 * q as isize))
+            if b.rs == 1 {
+                // Columns of b are contiguous along k (a transposed weight, K^T): column j's
+                // pairs for 16 consecutive p are one conversion of its 32 floats. Convert 16
+                // columns, transpose the 16 x 16 pairs in registers, store one row of 16 pairs
+                // per p. (A 64-bit gather per pair took 3x as long.)
+                let mut v = [_mm512_setzero_si512(); 16];
+                for q0 in (0..kp).step_by(16) {
+                    for (l, v) in v.iter_mut().enumerate() {
+                        *v = if l < w {
+                            cvt32(
+                                b.ptr.offset((j0 + l) as isize * b.cs + 2 * q0 as isize),
+                                k - 2 * q0,
+                            )
                         } else {
-                            0
+                            _mm512_setzero_si512() // columns past n
                         };
+                    }
+                    transpose16(&mut v);
+                    for (t, v) in v.iter().enumerate().take(kp - q0) {
+                        _mm512_storeu_si512(blk.as_mut_ptr().add((q0 + t) * 16) as *mut _, *v);
                     }
                 }
             } else {
@@ -772,9 +772,19 @@ mod tests {
             let lhs = if lhs_t { Mat::rows(at.as_ptr(), m).t() } else { Mat::rows(a.as_ptr(), k) };
             match p {
                 #[cfg(target_arch = "x86_64")]
-                Bf16Path::Avx512Bf16 => {
-                    avx512::gemm(m, n, k, dst.as_mut_ptr(), n, accumulate, lhs, rhs, 0.5, true, None)
-                }
+                Bf16Path::Avx512Bf16 => avx512::gemm(
+                    m,
+                    n,
+                    k,
+                    dst.as_mut_ptr(),
+                    n,
+                    accumulate,
+                    lhs,
+                    rhs,
+                    0.5,
+                    true,
+                    None,
+                ),
                 _ => rounded(m, n, k, dst.as_mut_ptr(), n, accumulate, lhs, rhs, 0.5, true),
             }
         }
@@ -879,7 +889,19 @@ mod speed {
                                 1.0,
                                 true,
                             ),
-                            1 => gemm_bf16(m, n, k, c.as_mut_ptr(), n, false, lhs, rhs, 1.0, true, None),
+                            1 => gemm_bf16(
+                                m,
+                                n,
+                                k,
+                                c.as_mut_ptr(),
+                                n,
+                                false,
+                                lhs,
+                                rhs,
+                                1.0,
+                                true,
+                                None,
+                            ),
                             _ => rounded(m, n, k, c.as_mut_ptr(), n, false, lhs, rhs, 1.0, true),
                         }
                     }
