@@ -90,6 +90,19 @@ pub struct Setup {
     pub preset: String,
     pub device: String,
     pub budget_minutes: f64,
+    /// `train.precision` of every run.
+    pub precision: medvlp_model::nn::Precision,
+}
+
+/// bf16 mixed precision where the CPU multiplies bf16 natively (AVX-512 BF16), fp32 elsewhere
+/// (GPUs included: their quickstart figures were measured in fp32).
+pub fn auto_precision(device: &str) -> medvlp_model::nn::Precision {
+    use medvlp_model::nn::{fused::bf16_gemm, Precision};
+    if device == "cpu" && bf16_gemm::path() != bf16_gemm::Bf16Path::RoundedFp32 {
+        Precision::Bf16
+    } else {
+        Precision::Fp32
+    }
 }
 
 impl Setup {
@@ -102,6 +115,7 @@ impl Setup {
             format!("seed={seed}"),
             format!("device={}", self.device),
             format!("train.steps={steps}"),
+            format!("train.precision={}", self.precision),
             format!("train.warmup_steps={}", (steps / 10).max(1)),
             "train.validate_every=0".into(),
             format!("train.checkpoint_every={}", (steps / 4).max(1)),
@@ -133,10 +147,11 @@ impl Setup {
     ) -> Result<PathBuf> {
         let final_dir = run_dir.join("final");
         let key = format!(
-            "{recipe} {:?} {} {} {seed} {}",
+            "{recipe} {:?} {} {} {} {seed} {}",
             extra,
             self.preset,
             self.budget_minutes,
+            self.precision,
             std::fs::read_to_string(self.data.join("pipeline-synth.json")).unwrap_or_default()
         );
         let key_path = run_dir.join("budget-key.txt");

@@ -133,6 +133,7 @@ pub fn run(args: Args) -> Result<()> {
         preset: args.preset.clone(),
         device: args.device.clone(),
         budget_minutes: args.budget_minutes,
+        precision: medvlp_model::nn::Precision::Fp32,
     };
     let vars = medvlp_train::recipe::variants(&args.recipes, args.ablations)?;
     // results[variant][seed]
