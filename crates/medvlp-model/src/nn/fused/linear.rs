@@ -70,7 +70,7 @@ fn forward<T: Float>(
     let mut y: Vec<T> = if gelu && keep_h { vec![T::zero(); len] } else { vec![] };
     let (hp, yp) = (SendPtr(h.as_mut_ptr()), SendPtr(y.as_mut_ptr()));
     let epilogue = |r0: usize, nr: usize| {
-        #[allow(clippy::redundant_locals)]
+        // Capture the whole wrappers (Sync), not their raw-pointer fields (edition 2021).
         let (hp, yp) = (&hp, &yp);
         // SAFETY: rows r0..r0 + nr are written by the product and handed to one call only.
         let h = unsafe { std::slice::from_raw_parts_mut(hp.0.add(r0 * dout), nr * dout) };
