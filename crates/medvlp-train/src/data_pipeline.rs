@@ -12,7 +12,7 @@ use medvlp_data::dataset::{read_manifest, Split, Study};
 use medvlp_data::image::preprocess::PreprocessConfig;
 use medvlp_data::loader::{EpochIter, Loader, LoaderConfig};
 use medvlp_data::text::labels::{label_vector, CHEXPERT_14};
-use medvlp_data::text::{disease_prompt, extract_entities, Entity};
+use medvlp_data::text::{disease_prompt, extract_entities, Entity, TextAugment};
 use medvlp_data::tokenizer::Tokenizer;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -46,6 +46,7 @@ pub struct DataPipeline {
     image_only: Option<Stream>,
     text_only: Vec<Study>,
     n_text_only: usize,
+    text_augment: TextAugment,
     seed: u64,
     device: Device,
     shard: (usize, usize),
@@ -60,6 +61,8 @@ pub struct PipelineConfig<'a> {
     pub batch_size: usize,
     pub image_only_rate: f64,
     pub text_only_rate: f64,
+    /// Applied to the reports of paired and text-only rows (not to disease prompts).
+    pub text_augment: TextAugment,
     pub max_bad_fraction: f64,
     pub threads: usize,
     pub train: bool,
@@ -143,6 +146,7 @@ impl DataPipeline {
             image_only,
             n_text_only: if text_only.is_empty() { 0 } else { n_text_only },
             text_only,
+            text_augment: c.text_augment,
             seed: c.seed,
             device: device.clone(),
             shard: (c.shard.0, c.shard.1.max(1)),
@@ -169,8 +173,8 @@ impl DataPipeline {
         let mut labels: Vec<BTreeMap<String, i8>> = vec![];
         let mut images = pb.images.clone();
         let shape = pb.sample_shape;
-        for (t, l) in pb.texts.iter().zip(&pb.labels) {
-            texts.push(t.clone().unwrap_or_default());
+        for ((t, l), id) in pb.texts.iter().zip(&pb.labels).zip(&pb.ids) {
+            texts.push(self.augment(t.as_deref().unwrap_or_default(), k, id));
             labels.push(l.clone());
         }
         let n_paired = pb.len();
@@ -199,7 +203,8 @@ impl DataPipeline {
                 ((k % per_epoch) as usize) * self.n_text_only * world + rank * self.n_text_only;
             for &i in order.iter().cycle().skip(start).take(self.n_text_only) {
                 let s = &self.text_only[i];
-                texts.push(s.text.clone().or_else(|| s.findings_impression()).unwrap_or_default());
+                let t = s.text.clone().or_else(|| s.findings_impression()).unwrap_or_default();
+                texts.push(self.augment(&t, k, &s.id));
                 labels.push(s.labels.clone());
                 n_text_only += 1;
             }
@@ -221,6 +226,16 @@ impl DataPipeline {
                 rank * self.n_text_only,
             ],
         })
+    }
+
+    /// A training report after sentence augmentation: a pure function of (seed, micro-batch,
+    /// study), so batches stay reproducible across resumes and data-parallel ranks.
+    fn augment(&self, text: &str, k: u64, id: &str) -> String {
+        if self.text_augment.is_identity() {
+            return text.to_string();
+        }
+        let seed = medvlp_data::hash::hash64(self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15), id);
+        self.text_augment.apply(text, seed)
     }
 
     /// Tokenise with word ids and entity word pieces.

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use medvlp_data::dataset::Split;
 use medvlp_data::image::preprocess::PreprocessConfig;
+use medvlp_data::text::TextAugment;
 use medvlp_data::tokenizer::{train_on_manifests, Tokenizer, WordPieceOptions};
 use medvlp_eval::retrieval::{paired_ranks, recall_at_k};
 use medvlp_eval::zeroshot::{evaluate_multilabel, pos_neg_probability};
@@ -289,6 +290,14 @@ pub fn run_training(
         batch_size: rc.data.batch_size,
         image_only_rate: if train { rc.data.image_only_rate } else { 0.0 },
         text_only_rate: if train { rc.data.text_only_rate } else { 0.0 },
+        text_augment: if train {
+            TextAugment {
+                sentence_shuffle: rc.data.sentence_shuffle,
+                sentence_sample: rc.data.sentence_sample,
+            }
+        } else {
+            TextAugment::default()
+        },
         max_bad_fraction: rc.data.max_bad_fraction,
         threads: rc.data.threads,
         train,

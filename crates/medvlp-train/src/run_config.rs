@@ -56,6 +56,11 @@ pub struct DataSection {
     /// Image-only and text-only samples per micro-batch, as fractions of `batch_size`.
     pub image_only_rate: f64,
     pub text_only_rate: f64,
+    /// Probability that a training report's sentences are shuffled (BioViL); reports of paired
+    /// and text-only rows, never the disease prompts of image-only rows.
+    pub sentence_shuffle: f64,
+    /// Probability that a training report is cut to a random non-empty subset of its sentences.
+    pub sentence_sample: f64,
     pub max_bad_fraction: f64,
     /// Pixel budget of one image (rows x columns): a file whose header declares more is a bad
     /// sample, refused before it is decoded.
@@ -78,6 +83,8 @@ impl Default for DataSection {
             batch_size: 32,
             image_only_rate: 0.0,
             text_only_rate: 0.0,
+            sentence_shuffle: 0.0,
+            sentence_sample: 0.0,
             max_bad_fraction: 0.01,
             max_pixels: medvlp_data::image::DEFAULT_MAX_PIXELS,
             threads: 0,
@@ -255,7 +262,7 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         let o = self.objectives();
         let (t, d, opt) = (&self.train, &self.data, &self.train.optimizer);
-        let values: [(&str, f64); 28] = [
+        let values: [(&str, f64); 30] = [
             ("objectives.itc", o.itc),
             ("objectives.unpaired", o.unpaired),
             ("objectives.mim", o.mim),
@@ -281,6 +288,8 @@ impl RunConfig {
             ("data.batch_size", d.batch_size as f64),
             ("data.image_only_rate", d.image_only_rate),
             ("data.text_only_rate", d.text_only_rate),
+            ("data.sentence_shuffle", d.sentence_shuffle),
+            ("data.sentence_sample", d.sentence_sample),
             ("data.max_bad_fraction", d.max_bad_fraction),
             ("data.val_samples", d.val_samples as f64),
             ("data.max_pixels", d.max_pixels as f64),
@@ -365,7 +374,7 @@ impl Range {
 
 /// The valid range of every numeric key of a run config (integer keys whose type already bounds
 /// them, such as `train.steps`, are not listed).
-pub const RANGES: [(&str, Range); 28] = [
+pub const RANGES: [(&str, Range); 30] = [
     ("objectives.itc", Range::AtLeast(0.0)),
     ("objectives.unpaired", Range::AtLeast(0.0)),
     ("objectives.mim", Range::AtLeast(0.0)),
@@ -392,6 +401,8 @@ pub const RANGES: [(&str, Range); 28] = [
     ("data.batch_size", Range::AtLeast(2.0)),
     ("data.image_only_rate", Range::Closed(0.0, 1.0)),
     ("data.text_only_rate", Range::Closed(0.0, 1.0)),
+    ("data.sentence_shuffle", Range::Closed(0.0, 1.0)),
+    ("data.sentence_sample", Range::Closed(0.0, 1.0)),
     ("data.max_bad_fraction", Range::Closed(0.0, 1.0)),
     ("data.val_samples", Range::AtLeast(1.0)),
     ("data.max_pixels", Range::AtLeast(1.0)),
@@ -490,6 +501,7 @@ mod tests {
             ("train.optimizer.lr=-1", "train.optimizer.lr"),
             ("train.optimizer.lr=nan", "train.optimizer.lr"),
             ("data.image_only_rate=-0.5", "data.image_only_rate"),
+            ("data.sentence_shuffle=1.5", "data.sentence_shuffle"),
             ("data.max_bad_fraction=2", "data.max_bad_fraction"),
             ("train.optimizer.beta2=1", "train.optimizer.beta2"),
         ] {

@@ -64,6 +64,7 @@ fn prefetched_batches_equal_the_pipeline_in_any_order() {
             batch_size: 8,
             image_only_rate: 0.25,
             text_only_rate: 0.25,
+            text_augment: Default::default(),
             max_bad_fraction: 0.0,
             threads: 2,
             train: true,

@@ -8,11 +8,13 @@
 //! - [`Convention`]: CheXpert's labelling rules or naming-only ("strict") labels
 //!   (docs/labeler-conventions.md lists every difference).
 //! - [`prompts`]: zero-shot prompt files and [`disease_prompt`].
+//! - [`augment`]: sentence shuffling and sampling of training reports ([`TextAugment`]).
 //!
 //! Offsets are byte offsets into the input text. Matching is done on an ASCII-lowercased copy,
 //! which keeps byte offsets identical to the input (non-ASCII bytes are left as they are).
 
 pub mod assertion;
+pub mod augment;
 pub mod extract;
 pub mod labelfile;
 pub mod labels;
@@ -21,6 +23,7 @@ pub mod prompts;
 
 use serde::{Deserialize, Serialize};
 
+pub use augment::{sentences, TextAugment};
 pub use extract::{extract_entities, Extractor};
 pub use labelfile::{label_file, InputFormat, LabelStats};
 pub use labels::{
