@@ -79,24 +79,34 @@ pub fn base_protocol(
     }
 }
 
-/// A class's negative prompt: its `negative`, else `no {positive or first template}`.
-fn negative_prompt(c: &ExpandedClass) -> Result<String> {
-    if let Some(n) = &c.negative {
-        return Ok(n.clone());
+/// A class's negative prompts: its `negative` list, else `no {first positive or template}`.
+fn negative_prompts(c: &ExpandedClass) -> Result<Vec<String>> {
+    if !c.negative.is_empty() {
+        return Ok(c.negative.clone());
     }
     let pos = c
         .positive
-        .as_ref()
+        .first()
         .or(c.templates.first())
         .with_context(|| format!("class {:?} has no positive prompt or template", c.name))?;
-    Ok(format!("no {pos}"))
+    Ok(vec![format!("no {pos}")])
+}
+
+/// The recorded form of a prompt side: a string for one prompt (as files with CheXzero pairs
+/// have always recorded it), a list for an ensemble.
+fn recorded(prompts: &[String]) -> serde_json::Value {
+    match prompts {
+        [one] => serde_json::json!(one),
+        many => serde_json::json!(many),
+    }
 }
 
 /// One class's prompt embeddings for `mode`, and the prompts used (as recorded in results):
 /// `single` takes the first template (or the positive prompt) and scores by cosine; `pos_neg`
-/// the positive and negative prompts (`no {positive}` when the file has no negative); `ensemble`
-/// the expanded ensemble (or all templates) as the positive side against the negative prompt,
-/// scored as `pos_neg`. The evaluation protocol and the server both build prompts here.
+/// the positive and negative prompts, each side averaged when it lists several (`no {positive}`
+/// when the file has no negative); `ensemble` the expanded ensemble (or all templates) as the
+/// positive side against the first negative prompt, scored as `pos_neg`. The evaluation
+/// protocol and the server both build prompts here.
 pub fn class_prompts(
     c: &ExpandedClass,
     mode: PromptMode,
@@ -107,7 +117,7 @@ pub fn class_prompts(
             let t = c
                 .templates
                 .first()
-                .or(c.positive.as_ref())
+                .or(c.positive.first())
                 .with_context(|| format!("class {:?} has no single template", c.name))?
                 .clone();
             (
@@ -127,25 +137,34 @@ pub fn class_prompts(
             // finding phrases ranks normal studies first, because normal reports name every
             // finding ("no effusion, no pneumothorax") and the prompts embed close to them
             // (docs/zero-shot-ensemble.md has the measurements).
-            let neg = negative_prompt(c)?;
+            // Only the first negative prompt (the bare "no X" of CheXzero): the ensembles are
+            // bare phrases, and a negative side that adds sentence forms ("no X.") would move the
+            // score along the phrasing direction instead of the finding's (on the quickstart's
+            // XLIP, seed 1, macro 0.745 with "no X" alone, 0.616 with chexpert5's four).
+            let neg = negative_prompts(c)?[..1].to_vec();
             let e = embed_texts(&ts)?;
-            let neg_e = embed_texts(std::slice::from_ref(&neg))?.remove(0);
+            let neg_e = embed_texts(&neg)?;
             (
-                ClassPrompts::PosNeg { positive: e, negative: vec![neg_e] },
-                serde_json::json!({"positive": ts, "negative": neg}),
+                ClassPrompts::PosNeg { positive: e, negative: neg_e },
+                serde_json::json!({"positive": ts, "negative": recorded(&neg)}),
             )
         }
         PromptMode::PosNeg => {
-            let pos = c
-                .positive
-                .clone()
-                .or_else(|| c.templates.first().cloned())
-                .with_context(|| format!("class {:?} has no positive prompt", c.name))?;
-            let neg = negative_prompt(c)?;
-            let e = embed_texts(&[pos.clone(), neg.clone()])?;
+            let pos = if c.positive.is_empty() {
+                vec![c
+                    .templates
+                    .first()
+                    .cloned()
+                    .with_context(|| format!("class {:?} has no positive prompt", c.name))?]
+            } else {
+                c.positive.clone()
+            };
+            let neg = negative_prompts(c)?;
+            let mut e = embed_texts(&[pos.clone(), neg.clone()].concat())?;
+            let neg_e = e.split_off(pos.len());
             (
-                ClassPrompts::PosNeg { positive: vec![e[0].clone()], negative: vec![e[1].clone()] },
-                serde_json::json!({"positive": pos, "negative": neg}),
+                ClassPrompts::PosNeg { positive: e, negative: neg_e },
+                serde_json::json!({"positive": recorded(&pos), "negative": recorded(&neg)}),
             )
         }
     })
@@ -669,6 +688,69 @@ mod tests {
                 "negative": "no edema"
             })
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn pos_neg_sides_can_be_prompt_ensembles() {
+        // A phrasing direction (axis 1: a final period) that half the images share, unrelated to
+        // the finding. One mismatched pair ("edema." against "no edema") scores along it; lists
+        // with the same phrasings on both sides cancel it.
+        let dir = tmp("zs-lists");
+        let file = dir.join("toy.toml");
+        let write = |pos: &str, neg: &str| {
+            let toml = format!(
+                "kind = \"zero-shot\"\nname = \"toy\"\nversion = \"0.1\"\n\
+                [[class]]\nname = \"Edema\"\ntemplates = [\"edema\"]\n\
+                positive = {pos}\nnegative = {neg}\n\
+                [class.ensemble]\norder = [\"finding\"]\nfinding = [\"edema\", \"mild edema\"]\n"
+            );
+            std::fs::write(&file, &toml).unwrap();
+            load_zero_shot_prompts(file.to_str().unwrap()).unwrap()
+        };
+        let embed = |texts: &[String]| -> Result<Vec<Vec<f32>>> {
+            Ok(texts
+                .iter()
+                .map(|t| {
+                    let finding = if t.starts_with("no ") { -0.2 } else { 0.2 };
+                    let period = if t.ends_with('.') { 1.0 } else { 0.0 };
+                    vec![finding, period, 1.0]
+                })
+                .collect())
+        };
+        let (_, mut test) = split(Split::Test, 30, 0);
+        // Edema positives (i % 3 == 0) carry the finding axis; the phrasing axis is strongest
+        // on the negatives.
+        test.images = (0..30)
+            .map(|i| {
+                let f = if i % 3 == 0 { 1.0 } else { 0.0 };
+                vec![f, if i % 2 == 0 { 0.0 } else { 2.0 - f }, 1.0]
+            })
+            .collect();
+        let mut opts = options(&dir);
+        opts.modes = vec![PromptMode::PosNeg, PromptMode::Ensemble];
+        let auroc = |prompts: &ZeroShotPrompts, hash: &str, mode: &str| {
+            let out = zero_shot(&test, prompts, hash, &embed, 0.1, &opts, &base(&test)).unwrap();
+            let r = out
+                .records
+                .iter()
+                .find(|r| r.protocol.extra["prompt_mode"] == mode && r.metric == "auroc")
+                .unwrap();
+            (r.value, r.protocol.extra["prompts"]["Edema"].clone())
+        };
+        let (one, hash) = write("\"edema.\"", "\"no edema\"");
+        assert!(auroc(&one, &hash, "pos_neg").0 < 0.8, "the mismatched pair follows the period");
+        let (lists, hash) = write("[\"edema\", \"edema.\"]", "[\"no edema\", \"no edema.\"]");
+        let (value, recorded) = auroc(&lists, &hash, "pos_neg");
+        assert_eq!(value, 1.0);
+        assert_eq!(
+            recorded,
+            serde_json::json!({"positive": ["edema", "edema."], "negative": ["no edema", "no edema."]})
+        );
+        // The ensemble mode contrasts its bare phrases with the first negative prompt only.
+        let (value, recorded) = auroc(&lists, &hash, "ensemble");
+        assert_eq!(value, 1.0);
+        assert_eq!(recorded["negative"], "no edema");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

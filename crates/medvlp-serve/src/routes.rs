@@ -462,8 +462,8 @@ fn requested_classes(q: &ZeroShotQuery) -> Result<(String, Vec<ExpandedClass>), 
                         name,
                         templates: vec![text.clone()],
                         ensemble: vec![],
-                        negative: Some(format!("no {text}")),
-                        positive: Some(text),
+                        negative: vec![format!("no {text}")],
+                        positive: vec![text],
                     }
                 })
                 .collect();

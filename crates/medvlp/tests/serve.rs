@@ -262,18 +262,32 @@ fn every_route_answers_and_matches_the_cli() {
         assert!(cosine(&floats(&r["embeddings"][k]), &cli_t[k]) >= 0.99999);
     }
 
-    // Zero-shot (pos/neg): sigmoid((cos(img, pos) - cos(img, neg)) / T) from CLI embeddings.
+    // Zero-shot (pos/neg): sigmoid((cos(img, pos) - cos(img, neg)) / T) from CLI embeddings,
+    // each side the renormalised mean of its normalised prompt embeddings (chexpert5 lists
+    // several prompts per side).
     let z = post(&s.url("/v1/zero-shot?prompts=chexpert5"), "image/png", &png, None).json();
     assert_eq!(z["mode"], "pos_neg");
     let scores = z["scores"].as_array().unwrap();
     assert_eq!(scores.len(), 5);
     let t = z["temperature"].as_f64().unwrap();
     let first = &scores[0];
-    let pf = f.dir.join("prompts.txt");
-    let (pos, neg) = (&first["prompts"]["positive"], &first["prompts"]["negative"]);
-    std::fs::write(&pf, format!("{}\n{}", pos.as_str().unwrap(), neg.as_str().unwrap())).unwrap();
-    let pe = cli_embed("texts", &pf);
-    let margin = cosine(&cli[0], &pe[0]) - cosine(&cli[0], &pe[1]);
+    let side = |v: &serde_json::Value, name: &str| -> Vec<f32> {
+        let texts: Vec<String> = match v {
+            serde_json::Value::String(one) => vec![one.clone()],
+            many => many.as_array().unwrap().iter().map(|x| x.as_str().unwrap().into()).collect(),
+        };
+        let pf = f.dir.join(format!("prompts-{name}.txt"));
+        std::fs::write(&pf, texts.join("\n")).unwrap();
+        let mut mean = vec![0f32; cli[0].len()];
+        for e in cli_embed("texts", &pf) {
+            let n = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+            mean.iter_mut().zip(&e).for_each(|(m, x)| *m += x / n);
+        }
+        mean
+    };
+    let pos = side(&first["prompts"]["positive"], "pos");
+    let neg = side(&first["prompts"]["negative"], "neg");
+    let margin = cosine(&cli[0], &pos) - cosine(&cli[0], &neg);
     let expect = 1.0 / (1.0 + (-margin / t).exp());
     let got = first["score"].as_f64().unwrap();
     assert!((got - expect).abs() < 1e-4, "zero-shot {got} vs {expect} from the CLI");

@@ -4,8 +4,8 @@
 //! Two kinds, told apart by the `kind` key:
 //! - `kind = "zero-shot"`: class prompts for zero-shot classification. Each `[[class]]` has single
 //!   `templates`, an optional `ensemble` (the cartesian product of named slots joined by spaces,
-//!   GLoRIA/MedCLIP style: severity x subtype x location) and an optional `positive`/`negative`
-//!   pair (CheXzero style).
+//!   GLoRIA/MedCLIP style: severity x subtype x location) and optional `positive`/`negative`
+//!   prompts (CheXzero style): one each, or a list per side, averaged (CLIP's prompt ensembling).
 //! - `kind = "disease"`: turns a label vector into a report-like text for unpaired images
 //!   ([`disease_prompt`]): one sentence per positive or uncertain label with sampled severity and
 //!   location, a few sampled negatives, and a normal-study sentence when nothing is positive.
@@ -60,10 +60,28 @@ pub struct ClassPrompts {
     pub templates: Vec<String>,
     #[serde(default)]
     pub ensemble: Option<Ensemble>,
+    /// The positive side of the pos/neg pair: one prompt or several (averaged as an ensemble).
     #[serde(default)]
-    pub positive: Option<String>,
+    pub positive: Option<OneOrMany>,
     #[serde(default)]
-    pub negative: Option<String>,
+    pub negative: Option<OneOrMany>,
+}
+
+/// A prompt or a list of prompts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![squash(s)],
+            OneOrMany::Many(v) => v.iter().map(|s| squash(s)).collect(),
+        }
+    }
 }
 
 /// Slots combined in `order`; an empty string in a slot means "leave this slot out".
@@ -80,8 +98,10 @@ pub struct ExpandedClass {
     pub name: String,
     pub templates: Vec<String>,
     pub ensemble: Vec<String>,
-    pub positive: Option<String>,
-    pub negative: Option<String>,
+    /// Positive prompts of the pos/neg mode (empty: none; several: an ensemble).
+    pub positive: Vec<String>,
+    /// Negative prompts (empty: `no {positive}` is derived where needed).
+    pub negative: Vec<String>,
 }
 
 fn squash(s: &str) -> String {
@@ -119,15 +139,20 @@ impl ZeroShotPrompts {
                     Some(e) => e.expand().with_context(|| format!("class {:?}", c.name))?,
                     None => Vec::new(),
                 };
-                if c.templates.is_empty() && ensemble.is_empty() && c.positive.is_none() {
+                let positive = c.positive.as_ref().map(OneOrMany::to_vec).unwrap_or_default();
+                let negative = c.negative.as_ref().map(OneOrMany::to_vec).unwrap_or_default();
+                if positive.iter().chain(&negative).any(|p| p.is_empty()) {
+                    bail!("class {:?} has an empty positive or negative prompt", c.name);
+                }
+                if c.templates.is_empty() && ensemble.is_empty() && positive.is_empty() {
                     bail!("class {:?} has no templates, ensemble or positive prompt", c.name);
                 }
                 Ok(ExpandedClass {
                     name: c.name.clone(),
                     templates: c.templates.iter().map(|t| squash(t)).collect(),
                     ensemble,
-                    positive: c.positive.as_deref().map(squash),
-                    negative: c.negative.as_deref().map(squash),
+                    positive,
+                    negative,
                 })
             })
             .collect()
@@ -337,11 +362,11 @@ impl PromptFile {
                     for t in &c.templates {
                         writeln!(o, "  template: {t}")?;
                     }
-                    if let (Some(p), n) = (&c.positive, &c.negative) {
+                    for p in &c.positive {
                         writeln!(o, "  positive: {p}")?;
-                        if let Some(n) = n {
-                            writeln!(o, "  negative: {n}")?;
-                        }
+                    }
+                    for n in &c.negative {
+                        writeln!(o, "  negative: {n}")?;
                     }
                     if !c.ensemble.is_empty() {
                         writeln!(o, "  ensemble ({} prompts):", c.ensemble.len())?;
@@ -417,13 +442,34 @@ mod tests {
         let at = ex.iter().find(|c| c.name == "Atelectasis").unwrap();
         assert!(at.ensemble.len() > 50, "{}", at.ensemble.len());
         assert!(at.ensemble.iter().all(|p| !p.contains("  ") && !p.starts_with(' ')));
-        assert!(at.negative.is_some());
+        assert!(!at.negative.is_empty() && !at.positive.is_empty());
         let PromptFile::ZeroShot(z) = PromptFile::builtin("chexpert14").unwrap() else { panic!() };
         let names: Vec<_> = z.class.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names.len(), 14);
         for l in CHEXPERT_14 {
             assert!(names.contains(&l), "{l} missing");
         }
+    }
+
+    #[test]
+    fn pos_neg_prompts_are_one_or_a_list() {
+        let file = |pos: &str| {
+            format!(
+                "kind = \"zero-shot\"\nname = \"t\"\nversion = \"1\"\n\
+                 [[class]]\nname = \"Edema\"\npositive = {pos}\nnegative = \"no  edema\"\n"
+            )
+        };
+        let expand = |pos: &str| match PromptFile::from_toml_str(&file(pos), "t.toml") {
+            Ok(PromptFile::ZeroShot(z)) => z.expand().map(|mut c| c.remove(0)),
+            Ok(_) => unreachable!(),
+            Err(e) => Err(e),
+        };
+        let one = expand("\"edema\"").unwrap();
+        assert_eq!((one.positive, one.negative), (vec!["edema".into()], vec!["no edema".into()]));
+        let many = expand("[\"edema\", \"mild  edema.\"]").unwrap();
+        assert_eq!(many.positive, ["edema", "mild edema."]);
+        let err = expand("[\"edema\", \" \"]").unwrap_err();
+        assert!(format!("{err:#}").contains("empty positive or negative prompt"), "{err:#}");
     }
 
     #[test]

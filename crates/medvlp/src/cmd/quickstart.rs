@@ -118,7 +118,7 @@ pub fn run(args: Args) -> Result<()> {
         t_all.elapsed().as_secs_f64() / 60.0, crate::pipeline::cpu_name(), args.bootstrap
     );
     report.push_str(
-        "Zero-shot: the `chexpert5` prompt file, positive/negative prompt pairs (CheXzero style) and ensembles; N-way: test studies with exactly one of \
+        "Zero-shot: the `chexpert5` prompt file, positive/negative prompts (CheXzero style, each side an ensemble over phrasing and severity) and the MedCLIP ensembles; N-way: test studies with exactly one of \
          the five findings. Linear probe: logistic regression on frozen image embeddings, regularisation chosen on the validation split. \
          Retrieval: test split in candidate pools as recorded in `eval/*/results.jsonl`. Per-class figures: `eval/<model>/summary.md`.\n\n## Plots\n\n",
     );
