@@ -160,7 +160,7 @@ pub fn class_prompts(
                 c.positive.clone()
             };
             let neg = negative_prompts(c)?;
-            let mut e = embed_texts(&[pos.clone(), neg.clone()].concat())?;
+            let mut e = embed_texts(&[&pos[..], &neg[..]].concat())?;
             let neg_e = e.split_off(pos.len());
             (
                 ClassPrompts::PosNeg { positive: e, negative: neg_e },

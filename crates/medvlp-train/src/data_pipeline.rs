@@ -231,9 +231,6 @@ impl DataPipeline {
     /// A training report after sentence augmentation: a pure function of (seed, micro-batch,
     /// study), so batches stay reproducible across resumes and data-parallel ranks.
     fn augment(&self, text: &str, k: u64, id: &str) -> String {
-        if self.text_augment.is_identity() {
-            return text.to_string();
-        }
         let seed = medvlp_data::hash::hash64(self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15), id);
         self.text_augment.apply(text, seed)
     }

@@ -40,14 +40,8 @@ impl TextAugment {
         }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         if rng.random_bool(self.sentence_sample.clamp(0.0, 1.0)) {
-            let keep: Vec<bool> = (0..s.len()).map(|_| rng.random_bool(0.5)).collect();
-            if keep.iter().any(|&k| k) {
-                let mut it = keep.iter();
-                s.retain(|_| *it.next().unwrap_or(&false));
-            } else {
-                let i = rng.random_range(0..s.len());
-                s = vec![s[i]];
-            }
+            let kept: Vec<&str> = s.iter().filter(|_| rng.random_bool(0.5)).copied().collect();
+            s = if kept.is_empty() { vec![s[rng.random_range(0..s.len())]] } else { kept };
         }
         if rng.random_bool(self.sentence_shuffle.clamp(0.0, 1.0)) {
             s.shuffle(&mut rng);
