@@ -262,7 +262,7 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         let o = self.objectives();
         let (t, d, opt) = (&self.train, &self.data, &self.train.optimizer);
-        let values: [(&str, f64); 30] = [
+        let values: [(&str, f64); 31] = [
             ("objectives.itc", o.itc),
             ("objectives.unpaired", o.unpaired),
             ("objectives.mim", o.mim),
@@ -284,6 +284,7 @@ impl RunConfig {
             ("train.optimizer.grad_clip", opt.grad_clip),
             ("train.min_lr_ratio", t.min_lr_ratio),
             ("train.max_minutes", t.max_minutes),
+            ("train.budget_minutes", t.budget_minutes),
             ("train.grad_accum", t.grad_accum as f64),
             ("data.batch_size", d.batch_size as f64),
             ("data.image_only_rate", d.image_only_rate),
@@ -374,7 +375,7 @@ impl Range {
 
 /// The valid range of every numeric key of a run config (integer keys whose type already bounds
 /// them, such as `train.steps`, are not listed).
-pub const RANGES: [(&str, Range); 30] = [
+pub const RANGES: [(&str, Range); 31] = [
     ("objectives.itc", Range::AtLeast(0.0)),
     ("objectives.unpaired", Range::AtLeast(0.0)),
     ("objectives.mim", Range::AtLeast(0.0)),
@@ -396,6 +397,7 @@ pub const RANGES: [(&str, Range); 30] = [
     ("train.optimizer.grad_clip", Range::AtLeast(0.0)),
     ("train.min_lr_ratio", Range::Closed(0.0, 1.0)),
     ("train.max_minutes", Range::AtLeast(0.0)),
+    ("train.budget_minutes", Range::AtLeast(0.0)),
     ("train.grad_accum", Range::AtLeast(1.0)),
     // Contrastive learning needs negatives.
     ("data.batch_size", Range::AtLeast(2.0)),

@@ -650,3 +650,99 @@ fn two_ranks_resume_exactly_after_a_crash() {
         assert_eq!(p, &whole[0].1, "resumed two-rank run differs from the uninterrupted one");
     }
 }
+
+/// `Toy` at a known pace: each step sleeps, so that `train.budget_minutes` has a time to fit.
+struct Paced {
+    toy: Toy,
+    sleep: std::time::Duration,
+}
+
+impl Objective for Paced {
+    fn loss(&mut self, step: u64, micro: usize) -> anyhow::Result<LossOutput> {
+        std::thread::sleep(self.sleep);
+        self.toy.loss(step, micro)
+    }
+}
+
+fn lines(metrics: &std::path::Path, kind: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+/// `budget_minutes` re-plans a far too long first plan from the run's own step times: the run
+/// ends its cosine decay inside the budget instead of being cut at the peak learning rate, and a
+/// run resumed after a re-plan follows the plan its checkpoint recorded.
+#[test]
+fn a_budgeted_run_fits_its_schedule_to_the_budget_and_resumes_on_its_plan() {
+    let budget_minutes = 0.04; // 2.4 s
+    let cfg = TrainConfig {
+        budget_minutes,
+        warmup_steps: 4,
+        checkpoint_every: 1,
+        ..train_cfg(100_000, 1)
+    };
+    let paced = |fail_at| {
+        let (store, model) = setup(5);
+        let toy = Toy {
+            model,
+            batch: 2,
+            accum: 1,
+            use_itc: true,
+            fail_at,
+            nan_from: None,
+            stop_at: None,
+            comm: None,
+            dtype: DType::F32,
+        };
+        (store, Paced { toy, sleep: std::time::Duration::from_millis(25) })
+    };
+    let out = tempdir("budget");
+    let (store, mut obj) = paced(None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = trainer(&store, &out, cfg.clone(), stop.clone()).run(&mut obj, false).unwrap();
+    let plans = lines(&out.join("metrics.jsonl"), "plan");
+    assert!(!plans.is_empty(), "no re-plan logged");
+    let total = plans.last().unwrap()["total_steps"].as_u64().unwrap();
+    assert!(plans[0]["step"] == 4 && plans[0]["previous_total_steps"] == 100_000);
+    // Each step takes at least the 25 ms sleep, so at most 96 fit into 2.4 s.
+    assert!((5..=96).contains(&total), "planned {total} steps");
+    assert_eq!(s.state.step, total, "the run ends on its plan");
+    assert!(s.state.train_seconds <= budget_minutes * 60.0 * 1.5, "{}", s.state.train_seconds);
+    assert!(s.state.train_seconds >= budget_minutes * 60.0 * 0.5, "{}", s.state.train_seconds);
+    let train = lines(&out.join("metrics.jsonl"), "train");
+    let last_lr = train.last().unwrap()["lr"].as_f64().unwrap();
+    assert!(last_lr < 0.1 * 1e-3, "the decay did not finish: last lr {last_lr:e}");
+
+    // A crash after the first re-plan, then a resume: the schedule continues from the plan the
+    // checkpoint holds (its learning rates), not from `steps`.
+    let out = tempdir("budget-resume");
+    let (store, mut obj) = paced(Some(7));
+    assert!(trainer(&store, &out, cfg.clone(), stop.clone()).run(&mut obj, false).is_err());
+    let (_, ckpt) = checkpoint::list(&out.join("checkpoints")).pop().unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join(checkpoint::STATE_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(state["step"], 7);
+    let planned = state["planned_steps"].as_u64().expect("the checkpoint records the plan");
+    assert!(state["train_seconds"].as_f64().unwrap() > 0.0);
+    let (store, mut obj) = paced(None);
+    trainer(&store, &out, cfg, stop).run(&mut obj, true).unwrap();
+    let first = &lines(&out.join("metrics.jsonl"), "train")[7];
+    assert_eq!(first["step"], 8);
+    let expect = medvlp_train::optim::Schedule {
+        warmup_steps: 4,
+        total_steps: planned,
+        min_lr_ratio: TrainConfig::default().min_lr_ratio,
+    }
+    .lr(1e-3, 7);
+    // (serde_json reads floats back to within an ulp or two.)
+    let got = first["lr"].as_f64().unwrap();
+    assert!(
+        (got - expect).abs() <= 1e-12 * expect,
+        "lr {got:e}, the recorded plan gives {expect:e}"
+    );
+}

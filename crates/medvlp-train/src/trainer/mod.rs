@@ -40,9 +40,17 @@ pub struct TrainConfig {
     /// Stop (keeping the last good checkpoint) after this many consecutive non-finite steps.
     pub max_nonfinite_steps: u64,
     /// Wall-clock budget of this invocation in minutes (0 = none): past it the run ends as if
-    /// `steps` were reached (`final/` written). The schedule still spans `steps`, so set `steps`
-    /// to what fits (the quickstart measures it).
+    /// `steps` were reached (`final/` written). The schedule still spans `steps` (or the plan of
+    /// `budget_minutes`), so this is a hard stop, not a plan.
     pub max_minutes: f64,
+    /// Fit the schedule to this many minutes of training (0 = off). `steps` is then only the first
+    /// plan: at the end of warm-up, and at one half and three quarters of the current plan, the
+    /// trainer sets the total from its own measured time per step so that the cosine decay ends
+    /// at the budget. A timing run before the run cannot do this on a shared machine, whose speed
+    /// drifts by 10-20% over tens of seconds. The plan is kept in the checkpoint, so a run resumed
+    /// after a re-plan follows the same schedule exactly; the training time before the checkpoint
+    /// counts against the budget.
+    pub budget_minutes: f64,
     /// `fp32`, or `bf16` mixed precision (fp32 weights and optimiser state, bf16 products; see
     /// `medvlp_model::nn::precision`).
     pub precision: Precision,
@@ -66,6 +74,7 @@ impl Default for TrainConfig {
             validate_every: 0,
             max_nonfinite_steps: 5,
             max_minutes: 0.0,
+            budget_minutes: 0.0,
             precision: Precision::Fp32,
             local_loss: false,
             optimizer: AdamWConfig::default(),
@@ -84,6 +93,12 @@ pub struct TrainState {
     pub consecutive_nonfinite: u64,
     pub best_metric: Option<f64>,
     pub seed: u64,
+    /// The schedule's total steps as last re-planned by `budget_minutes` (None: `steps`).
+    #[serde(default)]
+    pub planned_steps: Option<u64>,
+    /// Seconds of training up to `step`, over every invocation (the budget's clock).
+    #[serde(default)]
+    pub train_seconds: f64,
 }
 
 /// One micro-batch's loss and its named parts (for logging).
@@ -323,7 +338,41 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Train to `config.steps`, resuming from the newest checkpoint when `resume` is set.
+    /// Sets the schedule's total steps from the time per step since `from` (step, seconds into
+    /// this invocation) so that training ends at `budget_minutes`; rank 0's clock decides for
+    /// every rank.
+    fn replan(
+        &self,
+        schedule: &mut Schedule,
+        state: &mut TrainState,
+        from: (u64, f64),
+        t_start: Instant,
+        seconds_before: f64,
+    ) -> Result<()> {
+        let own = [t_start.elapsed().as_secs_f64(), from.1];
+        let rank0 = if self.writer() { own } else { [0.0; 2] };
+        let [now, t0] = self.sum_over_ranks(&rank0)?[..] else { unreachable!() };
+        let per_step = (now - t0) / (state.step - from.0) as f64;
+        let left =
+            self.config.budget_minutes * 60.0 * (1.0 - BUDGET_RESERVE) - seconds_before - now;
+        let more = (left / per_step.max(1e-9)).floor().max(0.0) as u64;
+        let total = state.step + more;
+        if total != schedule.total_steps {
+            tracing::info!(
+                "step {}: {per_step:.3}s per step, {:.0}s of the budget left -> {total} steps (was {})",
+                state.step,
+                left.max(0.0),
+                schedule.total_steps
+            );
+        }
+        self.log(serde_json::json!({"kind": "plan", "step": state.step, "s_per_step": per_step,
+            "budget_left_s": left, "total_steps": total, "previous_total_steps": schedule.total_steps}))?;
+        schedule.total_steps = total;
+        state.planned_steps = Some(total);
+        Ok(())
+    }
+
+    /// Train to `config.steps` (or the `budget_minutes` plan), resuming from the newest checkpoint when `resume` is set.
     pub fn run(&self, objective: &mut dyn Objective, resume: bool) -> Result<RunSummary> {
         std::fs::create_dir_all(&self.out_dir)
             .with_context(|| format!("creating {}", self.out_dir.display()))?;
@@ -360,13 +409,13 @@ impl<'a> Trainer<'a> {
         }
         // Identical replicas (also when a rank was initialised or restored differently).
         self.broadcast_parameters()?;
-        let schedule = Schedule {
+        let mut schedule = Schedule {
             warmup_steps: c.warmup_steps,
-            total_steps: c.steps,
+            total_steps: state.planned_steps.filter(|_| c.budget_minutes > 0.0).unwrap_or(c.steps),
             min_lr_ratio: c.min_lr_ratio,
         };
         let bar = if std::io::stderr().is_terminal() && self.writer() {
-            let pb = indicatif::ProgressBar::new(c.steps);
+            let pb = indicatif::ProgressBar::new(schedule.total_steps);
             pb.set_style(
                 indicatif::ProgressStyle::with_template(
                     "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
@@ -384,7 +433,10 @@ impl<'a> Trainer<'a> {
         let mut last_loss = f64::NAN;
         let mut stopped = false;
         let mut reported_bad = 0;
-        while state.step < c.steps {
+        let (first_step, seconds_before) = (state.step, state.train_seconds);
+        // The budget's timing starts a few steps in (allocator and loader warm-up).
+        let mut timing_from: Option<(u64, f64)> = None;
+        while state.step < schedule.total_steps {
             // A stop or the time budget on any rank ends the run on all of them, at this step.
             let over_budget =
                 c.max_minutes > 0.0 && t_start.elapsed().as_secs_f64() > c.max_minutes * 60.0;
@@ -458,6 +510,7 @@ impl<'a> Trainer<'a> {
             };
             let applied = stats.map(|s| s.applied).unwrap_or(false);
             state.step += 1;
+            state.train_seconds = seconds_before + t_start.elapsed().as_secs_f64();
             if applied {
                 state.optimizer_steps = opt.step;
                 state.consecutive_nonfinite = 0;
@@ -482,7 +535,19 @@ impl<'a> Trainer<'a> {
                     );
                 }
             }
-            if applied && (state.step.is_multiple_of(c.log_every.max(1)) || state.step == c.steps) {
+            if state.step == first_step + BUDGET_TIMING_SKIP {
+                timing_from = Some((state.step, t_start.elapsed().as_secs_f64()));
+            }
+            if c.budget_minutes > 0.0 && is_replan_step(state.step, &schedule) {
+                if let Some(from) = timing_from.filter(|f| f.0 < state.step) {
+                    self.replan(&mut schedule, &mut state, from, t_start, seconds_before)?;
+                    if let Some(pb) = &bar {
+                        pb.set_length(schedule.total_steps);
+                    }
+                }
+            }
+            let last = state.step == schedule.total_steps;
+            if applied && (state.step.is_multiple_of(c.log_every.max(1)) || last) {
                 let dt = t_since.elapsed().as_secs_f64();
                 let mut line = serde_json::json!({
                     "kind": "train", "step": state.step, "loss": last_loss, "lr": lr,
@@ -590,6 +655,18 @@ impl<'a> Trainer<'a> {
             bad_samples: objective.bad_samples(),
         })
     }
+}
+
+/// Steps of each invocation before the budget's timing starts.
+const BUDGET_TIMING_SKIP: u64 = 2;
+/// Share of `budget_minutes` kept back for the final model and the checkpoints still to come.
+const BUDGET_RESERVE: f64 = 0.01;
+
+/// The steps after which a `budget_minutes` run re-plans: the end of warm-up, then one half and
+/// three quarters of the current plan (late enough to have timed the slow stretches, early enough
+/// that the cosine decay stays smooth: a 5% change at one half moves the learning rate by ~4%).
+fn is_replan_step(step: u64, s: &Schedule) -> bool {
+    step == s.warmup_steps.max(1) || step == s.total_steps / 2 || step == s.total_steps * 3 / 4
 }
 
 /// Save the resolved configuration of a run (TOML) next to its metrics.
