@@ -358,8 +358,7 @@ fn candle_fast_softmax_trap_is_avoided() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(g > 0.0);
-    let lin =
-        nn::Linear { weight: Tensor::ones((3, 5), DType::F32, &Device::Cpu).unwrap(), bias: None };
+    let lin = nn::Linear::from_parts(Tensor::ones((3, 5), DType::F32, &Device::Cpu).unwrap(), None);
     assert_eq!(lin.forward(x.as_tensor()).unwrap().dims(), &[2, 3]);
     let _ = ModelConfig::preset("tiny").unwrap();
 }

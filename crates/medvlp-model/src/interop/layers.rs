@@ -51,10 +51,10 @@ pub fn linear_opt_bias(
     out_dim: usize,
     in_dim: usize,
 ) -> Result<Linear> {
-    Ok(Linear {
-        weight: sd.take(&format!("{prefix}weight"), &[out_dim, in_dim])?,
-        bias: sd.take_opt(&format!("{prefix}bias"), &[out_dim])?,
-    })
+    Ok(Linear::from_parts(
+        sd.take(&format!("{prefix}weight"), &[out_dim, in_dim])?,
+        sd.take_opt(&format!("{prefix}bias"), &[out_dim])?,
+    ))
 }
 
 pub fn layer_norm(sd: &StateDict, prefix: &str, dim: usize, eps: f64) -> Result<LayerNorm> {
@@ -69,10 +69,10 @@ pub fn layer_norm(sd: &StateDict, prefix: &str, dim: usize, eps: f64) -> Result<
 /// `qkv`), in q, k, v order.
 pub fn split_qkv(weight: &Tensor, bias: Option<&Tensor>, d: usize) -> Result<[Linear; 3]> {
     let part = |i: usize| -> Result<Linear> {
-        Ok(Linear {
-            weight: weight.narrow(0, i * d, d)?.contiguous()?,
-            bias: bias.map(|b| b.narrow(0, i * d, d)?.contiguous()).transpose()?,
-        })
+        Ok(Linear::from_parts(
+            weight.narrow(0, i * d, d)?.contiguous()?,
+            bias.map(|b| b.narrow(0, i * d, d)?.contiguous()).transpose()?,
+        ))
     };
     Ok([part(0)?, part(1)?, part(2)?])
 }
@@ -152,7 +152,7 @@ impl Head {
 
     /// A `[in, out]` matrix applied as `x @ proj` (CLIP's `proj` / `text_projection`).
     pub fn matrix(proj: &Tensor) -> Result<Self> {
-        Ok(Self::linear(Linear { weight: proj.t()?.contiguous()?, bias: None }))
+        Ok(Self::linear(Linear::from_parts(proj.t()?.contiguous()?, None)))
     }
 
     pub fn out_dim(&self, in_dim: usize) -> usize {
@@ -170,9 +170,7 @@ impl Head {
         let mut x = x.clone();
         for l in &self.layers {
             x = match l {
-                HeadLayer::Linear(l) => {
-                    crate::nn::linear(&x, &l.weight, l.bias.as_ref(), Activation::Identity)?
-                }
+                HeadLayer::Linear(l) => l.forward_act(&x, Activation::Identity)?,
                 HeadLayer::BatchNorm { mean, var, weight, bias, eps } => {
                     let mut y = x.broadcast_sub(mean)?.broadcast_div(&(var + *eps)?.sqrt()?)?;
                     if let Some(w) = weight {

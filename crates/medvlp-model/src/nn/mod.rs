@@ -26,12 +26,25 @@ pub const INIT_STD: f64 = 0.02;
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// The weight packed for bf16 inference (filled on first use; see [`fused::linear::PackCache`]).
+    pub packed: fused::linear::PackCache,
 }
 
 impl Linear {
+    /// A layer with these parameters.
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias, packed: Default::default() }
+    }
+
     /// `act(x W^T + b)` with the activation fused into the same op.
     pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
-        linear(x, &self.weight, self.bias.as_ref(), act)
+        fused::linear::linear_with_cache(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            act,
+            Some(&self.packed),
+        )
     }
 
     pub fn new(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
@@ -42,7 +55,7 @@ impl Linear {
         )?;
         let bias =
             if bias { Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?) } else { None };
-        Ok(Self { weight, bias })
+        Ok(Self::from_parts(weight, bias))
     }
 
     pub fn out_dim(&self) -> usize {
@@ -52,7 +65,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.weight, self.bias.as_ref(), Activation::Identity)
+        self.forward_act(x, Activation::Identity)
     }
 }
 

@@ -96,6 +96,60 @@ pub(crate) unsafe fn gemm_bf16(
     }
 }
 
+/// A right operand packed once for [`gemm_bf16_packed`]: a frozen dense layer's `W^T` in inference,
+/// where packing it on every call costs a few percent of the encoder's time.
+pub struct PackedRhs {
+    k: usize,
+    n: usize,
+    data: Vec<u32>,
+}
+
+impl PackedRhs {
+    /// `rhs` (`[k, n]`) packed for this CPU's kernel; `None` on the portable path, which has no
+    /// packed form.
+    ///
+    /// # Safety
+    /// `rhs` is valid for its extent.
+    pub(crate) unsafe fn new(rhs: Mat<f32>, k: usize, n: usize) -> Option<Self> {
+        match path() {
+            #[cfg(target_arch = "x86_64")]
+            Bf16Path::Avx512Bf16 => Some(Self { k, n, data: avx512::pack(rhs, k, n) }),
+            _ => None,
+        }
+    }
+
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+}
+
+/// [`gemm_bf16`] with a right operand packed by [`PackedRhs::new`] (the same products, bit for bit).
+///
+/// # Safety
+/// As [`gemm_bf16`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_bf16_packed(
+    m: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<f32>,
+    rhs: &PackedRhs,
+    alpha: f32,
+    parallel: bool,
+    epilogue: Option<Epilogue>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    avx512::gemm_packed(
+        m, rhs.n, rhs.k, dst, dst_rs, accumulate, lhs, &rhs.data, alpha, parallel, epilogue,
+    );
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (m, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel, epilogue);
+        unreachable!("PackedRhs::new returns None off x86_64")
+    }
+}
+
 /// Copies a strided view into a dense row-major `[rows, cols]` buffer of bf16-rounded values.
 unsafe fn rounded_copy(a: Mat<f32>, rows: usize, cols: usize, parallel: bool) -> Vec<f32> {
     let mut out = vec![0f32; rows * cols];
@@ -562,6 +616,34 @@ mod avx512 {
         pack_rhs(rhs, k, n, par, &mut bp);
         compute(lhs, &mut ap, &bp, m, n, k, dst, dst_rs, accumulate, alpha, par, epilogue);
         BUFS.with(|b| *b.borrow_mut() = (ap, bp));
+    }
+
+    /// `rhs` packed as [`gemm`] packs it.
+    pub(super) unsafe fn pack(rhs: Mat<f32>, k: usize, n: usize) -> Vec<u32> {
+        let mut out = Vec::new();
+        pack_rhs(rhs, k, n, true, &mut out);
+        out
+    }
+
+    /// [`gemm`] with the right operand already packed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn gemm_packed(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        dst_rs: usize,
+        accumulate: bool,
+        lhs: Mat<f32>,
+        bp: &[u32],
+        alpha: f32,
+        parallel: bool,
+        epilogue: Option<Epilogue>,
+    ) {
+        let par = parallel && m * n * k >= PAR_MIN && rayon::current_num_threads() > 1;
+        let mut ap = BUFS.with(|b| std::mem::take(&mut b.borrow_mut().0));
+        compute(lhs, &mut ap, bp, m, n, k, dst, dst_rs, accumulate, alpha, par, epilogue);
+        BUFS.with(|b| b.borrow_mut().0 = ap);
     }
 
     /// Packs the rows of `lhs` and multiplies them with the packed `bp`. Split over rows, each

@@ -3,11 +3,12 @@
 //! pass computes `dx = g' W`, `dW = g'^T x`, `db = colsum(g')` (with `g' = g * gelu'(h)`) only for
 //! the inputs that need a gradient.
 
+use super::bf16_gemm::{gemm_bf16_packed, PackedRhs};
 use super::{
     gemm, gemm_then, tensor_from, use_gemm_kernel, with_slices, Epilogue, Float, Mat, Products,
     SendPtr, SliceKernel,
 };
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, TensorId};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -21,12 +22,48 @@ pub enum Activation {
 /// Elements below which elementwise epilogues stay on the calling thread.
 const PAR_MIN: usize = 1 << 15;
 
+/// A dense layer's weight packed for the bf16 kernel on its first bf16 product, for inference:
+/// a frozen weight (not a `Var`, no gradient) never changes, so its packed `W^T` is reused by every
+/// later call instead of being packed again (a few percent of bf16 encoding). The weight's id is
+/// kept beside it, so a layer whose weight is replaced packs the new one.
+#[derive(Clone, Default)]
+pub struct PackCache(Arc<Mutex<Option<Packed>>>);
+
+/// A packed weight and the id of the weight it was packed from.
+type Packed = (TensorId, Arc<PackedRhs>);
+
+impl std::fmt::Debug for PackCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let packed = self.0.lock().map(|c| c.as_ref().map(|(_, p)| p.dims())).unwrap_or(None);
+        f.debug_tuple("PackCache").field(&packed).finish()
+    }
+}
+
+impl PackCache {
+    /// The packed `W^T` of the weight `id` (`w` its `[dout, din]` values), packing it if needed;
+    /// `None` where this CPU's bf16 kernel has no packed form.
+    fn get(&self, id: TensorId, w: &[f32], dout: usize, din: usize) -> Option<Arc<PackedRhs>> {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cid, p)) = c.as_ref() {
+            if *cid == id && p.dims() == (din, dout) {
+                return Some(p.clone());
+            }
+        }
+        // SAFETY: `w` holds dout x din values.
+        let p = Arc::new(unsafe { PackedRhs::new(Mat::rows(w.as_ptr(), din).t(), din, dout) }?);
+        *c = Some((id, p.clone()));
+        Some(p)
+    }
+}
+
 struct LinearOp {
     act: Activation,
     /// bf16 or fp32 products, fixed when the op is recorded (backward runs outside autocast).
     products: Products,
     /// Pre-activation `h = x W^T + b`, kept for GELU's backward when gradients are tracked.
     saved: Option<Arc<Mutex<Option<Tensor>>>>,
+    /// Inference with bf16 products: the layer's cache of its packed weight and the weight's id.
+    packed: Option<(PackCache, TensorId)>,
 }
 
 fn dims(lx: &Layout, lw: &Layout) -> Result<(usize, usize, usize)> {
@@ -50,6 +87,7 @@ fn forward<T: Float>(
     act: Activation,
     keep_h: bool,
     products: Products,
+    packed: Option<&PackedRhs>,
 ) -> (Vec<T>, Option<Vec<T>>) {
     let len = rows * dout;
     // With bf16 products the bias joins GELU in the epilogue (rows still in cache: no separate
@@ -88,21 +126,36 @@ fn forward<T: Float>(
             T::gelu_inplace(h);
         }
     };
+    let epilogue = (gelu || bias_late).then_some(&epilogue as Epilogue);
     unsafe {
-        gemm_then(
-            rows,
-            dout,
-            din,
-            hp.0,
-            dout,
-            b.is_some() && !bias_late,
-            Mat::rows(x.as_ptr(), din),
-            Mat::rows(w.as_ptr(), din).t(),
-            T::one(),
-            true,
-            products,
-            (gelu || bias_late).then_some(&epilogue as Epilogue),
-        );
+        match packed {
+            // (`packed` is only made for f32 weights; the cast is the identity.)
+            Some(p) if products == Products::Bf16 => gemm_bf16_packed(
+                rows,
+                hp.0 as *mut f32,
+                dout,
+                b.is_some() && !bias_late,
+                Mat::rows(x.as_ptr() as *const f32, din),
+                p,
+                1.0,
+                true,
+                epilogue,
+            ),
+            _ => gemm_then(
+                rows,
+                dout,
+                din,
+                hp.0,
+                dout,
+                b.is_some() && !bias_late,
+                Mat::rows(x.as_ptr(), din),
+                Mat::rows(w.as_ptr(), din).t(),
+                T::one(),
+                true,
+                products,
+                epilogue,
+            ),
+        }
         h.set_len(len);
     }
     match (act, keep_h) {
@@ -232,25 +285,41 @@ impl LinearOp {
         let name = "medvlp-linear";
         let keep = self.saved.is_some();
         macro_rules! go {
-            ($x:expr, $w:expr, $b:expr, $t:ty) => {{
+            ($x:expr, $w:expr, $b:expr, $t:ty, $packed:expr) => {{
                 let x = super::contiguous_slice($x, lx, name)?;
                 let w = super::contiguous_slice($w, lw, name)?;
-                let (y, h) =
-                    forward::<$t>(x, w, $b, rows, din, dout, self.act, keep, self.products);
+                let packed: Option<Arc<PackedRhs>> = $packed(w);
+                let (y, h) = forward::<$t>(
+                    x,
+                    w,
+                    $b,
+                    rows,
+                    din,
+                    dout,
+                    self.act,
+                    keep,
+                    self.products,
+                    packed.as_deref(),
+                );
                 if let (Some(h), Some(s)) = (h, &self.saved) {
                     *s.lock().unwrap() = Some(tensor_from(h, &[rows, dout])?);
                 }
                 <$t as candle_core::WithDType>::to_cpu_storage_owned(y)
             }};
         }
+        let packed32 = |w: &[f32]| match (&self.packed, self.products) {
+            (Some((cache, id)), Products::Bf16) => cache.get(*id, w, dout, din),
+            _ => None,
+        };
+        let none64 = |_: &[f64]| None;
         let out = match (x, w, b) {
-            (CpuStorage::F32(x), CpuStorage::F32(w), None) => go!(x, w, None, f32),
-            (CpuStorage::F64(x), CpuStorage::F64(w), None) => go!(x, w, None, f64),
+            (CpuStorage::F32(x), CpuStorage::F32(w), None) => go!(x, w, None, f32, packed32),
+            (CpuStorage::F64(x), CpuStorage::F64(w), None) => go!(x, w, None, f64, none64),
             (CpuStorage::F32(x), CpuStorage::F32(w), Some((CpuStorage::F32(b), lb))) => {
-                go!(x, w, Some(super::contiguous_slice(b, lb, name)?), f32)
+                go!(x, w, Some(super::contiguous_slice(b, lb, name)?), f32, packed32)
             }
             (CpuStorage::F64(x), CpuStorage::F64(w), Some((CpuStorage::F64(b), lb))) => {
-                go!(x, w, Some(super::contiguous_slice(b, lb, name)?), f64)
+                go!(x, w, Some(super::contiguous_slice(b, lb, name)?), f64, none64)
             }
             _ => candle_core::bail!("{name}: unsupported or mixed dtypes"),
         };
@@ -340,6 +409,18 @@ impl CustomOp2 for NoBias {
 
 /// `act(x W^T + b)` for `x` `[.., in]`, `W` `[out, in]` (PyTorch layout), `b` `[out]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Result<Tensor> {
+    linear_with_cache(x, w, b, act, None)
+}
+
+/// [`linear`] that keeps `W` packed in `cache` for bf16 inference (see [`PackCache`]); with
+/// gradients, fp32 products or a `Var` weight it is [`linear`].
+pub fn linear_with_cache(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    act: Activation,
+    cache: Option<&PackCache>,
+) -> Result<Tensor> {
     let d = x.dims();
     let din = *d.last().unwrap_or(&0);
     let rows = x.elem_count() / din.max(1);
@@ -354,7 +435,14 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
     let track = x2.track_op() || w.track_op() || b.is_some_and(|b| b.track_op());
     let w = w.contiguous()?;
     let saved = (track && act == Activation::Gelu).then(|| Arc::new(Mutex::new(None)));
-    let op = LinearOp { act, saved, products: Products::of(x) };
+    let products = Products::of(x);
+    let packed = match cache {
+        Some(c) if !track && !w.is_variable() && products == Products::Bf16 => {
+            Some((c.clone(), w.id()))
+        }
+        _ => None,
+    };
+    let op = LinearOp { act, saved, products, packed };
     let y = match (b, track) {
         (Some(b), true) => x2.apply_op3(&w, &b.contiguous()?, WithBias(op))?,
         (Some(b), false) => x2.apply_op3_no_bwd(&w, &b.contiguous()?, &WithBias(op))?,
