@@ -372,7 +372,8 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// Train to `config.steps` (or the `budget_minutes` plan), resuming from the newest checkpoint when `resume` is set.
+    /// Train to `config.steps` (or the `budget_minutes` plan), resuming from the newest checkpoint
+    /// when `resume` is set.
     pub fn run(&self, objective: &mut dyn Objective, resume: bool) -> Result<RunSummary> {
         std::fs::create_dir_all(&self.out_dir)
             .with_context(|| format!("creating {}", self.out_dir.display()))?;
@@ -436,6 +437,8 @@ impl<'a> Trainer<'a> {
         let (first_step, seconds_before) = (state.step, state.train_seconds);
         // The budget's timing starts a few steps in (allocator and loader warm-up).
         let mut timing_from: Option<(u64, f64)> = None;
+        // Re-plans already made: a resumed run continues with the next one.
+        let mut replans = (0..3).take_while(|&i| state.step >= replan_step(i, &schedule)).count();
         while state.step < schedule.total_steps {
             // A stop or the time budget on any rank ends the run on all of them, at this step.
             let over_budget =
@@ -538,8 +541,13 @@ impl<'a> Trainer<'a> {
             if state.step == first_step + BUDGET_TIMING_SKIP {
                 timing_from = Some((state.step, t_start.elapsed().as_secs_f64()));
             }
-            if c.budget_minutes > 0.0 && is_replan_step(state.step, &schedule) {
+            // Each re-plan once: one that moves the total may move the next point to this step.
+            if c.budget_minutes > 0.0
+                && replans < 3
+                && state.step >= replan_step(replans, &schedule)
+            {
                 if let Some(from) = timing_from.filter(|f| f.0 < state.step) {
+                    replans += 1;
                     self.replan(&mut schedule, &mut state, from, t_start, seconds_before)?;
                     if let Some(pb) = &bar {
                         pb.set_length(schedule.total_steps);
@@ -662,11 +670,16 @@ const BUDGET_TIMING_SKIP: u64 = 2;
 /// Share of `budget_minutes` kept back for the final model and the checkpoints still to come.
 const BUDGET_RESERVE: f64 = 0.01;
 
-/// The steps after which a `budget_minutes` run re-plans: the end of warm-up, then one half and
-/// three quarters of the current plan (late enough to have timed the slow stretches, early enough
-/// that the cosine decay stays smooth: a 5% change at one half moves the learning rate by ~4%).
-fn is_replan_step(step: u64, s: &Schedule) -> bool {
-    step == s.warmup_steps.max(1) || step == s.total_steps / 2 || step == s.total_steps * 3 / 4
+/// The step after which a `budget_minutes` run makes its re-plan `i`: the end of warm-up, then one
+/// half and three quarters of the current plan (late enough to have timed the slow stretches,
+/// early enough that the cosine decay stays smooth: a 5% change at one half moves the learning
+/// rate by ~4%).
+fn replan_step(i: usize, s: &Schedule) -> u64 {
+    match i {
+        0 => s.warmup_steps.max(1),
+        1 => s.total_steps / 2,
+        _ => s.total_steps * 3 / 4,
+    }
 }
 
 /// Save the resolved configuration of a run (TOML) next to its metrics.
