@@ -612,10 +612,10 @@ mod avx512 {
         epilogue: Option<Epilogue>,
     ) {
         let par = parallel && m * n * k >= PAR_MIN && rayon::current_num_threads() > 1;
-        let (mut ap, mut bp) = BUFS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let mut bp = BUFS.with(|b| std::mem::take(&mut b.borrow_mut().1));
         pack_rhs(rhs, k, n, par, &mut bp);
-        compute(lhs, &mut ap, &bp, m, n, k, dst, dst_rs, accumulate, alpha, par, epilogue);
-        BUFS.with(|b| *b.borrow_mut() = (ap, bp));
+        gemm_packed(m, n, k, dst, dst_rs, accumulate, lhs, &bp, alpha, parallel, epilogue);
+        BUFS.with(|b| b.borrow_mut().1 = bp);
     }
 
     /// `rhs` packed as [`gemm`] packs it.
