@@ -89,6 +89,7 @@ for r in $(seq 1 "$ROUNDS"); do
   m_step=$(echo "$m_json" | field median_step_s)
   m_rss=$(echo "$m_json" | field peak_rss_bytes)
   m_mfu=$(echo "$m_json" | field mfu)
+  m_path=$(echo "$m_json" | sed -n 's/.*"kernel_path":"\([^"]*\)".*/\1/p')
   t_out=$(/usr/bin/time -f 'RSS %M' "$PY" "$REF" train 2>&1)
   t_step=$(echo "$t_out" | sed -n 's/^torch train: median step \([0-9.]*\) s.*/\1/p')
   t_rss=$(( $(echo "$t_out" | sed -n 's/^RSS \([0-9]*\)$/\1/p') * 1024 ))
@@ -104,6 +105,6 @@ for r in $(seq 1 "$ROUNDS"); do
   s=$(python3 -c "print(f'{$t_step/$m_step:.3f}')"); e=$(python3 -c "print(f'{$m_enc/$t_enc:.3f}')"); m=$(python3 -c "print(f'{$m_rss/$t_rss:.3f}')")
   bs=$(python3 -c "print(f'{$ta_step/$b_step:.3f}')"); be=$(python3 -c "print(f'{$m_enc16/$t_enc16:.3f}')")
   step_r+=("$s"); enc_r+=("$e"); rss_r+=("$m"); mfu_r+=("$m_mfu"); bstep_r+=("$bs"); benc_r+=("$be")
-  echo "round $r: fp32 train step medvlp ${m_step}s torch ${t_step}s (torch/medvlp $s, medvlp MFU $m_mfu); bf16 ($b_path) train step medvlp ${b_step}s torch --amp ${ta_step}s (ratio $bs); encode fp32 medvlp ${m_enc} torch ${t_enc} images/s (ratio $e); encode bf16 medvlp ${m_enc16} torch ${t_enc16} (ratio $be); peak RSS medvlp/torch $m"
+  echo "round $r: fp32 ($m_path) train step medvlp ${m_step}s torch ${t_step}s (torch/medvlp $s, medvlp MFU $m_mfu); bf16 ($b_path) train step medvlp ${b_step}s torch --amp ${ta_step}s (ratio $bs); encode fp32 medvlp ${m_enc} torch ${t_enc} images/s (ratio $e); encode bf16 medvlp ${m_enc16} torch ${t_enc16} (ratio $be); peak RSS medvlp/torch $m"
 done
 echo "median over $ROUNDS rounds on $cpu: train-step speed-up fp32 (torch time / medvlp time) $(median "${step_r[@]}") [target >= 1.25]; bf16 (torch --amp time / medvlp bf16 time) $(median "${bstep_r[@]}") [target >= 1.25]; encode fp32 ratio $(median "${enc_r[@]}") [target >= 1.3]; encode bf16 ratio $(median "${benc_r[@]}") [target >= 1.0]; peak RSS medvlp/torch $(median "${rss_r[@]}") [target <= 0.5]; MFU $(median "${mfu_r[@]}")"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # GEMM throughput on the reference model's shapes (bench/compare.sh's model: 32 images x 65 tokens,
-# width 256, MLP 1024): medvlp's products (fp32 through the `gemm` crate, bf16 through
-# nn/fused/bf16_gemm.rs, both from f32 operands) against torch.matmul with the same number of
-# threads: fp32, bf16 on bf16 tensors (the GEMM alone) and bf16 autocast from f32 tensors (casts
-# included, as in `torch_reference.py --amp`). Prints the CPU and GFLOP/s per shape.
+# width 256, MLP 1024): medvlp's products from f32 operands (fp32 through the `gemm` crate and
+# through nn/fused/gemm512.rs's FMA tiles, bf16 through every bf16 path this CPU runs, see
+# nn/fused/bf16_gemm.rs) against torch.matmul with the same number of threads: fp32, bf16 on bf16
+# tensors (the GEMM alone) and bf16 autocast from f32 tensors (casts included, as in
+# `torch_reference.py --amp`). Both sides report the best of 5 batches of calls. Prints the CPU and
+# GFLOP/s per shape.
 #
 #   bench/gemm_vs_torch.sh [--python PY]
 #

@@ -138,53 +138,74 @@ fn large_dense_layers_equal_composed_in_both_precisions() {
     }
 }
 
-/// A frozen layer keeps its weight packed for bf16 inference: the cached products equal the
-/// uncached ones bit for bit (odd shapes, both sides of the parallel threshold), a replaced weight is
-/// packed again, and a `Var` weight or fp32 products never use the cache.
+/// A frozen layer keeps its weight packed for inference, in fp32 and bf16: the cached products
+/// equal the uncached ones bit for bit (odd shapes, both sides of the parallel threshold), a
+/// replaced weight or the other precision is packed again, and a `Var` weight never uses the cache.
 #[test]
-fn bf16_packed_weights_equal_packing_per_call() {
+fn packed_weights_equal_packing_per_call() {
     use candle_core::Module;
+    use medvlp_model::nn::fused::{bf16_gemm, f32_path, F32Path};
     use medvlp_model::nn::{with_precision, Linear, Precision};
-    let bf16 = |f: &dyn Fn() -> Tensor| with_precision(Precision::Bf16, f);
-    for (rows, din, dout) in [(1, 17, 15), (15, 33, 49), (33, 64, 17), (600, 96, 130)] {
-        let x = randn(&[rows, din], 31, DType::F32);
-        let (w, b) = (randn(&[dout, din], 32, DType::F32), randn(&[dout], 33, DType::F32));
-        let layer = Linear::from_parts(w.clone(), Some(b.clone()));
-        for act in [Activation::Identity, Activation::Gelu] {
-            let want = bf16(&|| linear(&x, &w, Some(&b), act).unwrap());
-            for _ in 0..2 {
-                let got = bf16(&|| layer.forward_act(&x, act).unwrap());
-                assert_eq!(max_diff(&got, &want), 0.0, "{rows}x{din}x{dout} {act:?}");
+    for p in [Precision::Fp32, Precision::Bf16] {
+        let run = |f: &dyn Fn() -> Tensor| with_precision(p, f);
+        let packs = match p {
+            Precision::Fp32 => f32_path() == F32Path::Avx512,
+            Precision::Bf16 => bf16_gemm::path() != bf16_gemm::Bf16Path::RoundedFp32,
+        };
+        if !packs {
+            let path = match p {
+                Precision::Fp32 => f32_path().name(),
+                Precision::Bf16 => bf16_gemm::path().name(),
+            };
+            eprintln!("{p:?} kernel {path}: it has no packed form, the packed path was not tested");
+        }
+        for (rows, din, dout) in [(1, 17, 15), (15, 33, 49), (33, 64, 17), (600, 96, 130)] {
+            let x = randn(&[rows, din], 31, DType::F32);
+            let (w, b) = (randn(&[dout, din], 32, DType::F32), randn(&[dout], 33, DType::F32));
+            let layer = Linear::from_parts(w.clone(), Some(b.clone()));
+            for act in [Activation::Identity, Activation::Gelu] {
+                let want = run(&|| linear(&x, &w, Some(&b), act).unwrap());
+                for _ in 0..2 {
+                    let got = run(&|| layer.forward_act(&x, act).unwrap());
+                    assert_eq!(max_diff(&got, &want), 0.0, "{p:?} {rows}x{din}x{dout} {act:?}");
+                }
             }
+            let cached = format!("{:?}", layer.packed);
+            if packs {
+                assert!(cached.contains(&format!("({din}, {dout})")), "{cached}");
+            } else {
+                assert!(cached.contains("None"), "{cached}");
+            }
+            // Another weight in the same layer (shared cache): packed again, not the stale one.
+            let w2 = randn(&[dout, din], 34, DType::F32);
+            let mut other = layer.clone();
+            other.weight = w2.clone();
+            let got = run(&|| other.forward(&x).unwrap());
+            let want = run(&|| linear(&x, &w2, Some(&b), Activation::Identity).unwrap());
+            assert_eq!(
+                max_diff(&got, &want),
+                0.0,
+                "{p:?} {rows}x{din}x{dout}: a stale packed weight"
+            );
         }
-        let cached = format!("{:?}", layer.packed);
-        if medvlp_model::nn::fused::bf16_gemm::path()
-            == medvlp_model::nn::fused::bf16_gemm::Bf16Path::Avx512Bf16
-        {
-            assert!(cached.contains(&format!("({din}, {dout})")), "{cached}");
-        } else {
-            let path = medvlp_model::nn::fused::bf16_gemm::path().name();
-            eprintln!("bf16 kernel {path}: it has no packed form, the packed path was not tested");
-            assert!(cached.contains("None"), "{cached}");
-        }
-        // Another weight in the same layer (shared cache): packed again, not the stale one.
-        let w2 = randn(&[dout, din], 34, DType::F32);
-        let mut other = layer.clone();
-        other.weight = w2.clone();
-        let got = bf16(&|| other.forward(&x).unwrap());
-        let want = bf16(&|| linear(&x, &w2, Some(&b), Activation::Identity).unwrap());
-        assert_eq!(max_diff(&got, &want), 0.0, "{rows}x{din}x{dout}: a stale packed weight");
     }
-    // Training layers and fp32 products leave the cache empty.
-    let x = randn(&[4, 8], 35, DType::F32);
+    // The other precision after a packed one: packed again in its own format, not reused.
+    let x = randn(&[40, 24], 38, DType::F32);
+    let w = randn(&[20, 24], 39, DType::F32);
+    let layer = Linear::from_parts(w.clone(), None);
+    for p in [Precision::Bf16, Precision::Fp32, Precision::Bf16] {
+        let got = with_precision(p, || layer.forward(&x)).unwrap();
+        let want = with_precision(p, || linear(&x, &w, None, Activation::Identity)).unwrap();
+        assert_eq!(max_diff(&got, &want), 0.0, "{p:?} after the other precision");
+    }
+    // Training layers leave the cache empty.
     let wv = Var::from_tensor(&randn(&[6, 8], 36, DType::F32)).unwrap();
     let layer = Linear::from_parts(wv.as_tensor().clone(), None);
-    bf16(&|| layer.forward(&x).unwrap());
-    let fp32 = Linear::from_parts(randn(&[6, 8], 37, DType::F32), None);
-    fp32.forward(&x).unwrap();
-    for l in [&layer, &fp32] {
-        assert!(format!("{:?}", l.packed).contains("None"), "{:?}", l.packed);
+    let x = randn(&[4, 8], 35, DType::F32);
+    for p in [Precision::Fp32, Precision::Bf16] {
+        with_precision(p, || layer.forward(&x)).unwrap();
     }
+    assert!(format!("{:?}", layer.packed).contains("None"), "{:?}", layer.packed);
 }
 
 /// Without tracked inputs the op records nothing (inference path) and gives the same values.

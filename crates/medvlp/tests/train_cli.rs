@@ -548,8 +548,8 @@ fn quickstart_smoke_run_writes_report_table_and_model() {
     assert!(report.contains("minutes on ") && report.contains(" threads."), "{report}");
     assert!(report.contains("(bf16)") || report.contains("(fp32)"), "{report}");
     let xlip_config = std::fs::read_to_string(out.join("runs/xlip/config.toml")).unwrap();
-    use medvlp_model::nn::fused::bf16_gemm::{path, Bf16Path};
-    let want = if path() == Bf16Path::Avx512Bf16 { "bf16" } else { "fp32" };
+    let native = medvlp_model::nn::fused::bf16_gemm::path().native();
+    let want = if native { "bf16" } else { "fp32" };
     assert!(xlip_config.contains(&format!("precision = \"{want}\"")), "{xlip_config}");
     for f in [
         "model/config.json",

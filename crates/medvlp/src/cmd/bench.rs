@@ -401,13 +401,15 @@ fn reference_train_step(
     Ok(())
 }
 
-/// Which GEMM a CPU step runs: the `gemm` crate in fp32, or the bf16 GEMM's path on this CPU.
+/// Which GEMM a CPU step runs: the fp32 or the bf16 GEMM's path on this CPU.
 fn kernel_path(precision: medvlp_model::nn::Precision, dev: &candle_core::Device) -> String {
     if !dev.is_cpu() {
         return format!("{dev:?}");
     }
     match precision {
-        medvlp_model::nn::Precision::Fp32 => "fp32-gemm".into(),
+        medvlp_model::nn::Precision::Fp32 => {
+            format!("fp32-{}", medvlp_model::nn::fused::f32_path().name())
+        }
         medvlp_model::nn::Precision::Bf16 => {
             format!("bf16-{}", medvlp_model::nn::fused::bf16_gemm::path().name())
         }
@@ -453,7 +455,7 @@ fn encode(preset: &str, steps: usize, bf16: bool, device: &str) -> Result<()> {
         Ok((median(times), last.expect("at least one run")))
     };
     let (med, y32) = time()?;
-    let mut out = serde_json::json!({ "preset": preset, "params": params, "batch": b, "images_per_s": b as f64 / med, "median_batch_s": med, "peak_rss_bytes": peak_rss_bytes() });
+    let mut out = serde_json::json!({ "preset": preset, "params": params, "batch": b, "images_per_s": b as f64 / med, "median_batch_s": med, "peak_rss_bytes": peak_rss_bytes(), "kernel_path": kernel_path(medvlp_model::nn::Precision::Fp32, &dev) });
     if bf16 {
         // bf16 products (the training kernels' autocast): bf16 operands, f32 accumulation.
         let (med16, y16) =

@@ -3,10 +3,9 @@
 //! pass computes `dx = g' W`, `dW = g'^T x`, `db = colsum(g')` (with `g' = g * gelu'(h)`) only for
 //! the inputs that need a gradient.
 
-use super::bf16_gemm::{gemm_bf16_packed, PackedRhs};
 use super::{
-    gemm, gemm_then, tensor_from, use_gemm_kernel, with_slices, Epilogue, Float, Mat, Products,
-    SendPtr, SliceKernel,
+    gemm, gemm_packed, gemm_then, tensor_from, use_gemm_kernel, with_slices, Epilogue, Float, Mat,
+    PackedRhs, Products, SendPtr, SliceKernel,
 };
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, TensorId};
 use rayon::prelude::*;
@@ -22,10 +21,11 @@ pub enum Activation {
 /// Elements below which elementwise epilogues stay on the calling thread.
 const PAR_MIN: usize = 1 << 15;
 
-/// A dense layer's weight packed for the bf16 kernel on its first bf16 product, for inference:
-/// a frozen weight (not a `Var`, no gradient) never changes, so its packed `W^T` is reused by every
-/// later call instead of being packed again (a few percent of bf16 encoding). The weight's id is
-/// kept beside it, so a layer whose weight is replaced packs the new one.
+/// A dense layer's weight packed for the GEMM kernel on its first product, for inference: a frozen
+/// weight (not a `Var`, no gradient) never changes, so its packed `W^T` is reused by every later
+/// call instead of being packed again (a few percent of encoding). The weight's id and the
+/// products (fp32 or bf16) are kept beside it, so a layer whose weight is replaced, or that runs
+/// in the other precision, packs again.
 #[derive(Clone, Default)]
 pub struct PackCache(Arc<Mutex<Option<Packed>>>);
 
@@ -40,17 +40,25 @@ impl std::fmt::Debug for PackCache {
 }
 
 impl PackCache {
-    /// The packed `W^T` of the weight `id` (`w` its `[dout, din]` values), packing it if needed;
-    /// `None` where this CPU's bf16 kernel has no packed form.
-    fn get(&self, id: TensorId, w: &[f32], dout: usize, din: usize) -> Option<Arc<PackedRhs>> {
+    /// The packed `W^T` of the weight `id` (`w` its `[dout, din]` values) for `products`, packing
+    /// it if needed; `None` where this CPU's kernel for them has no packed form.
+    fn get(
+        &self,
+        id: TensorId,
+        products: Products,
+        w: &[f32],
+        dout: usize,
+        din: usize,
+    ) -> Option<Arc<PackedRhs>> {
         let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((cid, p)) = c.as_ref() {
-            if *cid == id {
+            if *cid == id && p.products() == products {
                 return Some(p.clone());
             }
         }
+        let wt = Mat::rows(w.as_ptr(), din).t();
         // SAFETY: `w` holds dout x din values.
-        let p = Arc::new(unsafe { PackedRhs::new(Mat::rows(w.as_ptr(), din).t(), din, dout) }?);
+        let p = Arc::new(unsafe { PackedRhs::new(wt, din, dout, products) }?);
         *c = Some((id, p.clone()));
         Some(p)
     }
@@ -62,7 +70,7 @@ struct LinearOp {
     products: Products,
     /// Pre-activation `h = x W^T + b`, kept for GELU's backward when gradients are tracked.
     saved: Option<Arc<Mutex<Option<Tensor>>>>,
-    /// Inference with bf16 products: the layer's cache of its packed weight and the weight's id.
+    /// Inference: the layer's cache of its packed weight and the weight's id.
     packed: Option<(PackCache, TensorId)>,
 }
 
@@ -130,7 +138,7 @@ fn forward<T: Float>(
     unsafe {
         match packed {
             // (`packed` is only made for f32 weights; the cast is the identity.)
-            Some(p) if products == Products::Bf16 => gemm_bf16_packed(
+            Some(p) => gemm_packed(
                 rows,
                 hp.0 as *mut f32,
                 dout,
@@ -307,9 +315,9 @@ impl LinearOp {
                 <$t as candle_core::WithDType>::to_cpu_storage_owned(y)
             }};
         }
-        let packed32 = |w: &[f32]| match (&self.packed, self.products) {
-            (Some((cache, id)), Products::Bf16) => cache.get(*id, w, dout, din),
-            _ => None,
+        let packed32 = |w: &[f32]| match &self.packed {
+            Some((cache, id)) => cache.get(*id, self.products, w, dout, din),
+            None => None,
         };
         let none64 = |_: &[f64]| None;
         let out = match (x, w, b) {
@@ -412,8 +420,8 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, act: Activation) -> Re
     linear_with_cache(x, w, b, act, None)
 }
 
-/// [`linear`] that keeps `W` packed in `cache` for bf16 inference (see [`PackCache`]); with
-/// gradients, fp32 products or a `Var` weight it is [`linear`].
+/// [`linear`] that keeps `W` packed in `cache` for inference (see [`PackCache`]); with gradients
+/// or a `Var` weight it is [`linear`].
 pub fn linear_with_cache(
     x: &Tensor,
     w: &Tensor,
@@ -437,9 +445,7 @@ pub fn linear_with_cache(
     let saved = (track && act == Activation::Gelu).then(|| Arc::new(Mutex::new(None)));
     let products = Products::of(x);
     let packed = match cache {
-        Some(c) if !track && !w.is_variable() && products == Products::Bf16 => {
-            Some((c.clone(), w.id()))
-        }
+        Some(c) if !track && !w.is_variable() => Some((c.clone(), w.id())),
         _ => None,
     };
     let op = LinearOp { act, saved, products, packed };

@@ -11,6 +11,8 @@ pub mod attention;
 pub mod bf16;
 pub mod bf16_gemm;
 pub mod cross_entropy;
+#[cfg(target_arch = "x86_64")]
+pub mod gemm512;
 pub mod linear;
 pub mod vmath;
 
@@ -167,6 +169,172 @@ impl<T> Mat<T> {
 /// Problems at least this large (m * n * k) use all threads; smaller ones run on the caller.
 const GEMM_PAR_MIN: usize = 1 << 18;
 
+/// Whether this CPU has AVX-512 F (the [`gemm512`] fp32 tiles).
+pub fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the CPU's vendor is AMD (CPUID leaf 0): kernels whose relative speed differs between
+/// AMD and Intel cores dispatch on it.
+pub fn cpu_is_amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let r = std::arch::x86_64::__cpuid(0);
+        // "AuthenticAMD" in ebx, edx, ecx
+        r.ebx == u32::from_le_bytes(*b"Auth")
+            && r.edx == u32::from_le_bytes(*b"enti")
+            && r.ecx == u32::from_le_bytes(*b"cAMD")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Which fp32 GEMM this CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum F32Path {
+    /// [`gemm512`]'s 8 x 48 FMA tiles.
+    Avx512,
+    /// The `gemm` crate.
+    GemmCrate,
+}
+
+impl F32Path {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512 => "avx512",
+            Self::GemmCrate => "gemm-crate",
+        }
+    }
+}
+
+/// The fp32 path of this process: the `gemm` crate, or [`gemm512`]'s FMA tiles with
+/// `MEDVLP_F32_GEMM=avx512` (for comparisons). On a 2-core Intel Xeon (family 6, model 207) the
+/// tiles encoded as fast as the crate (best of 6 alternating runs: 410 against 412 images/s on
+/// the reference model) and trained 5-12% slower, so the crate stays the default; the same tiles
+/// multiply bf16-rounded operands on that CPU ([`bf16_gemm::Bf16Path::Avx512Fp32`]).
+pub fn f32_path() -> F32Path {
+    static P: std::sync::OnceLock<F32Path> = std::sync::OnceLock::new();
+    *P.get_or_init(|| match std::env::var("MEDVLP_F32_GEMM").as_deref() {
+        Ok("avx512") if avx512f() => F32Path::Avx512,
+        Ok("gemm-crate") => F32Path::GemmCrate,
+        Ok(other) => {
+            tracing::warn!(
+                "MEDVLP_F32_GEMM={other:?}: not `avx512` (with AVX-512) or `gemm-crate`"
+            );
+            default_f32_path()
+        }
+        Err(_) => default_f32_path(),
+    })
+}
+
+fn default_f32_path() -> F32Path {
+    F32Path::GemmCrate
+}
+
+/// A right operand (a frozen dense layer's `W^T`) packed once for [`gemm_packed`], in the format
+/// of this CPU's kernel for the given products: inference reuses it instead of packing the weight
+/// on every call.
+pub struct PackedRhs {
+    k: usize,
+    n: usize,
+    products: Products,
+    #[allow(dead_code)] // read only by the x86_64 kernels
+    data: Vec<u32>,
+}
+
+impl PackedRhs {
+    /// `rhs` (`[k, n]`) packed for `products`; `None` where that path has no packed form (the
+    /// `gemm` crate and the portable bf16 path).
+    ///
+    /// # Safety
+    /// `rhs` is valid for its extent.
+    pub(crate) unsafe fn new(
+        rhs: Mat<f32>,
+        k: usize,
+        n: usize,
+        products: Products,
+    ) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use bf16_gemm::Bf16Path;
+            let data = match (products, bf16_gemm::path(), f32_path()) {
+                (Products::Fp32, _, F32Path::Avx512) => gemm512::pack::<gemm512::F32>(rhs, k, n),
+                (Products::Bf16, Bf16Path::Avx512Bf16, _) => {
+                    gemm512::pack::<gemm512::Bf16Pairs>(rhs, k, n)
+                }
+                (Products::Bf16, Bf16Path::Avx512Fp32, _) => {
+                    gemm512::pack::<gemm512::F32Rounded>(rhs, k, n)
+                }
+                _ => return None,
+            };
+            Some(Self { k, n, products, data })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (rhs, k, n, products);
+            None
+        }
+    }
+
+    /// `(k, n)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    pub fn products(&self) -> Products {
+        self.products
+    }
+}
+
+/// [`gemm_then`] in f32 with a right operand packed by [`PackedRhs::new`] (the same products, bit
+/// for bit).
+///
+/// # Safety
+/// As [`gemm`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_packed(
+    m: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<f32>,
+    rhs: &PackedRhs,
+    alpha: f32,
+    parallel: bool,
+    epilogue: Option<Epilogue>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use gemm512::{gemm_packed as g, Bf16Pairs, F32Rounded, F32};
+        let (n, k, d) = (rhs.n, rhs.k, &rhs.data[..]);
+        match (rhs.products, bf16_gemm::path()) {
+            (Products::Fp32, _) => {
+                g::<F32>(m, n, k, dst, dst_rs, accumulate, lhs, d, alpha, parallel, epilogue)
+            }
+            (Products::Bf16, bf16_gemm::Bf16Path::Avx512Bf16) => {
+                g::<Bf16Pairs>(m, n, k, dst, dst_rs, accumulate, lhs, d, alpha, parallel, epilogue)
+            }
+            (Products::Bf16, _) => {
+                g::<F32Rounded>(m, n, k, dst, dst_rs, accumulate, lhs, d, alpha, parallel, epilogue)
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (m, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel, epilogue);
+        unreachable!("PackedRhs::new returns None off x86_64")
+    }
+}
+
 /// `dst[m, n] (+)= alpha * lhs[m, k] * rhs[k, n]`, accumulating into `dst` when `accumulate`.
 /// `parallel` lets gemm use rayon's threads (only for large problems; the attention kernel calls
 /// this from inside its own parallel loop with `parallel = false`). With [`Products::Bf16`] an f32
@@ -229,6 +397,16 @@ pub(crate) unsafe fn gemm_then<T: Float>(
             alpha.to_f64() as f32,
             parallel,
             epilogue,
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && f32_path() == F32Path::Avx512
+    {
+        let cast = |a: Mat<T>| Mat { ptr: a.ptr as *const f32, rs: a.rs, cs: a.cs };
+        let alpha = alpha.to_f64() as f32;
+        let (lhs, rhs, dst) = (cast(lhs), cast(rhs), dst as *mut f32);
+        return gemm512::gemm::<gemm512::F32>(
+            m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel, epilogue,
         );
     }
     gemm_crate(m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel);
