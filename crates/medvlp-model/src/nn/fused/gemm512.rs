@@ -28,7 +28,7 @@ pub(super) const NB: usize = 3;
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
 /// Packed elements of k per block: a 48-column panel of the right operand is 24 KiB, half an L1.
-const KC: usize = 256;
+const KC: usize = 128;
 /// Problems at least this large (m * n * k) are split over rayon's threads.
 pub(super) const PAR_MIN: usize = 1 << 20;
 
