@@ -139,17 +139,28 @@ fn large_dense_layers_equal_composed_in_both_precisions() {
 }
 
 /// A frozen layer keeps its weight packed for inference, in fp32 and bf16: the cached products
-/// equal the uncached ones bit for bit (odd shapes, both sides of the parallel threshold), a
-/// replaced weight or the other precision is packed again, and a `Var` weight never uses the cache.
+/// equal the uncached ones (odd shapes, both sides of the parallel threshold) bit for bit where
+/// both run the same kernel, and to f32 rounding where fp32 inference takes the tiles and other
+/// products the `gemm` crate (`avx512-inference`); a replaced weight or the other precision is
+/// packed again, and a `Var` weight never uses the cache.
 #[test]
 fn packed_weights_equal_packing_per_call() {
     use candle_core::Module;
     use medvlp_model::nn::fused::{bf16_gemm, f32_path, F32Path};
     use medvlp_model::nn::{with_precision, Linear, Precision};
+    let same = |p: Precision, got: &Tensor, want: &Tensor, what: &str| {
+        let d = max_diff(got, want);
+        if p == Precision::Fp32 && f32_path() == F32Path::Avx512Inference {
+            let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(d <= 1e-5 * (1.0 + scale as f64), "{what}: differs by {d}");
+        } else {
+            assert_eq!(d, 0.0, "{what}");
+        }
+    };
     for p in [Precision::Fp32, Precision::Bf16] {
         let run = |f: &dyn Fn() -> Tensor| with_precision(p, f);
         let packs = match p {
-            Precision::Fp32 => f32_path() == F32Path::Avx512,
+            Precision::Fp32 => f32_path().packs(),
             Precision::Bf16 => bf16_gemm::path() != bf16_gemm::Bf16Path::RoundedFp32,
         };
         if !packs {
@@ -167,7 +178,7 @@ fn packed_weights_equal_packing_per_call() {
                 let want = run(&|| linear(&x, &w, Some(&b), act).unwrap());
                 for _ in 0..2 {
                     let got = run(&|| layer.forward_act(&x, act).unwrap());
-                    assert_eq!(max_diff(&got, &want), 0.0, "{p:?} {rows}x{din}x{dout} {act:?}");
+                    same(p, &got, &want, &format!("{p:?} {rows}x{din}x{dout} {act:?}"));
                 }
             }
             let cached = format!("{:?}", layer.packed);
@@ -182,11 +193,7 @@ fn packed_weights_equal_packing_per_call() {
             other.weight = w2.clone();
             let got = run(&|| other.forward(&x).unwrap());
             let want = run(&|| linear(&x, &w2, Some(&b), Activation::Identity).unwrap());
-            assert_eq!(
-                max_diff(&got, &want),
-                0.0,
-                "{p:?} {rows}x{din}x{dout}: a stale packed weight"
-            );
+            same(p, &got, &want, &format!("{p:?} {rows}x{din}x{dout}: a stale packed weight"));
         }
     }
     // The other precision after a packed one: packed again in its own format, not reused.
@@ -196,7 +203,7 @@ fn packed_weights_equal_packing_per_call() {
     for p in [Precision::Bf16, Precision::Fp32, Precision::Bf16] {
         let got = with_precision(p, || layer.forward(&x)).unwrap();
         let want = with_precision(p, || linear(&x, &w, None, Activation::Identity)).unwrap();
-        assert_eq!(max_diff(&got, &want), 0.0, "{p:?} after the other precision");
+        same(p, &got, &want, &format!("{p:?} after the other precision"));
     }
     // Training layers leave the cache empty.
     let wv = Var::from_tensor(&randn(&[6, 8], 36, DType::F32)).unwrap();

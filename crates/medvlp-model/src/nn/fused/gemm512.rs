@@ -10,7 +10,8 @@
 //!
 //! Written here because the `gemm` crate has no bf16-input/f32-accumulate kernel, and a bf16
 //! GEMM that rounds its operands while packing them needs its own packing and tiles; [`F32`] is
-//! the same tiles without the rounding (`MEDVLP_F32_GEMM=avx512`, see [`super::f32_path`]). Every
+//! the same tiles without the rounding (frozen dense layers by default on Intel, see
+//! [`super::f32_path`]). Every
 //! output element is one tile's sum over k in a fixed order (blocks of [`KC`]), so results do not
 //! depend on the number of threads.
 //!

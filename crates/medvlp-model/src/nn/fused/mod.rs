@@ -201,9 +201,12 @@ pub fn cpu_is_amd() -> bool {
 /// Which fp32 GEMM this CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum F32Path {
-    /// [`gemm512`]'s 8 x 48 FMA tiles.
+    /// [`gemm512`]'s 8 x 48 FMA tiles for every product.
     Avx512,
-    /// The `gemm` crate.
+    /// The tiles for frozen dense layers (inference: their weights packed once, bias and GELU in
+    /// the row tasks' epilogue), the `gemm` crate for everything else.
+    Avx512Inference,
+    /// The `gemm` crate for every product.
     GemmCrate,
 }
 
@@ -211,33 +214,50 @@ impl F32Path {
     pub fn name(self) -> &'static str {
         match self {
             Self::Avx512 => "avx512",
+            Self::Avx512Inference => "avx512-inference",
             Self::GemmCrate => "gemm-crate",
         }
     }
+
+    /// Whether a frozen weight is packed for the tiles.
+    pub fn packs(self) -> bool {
+        self != Self::GemmCrate
+    }
 }
 
-/// The fp32 path of this process: the `gemm` crate, or [`gemm512`]'s FMA tiles with
-/// `MEDVLP_F32_GEMM=avx512` (for comparisons). On a 2-core Intel Xeon (family 6, model 207) the
-/// tiles encoded as fast as the crate (best of 6 alternating runs: 410 against 412 images/s on
-/// the reference model) and trained 5-12% slower, so the crate stays the default; the same tiles
-/// multiply bf16-rounded operands on that CPU ([`bf16_gemm::Bf16Path::Avx512Fp32`]).
+/// The fp32 path of this process: `MEDVLP_F32_GEMM` (`avx512`, `avx512-inference` or
+/// `gemm-crate`) forces one; by default `avx512-inference` on CPUs with AVX-512 other than AMD's,
+/// the `gemm` crate elsewhere. Measured on a 2-core Intel Xeon (family 6, model 207), alternating
+/// runs of `medvlp bench`: with their weights packed once, the tiles encoded the reference model
+/// 4-11% faster than the crate (14 of 16 pairs) and trained it 1-14% slower, hence the split; not
+/// yet measured on AMD. The same tiles multiply bf16-rounded operands on that Xeon
+/// ([`bf16_gemm::Bf16Path::Avx512Fp32`]).
 pub fn f32_path() -> F32Path {
     static P: std::sync::OnceLock<F32Path> = std::sync::OnceLock::new();
-    *P.get_or_init(|| match std::env::var("MEDVLP_F32_GEMM").as_deref() {
-        Ok("avx512") if avx512f() => F32Path::Avx512,
-        Ok("gemm-crate") => F32Path::GemmCrate,
-        Ok(other) => {
-            tracing::warn!(
-                "MEDVLP_F32_GEMM={other:?}: not `avx512` (with AVX-512) or `gemm-crate`"
-            );
-            default_f32_path()
+    *P.get_or_init(|| {
+        let all = [F32Path::Avx512, F32Path::Avx512Inference, F32Path::GemmCrate];
+        match std::env::var("MEDVLP_F32_GEMM") {
+            Ok(v) => match all.into_iter().find(|p| p.name() == v) {
+                Some(p) if p == F32Path::GemmCrate || avx512f() => p,
+                _ => {
+                    tracing::warn!(
+                        "MEDVLP_F32_GEMM={v:?}: not one of avx512, avx512-inference (both need \
+                         AVX-512), gemm-crate"
+                    );
+                    default_f32_path()
+                }
+            },
+            Err(_) => default_f32_path(),
         }
-        Err(_) => default_f32_path(),
     })
 }
 
 fn default_f32_path() -> F32Path {
-    F32Path::GemmCrate
+    if avx512f() && !cpu_is_amd() {
+        F32Path::Avx512Inference
+    } else {
+        F32Path::GemmCrate
+    }
 }
 
 /// A right operand (a frozen dense layer's `W^T`) packed once for [`gemm_packed`], in the format
@@ -267,7 +287,7 @@ impl PackedRhs {
         {
             use bf16_gemm::Bf16Path;
             let data = match (products, bf16_gemm::path(), f32_path()) {
-                (Products::Fp32, _, F32Path::Avx512) => gemm512::pack::<gemm512::F32>(rhs, k, n),
+                (Products::Fp32, _, p) if p.packs() => gemm512::pack::<gemm512::F32>(rhs, k, n),
                 (Products::Bf16, Bf16Path::Avx512Bf16, _) => {
                     gemm512::pack::<gemm512::Bf16Pairs>(rhs, k, n)
                 }
