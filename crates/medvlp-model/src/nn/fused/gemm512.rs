@@ -2,18 +2,17 @@
 //! 48 columns over packed operands, then an epilogue per row task. One driver (packing, tiling,
 //! threading) and three operand formats ([`Format`]):
 //!
-//! - [`F32`]: fp32 operands and `vfmadd231ps`, the fp32 products of the fused ops;
+//! - [`F32`]: fp32 operands and `vfmadd231ps` (inference's dense layers off AMD, see
+//!   [`super::f32_path`]);
 //! - [`F32Rounded`]: the same kernel on operands rounded to bf16 while they are packed, for bf16
 //!   autocast where `vdpbf16ps` is no faster than two FMAs (a bf16 x bf16 product is exact in f32,
 //!   so this differs from [`Bf16Pairs`] only by summation order);
 //! - [`Bf16Pairs`]: operands as bf16 pairs along k and `vdpbf16ps` (two products per f32 lane).
 //!
 //! Written here because the `gemm` crate has no bf16-input/f32-accumulate kernel, and a bf16
-//! GEMM that rounds its operands while packing them needs its own packing and tiles; [`F32`] is
-//! the same tiles without the rounding (frozen dense layers by default on Intel, see
-//! [`super::f32_path`]). Every
-//! output element is one tile's sum over k in a fixed order (blocks of [`KC`]), so results do not
-//! depend on the number of threads.
+//! GEMM that rounds its operands while packing them needs its own packing and tiles. Every output
+//! element is one tile's sum over k in a fixed order (blocks of [`KC`]), so results do not depend
+//! on the number of threads.
 //!
 //! Tile ceilings on one core (`gemm512_tile_ceiling`): Intel Xeon family 6 model 207, 172 GFLOP/s
 //! fp32 (two FMA ports) and 86 with `vdpbf16ps`; AMD Zen 4, about 230 with `vdpbf16ps`.
