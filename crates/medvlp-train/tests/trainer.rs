@@ -687,17 +687,7 @@ fn a_budgeted_run_fits_its_schedule_to_the_budget_and_resumes_on_its_plan() {
     };
     let paced = |fail_at| {
         let (store, model) = setup(5);
-        let toy = Toy {
-            model,
-            batch: 2,
-            accum: 1,
-            use_itc: true,
-            fail_at,
-            nan_from: None,
-            stop_at: None,
-            comm: None,
-            dtype: DType::F32,
-        };
+        let toy = Toy { batch: 2, ..toy(model, fail_at) };
         (store, Paced { toy, sleep: std::time::Duration::from_millis(25) })
     };
     let out = tempdir("budget");

@@ -94,31 +94,14 @@ pub fn round_bf16(x: f32) -> f32 {
 /// Problems at least this large (m * n * k) are split over rayon's threads.
 const PAR_MIN: usize = 1 << 20;
 
-/// `dst[m, n] (+)= alpha * bf16(lhs)[m, k] * bf16(rhs)[k, n]` in f32, then the epilogue over
-/// every row once (see [`super::gemm_then`]).
+/// `dst[m, n] (+)= alpha * bf16(lhs)[m, k] * bf16(rhs)[k, n]` in f32 on path `p` (which the CPU
+/// runs; [`path`] is this process's), then the epilogue over every row once (see
+/// [`super::gemm_then`]).
 ///
 /// # Safety
 /// As [`super::gemm`]: the views are valid for their extents and `dst` aliases neither operand.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_bf16(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat<f32>,
-    rhs: Mat<f32>,
-    alpha: f32,
-    parallel: bool,
-    epilogue: Option<Epilogue>,
-) {
-    gemm_bf16_on(path(), m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel, epilogue)
-}
-
-/// [`gemm_bf16`] on a given path (which the CPU runs).
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_bf16_on(
     p: Bf16Path,
     m: usize,
     n: usize,
@@ -201,6 +184,7 @@ unsafe fn rounded(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data::{data, ODD_SHAPES};
     use super::*;
 
     /// f64 reference of `alpha * bf16(a) bf16(b)` (+ dst).
@@ -225,12 +209,6 @@ mod tests {
         y
     }
 
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1999) as f32 / 999.5) - 1.0)
-            .collect()
-    }
-
     fn check(
         p: Bf16Path,
         m: usize,
@@ -251,7 +229,7 @@ mod tests {
         let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
         unsafe {
             let lhs = if lhs_t { Mat::rows(at.as_ptr(), m).t() } else { Mat::rows(a.as_ptr(), k) };
-            gemm_bf16_on(p, m, n, k, dst.as_mut_ptr(), n, accumulate, lhs, rhs, 0.5, true, None)
+            gemm_bf16(p, m, n, k, dst.as_mut_ptr(), n, accumulate, lhs, rhs, 0.5, true, None)
         }
         let zero = vec![0f32; m * n];
         let want = reference(&a, &b, m, n, k, 0.5, if accumulate { &init } else { &zero });
@@ -281,20 +259,7 @@ mod tests {
         }
         println!("not tested here: AMX (not implemented)");
         for p in paths {
-            for &(m, n, k) in &[
-                (1, 1, 1),
-                (15, 17, 33),
-                (17, 15, 1),
-                (33, 49, 17),
-                (8, 48, 64),
-                (70, 100, 300),
-                (3, 200, 31),
-                (130, 35, 77),
-                (2080, 64, 40),
-                (150, 700, 90),
-                (9, 900, 200),
-                (40, 300, 701),
-            ] {
+            for &(m, n, k) in ODD_SHAPES {
                 for transposed in [false, true] {
                     for accumulate in [false, true] {
                         for lhs_t in [false, true] {
@@ -361,7 +326,7 @@ mod speed {
                 runs.push((
                     format!("bf16 {}", p.name()),
                     Box::new(move |c| unsafe {
-                        gemm_bf16_on(p, m, n, k, c, n, false, lhs, rhs, 1.0, true, None)
+                        gemm_bf16(p, m, n, k, c, n, false, lhs, rhs, 1.0, true, None)
                     }),
                 ));
             }

@@ -23,19 +23,14 @@ use std::arch::x86_64::*;
 
 /// Rows and 16-column blocks of one register tile: 8 x 3 accumulators + 3 operands + 1 broadcast
 /// fit the 32 zmm registers.
-pub(super) const MR: usize = 8;
-pub(super) const NB: usize = 3;
+const MR: usize = 8;
+const NB: usize = 3;
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
 /// Packed elements of k per block: a 48-column panel of the right operand is 24 KiB, half an L1.
 const KC: usize = 128;
 /// Problems at least this large (m * n * k) are split over rayon's threads.
-pub(super) const PAR_MIN: usize = 1 << 20;
-
-/// Whether this CPU runs the fp32 formats (AVX-512 F).
-pub fn f32_available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
+const PAR_MIN: usize = 1 << 20;
 
 /// Where a tile finds its rows' packed elements: element `q` of row `r` is `a[q * qs + r * rs]`,
 /// and the tile starting at row `r` (a multiple of [`MR`]) at `a[r * panel]`.
@@ -124,6 +119,36 @@ unsafe fn transpose16(v: &mut [__m512i; 16]) {
             let (a, b) = (v[l], v[l + s]);
             v[l] = _mm512_permutex2var_epi32(a, lo, b);
             v[l + s] = _mm512_permutex2var_epi32(a, hi, b);
+        }
+    }
+}
+
+/// One 16-column block of a `rhs` whose columns are contiguous along k (`rs == 1`, a transposed
+/// weight) into `blk` (`[kp][16]`): `load(column, q0)` gives a column's 16 packed elements from
+/// `q0` on; 16 columns are transposed in registers and stored as one row of 16 per element (a
+/// gather per element took 3x as long). Columns from `w` on are zero.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn pack_columns(
+    b: Mat<f32>,
+    j0: usize,
+    w: usize,
+    kp: usize,
+    blk: &mut [u32],
+    load: impl Fn(*const f32, usize) -> __m512i,
+) {
+    let mut v = [_mm512_setzero_si512(); 16];
+    for q0 in (0..kp).step_by(16) {
+        for (l, v) in v.iter_mut().enumerate() {
+            *v = if l < w {
+                load(b.ptr.offset((j0 + l) as isize * b.cs), q0)
+            } else {
+                _mm512_setzero_si512()
+            };
+        }
+        transpose16(&mut v);
+        for (t, v) in v.iter().enumerate().take(kp - q0) {
+            _mm512_storeu_si512(blk.as_mut_ptr().add((q0 + t) * 16) as *mut _, *v);
         }
     }
 }
@@ -284,22 +309,9 @@ unsafe fn f32_rhs_blocks<const ROUND: bool>(
         let j0 = (jb0 + bi) * 16;
         let w = (n - j0).min(16);
         if b.rs == 1 {
-            // Columns contiguous along k (a transposed weight): 16 columns x 16 k per transpose.
-            let mut v = [_mm512_setzero_si512(); 16];
-            for q0 in (0..k).step_by(16) {
-                for (l, v) in v.iter_mut().enumerate() {
-                    *v = if l < w {
-                        let p = b.ptr.offset((j0 + l) as isize * b.cs + q0 as isize);
-                        _mm512_castps_si512(load16::<ROUND>(p, k - q0))
-                    } else {
-                        _mm512_setzero_si512() // columns past n
-                    };
-                }
-                transpose16(&mut v);
-                for (t, v) in v.iter().enumerate().take(k - q0) {
-                    _mm512_storeu_si512(blk.as_mut_ptr().add((q0 + t) * 16) as *mut _, *v);
-                }
-            }
+            pack_columns(b, j0, w, k, blk, |col, q0| {
+                _mm512_castps_si512(load16::<ROUND>(col.add(q0), k - q0))
+            });
         } else {
             blk.fill(0);
             for l in 0..w {
@@ -538,24 +550,8 @@ unsafe fn bf16_rhs_blocks(b: Mat<f32>, jb0: usize, blocks: &mut [u32], k: usize,
         let j0 = (jb0 + bi) * 16;
         let w = (n - j0).min(16);
         if b.rs == 1 {
-            // Columns of b are contiguous along k (a transposed weight, K^T): column j's
-            // pairs for 16 consecutive p are one conversion of its 32 floats. Convert 16
-            // columns, transpose the 16 x 16 pairs in registers, store one row of 16 pairs
-            // per p. (A 64-bit gather per pair took 3x as long.)
-            let mut v = [_mm512_setzero_si512(); 16];
-            for q0 in (0..kp).step_by(16) {
-                for (l, v) in v.iter_mut().enumerate() {
-                    *v = if l < w {
-                        cvt32(b.ptr.offset((j0 + l) as isize * b.cs + 2 * q0 as isize), k - 2 * q0)
-                    } else {
-                        _mm512_setzero_si512() // columns past n
-                    };
-                }
-                transpose16(&mut v);
-                for (t, v) in v.iter().enumerate().take(kp - q0) {
-                    _mm512_storeu_si512(blk.as_mut_ptr().add((q0 + t) * 16) as *mut _, *v);
-                }
-            }
+            // Column j's pairs for 16 consecutive q are one conversion of its 32 floats.
+            pack_columns(b, j0, w, kp, blk, |col, q0| cvt32(col.add(2 * q0), k - 2 * q0));
         } else {
             blk.fill(0);
             let at = |kk: usize, j: usize| *b.ptr.offset(kk as isize * b.rs + j as isize * b.cs);
@@ -945,7 +941,7 @@ mod bench {
                 );
             }
         }
-        if f32_available() {
+        if super::super::avx512f() {
             run::<F32>("f32", 1);
         }
         if super::super::bf16::available() {
@@ -956,13 +952,8 @@ mod bench {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_data::{data, ODD_SHAPES};
     use super::*;
-
-    fn data(len: usize, seed: u64) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1999) as f32 / 999.5) - 1.0)
-            .collect()
-    }
 
     /// The fp32 tiles against an f64 reference, on shapes that are not multiples of the tile
     /// (1, 15, 17, 33, ...), k across several [`KC`] blocks, every operand layout the fused ops
@@ -970,25 +961,11 @@ mod tests {
     /// single-threaded and split over rows or columns; the epilogue sees every row once.
     #[test]
     fn f32_gemm_equals_the_f64_reference_on_odd_shapes() {
-        if !f32_available() {
+        if !super::super::avx512f() {
             println!("not tested here: the AVX-512 fp32 tiles (this CPU lacks AVX-512 F)");
             return;
         }
-        for &(m, n, k) in &[
-            (1, 1, 1),
-            (15, 17, 33),
-            (17, 15, 1),
-            (33, 49, 17),
-            (8, 48, 64),
-            (70, 100, 300),
-            (3, 200, 31),
-            (130, 35, 77),
-            (2080, 64, 40),
-            (150, 700, 90),
-            (9, 900, 200),
-            (40, 300, 701),
-            (5, 7, 0),
-        ] {
+        for &(m, n, k) in ODD_SHAPES.iter().chain(&[(5, 7, 0)]) {
             let a = data(m * k, 1);
             let b = data(k * n, 2);
             let init = data(m * n, 3);
@@ -1084,7 +1061,7 @@ mod tests {
     /// [`F32Rounded`] multiplies bf16-rounded operands exactly as [`F32`] multiplies rounded copies.
     #[test]
     fn rounded_packing_equals_fp32_tiles_on_rounded_copies() {
-        if !f32_available() {
+        if !super::super::avx512f() {
             println!("not tested here: the AVX-512 fp32 tiles (this CPU lacks AVX-512 F)");
             return;
         }

@@ -267,9 +267,17 @@ fn default_f32_path() -> F32Path {
 pub struct PackedRhs {
     k: usize,
     n: usize,
-    products: Products,
+    format: PackFormat,
     #[allow(dead_code)] // read only by the x86_64 kernels
     data: Vec<u32>,
+}
+
+/// The [`gemm512`] format a [`PackedRhs`] was packed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PackFormat {
+    F32,
+    F32Rounded,
+    Bf16Pairs,
 }
 
 impl PackedRhs {
@@ -287,17 +295,18 @@ impl PackedRhs {
         #[cfg(target_arch = "x86_64")]
         {
             use bf16_gemm::Bf16Path;
-            let data = match (products, bf16_gemm::path(), f32_path()) {
-                (Products::Fp32, _, p) if p.packs() => gemm512::pack::<gemm512::F32>(rhs, k, n),
+            use gemm512::{pack, Bf16Pairs, F32Rounded, F32};
+            let (format, data) = match (products, bf16_gemm::path(), f32_path()) {
+                (Products::Fp32, _, p) if p.packs() => (PackFormat::F32, pack::<F32>(rhs, k, n)),
                 (Products::Bf16, Bf16Path::Avx512Bf16, _) => {
-                    gemm512::pack::<gemm512::Bf16Pairs>(rhs, k, n)
+                    (PackFormat::Bf16Pairs, pack::<Bf16Pairs>(rhs, k, n))
                 }
                 (Products::Bf16, Bf16Path::Avx512Fp32, _) => {
-                    gemm512::pack::<gemm512::F32Rounded>(rhs, k, n)
+                    (PackFormat::F32Rounded, pack::<F32Rounded>(rhs, k, n))
                 }
                 _ => return None,
             };
-            Some(Self { k, n, products, data })
+            Some(Self { k, n, format, data })
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -311,8 +320,12 @@ impl PackedRhs {
         (self.k, self.n)
     }
 
+    /// The products the packed operand is for.
     pub fn products(&self) -> Products {
-        self.products
+        match self.format {
+            PackFormat::F32 => Products::Fp32,
+            PackFormat::F32Rounded | PackFormat::Bf16Pairs => Products::Bf16,
+        }
     }
 }
 
@@ -337,14 +350,14 @@ pub(crate) unsafe fn gemm_packed(
     {
         use gemm512::{gemm_packed as g, Bf16Pairs, F32Rounded, F32};
         let (n, k, d) = (rhs.n, rhs.k, &rhs.data[..]);
-        match (rhs.products, bf16_gemm::path()) {
-            (Products::Fp32, _) => {
+        match rhs.format {
+            PackFormat::F32 => {
                 g::<F32>(m, n, k, dst, dst_rs, accumulate, lhs, d, alpha, parallel, epilogue)
             }
-            (Products::Bf16, bf16_gemm::Bf16Path::Avx512Bf16) => {
+            PackFormat::Bf16Pairs => {
                 g::<Bf16Pairs>(m, n, k, dst, dst_rs, accumulate, lhs, d, alpha, parallel, epilogue)
             }
-            (Products::Bf16, _) => {
+            PackFormat::F32Rounded => {
                 g::<F32Rounded>(m, n, k, dst, dst_rs, accumulate, lhs, d, alpha, parallel, epilogue)
             }
         }
@@ -407,6 +420,7 @@ pub(crate) unsafe fn gemm_then<T: Float>(
     if products == Products::Bf16 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
         let cast = |a: Mat<T>| Mat { ptr: a.ptr as *const f32, rs: a.rs, cs: a.cs };
         return bf16_gemm::gemm_bf16(
+            bf16_gemm::path(),
             m,
             n,
             k,
@@ -625,6 +639,34 @@ pub mod num {
             let cdf = 0.5 * (1.0 + libm::erf(self * std::f64::consts::FRAC_1_SQRT_2));
             cdf + self * (-0.5 * self * self).exp() * FRAC_1_SQRT_2PI
         }
+    }
+}
+
+/// Shapes and data shared by the GEMM kernels' tests.
+#[cfg(test)]
+pub(crate) mod test_data {
+    /// `(m, n, k)` that are not multiples of the tiles (1, 15, 17, 33, ...), on both sides of the
+    /// parallel threshold.
+    pub const ODD_SHAPES: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (15, 17, 33),
+        (17, 15, 1),
+        (33, 49, 17),
+        (8, 48, 64),
+        (70, 100, 300),
+        (3, 200, 31),
+        (130, 35, 77),
+        (2080, 64, 40),
+        (150, 700, 90),
+        (9, 900, 200),
+        (40, 300, 701),
+    ];
+
+    /// `len` deterministic values in [-1, 1].
+    pub fn data(len: usize, seed: u64) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i as u64 * 2654435761 + seed * 97) % 1999) as f32 / 999.5) - 1.0)
+            .collect()
     }
 }
 
