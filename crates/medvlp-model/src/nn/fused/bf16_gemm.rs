@@ -1,7 +1,10 @@
 //! The GEMM of bf16 autocast on the CPU: `dst (+)= alpha * lhs * rhs` with both operands rounded
 //! to bf16 (round to nearest even) and every product accumulated in f32, PyTorch's autocast
-//! semantics. Three implementations, chosen at run time ([`path`]):
+//! semantics. Four implementations, chosen at run time ([`path`]):
 //!
+//! - `amx`: AMX tiles (`tdpbf16ps`, [`super::amx`]) on CPUs with AMX-BF16 (Intel Sapphire Rapids
+//!   and later), the default wherever Linux grants the tile state and the instructions pass a
+//!   check at first use;
 //! - `avx512bf16`: operands packed as bf16 pairs along k, `vdpbf16ps` (two bf16 products per f32
 //!   lane per instruction) in an 8-row x 48-column register tile ([`super::gemm512`]). On AMD
 //!   Zen 4 this is twice the fp32 FMA rate (309-353 against 150-199 GFLOP/s on 2 cores);
@@ -13,8 +16,7 @@
 //! - `rounded-fp32` on CPUs without AVX-512: rounded copies of the operands through the `gemm`
 //!   crate.
 //!
-//! A bf16 x bf16 product is exact in f32, so the three differ only by summation order. AMX
-//! (`tdpbf16ps`) is not implemented.
+//! A bf16 x bf16 product is exact in f32, so the four differ only by summation order.
 
 use super::{Epilogue, Mat, SendPtr};
 use rayon::prelude::*;
@@ -22,14 +24,19 @@ use rayon::prelude::*;
 /// Which bf16 GEMM this CPU runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bf16Path {
+    Amx,
     Avx512Bf16,
     Avx512Fp32,
     RoundedFp32,
 }
 
 impl Bf16Path {
+    pub const ALL: [Bf16Path; 4] =
+        [Bf16Path::Amx, Bf16Path::Avx512Bf16, Bf16Path::Avx512Fp32, Bf16Path::RoundedFp32];
+
     pub fn name(self) -> &'static str {
         match self {
+            Self::Amx => "amx",
             Self::Avx512Bf16 => "avx512bf16",
             Self::Avx512Fp32 => "avx512-fp32",
             Self::RoundedFp32 => "rounded-fp32",
@@ -39,6 +46,10 @@ impl Bf16Path {
     /// Whether this CPU can run the path.
     pub fn available(self) -> bool {
         match self {
+            #[cfg(target_arch = "x86_64")]
+            Self::Amx => super::amx::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Amx => false,
             Self::Avx512Bf16 => super::bf16::available(),
             Self::Avx512Fp32 => super::avx512f(),
             Self::RoundedFp32 => true,
@@ -47,25 +58,28 @@ impl Bf16Path {
 
     /// Whether bf16 products are faster than fp32 ones on this path (so that bf16 autocast pays).
     pub fn native(self) -> bool {
-        self == Self::Avx512Bf16
+        matches!(self, Self::Amx | Self::Avx512Bf16)
     }
 }
 
-/// The path of this process: `MEDVLP_BF16_GEMM` (`avx512bf16`, `avx512-fp32` or `rounded-fp32`)
-/// forces one the CPU can run (tests compare them); by default `avx512bf16` on AMD CPUs with
-/// AVX-512 BF16, `avx512-fp32` on other CPUs with AVX-512, `rounded-fp32` elsewhere.
+/// The path of this process: `MEDVLP_BF16_GEMM` (`amx`, `avx512bf16`, `avx512-fp32` or
+/// `rounded-fp32`) forces one the CPU can run (tests compare them); by default `amx` where it is
+/// available, `avx512bf16` on AMD CPUs with AVX-512 BF16, `avx512-fp32` on other CPUs with
+/// AVX-512, `rounded-fp32` elsewhere.
 pub fn path() -> Bf16Path {
     static P: std::sync::OnceLock<Bf16Path> = std::sync::OnceLock::new();
     *P.get_or_init(|| {
-        let all = [Bf16Path::Avx512Bf16, Bf16Path::Avx512Fp32, Bf16Path::RoundedFp32];
+        let all = Bf16Path::ALL;
         if let Ok(forced) = std::env::var("MEDVLP_BF16_GEMM") {
             match all.into_iter().find(|p| p.name() == forced) {
                 Some(p) if p.available() => return p,
                 Some(p) => tracing::warn!("MEDVLP_BF16_GEMM={forced}: this CPU cannot run {p:?}"),
-                None => tracing::warn!("MEDVLP_BF16_GEMM={forced:?} is not one of avx512bf16, avx512-fp32, rounded-fp32"),
+                None => tracing::warn!("MEDVLP_BF16_GEMM={forced:?} is not one of amx, avx512bf16, avx512-fp32, rounded-fp32"),
             }
         }
-        if Bf16Path::Avx512Bf16.available() && super::cpu_is_amd() {
+        if Bf16Path::Amx.available() {
+            Bf16Path::Amx
+        } else if Bf16Path::Avx512Bf16.available() && super::cpu_is_amd() {
             Bf16Path::Avx512Bf16
         } else if Bf16Path::Avx512Fp32.available() {
             Bf16Path::Avx512Fp32
@@ -118,6 +132,10 @@ pub(crate) unsafe fn gemm_bf16(
     #[cfg(target_arch = "x86_64")]
     use super::gemm512 as g;
     match p {
+        #[cfg(target_arch = "x86_64")]
+        Bf16Path::Amx => super::amx::gemm::<super::amx::Amx>(
+            m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel, epilogue,
+        ),
         #[cfg(target_arch = "x86_64")]
         Bf16Path::Avx512Bf16 => g::gemm::<g::Bf16Pairs>(
             m, n, k, dst, dst_rs, accumulate, lhs, rhs, alpha, parallel, epilogue,
@@ -209,8 +227,29 @@ mod tests {
         y
     }
 
+    /// A bf16 GEMM under test: `(m, n, k, dst, accumulate, lhs, rhs)` with alpha 0.5 and `dst`'s
+    /// row stride n.
+    type Run<'a> = &'a dyn Fn(usize, usize, usize, *mut f32, bool, Mat<f32>, Mat<f32>);
+
     fn check(
         p: Bf16Path,
+        m: usize,
+        n: usize,
+        k: usize,
+        transposed: bool,
+        accumulate: bool,
+        lhs_t: bool,
+    ) {
+        let run = |m, n, k, dst, accumulate, lhs, rhs| unsafe {
+            gemm_bf16(p, m, n, k, dst, n, accumulate, lhs, rhs, 0.5, true, None)
+        };
+        check_run(p.name(), &run, m, n, k, transposed, accumulate, lhs_t)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check_run(
+        name: &str,
+        run: Run<'_>,
         m: usize,
         n: usize,
         k: usize,
@@ -227,10 +266,8 @@ mod tests {
         let rhs = if transposed { Mat::rows(bt.as_ptr(), k).t() } else { Mat::rows(b.as_ptr(), n) };
         // a given as [k, m] read through a transposed view when asked (dW = g^T x).
         let at: Vec<f32> = (0..k * m).map(|x| a[(x % m) * k + x / m]).collect();
-        unsafe {
-            let lhs = if lhs_t { Mat::rows(at.as_ptr(), m).t() } else { Mat::rows(a.as_ptr(), k) };
-            gemm_bf16(p, m, n, k, dst.as_mut_ptr(), n, accumulate, lhs, rhs, 0.5, true, None)
-        }
+        let lhs = if lhs_t { Mat::rows(at.as_ptr(), m).t() } else { Mat::rows(a.as_ptr(), k) };
+        run(m, n, k, dst.as_mut_ptr(), accumulate, lhs, rhs);
         let zero = vec![0f32; m * n];
         let want = reference(&a, &b, m, n, k, 0.5, if accumulate { &init } else { &zero });
         for (i, (g, w)) in dst.iter().zip(&want).enumerate() {
@@ -240,14 +277,14 @@ mod tests {
                 .sum::<f64>()
                 * 0.5
                 + 1.0;
-            assert!((*g as f64 - w).abs() <= 2e-6 * scale, "{p:?} {m}x{n}x{k} ({i}): {g} vs {w}");
+            assert!((*g as f64 - w).abs() <= 2e-6 * scale, "{name} {m}x{n}x{k} ({i}): {g} vs {w}");
         }
     }
 
     #[test]
     fn bf16_gemm_equals_the_f64_reference_on_odd_shapes() {
         let mut paths = vec![];
-        for p in [Bf16Path::RoundedFp32, Bf16Path::Avx512Fp32, Bf16Path::Avx512Bf16] {
+        for p in Bf16Path::ALL {
             if p.available() {
                 paths.push(p);
             } else {
@@ -257,7 +294,6 @@ mod tests {
                 );
             }
         }
-        println!("not tested here: AMX (not implemented)");
         for p in paths {
             for &(m, n, k) in ODD_SHAPES {
                 for transposed in [false, true] {
@@ -265,6 +301,34 @@ mod tests {
                         for lhs_t in [false, true] {
                             check(p, m, n, k, transposed, accumulate, lhs_t);
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AMX driver (packing, blocks, tails, threading) on a software model of the tile
+    /// instructions, so that it is checked on CPUs without AMX too; the test above runs it on the
+    /// hardware where there is one.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn amx_driver_on_emulated_tiles_equals_the_f64_reference_on_odd_shapes() {
+        use super::super::amx;
+        if !super::super::bf16::available() {
+            println!("not tested here: the AMX driver (its tails need AVX-512 BF16)");
+            return;
+        }
+        let run = |m, n, k, dst, accumulate, lhs, rhs| unsafe {
+            amx::gemm::<amx::Emulated>(m, n, k, dst, n, accumulate, lhs, rhs, 0.5, true, None)
+        };
+        let mut shapes = ODD_SHAPES.to_vec();
+        // Several whole blocks and tasks, with and without a tail of pairs.
+        shapes.extend([(300, 130, 96), (97, 50, 65), (64, 48, 32)]);
+        for (m, n, k) in shapes {
+            for transposed in [false, true] {
+                for accumulate in [false, true] {
+                    for lhs_t in [false, true] {
+                        check_run("amx-emulated", &run, m, n, k, transposed, accumulate, lhs_t);
                     }
                 }
             }
@@ -303,7 +367,7 @@ mod speed {
             let rhs = if tb { Mat::rows(b.as_ptr(), k).t() } else { Mat::rows(b.as_ptr(), n) };
             let lhs = if tb { Mat::rows(a.as_ptr(), k) } else { Mat::rows(a.as_ptr(), m).t() };
             let flops = 2.0 * (m * n * k) as f64;
-            let paths = [Bf16Path::Avx512Bf16, Bf16Path::Avx512Fp32, Bf16Path::RoundedFp32];
+            let paths = Bf16Path::ALL;
             type Run<'a> = Box<dyn Fn(*mut f32) + 'a>;
             let mut runs: Vec<(String, Run<'_>)> = vec![(
                 "fp32 gemm-crate".into(),

@@ -30,7 +30,7 @@ const ROWS_PER_TASK: usize = 64;
 /// Packed elements of k per block: a 48-column panel of the right operand is 24 KiB, half an L1.
 const KC: usize = 128;
 /// Problems at least this large (m * n * k) are split over rayon's threads.
-const PAR_MIN: usize = 1 << 20;
+pub(super) const PAR_MIN: usize = 1 << 20;
 
 /// Where a tile finds its rows' packed elements: element `q` of row `r` is `a[q * qs + r * rs]`,
 /// and the tile starting at row `r` (a multiple of [`MR`]) at `a[r * panel]`.
@@ -39,6 +39,13 @@ pub(super) struct ALayout {
     qs: usize,
     rs: usize,
     panel: usize,
+}
+
+impl ALayout {
+    /// Rows of packed elements `ld` apart, each contiguous along k.
+    pub(super) fn rows(ld: usize) -> Self {
+        Self { qs: 1, rs: ld, panel: ld }
+    }
 }
 
 /// An operand format: how k is packed into 32-bit elements and the tile that multiplies them.
@@ -86,7 +93,7 @@ pub(super) fn mask16(n: usize) -> __mmask16 {
 }
 
 /// `v` with `len` elements: the packers write every element, so a reused buffer is not cleared.
-fn sized(v: &mut Vec<u32>, len: usize) {
+pub(super) fn sized(v: &mut Vec<u32>, len: usize) {
     if v.len() < len {
         v.resize(len, 0);
     } else {
@@ -99,7 +106,7 @@ fn sized(v: &mut Vec<u32>, len: usize) {
 /// bit `s` set and clear respectively, which swaps bit `s` between row and column.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn transpose16(v: &mut [__m512i; 16]) {
+pub(super) unsafe fn transpose16(v: &mut [__m512i; 16]) {
     for s in [8usize, 4, 2, 1] {
         let mut lo = [0i32; 16];
         let mut hi = [0i32; 16];
@@ -457,7 +464,7 @@ unsafe fn cvt32(p: *const f32, n: usize) -> __m512i {
 /// 16 floats from `a` and 16 from `b` (the first `n` of each) as pairs `(a[l], b[l])`.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
 #[inline]
-unsafe fn interleave(a: *const f32, b: Option<*const f32>, n: usize) -> __m512i {
+pub(super) unsafe fn interleave(a: *const f32, b: Option<*const f32>, n: usize) -> __m512i {
     let m = mask16(n);
     let va = _mm512_maskz_loadu_ps(m, a);
     let vb = match b {
@@ -473,15 +480,22 @@ unsafe fn interleave(a: *const f32, b: Option<*const f32>, n: usize) -> __m512i 
     _mm512_permutexvar_epi16(idx, v)
 }
 
-/// Rows `i0..i0 + rows` of `lhs` as row-major pairs: pair `q` of row `r` at `out[r * kp + q]`,
-/// `(a[i, 2q], a[i, 2q + 1])` with the low half first.
+/// Rows `i0..i0 + rows` of `lhs` as row-major pairs `ld` apart: pair `q` of row `r` at
+/// `out[r * ld + q]`, `(a[i, 2q], a[i, 2q + 1])` with the low half first.
 #[target_feature(enable = "avx512f,avx512bf16,avx512bw")]
-unsafe fn bf16_lhs_rows(a: Mat<f32>, i0: usize, rows: usize, k: usize, out: &mut [u32]) {
+pub(super) unsafe fn bf16_lhs_rows(
+    a: Mat<f32>,
+    i0: usize,
+    rows: usize,
+    k: usize,
+    ld: usize,
+    out: &mut [u32],
+) {
     use super::bf16_gemm::bf16_bits;
     let kp = k.div_ceil(2);
     for r in 0..rows {
         let i = (i0 + r) as isize;
-        let dst = out.as_mut_ptr().add(r * kp);
+        let dst = out.as_mut_ptr().add(r * ld);
         if a.cs == 1 {
             let base = a.ptr.offset(i * a.rs);
             for q in (0..kp).step_by(16) {
@@ -606,7 +620,7 @@ impl Format for Bf16Pairs {
             bf16_lhs_t(a, i0, rows, k, out);
             ALayout { qs: MR, rs: 1, panel: kp }
         } else {
-            bf16_lhs_rows(a, i0, rows, k, out);
+            bf16_lhs_rows(a, i0, rows, k, kp, out);
             ALayout { qs: 1, rs: kp, panel: kp }
         };
         LhsRef { ptr: out.as_ptr(), al }
@@ -636,7 +650,13 @@ impl Format for Bf16Pairs {
 // ---------------------------------------------------------------------------------------------
 // driver
 
-unsafe fn pack_rhs<K: Format>(b: Mat<f32>, k: usize, n: usize, parallel: bool, out: &mut Vec<u32>) {
+pub(super) unsafe fn pack_rhs<K: Format>(
+    b: Mat<f32>,
+    k: usize,
+    n: usize,
+    parallel: bool,
+    out: &mut Vec<u32>,
+) {
     let kp = k.div_ceil(K::PER);
     let nb = n.div_ceil(16);
     sized(out, nb * kp * 16);
@@ -675,7 +695,7 @@ thread_local! {
 
 /// Dispatches a tile of `rows <= MR` and `blocks <= NB` to its monomorphised kernel.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_any<K: Format>(
+pub(super) unsafe fn tile_any<K: Format>(
     rows: usize,
     blocks: usize,
     a: *const u32,

@@ -8,6 +8,8 @@
 //! tensor expressions on other devices and dtypes. Each kernel has a finite-difference test and an
 //! equality test against the composed version (tests/gradients.rs, tests/fused.rs).
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod attention;
 pub mod bf16;
 pub mod bf16_gemm;
@@ -278,6 +280,8 @@ enum PackFormat {
     F32,
     F32Rounded,
     Bf16Pairs,
+    /// [`gemm512::Bf16Pairs`]' layout, multiplied by [`amx`].
+    AmxPairs,
 }
 
 impl PackedRhs {
@@ -298,6 +302,9 @@ impl PackedRhs {
             use gemm512::{pack, Bf16Pairs, F32Rounded, F32};
             let (format, data) = match (products, bf16_gemm::path(), f32_path()) {
                 (Products::Fp32, _, p) if p.packs() => (PackFormat::F32, pack::<F32>(rhs, k, n)),
+                (Products::Bf16, Bf16Path::Amx, _) => {
+                    (PackFormat::AmxPairs, pack::<Bf16Pairs>(rhs, k, n))
+                }
                 (Products::Bf16, Bf16Path::Avx512Bf16, _) => {
                     (PackFormat::Bf16Pairs, pack::<Bf16Pairs>(rhs, k, n))
                 }
@@ -324,7 +331,7 @@ impl PackedRhs {
     pub fn products(&self) -> Products {
         match self.format {
             PackFormat::F32 => Products::Fp32,
-            PackFormat::F32Rounded | PackFormat::Bf16Pairs => Products::Bf16,
+            PackFormat::F32Rounded | PackFormat::Bf16Pairs | PackFormat::AmxPairs => Products::Bf16,
         }
     }
 }
@@ -360,6 +367,9 @@ pub(crate) unsafe fn gemm_packed(
             PackFormat::F32Rounded => {
                 g::<F32Rounded>(m, n, k, dst, dst_rs, accumulate, lhs, d, alpha, parallel, epilogue)
             }
+            PackFormat::AmxPairs => amx::gemm_packed::<amx::Amx>(
+                m, n, k, dst, dst_rs, accumulate, lhs, d, alpha, parallel, epilogue,
+            ),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
