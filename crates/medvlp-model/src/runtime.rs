@@ -92,3 +92,29 @@ fn keep_large_allocations() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_large_allocations() {}
+
+/// Makes the calling thread (call it from `main`, before any parallel work) worker 0 of rayon's
+/// global pool, beside `threads - 1` spawned workers, for commands whose main thread runs the
+/// model. Otherwise every GEMM and fused kernel that the main thread starts is injected into the
+/// pool's queue while the main thread sleeps until it is done: one wake-up of a worker and one of
+/// the main thread per op, and one core's worth of threads idle between them. As a worker, the
+/// main thread splits the work and takes its share itself.
+///
+/// Not for the server: its requests run on tokio's threads while `main` waits, so the pool would
+/// lose a thread. With one thread the pool keeps its own worker, so that work other threads
+/// submit (in-process data-parallel ranks) always has a thread to run on.
+pub fn compute_on_main_thread() {
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads < 2 {
+        return;
+    }
+    if let Err(e) =
+        rayon::ThreadPoolBuilder::new().num_threads(threads).use_current_thread().build_global()
+    {
+        tracing::debug!("rayon's global pool was already built: {e}");
+    }
+}

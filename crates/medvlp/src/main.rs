@@ -67,6 +67,9 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        medvlp_model::runtime::compute_on_main_thread();
+    }
     match cli.command {
         Command::Inspect(mut a) => {
             a.dir = hub::resolve_model(&a.dir)?;
