@@ -95,8 +95,8 @@ pub struct Setup {
     pub precision: medvlp_model::nn::Precision,
 }
 
-/// bf16 mixed precision where the CPU multiplies bf16 faster than fp32 (AVX-512 BF16 on AMD), fp32
-/// elsewhere (GPUs included: their quickstart figures were measured in fp32).
+/// bf16 mixed precision where the CPU multiplies bf16 faster than fp32 (AMX, or AVX-512 BF16 on
+/// AMD), fp32 elsewhere (GPUs included: their quickstart figures were measured in fp32).
 pub fn auto_precision(device: &str) -> medvlp_model::nn::Precision {
     use medvlp_model::nn::{fused::bf16_gemm, Precision};
     if device == "cpu" && bf16_gemm::path().native() {

@@ -24,7 +24,8 @@ pub struct Args {
     /// Baselines trained on the same data and budget besides XLIP: `clip` (doubles the time).
     #[arg(long, value_delimiter = ',')]
     pub compare: Vec<String>,
-    /// `auto` (bf16 on CPUs with AVX-512 BF16, else fp32), `fp32` or `bf16`.
+    /// `auto` (bf16 where the CPU multiplies bf16 faster than fp32: AMX, or AVX-512 BF16 on AMD;
+    /// else fp32), `fp32` or `bf16`.
     #[arg(long, default_value = "auto")]
     pub precision: String,
     /// Model preset (tiny for a smoke run, small for the CPU demo, base for a GPU).
