@@ -374,10 +374,6 @@ unsafe fn pack_lhs(a: Mat<f32>, i0: usize, rows: usize, k: usize, lda: usize, ou
     }
 }
 
-thread_local! {
-    static BUFS: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-}
-
 /// `dst[m, n] (+)= alpha * bf16(lhs) * bf16(rhs)` on `X`, then the epilogue over every row once.
 ///
 /// # Safety
@@ -398,10 +394,9 @@ pub(super) unsafe fn gemm<X: Tiles>(
     epilogue: Option<Epilogue>,
 ) {
     let par = parallel && m * n * k >= g::PAR_MIN && rayon::current_num_threads() > 1;
-    let mut bp = BUFS.with(|b| std::mem::take(&mut b.borrow_mut().1));
-    g::pack_rhs::<Bf16Pairs>(rhs, k, n, par, &mut bp);
-    gemm_packed::<X>(m, n, k, dst, dst_rs, accumulate, lhs, &bp, alpha, parallel, epilogue);
-    BUFS.with(|b| b.borrow_mut().1 = bp);
+    g::with_packed_rhs::<Bf16Pairs>(rhs, k, n, par, |bp| {
+        gemm_packed::<X>(m, n, k, dst, dst_rs, accumulate, lhs, bp, alpha, parallel, epilogue)
+    });
 }
 
 /// [`gemm`] with the right operand packed by `gemm512::pack::<Bf16Pairs>`.
@@ -438,7 +433,7 @@ pub(super) unsafe fn gemm_packed<X: Tiles>(
             let (d, a) = (d, a);
             let r0 = t * per;
             let rows = per.min(m - r0);
-            TASK_A.with(|buf| {
+            g::TASK_A.with(|buf| {
                 let mut buf = buf.borrow_mut();
                 let lhs = Mat { ptr: a.0 as *const f32, rs, cs };
                 pack_lhs(lhs, r0, rows, k, lda, &mut buf);
@@ -465,7 +460,7 @@ pub(super) unsafe fn gemm_packed<X: Tiles>(
         });
         return;
     }
-    let mut ap = BUFS.with(|b| std::mem::take(&mut b.borrow_mut().0));
+    let mut ap = g::BUFS.with(|b| std::mem::take(&mut b.borrow_mut().0));
     pack_lhs(lhs, 0, m, k, lda, &mut ap);
     if par {
         // Few rows: split the columns (whole 48-column groups) instead.
@@ -488,15 +483,10 @@ pub(super) unsafe fn gemm_packed<X: Tiles>(
         rows_task(&mut x, ap.as_ptr(), lda, bp, kp, n, m, dst, dst_rs, accumulate, alpha);
         x.end();
     }
-    BUFS.with(|b| b.borrow_mut().0 = ap);
+    g::BUFS.with(|b| b.borrow_mut().0 = ap);
     if let Some(epi) = epilogue {
         epi(0, m);
     }
-}
-
-thread_local! {
-    /// A row task's packed rows of the left operand (on rayon's worker threads).
-    static TASK_A: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Whether this process can use AMX for bf16 products: the CPU has AMX-TILE, AMX-BF16 and

@@ -687,10 +687,25 @@ pub(super) unsafe fn pack_rhs<K: Format>(
 }
 
 thread_local! {
-    /// Packing buffers reused across calls (the attention kernel makes many small products).
-    static BUFS: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    /// Packing buffers reused across calls (the attention kernel makes many small products);
+    /// shared with [`super::amx`].
+    pub(super) static BUFS: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     /// A row task's packed rows of the left operand (on rayon's worker threads).
-    static TASK_A: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+    pub(super) static TASK_A: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Packs `rhs` in format `K` into this thread's reused buffer and hands it to `f`.
+pub(super) unsafe fn with_packed_rhs<K: Format>(
+    rhs: Mat<f32>,
+    k: usize,
+    n: usize,
+    parallel: bool,
+    f: impl FnOnce(&[u32]),
+) {
+    let mut bp = BUFS.with(|b| std::mem::take(&mut b.borrow_mut().1));
+    pack_rhs::<K>(rhs, k, n, parallel, &mut bp);
+    f(&bp);
+    BUFS.with(|b| b.borrow_mut().1 = bp);
 }
 
 /// Dispatches a tile of `rows <= MR` and `blocks <= NB` to its monomorphised kernel.
@@ -808,10 +823,9 @@ pub(super) unsafe fn gemm<K: Format>(
     epilogue: Option<Epilogue>,
 ) {
     let par = parallel && m * n * k >= PAR_MIN && rayon::current_num_threads() > 1;
-    let mut bp = BUFS.with(|b| std::mem::take(&mut b.borrow_mut().1));
-    pack_rhs::<K>(rhs, k, n, par, &mut bp);
-    gemm_packed::<K>(m, n, k, dst, dst_rs, accumulate, lhs, &bp, alpha, parallel, epilogue);
-    BUFS.with(|b| b.borrow_mut().1 = bp);
+    with_packed_rhs::<K>(rhs, k, n, par, |bp| {
+        gemm_packed::<K>(m, n, k, dst, dst_rs, accumulate, lhs, bp, alpha, parallel, epilogue)
+    });
 }
 
 /// `rhs` packed as [`gemm`] packs it.
