@@ -272,6 +272,7 @@ impl AdamW {
             1.0
         };
         self.step += 1;
+        medvlp_model::runtime::keep_workers_awake();
         let t = self.step as i32;
         let c = &self.config;
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));

@@ -155,9 +155,10 @@ impl SliceKernel for LceForward<'_> {
         let (x, w, b) = (data[0], data[1], data[2]);
         let (v, n) = (b.len(), self.op.targets.len());
         let d = x.len().checked_div(n).unwrap_or(0);
-        let mut z = vec![T::zero(); n * v];
-        for r in z.chunks_mut(v) {
-            r.copy_from_slice(b);
+        // The product accumulates onto bias rows (no zero fill first).
+        let mut z = Vec::with_capacity(n * v);
+        for _ in 0..n {
+            z.extend_from_slice(b);
         }
         unsafe {
             super::gemm(

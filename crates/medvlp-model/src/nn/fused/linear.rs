@@ -189,6 +189,20 @@ pub(super) fn col_sums<T: Float>(g: &[T], rows: usize, cols: usize) -> Vec<T> {
     out
 }
 
+/// A `[m, n]` buffer that `write` fills with a product over `k` which does not read its
+/// destination (`accumulate` false), so it is not zeroed first (zero fills were 1.5% of the
+/// reference training step). `k == 0` gets zeros: no product is run.
+fn product<T: Float>(m: usize, n: usize, k: usize, write: impl FnOnce(*mut T)) -> Vec<T> {
+    if k == 0 {
+        return vec![T::zero(); m * n];
+    }
+    let mut v = Vec::with_capacity(m * n);
+    write(v.as_mut_ptr());
+    // SAFETY: the product wrote all m * n elements.
+    unsafe { v.set_len(m * n) };
+    v
+}
+
 /// Gradients of `act(x W^T + b)` from the output gradient `g` times `scale`.
 pub(super) struct Backward {
     pub rows: usize,
@@ -226,13 +240,12 @@ impl SliceKernel for Backward {
             }
         };
         let dx = if self.need[0] {
-            let mut dx = vec![T::zero(); rows * din];
-            unsafe {
+            let dx = product(rows, din, dout, |dx| unsafe {
                 gemm(
                     rows,
                     din,
                     dout,
-                    dx.as_mut_ptr(),
+                    dx,
                     din,
                     false,
                     Mat::rows(g.as_ptr(), dout),
@@ -241,19 +254,18 @@ impl SliceKernel for Backward {
                     true,
                     self.products,
                 )
-            };
+            });
             Some(tensor_from(dx, &[rows, din])?)
         } else {
             None
         };
         let dw = if self.need[1] {
-            let mut dw = vec![T::zero(); dout * din];
-            unsafe {
+            let dw = product(dout, din, rows, |dw| unsafe {
                 gemm(
                     dout,
                     din,
                     rows,
-                    dw.as_mut_ptr(),
+                    dw,
                     din,
                     false,
                     Mat::rows(g.as_ptr(), dout).t(),
@@ -262,7 +274,7 @@ impl SliceKernel for Backward {
                     true,
                     self.products,
                 )
-            };
+            });
             Some(tensor_from(dw, &[dout, din])?)
         } else {
             None

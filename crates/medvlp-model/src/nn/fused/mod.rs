@@ -102,7 +102,10 @@ impl Products {
 }
 
 /// The contiguous slice of a CPU buffer that `layout` covers.
+/// Every CPU kernel takes its inputs through here, so this is also where the spawned rayon workers
+/// are told to stay awake for the kernel's jobs ([`crate::runtime::keep_workers_awake`]).
 pub(crate) fn contiguous_slice<'a, T>(v: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
+    crate::runtime::keep_workers_awake();
     match layout.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("{op}: input is not contiguous"),
@@ -207,7 +210,9 @@ pub enum F32Path {
     /// [`gemm512`]'s 8 x 48 FMA tiles for every product.
     Avx512,
     /// The tiles for frozen dense layers (inference: their weights packed once, bias and GELU in
-    /// the row tasks' epilogue), the `gemm` crate for everything else.
+    /// the row tasks' epilogue) and for products of a transposed left operand with at least twice
+    /// as many rows as columns (weight gradients `g^T x` of layers whose output is wider than
+    /// their input); the `gemm` crate for everything else. See [`tiles_win`].
     Avx512Inference,
     /// The `gemm` crate for every product.
     GemmCrate,
@@ -353,6 +358,7 @@ pub(crate) unsafe fn gemm_packed(
     parallel: bool,
     epilogue: Option<Epilogue>,
 ) {
+    crate::runtime::keep_workers_awake();
     #[cfg(target_arch = "x86_64")]
     {
         use gemm512::{gemm_packed as g, Bf16Pairs, F32Rounded, F32};
@@ -427,6 +433,7 @@ pub(crate) unsafe fn gemm_then<T: Float>(
     products: Products,
     epilogue: Option<Epilogue>,
 ) {
+    crate::runtime::keep_workers_awake();
     if products == Products::Bf16 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
         let cast = |a: Mat<T>| Mat { ptr: a.ptr as *const f32, rs: a.rs, cs: a.cs };
         return bf16_gemm::gemm_bf16(
@@ -445,7 +452,12 @@ pub(crate) unsafe fn gemm_then<T: Float>(
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && f32_path() == F32Path::Avx512
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && match f32_path() {
+            F32Path::Avx512 => true,
+            F32Path::Avx512Inference => tiles_win(m, n, lhs),
+            F32Path::GemmCrate => false,
+        }
     {
         let cast = |a: Mat<T>| Mat { ptr: a.ptr as *const f32, rs: a.rs, cs: a.cs };
         let alpha = alpha.to_f64() as f32;
@@ -464,6 +476,16 @@ pub(crate) unsafe fn gemm_then<T: Float>(
             epi(0, m);
         }
     }
+}
+
+/// Whether [`F32Path::Avx512Inference`] runs an unpacked fp32 product on the tiles: a transposed
+/// left operand (rows contiguous along m, as `g^T` in a weight gradient) with `m >= 2n`. Best of 5
+/// on a 2-core Intel Xeon (family 6, model 207), tiles against the `gemm` crate in GFLOP/s: the
+/// MLM head's `30522x256x320` 234 vs 175, `1024x256x544` 266 vs 242, `1024x256x2048` 248 vs
+/// 244; the crate wins or ties everywhere else (`256x1024x544` 230 vs 262, `256x256x2048` 205 vs
+/// 219, every product with a row-major left operand).
+fn tiles_win<T>(m: usize, n: usize, lhs: Mat<T>) -> bool {
+    lhs.rs == 1 && lhs.cs != 1 && m >= 2 * n
 }
 
 /// Elements per parallel chunk of an fp32 product's epilogue.
