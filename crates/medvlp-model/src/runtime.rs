@@ -189,7 +189,14 @@ mod workers {
         });
     }
 
+    #[cfg(test)]
+    thread_local! {
+        static IN_KEEPER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
     fn keep(spin: Duration) {
+        #[cfg(test)]
+        IN_KEEPER.set(true);
         RUNNING.fetch_add(1, Ordering::AcqRel);
         PENDING.store(false, Ordering::Release);
         let mut idle_since = Instant::now();
@@ -201,12 +208,13 @@ mod workers {
             }
         }
         RUNNING.fetch_sub(1, Ordering::AcqRel);
+        #[cfg(test)]
+        IN_KEEPER.set(false);
     }
 
     #[cfg(test)]
     mod tests {
         use super::*;
-        use rayon::prelude::*;
 
         fn wait_for(what: &str, f: impl Fn() -> bool) {
             let t = Instant::now();
@@ -229,30 +237,23 @@ mod workers {
                     .unwrap();
                 assert_eq!(rayon::current_thread_index(), Some(0));
                 assert_eq!(RUNNING.load(Ordering::Acquire), 0);
-                start(Duration::from_millis(300));
+                start(Duration::from_secs(2));
                 // This thread is free (the broadcast copy for worker 0 returns at once) while
                 // worker 1 keeps polling.
                 wait_for("the keeper to start", || RUNNING.load(Ordering::Acquire) == 1);
-                let on_worker_1 = std::sync::atomic::AtomicUsize::new(0);
-                let work = |i: u64| {
-                    (0..2000u64).fold(i, |a, j| a.wrapping_mul(31).wrapping_add(j)) % 7 + i
-                };
-                let sum: u64 = pool.install(|| {
-                    (0..4096usize)
-                        .into_par_iter()
-                        .with_max_len(1)
-                        .map(|i| {
-                            if rayon::current_thread_index() == Some(1) {
-                                on_worker_1.fetch_add(1, Ordering::Relaxed);
-                            }
-                            // enough work per item that both threads take some
-                            work(i as u64)
-                        })
-                        .sum()
+                // The second closure waits in this thread's deque while the first one blocks the
+                // thread: only worker 1 can take it, and the keeper's loop must be what runs it.
+                let done = AtomicBool::new(false);
+                let (_, by_keeper) = pool.install(|| {
+                    rayon::join(
+                        || wait_for("worker 1 to take the job", || done.load(Ordering::Acquire)),
+                        || {
+                            done.store(true, Ordering::Release);
+                            (rayon::current_thread_index(), IN_KEEPER.get())
+                        },
+                    )
                 });
-                let want: u64 = (0..4096u64).map(work).sum();
-                assert_eq!(sum, want);
-                assert!(on_worker_1.load(Ordering::Relaxed) > 0, "the keeper took no job");
+                assert_eq!(by_keeper, (Some(1), true));
                 assert_eq!(RUNNING.load(Ordering::Acquire), 1, "the keeper stopped while busy");
                 wait_for("the idle keeper to stop", || RUNNING.load(Ordering::Acquire) == 0);
             })

@@ -46,6 +46,13 @@ impl ALayout {
     pub(super) fn rows(ld: usize) -> Self {
         Self { qs: 1, rs: ld, panel: ld }
     }
+
+    /// Where row `r` of a tile starts, relative to the tile's first row: a tall tile
+    /// ([`tile_tall`]) spans several [`MR`]-row panels. Constant for a tile's unrolled rows.
+    #[inline(always)]
+    fn row(&self, r: usize) -> usize {
+        (r / MR) * MR * self.panel + (r % MR) * self.rs
+    }
 }
 
 /// An operand format: how k is packed into 32-bit elements and the tile that multiplies them.
@@ -354,7 +361,7 @@ unsafe fn f32_tile<const R: usize, const C: usize>(
             *v = _mm512_loadu_ps(b.add((c * bs + q) * 16));
         }
         for (r, ar) in acc.iter_mut().enumerate() {
-            let x = _mm512_set1_ps(*a.add(q * al.qs + r * al.rs));
+            let x = _mm512_set1_ps(*a.add(q * al.qs + al.row(r)));
             for c in 0..C {
                 ar[c] = _mm512_fmadd_ps(x, bv[c], ar[c]);
             }
@@ -602,7 +609,7 @@ unsafe fn bf16_tile<const R: usize, const C: usize>(
         }
         for (r, ar) in acc.iter_mut().enumerate() {
             let x: __m512bh =
-                std::mem::transmute(_mm512_set1_epi32(*a.add(q * al.qs + r * al.rs) as i32));
+                std::mem::transmute(_mm512_set1_epi32(*a.add(q * al.qs + al.row(r)) as i32));
             for c in 0..C {
                 ar[c] = _mm512_dpbf16_ps(ar[c], x, std::mem::transmute::<__m512i, __m512bh>(bv[c]));
             }
@@ -750,6 +757,41 @@ pub(super) unsafe fn tile_any<K: Format>(
     }
 }
 
+/// Rows of the tall tiles for the last one or two 16-column blocks of a row (`nb < NB`): an 8-row
+/// tile of one block has 8 accumulators and a load per FMA, far below the FMA ports' rate, and
+/// every width of our models (128, 256, 512, 1024) leaves such a remainder of 48-column groups.
+/// 24 x 16 and 12 x 32 keep 24 accumulators busy, as the full 8 x 48 tile does. A task's tiles
+/// start at row 0, so 24-row tiles start on panel boundaries; 12-row ones only where rows are
+/// evenly spaced (a row-major left operand), not in [`MR`]-row panels.
+fn tall_rows(nb: usize, al: ALayout) -> usize {
+    match nb {
+        1 => 3 * MR,
+        2 if al.qs == 1 && al.panel == al.rs => 3 * MR / 2,
+        _ => usize::MAX,
+    }
+}
+
+/// A [`tall_rows`]`(blocks)`-row tile (`blocks` 1 or 2).
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_tall<K: Format>(
+    blocks: usize,
+    a: *const u32,
+    al: ALayout,
+    b: *const u32,
+    bs: usize,
+    kn: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    cols: usize,
+    accumulate: bool,
+    alpha: f32,
+) {
+    match blocks {
+        1 => K::tile::<{ 3 * MR }, 1>(a, al, b, bs, kn, dst, dst_rs, cols, accumulate, alpha),
+        _ => K::tile::<{ 3 * MR / 2 }, 2>(a, al, b, bs, kn, dst, dst_rs, cols, accumulate, alpha),
+    }
+}
+
 /// Rows `0..nr` of the result (from `a`, laid out as `al`), every column of `bp`. Blocked along
 /// k ([`KC`]): one 48-column panel of a k block stays in L1 while every row tile of the task
 /// multiplies it (each tile streams only its rows' small panel of the left operand); later
@@ -778,21 +820,18 @@ unsafe fn rows_task<K: Format>(
             let cols = (n - jb * 16).min(nb * 16);
             let mut r = 0;
             while r < nr {
-                let rows = (nr - r).min(MR);
-                tile_any::<K>(
-                    rows,
-                    nb,
-                    a.add(r * al.panel + q0 * al.qs),
-                    al,
-                    bp.as_ptr().add((jb * kp + q0) * 16),
-                    kp,
-                    kn,
-                    dst.add(r * dst_rs + jb * 16),
-                    dst_rs,
-                    cols,
-                    acc,
-                    alpha,
-                );
+                let (a, b) =
+                    (a.add(r * al.panel + q0 * al.qs), bp.as_ptr().add((jb * kp + q0) * 16));
+                let dst = dst.add(r * dst_rs + jb * 16);
+                let tall = tall_rows(nb, al);
+                let rows = if nr - r >= tall {
+                    tile_tall::<K>(nb, a, al, b, kp, kn, dst, dst_rs, cols, acc, alpha);
+                    tall
+                } else {
+                    let rows = (nr - r).min(MR);
+                    tile_any::<K>(rows, nb, a, al, b, kp, kn, dst, dst_rs, cols, acc, alpha);
+                    rows
+                };
                 r += rows;
             }
             jb += nb;

@@ -688,6 +688,8 @@ pub(crate) mod test_data {
         (70, 100, 300),
         (3, 200, 31),
         (130, 35, 77),
+        // 48-column groups leave two 16-column blocks: consecutive 12-row tall tiles
+        (40, 80, 20),
         (2080, 64, 40),
         (150, 700, 90),
         (9, 900, 200),
