@@ -205,6 +205,26 @@ mod tests {
     }
 
     #[test]
+    fn gelu_and_its_gradient_saturate_in_the_tails_and_keep_nan() {
+        let xs = [20.0f32, 1e4, 1e30, f32::INFINITY, -20.0, -1e4, -1e30, f32::NAN];
+        let (mut y, mut dy) = ([0f32; 8], [0f32; 8]);
+        gelu_into(&xs, &mut y);
+        gelu_backward_into(&[1.0; 8], &xs, &mut dy);
+        // the vectorised loops and the scalar functions (the baseline build) agree
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        for i in 0..8 {
+            assert!(same(y[i], gelu_f32(xs[i])), "gelu({})", xs[i]);
+            assert!(same(dy[i], gelu_grad_f32(xs[i])), "gelu'({})", xs[i]);
+        }
+        assert_eq!(&y[..4], &xs[..4]);
+        assert!(y[4..7].iter().all(|&v| v == 0.0));
+        // (at +-inf the gradient is cdf + inf * 0, NaN, as PyTorch's formula gives)
+        assert_eq!(&dy[..3], &[1.0; 3]);
+        assert!(dy[4..7].iter().all(|&v| v == 0.0));
+        assert!(y[7].is_nan() && dy[7].is_nan());
+    }
+
+    #[test]
     fn gelu_matches_libm_erf() {
         let xs: Vec<f32> = (0..2001).map(|i| i as f32 * 0.01 - 10.0).collect();
         let mut y = vec![0f32; xs.len()];
