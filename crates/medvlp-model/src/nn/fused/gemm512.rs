@@ -715,7 +715,8 @@ pub(super) unsafe fn with_packed_rhs<K: Format>(
     BUFS.with(|b| b.borrow_mut().1 = bp);
 }
 
-/// Dispatches a tile of `rows <= MR` and `blocks <= NB` to its monomorphised kernel.
+/// Dispatches a tile of `rows <= MR` and `blocks <= NB`, or a tall one ([`tall_rows`]), to its
+/// monomorphised kernel.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn tile_any<K: Format>(
     rows: usize,
@@ -750,12 +751,19 @@ pub(super) unsafe fn tile_any<K: Format>(
             }
         };
     }
-    match blocks {
-        3 => rows!(3),
-        2 => rows!(2),
+    match (blocks, rows) {
+        (1, TALL_1) => go!(24, 1),
+        (2, TALL_2) => go!(12, 2),
+        (3, _) => rows!(3),
+        (2, _) => rows!(2),
         _ => rows!(1),
     }
 }
+
+/// Rows of the tall tiles of one and two 16-column blocks ([`tile_any`] spells them out).
+const TALL_1: usize = 3 * MR;
+const TALL_2: usize = 3 * MR / 2;
+const _: () = assert!(TALL_1 == 24 && TALL_2 == 12);
 
 /// Rows of the tall tiles for the last one or two 16-column blocks of a row (`nb < NB`): an 8-row
 /// tile of one block has 8 accumulators and a load per FMA, far below the FMA ports' rate, and
@@ -765,30 +773,9 @@ pub(super) unsafe fn tile_any<K: Format>(
 /// evenly spaced (a row-major left operand), not in [`MR`]-row panels.
 fn tall_rows(nb: usize, al: ALayout) -> usize {
     match nb {
-        1 => 3 * MR,
-        2 if al.qs == 1 && al.panel == al.rs => 3 * MR / 2,
+        1 => TALL_1,
+        2 if al.qs == 1 && al.panel == al.rs => TALL_2,
         _ => usize::MAX,
-    }
-}
-
-/// A [`tall_rows`]`(blocks)`-row tile (`blocks` 1 or 2).
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_tall<K: Format>(
-    blocks: usize,
-    a: *const u32,
-    al: ALayout,
-    b: *const u32,
-    bs: usize,
-    kn: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    cols: usize,
-    accumulate: bool,
-    alpha: f32,
-) {
-    match blocks {
-        1 => K::tile::<{ 3 * MR }, 1>(a, al, b, bs, kn, dst, dst_rs, cols, accumulate, alpha),
-        _ => K::tile::<{ 3 * MR / 2 }, 2>(a, al, b, bs, kn, dst, dst_rs, cols, accumulate, alpha),
     }
 }
 
@@ -824,14 +811,8 @@ unsafe fn rows_task<K: Format>(
                     (a.add(r * al.panel + q0 * al.qs), bp.as_ptr().add((jb * kp + q0) * 16));
                 let dst = dst.add(r * dst_rs + jb * 16);
                 let tall = tall_rows(nb, al);
-                let rows = if nr - r >= tall {
-                    tile_tall::<K>(nb, a, al, b, kp, kn, dst, dst_rs, cols, acc, alpha);
-                    tall
-                } else {
-                    let rows = (nr - r).min(MR);
-                    tile_any::<K>(rows, nb, a, al, b, kp, kn, dst, dst_rs, cols, acc, alpha);
-                    rows
-                };
+                let rows = if nr - r >= tall { tall } else { (nr - r).min(MR) };
+                tile_any::<K>(rows, nb, a, al, b, kp, kn, dst, dst_rs, cols, acc, alpha);
                 r += rows;
             }
             jb += nb;

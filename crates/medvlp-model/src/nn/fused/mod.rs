@@ -358,7 +358,9 @@ pub(crate) unsafe fn gemm_packed(
     parallel: bool,
     epilogue: Option<Epilogue>,
 ) {
-    crate::runtime::keep_workers_awake();
+    if parallel {
+        crate::runtime::keep_workers_awake();
+    }
     #[cfg(target_arch = "x86_64")]
     {
         use gemm512::{gemm_packed as g, Bf16Pairs, F32Rounded, F32};
@@ -433,7 +435,9 @@ pub(crate) unsafe fn gemm_then<T: Float>(
     products: Products,
     epilogue: Option<Epilogue>,
 ) {
-    crate::runtime::keep_workers_awake();
+    if parallel {
+        crate::runtime::keep_workers_awake();
+    }
     if products == Products::Bf16 && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
         let cast = |a: Mat<T>| Mat { ptr: a.ptr as *const f32, rs: a.rs, cs: a.cs };
         return bf16_gemm::gemm_bf16(
