@@ -62,11 +62,12 @@ pub fn configure() {
         std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", BARRIER_SPIN_LIMIT);
     }
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // candle's elementwise ops (residual adds, gradient accumulation) run on the calling
-        // thread: its own spin-waiting worker pool competes with rayon's threads, which run every
-        // GEMM and fused kernel, for the same cores. Measured on 2 cores (AMD EPYC, 2026-12-06):
-        // the reference bf16 training step 0.59-0.65 s -> 0.52-0.54 s, fp32 0.69 -> 0.66 s, the
-        // small xlip step 1.68-1.70 s -> 1.62-1.63 s; encoding unchanged within noise.
+        // No barrier pool workers of candle's own: its spin-waiting pool competed with rayon's
+        // threads, which run every GEMM and fused kernel, for the same cores. Measured on 2 cores
+        // (AMD EPYC, 2026-12-06): the reference bf16 training step 0.59-0.65 s -> 0.52-0.54 s,
+        // fp32 0.69 -> 0.66 s, the small xlip step 1.68-1.70 s -> 1.62-1.63 s. Without workers,
+        // the vendored candle-core runs its large element-wise ops (residual adds, gradient
+        // accumulation) on rayon's pool instead (vendor/README.md).
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
     keep_large_allocations();
