@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// Rows below this many elements are processed on the calling thread.
 const PAR_MIN_ELEMS: usize = 1 << 14;
 
-use super::fused::{contiguous_slice, use_kernel};
+use super::fused::{contiguous_slice, use_kernel, zeroed};
 
 /// Map every row of length `d` of `x` into the matching row of the output, in parallel.
 fn map_rows<T: Copy + Send + Sync + Default>(
@@ -22,7 +22,7 @@ fn map_rows<T: Copy + Send + Sync + Default>(
     d: usize,
     f: impl Fn(&[T], &mut [T]) + Send + Sync,
 ) -> Vec<T> {
-    let mut out = vec![T::default(); x.len()];
+    let mut out = zeroed(x.len());
     if x.len() >= PAR_MIN_ELEMS {
         out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, r)| f(r, o));
     } else {
@@ -242,7 +242,7 @@ fn layer_norm_fwd<T: num_like::Float>(x: &[T], w: &[T], b: &[T], eps: f64, gelu:
             ln_row(r, w, b, eps, o);
         });
     }
-    let mut out = vec![T::zero(); x.len()];
+    let mut out = zeroed(x.len());
     let chunk = rows_per_task(d) * d;
     out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each_init(
         || vec![T::zero(); d],
@@ -267,7 +267,7 @@ fn layer_norm_bwd<T: num_like::Float>(
 ) -> Vec<T> {
     let d = w.len();
     let rows = x.len() / d;
-    let mut out = vec![T::zero(); x.len() + 2 * d];
+    let mut out = zeroed(x.len() + 2 * d);
     let (dx, dwb) = out.split_at_mut(x.len());
     // dx row by row; dweight/dbias accumulated in the row precision over blocks of rows, in f64
     // across blocks and chunks.

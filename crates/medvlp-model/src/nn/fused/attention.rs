@@ -8,7 +8,8 @@
 //! `dQ = s dS K`, `dK = s dS^T Q` with `s = 1 / sqrt(head_dim)`.
 
 use super::{
-    gemm, tensor_from, use_gemm_kernel, with_slices, Float, Mat, Products, SendPtr, SliceKernel,
+    gemm, tensor_from, use_gemm_kernel, with_slices, zeroed, Float, Mat, Products, SendPtr,
+    SliceKernel,
 };
 use crate::nn::precision::matmul;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -74,8 +75,8 @@ fn forward<T: Float>(
 ) -> (Vec<T>, Vec<T>) {
     let Dims { b: _, lq, lk, heads, hd } = dm;
     let d = dm.d();
-    let mut probs = vec![T::zero(); dm.b * heads * lq * lk];
-    let mut y = vec![T::zero(); dm.b * lq * d];
+    let mut probs = zeroed(dm.b * heads * lq * lk);
+    let mut y: Vec<T> = zeroed(dm.b * lq * d);
     let yp = SendPtr(y.as_mut_ptr());
     let s = T::from_f64(scale);
     probs.par_chunks_mut(lq * lk).enumerate().for_each(|(bh, p)| {
@@ -136,9 +137,9 @@ impl SliceKernel for Backward {
         let dm = self.dims;
         let Dims { b, lq, lk, heads, hd } = dm;
         let d = dm.d();
-        let mut dq = vec![T::zero(); b * lq * d];
-        let mut dk = vec![T::zero(); b * lk * d];
-        let mut dv = vec![T::zero(); b * lk * d];
+        let mut dq: Vec<T> = zeroed(b * lq * d);
+        let mut dk: Vec<T> = zeroed(b * lk * d);
+        let mut dv: Vec<T> = zeroed(b * lk * d);
         let (dqp, dkp, dvp) =
             (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
         let s = T::from_f64(self.scale);

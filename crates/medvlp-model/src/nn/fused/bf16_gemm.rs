@@ -354,20 +354,38 @@ mod speed {
     #[test]
     #[ignore]
     fn bf16_gemm_speed() {
-        for &(m, n, k, tb) in &[
-            (2080, 1024, 256, true),
-            (2080, 256, 1024, true),
-            (256, 1024, 2080, false),
-            (2080, 256, 256, true),
-            (65, 65, 64, true),
-        ] {
+        // `MEDVLP_SPEED_SHAPES="m,n,k,lhs_t,rhs_t;..."` (lhs_t/rhs_t 0 or 1: the operand is a
+        // transposed view, as `g^T` in a weight gradient or `W^T` in a dense layer) replaces the
+        // default shapes; `MEDVLP_SPEED_FP32_ONLY=1` skips the bf16 paths.
+        let shapes: Vec<(usize, usize, usize, bool, bool)> =
+            match std::env::var("MEDVLP_SPEED_SHAPES") {
+                Ok(v) => v
+                    .split(';')
+                    .map(|t| {
+                        let f: Vec<usize> =
+                            t.split(',').map(|x| x.trim().parse().unwrap()).collect();
+                        (f[0], f[1], f[2], f[3] == 1, f[4] == 1)
+                    })
+                    .collect(),
+                Err(_) => vec![
+                    (2080, 1024, 256, false, true),
+                    (2080, 256, 1024, false, true),
+                    (256, 1024, 2080, true, false),
+                    (2080, 256, 256, false, true),
+                    (65, 65, 64, false, true),
+                ],
+            };
+        for &(m, n, k, ta, tb) in &shapes {
             let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
             let mut c = vec![0f32; m * n];
             let rhs = if tb { Mat::rows(b.as_ptr(), k).t() } else { Mat::rows(b.as_ptr(), n) };
-            let lhs = if tb { Mat::rows(a.as_ptr(), k) } else { Mat::rows(a.as_ptr(), m).t() };
+            let lhs = if !ta { Mat::rows(a.as_ptr(), k) } else { Mat::rows(a.as_ptr(), m).t() };
             let flops = 2.0 * (m * n * k) as f64;
-            let paths = Bf16Path::ALL;
+            let paths = match std::env::var_os("MEDVLP_SPEED_FP32_ONLY") {
+                Some(_) => vec![],
+                None => Bf16Path::ALL.to_vec(),
+            };
             type Run<'a> = Box<dyn Fn(*mut f32) + 'a>;
             let mut runs: Vec<(String, Run<'_>)> = vec![(
                 "fp32 gemm-crate".into(),
@@ -408,8 +426,9 @@ mod speed {
                     s = s.min(t.elapsed().as_secs_f64() / reps as f64);
                 }
                 println!(
-                    "{m}x{n}x{k} {}: {name} {:.2} ms, {:.1} GFLOP/s",
-                    if tb { "rhs^T" } else { "lhs^T" },
+                    "{m}x{n}x{k}{}{}: {name} {:.2} ms, {:.1} GFLOP/s",
+                    if ta { " lhs^T" } else { "" },
+                    if tb { " rhs^T" } else { "" },
                     s * 1e3,
                     flops / s / 1e9
                 );

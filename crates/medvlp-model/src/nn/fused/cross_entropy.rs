@@ -4,7 +4,8 @@
 //! Used for MLM over the vocabulary, the contrastive logits and ITM.
 
 use super::{
-    contiguous_slice, tensor_from, use_gemm_kernel, use_kernel, with_slices, Float, SliceKernel,
+    contiguous_slice, repeat_rows, tensor_from, use_gemm_kernel, use_kernel, with_slices, zeroed,
+    Float, SliceKernel,
 };
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -89,7 +90,7 @@ impl SliceKernel for Backward {
     fn run<T: Float>(self, data: &[&[T]]) -> Result<Tensor> {
         let x = data[0];
         let c = self.shape[1];
-        let mut dx = vec![T::zero(); x.len()];
+        let mut dx = zeroed(x.len());
         dx.par_chunks_mut(c).zip(x.par_chunks(c)).enumerate().for_each(|(i, (o, r))| {
             let z = T::from_f64(self.lse[i]);
             let s = T::from_f64(self.scale);
@@ -156,10 +157,7 @@ impl SliceKernel for LceForward<'_> {
         let (v, n) = (b.len(), self.op.targets.len());
         let d = x.len().checked_div(n).unwrap_or(0);
         // The product accumulates onto bias rows (no zero fill first).
-        let mut z = Vec::with_capacity(n * v);
-        for _ in 0..n {
-            z.extend_from_slice(b);
-        }
+        let mut z = repeat_rows(b, n);
         unsafe {
             super::gemm(
                 n,

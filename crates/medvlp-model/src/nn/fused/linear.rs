@@ -4,8 +4,8 @@
 //! the inputs that need a gradient.
 
 use super::{
-    gemm, gemm_packed, gemm_then, tensor_from, use_gemm_kernel, with_slices, Epilogue, Float, Mat,
-    PackedRhs, Products, SendPtr, SliceKernel,
+    gemm, gemm_packed, gemm_then, repeat_rows, tensor_from, use_gemm_kernel, with_slices, zeroed,
+    Epilogue, Float, Mat, PackedRhs, Products, SendPtr, SliceKernel,
 };
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, TensorId};
 use rayon::prelude::*;
@@ -104,16 +104,14 @@ fn forward<T: Float>(
     let bias_late = products == Products::Bf16 && b.is_some();
     // No zero fill: the bias rows, or the product (which then does not read `h`), write every
     // element before `set_len`.
-    let mut h: Vec<T> = Vec::with_capacity(len);
-    if let (Some(b), false) = (b, bias_late) {
-        for _ in 0..rows {
-            h.extend_from_slice(b);
-        }
-    }
+    let mut h: Vec<T> = match (b, bias_late) {
+        (Some(b), false) => repeat_rows(b, rows),
+        _ => Vec::with_capacity(len),
+    };
     // GELU runs in the epilogue too: in place when `h` is not kept (inference), else into `y`
-    // (`h` is GELU's backward input).
+    // (`h` is GELU's backward input), which the epilogue writes whole (`set_len` below).
     let gelu = act == Activation::Gelu;
-    let mut y: Vec<T> = if gelu && keep_h { vec![T::zero(); len] } else { vec![] };
+    let mut y: Vec<T> = Vec::with_capacity(if gelu && keep_h { len } else { 0 });
     let (hp, yp) = (SendPtr(h.as_mut_ptr()), SendPtr(y.as_mut_ptr()));
     let epilogue = |r0: usize, nr: usize| {
         // Capture the whole wrappers (Sync), not their raw-pointer fields (edition 2021).
@@ -165,6 +163,9 @@ fn forward<T: Float>(
             ),
         }
         h.set_len(len);
+        if gelu && keep_h {
+            y.set_len(len);
+        }
     }
     match (act, keep_h) {
         (Activation::Identity, _) => (h, None),
@@ -227,7 +228,7 @@ impl SliceKernel for Backward {
             Activation::Identity => g,
             Activation::Gelu => {
                 let h = data[3];
-                let mut out = vec![T::zero(); g.len()];
+                let mut out = zeroed(g.len());
                 if g.len() >= PAR_MIN {
                     out.par_chunks_mut(PAR_MIN / 4)
                         .zip(g.par_chunks(PAR_MIN / 4).zip(h.par_chunks(PAR_MIN / 4)))

@@ -146,6 +146,51 @@ pub(crate) fn tensor_from<T: Float>(v: Vec<T>, shape: &[usize]) -> Result<Tensor
     Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
 }
 
+/// Buffers at least this long are filled by rayon's threads ([`zeroed`], [`repeat_rows`]).
+const FILL_PAR_MIN: usize = 1 << 16;
+/// Elements per task of a parallel fill.
+const FILL_CHUNK: usize = 1 << 15;
+
+/// `len` zeros, written in parallel when large. Freed blocks stay in the heap
+/// ([`crate::runtime::configure`]), so `vec![0; len]` is a `memset` on the calling thread while
+/// the other cores wait: 5% of the reference training step's time on 2 cores.
+pub(crate) fn zeroed<T: Copy + Default + Send + Sync>(len: usize) -> Vec<T> {
+    if len < FILL_PAR_MIN {
+        return vec![T::default(); len];
+    }
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(FILL_CHUNK)
+        .for_each(|c| c.fill(std::mem::MaybeUninit::new(T::default())));
+    // SAFETY: every element was written above.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// `rows` copies of `row`, one after the other (a bias to accumulate a product onto), written in
+/// parallel when large.
+pub(crate) fn repeat_rows<T: Copy + Send + Sync>(row: &[T], rows: usize) -> Vec<T> {
+    let (n, len) = (row.len(), row.len() * rows);
+    let mut v = Vec::with_capacity(len);
+    if len < FILL_PAR_MIN || n == 0 {
+        for _ in 0..rows {
+            v.extend_from_slice(row);
+        }
+        return v;
+    }
+    let per = (FILL_CHUNK / n).max(1) * n;
+    v.spare_capacity_mut()[..len].par_chunks_mut(per).for_each(|c| {
+        for r in c.chunks_mut(n) {
+            for (d, &s) in r.iter_mut().zip(row) {
+                d.write(s);
+            }
+        }
+    });
+    // SAFETY: every element was written above (`len` is a multiple of `n`).
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// A raw pointer that rayon tasks may share: each task writes a disjoint (possibly strided)
 /// region, which slices cannot express.
 #[derive(Clone, Copy)]
@@ -723,5 +768,26 @@ mod kernel_switch_tests {
         });
         assert_eq!(use_kernel(&x), before);
         assert!(!use_kernel(&x.to_dtype(DType::BF16).unwrap()));
+    }
+}
+
+#[cfg(test)]
+mod fill_tests {
+    use super::*;
+
+    #[test]
+    fn zeroed_and_repeat_rows_fill_every_element_on_both_sides_of_the_parallel_threshold() {
+        for len in [0, 1, FILL_PAR_MIN - 1, FILL_PAR_MIN, FILL_PAR_MIN + 3 * FILL_CHUNK + 7] {
+            let z: Vec<f32> = zeroed(len);
+            assert_eq!(z.len(), len);
+            assert!(z.iter().all(|&v| v == 0.0), "len {len}");
+        }
+        // rows of odd widths, with chunks that are not a multiple of the width, and empty rows
+        for (n, rows) in [(3, 5), (7, FILL_PAR_MIN / 7 + 11), (30522, 4), (1000, 300), (0, 9)] {
+            let row: Vec<f32> = (0..n).map(|i| i as f32 - 0.5).collect();
+            let v = repeat_rows(&row, rows);
+            assert_eq!(v.len(), n * rows);
+            assert!(v.chunks(n.max(1)).all(|r| r == &row[..]), "{n} x {rows}");
+        }
     }
 }
