@@ -805,12 +805,12 @@ unsafe fn rows_task<K: Format>(
         while jb < blocks {
             let nb = (blocks - jb).min(NB);
             let cols = (n - jb * 16).min(nb * 16);
+            let tall = tall_rows(nb, al);
             let mut r = 0;
             while r < nr {
                 let (a, b) =
                     (a.add(r * al.panel + q0 * al.qs), bp.as_ptr().add((jb * kp + q0) * 16));
                 let dst = dst.add(r * dst_rs + jb * 16);
-                let tall = tall_rows(nb, al);
                 let rows = if nr - r >= tall { tall } else { (nr - r).min(MR) };
                 tile_any::<K>(rows, nb, a, al, b, kp, kn, dst, dst_rs, cols, acc, alpha);
                 r += rows;
