@@ -896,12 +896,19 @@ unsafe fn compute<K: Format>(
 ) {
     let kp = k.div_ceil(K::PER);
     let d = SendPtr(dst);
-    if par && m >= 2 * MR {
-        let threads = rayon::current_num_threads();
-        let per = m.div_ceil(threads * 2).next_multiple_of(MR).clamp(MR, ROWS_PER_TASK);
+    // Serial products with many rows are split the same way, run in order: one pass over all
+    // rows per k block and column group would stream a large left operand from memory again
+    // for each (the MLM head's weight gradient, 39 MB, 18 times).
+    if (par && m >= 2 * MR) || m > 2 * ROWS_PER_TASK {
+        let per = if par {
+            let threads = rayon::current_num_threads();
+            m.div_ceil(threads * 2).next_multiple_of(MR).clamp(MR, ROWS_PER_TASK)
+        } else {
+            ROWS_PER_TASK
+        };
         let a = SendPtr(lhs.ptr as *mut f32);
         let (rs, cs) = (lhs.rs, lhs.cs);
-        (0..m.div_ceil(per)).into_par_iter().for_each(|t| {
+        let task = |t: usize| {
             // Capture the whole wrappers (Send), not their raw-pointer fields (edition 2021).
             #[allow(clippy::redundant_locals)]
             let (d, a) = (d, a);
@@ -917,7 +924,12 @@ unsafe fn compute<K: Format>(
             if let Some(epi) = epilogue {
                 epi(r0, rows);
             }
-        });
+        };
+        if par {
+            (0..m.div_ceil(per)).into_par_iter().for_each(task);
+        } else {
+            (0..m.div_ceil(per)).for_each(task);
+        }
     } else {
         let LhsRef { ptr, al } = K::lhs(lhs, 0, m, k, ap);
         if par {
