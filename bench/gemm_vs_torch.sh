@@ -7,21 +7,80 @@
 # `torch_reference.py --amp`). Both sides report the best of 5 batches of calls. Prints the CPU and
 # GFLOP/s per shape.
 #
-#   bench/gemm_vs_torch.sh [--python PY]
+#   bench/gemm_vs_torch.sh [--python PY] [--step]
+#
+# --step: fp32 only, the reference training step's dense-layer products in their three roles
+# (forward x W^T, input gradient g W, weight gradient g^T x; vision encoder 544 rows, text encoder
+# 2048, MAE decoder 2080, MLM head 320), ours through the path an fp32 op takes (`fp32 default`)
+# against torch.matmul, then per role the step's total at these speeds (each product times its
+# count per step): which products keep the step from PyTorch's GEMM speed.
 #
 # PyTorch comes from a venv outside the repository (see bench/compare.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${TORCH_PYTHON:-$HOME/.venvs/medvlp-torch/bin/python}"
+STEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) PY="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --step) STEP=1; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 "$PY" -c 'import torch' 2>/dev/null || { echo "no PyTorch at $PY (--python PY)" >&2; exit 2; }
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(nproc) threads)"
+if [ "$STEP" = 1 ]; then
+  # rows, in, out, layers per step (crates/medvlp/src/cmd/bench_reference.rs, the reference size)
+  LAYERS="544,256,768,4 544,256,256,4 544,256,1024,4 544,1024,256,4
+2048,256,768,4 2048,256,256,4 2048,256,1024,4 2048,1024,256,4
+2080,128,384,2 2080,128,128,2 2080,128,512,2 2080,512,128,2 320,256,30522,1"
+  # m,n,k,lhs_t,rhs_t,count,role
+  LIST=$(for l in $LAYERS; do
+    IFS=, read -r r i o c <<<"$l"
+    echo "$r,$o,$i,0,1,$c,forward"
+    echo "$r,$i,$o,0,0,$c,input-grad"
+    echo "$o,$i,$r,1,0,$c,weight-grad"
+  done)
+  SHAPES=$(echo "$LIST" | cut -d, -f1-5 | paste -sd';')
+  OURS=$(MEDVLP_SPEED_SHAPES="$SHAPES" MEDVLP_SPEED_FP32_ONLY=1 cargo test --release -q -p medvlp-model \
+    --lib bf16_gemm_speed -- --ignored --nocapture --test-threads=1 2>/dev/null | grep "fp32 default")
+  echo "PyTorch $("$PY" -c 'import torch; print(torch.__version__)'), medvlp $(echo "$OURS" | head -1 | sed 's/.*\(fp32 default ([^)]*)\).*/\1/')"
+  LIST="$LIST" OURS="$OURS" "$PY" - <<'EOF'
+import os, re, time, torch
+torch.set_num_threads(os.cpu_count())
+ours = [float(re.search(r"([0-9.]+) ms", l).group(1)) for l in os.environ["OURS"].splitlines()]
+rows = [l.split(",") for l in os.environ["LIST"].split()]
+assert len(ours) == len(rows), "medvlp printed %d shapes of %d" % (len(ours), len(rows))
+def best(f, reps):
+    f()
+    ts = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps):
+            f()
+        ts.append((time.perf_counter() - t) / reps)
+    return min(ts)
+tot = {}
+with torch.no_grad():
+    for (m, n, k, lt, rt, count, role), o in zip(rows, ours):
+        m, n, k, count = int(m), int(n), int(k), int(count)
+        a = torch.randn(k, m).t() if lt == "1" else torch.randn(m, k)
+        b = torch.randn(n, k).t() if rt == "1" else torch.randn(k, n)
+        t = best(lambda: a @ b, 200 if m * n * k < 1 << 20 else 5) * 1e3
+        g = 2.0 * m * n * k / 1e6
+        print(f"  {role:11s} {m}x{n}x{k}: medvlp {g / o:.0f} GFLOP/s, torch {g / t:.0f}")
+        s = tot.setdefault(role, [0.0, 0.0])
+        s[0] += count * o
+        s[1] += count * t
+print("per step (each product times its count), medvlp vs torch:")
+for role, (o, t) in tot.items():
+    print(f"  {role:11s} {o:.1f} ms vs {t:.1f} ms (torch/medvlp {t / o:.2f})")
+o, t = (sum(v[i] for v in tot.values()) for i in (0, 1))
+print(f"  {'all':11s} {o:.1f} ms vs {t:.1f} ms (torch/medvlp {t / o:.2f})")
+EOF
+  exit 0
+fi
 echo "medvlp (cargo test --release -p medvlp-model --lib bf16_gemm_speed):"
 cargo test --release -q -p medvlp-model --lib bf16_gemm_speed -- --ignored --nocapture --test-threads=1 2>/dev/null |
   grep -E "GFLOP/s" | grep -v rounded | sed 's/^test .* \.\.\. //; s/^/  /'

@@ -387,12 +387,33 @@ mod speed {
                 None => Bf16Path::ALL.to_vec(),
             };
             type Run<'a> = Box<dyn Fn(*mut f32) + 'a>;
-            let mut runs: Vec<(String, Run<'_>)> = vec![(
-                "fp32 gemm-crate".into(),
-                Box::new(|c| unsafe {
-                    super::super::gemm_crate(m, n, k, c, n, false, lhs, rhs, 1.0, true)
-                }),
-            )];
+            let mut runs: Vec<(String, Run<'_>)> = vec![
+                (
+                    "fp32 gemm-crate".into(),
+                    Box::new(|c| unsafe {
+                        super::super::gemm_crate(m, n, k, c, n, false, lhs, rhs, 1.0, true)
+                    }),
+                ),
+                (
+                    // what an fp32 op runs: the path `MEDVLP_F32_GEMM` or the CPU selects
+                    format!("fp32 default ({})", super::super::f32_path().name()),
+                    Box::new(|c| unsafe {
+                        super::super::gemm(
+                            m,
+                            n,
+                            k,
+                            c,
+                            n,
+                            false,
+                            lhs,
+                            rhs,
+                            1.0,
+                            true,
+                            super::super::Products::Fp32,
+                        )
+                    }),
+                ),
+            ];
             #[cfg(target_arch = "x86_64")]
             if super::super::avx512f() {
                 runs.push((
