@@ -7,24 +7,27 @@
 # `torch_reference.py --amp`). Both sides report the best of 5 batches of calls. Prints the CPU and
 # GFLOP/s per shape.
 #
-#   bench/gemm_vs_torch.sh [--python PY] [--step]
+#   bench/gemm_vs_torch.sh [--python PY] [--step [--rounds N]]
 #
 # --step: fp32 only, the reference training step's dense-layer products in their three roles
 # (forward x W^T, input gradient g W, weight gradient g^T x; vision encoder 544 rows, text encoder
 # 2048, MAE decoder 2080, MLM head 320), ours through the path an fp32 op takes (`fp32 default`)
 # against torch.matmul, then per role the step's total at these speeds (each product times its
-# count per step): which products keep the step from PyTorch's GEMM speed.
+# count per step): which products keep the step from PyTorch's GEMM speed. The two sides alternate
+# for N rounds (default 3) and each shape keeps its best time: a shared host only slows one down.
 #
 # PyTorch comes from a venv outside the repository (see bench/compare.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${TORCH_PYTHON:-$HOME/.venvs/medvlp-torch/bin/python}"
 STEP=0
+ROUNDS=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) PY="$2"; shift 2 ;;
     --step) STEP=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --rounds) ROUNDS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -43,15 +46,21 @@ if [ "$STEP" = 1 ]; then
     echo "$o,$i,$r,1,0,$c,weight-grad"
   done)
   SHAPES=$(echo "$LIST" | cut -d, -f1-5 | paste -sd';')
-  OURS=$(MEDVLP_SPEED_SHAPES="$SHAPES" MEDVLP_SPEED_FP32_ONLY=1 cargo test --release -q -p medvlp-model \
-    --lib bf16_gemm_speed -- --ignored --nocapture --test-threads=1 2>/dev/null | grep "fp32 default")
-  echo "PyTorch $("$PY" -c 'import torch; print(torch.__version__)'), medvlp $(echo "$OURS" | head -1 | sed 's/.*\(fp32 default ([^)]*)\).*/\1/')"
-  LIST="$LIST" OURS="$OURS" "$PY" - <<'EOF'
-import os, re, time, torch
+  cargo test --release -q -p medvlp-model --lib --no-run 2>/dev/null
+  echo "PyTorch $("$PY" -c 'import torch; print(torch.__version__)'), $ROUNDS rounds alternating medvlp and torch, best per shape"
+  LIST="$LIST" SHAPES="$SHAPES" ROUNDS="$ROUNDS" "$PY" - <<'EOF'
+import os, re, subprocess, time, torch
 torch.set_num_threads(os.cpu_count())
-ours = [float(re.search(r"([0-9.]+) ms", l).group(1)) for l in os.environ["OURS"].splitlines()]
 rows = [l.split(",") for l in os.environ["LIST"].split()]
-assert len(ours) == len(rows), "medvlp printed %d shapes of %d" % (len(ours), len(rows))
+def ours():
+    env = dict(os.environ, MEDVLP_SPEED_SHAPES=os.environ["SHAPES"], MEDVLP_SPEED_FP32_ONLY="1")
+    out = subprocess.run(["cargo", "test", "--release", "-q", "-p", "medvlp-model", "--lib",
+                          "bf16_gemm_speed", "--", "--ignored", "--nocapture", "--test-threads=1"],
+                         env=env, capture_output=True, text=True).stdout
+    lines = [l for l in out.splitlines() if "fp32 default" in l]
+    assert len(lines) == len(rows), "medvlp printed %d shapes of %d" % (len(lines), len(rows))
+    return [float(re.search(r"([0-9.]+) ms", l).group(1)) for l in lines], \
+        re.search(r"fp32 default \(([^)]*)\)", lines[0]).group(1)
 def best(f, reps):
     f()
     ts = []
@@ -61,18 +70,29 @@ def best(f, reps):
             f()
         ts.append((time.perf_counter() - t) / reps)
     return min(ts)
+def theirs():
+    ts = []
+    with torch.no_grad():
+        for m, n, k, lt, rt, _, _ in rows:
+            m, n, k = int(m), int(n), int(k)
+            a = torch.randn(k, m).t() if lt == "1" else torch.randn(m, k)
+            b = torch.randn(n, k).t() if rt == "1" else torch.randn(k, n)
+            ts.append(best(lambda: a @ b, 200 if m * n * k < 1 << 20 else 5) * 1e3)
+    return ts
+o_best, t_best = [float("inf")] * len(rows), [float("inf")] * len(rows)
+for r in range(int(os.environ["ROUNDS"])):
+    o, path = ours()
+    t = theirs()
+    o_best = [min(x, y) for x, y in zip(o_best, o)]
+    t_best = [min(x, y) for x, y in zip(t_best, t)]
+print(f"medvlp fp32 path {path}")
 tot = {}
-with torch.no_grad():
-    for (m, n, k, lt, rt, count, role), o in zip(rows, ours):
-        m, n, k, count = int(m), int(n), int(k), int(count)
-        a = torch.randn(k, m).t() if lt == "1" else torch.randn(m, k)
-        b = torch.randn(n, k).t() if rt == "1" else torch.randn(k, n)
-        t = best(lambda: a @ b, 200 if m * n * k < 1 << 20 else 5) * 1e3
-        g = 2.0 * m * n * k / 1e6
-        print(f"  {role:11s} {m}x{n}x{k}: medvlp {g / o:.0f} GFLOP/s, torch {g / t:.0f}")
-        s = tot.setdefault(role, [0.0, 0.0])
-        s[0] += count * o
-        s[1] += count * t
+for (m, n, k, lt, rt, count, role), o, t in zip(rows, o_best, t_best):
+    g = 2.0 * int(m) * int(n) * int(k) / 1e6
+    print(f"  {role:11s} {m}x{n}x{k}: medvlp {g / o:.0f} GFLOP/s, torch {g / t:.0f}")
+    s = tot.setdefault(role, [0.0, 0.0])
+    s[0] += int(count) * o
+    s[1] += int(count) * t
 print("per step (each product times its count), medvlp vs torch:")
 for role, (o, t) in tot.items():
     print(f"  {role:11s} {o:.1f} ms vs {t:.1f} ms (torch/medvlp {t / o:.2f})")
