@@ -31,6 +31,14 @@ const ROWS_PER_TASK: usize = 64;
 const KC: usize = 128;
 /// Problems at least this large (m * n * k) are split over rayon's threads.
 pub(super) const PAR_MIN: usize = 1 << 20;
+/// Source rows per pass of the f32 packers whose source rows run along m or n (a weight
+/// gradient's operands): each pass writes a run of this many rows into one panel before moving
+/// to the next. Row by row, every source row scattered 32 or 64 bytes into each of up to 64
+/// panels whose addresses are multiples of 4 KiB apart plus a constant, so the stores kept
+/// evicting each other from L1. Intel Xeon model 207, one core, 3 runs of `gemm512_dw_breakdown`
+/// each: packing `x` (2048 x 1024) 1.00-1.14 -> 0.79-0.84 ms, `g^T` (2048 x 256) 0.34-0.39 ->
+/// 0.24-0.27 ms.
+const PACK_ROWS: usize = 16;
 
 /// Where a tile finds its rows' packed elements: element `q` of row `r` is `a[q * qs + r * rs]`,
 /// and the tile starting at row `r` (a multiple of [`MR`]) at `a[r * panel]`.
@@ -277,18 +285,22 @@ unsafe fn f32_lhs_t<const ROUND: bool>(
 ) {
     let out = out.as_mut_ptr() as *mut f32;
     let a0 = a.ptr.add(i0);
-    for q in 0..k {
-        let src = a0.offset(q as isize * a.cs);
+    let mut qa = 0;
+    while qa < k {
+        let qb = (qa + PACK_ROWS).min(k);
         for i in (0..m).step_by(16) {
             let n = (m - i).min(16);
-            let v = load16::<ROUND>(src.add(i), n);
             let p0 = i / MR;
-            _mm256_storeu_ps(out.add((p0 * k + q) * MR), _mm512_castps512_ps256(v));
-            if n > MR {
-                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-                _mm256_storeu_ps(out.add(((p0 + 1) * k + q) * MR), hi);
+            for q in qa..qb {
+                let v = load16::<ROUND>(a0.offset(q as isize * a.cs).add(i), n);
+                _mm256_storeu_ps(out.add((p0 * k + q) * MR), _mm512_castps512_ps256(v));
+                if n > MR {
+                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                    _mm256_storeu_ps(out.add(((p0 + 1) * k + q) * MR), hi);
+                }
             }
         }
+        qa = qb;
     }
 }
 
@@ -302,12 +314,18 @@ unsafe fn f32_rhs_rows<const ROUND: bool>(
     out: *mut u32,
 ) {
     let out = out as *mut f32;
-    for q in q0..q1 {
-        let src = b.ptr.offset(q as isize * b.rs);
+    let mut qa = q0;
+    while qa < q1 {
+        let qb = (qa + PACK_ROWS).min(q1);
         for jb in 0..n.div_ceil(16) {
             let j0 = jb * 16;
-            _mm512_storeu_ps(out.add((jb * k + q) * 16), load16::<ROUND>(src.add(j0), n - j0));
+            for q in qa..qb {
+                let src = b.ptr.offset(q as isize * b.rs);
+                let v = load16::<ROUND>(src.add(j0), n - j0);
+                _mm512_storeu_ps(out.add((jb * k + q) * 16), v);
+            }
         }
+        qa = qb;
     }
 }
 
@@ -1157,6 +1175,65 @@ mod tests {
                     assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "{g} vs {w}");
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod dw_breakdown {
+    use super::*;
+
+    /// One core's time for a weight gradient's parts (packing `g^T`, packing `x`, the tiles on
+    /// packed operands), best of 5 batches; `MEDVLP_DW_SHAPE=m,n,k` (default the text encoder's
+    /// fc2 `256,1024,2048`):
+    /// `cargo test --release -p medvlp-model --lib gemm512_dw_breakdown -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn gemm512_dw_breakdown() {
+        if !super::super::avx512f() {
+            println!("not run here: the AVX-512 fp32 tiles (this CPU lacks AVX-512 F)");
+            return;
+        }
+        let v: Vec<usize> = std::env::var("MEDVLP_DW_SHAPE")
+            .unwrap_or_else(|_| "256,1024,2048".into())
+            .split(',')
+            .map(|x| x.trim().parse().expect("MEDVLP_DW_SHAPE is m,n,k"))
+            .collect();
+        let (m, n, k) = (v[0], v[1], v[2]);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect(); // g: [k, m]
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect(); // x: [k, n]
+        let (lhs, rhs) = (Mat::rows(a.as_ptr(), m).t(), Mat::rows(b.as_ptr(), n));
+        let (mut c, mut ap, mut bp) = (vec![0f32; m * n], Vec::new(), Vec::new());
+        let best = |f: &mut dyn FnMut()| {
+            f();
+            (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..10 {
+                        f();
+                    }
+                    t.elapsed().as_secs_f64() / 10.0
+                })
+                .fold(f64::INFINITY, f64::min)
+        };
+        unsafe {
+            let ta = best(&mut || {
+                F32::lhs(lhs, 0, m, k, &mut ap);
+            });
+            let tb = best(&mut || pack_rhs::<F32>(rhs, k, n, false, &mut bp));
+            let LhsRef { ptr, al } = F32::lhs(lhs, 0, m, k, &mut ap);
+            let tt = best(&mut || {
+                rows_task::<F32>(ptr, al, &bp, k, n, m, c.as_mut_ptr(), n, false, 1.0)
+            });
+            let gf = 2.0 * (m * n * k) as f64 / 1e9;
+            println!(
+                "{m}x{n}x{k} weight gradient, one core: packing g^T {:.3} ms, packing x {:.3} ms, \
+                 tiles {:.3} ms ({:.1} GFLOP/s)",
+                ta * 1e3,
+                tb * 1e3,
+                tt * 1e3,
+                gf / tt
+            );
         }
     }
 }

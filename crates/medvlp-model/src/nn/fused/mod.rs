@@ -528,13 +528,15 @@ pub(crate) unsafe fn gemm_then<T: Float>(
 }
 
 /// Whether [`F32Path::Avx512Inference`] runs an unpacked fp32 product on the tiles: a transposed
-/// left operand (rows contiguous along m, as `g^T` in a weight gradient) with `m >= 2n`. Best of 5
-/// on a 2-core Intel Xeon (family 6, model 207), tiles against the `gemm` crate in GFLOP/s: the
-/// MLM head's `30522x256x320` 234 vs 175, `1024x256x544` 266 vs 242, `1024x256x2048` 248 vs
-/// 244; the crate wins or ties everywhere else (`256x1024x544` 230 vs 262, `256x256x2048` 205 vs
-/// 219, every product with a row-major left operand).
+/// left operand (rows contiguous along m, as `g^T` in a weight gradient) with `m >= 2n` and
+/// `n >= 256`. Medians of 4 runs of best-of-5 on a 2-core Intel Xeon (family 6, model 207),
+/// tiles against the `gemm` crate in GFLOP/s: the MLM head's `30522x256x320` 244 vs 165,
+/// `1024x256x544` 268 vs 247, `1024x256x2048` 254 vs 245, `768x256x2048` 250 vs 249; the crate
+/// wins where n is 128 (the MAE decoder: `512x128x2080` 226 vs 251, `384x128x2080` 210 vs 221),
+/// where m < 2n (`256x1024x544` 227 vs 254, `256x256x2048` 215 vs 236) and for every product
+/// with a row-major left operand.
 fn tiles_win<T>(m: usize, n: usize, lhs: Mat<T>) -> bool {
-    lhs.rs == 1 && lhs.cs != 1 && m >= 2 * n
+    lhs.rs == 1 && lhs.cs != 1 && m >= 2 * n && n >= 256
 }
 
 /// Elements per parallel chunk of an fp32 product's epilogue.
