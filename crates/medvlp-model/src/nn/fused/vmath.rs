@@ -1,25 +1,43 @@
 //! Vectorisable f32 `exp` and GELU for the kernels' inner loops, compiled twice: for the baseline
-//! target and with AVX-512 enabled (picked at run time), so that the loops use 16-lane registers
-//! where the CPU has them. libm's `expf` is a scalar call that stops the compiler from vectorising;
-//! written here because no maintained crate offers this without nightly features.
+//! target and with AVX-512 and FMA enabled (picked at run time), so that the loops use 16-lane
+//! registers and fused multiply-adds where the CPU has them. libm's `expf` is a scalar call that
+//! stops the compiler from vectorising; written here because no maintained crate offers this
+//! without nightly features.
+
+/// `a * b + c`: one fused multiply-add where the loop is compiled for a CPU with FMA (`F`), else
+/// a multiply and an add (a scalar `mul_add` without the instruction is a slow library call).
+/// Rust never contracts `a * b + c` by itself, so the polynomials below spell it out.
+#[inline(always)]
+fn fma<const F: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if F {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
 
 /// `exp(x)` for f32: range reduction `x = n ln2 + r`, a degree-6 polynomial on |r| <= ln2/2,
 /// `2^n` from the exponent bits. Relative error ~2 ulp; exactly 0 below -87.3 (masked scores),
 /// NaN stays NaN, +inf above 88.7.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
+    exp_k::<false>(x)
+}
+
+#[inline(always)]
+fn exp_k<const F: bool>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
     let xc = x.clamp(-87.0, 88.0);
-    let t = xc * LOG2E + MAGIC;
+    let t = fma::<F>(xc, LOG2E, MAGIC);
     let n = t - MAGIC;
-    let r = xc - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let r = fma::<F>(-n, LN2_LO, fma::<F>(-n, LN2_HI, xc));
+    let mut p = 1.0 / 720.0;
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = fma::<F>(p, r, c);
+    }
     // n as an integer from t's low mantissa bits: `n as i32` is a saturating cast, which LLVM
     // does not vectorise (it went lane by lane). |n| <= 127, so 2^n is a valid normal float.
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
@@ -38,33 +56,45 @@ pub fn exp_f32(x: f32) -> f32 {
 /// erf (Abramowitz & Stegun 7.1.26, absolute error <= 1.5e-7).
 #[inline(always)]
 pub fn erf_f32(x: f32) -> f32 {
-    erf_with_exp(x, exp_f32(-x * x))
+    erf_with_exp::<false>(x, exp_f32(-x * x))
 }
 
 /// erf given `e = exp(-x^2)` (GELU's gradient shares it with the normal density).
 #[inline(always)]
-fn erf_with_exp(x: f32, e: f32) -> f32 {
+fn erf_with_exp<const F: bool>(x: f32, e: f32) -> f32 {
     let a = x.abs();
-    let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t
-        * (0.254_829_6
-            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    (1.0 - poly * e).copysign(x)
+    let t = 1.0 / fma::<F>(0.327_591_1, a, 1.0);
+    let mut p = 1.061_405_4;
+    for c in [-1.453_152_1, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
+        p = fma::<F>(p, t, c);
+    }
+    fma::<F>(-(p * t), e, 1.0).copysign(x)
 }
 
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 #[inline(always)]
 pub fn gelu_f32(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+    gelu_k::<false>(x)
+}
+
+#[inline(always)]
+fn gelu_k<const F: bool>(x: f32) -> f32 {
+    let u = x * std::f32::consts::FRAC_1_SQRT_2;
+    0.5 * x * (1.0 + erf_with_exp::<F>(u, exp_k::<F>(-u * u)))
 }
 
 #[inline(always)]
 pub fn gelu_grad_f32(x: f32) -> f32 {
+    gelu_grad_k::<false>(x)
+}
+
+#[inline(always)]
+fn gelu_grad_k<const F: bool>(x: f32) -> f32 {
     // exp(-(x / sqrt 2)^2) is the density's exp(-x^2 / 2): computed once.
-    let e = exp_f32(-0.5 * x * x);
-    let cdf = 0.5 * (1.0 + erf_with_exp(x * std::f32::consts::FRAC_1_SQRT_2, e));
-    cdf + x * e * FRAC_1_SQRT_2PI
+    let e = exp_k::<F>(-0.5 * x * x);
+    let cdf = 0.5 * (1.0 + erf_with_exp::<F>(x * std::f32::consts::FRAC_1_SQRT_2, e));
+    fma::<F>(x * e, FRAC_1_SQRT_2PI, cdf)
 }
 
 /// Defines `pub fn $name(args) -> ret` that runs `$body` compiled with AVX-512 when available.
@@ -73,19 +103,19 @@ macro_rules! dispatch {
         $(#[$m])*
         pub fn $name($($a: $t),*) -> $r {
             #[inline(always)]
-            fn imp($($a: $t),*) -> $r $body
+            fn imp<const F: bool>($($a: $t),*) -> $r $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
                 unsafe fn avx512($($a: $t),*) -> $r {
-                    imp($($a),*)
+                    imp::<true>($($a),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") && std::arch::is_x86_feature_detected!("avx512vl") {
                     // SAFETY: the features were detected on this CPU.
                     return unsafe { avx512($($a),*) };
                 }
             }
-            imp($($a),*)
+            imp::<false>($($a),*)
         }
     };
 }
@@ -98,12 +128,12 @@ dispatch! {
         let rest = chunks.remainder();
         for c in chunks {
             for i in 0..16 {
-                s[i] += exp_f32(c[i] - shift);
+                s[i] += exp_k::<F>(c[i] - shift);
             }
         }
         let mut t: f32 = s.iter().sum();
         for &v in rest {
-            t += exp_f32(v - shift);
+            t += exp_k::<F>(v - shift);
         }
         t
     }
@@ -116,13 +146,13 @@ dispatch! {
         let mut chunks = x.chunks_exact_mut(16);
         for c in &mut chunks {
             for i in 0..16 {
-                c[i] = exp_f32(c[i] - shift);
+                c[i] = exp_k::<F>(c[i] - shift);
                 s[i] += c[i];
             }
         }
         let mut t: f32 = s.iter().sum();
         for v in chunks.into_remainder() {
-            *v = exp_f32(*v - shift);
+            *v = exp_k::<F>(*v - shift);
             t += *v;
         }
         t
@@ -133,7 +163,7 @@ dispatch! {
     /// `x_i <- exp(x_i - shift) * scale`.
     fn exp_scale_inplace(x: &mut [f32], shift: f32, scale: f32) -> () {
         for v in x.iter_mut() {
-            *v = exp_f32(*v - shift) * scale;
+            *v = exp_k::<F>(*v - shift) * scale;
         }
     }
 }
@@ -142,7 +172,7 @@ dispatch! {
     /// `y_i <- gelu(x_i)`.
     fn gelu_into(x: &[f32], y: &mut [f32]) -> () {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = gelu_f32(x);
+            *y = gelu_k::<F>(x);
         }
     }
 }
@@ -151,7 +181,7 @@ dispatch! {
     /// `x_i <- gelu(x_i)`.
     fn gelu_inplace(x: &mut [f32]) -> () {
         for v in x.iter_mut() {
-            *v = gelu_f32(*v);
+            *v = gelu_k::<F>(*v);
         }
     }
 }
@@ -160,7 +190,7 @@ dispatch! {
     /// `y_i <- g_i * gelu'(h_i)`.
     fn gelu_backward_into(g: &[f32], h: &[f32], y: &mut [f32]) -> () {
         for ((y, &g), &h) in y.iter_mut().zip(g).zip(h) {
-            *y = g * gelu_grad_f32(h);
+            *y = g * gelu_grad_k::<F>(h);
         }
     }
 }
@@ -233,5 +263,58 @@ mod tests {
             let r = 0.5 * x as f64 * (1.0 + libm::erf(x as f64 / std::f64::consts::SQRT_2));
             assert!((y as f64 - r).abs() < 1e-6 * (1.0 + r.abs()), "gelu({x}) = {y}, want {r}");
         }
+    }
+
+    /// The loops (with FMA where the CPU has it) against f64: exp within 5e-7 relative, GELU
+    /// within 2e-6 absolute, as the scalar functions.
+    #[test]
+    fn vector_loops_match_f64() {
+        let xs: Vec<f32> = (0..20001).map(|i| i as f32 * 0.0087 - 87.0).collect();
+        let mut e = xs.clone();
+        exp_inplace_sum(&mut e, 0.0);
+        for (&x, &y) in xs.iter().zip(&e) {
+            let r = (x as f64).exp();
+            assert!(((y as f64 - r) / r).abs() < 5e-7, "exp({x}) = {y}, want {r}");
+        }
+        let xs: Vec<f32> = (0..4001).map(|i| i as f32 * 0.005 - 10.0).collect();
+        let mut y = vec![0f32; xs.len()];
+        gelu_into(&xs, &mut y);
+        for (&x, &y) in xs.iter().zip(&y) {
+            let x64 = x as f64;
+            let r = 0.5 * x64 * (1.0 + libm::erf(x64 / std::f64::consts::SQRT_2));
+            assert!((y as f64 - r).abs() < 2e-6, "gelu({x}) = {y}, want {r}");
+        }
+    }
+
+    /// One core's element rate of the vector loops (best of 5 passes over 1M elements, in L2):
+    /// `cargo test --release -p medvlp-model --lib vmath_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn vmath_speed() {
+        let n = 1 << 20;
+        let x: Vec<f32> = (0..n).map(|i| (i % 1000) as f32 * 0.01 - 5.0).collect();
+        let g = vec![1f32; n];
+        let mut y = vec![0f32; n];
+        let best = |name: &str, f: &mut dyn FnMut()| {
+            f();
+            let s = (0..5)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    f();
+                    t.elapsed().as_secs_f64()
+                })
+                .fold(f64::INFINITY, f64::min);
+            println!("{name}: {:.2} G elements/s", n as f64 / s / 1e9);
+        };
+        best("gelu_into", &mut || gelu_into(&x, &mut y));
+        best("gelu_backward_into", &mut || gelu_backward_into(&g, &x, &mut y));
+        let mut z = x.clone();
+        best("exp_inplace_sum", &mut || {
+            z.copy_from_slice(&x);
+            std::hint::black_box(exp_inplace_sum(&mut z, 1.0));
+        });
+        best("exp_sum", &mut || {
+            std::hint::black_box(exp_sum(&x, 1.0));
+        });
     }
 }
