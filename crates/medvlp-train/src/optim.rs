@@ -150,6 +150,24 @@ fn composed() -> bool {
     medvlp_model::nn::fused::kernels() == medvlp_model::nn::fused::Kernels::Composed
 }
 
+/// Sum of squares in f64 over [`LANES`] running sums. One running sum is a chain of dependent
+/// adds, 4 cycles each: the gradient norm took 10 of the fp32 reference step's 25 ms of optimiser
+/// time on an Intel Xeon (model 207), 6 ms with independent sums that overlap and vectorise.
+fn chunk_sum_squares<T: Copy>(c: &[T], f: impl Fn(T) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut blocks = c.chunks_exact(LANES);
+    for b in &mut blocks {
+        for (s, &x) in acc.iter_mut().zip(b) {
+            *s += f(x) * f(x);
+        }
+    }
+    let rest: f64 = blocks.remainder().iter().map(|&x| f(x) * f(x)).sum();
+    acc.iter().sum::<f64>() + rest
+}
+
+/// Running sums of [`chunk_sum_squares`].
+const LANES: usize = 16;
+
 /// Sum of squares of a CPU gradient, read in place (no f64 copy of the tensor).
 fn sum_squares(g: &Tensor) -> Result<f64> {
     use candle_core::Storage;
@@ -162,12 +180,11 @@ fn sum_squares(g: &Tensor) -> Result<f64> {
         candle_core::bail!("adamw: gradient is not contiguous")
     };
     Ok(match &*st {
-        Storage::Cpu(CpuStorage::F32(v)) => v[a..b]
-            .par_chunks(CHUNK)
-            .map(|c| c.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>())
-            .sum(),
+        Storage::Cpu(CpuStorage::F32(v)) => {
+            v[a..b].par_chunks(CHUNK).map(|c| chunk_sum_squares(c, |x| x as f64)).sum()
+        }
         Storage::Cpu(CpuStorage::F64(v)) => {
-            v[a..b].par_chunks(CHUNK).map(|c| c.iter().map(|&x| x * x).sum::<f64>()).sum()
+            v[a..b].par_chunks(CHUNK).map(|c| chunk_sum_squares(c, |x| x)).sum()
         }
         _ => g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?,
     })
@@ -436,6 +453,20 @@ mod tests {
         for i in 0..4 {
             assert!((got[i] - p[i]).abs() < 1e-12, "{i}: {} vs {}", got[i], p[i]);
         }
+    }
+
+    #[test]
+    fn sum_of_squares_reads_every_element_once() {
+        for n in [0usize, 1, 15, 16, 17, 40, CHUNK + 5] {
+            let v: Vec<f32> = (0..n).map(|i| (i % 100) as f32 + 1.0).collect();
+            let want: f64 = v.iter().map(|&x| x as f64 * x as f64).sum();
+            assert_eq!(chunk_sum_squares(&v, |x| x as f64), want, "n = {n}");
+            let t = Tensor::new(v.as_slice(), &Device::Cpu).unwrap();
+            assert_eq!(sum_squares(&t).unwrap(), want, "n = {n}");
+        }
+        let mut v = vec![1f32; 40];
+        v[37] = f32::NAN;
+        assert!(chunk_sum_squares(&v, |x| x as f64).is_nan());
     }
 
     #[test]
