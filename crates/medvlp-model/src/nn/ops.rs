@@ -37,12 +37,7 @@ fn map_rows<T: Copy + Send + Sync + Default>(
 struct SoftmaxLastDim;
 
 fn softmax_row<T: num_like::Float>(r: &[T], o: &mut [T]) {
-    let mut m = T::neg_infinity();
-    for &v in r {
-        if v > m {
-            m = v;
-        }
-    }
+    let m = T::max_of(r);
     o.copy_from_slice(r);
     let s = T::exp_inplace_sum(o, m);
     let inv = T::one() / s;

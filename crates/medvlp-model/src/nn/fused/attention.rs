@@ -49,12 +49,7 @@ fn softmax_rows<T: Float>(s: &mut [T], lk: usize, mask: Option<&[T]>) {
                 *v += a;
             }
         }
-        let mut mx = T::neg_infinity();
-        for &v in row.iter() {
-            if v > mx {
-                mx = v;
-            }
-        }
+        let mx = T::max_of(row);
         let sum = T::exp_inplace_sum(row, mx);
         let inv = T::one() / sum;
         for v in row.iter_mut() {

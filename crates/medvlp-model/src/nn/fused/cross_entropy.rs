@@ -19,12 +19,7 @@ struct CrossEntropyOp {
 
 /// `log sum_j exp(r_j)`, shifted by the row maximum.
 fn row_lse<T: Float>(r: &[T]) -> f64 {
-    let mut m = T::neg_infinity();
-    for &v in r {
-        if v > m {
-            m = v;
-        }
-    }
+    let m = T::max_of(r);
     m.to_f64() + T::exp_sum(r, m).to_f64().ln()
 }
 

@@ -624,6 +624,16 @@ pub mod num {
         fn gelu(self) -> Self;
         fn gelu_grad(self) -> Self;
 
+        /// The largest element (NaN never wins; -inf for an empty slice).
+        fn max_of(x: &[Self]) -> Self {
+            let mut m = Self::neg_infinity();
+            for &v in x {
+                if v > m {
+                    m = v;
+                }
+            }
+            m
+        }
         /// `sum_i exp(x_i - shift)`.
         fn exp_sum(x: &[Self], shift: Self) -> Self {
             let mut s = Self::zero();
@@ -684,6 +694,9 @@ pub mod num {
         }
         fn gelu_grad(self) -> Self {
             super::vmath::gelu_grad_f32(self)
+        }
+        fn max_of(x: &[Self]) -> Self {
+            super::vmath::max_of(x)
         }
         fn exp_sum(x: &[Self], shift: Self) -> Self {
             super::vmath::exp_sum(x, shift)

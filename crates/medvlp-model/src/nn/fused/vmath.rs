@@ -121,6 +121,29 @@ macro_rules! dispatch {
 }
 
 dispatch! {
+    /// The largest element (NaN never wins; -inf for an empty slice), over [`MAX_LANES`] running
+    /// maxima: one running maximum is a chain of compare-and-select that stays scalar. The MLM
+    /// head's 30522-wide rows made that loop about 1.6% of the fp32 reference step.
+    fn max_of(x: &[f32]) -> f32 {
+        let mut m = [f32::NEG_INFINITY; MAX_LANES];
+        let mut chunks = x.chunks_exact(MAX_LANES);
+        for c in &mut chunks {
+            for (m, &v) in m.iter_mut().zip(c) {
+                *m = if v > *m { v } else { *m };
+            }
+        }
+        let mut r = f32::NEG_INFINITY;
+        for &v in m.iter().chain(chunks.remainder()) {
+            r = if v > r { v } else { r };
+        }
+        r
+    }
+}
+
+/// Running maxima of [`max_of`].
+const MAX_LANES: usize = 16;
+
+dispatch! {
     /// `sum_i exp(x_i - shift)`.
     fn exp_sum(x: &[f32], shift: f32) -> f32 {
         let mut s = [0f32; 16];
@@ -284,6 +307,23 @@ mod tests {
             let r = 0.5 * x64 * (1.0 + libm::erf(x64 / std::f64::consts::SQRT_2));
             assert!((y as f64 - r).abs() < 2e-6, "gelu({x}) = {y}, want {r}");
         }
+    }
+
+    #[test]
+    fn max_of_finds_the_largest_element_and_skips_nan() {
+        for n in [0usize, 1, 15, 16, 17, 100] {
+            for at in [0, n / 2, n.saturating_sub(1)] {
+                let mut v: Vec<f32> = (0..n).map(|i| -((i * 7 % 13) as f32)).collect();
+                if n > 0 {
+                    v[at] = 5.0;
+                }
+                let want = if n == 0 { f32::NEG_INFINITY } else { 5.0 };
+                assert_eq!(max_of(&v), want, "n {n} at {at}");
+            }
+        }
+        let v = [f32::NAN, -3.0, f32::NAN, -1.0, -2.0];
+        assert_eq!(max_of(&v), -1.0);
+        assert_eq!(max_of(&[f32::NAN; 20]), f32::NEG_INFINITY);
     }
 
     /// One core's element rate of the vector loops (best of 5 passes over 1M elements, in L2):
