@@ -192,17 +192,21 @@ struct LayerNormBwdOp {
 /// stays scalar, lanes let the compiler vectorise (the rows are 32-1024 wide).
 const LANES: usize = 16;
 
-fn lane_sum<T: num_like::Float>(n: usize, f: impl Fn(usize) -> T) -> T {
+/// `sum_i f(x_i, y_i)` over [`LANES`] running sums (lane `l` takes elements `l, l + LANES, ...`;
+/// the tail starts the total). Chunks, not indices: bounds checks on `x[i]` kept the loop scalar.
+fn lane_sum<T: num_like::Float>(x: &[T], y: &[T], f: impl Fn(T, T) -> T) -> T {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &y[..n]);
     let mut acc = [T::zero(); LANES];
-    let full = n - n % LANES;
-    for i in (0..full).step_by(LANES) {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
+    let (mut xc, mut yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    for (xs, ys) in (&mut xc).zip(&mut yc) {
+        for ((a, &u), &v) in acc.iter_mut().zip(xs).zip(ys) {
+            *a += f(u, v);
         }
     }
     let mut s = T::zero();
-    for i in full..n {
-        s += f(i);
+    for (&u, &v) in xc.remainder().iter().zip(yc.remainder()) {
+        s += f(u, v);
     }
     acc.iter().fold(s, |s, &a| s + a)
 }
@@ -210,8 +214,8 @@ fn lane_sum<T: num_like::Float>(n: usize, f: impl Fn(usize) -> T) -> T {
 /// Mean and `1 / sqrt(var + eps)` of a row (two passes, in the row's precision).
 fn row_stats<T: num_like::Float>(r: &[T], eps: f64) -> (T, T) {
     let d = T::from_f64(r.len() as f64);
-    let mean = lane_sum(r.len(), |i| r[i]) / d;
-    let var = lane_sum(r.len(), |i| (r[i] - mean) * (r[i] - mean)) / d;
+    let mean = lane_sum(r, r, |u, _| u) / d;
+    let var = lane_sum(r, r, |u, _| (u - mean) * (u - mean)) / d;
     (mean, T::from_f64(1.0 / (var.to_f64() + eps).sqrt()))
 }
 
@@ -292,19 +296,21 @@ fn layer_norm_bwd<T: num_like::Float>(
                     None => row_stats(xr, eps),
                 };
                 // dxhat = g * w;  dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-                for i in 0..d {
-                    xh[i] = (xr[i] - mean) * rstd;
-                    dxh[i] = gr[i] * w[i];
+                for (((xh, dxh), (&x, &g)), &w) in
+                    xh.iter_mut().zip(dxh.iter_mut()).zip(xr.iter().zip(gr)).zip(w)
+                {
+                    *xh = (x - mean) * rstd;
+                    *dxh = g * w;
                 }
-                let m1 = lane_sum(d, |i| dxh[i]) / dn;
-                let m2 = lane_sum(d, |i| dxh[i] * xh[i]) / dn;
-                for i in 0..d {
-                    dxr[i] = rstd * (dxh[i] - m1 - xh[i] * m2);
+                let m1 = lane_sum(&dxh, &dxh, |u, _| u) / dn;
+                let m2 = lane_sum(&dxh, &xh, |u, v| u * v) / dn;
+                for ((o, &a), &h) in dxr.iter_mut().zip(&dxh).zip(&xh) {
+                    *o = rstd * (a - m1 - h * m2);
                 }
                 let (bw, bb) = block.split_at_mut(d);
-                for i in 0..d {
-                    bw[i] += gr[i] * xh[i];
-                    bb[i] += gr[i];
+                for (((bw, bb), &g), &h) in bw.iter_mut().zip(bb.iter_mut()).zip(gr).zip(&xh) {
+                    *bw += g * h;
+                    *bb += g;
                 }
                 if (ri + 1) % BLOCK == 0 {
                     acc.iter_mut().zip(block.iter_mut()).for_each(|(a, b)| {
