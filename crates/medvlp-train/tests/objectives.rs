@@ -320,7 +320,7 @@ fn memory_augmented_fusion_and_itm() {
     // lr 1e-2 collapsed this tiny post-LN fixture to chance (ITM stuck at ln 2) under some float
     // roundings (e.g. the f32 GELU kernel); 3e-3 learns it.
     let fx2 = fixture(|c| c.itm_head = true);
-    let r = optimise_lr(&fx2, 100, 3e-3, |f, s| {
+    let itm = |f: &Fixture, s: usize| {
         let img = f.model.vision_model.forward(&f.px)?;
         let txt = f.model.text_features(&f.ids, &f.mask)?;
         let sim: Vec<Vec<f32>> = f
@@ -330,8 +330,14 @@ fn memory_augmented_fusion_and_itm() {
             .to_vec2()?;
         let mut rng = rand::rngs::StdRng::seed_from_u64(s as u64);
         itm_loss(&f.model, &img, &txt, &f.mask, &sim, &mut rng)
-    });
-    // The final value is measured on one draw of hard negatives, so it is noisy (0.49-0.59 across
-    // kernel roundings); the failure this guards against is a loss stuck at chance (ln 2).
-    falls("itm", r, 0.9);
+    };
+    let (first, last) = optimise_lr(&fx2, 150, 3e-3, itm);
+    // One draw of hard negatives is noisy (0.49-0.64 across kernel roundings), and so is the
+    // trajectory: after 100 steps the mean over 8 draws was 0.52 with one f32 GELU rounding and
+    // 0.63 with another (FMA), 0.42-0.44 after 150. So: 150 steps, the mean of 8 draws. The
+    // failure this guards against is a loss stuck at chance (ln 2).
+    let mean: f32 =
+        (0..8).map(|s| itm(&fx2, s).unwrap().to_scalar::<f32>().unwrap()).sum::<f32>() / 8.0;
+    println!("itm: one draw {last:.4}, mean of 8 {mean:.4}");
+    falls("itm", (first, mean), 0.9);
 }
