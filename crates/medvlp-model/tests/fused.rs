@@ -1,4 +1,4 @@
-//! The fused CPU kernels (dense + bias + GELU, attention, softmax cross-entropy): finite-difference
+//! The fused CPU kernels (dense + bias + GELU, attention, softmax cross-entropy, embedding): finite-difference
 //! gradient checks in f64, equality with the composed reference implementations (values and
 //! gradients) in f64 and f32, and the untracked (inference) path.
 
@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use medvlp_model::gradcheck::{check, probe_like};
 use medvlp_model::nn::fused::attention::{attention, attention_composed};
 use medvlp_model::nn::fused::cross_entropy::{cross_entropy, cross_entropy_composed};
+use medvlp_model::nn::fused::embedding::{embedding, embedding_composed};
 use medvlp_model::nn::fused::linear::{linear, linear_composed, Activation};
 
 const EPS: f64 = 1e-6;
@@ -302,6 +303,49 @@ fn attention_equals_composed() {
             assert!(d < tol * 10.0, "{dtype:?} d{name} differs by {d}");
         }
     }
+}
+
+#[test]
+fn embedding_gradient_and_equality() {
+    // repeated ids (their gradient rows add up) and rows no id selects (zero gradient)
+    let ids = Tensor::new(&[[3u32, 0, 3], [5, 3, 1]], &Device::Cpu).unwrap();
+    let w = var(&[7, 5], 31);
+    let probe = randn(&[2, 3, 5], 32, DType::F64);
+    let vars = vec![("w".into(), w.clone())];
+    let r = check(&vars, || (embedding(w.as_tensor(), &ids)? * &probe)?.sum_all(), 100, EPS, TOL)
+        .unwrap();
+    r.assert_passed("embedding");
+    for dtype in [DType::F64, DType::F32] {
+        // wider than one column task, ids in every integer dtype the models pass
+        let w = Var::from_tensor(&randn(&[300, 150], 33, dtype)).unwrap();
+        let ids: Vec<u32> = (0..97u32).map(|i| i * 37 % 300).chain([7, 7, 7]).collect();
+        let probe = randn(&[4, 25, 150], 34, dtype);
+        for ids in [
+            Tensor::from_vec(ids.clone(), (4, 25), &Device::Cpu).unwrap(),
+            Tensor::from_vec(
+                ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+                (4, 25),
+                &Device::Cpu,
+            )
+            .unwrap(),
+        ] {
+            let (y1, y2) = (
+                embedding(w.as_tensor(), &ids).unwrap(),
+                embedding_composed(w.as_tensor(), &ids).unwrap(),
+            );
+            assert_eq!(y1.dims(), &[4, 25, 150]);
+            assert_eq!(max_diff(&y1, &y2), 0.0, "{dtype:?} values");
+            let g1 = (y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (y2 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let d = max_diff(g1.get(w.as_tensor()).unwrap(), g2.get(w.as_tensor()).unwrap());
+            assert!(d < 1e-5, "{dtype:?} gradient differs by {d}");
+        }
+    }
+    // bad ids are errors, not panics; untracked weights record nothing
+    let w = randn(&[4, 3], 35, DType::F32);
+    assert!(embedding(&w, &Tensor::new(&[4u32], &Device::Cpu).unwrap()).is_err());
+    assert!(embedding(&w, &Tensor::new(&[-1i64], &Device::Cpu).unwrap()).is_err());
+    assert!(!embedding(&w, &Tensor::new(&[1u32, 2], &Device::Cpu).unwrap()).unwrap().track_op());
 }
 
 #[test]

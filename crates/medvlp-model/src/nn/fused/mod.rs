@@ -1,10 +1,10 @@
 //! Fused CPU kernels with hand-written backward passes: dense layers with their bias (and GELU)
-//! in the GEMM epilogue, multi-head attention in one op, softmax cross-entropy.
+//! in the GEMM epilogue, multi-head attention in one op, softmax cross-entropy, embedding lookup.
 //!
 //! They are candle custom ops over f32/f64 CPU storage that call a GEMM directly with explicit
 //! strides (no materialised transposes) and parallelise with rayon: the `gemm` crate, or our
 //! AVX-512 tiles ([`gemm512`]) for bf16 products and, off AMD, inference's dense layers. Callers go through
-//! the wrappers in [`linear`], [`attention`] and [`cross_entropy`], which fall back to composed
+//! the wrappers in [`linear`], [`attention`], [`cross_entropy`] and [`embedding`], which fall back to composed
 //! tensor expressions on other devices and dtypes. Each kernel has a finite-difference test and an
 //! equality test against the composed version (tests/gradients.rs, tests/fused.rs).
 
@@ -14,6 +14,7 @@ pub mod attention;
 pub mod bf16;
 pub mod bf16_gemm;
 pub mod cross_entropy;
+pub mod embedding;
 #[cfg(target_arch = "x86_64")]
 pub mod gemm512;
 pub mod linear;
