@@ -33,6 +33,18 @@ while [ $# -gt 0 ]; do
 done
 "$PY" -c 'import torch' 2>/dev/null || { echo "no PyTorch at $PY (--python PY)" >&2; exit 2; }
 echo "CPU: $(lscpu | sed -n 's/^Model name: *//p' | head -1) ($(nproc) threads)"
+# Both modes time torch.matmul alike: all threads, the best of 5 batches of `reps` calls.
+TORCH_TIMING='import os, time, torch
+torch.set_num_threads(os.cpu_count())
+def best(f, reps):
+    f()
+    ts = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(reps):
+            f()
+        ts.append((time.perf_counter() - t) / reps)
+    return min(ts)'
 if [ "$STEP" = 1 ]; then
   # rows, in, out, layers per step (crates/medvlp/src/cmd/bench_reference.rs, the reference size)
   LAYERS="544,256,768,4 544,256,256,4 544,256,1024,4 544,1024,256,4
@@ -48,9 +60,8 @@ if [ "$STEP" = 1 ]; then
   SHAPES=$(echo "$LIST" | cut -d, -f1-5 | paste -sd';')
   cargo test --release -q -p medvlp-model --lib --no-run 2>/dev/null
   echo "PyTorch $("$PY" -c 'import torch; print(torch.__version__)'), $ROUNDS rounds alternating medvlp and torch, best per shape"
-  LIST="$LIST" SHAPES="$SHAPES" ROUNDS="$ROUNDS" "$PY" - <<'EOF'
-import os, re, subprocess, time, torch
-torch.set_num_threads(os.cpu_count())
+  { echo "$TORCH_TIMING"; cat <<'EOF'; } | LIST="$LIST" SHAPES="$SHAPES" ROUNDS="$ROUNDS" "$PY" -
+import re, subprocess
 rows = [l.split(",") for l in os.environ["LIST"].split()]
 def ours():
     env = dict(os.environ, MEDVLP_SPEED_SHAPES=os.environ["SHAPES"], MEDVLP_SPEED_FP32_ONLY="1")
@@ -61,15 +72,6 @@ def ours():
     assert len(lines) == len(rows), "medvlp printed %d shapes of %d" % (len(lines), len(rows))
     return [float(re.search(r"([0-9.]+) ms", l).group(1)) for l in lines], \
         re.search(r"fp32 default \(([^)]*)\)", lines[0]).group(1)
-def best(f, reps):
-    f()
-    ts = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(reps):
-            f()
-        ts.append((time.perf_counter() - t) / reps)
-    return min(ts)
 def theirs():
     ts = []
     with torch.no_grad():
@@ -105,22 +107,11 @@ echo "medvlp (cargo test --release -p medvlp-model --lib bf16_gemm_speed):"
 cargo test --release -q -p medvlp-model --lib bf16_gemm_speed -- --ignored --nocapture --test-threads=1 2>/dev/null |
   grep -E "GFLOP/s" | grep -v rounded | sed 's/^test .* \.\.\. //; s/^/  /'
 echo "PyTorch $("$PY" -c 'import torch; print(torch.__version__)'):"
-"$PY" - <<'EOF'
-import os, time, torch
-torch.set_num_threads(os.cpu_count())
+{ echo "$TORCH_TIMING"; cat <<'EOF'; } | "$PY" -
 # (m, n, k, layout) as in bf16_gemm_speed: rhs^T multiplies by a transposed [n, k] weight,
 # lhs^T is the weight gradient g^T x.
 shapes = [(2080, 1024, 256, "rhs^T"), (2080, 256, 1024, "rhs^T"), (256, 1024, 2080, "lhs^T"),
           (2080, 256, 256, "rhs^T"), (65, 65, 64, "rhs^T")]
-def best(f, reps):
-    f()
-    ts = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(reps):
-            f()
-        ts.append((time.perf_counter() - t) / reps)
-    return min(ts)
 with torch.no_grad():
     for m, n, k, lay in shapes:
         a = torch.randn(k, m).t() if lay == "lhs^T" else torch.randn(m, k)
