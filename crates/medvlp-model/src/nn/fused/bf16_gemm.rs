@@ -434,18 +434,9 @@ mod speed {
                 ));
             }
             for (name, f) in runs {
-                // The best of 5 batches (as bench/gemm_vs_torch.sh times PyTorch): a shared VM's
-                // other tenants only ever slow a batch down.
+                // as bench/gemm_vs_torch.sh times PyTorch
                 let reps = if m * n * k < 1 << 20 { 200 } else { 5 };
-                f(c.as_mut_ptr()); // the first call warms buffers up
-                let mut s = f64::INFINITY;
-                for _ in 0..5 {
-                    let t = std::time::Instant::now();
-                    for _ in 0..reps {
-                        f(c.as_mut_ptr());
-                    }
-                    s = s.min(t.elapsed().as_secs_f64() / reps as f64);
-                }
+                let s = super::super::test_data::best_secs(reps, &mut || f(c.as_mut_ptr()));
                 println!(
                     "{m}x{n}x{k}{}{}: {name} {:.2} ms, {:.1} GFLOP/s",
                     if ta { " lhs^T" } else { "" },

@@ -1204,18 +1204,7 @@ mod dw_breakdown {
         let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect(); // x: [k, n]
         let (lhs, rhs) = (Mat::rows(a.as_ptr(), m).t(), Mat::rows(b.as_ptr(), n));
         let (mut c, mut ap, mut bp) = (vec![0f32; m * n], Vec::new(), Vec::new());
-        let best = |f: &mut dyn FnMut()| {
-            f();
-            (0..5)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    for _ in 0..10 {
-                        f();
-                    }
-                    t.elapsed().as_secs_f64() / 10.0
-                })
-                .fold(f64::INFINITY, f64::min)
-        };
+        let best = |f: &mut dyn FnMut()| super::super::test_data::best_secs(10, f);
         unsafe {
             let ta = best(&mut || {
                 F32::lhs(lhs, 0, m, k, &mut ap);

@@ -761,6 +761,21 @@ pub(crate) mod test_data {
         (40, 300, 701),
     ];
 
+    /// Seconds per call of `f`: one warm-up call, then the best of 5 batches of `reps` calls (a
+    /// shared VM's other tenants only ever slow a batch down). For the ignored speed tests.
+    pub fn best_secs(reps: usize, f: &mut dyn FnMut()) -> f64 {
+        f();
+        (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / reps as f64
+            })
+            .fold(f64::INFINITY, f64::min)
+    }
+
     /// `len` deterministic values in [-1, 1].
     pub fn data(len: usize, seed: u64) -> Vec<f32> {
         (0..len)

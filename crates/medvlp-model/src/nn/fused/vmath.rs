@@ -336,14 +336,7 @@ mod tests {
         let g = vec![1f32; n];
         let mut y = vec![0f32; n];
         let best = |name: &str, f: &mut dyn FnMut()| {
-            f();
-            let s = (0..5)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    f();
-                    t.elapsed().as_secs_f64()
-                })
-                .fold(f64::INFINITY, f64::min);
+            let s = super::super::test_data::best_secs(1, f);
             println!("{name}: {:.2} G elements/s", n as f64 / s / 1e9);
         };
         best("gelu_into", &mut || gelu_into(&x, &mut y));
