@@ -305,6 +305,87 @@ fn attention_equals_composed() {
     }
 }
 
+/// f32 on the shapes the models run (where this CPU takes the AVX-512 per-head kernels, see
+/// nn/fused/attention512.rs): values, probabilities and all three gradients against the composed
+/// ops, self- and cross-attention, head widths 32 and 64, one to five 16-column vectors of keys.
+#[test]
+fn attention_equals_composed_on_model_shapes() {
+    // (b, lq, lk, d, heads): masked ViT (17), text (64), ViT/decoder (65), cross-attention
+    for (b, lq, lk, d, h) in [
+        (2, 17, 17, 256, 4),
+        (2, 64, 64, 256, 4),
+        (2, 65, 65, 128, 4),
+        (2, 64, 17, 256, 4),
+        (1, 5, 70, 96, 3),
+    ] {
+        let q = Var::from_tensor(&randn(&[b, lq, d], 21, DType::F32)).unwrap();
+        let k = Var::from_tensor(&randn(&[b, lk, d], 22, DType::F32)).unwrap();
+        let v = Var::from_tensor(&randn(&[b, lk, d], 23, DType::F32)).unwrap();
+        let mask = key_mask(b, lk, DType::F32);
+        let probe = randn(&[b, lq, d], 24, DType::F32);
+        let (y1, p1) =
+            attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), h, Some(&mask)).unwrap();
+        let (y2, p2) =
+            attention_composed(q.as_tensor(), k.as_tensor(), v.as_tensor(), h, Some(&mask))
+                .unwrap();
+        let shape = format!("{b}x{lq}x{lk}x{d}/{h}");
+        assert!(max_diff(&y1, &y2) < 1e-5, "{shape}: output {}", max_diff(&y1, &y2));
+        assert!(max_diff(&p1, &p2) < 1e-5, "{shape}: probabilities {}", max_diff(&p1, &p2));
+        let g1 = (y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
+            let d = max_diff(g1.get(t.as_tensor()).unwrap(), g2.get(t.as_tensor()).unwrap());
+            assert!(d < 1e-4, "{shape}: d{name} differs by {d}");
+        }
+    }
+}
+
+/// Forward (untracked) and forward + backward of the attention op on the reference model's
+/// shapes, best of 5. `cargo test --release -p medvlp-model --test fused attention_speed --
+/// --ignored --nocapture`; `MEDVLP_F32_GEMM=gemm-crate` gives the `gemm` crate's products.
+#[test]
+#[ignore]
+fn attention_speed() {
+    let best = |f: &mut dyn FnMut()| {
+        f();
+        (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for _ in 0..10 {
+                    f();
+                }
+                t.elapsed().as_secs_f64() / 10.0
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let path = medvlp_model::nn::fused::f32_path().name();
+    for (what, b, lq, lk, d, h) in [
+        ("ViT, all patches", 32, 65, 65, 256, 4),
+        ("ViT, 25% of patches", 32, 17, 17, 256, 4),
+        ("text", 32, 64, 64, 256, 4),
+        ("MAE decoder", 32, 65, 65, 128, 4),
+    ] {
+        let q = Var::from_tensor(&randn(&[b, lq, d], 1, DType::F32)).unwrap();
+        let k = Var::from_tensor(&randn(&[b, lk, d], 2, DType::F32)).unwrap();
+        let v = Var::from_tensor(&randn(&[b, lk, d], 3, DType::F32)).unwrap();
+        let (qd, kd, vd) = (q.as_tensor().detach(), k.as_tensor().detach(), v.as_tensor().detach());
+        let fwd = best(&mut || {
+            attention(&qd, &kd, &vd, h, None).unwrap();
+        });
+        let both = best(&mut || {
+            let (y, _) = attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), h, None).unwrap();
+            y.sum_all().unwrap().backward().unwrap();
+        });
+        let flops = 4.0 * (b * h * lq * lk * (d / h)) as f64;
+        println!(
+            "{path}: {what} {b}x{lq}x{lk}x{d}/{h}: forward {:.3} ms ({:.0} GFLOP/s), forward + backward {:.3} ms",
+            fwd * 1e3,
+            flops / fwd / 1e9,
+            both * 1e3
+        );
+    }
+}
+
 #[test]
 fn embedding_gradient_and_equality() {
     // repeated ids (their gradient rows add up) and rows no id selects (zero gradient)

@@ -6,6 +6,10 @@
 //!
 //! Backward per (sample, head): `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - rowsum(dP * P))`,
 //! `dQ = s dS K`, `dK = s dS^T Q` with `s = 1 / sqrt(head_dim)`.
+//!
+//! The per-head products of fp32 attention on f32 data run on [`super::attention512`]'s kernels
+//! where the fp32 AVX-512 tiles are in use ([`super::f32_path`]); elsewhere, and for bf16
+//! products and f64, on [`gemm`].
 
 use super::{
     gemm, tensor_from, use_gemm_kernel, with_slices, zeroed, Float, Mat, Products, SendPtr,
@@ -58,6 +62,68 @@ fn softmax_rows<T: Float>(s: &mut [T], lk: usize, mask: Option<&[T]>) {
     }
 }
 
+/// Whether the per-head products take [`super::attention512`]'s kernels: f32 data, fp32
+/// products, and the fp32 AVX-512 tiles in use on this CPU.
+fn head_kernels<T: 'static>(products: Products) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+            && products == Products::Fp32
+            && super::f32_path() != super::F32Path::GemmCrate
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = products;
+        false
+    }
+}
+
+/// One per-head product `dst[m, n] = alpha * lhs[m, k] * rhs[k, n]` (overwriting `dst`), on
+/// [`super::attention512`] when `fast` (see [`head_kernels`]; a `rhs` stored transposed is copied
+/// into `scratch` first), else on [`gemm`] with one thread.
+///
+/// # Safety
+/// As [`gemm`]; `fast` only when [`head_kernels`] said so for `T`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn head_product<T: Float>(
+    fast: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    lhs: Mat<T>,
+    rhs: Mat<T>,
+    alpha: T,
+    products: Products,
+    scratch: &mut Vec<T>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        use super::attention512::{product, transpose, Lhs};
+        let f = |p: *const T| p as *const f32;
+        let a = Lhs { ptr: f(lhs.ptr), rs: lhs.rs as usize, ps: lhs.cs as usize };
+        let alpha = alpha.to_f64() as f32;
+        let dst = dst as *mut f32;
+        if rhs.cs == 1 {
+            product(m, n, k, a, f(rhs.ptr), rhs.rs as usize, dst, dst_rs, alpha);
+            return;
+        }
+        if rhs.rs == 1 {
+            // rhs(p, j) at ptr[p + j * cs]: stored as `[n, k]` rows (K or V of one head).
+            if scratch.len() < k * n {
+                scratch.resize(k * n, T::zero());
+            }
+            let kt = scratch.as_mut_ptr() as *mut f32;
+            transpose(f(rhs.ptr), rhs.cs as usize, n, k, kt, n);
+            product(m, n, k, a, kt, n, dst, dst_rs, alpha);
+            return;
+        }
+    }
+    let _ = (fast, &scratch);
+    gemm(m, n, k, dst, dst_rs, false, lhs, rhs, alpha, false, products);
+}
+
 /// Returns (output `[b, lq, d]`, probabilities `[b, heads, lq, lk]`).
 fn forward<T: Float>(
     q: &[T],
@@ -74,7 +140,8 @@ fn forward<T: Float>(
     let mut y: Vec<T> = zeroed(dm.b * lq * d);
     let yp = SendPtr(y.as_mut_ptr());
     let s = T::from_f64(scale);
-    probs.par_chunks_mut(lq * lk).enumerate().for_each(|(bh, p)| {
+    let fast = head_kernels::<T>(products);
+    probs.par_chunks_mut(lq * lk).enumerate().for_each_init(Vec::new, |scratch, (bh, p)| {
         let (bi, hi) = (bh / heads, bh % heads);
         let qo = bi * lq * d + hi * hd;
         let ko = bi * lk * d + hi * hd;
@@ -83,35 +150,35 @@ fn forward<T: Float>(
         let yp = yp;
         unsafe {
             // S = s * Q K^T
-            gemm(
+            head_product(
+                fast,
                 lq,
                 lk,
                 hd,
                 p.as_mut_ptr(),
                 lk,
-                false,
                 Mat::rows(q.as_ptr().add(qo), d),
                 Mat::rows(k.as_ptr().add(ko), d).t(),
                 s,
-                false,
                 products,
+                scratch,
             );
         }
         softmax_rows(p, lk, mask.map(|m| &m[bi * lk..(bi + 1) * lk]));
         unsafe {
             // O = P V, written into this head's column block of y
-            gemm(
+            head_product(
+                fast,
                 lq,
                 hd,
                 lk,
                 yp.0.add(qo),
                 d,
-                false,
                 Mat::rows(p.as_ptr(), lk),
                 Mat::rows(v.as_ptr().add(ko), d),
                 T::one(),
-                false,
                 products,
+                scratch,
             );
         }
     });
@@ -138,9 +205,11 @@ impl SliceKernel for Backward {
         let (dqp, dkp, dvp) =
             (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
         let s = T::from_f64(self.scale);
+        let fast = head_kernels::<T>(self.products);
+        let pr = self.products;
         (0..b * heads).into_par_iter().for_each_init(
-            || vec![T::zero(); lq * lk],
-            |ds, bh| {
+            || (vec![T::zero(); lq * lk], Vec::new()),
+            |(ds, scratch), bh| {
                 let (bi, hi) = (bh / heads, bh % heads);
                 let qo = bi * lq * d + hi * hd;
                 let ko = bi * lk * d + hi * hd;
@@ -149,33 +218,34 @@ impl SliceKernel for Backward {
                 let (dqp, dkp, dvp) = (dqp, dkp, dvp);
                 unsafe {
                     let go = Mat::rows(g.as_ptr().add(qo), d);
-                    // dV = P^T dO
-                    gemm(
+                    let pm = Mat::rows(p.as_ptr(), lk);
+                    let vt = Mat::rows(v.as_ptr().add(ko), d).t();
+                    // dV = P^T dO;  dP = dO V^T
+                    head_product(
+                        fast,
                         lk,
                         hd,
                         lq,
                         dvp.0.add(ko),
                         d,
-                        false,
-                        Mat::rows(p.as_ptr(), lk).t(),
+                        pm.t(),
                         go,
                         T::one(),
-                        false,
-                        self.products,
+                        pr,
+                        scratch,
                     );
-                    // dP = dO V^T
-                    gemm(
+                    head_product(
+                        fast,
                         lq,
                         lk,
                         hd,
                         ds.as_mut_ptr(),
                         lk,
-                        false,
                         go,
-                        Mat::rows(v.as_ptr().add(ko), d).t(),
+                        vt,
                         T::one(),
-                        false,
-                        self.products,
+                        pr,
+                        scratch,
                     );
                 }
                 // dS = P * (dP - rowsum(dP * P))
@@ -189,33 +259,12 @@ impl SliceKernel for Backward {
                     }
                 }
                 unsafe {
+                    let dsm = Mat::rows(ds.as_ptr(), lk);
+                    let (km, qm) =
+                        (Mat::rows(k.as_ptr().add(ko), d), Mat::rows(q.as_ptr().add(qo), d));
                     // dQ = s dS K;  dK = s dS^T Q
-                    gemm(
-                        lq,
-                        hd,
-                        lk,
-                        dqp.0.add(qo),
-                        d,
-                        false,
-                        Mat::rows(ds.as_ptr(), lk),
-                        Mat::rows(k.as_ptr().add(ko), d),
-                        s,
-                        false,
-                        self.products,
-                    );
-                    gemm(
-                        lk,
-                        hd,
-                        lq,
-                        dkp.0.add(ko),
-                        d,
-                        false,
-                        Mat::rows(ds.as_ptr(), lk).t(),
-                        Mat::rows(q.as_ptr().add(qo), d),
-                        s,
-                        false,
-                        self.products,
-                    );
+                    head_product(fast, lq, hd, lk, dqp.0.add(qo), d, dsm, km, s, pr, scratch);
+                    head_product(fast, lk, hd, lq, dkp.0.add(ko), d, dsm.t(), qm, s, pr, scratch);
                 }
             },
         );

@@ -178,7 +178,7 @@ unsafe fn pack_columns(
 /// Writes `alpha * acc` (+ `dst`) for an `R x (C * 16)` tile, columns clipped at `cols`.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn store_tile<const R: usize, const C: usize>(
+pub(super) unsafe fn store_tile<const R: usize, const C: usize>(
     acc: &[[__m512; C]; R],
     dst: *mut f32,
     dst_rs: usize,

@@ -11,6 +11,8 @@
 #[cfg(target_arch = "x86_64")]
 pub mod amx;
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+mod attention512;
 pub mod bf16;
 pub mod bf16_gemm;
 pub mod cross_entropy;
