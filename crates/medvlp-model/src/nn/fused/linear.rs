@@ -4,8 +4,8 @@
 //! the inputs that need a gradient.
 
 use super::{
-    gemm, gemm_packed, gemm_then, repeat_rows, tensor_from, use_gemm_kernel, with_slices, zeroed,
-    Epilogue, Float, Mat, PackedRhs, Products, SendPtr, SliceKernel,
+    gemm, gemm_packed, gemm_then, repeat_rows, tensor_from, use_gemm_kernel, with_slices, Epilogue,
+    Float, Mat, PackedRhs, Products, SendPtr, SliceKernel,
 };
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, TensorId};
 use rayon::prelude::*;
@@ -174,21 +174,69 @@ fn forward<T: Float>(
     }
 }
 
-/// Column sums of a `[rows, cols]` matrix, parallel over column blocks.
+/// Column sums of a `[rows, cols]` matrix (a bias gradient). Tasks take a block of whole rows
+/// (at most [`COL_SUM_WIDTH`] columns of them) and add it into their own partial row, reading
+/// memory in order; the partials are then added in block order, so the result does not depend on
+/// the number of threads. Column strips of 64 instead (every row's 256 bytes, then the next
+/// row's) ran at 10-14 GB/s on a warm 2 MB input, 2-core Xeon.
 pub(super) fn col_sums<T: Float>(g: &[T], rows: usize, cols: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); cols];
-    let block = 64;
-    out.par_chunks_mut(block).enumerate().for_each(|(bi, o)| {
-        let c0 = bi * block;
-        for r in 0..rows {
-            let row = &g[r * cols + c0..r * cols + c0 + o.len()];
-            for (a, &v) in o.iter_mut().zip(row) {
-                *a += v;
+    if rows == 0 || cols == 0 {
+        return vec![T::zero(); cols];
+    }
+    let width = cols.min(COL_SUM_WIDTH);
+    let col_blocks = cols.div_ceil(width);
+    // about 16 tasks, none under COL_SUM_TASK elements unless the matrix is smaller
+    let per = rows.div_ceil((16 / col_blocks).max(1)).max(COL_SUM_TASK / width).clamp(1, rows);
+    let row_blocks = rows.div_ceil(per);
+    // partial[rb][c]: the sum of rows rb * per.. of column c
+    let mut partial = vec![T::zero(); row_blocks * cols];
+    let tasks: Vec<(usize, &mut [T])> = partial
+        .chunks_mut(cols)
+        .enumerate()
+        .flat_map(|(rb, p)| {
+            p.chunks_mut(width).enumerate().map(move |(cb, o)| (rb * col_blocks + cb, o))
+        })
+        .collect();
+    let run = |(t, acc): (usize, &mut [T])| {
+        let (rb, cb) = (t / col_blocks, t % col_blocks);
+        let c0 = cb * width;
+        let w = acc.len();
+        let r1 = ((rb + 1) * per).min(rows);
+        let row = |r: usize| &g[r * cols + c0..r * cols + c0 + w];
+        let mut r = rb * per;
+        // four rows per pass over the accumulator
+        while r + 4 <= r1 {
+            let (a, b, c, d) = (row(r), row(r + 1), row(r + 2), row(r + 3));
+            for ((((s, &a), &b), &c), &d) in acc.iter_mut().zip(a).zip(b).zip(c).zip(d) {
+                *s += (a + b) + (c + d);
+            }
+            r += 4;
+        }
+        for r in r..r1 {
+            for (s, &v) in acc.iter_mut().zip(row(r)) {
+                *s += v;
             }
         }
-    });
-    out
+    };
+    if rows * cols >= 2 * COL_SUM_TASK {
+        tasks.into_par_iter().for_each(run);
+    } else {
+        tasks.into_iter().for_each(run);
+    }
+    let (first, rest) = partial.split_at_mut(cols);
+    for p in rest.chunks(cols) {
+        for (s, &v) in first.iter_mut().zip(p) {
+            *s += v;
+        }
+    }
+    partial.truncate(cols);
+    partial
 }
+
+/// Columns per [`col_sums`] task: its partial row stays in L1.
+const COL_SUM_WIDTH: usize = 4096;
+/// Elements per [`col_sums`] task.
+const COL_SUM_TASK: usize = 1 << 15;
 
 /// A `[m, n]` buffer that `write` fills with a product over `k` which does not read its
 /// destination (`accumulate` false), so it is not zeroed first (zero fills were 1.5% of the
@@ -202,6 +250,81 @@ fn product<T: Float>(m: usize, n: usize, k: usize, write: impl FnOnce(*mut T)) -
     // SAFETY: the product wrote all m * n elements.
     unsafe { v.set_len(m * n) };
     v
+}
+
+/// How many ranges of rows (the contraction) [`weight_grad`] splits a weight gradient into: one
+/// per thread, each at least [`DW_PART_ROWS`] rows, while the partial products (`parts x dout x
+/// din`) hold at most half as many elements as the two operands (`rows x (din + dout)`). Split
+/// products pack disjoint halves of `g` and `x` instead of both threads packing all of one
+/// operand, and each thread streams its own k range. `dw_split_speed` (ignored test), 2-core
+/// Xeon (family 6, model 207), best of 5, GFLOP/s unsplit -> 2 parts: `2048x256->256` 191-226 ->
+/// 254-255, `2048x1024->256` 251 -> 276-279, `2080x128->128` 221-228 -> 254-292, `2080x512->128`
+/// 148-194 -> 250-254, `544x256->256` 169-213 -> 219-228; `544x256->1024` 253-261 -> 234-248, which
+/// the size rule leaves unsplit. The sums then depend on the thread count (at rounding level).
+fn dw_parts(rows: usize, din: usize, dout: usize) -> usize {
+    let mut parts = rayon::current_num_threads().min(rows / DW_PART_ROWS).max(1);
+    while parts > 1 && 2 * parts * dout * din > rows * (din + dout) {
+        parts -= 1;
+    }
+    parts
+}
+
+/// The fewest rows per part of a split weight gradient ([`dw_parts`]).
+const DW_PART_ROWS: usize = 256;
+
+/// `s g^T x` (`[dout, din]`) from `g` `[rows, dout]` and `x` `[rows, din]`: with `parts > 1`, one
+/// product per range of rows into its own buffer (single-threaded, or multi-threaded when the pool
+/// has more threads than parts), then the buffers added in order.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn weight_grad<T: Float>(
+    g: &[T],
+    x: &[T],
+    rows: usize,
+    din: usize,
+    dout: usize,
+    s: T,
+    products: Products,
+    parts: usize,
+) -> Vec<T> {
+    let len = dout * din;
+    let run = |r0: usize, r1: usize, dst: *mut T, parallel: bool| unsafe {
+        gemm(
+            dout,
+            din,
+            r1 - r0,
+            dst,
+            din,
+            false,
+            Mat::rows(g.as_ptr().add(r0 * dout), dout).t(),
+            Mat::rows(x.as_ptr().add(r0 * din), din),
+            s,
+            parallel,
+            products,
+        )
+    };
+    if parts <= 1 {
+        return product(dout, din, rows, |dw| run(0, rows, dw, true));
+    }
+    let per = rows.div_ceil(parts);
+    let nested = rayon::current_num_threads() > parts;
+    let mut bufs: Vec<Vec<T>> = (0..parts)
+        .into_par_iter()
+        .map(|t| {
+            let (r0, r1) = ((t * per).min(rows), ((t + 1) * per).min(rows));
+            product(dout, din, r1 - r0, |dw| run(r0, r1, dw, nested))
+        })
+        .collect();
+    let mut out = bufs.swap_remove(0);
+    const CHUNK: usize = 1 << 14;
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        for b in &bufs {
+            for (a, &v) in o.iter_mut().zip(&b[c * CHUNK..]) {
+                *a += v;
+            }
+        }
+    });
+    debug_assert_eq!(out.len(), len);
+    out
 }
 
 /// Gradients of `act(x W^T + b)` from the output gradient `g` times `scale`.
@@ -228,14 +351,19 @@ impl SliceKernel for Backward {
             Activation::Identity => g,
             Activation::Gelu => {
                 let h = data[3];
-                let mut out = zeroed(g.len());
+                // No zero fill: every element is written below before `set_len`.
+                let mut out: Vec<T> = Vec::with_capacity(g.len());
+                // SAFETY: the capacity holds g.len() elements; f32/f64 have no invalid values.
+                let o = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr(), g.len()) };
                 if g.len() >= PAR_MIN {
-                    out.par_chunks_mut(PAR_MIN / 4)
+                    o.par_chunks_mut(PAR_MIN / 4)
                         .zip(g.par_chunks(PAR_MIN / 4).zip(h.par_chunks(PAR_MIN / 4)))
                         .for_each(|(o, (g, h))| T::gelu_backward_into(g, h, o));
                 } else {
-                    T::gelu_backward_into(g, h, &mut out);
+                    T::gelu_backward_into(g, h, o);
                 }
+                // SAFETY: gelu_backward_into wrote all g.len() elements.
+                unsafe { out.set_len(g.len()) };
                 gh = out;
                 &gh
             }
@@ -261,21 +389,8 @@ impl SliceKernel for Backward {
             None
         };
         let dw = if self.need[1] {
-            let dw = product(dout, din, rows, |dw| unsafe {
-                gemm(
-                    dout,
-                    din,
-                    rows,
-                    dw,
-                    din,
-                    false,
-                    Mat::rows(g.as_ptr(), dout).t(),
-                    Mat::rows(x.as_ptr(), din),
-                    s,
-                    true,
-                    self.products,
-                )
-            });
+            let parts = dw_parts(rows, din, dout);
+            let dw = weight_grad(g, x, rows, din, dout, s, self.products, parts);
             Some(tensor_from(dw, &[dout, din])?)
         } else {
             None
@@ -491,4 +606,116 @@ pub fn linear_composed(
     let mut out_dims = d.to_vec();
     *out_dims.last_mut().unwrap() = w.dim(0)?;
     y.reshape(out_dims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_data::{best_secs, data};
+    use super::{col_sums, dw_parts, weight_grad, Products};
+
+    /// Both sides of every block boundary: one row, row counts not divisible by the parts or by
+    /// four, several column blocks, and the MLM head's width.
+    #[test]
+    fn col_sums_match_f64() {
+        for (rows, cols) in [(0, 5), (1, 1), (3, 7), (5, 4097), (1000, 64), (9, 30522), (2049, 256)]
+        {
+            let g = data(rows * cols, 3);
+            let got = col_sums(&g, rows, cols);
+            assert_eq!(got.len(), cols);
+            for (c, &v) in got.iter().enumerate() {
+                let want: f64 = (0..rows).map(|r| g[r * cols + c] as f64).sum();
+                assert!((v as f64 - want).abs() <= 1e-5 * rows as f64, "{rows}x{cols} col {c}");
+            }
+        }
+    }
+
+    /// Every split of the rows gives `g^T x`, including splits that leave the last part short.
+    #[test]
+    fn weight_grad_matches_f64_in_any_number_of_parts() {
+        for (rows, din, dout) in [(7, 5, 3), (515, 17, 33), (1030, 48, 20)] {
+            let g = data(rows * dout, 5);
+            let x = data(rows * din, 6);
+            for parts in [1, 2, 3, 4] {
+                let dw = weight_grad(&g, &x, rows, din, dout, 0.5f32, Products::Fp32, parts);
+                for o in 0..dout {
+                    for i in 0..din {
+                        let want: f64 = 0.5
+                            * (0..rows)
+                                .map(|r| g[r * dout + o] as f64 * x[r * din + i] as f64)
+                                .sum::<f64>();
+                        let got = dw[o * din + i] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * rows as f64,
+                            "{rows}x{din}->{dout} in {parts} parts: ({o}, {i}) {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        // the rule: large-k products split, large outputs and short k do not
+        let threads = rayon::current_num_threads();
+        assert_eq!(dw_parts(2048, 256, 256), threads.min(8));
+        assert_eq!(dw_parts(320, 256, 30522), 1);
+        assert_eq!(dw_parts(100, 4, 4), 1);
+    }
+
+    /// Weight gradients of the reference model's layers, unsplit and split, best of 5:
+    /// `cargo test --release -p medvlp-model --lib dw_split_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn dw_split_speed() {
+        let shapes = [
+            (2048usize, 256usize, 256usize),
+            (2048, 256, 1024),
+            (2048, 1024, 256),
+            (2080, 128, 128),
+            (2080, 128, 512),
+            (2080, 512, 128),
+            (544, 256, 256),
+            (544, 256, 1024),
+            (544, 1024, 256),
+        ];
+        for (rows, din, dout) in shapes {
+            let g = data(rows * dout, 1);
+            let x = data(rows * din, 2);
+            let fl = 2.0 * (rows * din * dout) as f64;
+            let mut line =
+                format!("dW {rows} x {din} -> {dout} (rule: {} parts):", dw_parts(rows, din, dout));
+            for parts in [1, 2, 4] {
+                let t = best_secs(10, &mut || {
+                    std::hint::black_box(weight_grad(
+                        &g,
+                        &x,
+                        rows,
+                        din,
+                        dout,
+                        1.0f32,
+                        Products::Fp32,
+                        parts,
+                    ));
+                });
+                line += &format!(" {parts} parts {:.0} GFLOP/s", fl / t / 1e9);
+            }
+            println!("{line}");
+        }
+    }
+
+    /// `cargo test --release -p medvlp-model --lib col_sums_speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn col_sums_speed() {
+        for (rows, cols) in
+            [(2048usize, 256usize), (2048, 1024), (320, 30522), (2080, 128), (544, 256)]
+        {
+            let g = data(rows * cols, 1);
+            let s = best_secs(20, &mut || {
+                std::hint::black_box(col_sums(&g, rows, cols));
+            });
+            println!(
+                "col_sums {rows}x{cols}: {:.1} us, {:.1} GB/s",
+                s * 1e6,
+                (rows * cols * 4) as f64 / s / 1e9
+            );
+        }
+    }
 }
