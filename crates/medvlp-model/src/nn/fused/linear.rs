@@ -446,8 +446,21 @@ impl LinearOp {
                 <$t as candle_core::WithDType>::to_cpu_storage_owned(y)
             }};
         }
+        // Without a cache (training), an fp32 GELU layer still packs its weight for the tiles
+        // where this CPU has them: their epilogue (bias, GELU, writing `y`) then runs per row
+        // task on rows still in cache, where the `gemm` crate's runs after the whole product on
+        // `h` read back from memory. 2-core Xeon (family 6, model 207): the text encoder's
+        // 2048x256->1024 layer (forward, best of 30) 4.79-4.98 -> 4.53-4.58 ms; alternating runs
+        // of `bench train-step --preset reference`, forward_s 0.1429 -> 0.1389 s (8 of 8 pairs,
+        // not reproduced on a noisier host later). Tiles for every layer gained nothing: the crate
+        // is faster without an epilogue.
         let packed32 = |w: &[f32]| match &self.packed {
             Some((cache, id)) => cache.get(*id, self.products, w, dout, din),
+            None if self.act == Activation::Gelu && self.products == Products::Fp32 => {
+                // SAFETY: `w` holds dout x din values.
+                unsafe { PackedRhs::new(Mat::rows(w.as_ptr(), din).t(), din, dout, self.products) }
+                    .map(Arc::new)
+            }
             None => None,
         };
         let none64 = |_: &[f64]| None;
