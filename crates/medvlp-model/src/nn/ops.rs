@@ -14,7 +14,7 @@ use rayon::prelude::*;
 /// Rows below this many elements are processed on the calling thread.
 const PAR_MIN_ELEMS: usize = 1 << 14;
 
-use super::fused::{contiguous_slice, use_kernel, zeroed};
+use super::fused::{contiguous_slice, use_kernel, written, zeroed};
 
 /// Map every row of length `d` of `x` into the matching row of the output, in parallel.
 fn map_rows<T: Copy + Send + Sync + Default>(
@@ -22,13 +22,16 @@ fn map_rows<T: Copy + Send + Sync + Default>(
     d: usize,
     f: impl Fn(&[T], &mut [T]) + Send + Sync,
 ) -> Vec<T> {
-    let mut out = zeroed(x.len());
-    if x.len() >= PAR_MIN_ELEMS {
-        out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, r)| f(r, o));
-    } else {
-        out.chunks_mut(d).zip(x.chunks(d)).for_each(|(o, r)| f(r, o));
+    // SAFETY: `f` writes its whole output row (every caller below), and the rows cover `out`.
+    unsafe {
+        written(x.len(), |out: &mut [T]| {
+            if x.len() >= PAR_MIN_ELEMS {
+                out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, r)| f(r, o));
+            } else {
+                out.chunks_mut(d).zip(x.chunks(d)).for_each(|(o, r)| f(r, o));
+            }
+        })
     }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -241,18 +244,21 @@ fn layer_norm_fwd<T: num_like::Float>(x: &[T], w: &[T], b: &[T], eps: f64, gelu:
             ln_row(r, w, b, eps, o);
         });
     }
-    let mut out = zeroed(x.len());
     let chunk = rows_per_task(d) * d;
-    out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each_init(
-        || vec![T::zero(); d],
-        |u, (o, xc)| {
-            for (o, r) in o.chunks_mut(d).zip(xc.chunks(d)) {
-                ln_row(r, w, b, eps, u);
-                T::gelu_into(u, o);
-            }
-        },
-    );
-    out
+    // SAFETY: gelu_into writes every element of each output row.
+    unsafe {
+        written(x.len(), |out: &mut [T]| {
+            out.par_chunks_mut(chunk).zip(x.par_chunks(chunk)).for_each_init(
+                || vec![T::zero(); d],
+                |u, (o, xc)| {
+                    for (o, r) in o.chunks_mut(d).zip(xc.chunks(d)) {
+                        ln_row(r, w, b, eps, u);
+                        T::gelu_into(u, o);
+                    }
+                },
+            )
+        })
+    }
 }
 
 /// Gradients of LayerNorm (of `GELU(LayerNorm(x))` when `gelu_bias` holds the LayerNorm bias)

@@ -12,8 +12,7 @@
 //! products and f64, on [`gemm`].
 
 use super::{
-    gemm, tensor_from, use_gemm_kernel, with_slices, zeroed, Float, Mat, Products, SendPtr,
-    SliceKernel,
+    gemm, tensor_from, use_gemm_kernel, with_slices, Float, Mat, Products, SendPtr, SliceKernel,
 };
 use crate::nn::precision::matmul;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -136,18 +135,22 @@ fn forward<T: Float>(
 ) -> (Vec<T>, Vec<T>) {
     let Dims { b: _, lq, lk, heads, hd } = dm;
     let d = dm.d();
-    let mut probs = zeroed(dm.b * heads * lq * lk);
-    let mut y: Vec<T> = zeroed(dm.b * lq * d);
-    let yp = SendPtr(y.as_mut_ptr());
+    // No zero fills: every (sample, head) overwrites its probabilities and its column block of
+    // `y` for all rows (the lengths are set after the loop).
+    let mut probs: Vec<T> = Vec::with_capacity(dm.b * heads * lq * lk);
+    let mut y: Vec<T> = Vec::with_capacity(dm.b * lq * d);
+    let (pp, yp) = (SendPtr(probs.as_mut_ptr()), SendPtr(y.as_mut_ptr()));
     let s = T::from_f64(scale);
     let fast = head_kernels::<T>(products);
-    probs.par_chunks_mut(lq * lk).enumerate().for_each_init(Vec::new, |scratch, (bh, p)| {
+    (0..dm.b * heads).into_par_iter().for_each_init(Vec::new, |scratch, bh| {
+        // Capture the whole wrappers (Send), not their raw-pointer fields (edition 2021 closures).
+        #[allow(clippy::redundant_locals)]
+        let (pp, yp) = (pp, yp);
+        // SAFETY: each task owns probabilities bh * lq * lk.. of the buffer's capacity.
+        let p = unsafe { std::slice::from_raw_parts_mut(pp.0.add(bh * lq * lk), lq * lk) };
         let (bi, hi) = (bh / heads, bh % heads);
         let qo = bi * lq * d + hi * hd;
         let ko = bi * lk * d + hi * hd;
-        // Capture the whole wrapper (Send), not its raw-pointer field (edition 2021 closures).
-        #[allow(clippy::redundant_locals)]
-        let yp = yp;
         unsafe {
             // S = s * Q K^T
             head_product(
@@ -182,6 +185,11 @@ fn forward<T: Float>(
             );
         }
     });
+    // SAFETY: the loop wrote every element of both.
+    unsafe {
+        probs.set_len(dm.b * heads * lq * lk);
+        y.set_len(dm.b * lq * d);
+    }
     (y, probs)
 }
 
@@ -199,9 +207,11 @@ impl SliceKernel for Backward {
         let dm = self.dims;
         let Dims { b, lq, lk, heads, hd } = dm;
         let d = dm.d();
-        let mut dq: Vec<T> = zeroed(b * lq * d);
-        let mut dk: Vec<T> = zeroed(b * lk * d);
-        let mut dv: Vec<T> = zeroed(b * lk * d);
+        // No zero fills: every (sample, head) overwrites its column blocks of all three for all
+        // rows (the lengths are set after the loop).
+        let mut dq: Vec<T> = Vec::with_capacity(b * lq * d);
+        let mut dk: Vec<T> = Vec::with_capacity(b * lk * d);
+        let mut dv: Vec<T> = Vec::with_capacity(b * lk * d);
         let (dqp, dkp, dvp) =
             (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
         let s = T::from_f64(self.scale);
@@ -268,6 +278,12 @@ impl SliceKernel for Backward {
                 }
             },
         );
+        // SAFETY: the loop wrote every element of all three.
+        unsafe {
+            dq.set_len(b * lq * d);
+            dk.set_len(b * lk * d);
+            dv.set_len(b * lk * d);
+        }
         Ok([
             tensor_from(dq, &[b, lq, d])?,
             tensor_from(dk, &[b, lk, d])?,

@@ -170,6 +170,20 @@ pub(crate) fn zeroed<T: Copy + Default + Send + Sync>(len: usize) -> Vec<T> {
     v
 }
 
+/// A `len`-element buffer that `fill` writes whole, without a zero fill first: a zero fill is a
+/// full pass over memory (kernel outputs that are overwritten anyway: 1-2% of the reference
+/// model's training step and encoding).
+///
+/// # Safety
+/// `fill` must write every element and read none before writing it (f32/f64 have no invalid
+/// values, but an element left unwritten holds stale heap bytes).
+pub(crate) unsafe fn written<T: Copy>(len: usize, fill: impl FnOnce(&mut [T])) -> Vec<T> {
+    let mut v = Vec::with_capacity(len);
+    fill(std::slice::from_raw_parts_mut(v.as_mut_ptr(), len));
+    v.set_len(len);
+    v
+}
+
 /// `rows` copies of `row`, one after the other (a bias to accumulate a product onto), written in
 /// parallel when large.
 pub(crate) fn repeat_rows<T: Copy + Send + Sync>(row: &[T], rows: usize) -> Vec<T> {
