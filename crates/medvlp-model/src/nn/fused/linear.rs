@@ -265,19 +265,35 @@ fn product<T: Float>(m: usize, n: usize, k: usize, write: impl FnOnce(*mut T)) -
 /// 148-194 -> 250-254, `544x256->256` 169-213 -> 219-228; `544x256->1024` 253-261 -> 234-248, which
 /// the size rule leaves unsplit. The sums then depend on the thread count (at rounding level).
 fn dw_parts(rows: usize, din: usize, dout: usize) -> usize {
-    let mut parts = rayon::current_num_threads().min(rows / DW_PART_ROWS).max(1);
-    while parts > 1 && 2 * parts * dout * din > rows * (din + dout) {
+    k_parts(dout, din, rows)
+}
+
+/// The same for an input gradient (`k` = `dout`), only where `dout` is at least 8 times both
+/// other sides: the MLM head's `320x256 <- 30522` (`dx_split_speed`, best of 5, GFLOP/s: 212-232
+/// -> 253-289 in 2 parts on a quiet host, 132-196 -> 213-244 on a busy one). Encoder layers
+/// (`2048x256 <- 256` and `<- 1024`, `2080x128 <- 512`) ran as fast or 10-15% slower split.
+fn dx_parts(rows: usize, din: usize, dout: usize) -> usize {
+    if dout >= 8 * rows.max(din) {
+        k_parts(rows, din, dout)
+    } else {
+        1
+    }
+}
+
+/// Parts of a split-k `[m, n]` product over `k`, see [`dw_parts`].
+fn k_parts(m: usize, n: usize, k: usize) -> usize {
+    let mut parts = rayon::current_num_threads().min(k / DW_PART_ROWS).max(1);
+    while parts > 1 && 2 * parts * m * n > k * (m + n) {
         parts -= 1;
     }
     parts
 }
 
-/// The fewest rows per part of a split weight gradient ([`dw_parts`]).
+/// The least k per part of a split product ([`k_parts`]).
 const DW_PART_ROWS: usize = 256;
 
-/// `s g^T x` (`[dout, din]`) from `g` `[rows, dout]` and `x` `[rows, din]`: with `parts > 1`, one
-/// product per range of rows into its own buffer (single-threaded, or multi-threaded when the pool
-/// has more threads than parts), then the buffers added in order.
+/// `s g^T x` (`[dout, din]`) from `g` `[rows, dout]` and `x` `[rows, din]`, in `parts` ranges of
+/// rows ([`split_k`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn weight_grad<T: Float>(
     g: &[T],
@@ -289,8 +305,7 @@ pub(super) fn weight_grad<T: Float>(
     products: Products,
     parts: usize,
 ) -> Vec<T> {
-    let len = dout * din;
-    let run = |r0: usize, r1: usize, dst: *mut T, parallel: bool| unsafe {
+    split_k(dout, din, rows, parts, |r0, r1, dst, parallel| unsafe {
         gemm(
             dout,
             din,
@@ -304,17 +319,60 @@ pub(super) fn weight_grad<T: Float>(
             parallel,
             products,
         )
-    };
+    })
+}
+
+/// `s g W` (`[rows, din]`) from `g` `[rows, dout]` and `W` `[dout, din]`, in `parts` ranges of
+/// `dout` ([`split_k`]).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn input_grad<T: Float>(
+    g: &[T],
+    w: &[T],
+    rows: usize,
+    din: usize,
+    dout: usize,
+    s: T,
+    products: Products,
+    parts: usize,
+) -> Vec<T> {
+    split_k(rows, din, dout, parts, |o0, o1, dst, parallel| unsafe {
+        gemm(
+            rows,
+            din,
+            o1 - o0,
+            dst,
+            din,
+            false,
+            Mat::rows(g.as_ptr().add(o0), dout),
+            Mat::rows(w.as_ptr().add(o0 * din), din),
+            s,
+            parallel,
+            products,
+        )
+    })
+}
+
+/// An `[m, n]` product over `k`: `run(k0, k1, dst, parallel)` writes the product over `k0..k1`
+/// into `dst` (row stride `n`, not read). With `parts > 1`, one product per range of k into its
+/// own buffer (single-threaded, or multi-threaded when the pool has more threads than parts),
+/// then the buffers added in order.
+fn split_k<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    parts: usize,
+    run: impl Fn(usize, usize, *mut T, bool) + Sync,
+) -> Vec<T> {
     if parts <= 1 {
-        return product(dout, din, rows, |dw| run(0, rows, dw, true));
+        return product(m, n, k, |dst| run(0, k, dst, true));
     }
-    let per = rows.div_ceil(parts);
+    let per = k.div_ceil(parts);
     let nested = rayon::current_num_threads() > parts;
     let mut bufs: Vec<Vec<T>> = (0..parts)
         .into_par_iter()
         .map(|t| {
-            let (r0, r1) = ((t * per).min(rows), ((t + 1) * per).min(rows));
-            product(dout, din, r1 - r0, |dw| run(r0, r1, dw, nested))
+            let (k0, k1) = ((t * per).min(k), ((t + 1) * per).min(k));
+            product(m, n, k1 - k0, |dst| run(k0, k1, dst, nested))
         })
         .collect();
     let mut out = bufs.swap_remove(0);
@@ -326,7 +384,7 @@ pub(super) fn weight_grad<T: Float>(
             }
         }
     });
-    debug_assert_eq!(out.len(), len);
+    debug_assert_eq!(out.len(), m * n);
     out
 }
 
@@ -372,21 +430,7 @@ impl SliceKernel for Backward {
             }
         };
         let dx = if self.need[0] {
-            let dx = product(rows, din, dout, |dx| unsafe {
-                gemm(
-                    rows,
-                    din,
-                    dout,
-                    dx,
-                    din,
-                    false,
-                    Mat::rows(g.as_ptr(), dout),
-                    Mat::rows(w.as_ptr(), din),
-                    s,
-                    true,
-                    self.products,
-                )
-            });
+            let dx = input_grad(g, w, rows, din, dout, s, self.products, dx_parts(rows, din, dout));
             Some(tensor_from(dx, &[rows, din])?)
         } else {
             None
@@ -668,11 +712,34 @@ mod tests {
                 }
             }
         }
+        // the input gradient in any number of parts of dout
+        for (rows, din, dout) in [(3, 5, 600), (17, 33, 1030)] {
+            let g = data(rows * dout, 7);
+            let w = data(dout * din, 8);
+            for parts in [1, 2, 3] {
+                let dx = super::input_grad(&g, &w, rows, din, dout, 0.5f32, Products::Fp32, parts);
+                for r in 0..rows {
+                    for i in 0..din {
+                        let want: f64 = 0.5
+                            * (0..dout)
+                                .map(|o| g[r * dout + o] as f64 * w[o * din + i] as f64)
+                                .sum::<f64>();
+                        let got = dx[r * din + i] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * dout as f64,
+                            "dx {rows}x{din}<-{dout} in {parts} parts: ({r}, {i}) {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
         // the rule: large-k products split, large outputs and short k do not
         let threads = rayon::current_num_threads();
         assert_eq!(dw_parts(2048, 256, 256), threads.min(8));
         assert_eq!(dw_parts(320, 256, 30522), 1);
         assert_eq!(dw_parts(100, 4, 4), 1);
+        assert_eq!(super::dx_parts(320, 256, 30522), threads.min(30522 / 256));
+        assert_eq!(super::dx_parts(2048, 256, 1024), 1);
     }
 
     /// Weight gradients of the reference model's layers, unsplit and split, best of 5:
@@ -702,6 +769,40 @@ mod tests {
                     std::hint::black_box(weight_grad(
                         &g,
                         &x,
+                        rows,
+                        din,
+                        dout,
+                        1.0f32,
+                        Products::Fp32,
+                        parts,
+                    ));
+                });
+                line += &format!(" {parts} parts {:.0} GFLOP/s", fl / t / 1e9);
+            }
+            println!("{line}");
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn dx_split_speed() {
+        let shapes = [
+            (320usize, 256usize, 30522usize),
+            (2048, 256, 1024),
+            (2048, 256, 256),
+            (2080, 128, 512),
+            (544, 256, 1024),
+        ];
+        for (rows, din, dout) in shapes {
+            let g = data(rows * dout, 1);
+            let w = data(dout * din, 2);
+            let fl = 2.0 * (rows * din * dout) as f64;
+            let mut line = format!("dx {rows} x {din} <- {dout}:");
+            for parts in [1, 2, 4] {
+                let t = best_secs(10, &mut || {
+                    std::hint::black_box(super::input_grad(
+                        &g,
+                        &w,
                         rows,
                         din,
                         dout,
