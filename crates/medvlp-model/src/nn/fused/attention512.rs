@@ -157,8 +157,16 @@ pub(super) unsafe fn transpose(
                 };
             }
             transpose16(&mut v);
-            for (t, v) in v.iter().enumerate().take(cols - c0) {
-                _mm512_mask_storeu_epi32(dst.add((c0 + t) * dst_rs + r0) as *mut _, rmask, *v);
+            // constant indices keep `v` in registers
+            #[allow(clippy::needless_range_loop)]
+            for t in 0..16 {
+                if c0 + t < cols {
+                    _mm512_mask_storeu_epi32(
+                        dst.add((c0 + t) * dst_rs + r0) as *mut _,
+                        rmask,
+                        v[t],
+                    );
+                }
             }
         }
     }
