@@ -256,7 +256,7 @@ fn product<T: Float>(m: usize, n: usize, k: usize, write: impl FnOnce(*mut T)) -
 }
 
 /// How many ranges of rows (the contraction) [`weight_grad`] splits a weight gradient into: one
-/// per thread, each at least [`DW_PART_ROWS`] rows, while the partial products (`parts x dout x
+/// per thread, each at least [`SPLIT_K_MIN`] rows, while the partial products (`parts x dout x
 /// din`) hold at most half as many elements as the two operands (`rows x (din + dout)`). Split
 /// products pack disjoint halves of `g` and `x` instead of both threads packing all of one
 /// operand, and each thread streams its own k range. `dw_split_speed` (ignored test), 2-core
@@ -282,7 +282,7 @@ fn dx_parts(rows: usize, din: usize, dout: usize) -> usize {
 
 /// Parts of a split-k `[m, n]` product over `k`, see [`dw_parts`].
 fn k_parts(m: usize, n: usize, k: usize) -> usize {
-    let mut parts = rayon::current_num_threads().min(k / DW_PART_ROWS).max(1);
+    let mut parts = rayon::current_num_threads().min(k / SPLIT_K_MIN).max(1);
     while parts > 1 && 2 * parts * m * n > k * (m + n) {
         parts -= 1;
     }
@@ -290,7 +290,7 @@ fn k_parts(m: usize, n: usize, k: usize) -> usize {
 }
 
 /// The least k per part of a split product ([`k_parts`]).
-const DW_PART_ROWS: usize = 256;
+const SPLIT_K_MIN: usize = 256;
 
 /// `s g^T x` (`[dout, din]`) from `g` `[rows, dout]` and `x` `[rows, din]`, in `parts` ranges of
 /// rows ([`split_k`]).
@@ -375,7 +375,8 @@ fn split_k<T: Float>(
             product(m, n, k1 - k0, |dst| run(k0, k1, dst, nested))
         })
         .collect();
-    let mut out = bufs.swap_remove(0);
+    // `remove`, not `swap_remove`: the rest are added in order
+    let mut out = bufs.remove(0);
     const CHUNK: usize = 1 << 14;
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
         for b in &bufs {
@@ -412,19 +413,18 @@ impl SliceKernel for Backward {
             Activation::Identity => g,
             Activation::Gelu => {
                 let h = data[3];
-                // No zero fill: every element is written below before `set_len`.
-                let mut out: Vec<T> = Vec::with_capacity(g.len());
-                // SAFETY: the capacity holds g.len() elements; f32/f64 have no invalid values.
-                let o = unsafe { std::slice::from_raw_parts_mut(out.as_mut_ptr(), g.len()) };
-                if g.len() >= PAR_MIN {
-                    o.par_chunks_mut(PAR_MIN / 4)
-                        .zip(g.par_chunks(PAR_MIN / 4).zip(h.par_chunks(PAR_MIN / 4)))
-                        .for_each(|(o, (g, h))| T::gelu_backward_into(g, h, o));
-                } else {
-                    T::gelu_backward_into(g, h, o);
-                }
-                // SAFETY: gelu_backward_into wrote all g.len() elements.
-                unsafe { out.set_len(g.len()) };
+                // SAFETY: gelu_backward_into writes every element (no zero fill first).
+                let out = unsafe {
+                    super::written(g.len(), |o: &mut [T]| {
+                        if g.len() >= PAR_MIN {
+                            o.par_chunks_mut(PAR_MIN / 4)
+                                .zip(g.par_chunks(PAR_MIN / 4).zip(h.par_chunks(PAR_MIN / 4)))
+                                .for_each(|(o, (g, h))| T::gelu_backward_into(g, h, o));
+                        } else {
+                            T::gelu_backward_into(g, h, o);
+                        }
+                    })
+                };
                 gh = out;
                 &gh
             }
@@ -742,7 +742,19 @@ mod tests {
         assert_eq!(super::dx_parts(2048, 256, 1024), 1);
     }
 
-    /// Weight gradients of the reference model's layers, unsplit and split, best of 5:
+    /// `product(parts)` for 1, 2 and 4 parts, best of 5, in GFLOP/s.
+    fn split_speed(what: &str, flops: f64, product: &dyn Fn(usize) -> Vec<f32>) {
+        let mut line = format!("{what}:");
+        for parts in [1, 2, 4] {
+            let t = best_secs(10, &mut || {
+                std::hint::black_box(product(parts));
+            });
+            line += &format!(" {parts} parts {:.0} GFLOP/s", flops / t / 1e9);
+        }
+        println!("{line}");
+    }
+
+    /// Weight gradients of the reference model's layers, unsplit and split:
     /// `cargo test --release -p medvlp-model --lib dw_split_speed -- --ignored --nocapture`.
     #[test]
     #[ignore]
@@ -759,30 +771,16 @@ mod tests {
             (544, 1024, 256),
         ];
         for (rows, din, dout) in shapes {
-            let g = data(rows * dout, 1);
-            let x = data(rows * din, 2);
-            let fl = 2.0 * (rows * din * dout) as f64;
-            let mut line =
-                format!("dW {rows} x {din} -> {dout} (rule: {} parts):", dw_parts(rows, din, dout));
-            for parts in [1, 2, 4] {
-                let t = best_secs(10, &mut || {
-                    std::hint::black_box(weight_grad(
-                        &g,
-                        &x,
-                        rows,
-                        din,
-                        dout,
-                        1.0f32,
-                        Products::Fp32,
-                        parts,
-                    ));
-                });
-                line += &format!(" {parts} parts {:.0} GFLOP/s", fl / t / 1e9);
-            }
-            println!("{line}");
+            let (g, x) = (data(rows * dout, 1), data(rows * din, 2));
+            let what =
+                format!("dW {rows} x {din} -> {dout} (rule: {} parts)", dw_parts(rows, din, dout));
+            split_speed(&what, 2.0 * (rows * din * dout) as f64, &|parts| {
+                weight_grad(&g, &x, rows, din, dout, 1.0f32, Products::Fp32, parts)
+            });
         }
     }
 
+    /// Input gradients, the same way (`dx_split_speed`).
     #[test]
     #[ignore]
     fn dx_split_speed() {
@@ -794,26 +792,14 @@ mod tests {
             (544, 256, 1024),
         ];
         for (rows, din, dout) in shapes {
-            let g = data(rows * dout, 1);
-            let w = data(dout * din, 2);
-            let fl = 2.0 * (rows * din * dout) as f64;
-            let mut line = format!("dx {rows} x {din} <- {dout}:");
-            for parts in [1, 2, 4] {
-                let t = best_secs(10, &mut || {
-                    std::hint::black_box(super::input_grad(
-                        &g,
-                        &w,
-                        rows,
-                        din,
-                        dout,
-                        1.0f32,
-                        Products::Fp32,
-                        parts,
-                    ));
-                });
-                line += &format!(" {parts} parts {:.0} GFLOP/s", fl / t / 1e9);
-            }
-            println!("{line}");
+            let (g, w) = (data(rows * dout, 1), data(dout * din, 2));
+            let what = format!(
+                "dx {rows} x {din} <- {dout} (rule: {} parts)",
+                super::dx_parts(rows, din, dout)
+            );
+            split_speed(&what, 2.0 * (rows * din * dout) as f64, &|parts| {
+                super::input_grad(&g, &w, rows, din, dout, 1.0f32, Products::Fp32, parts)
+            });
         }
     }
 
