@@ -11,10 +11,12 @@
 #
 # --step: fp32 only, the reference training step's dense-layer products in their three roles
 # (forward x W^T, input gradient g W, weight gradient g^T x; vision encoder 544 rows, text encoder
-# 2048, MAE decoder 2080, MLM head 320), ours through the path an fp32 op takes (`fp32 default`)
-# against torch.matmul, then per role the step's total at these speeds (each product times its
-# count per step): which products keep the step from PyTorch's GEMM speed. The two sides alternate
-# for N rounds (default 3) and each shape keeps its best time: a shared host only slows one down.
+# 2048, MAE decoder 2080, MLM head 320), ours as the dense layer's op runs them in a training step
+# (`fp32 step`: weight gradients and the MLM head's input gradient split over k, GELU layers'
+# weights packed per call; nn/fused/linear.rs) against torch.matmul, then per role the step's
+# total at these speeds (each product times its count per step): which products keep the step
+# from PyTorch's GEMM speed. The two sides alternate for N rounds (default 3) and each shape keeps
+# its best time: a shared host only slows one down.
 #
 # PyTorch comes from a venv outside the repository (see bench/compare.sh).
 set -euo pipefail
@@ -27,7 +29,7 @@ while [ $# -gt 0 ]; do
     --python) PY="$2"; shift 2 ;;
     --step) STEP=1; shift ;;
     --rounds) ROUNDS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -46,18 +48,21 @@ def best(f, reps):
         ts.append((time.perf_counter() - t) / reps)
     return min(ts)'
 if [ "$STEP" = 1 ]; then
-  # rows, in, out, layers per step (crates/medvlp/src/cmd/bench_reference.rs, the reference size)
-  LAYERS="544,256,768,4 544,256,256,4 544,256,1024,4 544,1024,256,4
-2048,256,768,4 2048,256,256,4 2048,256,1024,4 2048,1024,256,4
-2080,128,384,2 2080,128,128,2 2080,128,512,2 2080,512,128,2 320,256,30522,1"
-  # m,n,k,lhs_t,rhs_t,count,role
+  # rows, in, out, products per step, GELU (crates/medvlp/src/cmd/bench_reference.rs at the
+  # reference size): the vision encoder's 544 visible tokens (q, k, v and the output projection
+  # of 4 layers, then the MLP), the text encoder's 2048 tokens, the MAE decoder's 2080 (its input
+  # and output projections too), the MLM head's 320 masked tokens (dense layer, vocabulary)
+  LAYERS="544,256,256,16,0 544,256,1024,4,1 544,1024,256,4,0 2048,256,256,16,0 2048,256,1024,4,1
+2048,1024,256,4,0 544,256,128,1,0 2080,128,128,8,0 2080,128,512,2,1 2080,512,128,2,0
+2080,128,256,1,0 320,256,256,1,1 320,256,30522,1,0"
+  # m,n,k,lhs_t,rhs_t,gelu,count,role
   LIST=$(for l in $LAYERS; do
-    IFS=, read -r r i o c <<<"$l"
-    echo "$r,$o,$i,0,1,$c,forward"
-    echo "$r,$i,$o,0,0,$c,input-grad"
-    echo "$o,$i,$r,1,0,$c,weight-grad"
+    IFS=, read -r r i o c gelu <<<"$l"
+    echo "$r,$o,$i,0,1,$gelu,$c,forward"
+    echo "$r,$i,$o,0,0,0,$c,input-grad"
+    echo "$o,$i,$r,1,0,0,$c,weight-grad"
   done)
-  SHAPES=$(echo "$LIST" | cut -d, -f1-5 | paste -sd';')
+  SHAPES=$(echo "$LIST" | cut -d, -f1-6 | paste -sd';')
   cargo test --release -q -p medvlp-model --lib --no-run 2>/dev/null
   echo "PyTorch $("$PY" -c 'import torch; print(torch.__version__)'), $ROUNDS rounds alternating medvlp and torch, best per shape"
   { echo "$TORCH_TIMING"; cat <<'EOF'; } | LIST="$LIST" SHAPES="$SHAPES" ROUNDS="$ROUNDS" "$PY" -
@@ -68,14 +73,14 @@ def ours():
     out = subprocess.run(["cargo", "test", "--release", "-q", "-p", "medvlp-model", "--lib",
                           "bf16_gemm_speed", "--", "--ignored", "--nocapture", "--test-threads=1"],
                          env=env, capture_output=True, text=True).stdout
-    lines = [l for l in out.splitlines() if "fp32 default" in l]
+    lines = [l for l in out.splitlines() if "fp32 step" in l]
     assert len(lines) == len(rows), "medvlp printed %d shapes of %d" % (len(lines), len(rows))
-    return [float(re.search(r"([0-9.]+) ms", l).group(1)) for l in lines], \
-        re.search(r"fp32 default \(([^)]*)\)", lines[0]).group(1)
+    path = re.search(r"fp32 default \(([^)]*)\)", out).group(1)
+    return [float(re.search(r"([0-9.]+) ms", l).group(1)) for l in lines], path
 def theirs():
     ts = []
     with torch.no_grad():
-        for m, n, k, lt, rt, _, _ in rows:
+        for m, n, k, lt, rt, _, _, _ in rows:
             m, n, k = int(m), int(n), int(k)
             a = torch.randn(k, m).t() if lt == "1" else torch.randn(m, k)
             b = torch.randn(n, k).t() if rt == "1" else torch.randn(k, n)
@@ -87,9 +92,9 @@ for r in range(int(os.environ["ROUNDS"])):
     t = theirs()
     o_best = [min(x, y) for x, y in zip(o_best, o)]
     t_best = [min(x, y) for x, y in zip(t_best, t)]
-print(f"medvlp fp32 path {path}")
+print(f"medvlp fp32 path {path}; products as the step runs them (fp32 step)")
 tot = {}
-for (m, n, k, lt, rt, count, role), o, t in zip(rows, o_best, t_best):
+for (m, n, k, lt, rt, gelu, count, role), o, t in zip(rows, o_best, t_best):
     g = 2.0 * int(m) * int(n) * int(k) / 1e6
     print(f"  {role:11s} {m}x{n}x{k}: medvlp {g / o:.0f} GFLOP/s, torch {g / t:.0f}")
     s = tot.setdefault(role, [0.0, 0.0])

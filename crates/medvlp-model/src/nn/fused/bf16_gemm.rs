@@ -356,26 +356,27 @@ mod speed {
     fn bf16_gemm_speed() {
         // `MEDVLP_SPEED_SHAPES="m,n,k,lhs_t,rhs_t;..."` (lhs_t/rhs_t 0 or 1: the operand is a
         // transposed view, as `g^T` in a weight gradient or `W^T` in a dense layer) replaces the
-        // default shapes; `MEDVLP_SPEED_FP32_ONLY=1` skips the bf16 paths.
-        let shapes: Vec<(usize, usize, usize, bool, bool)> =
+        // default shapes; `MEDVLP_SPEED_FP32_ONLY=1` skips the bf16 paths. An optional sixth
+        // field 1 marks a GELU layer's forward product ("fp32 step" packs its weight per call).
+        let shapes: Vec<(usize, usize, usize, bool, bool, bool)> =
             match std::env::var("MEDVLP_SPEED_SHAPES") {
                 Ok(v) => v
                     .split(';')
                     .map(|t| {
                         let f: Vec<usize> =
                             t.split(',').map(|x| x.trim().parse().unwrap()).collect();
-                        (f[0], f[1], f[2], f[3] == 1, f[4] == 1)
+                        (f[0], f[1], f[2], f[3] == 1, f[4] == 1, f.get(5) == Some(&1))
                     })
                     .collect(),
                 Err(_) => vec![
-                    (2080, 1024, 256, false, true),
-                    (2080, 256, 1024, false, true),
-                    (256, 1024, 2080, true, false),
-                    (2080, 256, 256, false, true),
-                    (65, 65, 64, false, true),
+                    (2080, 1024, 256, false, true, true),
+                    (2080, 256, 1024, false, true, false),
+                    (256, 1024, 2080, true, false, false),
+                    (2080, 256, 256, false, true, false),
+                    (65, 65, 64, false, true, false),
                 ],
             };
-        for &(m, n, k, ta, tb) in &shapes {
+        for &(m, n, k, ta, tb, gelu) in &shapes {
             let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1).collect();
             let b: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 * 0.1).collect();
             let mut c = vec![0f32; m * n];
@@ -414,6 +415,18 @@ mod speed {
                     }),
                 ),
             ];
+            if !(ta && tb) {
+                runs.push((
+                    // what the dense layer's op runs in a training step: weight gradients and
+                    // the MLM head's input gradient split over k, GELU layers' weights packed
+                    "fp32 step".into(),
+                    Box::new(|_| {
+                        std::hint::black_box(unsafe {
+                            super::super::linear::step_product(m, n, k, ta, tb, gelu, &a, &b)
+                        });
+                    }),
+                ));
+            }
             #[cfg(target_arch = "x86_64")]
             if super::super::avx512f() {
                 runs.push((

@@ -389,6 +389,43 @@ fn split_k<T: Float>(
     out
 }
 
+/// One product of a dense layer's fp32 training step as the op runs it, for speed tests
+/// (`bf16_gemm_speed`, `bench/gemm_vs_torch.sh --step`): `[m, k] x [k, n]` with `a` read as
+/// `lhs^T` (`lhs_t`: a weight gradient `g^T x`, split over k by [`dw_parts`]), `b` read as
+/// `rhs^T` (`rhs_t`: the forward `x W^T`, its weight packed per call for a GELU layer's tiles as
+/// in [`LinearOp`], without the epilogue), or neither (an input gradient `g W`, split by
+/// [`dx_parts`]).
+///
+/// # Safety
+/// `a` and `b` hold `m * k` and `k * n` values.
+#[cfg(test)]
+pub(super) unsafe fn step_product(
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs_t: bool,
+    rhs_t: bool,
+    gelu: bool,
+    a: &[f32],
+    b: &[f32],
+) -> Vec<f32> {
+    let fp32 = Products::Fp32;
+    match (lhs_t, rhs_t) {
+        (true, false) => weight_grad(a, b, k, n, m, 1.0, fp32, dw_parts(k, n, m)),
+        (false, false) => input_grad(a, b, m, n, k, 1.0, fp32, dx_parts(m, n, k)),
+        (false, true) => {
+            let packed = if gelu {
+                PackedRhs::new(Mat::rows(b.as_ptr(), k).t(), k, n, fp32).map(Arc::new)
+            } else {
+                None
+            };
+            let act = Activation::Identity;
+            forward(a, b, None, m, k, n, act, false, fp32, packed.as_deref()).0
+        }
+        (true, true) => unreachable!("no dense-layer product reads both operands transposed"),
+    }
+}
+
 /// Gradients of `act(x W^T + b)` from the output gradient `g` times `scale`.
 pub(super) struct Backward {
     pub rows: usize,
