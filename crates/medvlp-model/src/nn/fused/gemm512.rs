@@ -25,8 +25,15 @@ use std::arch::x86_64::*;
 /// fit the 32 zmm registers.
 const MR: usize = 8;
 const NB: usize = 3;
-/// Rows per parallel task.
-const ROWS_PER_TASK: usize = 64;
+/// Rows per parallel task: a multiple of every tile height (8, and the tall tiles' 24 and 12, see
+/// [`tall_rows`]), so that a task is whole tiles. 64-row tasks ended in 16 rows of 8-row tiles
+/// wherever a width leaves one 16-column block (256, 1024). Encoding the reference model,
+/// alternating runs, 2-core Xeon (family 6, model 207): 544 -> 555 images/s median (8 pairs),
+/// 551 -> 558 (12 pairs), bf16 540 -> 560 (6 pairs, 5 faster); the training step unchanged.
+const ROWS_PER_TASK: usize = 48;
+/// Rows per step of a serial product with many rows (each step streams all of the packed right
+/// operand once; the split weight gradients' parts were measured with 64).
+const SERIAL_ROWS: usize = 64;
 /// Packed elements of k per block: a 48-column panel of the right operand is 24 KiB, half an L1.
 const KC: usize = 128;
 /// Problems at least this large (m * n * k) are split over rayon's threads.
@@ -938,12 +945,12 @@ unsafe fn compute<K: Format>(
     // Serial products with many rows are split the same way, run in order: one pass over all
     // rows per k block and column group would stream a large left operand from memory again
     // for each (the MLM head's weight gradient, 39 MB, 18 times).
-    if (par && m >= 2 * MR) || m > 2 * ROWS_PER_TASK {
+    if (par && m >= 2 * MR) || m > 2 * SERIAL_ROWS {
         let per = if par {
             let threads = rayon::current_num_threads();
             m.div_ceil(threads * 2).next_multiple_of(MR).clamp(MR, ROWS_PER_TASK)
         } else {
-            ROWS_PER_TASK
+            SERIAL_ROWS
         };
         let a = SendPtr(lhs.ptr as *mut f32);
         let (rs, cs) = (lhs.rs, lhs.cs);
