@@ -344,6 +344,32 @@ impl ReduceSum<'_> {
                     }
                     return Ok(dst);
                 };
+                // medvlp patch: reduce dims that form one run `a..b` with elements after them
+                // (a bias or position-embedding gradient: the sum over the batch of [b, n, d]),
+                // as rows of `inner` elements added in order (the same order per destination
+                // element as the generic loop below, which divides twice per element and per
+                // reduced dim).
+                let rank = src_l.shape().rank();
+                let dims = src_l.shape().dims();
+                let run = self.reduce_dims.windows(2).all(|w| w[1] == w[0] + 1);
+                if let (true, Some(&a), Some(&last)) =
+                    (run, self.reduce_dims.first(), self.reduce_dims.last())
+                {
+                    let b = last + 1;
+                    let red: usize = dims[a..b].iter().product();
+                    let inner: usize = dims[b..rank].iter().product();
+                    if inner > 0 && red > 0 {
+                        for (o, d) in dst.chunks_exact_mut(inner).enumerate() {
+                            for r in 0..red {
+                                let row = &src[(o * red + r) * inner..(o * red + r + 1) * inner];
+                                for (d, &s) in d.iter_mut().zip(row) {
+                                    *d += s;
+                                }
+                            }
+                        }
+                    }
+                    return Ok(dst);
+                }
                 for (unstr_index, &src) in src.iter().enumerate() {
                     let mut dst_index = unstr_index;
                     // Set the reduce_dims indexes to 0.
