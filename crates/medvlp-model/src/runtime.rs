@@ -102,14 +102,11 @@ fn keep_large_allocations() {}
 /// main thread splits the work and takes its share itself.
 ///
 /// Not for the server: its requests run on tokio's threads while `main` waits, so the pool would
-/// lose a thread. With one thread the pool keeps its own worker, so that work other threads
-/// submit (in-process data-parallel ranks) always has a thread to run on.
+/// lose a thread (its model thread takes [`model_thread_pool`] instead). With one thread the pool
+/// keeps its own worker, so that work other threads submit (in-process data-parallel ranks)
+/// always has a thread to run on.
 pub fn compute_on_main_thread() {
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = pool_threads();
     if threads < 2 {
         return;
     }
@@ -117,6 +114,44 @@ pub fn compute_on_main_thread() {
         Ok(()) => workers::enable(),
         Err(e) => tracing::debug!("rayon's global pool was already built: {e}"),
     }
+}
+
+/// A pool of its own for a thread that runs every forward pass of a long-lived model (the
+/// server's model thread), with the calling thread as its worker 0, as
+/// [`compute_on_main_thread`] makes the main thread of the other commands: the thread takes its
+/// share of each kernel instead of sleeping while the pool runs it, and the pool's other workers
+/// keep polling between kernels. Keep the pool for as long as the thread runs kernels: rayon
+/// calls from this thread go to it. Work other threads submit (the server's index searches) still
+/// goes to the global pool. `None` with one thread, or when this thread is already in a pool.
+pub fn model_thread_pool() -> Option<rayon::ThreadPool> {
+    let threads = pool_threads();
+    if threads < 2 {
+        return None;
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("medvlp-model-{i}"))
+        .use_current_thread()
+        .build();
+    match pool {
+        Ok(pool) => {
+            workers::enable();
+            Some(pool)
+        }
+        Err(e) => {
+            tracing::debug!("no pool for the model thread: {e}");
+            None
+        }
+    }
+}
+
+/// `RAYON_NUM_THREADS`, else the machine's logical CPUs.
+fn pool_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 pub use workers::keep_awake as keep_workers_awake;

@@ -69,6 +69,8 @@ impl Engine {
         std::thread::Builder::new()
             .name("medvlp-model".into())
             .spawn(move || {
+                // This thread runs every kernel as worker 0 of a pool of its own.
+                let _pool = medvlp_model::runtime::model_thread_pool();
                 worker(ev, rx, cfg, &m);
                 alive.store(false, Ordering::SeqCst);
             })
