@@ -29,7 +29,8 @@ const NB: usize = 3;
 /// [`tall_rows`]), so that a task is whole tiles. 64-row tasks ended in 16 rows of 8-row tiles
 /// wherever a width leaves one 16-column block (256, 1024). Encoding the reference model,
 /// alternating runs, 2-core Xeon (family 6, model 207): 544 -> 555 images/s median (8 pairs),
-/// 551 -> 558 (12 pairs), bf16 540 -> 560 (6 pairs, 5 faster); the training step unchanged.
+/// 551 -> 558 (12 pairs), later on a quieter host 577 -> 580 (12 pairs, 9 faster); bf16 540 ->
+/// 560 (6 pairs, 5 faster); the training step unchanged.
 const ROWS_PER_TASK: usize = 48;
 /// Rows per step of a serial product with many rows (each step streams all of the packed right
 /// operand once; the split weight gradients' parts were measured with 64).
