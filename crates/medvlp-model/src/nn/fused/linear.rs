@@ -399,6 +399,7 @@ fn split_k<T: Float>(
 /// # Safety
 /// `a` and `b` hold `m * k` and `k * n` values.
 #[cfg(test)]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn step_product(
     m: usize,
     n: usize,
