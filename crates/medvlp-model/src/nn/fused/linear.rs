@@ -177,6 +177,23 @@ fn forward<T: Float>(
     }
 }
 
+/// The weight `w` (`[dout, din]`) packed for the tiles for one training-step call, where the op
+/// packs it per call: fp32 GELU layers ([`LinearOp`]'s forward explains why); `None` elsewhere
+/// or where this CPU's fp32 path has no packed form.
+fn pack_per_call(
+    act: Activation,
+    products: Products,
+    w: &[f32],
+    din: usize,
+    dout: usize,
+) -> Option<Arc<PackedRhs>> {
+    if act != Activation::Gelu || products != Products::Fp32 || w.len() < din * dout {
+        return None;
+    }
+    // SAFETY: `w` holds dout x din values (checked above).
+    unsafe { PackedRhs::new(Mat::rows(w.as_ptr(), din).t(), din, dout, products) }.map(Arc::new)
+}
+
 /// Column sums of a `[rows, cols]` matrix (a bias gradient). Tasks take a block of whole rows
 /// (at most [`COL_SUM_WIDTH`] columns of them) and add it into their own partial row, reading
 /// memory in order; the partials are then added in block order, so the result does not depend on
@@ -415,11 +432,8 @@ pub(super) unsafe fn step_product(
         (true, false) => weight_grad(a, b, k, n, m, 1.0, fp32, dw_parts(k, n, m)),
         (false, false) => input_grad(a, b, m, n, k, 1.0, fp32, dx_parts(m, n, k)),
         (false, true) => {
-            let packed = if gelu {
-                PackedRhs::new(Mat::rows(b.as_ptr(), k).t(), k, n, fp32).map(Arc::new)
-            } else {
-                None
-            };
+            let layer = if gelu { Activation::Gelu } else { Activation::Identity };
+            let packed = pack_per_call(layer, fp32, b, k, n);
             let act = Activation::Identity;
             forward(a, b, None, m, k, n, act, false, fp32, packed.as_deref()).0
         }
@@ -538,12 +552,7 @@ impl LinearOp {
         // is faster without an epilogue.
         let packed32 = |w: &[f32]| match &self.packed {
             Some((cache, id)) => cache.get(*id, self.products, w, dout, din),
-            None if self.act == Activation::Gelu && self.products == Products::Fp32 => {
-                // SAFETY: `w` holds dout x din values.
-                unsafe { PackedRhs::new(Mat::rows(w.as_ptr(), din).t(), din, dout, self.products) }
-                    .map(Arc::new)
-            }
-            None => None,
+            None => pack_per_call(self.act, self.products, w, din, dout),
         };
         let none64 = |_: &[f64]| None;
         let out = match (x, w, b) {
