@@ -15,6 +15,7 @@ pub mod attention;
 mod attention512;
 pub mod bf16;
 pub mod bf16_gemm;
+pub mod cpu;
 pub mod cross_entropy;
 pub mod embedding;
 #[cfg(target_arch = "x86_64")]
@@ -237,16 +238,10 @@ impl<T> Mat<T> {
 /// Problems at least this large (m * n * k) use all threads; smaller ones run on the caller.
 const GEMM_PAR_MIN: usize = 1 << 18;
 
-/// Whether this CPU has AVX-512 F (the [`gemm512`] fp32 tiles).
+/// Whether the kernels may use AVX-512 (the [`gemm512`] fp32 tiles, attention's head kernels):
+/// the CPU has it and `MEDVLP_CPU` does not cap it ([`cpu::level`]).
 pub fn avx512f() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    cpu::avx512()
 }
 
 /// Whether the CPU's vendor is AMD (CPUID leaf 0): kernels whose relative speed differs between

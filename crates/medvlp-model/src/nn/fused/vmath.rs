@@ -1,6 +1,7 @@
-//! Vectorisable f32 `exp` and GELU for the kernels' inner loops, compiled twice: for the baseline
-//! target and with AVX-512 and FMA enabled (picked at run time), so that the loops use 16-lane
-//! registers and fused multiply-adds where the CPU has them. libm's `expf` is a scalar call that
+//! Vectorisable f32 `exp` and GELU for the kernels' inner loops, compiled three times: for the
+//! baseline target, with AVX2 and FMA, and with AVX-512 (picked at run time by
+//! [`super::cpu::level`]), so that the loops use 8- or 16-lane registers and fused multiply-adds
+//! where the CPU has them. libm's `expf` is a scalar call that
 //! stops the compiler from vectorising; written here because no maintained crate offers this
 //! without nightly features.
 
@@ -97,25 +98,52 @@ fn gelu_grad_k<const F: bool>(x: f32) -> f32 {
     fma::<F>(x * e, FRAC_1_SQRT_2PI, cdf)
 }
 
-/// Defines `pub fn $name(args) -> ret` that runs `$body` compiled with AVX-512 when available.
+/// Defines `pub fn $name(args) -> ret`, which runs `$body` compiled for the kernels' level
+/// ([`super::cpu::level`]): with AVX-512, with AVX2 and FMA, or for the baseline target; and a
+/// module `$name` whose `at(level, args)` runs it at a given level (at most the CPU's), so that
+/// tests compare the three builds on one machine.
 macro_rules! dispatch {
     ($(#[$m:meta])* fn $name:ident($($a:ident: $t:ty),*) -> $r:ty $body:block) => {
         $(#[$m])*
         pub fn $name($($a: $t),*) -> $r {
+            $name::run(super::cpu::level(), $($a),*)
+        }
+        pub(crate) mod $name {
+            use super::*;
+            use super::super::cpu::{self, CpuLevel};
+
             #[inline(always)]
             fn imp<const F: bool>($($a: $t),*) -> $r $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-                unsafe fn avx512($($a: $t),*) -> $r {
-                    imp::<true>($($a),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") && std::arch::is_x86_feature_detected!("avx512vl") {
-                    // SAFETY: the features were detected on this CPU.
-                    return unsafe { avx512($($a),*) };
-                }
+
+            /// At level `l`, lowered to what this CPU has.
+            #[allow(dead_code)] // the tests' entry
+            pub(crate) fn at(l: CpuLevel, $($a: $t),*) -> $r {
+                run(l.min(cpu::detected()), $($a),*)
             }
-            imp::<false>($($a),*)
+
+            /// At level `l`, which the CPU has.
+            #[inline(always)]
+            pub(super) fn run(l: CpuLevel, $($a: $t),*) -> $r {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
+                    unsafe fn avx512($($a: $t),*) -> $r {
+                        imp::<true>($($a),*)
+                    }
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn avx2($($a: $t),*) -> $r {
+                        imp::<true>($($a),*)
+                    }
+                    // SAFETY: callers pass a level this CPU has (`cpu::level` never exceeds it).
+                    match l {
+                        CpuLevel::Avx512 => return unsafe { avx512($($a),*) },
+                        CpuLevel::Avx2 => return unsafe { avx2($($a),*) },
+                        CpuLevel::Baseline => {}
+                    }
+                }
+                let _ = l;
+                imp::<false>($($a),*)
+            }
         }
     };
 }
@@ -220,7 +248,67 @@ dispatch! {
 
 #[cfg(test)]
 mod tests {
+    use super::super::cpu::{self, CpuLevel};
     use super::*;
+
+    /// Every loop at every level this CPU has: the AVX2 and AVX-512 builds give the same bits
+    /// (both fuse the same multiply-adds, lane by lane), the baseline build agrees within the
+    /// functions' error bounds; reductions over odd lengths exercise the remainders.
+    #[test]
+    fn every_level_computes_the_same() {
+        let levels: Vec<CpuLevel> =
+            CpuLevel::ALL.into_iter().filter(|&l| l <= cpu::detected()).collect();
+        println!(
+            "vmath levels tested: {:?}; not on this CPU: {:?}",
+            levels.iter().map(|l| l.name()).collect::<Vec<_>>(),
+            CpuLevel::ALL
+                .iter()
+                .filter(|l| !levels.contains(l))
+                .map(|l| l.name())
+                .collect::<Vec<_>>()
+        );
+        for n in [0usize, 1, 7, 15, 16, 17, 33, 1000] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.17).collect();
+            let g: Vec<f32> = (0..n).map(|i| ((i * 11 % 7) as f32 - 3.0) * 0.5).collect();
+            let run = |l: CpuLevel| {
+                let mut e = x.clone();
+                let s = exp_inplace_sum::at(l, &mut e, 1.5);
+                let mut es = x.clone();
+                exp_scale_inplace::at(l, &mut es, 1.5, 0.25);
+                let (mut y, mut yi, mut dy) = (vec![0f32; n], x.clone(), vec![0f32; n]);
+                gelu_into::at(l, &x, &mut y);
+                gelu_inplace::at(l, &mut yi);
+                gelu_backward_into::at(l, &g, &x, &mut dy);
+                let sums = [max_of::at(l, &x), exp_sum::at(l, &x, 1.5), s];
+                (sums, [e, es, y, yi, dy])
+            };
+            let (want_sums, want) = run(levels[0]);
+            for &l in &levels[1..] {
+                let (sums, got) = run(l);
+                for (a, b) in sums.iter().zip(&want_sums) {
+                    // (an empty slice's maximum is -inf at every level)
+                    assert!(
+                        a == b || (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+                        "{} n={n}",
+                        l.name()
+                    );
+                }
+                for (v, w) in got.iter().zip(&want) {
+                    for (a, b) in v.iter().zip(w) {
+                        assert!((a - b).abs() <= 2e-6 * b.abs().max(1.0), "{} n={n}", l.name());
+                    }
+                }
+            }
+            if levels.contains(&CpuLevel::Avx512) {
+                let (a, b) = (run(CpuLevel::Avx2), run(CpuLevel::Avx512));
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a.0), bits(&b.0), "n={n}");
+                for (v, w) in a.1.iter().zip(&b.1) {
+                    assert_eq!(bits(v), bits(w), "n={n}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn exp_matches_libm() {
