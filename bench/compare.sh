@@ -3,7 +3,7 @@
 # parameters), interleaved for several rounds in one invocation so that both see the same machine
 # load; prints each round and the median ratios.
 #
-#   bench/compare.sh [--python PY] [--rounds N] [--reference PATH]
+#   bench/compare.sh [--python PY] [--rounds N] [--reference PATH] [--cpu avx2]
 #   bench/compare.sh --gpu [--device cuda:N] [--steps N] [--python PY] [--rounds N]
 #
 # --gpu compares the base size (ViT-B/16 224 px + BERT-base-sized text, batch 64, 7.39 TFLOP per
@@ -11,6 +11,12 @@
 # `torch_reference.py train --size base --device cuda --amp`, and reports the step-time ratio,
 # the peak GPU memory of each (nvidia-smi, sampled every 100 ms) and MFU against the card's bf16
 # peak. Build with `--features cuda` first (README, GPU section).
+#
+# --cpu avx2 times both sides as an AVX2-class CPU (AMD Zen 2/3, Intel before Skylake-SP) would
+# run them, on a CPU with AVX-512: medvlp with MEDVLP_CPU=avx2 from a build without the gemm
+# crate's AVX-512 kernels (target/avx2, `cargo build -p medvlp --no-default-features`, built if
+# missing), PyTorch with ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2 and
+# ONEDNN_MAX_CPU_ISA=AVX2. fp32 only (such CPUs have no bf16 units).
 #
 # PyTorch lives in a virtual environment outside the repository, e.g.
 #   python3 -m venv ~/.venvs/medvlp-torch && ~/.venvs/medvlp-torch/bin/pip install torch
@@ -24,6 +30,7 @@ REF="../shared/bench/torch_reference.py"
 GPU=0
 DEVICE=cuda
 STEPS=10
+CPU_CAP=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --python) PY="$2"; shift 2 ;;
@@ -32,7 +39,8 @@ while [ $# -gt 0 ]; do
     --gpu) GPU=1; shift ;;
     --device) DEVICE="$2"; shift 2 ;;
     --steps) STEPS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --cpu) CPU_CAP="$2"; shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -42,6 +50,16 @@ if ! "$PY" -c 'import torch' 2>/dev/null; then
 fi
 [ -f "$REF" ] || { echo "PyTorch reference $REF not found (--reference PATH)" >&2; exit 2; }
 MV="${CARGO_TARGET_DIR:-target}/release/medvlp"
+case "$CPU_CAP" in
+  "") ;;
+  avx2)
+    [ "$GPU" = 0 ] || { echo "--cpu is for the CPU comparison" >&2; exit 2; }
+    MV=target/avx2/release/medvlp
+    [ -x "$MV" ] || cargo build --release -p medvlp --no-default-features --target-dir target/avx2
+    export MEDVLP_CPU=avx2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
+    ;;
+  *) echo "--cpu: only avx2 (got $CPU_CAP)" >&2; exit 2 ;;
+esac
 if [ ! -x "$MV" ]; then
   if [ "$GPU" = 1 ]; then cargo build --release --features cuda; else cargo build --release; fi
 fi
@@ -82,8 +100,28 @@ fi
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
 isa="fp32"; case "$flags" in *avx512_bf16*) isa="avx512_bf16";; esac; case "$flags" in *amx_tile*) isa="$isa+amx";; esac
+[ -z "$CPU_CAP" ] || isa="$isa, capped at $CPU_CAP: medvlp $("$MV" bench encode --preset tiny --steps 1 2>/dev/null | sed -n 's/.*"cpu_level":"\([^"]*\)".*/\1/p'), PyTorch $("$PY" -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')"
 echo "CPU: $cpu ($(nproc) threads; $isa); PyTorch $("$PY" -c 'import torch; print(torch.__version__)')"
 step_r=(); enc_r=(); rss_r=(); mfu_r=(); bstep_r=(); benc_r=()
+if [ -n "$CPU_CAP" ]; then
+  for r in $(seq 1 "$ROUNDS"); do
+    m_json=$("$MV" bench train-step --preset reference 2>/dev/null)
+    m_step=$(echo "$m_json" | field median_step_s)
+    m_rss=$(echo "$m_json" | field peak_rss_bytes)
+    m_mfu=$(echo "$m_json" | field mfu)
+    m_path=$(echo "$m_json" | sed -n 's/.*"kernel_path":"\([^"]*\)".*/\1/p')
+    t_out=$(/usr/bin/time -f 'RSS %M' "$PY" "$REF" train 2>&1)
+    t_step=$(echo "$t_out" | sed -n 's/^torch train: median step \([0-9.]*\) s.*/\1/p')
+    t_rss=$(( $(echo "$t_out" | sed -n 's/^RSS \([0-9]*\)$/\1/p') * 1024 ))
+    m_enc=$("$MV" bench encode --preset reference 2>/dev/null | field images_per_s)
+    t_enc=$("$PY" "$REF" infer 2>&1 | sed -n 's/.*-> \([0-9.]*\) images\/s.*/\1/p')
+    s=$(python3 -c "print(f'{$t_step/$m_step:.3f}')"); e=$(python3 -c "print(f'{$m_enc/$t_enc:.3f}')"); m=$(python3 -c "print(f'{$m_rss/$t_rss:.3f}')")
+    step_r+=("$s"); enc_r+=("$e"); rss_r+=("$m"); mfu_r+=("$m_mfu")
+    echo "round $r: fp32 ($m_path) train step medvlp ${m_step}s torch ${t_step}s (torch/medvlp $s, medvlp MFU $m_mfu); encode fp32 medvlp ${m_enc} torch ${t_enc} images/s (ratio $e); peak RSS medvlp/torch $m"
+  done
+  echo "median over $ROUNDS rounds on $cpu capped at $CPU_CAP: train-step speed-up fp32 (torch time / medvlp time) $(median "${step_r[@]}") [target >= 1.25]; encode fp32 ratio $(median "${enc_r[@]}") [target >= 1.3]; peak RSS medvlp/torch $(median "${rss_r[@]}") [target <= 0.5]; MFU $(median "${mfu_r[@]}")"
+  exit 0
+fi
 for r in $(seq 1 "$ROUNDS"); do
   m_json=$("$MV" bench train-step --preset reference 2>/dev/null)
   m_step=$(echo "$m_json" | field median_step_s)

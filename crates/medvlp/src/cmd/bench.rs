@@ -258,6 +258,7 @@ fn train_step(
         "device": format!("{dev:?}"),
         "precision": precision.to_string(),
         "kernel_path": kernel_path(precision, dev),
+        "cpu_level": cpu_level(),
         "batch": batch,
         "params": store.num_params(),
         "median_step_s": median(step),
@@ -382,6 +383,7 @@ fn reference_train_step(
         "device": gpu.as_ref().map(|g| g.name.clone()).unwrap_or_else(|| "cpu".into()),
         "precision": precision.to_string(),
         "kernel_path": kernel_path(precision, dev),
+        "cpu_level": cpu_level(),
         "batch": size.batch,
         "params": params,
         "median_step_s": med,
@@ -399,6 +401,18 @@ fn reference_train_step(
     }
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
+}
+
+/// The instruction-set level of medvlp's CPU kernels (`MEDVLP_CPU` caps it) and whether the
+/// `gemm` crate runs its AVX-512 micro-kernels, e.g. `avx2 (gemm crate: avx2)`.
+fn cpu_level() -> String {
+    use medvlp_model::nn::fused::cpu;
+    let gemm = match (cpu::gemm_crate_avx512(), cpu::detected()) {
+        (true, _) => "avx512",
+        (false, cpu::CpuLevel::Baseline) => "baseline",
+        (false, _) => "avx2",
+    };
+    format!("{} (gemm crate: {gemm})", cpu::level().name())
 }
 
 /// Which GEMM a CPU step runs: the fp32 or the bf16 GEMM's path on this CPU.
@@ -455,7 +469,7 @@ fn encode(preset: &str, steps: usize, bf16: bool, device: &str) -> Result<()> {
         Ok((median(times), last.expect("at least one run")))
     };
     let (med, y32) = time()?;
-    let mut out = serde_json::json!({ "preset": preset, "params": params, "batch": b, "images_per_s": b as f64 / med, "median_batch_s": med, "peak_rss_bytes": peak_rss_bytes(), "kernel_path": kernel_path(medvlp_model::nn::Precision::Fp32, &dev) });
+    let mut out = serde_json::json!({ "preset": preset, "params": params, "batch": b, "images_per_s": b as f64 / med, "median_batch_s": med, "peak_rss_bytes": peak_rss_bytes(), "kernel_path": kernel_path(medvlp_model::nn::Precision::Fp32, &dev), "cpu_level": cpu_level() });
     if bf16 {
         // bf16 products (the training kernels' autocast): bf16 operands, f32 accumulation.
         let (med16, y16) =
