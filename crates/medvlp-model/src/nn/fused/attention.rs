@@ -68,7 +68,7 @@ fn head_kernels<T: 'static>(products: Products) -> bool {
     {
         std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
             && products == Products::Fp32
-            && super::f32_path() != super::F32Path::GemmCrate
+            && matches!(super::f32_path(), super::F32Path::Avx512 | super::F32Path::Avx512Inference)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

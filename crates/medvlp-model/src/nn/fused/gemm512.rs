@@ -63,10 +63,16 @@ impl ALayout {
         Self { qs: 1, rs: ld, panel: ld }
     }
 
+    /// Elements between consecutive k of one row.
+    #[inline(always)]
+    pub(super) fn qs(&self) -> usize {
+        self.qs
+    }
+
     /// Where row `r` of a tile starts, relative to the tile's first row: a tall tile
     /// ([`tile_tall`]) spans several [`MR`]-row panels. Constant for a tile's unrolled rows.
     #[inline(always)]
-    fn row(&self, r: usize) -> usize {
+    pub(super) fn row(&self, r: usize) -> usize {
         (r / MR) * MR * self.panel + (r % MR) * self.rs
     }
 }
@@ -75,6 +81,9 @@ impl ALayout {
 pub(super) trait Format: Sync {
     /// k values per packed element: 2 for bf16 pairs, 1 for f32.
     const PER: usize;
+    /// Rows of a tile [`NB`] blocks wide (the driver's step down a task's rows below the tall
+    /// tiles): [`MR`], or fewer for tiles that keep fewer accumulators in registers.
+    const TILE_ROWS: usize = MR;
     /// Packs rows `i0..i0 + rows` of `lhs` into `out` (or reads them in place) and says where a
     /// tile finds them.
     unsafe fn lhs(a: Mat<f32>, i0: usize, rows: usize, k: usize, out: &mut Vec<u32>) -> LhsRef;
@@ -104,6 +113,12 @@ pub(super) trait Format: Sync {
 pub(super) struct LhsRef {
     ptr: *const u32,
     al: ALayout,
+}
+
+impl LhsRef {
+    pub(super) fn new(ptr: *const u32, al: ALayout) -> Self {
+        Self { ptr, al }
+    }
 }
 
 #[inline]
@@ -858,7 +873,7 @@ unsafe fn rows_task<K: Format>(
                 let (a, b) =
                     (a.add(r * al.panel + q0 * al.qs), bp.as_ptr().add((jb * kp + q0) * 16));
                 let dst = dst.add(r * dst_rs + jb * 16);
-                let rows = if nr - r >= tall { tall } else { (nr - r).min(MR) };
+                let rows = if nr - r >= tall { tall } else { (nr - r).min(K::TILE_ROWS) };
                 tile_any::<K>(rows, nb, a, al, b, kp, kn, dst, dst_rs, cols, acc, alpha);
                 r += rows;
             }
@@ -1074,11 +1089,20 @@ mod tests {
     /// single-threaded and split over rows or columns; the epilogue sees every row once.
     #[test]
     fn f32_gemm_equals_the_f64_reference_on_odd_shapes() {
-        if !super::super::avx512f() {
-            println!("not tested here: the AVX-512 fp32 tiles (this CPU lacks AVX-512 F)");
-            return;
+        if super::super::avx512f() {
+            f32_format_equals_the_f64_reference::<F32>("F32");
+        } else {
+            println!("not tested here: the AVX-512 fp32 tiles (AVX-512 not available)");
         }
-        for &(m, n, k) in ODD_SHAPES.iter().chain(&[(5, 7, 0)]) {
+        if super::super::cpu::avx2() {
+            f32_format_equals_the_f64_reference::<super::super::gemm256::F32Avx2>("F32Avx2");
+        } else {
+            println!("not tested here: the AVX2 fp32 strips (AVX2 and FMA not available)");
+        }
+    }
+
+    fn f32_format_equals_the_f64_reference<K: Format>(name: &str) {
+        for &(m, n, k) in ODD_SHAPES.iter().chain(&[(5, 7, 0), (50, 40, 20), (24, 16, 9)]) {
             let a = data(m * k, 1);
             let b = data(k * n, 2);
             let init = data(m * n, 3);
@@ -1115,8 +1139,8 @@ mod tests {
                             };
                             unsafe {
                                 if packed {
-                                    let bp = pack::<F32>(*rhs, k, n);
-                                    gemm_packed::<F32>(
+                                    let bp = pack::<K>(*rhs, k, n);
+                                    gemm_packed::<K>(
                                         m,
                                         n,
                                         k,
@@ -1130,7 +1154,7 @@ mod tests {
                                         Some(&epi),
                                     );
                                 } else {
-                                    gemm::<F32>(
+                                    gemm::<K>(
                                         m,
                                         n,
                                         k,
@@ -1160,7 +1184,7 @@ mod tests {
                                     let got = dst[i * n + j] as f64;
                                     assert!(
                                         (got - want).abs() <= 1e-6 * (0.5 * mag + 1.0),
-                                        "{m}x{n}x{k} lhs {li} rhs {ri} acc {accumulate} par {parallel} packed {packed} ({i}, {j}): {got} vs {want}"
+                                        "{name} {m}x{n}x{k} lhs {li} rhs {ri} acc {accumulate} par {parallel} packed {packed} ({i}, {j}): {got} vs {want}"
                                     );
                                 }
                             }

@@ -19,6 +19,8 @@ pub mod cpu;
 pub mod cross_entropy;
 pub mod embedding;
 #[cfg(target_arch = "x86_64")]
+mod gemm256;
+#[cfg(target_arch = "x86_64")]
 pub mod gemm512;
 pub mod linear;
 pub mod vmath;
@@ -271,6 +273,9 @@ pub enum F32Path {
     /// as many rows as columns (weight gradients `g^T x` of layers whose output is wider than
     /// their input); the `gemm` crate for everything else. See [`tiles_win`].
     Avx512Inference,
+    /// On CPUs with AVX2 but not AVX-512: [`gemm256`]'s strips for frozen dense layers (packed
+    /// once, bias and GELU in the epilogue), the `gemm` crate for everything else.
+    Avx2Inference,
     /// The `gemm` crate for every product.
     GemmCrate,
 }
@@ -280,6 +285,7 @@ impl F32Path {
         match self {
             Self::Avx512 => "avx512",
             Self::Avx512Inference => "avx512-inference",
+            Self::Avx2Inference => "avx2-inference",
             Self::GemmCrate => "gemm-crate",
         }
     }
@@ -300,14 +306,17 @@ impl F32Path {
 pub fn f32_path() -> F32Path {
     static P: std::sync::OnceLock<F32Path> = std::sync::OnceLock::new();
     *P.get_or_init(|| {
-        let all = [F32Path::Avx512, F32Path::Avx512Inference, F32Path::GemmCrate];
+        let all =
+            [F32Path::Avx512, F32Path::Avx512Inference, F32Path::Avx2Inference, F32Path::GemmCrate];
         match std::env::var("MEDVLP_F32_GEMM") {
             Ok(v) => match all.into_iter().find(|p| p.name() == v) {
-                Some(p) if p == F32Path::GemmCrate || avx512f() => p,
+                Some(p @ (F32Path::Avx512 | F32Path::Avx512Inference)) if avx512f() => p,
+                Some(p @ F32Path::Avx2Inference) if cpu::avx2() => p,
+                Some(F32Path::GemmCrate) => F32Path::GemmCrate,
                 _ => {
                     tracing::warn!(
                         "MEDVLP_F32_GEMM={v:?}: not one of avx512, avx512-inference (both need \
-                         AVX-512), gemm-crate"
+                         AVX-512), avx2-inference (AVX2), gemm-crate"
                     );
                     default_f32_path()
                 }
@@ -318,8 +327,12 @@ pub fn f32_path() -> F32Path {
 }
 
 fn default_f32_path() -> F32Path {
-    if avx512f() && !cpu_is_amd() {
+    if cpu_is_amd() {
+        F32Path::GemmCrate
+    } else if avx512f() {
         F32Path::Avx512Inference
+    } else if cpu::avx2() {
+        F32Path::Avx2Inference
     } else {
         F32Path::GemmCrate
     }
@@ -340,6 +353,8 @@ pub struct PackedRhs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PackFormat {
     F32,
+    /// [`gemm512::F32`]'s layout, multiplied by [`gemm256`].
+    F32Avx2,
     F32Rounded,
     Bf16Pairs,
     /// [`gemm512::Bf16Pairs`]' layout, multiplied by [`amx`].
@@ -361,8 +376,12 @@ impl PackedRhs {
         #[cfg(target_arch = "x86_64")]
         {
             use bf16_gemm::Bf16Path;
+            use gemm256::F32Avx2;
             use gemm512::{pack, Bf16Pairs, F32Rounded, F32};
             let (format, data) = match (products, bf16_gemm::path(), f32_path()) {
+                (Products::Fp32, _, F32Path::Avx2Inference) => {
+                    (PackFormat::F32Avx2, pack::<F32Avx2>(rhs, k, n))
+                }
                 (Products::Fp32, _, p) if p.packs() => (PackFormat::F32, pack::<F32>(rhs, k, n)),
                 (Products::Bf16, Bf16Path::Amx, _) => {
                     (PackFormat::AmxPairs, pack::<Bf16Pairs>(rhs, k, n))
@@ -392,7 +411,7 @@ impl PackedRhs {
     /// The products the packed operand is for.
     pub fn products(&self) -> Products {
         match self.format {
-            PackFormat::F32 => Products::Fp32,
+            PackFormat::F32 | PackFormat::F32Avx2 => Products::Fp32,
             PackFormat::F32Rounded | PackFormat::Bf16Pairs | PackFormat::AmxPairs => Products::Bf16,
         }
     }
@@ -420,11 +439,15 @@ pub(crate) unsafe fn gemm_packed(
     }
     #[cfg(target_arch = "x86_64")]
     {
+        use gemm256::F32Avx2;
         use gemm512::{gemm_packed as g, Bf16Pairs, F32Rounded, F32};
         let (n, k, d) = (rhs.n, rhs.k, &rhs.data[..]);
         match rhs.format {
             PackFormat::F32 => {
                 g::<F32>(m, n, k, dst, dst_rs, accumulate, lhs, d, alpha, parallel, epilogue)
+            }
+            PackFormat::F32Avx2 => {
+                g::<F32Avx2>(m, n, k, dst, dst_rs, accumulate, lhs, d, alpha, parallel, epilogue)
             }
             PackFormat::Bf16Pairs => {
                 g::<Bf16Pairs>(m, n, k, dst, dst_rs, accumulate, lhs, d, alpha, parallel, epilogue)
@@ -517,7 +540,7 @@ pub(crate) unsafe fn gemm_then<T: Float>(
         && match f32_path() {
             F32Path::Avx512 => true,
             F32Path::Avx512Inference => tiles_win(m, n, lhs),
-            F32Path::GemmCrate => false,
+            F32Path::Avx2Inference | F32Path::GemmCrate => false,
         }
     {
         let cast = |a: Mat<T>| Mat { ptr: a.ptr as *const f32, rs: a.rs, cs: a.cs };
