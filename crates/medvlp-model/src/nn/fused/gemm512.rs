@@ -9,6 +9,9 @@
 //!   so this differs from [`Bf16Pairs`] only by summation order);
 //! - [`Bf16Pairs`]: operands as bf16 pairs along k and `vdpbf16ps` (two products per f32 lane).
 //!
+//! A fourth format, `gemm256::F32Avx2`, runs the same driver with AVX2 strips on CPUs
+//! without AVX-512.
+//!
 //! Written here because the `gemm` crate has no bf16-input/f32-accumulate kernel, and a bf16
 //! GEMM that rounds its operands while packing them needs its own packing and tiles. Every output
 //! element is one tile's sum over k in a fixed order (blocks of [`KC`]), so results do not depend
