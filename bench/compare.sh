@@ -103,25 +103,8 @@ isa="fp32"; case "$flags" in *avx512_bf16*) isa="avx512_bf16";; esac; case "$fla
 [ -z "$CPU_CAP" ] || isa="$isa, capped at $CPU_CAP: medvlp $("$MV" bench encode --preset tiny --steps 1 2>/dev/null | sed -n 's/.*"cpu_level":"\([^"]*\)".*/\1/p'), PyTorch $("$PY" -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')"
 echo "CPU: $cpu ($(nproc) threads; $isa); PyTorch $("$PY" -c 'import torch; print(torch.__version__)')"
 step_r=(); enc_r=(); rss_r=(); mfu_r=(); bstep_r=(); benc_r=()
-if [ -n "$CPU_CAP" ]; then
-  for r in $(seq 1 "$ROUNDS"); do
-    m_json=$("$MV" bench train-step --preset reference 2>/dev/null)
-    m_step=$(echo "$m_json" | field median_step_s)
-    m_rss=$(echo "$m_json" | field peak_rss_bytes)
-    m_mfu=$(echo "$m_json" | field mfu)
-    m_path=$(echo "$m_json" | sed -n 's/.*"kernel_path":"\([^"]*\)".*/\1/p')
-    t_out=$(/usr/bin/time -f 'RSS %M' "$PY" "$REF" train 2>&1)
-    t_step=$(echo "$t_out" | sed -n 's/^torch train: median step \([0-9.]*\) s.*/\1/p')
-    t_rss=$(( $(echo "$t_out" | sed -n 's/^RSS \([0-9]*\)$/\1/p') * 1024 ))
-    m_enc=$("$MV" bench encode --preset reference 2>/dev/null | field images_per_s)
-    t_enc=$("$PY" "$REF" infer 2>&1 | sed -n 's/.*-> \([0-9.]*\) images\/s.*/\1/p')
-    s=$(python3 -c "print(f'{$t_step/$m_step:.3f}')"); e=$(python3 -c "print(f'{$m_enc/$t_enc:.3f}')"); m=$(python3 -c "print(f'{$m_rss/$t_rss:.3f}')")
-    step_r+=("$s"); enc_r+=("$e"); rss_r+=("$m"); mfu_r+=("$m_mfu")
-    echo "round $r: fp32 ($m_path) train step medvlp ${m_step}s torch ${t_step}s (torch/medvlp $s, medvlp MFU $m_mfu); encode fp32 medvlp ${m_enc} torch ${t_enc} images/s (ratio $e); peak RSS medvlp/torch $m"
-  done
-  echo "median over $ROUNDS rounds on $cpu capped at $CPU_CAP: train-step speed-up fp32 (torch time / medvlp time) $(median "${step_r[@]}") [target >= 1.25]; encode fp32 ratio $(median "${enc_r[@]}") [target >= 1.3]; peak RSS medvlp/torch $(median "${rss_r[@]}") [target <= 0.5]; MFU $(median "${mfu_r[@]}")"
-  exit 0
-fi
+# bf16 rows only without --cpu (the capped levels have no bf16 units).
+if [ -z "$CPU_CAP" ]; then BF16=1; ENC_ARGS=(--bf16); else BF16=0; ENC_ARGS=(); fi
 for r in $(seq 1 "$ROUNDS"); do
   m_json=$("$MV" bench train-step --preset reference 2>/dev/null)
   m_step=$(echo "$m_json" | field median_step_s)
@@ -131,18 +114,32 @@ for r in $(seq 1 "$ROUNDS"); do
   t_out=$(/usr/bin/time -f 'RSS %M' "$PY" "$REF" train 2>&1)
   t_step=$(echo "$t_out" | sed -n 's/^torch train: median step \([0-9.]*\) s.*/\1/p')
   t_rss=$(( $(echo "$t_out" | sed -n 's/^RSS \([0-9]*\)$/\1/p') * 1024 ))
+  e_json=$("$MV" bench encode --preset reference "${ENC_ARGS[@]}" 2>/dev/null)
+  m_enc=$(echo "$e_json" | field images_per_s)
+  t_enc=$("$PY" "$REF" infer 2>&1 | sed -n 's/.*-> \([0-9.]*\) images\/s.*/\1/p')
+  s=$(python3 -c "print(f'{$t_step/$m_step:.3f}')"); e=$(python3 -c "print(f'{$m_enc/$t_enc:.3f}')"); m=$(python3 -c "print(f'{$m_rss/$t_rss:.3f}')")
+  step_r+=("$s"); enc_r+=("$e"); rss_r+=("$m"); mfu_r+=("$m_mfu")
+  fp32="fp32 ($m_path) train step medvlp ${m_step}s torch ${t_step}s (torch/medvlp $s, medvlp MFU $m_mfu)"
+  enc32="encode fp32 medvlp ${m_enc} torch ${t_enc} images/s (ratio $e)"
+  if [ "$BF16" = 0 ]; then
+    echo "round $r: $fp32; $enc32; peak RSS medvlp/torch $m"
+    continue
+  fi
   b_json=$("$MV" bench train-step --preset reference --precision bf16 2>/dev/null)
   b_step=$(echo "$b_json" | field median_step_s)
   b_path=$(echo "$b_json" | sed -n 's/.*"kernel_path":"\([^"]*\)".*/\1/p')
   ta_step=$("$PY" "$REF" train --amp 2>&1 | sed -n 's/^torch train: median step \([0-9.]*\) s.*/\1/p')
-  e_json=$("$MV" bench encode --preset reference --bf16 2>/dev/null)
-  m_enc=$(echo "$e_json" | field images_per_s)
   m_enc16=$(echo "$e_json" | field bf16_images_per_s)
-  t_enc=$("$PY" "$REF" infer 2>&1 | sed -n 's/.*-> \([0-9.]*\) images\/s.*/\1/p')
   t_enc16=$("$PY" "$REF" infer --bf16 2>&1 | sed -n 's/.*-> \([0-9.]*\) images\/s.*/\1/p')
-  s=$(python3 -c "print(f'{$t_step/$m_step:.3f}')"); e=$(python3 -c "print(f'{$m_enc/$t_enc:.3f}')"); m=$(python3 -c "print(f'{$m_rss/$t_rss:.3f}')")
   bs=$(python3 -c "print(f'{$ta_step/$b_step:.3f}')"); be=$(python3 -c "print(f'{$m_enc16/$t_enc16:.3f}')")
-  step_r+=("$s"); enc_r+=("$e"); rss_r+=("$m"); mfu_r+=("$m_mfu"); bstep_r+=("$bs"); benc_r+=("$be")
-  echo "round $r: fp32 ($m_path) train step medvlp ${m_step}s torch ${t_step}s (torch/medvlp $s, medvlp MFU $m_mfu); bf16 ($b_path) train step medvlp ${b_step}s torch --amp ${ta_step}s (ratio $bs); encode fp32 medvlp ${m_enc} torch ${t_enc} images/s (ratio $e); encode bf16 medvlp ${m_enc16} torch ${t_enc16} (ratio $be); peak RSS medvlp/torch $m"
+  bstep_r+=("$bs"); benc_r+=("$be")
+  echo "round $r: $fp32; bf16 ($b_path) train step medvlp ${b_step}s torch --amp ${ta_step}s (ratio $bs); $enc32; encode bf16 medvlp ${m_enc16} torch ${t_enc16} (ratio $be); peak RSS medvlp/torch $m"
 done
-echo "median over $ROUNDS rounds on $cpu: train-step speed-up fp32 (torch time / medvlp time) $(median "${step_r[@]}") [target >= 1.25]; bf16 (torch --amp time / medvlp bf16 time) $(median "${bstep_r[@]}") [target >= 1.25]; encode fp32 ratio $(median "${enc_r[@]}") [target >= 1.3]; encode bf16 ratio $(median "${benc_r[@]}") [target >= 1.0]; peak RSS medvlp/torch $(median "${rss_r[@]}") [target <= 0.5]; MFU $(median "${mfu_r[@]}")"
+fp32_step="train-step speed-up fp32 (torch time / medvlp time) $(median "${step_r[@]}") [target >= 1.25]"
+rest="encode fp32 ratio $(median "${enc_r[@]}") [target >= 1.3]"
+tail_="peak RSS medvlp/torch $(median "${rss_r[@]}") [target <= 0.5]; MFU $(median "${mfu_r[@]}")"
+if [ "$BF16" = 0 ]; then
+  echo "median over $ROUNDS rounds on $cpu capped at $CPU_CAP: $fp32_step; $rest; $tail_"
+else
+  echo "median over $ROUNDS rounds on $cpu: $fp32_step; bf16 (torch --amp time / medvlp bf16 time) $(median "${bstep_r[@]}") [target >= 1.25]; $rest; encode bf16 ratio $(median "${benc_r[@]}") [target >= 1.0]; $tail_"
+fi
