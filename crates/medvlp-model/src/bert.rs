@@ -128,6 +128,24 @@ impl BertLayer {
         Ok((self.feed_forward(&a, x)?, p))
     }
 
+    /// The layer's output at the first token of every sequence, `[b, 1, hidden]`, from that
+    /// token's input `first` (`[b, 1, hidden]`) and every token's input `x` (`[b, l, hidden]`, or
+    /// packed `[tokens, hidden]` with `packing`): the query, output projection and MLP run on the
+    /// first tokens alone.
+    pub fn forward_first(
+        &self,
+        first: &Tensor,
+        x: &Tensor,
+        packing: Option<&TokenPacking>,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let a = match packing {
+            Some(pk) => self.attention.forward_packed_context(first, x, pk, mask)?,
+            None => self.attention.forward(first, Some(x), mask, false)?.0,
+        };
+        self.feed_forward(&a, first)
+    }
+
     /// Residual + LayerNorm after attention output `a`, then the MLP block (position-wise).
     fn feed_forward(&self, a: &Tensor, x: &Tensor) -> Result<Tensor> {
         let x = self.attention_layer_norm.forward(&(a + x)?)?;
@@ -209,12 +227,57 @@ impl BertModel {
         Ok((x, cls))
     }
 
-    /// `tanh(pooler.dense(h[:, 0]))`, as Hugging Face's `pooler_output`.
-    pub fn pool(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+    /// The last hidden state of the [CLS] (first) token, `[b, hidden]`, equal to
+    /// `forward(..)[:, 0]`: what CLS and pooler pooling read. The last layer computes only that
+    /// token's output (its keys and values still see every token).
+    pub fn forward_cls(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let Some((last, layers)) = self.layers.split_last() else {
+            return self
+                .forward(input_ids, token_type_ids, attention_mask)?
+                .narrow(1, 0, 1)?
+                .squeeze(1);
+        };
+        let x = self.embeddings.forward(input_ids, token_type_ids)?;
+        let mask = attention_mask.map(|m| additive_mask(m, x.dtype())).transpose()?;
+        let packing = attention_mask.map(TokenPacking::new).transpose()?.flatten();
+        let mut x = match &packing {
+            Some(p) => p.pack(&x)?,
+            None => x,
+        };
+        for layer in layers {
+            x = match &packing {
+                Some(pk) => layer.forward_packed(&x, pk, mask.as_ref(), false)?.0,
+                None => layer.forward(&x, mask.as_ref())?,
+            };
+        }
+        let Some(pk) = &packing else {
+            return last.forward_first(&x.narrow(1, 0, 1)?, &x, None, mask.as_ref())?.squeeze(1);
+        };
+        let (b, l) = (pk.batch, pk.len);
+        let rows = pk.unpack_index.reshape((b, l))?.narrow(1, 0, 1)?.flatten_all()?;
+        let first = x.index_select(&rows, 0)?.unsqueeze(1)?;
+        let y = last.forward_first(&first, &x, Some(pk), mask.as_ref())?.squeeze(1)?;
+        // `forward` gives zeros where the first position is padding.
+        let real = attention_mask.expect("packing comes from the mask").narrow(1, 0, 1)?;
+        y.broadcast_mul(&real.to_dtype(y.dtype())?)
+    }
+
+    /// `tanh(pooler.dense(cls))` for [CLS] states `cls` (`[b, hidden]`), `None` without a pooler.
+    pub fn pool_cls(&self, cls: &Tensor) -> Result<Option<Tensor>> {
         match &self.pooler {
-            Some(p) => Ok(Some(p.forward(&hidden.narrow(1, 0, 1)?.squeeze(1)?)?.tanh()?)),
+            Some(p) => Ok(Some(p.forward(cls)?.tanh()?)),
             None => Ok(None),
         }
+    }
+
+    /// `tanh(pooler.dense(h[:, 0]))`, as Hugging Face's `pooler_output`.
+    pub fn pool(&self, hidden: &Tensor) -> Result<Option<Tensor>> {
+        self.pool_cls(&hidden.narrow(1, 0, 1)?.squeeze(1)?)
     }
 }
 

@@ -202,14 +202,29 @@ impl MedVlp {
         l2_normalize(&self.text_projection.forward(&pooled)?)
     }
 
-    /// Normalised joint-space image embeddings `[b, projection_dim]` (unmasked input).
+    /// Normalised joint-space image embeddings `[b, projection_dim]` (unmasked input); a
+    /// CLS-pooled ViT computes only the CLS token in its last block.
     pub fn image_embeds(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        self.project_image(&self.image_features(pixel_values)?)
+        self.passes.vision.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pooled = self.vision_model.forward_pooled(pixel_values)?;
+        l2_normalize(&self.visual_projection.forward(&pooled)?)
     }
 
     /// Normalised joint-space text embeddings `[b, projection_dim]`.
+    /// CLS and pooler pooling compute only the [CLS] token in the text tower's last layer.
     pub fn text_embeds(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        self.project_text(&self.text_features(input_ids, attention_mask)?, attention_mask)
+        let pooling = self.config.text_config.pooling;
+        if pooling == Pooling::Mean {
+            return self
+                .project_text(&self.text_features(input_ids, attention_mask)?, attention_mask);
+        }
+        self.passes.text.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cls = self.text_model.forward_cls(input_ids, None, Some(attention_mask))?;
+        let pooled = match pooling {
+            Pooling::Pooler => self.text_model.pool_cls(&cls)?.expect("built with the pooler"),
+            _ => cls,
+        };
+        l2_normalize(&self.text_projection.forward(&pooled)?)
     }
 
     /// `exp(min(logit_scale, max))`: the clamp keeps the temperature from collapsing (CLIP).

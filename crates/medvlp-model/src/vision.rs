@@ -46,6 +46,15 @@ impl VisionEncoder {
         }
     }
 
+    /// The pooled vector of `pixel_values`' features, `[b, width]`: `pool(forward(..))`, with a
+    /// CLS-pooled ViT computing only the CLS token in its last block.
+    pub fn forward_pooled(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        match (self, self.config().pooling) {
+            (Self::Vit(m), Pooling::Cls) => m.forward_cls(pixel_values),
+            _ => self.pool(&self.forward(pixel_values)?),
+        }
+    }
+
     /// The pooled vector of `features` (`[b, 1 + n, width]`) as the config's pooling says.
     pub fn pool(&self, features: &Tensor) -> Result<Tensor> {
         match self.config().pooling {

@@ -3,6 +3,7 @@
 
 use crate::config::{PositionEmbedding, VisionConfig};
 use crate::masking::PatchMask;
+use crate::nn::fused::linear::{linear_with_cache, PackCache};
 use crate::nn::{Attention, LayerNorm, Mlp};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -87,6 +88,17 @@ impl VitLayer {
         let m = self.mlp.forward(&self.layernorm_after.forward(&x)?)?;
         x + m
     }
+
+    /// The block's output at the first token only, `[b, 1, width]`: what [`VitLayer::forward`]
+    /// gives there, with the query, output projection and MLP run on that token alone (keys and
+    /// values still see every token).
+    pub fn forward_first(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.layernorm_before.forward(x)?;
+        let (a, _) = self.attention.forward(&h.narrow(1, 0, 1)?, Some(&h), None, false)?;
+        let x = (x.narrow(1, 0, 1)? + a)?;
+        let m = self.mlp.forward(&self.layernorm_after.forward(&x)?)?;
+        x + m
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -98,6 +110,8 @@ pub struct VisionTransformer {
     /// Patch projection as a `[width, c * p * p]` matrix (stored as the HF `[width, c, p, p]` kernel).
     pub patch_weight: Tensor,
     pub patch_bias: Tensor,
+    /// `patch_weight` packed for inference (see [`PackCache`]).
+    pub patch_packed: PackCache,
     pub layers: Vec<VitLayer>,
     pub layernorm: LayerNorm,
 }
@@ -146,6 +160,7 @@ impl VisionTransformer {
             position_embeddings,
             patch_weight,
             patch_bias,
+            patch_packed: PackCache::default(),
             layers,
             layernorm,
         })
@@ -156,11 +171,12 @@ impl VisionTransformer {
         self.config.check_pixels(pixel_values)?;
         let patches = patchify(pixel_values, self.config.patch_size)?;
         let (b, n, pd) = patches.dims3()?;
-        let x = crate::nn::linear(
+        let x = linear_with_cache(
             &patches.reshape((b * n, pd))?,
             &self.patch_weight,
             Some(&self.patch_bias),
             crate::nn::Activation::Identity,
+            Some(&self.patch_packed),
         )?;
         let d = self.config.hidden_size;
         x.reshape((b, n, d))?.broadcast_add(&self.position_embeddings.narrow(0, 1, n)?)
@@ -179,6 +195,23 @@ impl VisionTransformer {
             x = layer.forward(&x, None)?;
         }
         self.layernorm.forward(&x)
+    }
+
+    /// The final-LayerNormed CLS token `[b, width]`, equal to `forward(..)[:, 0]`: what CLS
+    /// pooling reads. The last block computes only that token's output, which skips its query,
+    /// output projection and MLP for every patch (a fifth of a 4-block encoder's work, a twelfth
+    /// of ViT-B's).
+    pub fn forward_cls(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let x = self.embed_patches(pixel_values)?;
+        let b = x.dim(0)?;
+        let mut x = Tensor::cat(&[&self.cls(b)?, &x], 1)?;
+        let Some((last, first)) = self.layers.split_last() else {
+            return self.layernorm.forward(&x.narrow(1, 0, 1)?)?.squeeze(1);
+        };
+        for layer in first {
+            x = layer.forward(&x, None)?;
+        }
+        self.layernorm.forward(&last.forward_first(&x)?)?.squeeze(1)
     }
 
     /// All patches: `[b, 1 + patches, width]`, CLS first, final LayerNorm applied.

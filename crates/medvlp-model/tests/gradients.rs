@@ -217,6 +217,48 @@ fn vit_subset_equals_full_encoding_when_nothing_is_masked() {
     assert!(d < 1e-12, "{d}");
 }
 
+/// `forward_cls` (the last block on the CLS token only) gives `forward(..)[:, 0]`, in f64 and in
+/// f32 at a width where the fused attention and GEMM kernels run, for 1 and 3 blocks.
+#[test]
+fn vit_cls_path_equals_the_full_encoding_at_cls() {
+    for (dtype, width, layers, tol) in
+        [(DType::F64, 8, 2, 1e-12), (DType::F32, 64, 1, 2e-5), (DType::F32, 64, 3, 2e-5)]
+    {
+        let store = ParamStore::new(6, dtype, &Device::Cpu);
+        let cfg = VisionConfig {
+            hidden_size: width,
+            num_hidden_layers: layers,
+            intermediate_size: 4 * width,
+            ..tiny_vision(PositionEmbedding::Learned)
+        };
+        let vit = VisionTransformer::new(&cfg, store.var_builder()).unwrap();
+        let px = randn(&[3, 1, 16, 16], 17).to_dtype(dtype).unwrap();
+        let full = vit.forward(&px).unwrap().narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+        let cls = vit.forward_cls(&px).unwrap();
+        assert_eq!(cls.dims(), &[3, width]);
+        let d = (full - cls).unwrap().abs().unwrap().max_all().unwrap();
+        let d = d.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+        assert!(d < tol, "{dtype:?} width {width}, {layers} blocks: {d}");
+    }
+}
+
+/// `VisionEncoder::forward_pooled` is `pool(forward(..))` for each pooling.
+#[test]
+fn pooled_vision_forward_equals_pooling_the_features() {
+    use medvlp_model::config::Pooling;
+    use medvlp_model::vision::VisionEncoder;
+    for pooling in [Pooling::Cls, Pooling::Mean] {
+        let store = ParamStore::new(7, DType::F64, &Device::Cpu);
+        let cfg = VisionConfig { pooling, ..tiny_vision(PositionEmbedding::Sincos) };
+        let enc = VisionEncoder::new(&cfg, store.var_builder()).unwrap();
+        let px = randn(&[2, 1, 16, 16], 18);
+        let a = enc.pool(&enc.forward(&px).unwrap()).unwrap();
+        let b = enc.forward_pooled(&px).unwrap();
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(d < 1e-12, "{pooling:?}: {d}");
+    }
+}
+
 #[test]
 fn mae_decoder_restores_order_and_has_gradients() {
     let store = ParamStore::new(5, DType::F64, &Device::Cpu);
@@ -427,6 +469,45 @@ fn memory_read_gradient_and_top_k() {
     let expect = full.output.forward(&o).unwrap();
     let d = (y - expect).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap();
     assert!(d < 1e-12, "{d}");
+}
+
+/// `BertModel::forward_cls` (the last layer on [CLS] only) equals `forward(..)[:, 0]` with padded
+/// rows (the packed path), without padding, with a row whose first position is padding, and
+/// through the pooler; f64 and f32.
+#[test]
+fn bert_cls_path_equals_the_full_encoding_at_cls() {
+    let tc = medvlp_model::config::TextConfig::preset("tiny").unwrap();
+    for (dtype, tol) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
+        let store = ParamStore::new(8, dtype, &Device::Cpu);
+        let bert = medvlp_model::bert::BertModel::new(&tc, true, store.var_builder()).unwrap();
+        let (b, l) = (4, 9);
+        let ids = Tensor::from_vec(
+            (0..b * l).map(|i| (i * 53 % 900) as u32 + 5).collect::<Vec<_>>(),
+            (b, l),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let row = |i: usize, lens: &[usize]| (i % l < lens[i / l]) as u8 as f64;
+        let masks = [
+            [9usize, 4, 6, 1].as_slice(), // padded rows: the packed path
+            &[9, 9, 9, 9],                // no padding
+            &[9, 0, 6, 2],                // an empty row (its first position is padding)
+        ];
+        for lens in masks {
+            let m: Vec<f64> = (0..b * l).map(|i| row(i, lens)).collect();
+            let mask = Tensor::from_vec(m, (b, l), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let full = bert.forward(&ids, None, Some(&mask)).unwrap();
+            let full = full.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+            let cls = bert.forward_cls(&ids, None, Some(&mask)).unwrap();
+            let pooled =
+                [bert.pool_cls(&full).unwrap().unwrap(), bert.pool_cls(&cls).unwrap().unwrap()];
+            for (a, c) in [(full, cls), (pooled[0].clone(), pooled[1].clone())] {
+                let d = (a - c).unwrap().abs().unwrap().max_all().unwrap();
+                let d = d.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+                assert!(d < tol, "{dtype:?}, lengths {lens:?}: {d}");
+            }
+        }
+    }
 }
 
 /// The text encoder runs its layers on the real tokens only (padding removed): same hidden states

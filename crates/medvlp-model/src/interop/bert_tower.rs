@@ -158,15 +158,19 @@ impl BertTower {
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let ids = crate::bert::ids_u32(input_ids)?;
         let mask = attention_mask.to_dtype(DType::F32)?;
-        let h = self.model.forward(&ids, None, Some(&mask))?;
+        // Class-token pooling reads only [CLS]: the last layer computes that token alone.
         let pooled = match self.pool {
-            TextPool::Cls => h.narrow(1, 0, 1)?.squeeze(1)?,
+            TextPool::Cls => self.model.forward_cls(&ids, None, Some(&mask))?,
             TextPool::Mean => {
+                let h = self.model.forward(&ids, None, Some(&mask))?;
                 let m = mask.unsqueeze(2)?;
                 let count = m.sum(1)?.clamp(1e-9, f64::MAX)?;
                 h.broadcast_mul(&m)?.sum(1)?.broadcast_div(&count)?
             }
-            TextPool::Pooler => self.model.pool(&h)?.expect("pooler loaded"),
+            TextPool::Pooler => {
+                let cls = self.model.forward_cls(&ids, None, Some(&mask))?;
+                self.model.pool_cls(&cls)?.expect("pooler loaded")
+            }
         };
         Ok(self.head.forward(&pooled)?)
     }

@@ -89,6 +89,7 @@ pub fn openai_vision(sd: &StateDict, o: &OpenAiOptions) -> Result<VitTower> {
         patch_size: ps,
         patch_weight: conv.reshape((w, c * ps * ps))?,
         patch_bias: None,
+        patch_packed: Default::default(),
         class_embedding: sd.take(&format!("{p}class_embedding"), &[w])?.reshape((1, w))?,
         positional_embedding: pos,
         ln_pre: if sd.has(&format!("{p}ln_pre.weight")) {
@@ -196,6 +197,7 @@ pub fn hf_vision(
         patch_size: ps,
         patch_weight: conv.reshape((w, ch * ps * ps))?,
         patch_bias: sd.take_opt(&format!("{p}embeddings.patch_embedding.bias"), &[w])?,
+        patch_packed: Default::default(),
         class_embedding: sd
             .take(&format!("{p}embeddings.class_embedding"), &[w])?
             .reshape((1, w))?,

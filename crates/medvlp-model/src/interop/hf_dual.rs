@@ -47,6 +47,7 @@ fn hf_vit(sd: &StateDict, vc: &Value) -> Result<VitTower> {
         patch_weight: conv.reshape((w, c * ps * ps))?,
         patch_bias: sd
             .take_opt(&format!("{p}embeddings.patch_embeddings.projection.bias"), &[w])?,
+        patch_packed: Default::default(),
         class_embedding: sd
             .take(&format!("{p}embeddings.cls_token"), &[1, 1, w])?
             .reshape((1, w))?,

@@ -118,6 +118,17 @@ impl Block {
         let m = self.fc2.forward(&self.act.apply(&h)?)?;
         x + m
     }
+
+    /// The block's output at the first token only, `[b, 1, width]` (class-token pooling): the
+    /// query, output projection and MLP run on that token alone.
+    pub fn forward_first(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.ln_1.forward(x)?;
+        let (a, _) = self.attn.forward(&h.narrow(1, 0, 1)?, Some(&h), None, false)?;
+        let x = (x.narrow(1, 0, 1)? + a)?;
+        let h = self.fc1.forward(&self.ln_2.forward(&x)?)?;
+        let m = self.fc2.forward(&self.act.apply(&h)?)?;
+        x + m
+    }
 }
 
 /// One layer of a projection head.

@@ -117,6 +117,7 @@ fn timm_vision(sd: &StateDict, vc: &Value, path: &Path) -> Result<VitTower> {
         patch_size: ps,
         patch_weight: conv.reshape((w, c * ps * ps))?,
         patch_bias: sd.take_opt(&format!("{p}patch_embed.proj.bias"), &[w])?,
+        patch_packed: Default::default(),
         class_embedding: sd.take(&format!("{p}cls_token"), &[1, 1, w])?.reshape((1, w))?,
         positional_embedding: pos,
         ln_pre: ln("norm_pre")?,

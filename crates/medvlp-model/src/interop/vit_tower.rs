@@ -3,6 +3,7 @@
 //! `ln_pre`, pre-LN blocks, final norm before or after pooling, class-token or mean pooling, head.
 
 use crate::interop::layers::{l2, Block, Head};
+use crate::nn::fused::linear::{linear_with_cache, PackCache};
 use crate::nn::{Activation, LayerNorm};
 use anyhow::Result;
 use candle_core::{Module, Tensor};
@@ -23,6 +24,8 @@ pub struct VitTower {
     /// `[width, c * p * p]`.
     pub patch_weight: Tensor,
     pub patch_bias: Option<Tensor>,
+    /// `patch_weight` packed for inference (see [`PackCache`]).
+    pub patch_packed: PackCache,
     /// `[1, width]`.
     pub class_embedding: Tensor,
     /// `[1 + patches, width]`.
@@ -60,11 +63,12 @@ impl VitTower {
         let patches = crate::vit::patchify(pixel_values, self.patch_size)?;
         let (_, n, pd) = patches.dims3()?;
         let d = self.width();
-        let x = crate::nn::linear(
+        let x = linear_with_cache(
             &patches.reshape((b * n, pd))?,
             &self.patch_weight,
             self.patch_bias.as_ref(),
             Activation::Identity,
+            Some(&self.patch_packed),
         )?
         .reshape((b, n, d))?;
         let cls = self.class_embedding.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
@@ -72,8 +76,17 @@ impl VitTower {
         if let Some(ln) = &self.ln_pre {
             x = ln.forward(&x)?;
         }
-        for blk in &self.blocks {
+        // Class-token pooling reads only the class token: the last block computes that token
+        // alone (a per-token final norm gives the same value before or after pooling).
+        let last = match (self.pool, self.blocks.split_last()) {
+            (TokenPool::Cls, Some((last, _))) => Some(last),
+            _ => None,
+        };
+        for blk in &self.blocks[..self.blocks.len() - last.is_some() as usize] {
             x = blk.forward(&x, None)?;
+        }
+        if let Some(last) = last {
+            x = last.forward_first(&x)?;
         }
         let norm_tokens = !self.norm_after_pool;
         if let (Some(ln), true) = (&self.norm, norm_tokens) {

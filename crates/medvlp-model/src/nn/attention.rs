@@ -147,6 +147,22 @@ impl Attention {
         Ok((y, if return_probs { Some(probs) } else { None }))
     }
 
+    /// Queries `x` (`[b, lq, dim]`, padded layout) against the keys and values of the packed
+    /// tokens `context` (`[tokens, dim]`, see [`TokenPacking`]): the projected output
+    /// `[b, lq, dim]`. Keys and values are projected on the real tokens only.
+    pub fn forward_packed_context(
+        &self,
+        x: &Tensor,
+        context: &Tensor,
+        packing: &TokenPacking,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let [k, v] = [&self.key, &self.value]
+            .map(|l| l.forward(context).and_then(|t| packing.unpack_for_attention(&t)));
+        let (y, _) = attention(&self.query.forward(x)?, &k?, &v?, self.num_heads, mask)?;
+        self.output.forward(&y)
+    }
+
     /// `x`: `[b, lq, dim]` queries; `context`: `[b, lk, kv_dim]` (None = self-attention);
     /// `mask`: additive `[b, 1, 1|lq, lk]` (see [`additive_mask`]).
     /// Returns the projected output and, when `return_probs`, the `[b, heads, lq, lk]` probabilities.

@@ -121,12 +121,10 @@ fn forward<T: Float>(
         let (hp, yp) = (&hp, &yp);
         // SAFETY: rows r0..r0 + nr are written by the product and handed to one call only.
         let h = unsafe { std::slice::from_raw_parts_mut(hp.0.add(r0 * dout), nr * dout) };
-        if let (Some(b), true) = (b, bias_late) {
-            for row in h.chunks_exact_mut(dout) {
-                for (v, &c) in row.iter_mut().zip(b) {
-                    *v += c;
-                }
-            }
+        match (b, bias_late) {
+            (Some(b), true) if gelu && !keep_h => return T::bias_gelu_inplace(h, b),
+            (Some(b), true) => T::add_rows(h, b),
+            _ => {}
         }
         if gelu && keep_h {
             let y = unsafe { std::slice::from_raw_parts_mut(yp.0.add(r0 * dout), nr * dout) };

@@ -692,6 +692,22 @@ pub mod num {
                 *v = (*v - shift).exp() * scale;
             }
         }
+        /// `x[r, j] <- x[r, j] + b[j]` for the rows of `x` (`b.len()` wide).
+        fn add_rows(x: &mut [Self], b: &[Self]) {
+            for row in x.chunks_exact_mut(b.len().max(1)) {
+                for (v, &c) in row.iter_mut().zip(b) {
+                    *v += c;
+                }
+            }
+        }
+        /// `x[r, j] <- gelu(x[r, j] + b[j])`.
+        fn bias_gelu_inplace(x: &mut [Self], b: &[Self]) {
+            for row in x.chunks_exact_mut(b.len().max(1)) {
+                for (v, &c) in row.iter_mut().zip(b) {
+                    *v = (*v + c).gelu();
+                }
+            }
+        }
         /// `y_i <- gelu(x_i)`.
         fn gelu_into(x: &[Self], y: &mut [Self]) {
             for (y, &x) in y.iter_mut().zip(x) {
@@ -741,6 +757,12 @@ pub mod num {
         }
         fn exp_scale_inplace(x: &mut [Self], shift: Self, scale: Self) {
             super::vmath::exp_scale_inplace(x, shift, scale)
+        }
+        fn add_rows(x: &mut [Self], b: &[Self]) {
+            super::vmath::add_rows(x, b)
+        }
+        fn bias_gelu_inplace(x: &mut [Self], b: &[Self]) {
+            super::vmath::bias_gelu_inplace(x, b)
         }
         fn gelu_into(x: &[Self], y: &mut [Self]) {
             super::vmath::gelu_into(x, y)

@@ -109,6 +109,7 @@ macro_rules! dispatch {
             $name::run(super::cpu::level(), $($a),*)
         }
         pub(crate) mod $name {
+            #[allow(unused_imports)] // (bodies that need nothing from the module)
             use super::*;
             use super::super::cpu::{self, CpuLevel};
 
@@ -238,6 +239,34 @@ dispatch! {
 }
 
 dispatch! {
+    /// `x[r, j] <- x[r, j] + b[j]` for the rows of `x` (`b.len()` wide): a bias after a product.
+    fn add_rows(x: &mut [f32], b: &[f32]) -> () {
+        if b.is_empty() {
+            return;
+        }
+        for row in x.chunks_exact_mut(b.len()) {
+            for (v, &c) in row.iter_mut().zip(b) {
+                *v += c;
+            }
+        }
+    }
+}
+
+dispatch! {
+    /// `x[r, j] <- gelu(x[r, j] + b[j])`: bias and GELU in one pass.
+    fn bias_gelu_inplace(x: &mut [f32], b: &[f32]) -> () {
+        if b.is_empty() {
+            return;
+        }
+        for row in x.chunks_exact_mut(b.len()) {
+            for (v, &c) in row.iter_mut().zip(b) {
+                *v = gelu_k::<F>(*v + c);
+            }
+        }
+    }
+}
+
+dispatch! {
     /// `y_i <- g_i * gelu'(h_i)`.
     fn gelu_backward_into(g: &[f32], h: &[f32], y: &mut [f32]) -> () {
         for ((y, &g), &h) in y.iter_mut().zip(g).zip(h) {
@@ -279,8 +308,18 @@ mod tests {
                 gelu_into::at(l, &x, &mut y);
                 gelu_inplace::at(l, &mut yi);
                 gelu_backward_into::at(l, &g, &x, &mut dy);
+                // rows 7 wide (n = 15, 16, 17... leave a partial row alone)
+                let w = n.min(7);
+                let whole_rows = n.checked_div(w).map_or(0, |r| r * w);
+                let (mut ar, mut bg) = (x.clone(), x.clone());
+                add_rows::at(l, &mut ar, &g[..w]);
+                bias_gelu_inplace::at(l, &mut bg, &g[..w]);
+                // bias then GELU in one pass is the two passes, bit for bit
+                let mut two = ar.clone();
+                gelu_inplace::at(l, &mut two[..whole_rows]);
+                assert_eq!(two, bg, "{} n={n}", l.name());
                 let sums = [max_of::at(l, &x), exp_sum::at(l, &x, 1.5), s];
-                (sums, [e, es, y, yi, dy])
+                (sums, [e, es, y, yi, dy, ar, bg])
             };
             let (want_sums, want) = run(levels[0]);
             for &l in &levels[1..] {
