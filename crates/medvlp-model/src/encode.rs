@@ -46,6 +46,38 @@ impl JointEncoder for MedVlp {
     }
 }
 
+/// `model.image_embeds(pixel_values)` with the batch split across the cores on the CPU
+/// ([`crate::runtime::map_batch_ranges`]): the same rows, faster.
+pub fn image_embeds(
+    model: &dyn JointEncoder,
+    pixel_values: &Tensor,
+) -> candle_core::Result<Tensor> {
+    if !pixel_values.device().is_cpu() {
+        return model.image_embeds(pixel_values);
+    }
+    let parts = crate::runtime::map_batch_ranges(pixel_values.dim(0)?, |r| {
+        model.image_embeds(&pixel_values.narrow(0, r.start, r.len())?)
+    });
+    Tensor::cat(&parts.into_iter().collect::<candle_core::Result<Vec<_>>>()?, 0)
+}
+
+/// `model.text_embeds(..)` with the batch split across the cores on the CPU, as [`image_embeds`].
+pub fn text_embeds(
+    model: &dyn JointEncoder,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+) -> candle_core::Result<Tensor> {
+    if !input_ids.device().is_cpu() {
+        return model.text_embeds(input_ids, attention_mask);
+    }
+    let parts = crate::runtime::map_batch_ranges(input_ids.dim(0)?, |r| {
+        let (ids, mask) =
+            (input_ids.narrow(0, r.start, r.len())?, attention_mask.narrow(0, r.start, r.len())?);
+        model.text_embeds(&ids, &mask)
+    });
+    Tensor::cat(&parts.into_iter().collect::<candle_core::Result<Vec<_>>>()?, 0)
+}
+
 /// L2-normalised text embeddings, one row per text, in input order.
 pub fn encode_texts(
     model: &dyn JointEncoder,
@@ -63,7 +95,7 @@ pub fn encode_texts(
             (b.batch, b.len),
             dev,
         )?;
-        out.extend(model.text_embeds(&ids, &mask)?.detach().to_vec2::<f32>()?);
+        out.extend(text_embeds(model, &ids, &mask)?.detach().to_vec2::<f32>()?);
     }
     Ok(out)
 }
@@ -106,7 +138,7 @@ pub fn encode_images(
         }
         let [c, h, w] = b.sample_shape;
         let px = Tensor::from_vec(b.images, (b.indices.len(), c, h, w), dev)?;
-        res.embeddings.extend(model.image_embeds(&px)?.detach().to_vec2::<f32>()?);
+        res.embeddings.extend(image_embeds(model, &px)?.detach().to_vec2::<f32>()?);
         res.indices.extend(b.indices);
     }
     res.bad = loader.stats.bad_samples.lock().map(|v| v.clone()).unwrap_or_default();

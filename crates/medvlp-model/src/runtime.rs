@@ -154,6 +154,65 @@ fn pool_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
+/// Runs `f` on contiguous ranges of a batch of `n` samples at once, one range per core, each on
+/// a single-thread rayon pool of its own, and returns the results in range order. For batched
+/// inference: every kernel inside a range runs serially on its thread, so the cores never
+/// synchronise between the model's ops (a GEMM, LayerNorm or softmax split over the cores waits
+/// for its slowest part and wakes the other workers, hundreds of times per forward pass).
+/// Measured on 2 cores (Intel Xeon family 6 model 207), medians of 6 alternating runs of the
+/// reference encoder's embedding: 704 images/s in two ranges against 657 with each op split.
+/// The calling thread's precision and kernel choice apply inside. With one core or one sample,
+/// or with `MEDVLP_BATCH_RANGES=0`, `f(0..n)` on the calling thread.
+pub fn map_batch_ranges<T: Send>(
+    n: usize,
+    f: impl Fn(std::ops::Range<usize>) -> T + Sync,
+) -> Vec<T> {
+    let pools = shard_pools();
+    let k = pools.len().min(n);
+    if k < 2 {
+        return vec![f(0..n)];
+    }
+    let (precision, kernels) = (crate::nn::precision::precision(), crate::nn::fused::kernels());
+    let range = |i: usize| (i * n / k)..((i + 1) * n / k);
+    let run = |i: usize| {
+        pools[i].install(|| {
+            crate::nn::precision::with_precision(precision, || {
+                crate::nn::fused::with_kernels(kernels, || f(range(i)))
+            })
+        })
+    };
+    std::thread::scope(|s| {
+        let others: Vec<_> = (1..k).map(|i| s.spawn(move || run(i))).collect();
+        let mut out = vec![run(0)];
+        for h in others {
+            out.push(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)));
+        }
+        out
+    })
+}
+
+/// One single-thread pool per core for [`map_batch_ranges`] (empty with one core).
+fn shard_pools() -> &'static [rayon::ThreadPool] {
+    static POOLS: std::sync::OnceLock<Vec<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOLS.get_or_init(|| {
+        let threads = pool_threads();
+        // `MEDVLP_BATCH_RANGES=0`: split each op instead (to compare).
+        if threads < 2 || std::env::var("MEDVLP_BATCH_RANGES").is_ok_and(|v| v.trim() == "0") {
+            return vec![];
+        }
+        (0..threads)
+            .map_while(|i| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .thread_name(move |_| format!("medvlp-range-{i}"))
+                    .build()
+                    .map_err(|e| tracing::debug!("no pool for batch ranges: {e}"))
+                    .ok()
+            })
+            .collect()
+    })
+}
+
 pub use workers::keep_awake as keep_workers_awake;
 
 /// Keeping rayon's spawned workers awake between kernels.
@@ -208,6 +267,11 @@ mod workers {
     #[inline]
     pub fn keep_awake() {
         if !ENABLED.load(Ordering::Relaxed) || RUNNING.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        // A single-thread pool ([`super::map_batch_ranges`]) has no worker to keep awake, and
+        // a broadcast there would leave `PENDING` set for good.
+        if rayon::current_num_threads() < 2 {
             return;
         }
         if !PENDING.swap(true, Ordering::AcqRel) {
@@ -296,5 +360,44 @@ mod workers {
             .join()
             .unwrap();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::precision::{precision, with_precision, Precision};
+
+    /// The ranges cover the batch in order, each on a thread of its own (where there are two
+    /// cores), with the caller's precision.
+    #[test]
+    fn batch_ranges_cover_the_batch_in_order_with_the_callers_precision() {
+        let cores = shard_pools().len();
+        for n in 0..12 {
+            let parts = with_precision(Precision::Bf16, || {
+                map_batch_ranges(n, |r| (r, precision(), std::thread::current().id()))
+            });
+            assert_eq!(parts.len(), cores.min(n).max(1), "n={n}");
+            let covered: Vec<usize> = parts.iter().flat_map(|p| p.0.clone()).collect();
+            assert_eq!(covered, (0..n).collect::<Vec<_>>());
+            assert!(parts.iter().all(|p| p.1 == Precision::Bf16));
+            assert!(parts.iter().all(|p| p.0.len().abs_diff(n / parts.len()) <= 1));
+            let threads: std::collections::HashSet<_> = parts.iter().map(|p| p.2).collect();
+            assert_eq!(threads.len(), parts.len(), "n={n}");
+        }
+        println!("batch ranges on {cores} threads");
+    }
+
+    /// A panic in one range reaches the caller.
+    #[test]
+    fn a_panic_in_a_range_reaches_the_caller() {
+        let r = std::panic::catch_unwind(|| {
+            map_batch_ranges(8, |r| {
+                if r.end == 8 {
+                    panic!("last range");
+                }
+            })
+        });
+        assert!(r.is_err());
     }
 }

@@ -539,6 +539,28 @@ fn bf16_inference_embeddings_match_fp32() {
     assert!(cos >= 0.999, "cosine {cos}");
 }
 
+/// `encode::image_embeds` / `text_embeds` (the batch split across the cores) give the model's
+/// own embeddings, in order.
+#[test]
+fn batch_ranges_give_the_models_embeddings() {
+    let cfg = medvlp_model::ModelConfig::preset("tiny").unwrap();
+    let store = medvlp_model::ParamStore::new(4, DType::F32, &Device::Cpu).frozen();
+    let model = medvlp_model::MedVlp::new(&cfg, &store).unwrap();
+    let s = cfg.vision_config.image_size;
+    let px = randn(&[5, cfg.vision_config.num_channels, s, s], 31, DType::F32);
+    let whole = model.image_embeds(&px).unwrap();
+    let ranged = medvlp_model::encode::image_embeds(&model, &px).unwrap();
+    assert!(max_diff(&whole, &ranged) < 1e-6, "{}", max_diff(&whole, &ranged));
+    let (b, l) = (5, 9);
+    let ids: Vec<u32> = (0..b * l).map(|i| (i * 37 % 500) as u32 + 5).collect();
+    let ids = Tensor::from_vec(ids, (b, l), &Device::Cpu).unwrap();
+    let m: Vec<f32> = (0..b * l).map(|i| (i % l < 3 + i / l) as u8 as f32).collect();
+    let mask = Tensor::from_vec(m, (b, l), &Device::Cpu).unwrap();
+    let whole = model.text_embeds(&ids, &mask).unwrap();
+    let ranged = medvlp_model::encode::text_embeds(&model, &ids, &mask).unwrap();
+    assert!(max_diff(&whole, &ranged) < 1e-6, "{}", max_diff(&whole, &ranged));
+}
+
 /// The finite-difference checks again with the composed ops a CUDA device runs.
 #[test]
 fn gradient_checks_pass_on_the_composed_path() {

@@ -158,7 +158,9 @@ fn work(ev: &Evaluator, rx: Receiver<Job>, cfg: BatchConfig, metrics: &Metrics) 
             }
             let out = medvlp_data::guard::catch_quiet(|| -> Result<Vec<Vec<f32>>> {
                 let t = Tensor::from_vec(px, (n, c, s, s), &ev.device)?;
-                Ok(ev.encoder().image_embeds(&t)?.detach().to_vec2::<f32>()?)
+                Ok(medvlp_model::encode::image_embeds(ev.encoder(), &t)?
+                    .detach()
+                    .to_vec2::<f32>()?)
             });
             reply_all(images, out);
         }

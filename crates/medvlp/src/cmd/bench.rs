@@ -430,21 +430,48 @@ fn kernel_path(precision: medvlp_model::nn::Precision, dev: &candle_core::Device
     }
 }
 
+/// `f` over the batch `x` split across the cores, as `embed` runs a model
+/// ([`medvlp_model::encode::image_embeds`]).
+fn in_batch_ranges(
+    x: &Tensor,
+    f: impl Fn(&Tensor) -> candle_core::Result<Tensor> + Sync,
+) -> candle_core::Result<Tensor> {
+    if !x.device().is_cpu() {
+        return f(x);
+    }
+    let parts = medvlp_model::runtime::map_batch_ranges(x.dim(0)?, |r| {
+        f(&x.narrow(0, r.start, r.len())?)
+    });
+    Tensor::cat(&parts.into_iter().collect::<candle_core::Result<Vec<_>>>()?, 0)
+}
+
 fn encode(preset: &str, steps: usize, bf16: bool, device: &str) -> Result<()> {
     use super::bench_reference::{Reference, Size};
     let dev = medvlp_model::runtime::device(device)?;
     let reference = Size::named(preset);
     type Encoder = Box<dyn Fn(&Tensor) -> candle_core::Result<Tensor>>;
-    let (params, run): (usize, Encoder) = if let Some(size) = reference {
-        let m = Reference::new(size, false, &dev)?;
+    // `embed`: the pooled embedding as `embed`, `eval` and the server compute it (a CLS-pooled ViT
+    // runs its last block on the CLS token only). `all`: every token's final state, the output of
+    // torch_reference.py's `infer` (like for like). Both split the batch across the cores.
+    let (params, embed, all): (usize, Encoder, Encoder) = if let Some(size) = reference {
+        let m = std::sync::Arc::new(Reference::new(size, false, &dev)?);
         let p = m.store.num_params();
-        // pooled output: the [CLS] token
-        (p, Box::new(move |x: &Tensor| m.encode(x)?.narrow(1, 0, 1)?.squeeze(1)))
+        let m2 = m.clone();
+        (
+            p,
+            Box::new(move |x: &Tensor| in_batch_ranges(x, |x| m.encode_cls(x))),
+            Box::new(move |x: &Tensor| in_batch_ranges(x, |x| m2.encode(x))),
+        )
     } else {
         let cfg = ModelConfig::preset(preset)?;
         let store = ParamStore::new(0, DType::F32, &dev).frozen();
-        let m = MedVlp::new(&cfg, &store)?;
-        (store.num_params(), Box::new(move |x: &Tensor| m.image_embeds(x)))
+        let m = std::sync::Arc::new(MedVlp::new(&cfg, &store)?);
+        let m2 = m.clone();
+        (
+            store.num_params(),
+            Box::new(move |x: &Tensor| medvlp_model::encode::image_embeds(&*m, x)),
+            Box::new(move |x: &Tensor| in_batch_ranges(x, |x| m2.image_features(x))),
+        )
     };
     let (b, size, ch) = match reference {
         Some(z) => (z.batch, z.image, 1),
@@ -454,7 +481,7 @@ fn encode(preset: &str, steps: usize, bf16: bool, device: &str) -> Result<()> {
         }
     };
     let px = Tensor::randn(0f32, 1f32, (b, ch, size, size), &dev)?;
-    let time = || -> Result<(f64, Tensor)> {
+    let time = |run: &Encoder| -> Result<(f64, Tensor)> {
         let mut times = vec![];
         let mut last = None;
         for i in 0..steps + 2 {
@@ -468,18 +495,21 @@ fn encode(preset: &str, steps: usize, bf16: bool, device: &str) -> Result<()> {
         }
         Ok((median(times), last.expect("at least one run")))
     };
-    let (med, y32) = time()?;
-    let mut out = serde_json::json!({ "preset": preset, "params": params, "batch": b, "images_per_s": b as f64 / med, "median_batch_s": med, "peak_rss_bytes": peak_rss_bytes(), "kernel_path": kernel_path(medvlp_model::nn::Precision::Fp32, &dev), "cpu_level": cpu_level() });
+    let (med, y32) = time(&embed)?;
+    let (med_all, _) = time(&all)?;
+    let mut out = serde_json::json!({ "preset": preset, "params": params, "batch": b, "images_per_s": b as f64 / med, "median_batch_s": med, "all_tokens_images_per_s": b as f64 / med_all, "peak_rss_bytes": peak_rss_bytes(), "kernel_path": kernel_path(medvlp_model::nn::Precision::Fp32, &dev), "cpu_level": cpu_level() });
     if bf16 {
         // bf16 products (the training kernels' autocast): bf16 operands, f32 accumulation.
-        let (med16, y16) =
-            medvlp_model::nn::with_precision(medvlp_model::nn::Precision::Bf16, time)?;
+        let bf16 = medvlp_model::nn::Precision::Bf16;
+        let (med16, y16) = medvlp_model::nn::with_precision(bf16, || time(&embed))?;
+        let (med16_all, _) = medvlp_model::nn::with_precision(bf16, || time(&all))?;
         let cos = medvlp_model::heads::l2_normalize(&y32)?
             .mul(&medvlp_model::heads::l2_normalize(&y16)?)?
             .sum(1)?
             .min(0)?
             .to_scalar::<f32>()?;
         out["bf16_images_per_s"] = (b as f64 / med16).into();
+        out["bf16_all_tokens_images_per_s"] = (b as f64 / med16_all).into();
         out["bf16_min_cosine"] = (cos as f64).into();
         out["bf16_kernel_path"] = medvlp_model::nn::fused::bf16_gemm::path().name().into();
     }

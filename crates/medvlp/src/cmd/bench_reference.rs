@@ -312,6 +312,11 @@ impl Reference {
     pub fn encode(&self, pixels: &Tensor) -> Result<Tensor> {
         self.vit.forward(pixels)
     }
+
+    /// The pooled image embedding (the [CLS] token), as `embed` computes it.
+    pub fn encode_cls(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.vit.forward_cls(pixels)
+    }
 }
 
 pub fn seeded_rng() -> rand::rngs::StdRng {

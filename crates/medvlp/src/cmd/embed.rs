@@ -345,8 +345,8 @@ fn embed_texts(
             &dev,
         )?;
         let emb = match encoder {
-            Encoder::MedVlp(m) => m.model.text_embeds(&ids, &mask)?,
-            Encoder::Foreign(m) => JointEncoder::text_embeds(m.as_ref(), &ids, &mask)?,
+            Encoder::MedVlp(m) => medvlp_model::encode::text_embeds(&m.model, &ids, &mask)?,
+            Encoder::Foreign(m) => medvlp_model::encode::text_embeds(m.as_ref(), &ids, &mask)?,
             Encoder::Bert(m) => {
                 let types = Tensor::from_vec(b.token_type_ids.clone(), (b.batch, b.len), &dev)?;
                 masked_mean_pool(&m.model.forward(&ids, Some(&types), Some(&mask))?, &mask)?
