@@ -33,11 +33,14 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
 }
 
-const WINDOWS: [Window; 4] = [
+const WINDOWS: [Window; 6] = [
     Window { kernel: 3, stride: 1, padding: 1 },
     Window { kernel: 3, stride: 2, padding: 1 },
     Window { kernel: 5, stride: 2, padding: 2 },
     Window { kernel: 2, stride: 2, padding: 0 },
+    // windows wholly inside the padding (corners, and columns/rows of them)
+    Window { kernel: 2, stride: 1, padding: 2 },
+    Window { kernel: 3, stride: 3, padding: 2 },
 ];
 
 #[test]
