@@ -103,6 +103,30 @@ fn im2col_and_col2im_are_adjoint_and_differentiable() {
 /// The fused convolution (images grouped per task, columns recomputed in the backward pass)
 /// equals im2col + dense layer, values and gradients, including batches that split unevenly into
 /// groups and an input that needs no gradient.
+/// A frozen `Conv2d` (inference) keeps its kernel matrix across calls: every call, the first and
+/// those after, equals the composed convolution; so does a frozen layer whose weight tensor is
+/// replaced.
+#[test]
+fn frozen_conv2d_with_kept_kernels_matches_composed() {
+    for win in WINDOWS {
+        for (b, h, w, c, o) in [(3, 7, 7, 3, 5), (5, 9, 8, 32, 48), (2, 6, 6, 17, 33)] {
+            let store = ParamStore::new(9, DType::F32, &Device::Cpu).frozen();
+            let mut conv = Conv2d::new(c, o, win, store.var_builder()).unwrap();
+            let x = randn(&[b, h, w, c], 15).to_dtype(DType::F32).unwrap();
+            for round in 0..3 {
+                if round == 2 {
+                    conv.weight = (&conv.weight * 0.5).unwrap();
+                }
+                let a = conv.forward(&x).unwrap();
+                let wm = conv.weight_matrix().unwrap();
+                let want = conv2d_composed(&x, &wm, &conv.bias, win).unwrap();
+                let d = max_diff(&a, &want);
+                assert!(d < 1e-4, "{win:?} {b}x{h}x{w}x{c} -> {o}, call {round}: {d}");
+            }
+        }
+    }
+}
+
 #[test]
 fn conv2d_kernel_matches_composed_values_and_gradients() {
     for dtype in [DType::F64, DType::F32] {
