@@ -159,8 +159,9 @@ fn pool_threads() -> usize {
 /// inference: every kernel inside a range runs serially on its thread, so the cores never
 /// synchronise between the model's ops (a GEMM, LayerNorm or softmax split over the cores waits
 /// for its slowest part and wakes the other workers, hundreds of times per forward pass).
-/// Measured on 2 cores (Intel Xeon family 6 model 207), medians of 6 alternating runs of the
-/// reference encoder's embedding: 704 images/s in two ranges against 657 with each op split.
+/// Measured on 2 cores (Intel Xeon family 6 model 207), medians of 10 alternating runs of
+/// `bench encode`: the reference ViT's embedding 699 images/s in two ranges against 678 with each
+/// op split, every token 546 against 534; the `small` ConvNet 334 against 292 (4 runs).
 /// The calling thread's precision and kernel choice apply inside. With one core or one sample,
 /// or with `MEDVLP_BATCH_RANGES=0`, `f(0..n)` on the calling thread.
 pub fn map_batch_ranges<T: Send>(
