@@ -190,6 +190,24 @@ impl BertModel {
         Ok(self.forward_with_cls_attention(input_ids, token_type_ids, attention_mask, false)?.0)
     }
 
+    /// The embedded tokens (packed to the real ones when `attention_mask` has padding), the
+    /// additive attention mask and the packing.
+    fn embed_packed(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>, Option<TokenPacking>)> {
+        let x = self.embeddings.forward(input_ids, token_type_ids)?;
+        let mask = attention_mask.map(|m| additive_mask(m, x.dtype())).transpose()?;
+        let packing = attention_mask.map(TokenPacking::new).transpose()?.flatten();
+        let x = match &packing {
+            Some(p) => p.pack(&x)?,
+            None => x,
+        };
+        Ok((x, mask, packing))
+    }
+
     /// Also returns, when asked, the last layer's attention of [CLS] to every token averaged over
     /// heads, `[b, l]` (MGCA weights words by it in the local alignment loss).
     pub fn forward_with_cls_attention(
@@ -199,14 +217,8 @@ impl BertModel {
         attention_mask: Option<&Tensor>,
         cls_attention: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let x = self.embeddings.forward(input_ids, token_type_ids)?;
-        let dtype = x.dtype();
-        let mask = attention_mask.map(|m| additive_mask(m, dtype)).transpose()?;
-        let packing = attention_mask.map(TokenPacking::new).transpose()?.flatten();
-        let mut x = match &packing {
-            Some(p) => p.pack(&x)?,
-            None => x,
-        };
+        let (mut x, mask, packing) =
+            self.embed_packed(input_ids, token_type_ids, attention_mask)?;
         let mut cls = None;
         let n = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -242,13 +254,8 @@ impl BertModel {
                 .narrow(1, 0, 1)?
                 .squeeze(1);
         };
-        let x = self.embeddings.forward(input_ids, token_type_ids)?;
-        let mask = attention_mask.map(|m| additive_mask(m, x.dtype())).transpose()?;
-        let packing = attention_mask.map(TokenPacking::new).transpose()?.flatten();
-        let mut x = match &packing {
-            Some(p) => p.pack(&x)?,
-            None => x,
-        };
+        let (mut x, mask, packing) =
+            self.embed_packed(input_ids, token_type_ids, attention_mask)?;
         for layer in layers {
             x = match &packing {
                 Some(pk) => layer.forward_packed(&x, pk, mask.as_ref(), false)?.0,

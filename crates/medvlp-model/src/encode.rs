@@ -46,19 +46,29 @@ impl JointEncoder for MedVlp {
     }
 }
 
+/// `f` over ranges of a batch of `n` samples, their outputs concatenated along dim 0: split
+/// across the cores on the CPU ([`crate::runtime::map_batch_ranges`]), one call elsewhere.
+pub fn in_batch_ranges(
+    n: usize,
+    device: &Device,
+    f: impl Fn(std::ops::Range<usize>) -> candle_core::Result<Tensor> + Sync,
+) -> candle_core::Result<Tensor> {
+    if !device.is_cpu() {
+        return f(0..n);
+    }
+    let parts = crate::runtime::map_batch_ranges(n, f);
+    Tensor::cat(&parts.into_iter().collect::<candle_core::Result<Vec<_>>>()?, 0)
+}
+
 /// `model.image_embeds(pixel_values)` with the batch split across the cores on the CPU
-/// ([`crate::runtime::map_batch_ranges`]): the same rows, faster.
+/// ([`in_batch_ranges`]): the same rows, faster.
 pub fn image_embeds(
     model: &dyn JointEncoder,
     pixel_values: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    if !pixel_values.device().is_cpu() {
-        return model.image_embeds(pixel_values);
-    }
-    let parts = crate::runtime::map_batch_ranges(pixel_values.dim(0)?, |r| {
+    in_batch_ranges(pixel_values.dim(0)?, pixel_values.device(), |r| {
         model.image_embeds(&pixel_values.narrow(0, r.start, r.len())?)
-    });
-    Tensor::cat(&parts.into_iter().collect::<candle_core::Result<Vec<_>>>()?, 0)
+    })
 }
 
 /// `model.text_embeds(..)` with the batch split across the cores on the CPU, as [`image_embeds`].
@@ -67,15 +77,10 @@ pub fn text_embeds(
     input_ids: &Tensor,
     attention_mask: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    if !input_ids.device().is_cpu() {
-        return model.text_embeds(input_ids, attention_mask);
-    }
-    let parts = crate::runtime::map_batch_ranges(input_ids.dim(0)?, |r| {
-        let (ids, mask) =
-            (input_ids.narrow(0, r.start, r.len())?, attention_mask.narrow(0, r.start, r.len())?);
-        model.text_embeds(&ids, &mask)
-    });
-    Tensor::cat(&parts.into_iter().collect::<candle_core::Result<Vec<_>>>()?, 0)
+    in_batch_ranges(input_ids.dim(0)?, input_ids.device(), |r| {
+        let rows = |t: &Tensor| t.narrow(0, r.start, r.len());
+        model.text_embeds(&rows(input_ids)?, &rows(attention_mask)?)
+    })
 }
 
 /// L2-normalised text embeddings, one row per text, in input order.

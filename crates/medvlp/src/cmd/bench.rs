@@ -430,19 +430,14 @@ fn kernel_path(precision: medvlp_model::nn::Precision, dev: &candle_core::Device
     }
 }
 
-/// `f` over the batch `x` split across the cores, as `embed` runs a model
-/// ([`medvlp_model::encode::image_embeds`]).
+/// `f` over the batch `x` split across the cores, as `embed` runs a model.
 fn in_batch_ranges(
     x: &Tensor,
     f: impl Fn(&Tensor) -> candle_core::Result<Tensor> + Sync,
 ) -> candle_core::Result<Tensor> {
-    if !x.device().is_cpu() {
-        return f(x);
-    }
-    let parts = medvlp_model::runtime::map_batch_ranges(x.dim(0)?, |r| {
+    medvlp_model::encode::in_batch_ranges(x.dim(0)?, x.device(), |r| {
         f(&x.narrow(0, r.start, r.len())?)
-    });
-    Tensor::cat(&parts.into_iter().collect::<candle_core::Result<Vec<_>>>()?, 0)
+    })
 }
 
 fn encode(preset: &str, steps: usize, bf16: bool, device: &str) -> Result<()> {
